@@ -1,0 +1,286 @@
+"""The events the gateway records: the vocabulary every other part speaks.
+
+Every event is a frozen msgspec Struct in a tagged union (the tag field ``type`` holds the class
+name), encoded as MessagePack into an EVENT record of a segment log. Two logs exist:
+
+* the control log: mailboxes, admin and audit events. Metadata only, never message content,
+  passwords or keys (not even wrapped ones: those live in each mailbox's key file, so a
+  password change really retires the old wrap).
+* one message log per mailbox: ``MessageStored`` commit records (the message's chunks are
+  CHUNK records before it).
+
+Schema evolution (SPEC.md, "Events"): records written today must replay in ten years. A field
+is never removed, renamed or given another type; new fields always have defaults; a new event
+is a new class with a new tag. Readers skip tags they do not know (``decode_*`` returns None),
+so an older gateway can still verify a newer log's framing and chain.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "Actor",
+    "CompactionGap",
+    "ControlEvent",
+    "Envelope",
+    "Event",
+    "GatewayStarted",
+    "GatewayStopped",
+    "LogCompacted",
+    "LogTailTruncated",
+    "MailboxCreated",
+    "MailboxDeleted",
+    "MailboxKeyReset",
+    "MailboxKeyRewrapped",
+    "MailboxStatus",
+    "MailboxUpdated",
+    "MessageEvent",
+    "MessageStored",
+    "MessagesExpunged",
+    "decode_control_event",
+    "decode_envelope",
+    "decode_message_event",
+    "encode_envelope",
+    "encode_event",
+    "event_to_json",
+    "now",
+]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class MailboxStatus(enum.StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+class Actor(msgspec.Struct, frozen=True, kw_only=True):
+    """Who caused an event: ``system`` (the gateway itself), ``admin`` or ``token`` (the admin
+    API), ``cli`` (a local command on the data folder), or a protocol session (``smtp``,
+    ``pop3``), with the peer address where there is one."""
+
+    kind: str
+    name: str = ""
+    address: str = ""
+
+
+SYSTEM = Actor(kind="system")
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+    at: datetime
+    actor: Actor = SYSTEM
+
+
+# -- control log ---------------------------------------------------------------------------
+
+
+class MailboxCreated(Event, frozen=True, kw_only=True):
+    mailbox_id: str
+    name: str
+    description: str = ""
+    key_id: str  # hex of the first 16 bytes of SHA-256 of the public key
+    wrap_id: str  # hex of the first 16 bytes of SHA-256 of the key file
+
+
+class MailboxUpdated(Event, frozen=True, kw_only=True):
+    mailbox_id: str
+    name: str
+    description: str
+    status: MailboxStatus
+
+
+class MailboxKeyRewrapped(Event, frozen=True, kw_only=True):
+    """Password changed with the old password known: same key pair, new wrap. Every stored
+    message stays readable."""
+
+    mailbox_id: str
+    key_id: str
+    wrap_id: str
+
+
+class MailboxKeyReset(Event, frozen=True, kw_only=True):
+    """Password reset without the old password: a new key pair. Messages sealed to the old
+    key (``unreadable_messages`` of them) can never be decrypted again."""
+
+    mailbox_id: str
+    old_key_id: str
+    key_id: str
+    wrap_id: str
+    unreadable_messages: int
+    unreadable_bytes: int
+
+
+class MailboxDeleted(Event, frozen=True, kw_only=True):
+    mailbox_id: str
+    purged_messages: int = 0
+
+
+class MessagesExpunged(Event, frozen=True, kw_only=True):
+    """Messages deleted (by the archive over POP3, or by an admin purge). They stop being
+    served at once; compaction reclaims their bytes later."""
+
+    mailbox_id: str
+    message_ids: tuple[str, ...]
+    bytes: int
+
+
+class CompactionGap(msgspec.Struct, frozen=True):
+    first_seq: int
+    last_seq: int
+    chain: bytes  # the chain value after last_seq, as it was before removal
+
+
+class LogCompacted(Event, frozen=True, kw_only=True):
+    """Compaction removed records of expunged messages from one segment of a mailbox log
+    (``removed_segment``: the whole segment file went). The chain values keep the log
+    verifiable across the cut."""
+
+    mailbox_id: str
+    segment: int
+    gaps: tuple[CompactionGap, ...]
+    removed_segment: bool
+    message_ids: tuple[str, ...]
+    bytes_before: int
+    bytes_after: int
+
+
+class LogTailTruncated(Event, frozen=True, kw_only=True):
+    """Opening a log found a torn or garbage tail (a write cut short by a crash) and cut it
+    off. Nothing acknowledged is ever in such a tail."""
+
+    log: str  # "control" or a mailbox id
+    segment: str
+    offset: int
+    dropped_bytes: int
+
+
+class GatewayStarted(Event, frozen=True, kw_only=True):
+    version: str
+
+
+class GatewayStopped(Event, frozen=True, kw_only=True):
+    reason: str = ""
+
+
+ControlEvent = (
+    MailboxCreated
+    | MailboxUpdated
+    | MailboxKeyRewrapped
+    | MailboxKeyReset
+    | MailboxDeleted
+    | MessagesExpunged
+    | LogCompacted
+    | LogTailTruncated
+    | GatewayStarted
+    | GatewayStopped
+)
+
+
+# -- mailbox message logs ------------------------------------------------------------------
+
+
+class MessageStored(Event, frozen=True, kw_only=True):
+    """The commit record of one message: it exists once this record is durable. Its sealed
+    chunks are the CHUNK records ``chunk_seqs`` earlier in the same log. In the clear: id,
+    time, sizes and key id; everything else is inside ``envelope``, sealed."""
+
+    message_id: str
+    size: int  # plaintext octets, the POP3 size
+    sealed_size: int
+    key_id: str
+    wrapped_key: bytes  # HPKE-sealed data key
+    envelope: bytes  # sealed Envelope, see gateway.crypto
+    chunk_seqs: tuple[int, ...]
+
+
+MessageEvent = MessageStored
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What the gateway knows about a message besides its bytes. Sealed with the message."""
+
+    received_at: datetime
+    origin: str  # "journal", "smtp-proxy" or "pop3-proxy"
+    mail_from: str = ""
+    rcpt_to: tuple[str, ...] = ()
+    client_address: str = ""
+    helo: str = ""
+    tls: str = ""  # e.g. "TLSv1.3 TLS_AES_256_GCM_SHA384"; empty when plain
+    target: str = ""  # proxy: the upstream server
+    remote_user: str = ""  # proxy: the upstream login name
+    upstream_uidl: str = ""  # POP3 proxy: the upstream UIDL
+
+
+# -- codecs --------------------------------------------------------------------------------
+
+_encoder = msgspec.msgpack.Encoder()
+_control_decoder = msgspec.msgpack.Decoder(ControlEvent)
+_message_decoder = msgspec.msgpack.Decoder(MessageEvent)
+_envelope_decoder = msgspec.msgpack.Decoder(Envelope)
+_json_encoder = msgspec.json.Encoder()
+_tags = msgspec.msgpack.Decoder(dict[str, Any])
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def _decode(decoder: msgspec.msgpack.Decoder[Any], data: bytes) -> Any:
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError:
+        # An unknown tag comes from a newer gateway: skip it. Anything else is a real error.
+        tag = _tags.decode(data).get("type")
+        if isinstance(tag, str) and tag not in _KNOWN_TAGS:
+            return None
+        raise
+
+
+_KNOWN_TAGS = frozenset(
+    cls.__name__
+    for cls in (
+        MailboxCreated,
+        MailboxUpdated,
+        MailboxKeyRewrapped,
+        MailboxKeyReset,
+        MailboxDeleted,
+        MessagesExpunged,
+        LogCompacted,
+        LogTailTruncated,
+        GatewayStarted,
+        GatewayStopped,
+        MessageStored,
+    )
+)
+
+
+def decode_control_event(data: bytes) -> ControlEvent | None:
+    """Decode a control-log event; None for an event type this version does not know.
+    Raises msgspec.DecodeError on bytes that are not an event at all."""
+    result: ControlEvent | None = _decode(_control_decoder, data)
+    return result
+
+
+def decode_message_event(data: bytes) -> MessageEvent | None:
+    result: MessageEvent | None = _decode(_message_decoder, data)
+    return result
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    return _encoder.encode(envelope)
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    return _envelope_decoder.decode(data)
+
+
+def event_to_json(event: Event) -> bytes:
+    return _json_encoder.encode(event)

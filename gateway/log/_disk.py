@@ -1,0 +1,706 @@
+"""The one module that touches the data folder.
+
+Theory of operation
+-------------------
+Everything here is blocking and runs in worker threads (``gateway.log._writer`` and the
+services call it through ``trio.to_thread``). Nothing else in the gateway opens, renames or
+fsyncs a file under the data folder.
+
+Layout (SPEC.md, "On disk")::
+
+    <data>/gateway.lock              flock: one gateway per data folder
+    <data>/control/<seq>.seg          the control log
+    <data>/mailboxes/<id>/key         the mailbox key file (replaced atomically)
+    <data>/mailboxes/<id>/log/<seq>.seg
+
+A :class:`SegmentLog` appends whole batches: every record of a batch is written with one
+``write`` and made durable with one ``fdatasync`` (group commit). A new segment's header is
+fsynced, and its directory too, before any record goes into it, so a segment that is not the
+last one is always complete. On open, the last segment is checked record by record: a torn or
+garbage tail (bytes after the last whole record that no later whole record follows) is cut off
+and reported; anything else that does not check out raises :class:`LogCorrupt` with the file
+and offset, and the log stays closed for writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..ids import parse_mailbox_id
+from ._framing import (
+    RECORD_HEADER_SIZE,
+    RECORD_OVERHEAD,
+    SEGMENT_HEADER_SIZE,
+    FramingError,
+    Gap,
+    RecordHeader,
+    RecordKind,
+    SegmentHeader,
+    chain_next,
+    decode_gap,
+    decode_record_header,
+    decode_segment_header,
+    encode_gap_body,
+    encode_record,
+    encode_segment_header,
+    genesis_chain,
+    record_prefix,
+    verify_record,
+)
+
+__all__ = [
+    "DEFAULT_SEGMENT_BYTES",
+    "AppendItem",
+    "DataDir",
+    "DataDirLocked",
+    "LogCorrupt",
+    "LogRecord",
+    "LogWriteError",
+    "Location",
+    "Recovery",
+    "SegmentLog",
+    "iter_log",
+    "segment_name",
+]
+
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+SEGMENT_SUFFIX = ".seg"
+# How many sequence numbers past the last good record we search for when deciding whether
+# bad bytes are a torn tail or damage in the middle of the log. A batch never holds more
+# records than this many bytes of chunks could, so a whole record after damage is found.
+_RESYNC_WINDOW = 4096
+_READ_BLOCK = 1 << 20
+
+
+class LogCorrupt(Exception):
+    """A log that does not check out anywhere but a torn tail. Never repaired automatically."""
+
+    def __init__(self, path: Path, offset: int, reason: str) -> None:
+        super().__init__(f"{path}: offset {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+class LogWriteError(Exception):
+    """An append that did not become durable (disk full, I/O error). Nothing of the batch is
+    visible afterwards."""
+
+
+class DataDirLocked(Exception):
+    """Another gateway process holds the data folder."""
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a record lives: the segment (by its first seq), the byte offset, the framed size."""
+
+    segment: int
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """A torn tail cut off when the log was opened."""
+
+    path: Path
+    offset: int
+    dropped_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    seq: int
+    kind: int
+    body: bytes
+    chain: bytes
+    location: Location
+
+
+AppendItem = tuple[RecordKind, bytes]
+
+
+def segment_name(first_seq: int) -> str:
+    return f"{first_seq:020d}{SEGMENT_SUFFIX}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _list_segments(directory: Path) -> list[int]:
+    firsts = []
+    for entry in os.scandir(directory):
+        name = entry.name
+        if name.endswith(SEGMENT_SUFFIX) and len(name) == 20 + len(SEGMENT_SUFFIX):
+            stem = name[:20]
+            if stem.isdigit():
+                firsts.append(int(stem))
+    return sorted(firsts)
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def _read_exact(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    while len(data) < size:
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+@dataclass(slots=True)
+class _SegmentScan:
+    """The outcome of reading one segment from its header to its end."""
+
+    header: SegmentHeader
+    records: list[LogRecord]
+    end_offset: int  # just after the last whole record
+    end_chain: bytes
+    next_seq: int
+    error: str | None  # why reading stopped before the end of the file, if it did
+    file_size: int
+
+
+def _scan_segment(
+    path: Path,
+    first_seq: int,
+    log_id: bytes,
+    expect_chain: bytes | None,
+    *,
+    keep_bodies: bool,
+) -> _SegmentScan:
+    """Check every record of one segment: CRC, sequence continuity, hash chain.
+
+    Stops at the first record that does not check out and says why; the caller decides
+    whether that is a torn tail or corruption.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        file_size = os.fstat(fd).st_size
+        try:
+            header = decode_segment_header(_read_exact(fd, SEGMENT_HEADER_SIZE, 0))
+        except FramingError as exc:
+            raise LogCorrupt(path, 0, str(exc)) from None
+        if header.log_id != log_id:
+            raise LogCorrupt(path, 0, "segment belongs to another log")
+        if header.first_seq != first_seq:
+            raise LogCorrupt(path, 0, "segment name does not match its first sequence number")
+        if expect_chain is not None and header.prev_chain != expect_chain:
+            raise LogCorrupt(path, 0, "chain broken between segments")
+        chain = header.prev_chain
+        seq = header.first_seq
+        offset = SEGMENT_HEADER_SIZE
+        records: list[LogRecord] = []
+        error: str | None = None
+        buf = b""
+        buf_start = offset
+        while offset < file_size:
+            # Keep a window of the file in memory; records are at most MAX_BODY long.
+            need = offset - buf_start + RECORD_HEADER_SIZE
+            if need > len(buf):
+                buf = _read_exact(fd, _READ_BLOCK, offset)
+                buf_start = offset
+            rel = offset - buf_start
+            if len(buf) - rel < RECORD_HEADER_SIZE:
+                error = "torn record header"
+                break
+            try:
+                rh = decode_record_header(memoryview(buf)[rel:])
+            except FramingError as exc:
+                error = str(exc)
+                break
+            if len(buf) - rel < rh.size:
+                buf = _read_exact(fd, max(_READ_BLOCK, rh.size), offset)
+                buf_start = offset
+                rel = 0
+                if len(buf) < rh.size:
+                    error = "torn record"
+                    break
+            raw = memoryview(buf)[rel : rel + rh.size]
+            try:
+                rh, body, stored_chain = verify_record(raw)
+            except FramingError as exc:
+                error = str(exc)
+                break
+            if rh.kind == RecordKind.GAP:
+                try:
+                    gap = decode_gap(body)
+                except FramingError as exc:
+                    error = str(exc)
+                    break
+                if gap.first_seq != seq or rh.seq != gap.last_seq:
+                    error = f"gap record out of sequence (expected {seq})"
+                    break
+                # The chain value after a gap cannot be recomputed from the segment: it is
+                # confirmed against the control log's compaction events by verify.
+                chain = stored_chain
+            else:
+                if rh.seq != seq:
+                    error = f"record sequence {rh.seq} where {seq} was expected"
+                    break
+                computed = chain_next(chain, record_prefix(raw, rh))
+                if computed != stored_chain:
+                    error = f"record {seq}: hash chain mismatch"
+                    break
+                chain = computed
+            records.append(
+                LogRecord(
+                    seq=rh.seq,
+                    kind=rh.kind,
+                    body=bytes(body) if keep_bodies or rh.kind != RecordKind.CHUNK else b"",
+                    chain=chain,
+                    location=Location(first_seq, offset, rh.size),
+                )
+            )
+            seq = rh.seq + 1
+            offset += rh.size
+        return _SegmentScan(header, records, offset, chain, seq, error, file_size)
+    finally:
+        os.close(fd)
+
+
+def _later_record_exists(path: Path, offset: int, next_seq: int) -> bool:
+    """Is there a whole, CRC-valid record with a higher sequence number after ``offset``?
+
+    If so, the bad bytes at ``offset`` are damage in the middle of the log, not a torn tail.
+    Searched by the byte pattern of the next few sequence numbers, so this is cheap.
+    """
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    for seq in range(next_seq, next_seq + _RESYNC_WINDOW):
+        pattern = struct.pack("<Q", seq)
+        start = 0
+        while True:
+            hit = data.find(pattern, start)
+            if hit < 0:
+                break
+            record_start = hit - 8
+            start = hit + 1
+            if record_start < 0:
+                continue
+            try:
+                rh = decode_record_header(memoryview(data)[record_start:])
+                verify_record(memoryview(data)[record_start : record_start + rh.size])
+            except (FramingError, struct.error):
+                continue
+            return True
+    return False
+
+
+def iter_log(
+    directory: Path, log_id: bytes, *, keep_bodies: bool = True, tail_ok: bool = True
+) -> Iterator[LogRecord]:
+    """Read a whole log, checking every record; read-only, safe while the gateway writes.
+
+    Raises LogCorrupt at the first problem. A torn tail on the last segment (a write in
+    progress, or one the next open would cut off) ends the iteration quietly when ``tail_ok``.
+    Segments missing from the sequence (removed by compaction) are yielded as a GAP record
+    whose chain is the next segment's starting chain; verify confirms it against the control
+    log.
+    """
+    firsts = _list_segments(directory)
+    chain: bytes | None = genesis_chain(log_id)
+    expect_seq = 0
+    for i, first in enumerate(firsts):
+        path = directory / segment_name(first)
+        if first != expect_seq:
+            if first < expect_seq:
+                raise LogCorrupt(path, 0, f"segment overlaps records up to {expect_seq - 1}")
+            header = _scan_segment_header(path)
+            yield LogRecord(
+                seq=first - 1,
+                kind=RecordKind.GAP,
+                body=encode_gap_body(Gap(expect_seq, first - 1)),
+                chain=header.prev_chain,
+                location=Location(first, 0, 0),
+            )
+            chain = None  # trusted from the header; confirmed by verify
+        scan = _scan_segment(path, first, log_id, chain, keep_bodies=keep_bodies)
+        yield from scan.records
+        if scan.error is not None:
+            last = i == len(firsts) - 1
+            if not (last and tail_ok) or _later_record_exists(path, scan.end_offset, scan.next_seq):
+                raise LogCorrupt(path, scan.end_offset, scan.error)
+            return
+        chain = scan.end_chain
+        expect_seq = scan.next_seq
+
+
+def _scan_segment_header(path: Path) -> SegmentHeader:
+    with open(path, "rb") as f:
+        try:
+            return decode_segment_header(f.read(SEGMENT_HEADER_SIZE))
+        except FramingError as exc:
+            raise LogCorrupt(path, 0, str(exc)) from None
+
+
+# -- the writable log ----------------------------------------------------------------------
+
+
+class SegmentLog:
+    """One append-only log in one directory. Appends are serialized by the caller (one
+    flusher per log); reads may come from any thread at any time."""
+
+    def __init__(
+        self,
+        directory: Path,
+        log_id: bytes,
+        segment_bytes: int,
+        segments: list[int],
+        next_seq: int,
+        chain: bytes,
+        tail_size: int,
+    ) -> None:
+        self.directory = directory
+        self.log_id = log_id
+        self.segment_bytes = segment_bytes
+        self._segments = segments
+        self.next_seq = next_seq
+        self.chain = chain
+        self._tail_size = tail_size
+        self._tail_fd: int | None = None
+        self._read_fds: dict[int, int] = {}
+        self._read_lock = threading.Lock()
+        self._broken: str | None = None
+
+    # -- open and recover
+
+    @classmethod
+    def create(cls, directory: Path, log_id: bytes, *, segment_bytes: int) -> SegmentLog:
+        directory.mkdir(parents=True, exist_ok=False)
+        _fsync_dir(directory.parent)
+        log = cls(directory, log_id, segment_bytes, [], 0, genesis_chain(log_id), 0)
+        log._start_segment(0)
+        return log
+
+    @classmethod
+    def open(
+        cls, directory: Path, log_id: bytes, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    ) -> tuple[SegmentLog, list[LogRecord], Recovery | None]:
+        """Open for appending. Returns the log, every record with its body except chunk
+        bodies (for the caller's projection), and the tail that was cut off, if any."""
+        firsts = _list_segments(directory)
+        if not firsts:
+            raise LogCorrupt(directory, 0, "no segment files")
+        records: list[LogRecord] = []
+        recovery: Recovery | None = None
+        chain: bytes | None = genesis_chain(log_id)
+        expect_seq = 0
+        scan: _SegmentScan | None = None
+        for i, first in enumerate(firsts):
+            path = directory / segment_name(first)
+            last = i == len(firsts) - 1
+            if first != expect_seq:
+                if first < expect_seq:
+                    raise LogCorrupt(path, 0, f"segment overlaps records up to {expect_seq - 1}")
+                chain = None  # a segment removed by compaction; its header carries the chain
+            if last and os.path.getsize(path) < SEGMENT_HEADER_SIZE and i > 0 and chain:
+                # Crash while the segment was being created: its header never became durable,
+                # so no record was ever acknowledged in it. Write the header again.
+                cls._rewrite_header(path, SegmentHeader(log_id, first, chain))
+            scan = _scan_segment(path, first, log_id, chain, keep_bodies=False)
+            records.extend(scan.records)
+            if scan.error is not None:
+                if not last or _later_record_exists(path, scan.end_offset, scan.next_seq):
+                    raise LogCorrupt(path, scan.end_offset, scan.error)
+                recovery = Recovery(path, scan.end_offset, scan.file_size - scan.end_offset)
+                with open(path, "r+b") as f:
+                    f.truncate(scan.end_offset)
+                    os.fsync(f.fileno())
+            chain = scan.end_chain
+            expect_seq = scan.next_seq
+        assert scan is not None
+        log = cls(
+            directory,
+            log_id,
+            segment_bytes,
+            firsts,
+            scan.next_seq,
+            scan.end_chain,
+            scan.end_offset,
+        )
+        return log, records, recovery
+
+    @staticmethod
+    def _rewrite_header(path: Path, header: SegmentHeader) -> None:
+        with open(path, "wb") as f:
+            f.write(encode_segment_header(header))
+            os.fsync(f.fileno())
+
+    # -- append
+
+    @property
+    def segments(self) -> list[int]:
+        return list(self._segments)
+
+    def _start_segment(self, first_seq: int) -> None:
+        if self._tail_fd is not None:
+            os.fdatasync(self._tail_fd)
+            os.close(self._tail_fd)
+            self._tail_fd = None
+        path = self.directory / segment_name(first_seq)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _write_all(fd, encode_segment_header(SegmentHeader(self.log_id, first_seq, self.chain)))
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        _fsync_dir(self.directory)
+        self._tail_fd = fd
+        self._segments.append(first_seq)
+        self._tail_size = SEGMENT_HEADER_SIZE
+
+    def _tail(self) -> int:
+        if self._tail_fd is None:
+            path = self.directory / segment_name(self._segments[-1])
+            self._tail_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        return self._tail_fd
+
+    def append(self, items: Sequence[AppendItem], *, sync: bool = True) -> list[Location]:
+        """Frame, write and (if ``sync``) fdatasync a batch of records.
+
+        All or nothing: on any error the segment is cut back to where the batch began and
+        LogWriteError is raised. If even that fails, the log refuses further appends until it
+        is opened again (which recovers from what is really on disk).
+        """
+        if self._broken is not None:
+            raise LogWriteError(f"log is closed for writing after an earlier failure: {self._broken}")
+        start_seq, start_chain = self.next_seq, self.chain
+        start_segment, start_size = self._segments[-1], self._tail_size
+        locations: list[Location] = []
+        try:
+            pending: list[bytes] = []
+            pending_size = 0
+            for kind, body in items:
+                size = len(body) + RECORD_OVERHEAD
+                if (
+                    self._tail_size + pending_size + size > self.segment_bytes
+                    and self._tail_size + pending_size > SEGMENT_HEADER_SIZE
+                ):
+                    self._flush(pending)
+                    pending, pending_size = [], 0
+                    self._start_segment(self.next_seq)
+                framed, self.chain = encode_record(kind, self.next_seq, body, self.chain)
+                locations.append(
+                    Location(self._segments[-1], self._tail_size + pending_size, len(framed))
+                )
+                pending.append(framed)
+                pending_size += len(framed)
+                self.next_seq += 1
+            self._flush(pending)
+            if sync:
+                os.fdatasync(self._tail())
+        except OSError as exc:
+            self._undo(start_seq, start_chain, start_segment, start_size, exc)
+            raise LogWriteError(f"{os.strerror(exc.errno or errno.EIO)}") from exc
+        return locations
+
+    def _flush(self, pending: list[bytes]) -> None:
+        if pending:
+            data = b"".join(pending)
+            _write_all(self._tail(), data)
+            self._tail_size += len(data)
+
+    def _undo(
+        self, seq: int, chain: bytes, segment: int, size: int, cause: OSError
+    ) -> None:
+        self.next_seq, self.chain = seq, chain
+        try:
+            if self._tail_fd is not None:
+                os.close(self._tail_fd)
+                self._tail_fd = None
+            # Segments started during the failed batch hold nothing acknowledged.
+            while self._segments[-1] != segment:
+                dead = self._segments.pop()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.directory / segment_name(dead))
+            path = self.directory / segment_name(segment)
+            with open(path, "r+b") as f:
+                f.truncate(size)
+                os.fsync(f.fileno())
+            self._tail_size = size
+        except OSError as exc:
+            self._broken = f"{cause}; undo failed: {exc}"
+
+    # -- read
+
+    def read(self, location: Location) -> tuple[RecordHeader, bytes]:
+        """Read one record back, checking its CRC (the chain is verify's job)."""
+        fd = self._read_fd(location.segment)
+        data = _read_exact(fd, location.size, location.offset)
+        try:
+            header, body, _chain = verify_record(data)
+        except FramingError as exc:
+            path = self.directory / segment_name(location.segment)
+            raise LogCorrupt(path, location.offset, str(exc)) from None
+        return header, bytes(body)
+
+    def _read_fd(self, segment: int) -> int:
+        with self._read_lock:
+            fd = self._read_fds.get(segment)
+            if fd is None:
+                fd = os.open(self.directory / segment_name(segment), os.O_RDONLY)
+                self._read_fds[segment] = fd
+            return fd
+
+    def forget_segment(self, segment: int) -> None:
+        """Drop a cached read descriptor after compaction replaced or removed the file."""
+        with self._read_lock:
+            fd = self._read_fds.pop(segment, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self._tail_fd is not None:
+            os.close(self._tail_fd)
+            self._tail_fd = None
+        with self._read_lock:
+            for fd in self._read_fds.values():
+                os.close(fd)
+            self._read_fds.clear()
+
+
+# -- the data folder -----------------------------------------------------------------------
+
+
+class DataDir:
+    """Paths and whole-file operations under the data folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock_fd: int | None = None
+
+    @property
+    def control_dir(self) -> Path:
+        return self.root / "control"
+
+    @property
+    def mailboxes_dir(self) -> Path:
+        return self.root / "mailboxes"
+
+    def mailbox_dir(self, mailbox_id: str) -> Path:
+        # parse_mailbox_id is the gate: nothing but 32 hex characters ever becomes a path.
+        return self.mailboxes_dir / parse_mailbox_id(mailbox_id)
+
+    def mailbox_log_dir(self, mailbox_id: str) -> Path:
+        return self.mailbox_dir(mailbox_id) / "log"
+
+    def key_path(self, mailbox_id: str) -> Path:
+        return self.mailbox_dir(mailbox_id) / "key"
+
+    def ensure(self) -> None:
+        for path in (self.root, self.mailboxes_dir):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def lock(self) -> None:
+        """Hold an exclusive lock on the data folder for the life of the process."""
+        self.ensure()
+        fd = os.open(self.root / "gateway.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataDirLocked(
+                f"another gateway process is using the data folder {self.root}"
+            ) from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def list_mailbox_ids(self) -> list[str]:
+        if not self.mailboxes_dir.is_dir():
+            return []
+        ids = []
+        for entry in os.scandir(self.mailboxes_dir):
+            try:
+                ids.append(parse_mailbox_id(entry.name))
+            except ValueError:
+                continue
+        return sorted(ids)
+
+    def create_mailbox(self, mailbox_id: str, key_file: bytes, log_id: bytes, *, segment_bytes: int) -> SegmentLog:
+        """Create the mailbox folder, its key file and an empty log, all durable."""
+        directory = self.mailbox_dir(mailbox_id)
+        directory.mkdir(mode=0o700)
+        _fsync_dir(self.mailboxes_dir)
+        self._write_new(directory / "key", key_file)
+        return SegmentLog.create(directory / "log", log_id, segment_bytes=segment_bytes)
+
+    def read_key_file(self, mailbox_id: str) -> bytes:
+        return self.key_path(mailbox_id).read_bytes()
+
+    def stage_key_file(self, mailbox_id: str, key_file: bytes) -> None:
+        """First half of a key change: the new key file sits beside the old one, durable."""
+        staged = self.key_path(mailbox_id).with_name("key.new")
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+        self._write_new(staged, key_file)
+
+    def commit_key_file(self, mailbox_id: str) -> None:
+        """Second half, once the control log records the change: rename over the old."""
+        path = self.key_path(mailbox_id)
+        os.replace(path.with_name("key.new"), path)
+        _fsync_dir(path.parent)
+
+    def staged_key_file(self, mailbox_id: str) -> bytes | None:
+        try:
+            return self.key_path(mailbox_id).with_name("key.new").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def discard_staged_key_file(self, mailbox_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.key_path(mailbox_id).with_name("key.new").unlink()
+
+    def remove_mailbox(self, mailbox_id: str) -> None:
+        """Delete a mailbox's folder (after MailboxDeleted is durable in the control log)."""
+        directory = self.mailbox_dir(mailbox_id)
+        for root, dirs, files in os.walk(directory, topdown=False):
+            for name in files:
+                os.unlink(os.path.join(root, name))
+            for name in dirs:
+                os.rmdir(os.path.join(root, name))
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(directory)
+        _fsync_dir(self.mailboxes_dir)
+
+    @staticmethod
+    def _write_new(path: Path, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(path.parent)
