@@ -145,6 +145,7 @@ class LogCompacted(Event, frozen=True, kw_only=True):
 
     mailbox_id: str
     segment: int
+    generation: int  # of the compacted segment file; -1 when the segment was removed whole
     gaps: tuple[CompactionGap, ...]
     removed_segment: bool
     message_ids: tuple[str, ...]

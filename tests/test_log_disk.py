@@ -45,7 +45,9 @@ def test_append_and_reopen(tmp_path: Path) -> None:
 
 
 def test_segments_roll_and_chain_across_them(tmp_path: Path) -> None:
-    directory = make_log(tmp_path, 50, segment_bytes=SEGMENT_HEADER_SIZE + 3 * (RECORD_OVERHEAD + 8))
+    directory = make_log(
+        tmp_path, 50, segment_bytes=SEGMENT_HEADER_SIZE + 3 * (RECORD_OVERHEAD + 8)
+    )
     names = sorted(os.listdir(directory))
     assert len(names) > 10
     assert names[0] == segment_name(0)
@@ -104,7 +106,9 @@ def test_every_byte_flip_is_detected_and_located(tmp_path: Path) -> None:
             assert info.value.offset == 0
         else:
             holder = next(
-                r for r in records if r.location.offset <= offset < r.location.offset + r.location.size
+                r
+                for r in records
+                if r.location.offset <= offset < r.location.offset + r.location.size
             )
             assert info.value.offset == holder.location.offset, offset
     path.write_bytes(whole)

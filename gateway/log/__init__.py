@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ._disk import (
     DEFAULT_SEGMENT_BYTES,
+    AppendItem,
+    Compaction,
     DataDir,
     DataDirLocked,
     Location,
@@ -28,6 +30,8 @@ from ._writer import LogWriter, StaleEpoch
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
+    "AppendItem",
+    "Compaction",
     "DataDir",
     "DataDirLocked",
     "FramingError",

@@ -28,9 +28,11 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,7 @@ from ._framing import (
     decode_gap,
     decode_record_header,
     decode_segment_header,
+    encode_gap,
     encode_gap_body,
     encode_record,
     encode_segment_header,
@@ -58,13 +61,15 @@ from ._framing import (
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
+    "REMOVED",
     "AppendItem",
+    "Compaction",
     "DataDir",
     "DataDirLocked",
+    "Location",
     "LogCorrupt",
     "LogRecord",
     "LogWriteError",
-    "Location",
     "Recovery",
     "SegmentLog",
     "iter_log",
@@ -73,6 +78,8 @@ __all__ = [
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 SEGMENT_SUFFIX = ".seg"
+REMOVED = -1  # the generation of a segment compaction removed whole
+_STAGING_SUFFIX = ".new"
 # How many sequence numbers past the last good record we search for when deciding whether
 # bad bytes are a torn tail or damage in the middle of the log. A batch never holds more
 # records than this many bytes of chunks could, so a whole record after damage is found.
@@ -101,11 +108,13 @@ class DataDirLocked(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Location:
-    """Where a record lives: the segment (by its first seq), the byte offset, the framed size."""
+    """Where a record lives: the segment (by its first seq), the byte offset, the framed size,
+    and the record's sequence number."""
 
     segment: int
     offset: int
     size: int
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +135,34 @@ class LogRecord:
     location: Location
 
 
-AppendItem = tuple[RecordKind, bytes]
+# A record to append: its kind and body. The body may be a function of the sequence number the
+# record gets, for records that name their neighbours (a message's commit names its chunks).
+@dataclass(frozen=True, slots=True)
+class Compaction:
+    """A compacted segment written beside the original, not yet in place."""
+
+    segment: int
+    generation: int  # of the new file; REMOVED when the whole segment goes
+    gaps: list[tuple[Gap, bytes]]  # each removed run, with the chain value after it
+    old_path: Path
+    new_path: Path | None  # None: every record goes, the segment is removed
+    moved: dict[int, Location]  # seq -> new location of each kept record
+    bytes_before: int
+    bytes_after: int
+    dropped_bytes: int
 
 
-def segment_name(first_seq: int) -> str:
-    return f"{first_seq:020d}{SEGMENT_SUFFIX}"
+AppendItem = tuple[RecordKind, bytes | Callable[[int], bytes]]
+
+
+def segment_name(first_seq: int, generation: int = 0) -> str:
+    """``<first seq>.seg``; a compacted copy is ``<first seq>.g<generation>.seg``."""
+    if generation == 0:
+        return f"{first_seq:020d}{SEGMENT_SUFFIX}"
+    return f"{first_seq:020d}.g{generation}{SEGMENT_SUFFIX}"
+
+
+_SEGMENT_FILE = re.compile(r"(\d{20})(?:\.g([1-9]\d{0,8}))?\.seg")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -148,15 +180,47 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
-def _list_segments(directory: Path) -> list[int]:
-    firsts = []
+@dataclass(slots=True)
+class _Files:
+    """Which segment files make up a log, given the compactions the control log confirms."""
+
+    chosen: dict[int, tuple[int, Path]]  # first seq -> (generation, path), in order
+    retired: list[Path]  # superseded or removed by a confirmed compaction: deleted after grace
+    unconfirmed: list[Path]  # a compaction whose control event never became durable
+
+
+def _choose_files(directory: Path, cuts: Mapping[int, int]) -> _Files:
+    """Pick one file per segment. ``cuts`` maps a segment's first seq to the generation the
+    control log confirms for it (REMOVED for a removed segment; absent means 0).
+
+    A newer generation than confirmed is a compaction cut short (or a copy of the folder
+    that caught the new file but not the control event): the older file still holds every
+    record, so it is the one used. An older generation than confirmed is kept for the grace
+    period (``Archive`` deletes it later), which is what makes a copy taken with ``cp -a``
+    while compaction runs consistent: whichever control log it caught, the files it needs
+    are there.
+    """
+    found: dict[int, dict[int, Path]] = {}
     for entry in os.scandir(directory):
-        name = entry.name
-        if name.endswith(SEGMENT_SUFFIX) and len(name) == 20 + len(SEGMENT_SUFFIX):
-            stem = name[:20]
-            if stem.isdigit():
-                firsts.append(int(stem))
-    return sorted(firsts)
+        match = _SEGMENT_FILE.fullmatch(entry.name)
+        if match:
+            first, generation = int(match.group(1)), int(match.group(2) or 0)
+            found.setdefault(first, {})[generation] = Path(entry.path)
+    files = _Files({}, [], [])
+    for first in sorted(found):
+        generations = found[first]
+        confirmed = cuts.get(first, 0)
+        if confirmed == REMOVED:
+            files.retired.extend(generations.values())
+            continue
+        usable = [g for g in generations if g <= confirmed]
+        files.unconfirmed.extend(p for g, p in generations.items() if g > confirmed)
+        if not usable:
+            continue
+        best = max(usable)
+        files.chosen[first] = (best, generations[best])
+        files.retired.extend(p for g, p in generations.items() if g < best)
+    return files
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -273,7 +337,7 @@ def _scan_segment(
                     kind=rh.kind,
                     body=bytes(body) if keep_bodies or rh.kind != RecordKind.CHUNK else b"",
                     chain=chain,
-                    location=Location(first_seq, offset, rh.size),
+                    location=Location(first_seq, offset, rh.size, rh.seq),
                 )
             )
             seq = rh.seq + 1
@@ -313,7 +377,12 @@ def _later_record_exists(path: Path, offset: int, next_seq: int) -> bool:
 
 
 def iter_log(
-    directory: Path, log_id: bytes, *, keep_bodies: bool = True, tail_ok: bool = True
+    directory: Path,
+    log_id: bytes,
+    *,
+    cuts: Mapping[int, int] | None = None,
+    keep_bodies: bool = True,
+    tail_ok: bool = True,
 ) -> Iterator[LogRecord]:
     """Read a whole log, checking every record; read-only, safe while the gateway writes.
 
@@ -323,11 +392,10 @@ def iter_log(
     whose chain is the next segment's starting chain; verify confirms it against the control
     log.
     """
-    firsts = _list_segments(directory)
+    chosen = _choose_files(directory, cuts or {}).chosen
     chain: bytes | None = genesis_chain(log_id)
     expect_seq = 0
-    for i, first in enumerate(firsts):
-        path = directory / segment_name(first)
+    for i, (first, (_generation, path)) in enumerate(chosen.items()):
         if first != expect_seq:
             if first < expect_seq:
                 raise LogCorrupt(path, 0, f"segment overlaps records up to {expect_seq - 1}")
@@ -337,13 +405,13 @@ def iter_log(
                 kind=RecordKind.GAP,
                 body=encode_gap_body(Gap(expect_seq, first - 1)),
                 chain=header.prev_chain,
-                location=Location(first, 0, 0),
+                location=Location(first, 0, 0, first - 1),
             )
             chain = None  # trusted from the header; confirmed by verify
         scan = _scan_segment(path, first, log_id, chain, keep_bodies=keep_bodies)
         yield from scan.records
         if scan.error is not None:
-            last = i == len(firsts) - 1
+            last = i == len(chosen) - 1
             if not (last and tail_ok) or _later_record_exists(path, scan.end_offset, scan.next_seq):
                 raise LogCorrupt(path, scan.end_offset, scan.error)
             return
@@ -371,7 +439,7 @@ class SegmentLog:
         directory: Path,
         log_id: bytes,
         segment_bytes: int,
-        segments: list[int],
+        files: dict[int, tuple[int, Path]],
         next_seq: int,
         chain: bytes,
         tail_size: int,
@@ -379,7 +447,7 @@ class SegmentLog:
         self.directory = directory
         self.log_id = log_id
         self.segment_bytes = segment_bytes
-        self._segments = segments
+        self._files = files  # first seq -> (generation, path), oldest first
         self.next_seq = next_seq
         self.chain = chain
         self._tail_size = tail_size
@@ -394,35 +462,40 @@ class SegmentLog:
     def create(cls, directory: Path, log_id: bytes, *, segment_bytes: int) -> SegmentLog:
         directory.mkdir(parents=True, exist_ok=False)
         _fsync_dir(directory.parent)
-        log = cls(directory, log_id, segment_bytes, [], 0, genesis_chain(log_id), 0)
+        log = cls(directory, log_id, segment_bytes, {}, 0, genesis_chain(log_id), 0)
         log._start_segment(0)
         return log
 
     @classmethod
     def open(
-        cls, directory: Path, log_id: bytes, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES
+        cls,
+        directory: Path,
+        log_id: bytes,
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        cuts: Mapping[int, int] | None = None,
     ) -> tuple[SegmentLog, list[LogRecord], Recovery | None]:
         """Open for appending. Returns the log, every record with its body except chunk
-        bodies (for the caller's projection), and the tail that was cut off, if any."""
-        firsts = _list_segments(directory)
-        if not firsts:
+        bodies (for the caller's projection), and the tail that was cut off, if any.
+        ``cuts``: the compactions the control log confirms (see ``_choose_files``)."""
+        files = _choose_files(directory, cuts or {})
+        if not files.chosen:
             raise LogCorrupt(directory, 0, "no segment files")
+        for stale in [*files.unconfirmed, *directory.glob("*" + SEGMENT_SUFFIX + _STAGING_SUFFIX)]:
+            # A compaction whose control event never became durable: the older file holds
+            # every record, this one is a leftover.
+            stale.unlink()
         records: list[LogRecord] = []
         recovery: Recovery | None = None
         chain: bytes | None = genesis_chain(log_id)
         expect_seq = 0
         scan: _SegmentScan | None = None
-        for i, first in enumerate(firsts):
-            path = directory / segment_name(first)
-            last = i == len(firsts) - 1
+        for i, (first, (_generation, path)) in enumerate(files.chosen.items()):
+            last = i == len(files.chosen) - 1
             if first != expect_seq:
                 if first < expect_seq:
                     raise LogCorrupt(path, 0, f"segment overlaps records up to {expect_seq - 1}")
                 chain = None  # a segment removed by compaction; its header carries the chain
-            if last and os.path.getsize(path) < SEGMENT_HEADER_SIZE and i > 0 and chain:
-                # Crash while the segment was being created: its header never became durable,
-                # so no record was ever acknowledged in it. Write the header again.
-                cls._rewrite_header(path, SegmentHeader(log_id, first, chain))
             scan = _scan_segment(path, first, log_id, chain, keep_bodies=False)
             records.extend(scan.records)
             if scan.error is not None:
@@ -439,48 +512,53 @@ class SegmentLog:
             directory,
             log_id,
             segment_bytes,
-            firsts,
+            files.chosen,
             scan.next_seq,
             scan.end_chain,
             scan.end_offset,
         )
         return log, records, recovery
 
-    @staticmethod
-    def _rewrite_header(path: Path, header: SegmentHeader) -> None:
-        with open(path, "wb") as f:
-            f.write(encode_segment_header(header))
-            os.fsync(f.fileno())
-
     # -- append
 
     @property
     def segments(self) -> list[int]:
-        return list(self._segments)
+        return list(self._files)
+
+    @property
+    def tail_segment(self) -> int:
+        return next(reversed(self._files))
+
+    def generation(self, segment: int) -> int:
+        return self._files[segment][0]
 
     def _start_segment(self, first_seq: int) -> None:
         if self._tail_fd is not None:
             os.fdatasync(self._tail_fd)
             os.close(self._tail_fd)
             self._tail_fd = None
+        # The segment appears under its name only with its header complete and durable, so
+        # neither a crash nor a copy of the folder ever finds a segment without a header.
         path = self.directory / segment_name(first_seq)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        staging = path.with_name(path.name + _STAGING_SUFFIX)
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             _write_all(fd, encode_segment_header(SegmentHeader(self.log_id, first_seq, self.chain)))
             os.fsync(fd)
+            os.rename(staging, path)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
-                os.unlink(path)
+                os.unlink(staging)
             raise
         _fsync_dir(self.directory)
         self._tail_fd = fd
-        self._segments.append(first_seq)
+        self._files[first_seq] = (0, path)
         self._tail_size = SEGMENT_HEADER_SIZE
 
     def _tail(self) -> int:
         if self._tail_fd is None:
-            path = self.directory / segment_name(self._segments[-1])
+            _generation, path = self._files[self.tail_segment]
             self._tail_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         return self._tail_fd
 
@@ -492,14 +570,19 @@ class SegmentLog:
         is opened again (which recovers from what is really on disk).
         """
         if self._broken is not None:
-            raise LogWriteError(f"log is closed for writing after an earlier failure: {self._broken}")
+            raise LogWriteError(
+                f"log is closed for writing after an earlier failure: {self._broken}"
+            )
         start_seq, start_chain = self.next_seq, self.chain
-        start_segment, start_size = self._segments[-1], self._tail_size
+        start_segment, start_size = self.tail_segment, self._tail_size
         locations: list[Location] = []
         try:
             pending: list[bytes] = []
             pending_size = 0
-            for kind, body in items:
+            for kind, body_or_builder in items:
+                body = (
+                    body_or_builder(self.next_seq) if callable(body_or_builder) else body_or_builder
+                )
                 size = len(body) + RECORD_OVERHEAD
                 if (
                     self._tail_size + pending_size + size > self.segment_bytes
@@ -510,7 +593,12 @@ class SegmentLog:
                     self._start_segment(self.next_seq)
                 framed, self.chain = encode_record(kind, self.next_seq, body, self.chain)
                 locations.append(
-                    Location(self._segments[-1], self._tail_size + pending_size, len(framed))
+                    Location(
+                        self.tail_segment,
+                        self._tail_size + pending_size,
+                        len(framed),
+                        self.next_seq,
+                    )
                 )
                 pending.append(framed)
                 pending_size += len(framed)
@@ -529,26 +617,129 @@ class SegmentLog:
             _write_all(self._tail(), data)
             self._tail_size += len(data)
 
-    def _undo(
-        self, seq: int, chain: bytes, segment: int, size: int, cause: OSError
-    ) -> None:
+    def _undo(self, seq: int, chain: bytes, segment: int, size: int, cause: OSError) -> None:
         self.next_seq, self.chain = seq, chain
         try:
             if self._tail_fd is not None:
                 os.close(self._tail_fd)
                 self._tail_fd = None
             # Segments started during the failed batch hold nothing acknowledged.
-            while self._segments[-1] != segment:
-                dead = self._segments.pop()
+            while self.tail_segment != segment:
+                _generation, dead = self._files.pop(self.tail_segment)
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.directory / segment_name(dead))
-            path = self.directory / segment_name(segment)
+                    os.unlink(dead)
+            _generation, path = self._files[segment]
             with open(path, "r+b") as f:
                 f.truncate(size)
                 os.fsync(f.fileno())
             self._tail_size = size
         except OSError as exc:
             self._broken = f"{cause}; undo failed: {exc}"
+
+    # -- compaction
+
+    def plan_compaction(self, segment: int, keep: Callable[[LogRecord], bool]) -> Compaction | None:
+        """Write a compacted copy of a sealed segment beside it, holding only the records
+        ``keep`` accepts and GAP records for the runs it drops. Nothing is replaced yet: the
+        caller records the cut in the control log, then calls :meth:`apply_compaction`.
+        Returns None when there is nothing to drop."""
+        if segment == self.tail_segment:
+            raise ValueError("the segment being appended to is never compacted")
+        generation, path = self._files[segment]
+        scan = _scan_segment(path, segment, self.log_id, None, keep_bodies=False)
+        if scan.error is not None:
+            raise LogCorrupt(path, scan.end_offset, scan.error)
+        out: list[tuple[LogRecord | None, Gap, bytes]] = []  # kept record, or a gap to write
+        run: list[LogRecord] = []
+        dropped_bytes = 0
+        kept: list[LogRecord] = []
+
+        def close_run() -> None:
+            if run:
+                out.append((None, Gap(run[0].seq, run[-1].seq), run[-1].chain))
+                run.clear()
+
+        for record in scan.records:
+            if record.kind == RecordKind.GAP or keep(record):
+                close_run()
+                out.append((record, Gap(0, 0), b""))
+                if record.kind != RecordKind.GAP:
+                    kept.append(record)
+            else:
+                run.append(record)
+                dropped_bytes += record.location.size
+        close_run()
+        if dropped_bytes == 0:
+            return None
+        gaps = [(gap, chain) for record, gap, chain in out if record is None]
+        if not kept:
+            return Compaction(
+                segment, REMOVED, gaps, path, None, {}, scan.file_size, 0, dropped_bytes
+            )
+        new_generation = generation + 1
+        new_path = self.directory / segment_name(segment, new_generation)
+        with contextlib.suppress(FileNotFoundError):
+            new_path.unlink()  # a leftover of an earlier attempt that was never confirmed
+        moved: dict[int, Location] = {}
+        with open(path, "rb") as src, open(new_path, "xb") as dst:
+            dst.write(encode_segment_header(scan.header))
+            offset = SEGMENT_HEADER_SIZE
+            for entry, gap, chain in out:
+                if entry is None:
+                    framed, _ = encode_gap(gap, chain)
+                else:
+                    src.seek(entry.location.offset)
+                    framed = src.read(entry.location.size)
+                    moved[entry.seq] = Location(segment, offset, len(framed), entry.seq)
+                dst.write(framed)
+                offset += len(framed)
+            dst.flush()
+            os.fsync(dst.fileno())
+        _fsync_dir(self.directory)
+        return Compaction(
+            segment,
+            new_generation,
+            gaps,
+            path,
+            new_path,
+            moved,
+            scan.file_size,
+            offset,
+            dropped_bytes,
+        )
+
+    def apply_compaction(self, compaction: Compaction) -> None:
+        """Switch to the compacted file (or drop the segment), once the control log confirms
+        the compaction. The superseded file stays for the grace period (its modification
+        time is set to now to start it): a copy of the data folder taken meanwhile that
+        caught an older control log still finds every record it needs."""
+        if compaction.new_path is None:
+            del self._files[compaction.segment]
+        else:
+            self._files[compaction.segment] = (compaction.generation, compaction.new_path)
+        os.utime(compaction.old_path)
+        self.forget_segment(compaction.segment)
+
+    def discard_compaction(self, compaction: Compaction) -> None:
+        if compaction.new_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(compaction.new_path)
+
+    def remove_retired(self, cuts: Mapping[int, int], grace_seconds: float) -> list[Path]:
+        """Delete superseded segment files whose grace period has passed."""
+        now = time.time()
+        removed = []
+        live = {path for _generation, path in self._files.values()}
+        for path in _choose_files(self.directory, cuts).retired:
+            if path in live:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if now - path.stat().st_mtime >= grace_seconds:
+                    path.unlink()
+                    removed.append(path)
+        if removed:
+            _fsync_dir(self.directory)
+        return removed
 
     # -- read
 
@@ -559,7 +750,7 @@ class SegmentLog:
         try:
             header, body, _chain = verify_record(data)
         except FramingError as exc:
-            path = self.directory / segment_name(location.segment)
+            _generation, path = self._files[location.segment]
             raise LogCorrupt(path, location.offset, str(exc)) from None
         return header, bytes(body)
 
@@ -567,7 +758,7 @@ class SegmentLog:
         with self._read_lock:
             fd = self._read_fds.get(segment)
             if fd is None:
-                fd = os.open(self.directory / segment_name(segment), os.O_RDONLY)
+                fd = os.open(self._files[segment][1], os.O_RDONLY)
                 self._read_fds[segment] = fd
             return fd
 
@@ -649,7 +840,9 @@ class DataDir:
                 continue
         return sorted(ids)
 
-    def create_mailbox(self, mailbox_id: str, key_file: bytes, log_id: bytes, *, segment_bytes: int) -> SegmentLog:
+    def create_mailbox(
+        self, mailbox_id: str, key_file: bytes, log_id: bytes, *, segment_bytes: int
+    ) -> SegmentLog:
         """Create the mailbox folder, its key file and an empty log, all durable."""
         directory = self.mailbox_dir(mailbox_id)
         directory.mkdir(mode=0o700)

@@ -40,15 +40,15 @@ __all__ = [
     "RecordKind",
     "SegmentHeader",
     "chain_next",
+    "decode_chunk_body",
     "decode_gap",
     "decode_record_header",
     "decode_segment_header",
+    "encode_chunk_body",
     "encode_gap",
     "encode_gap_body",
     "encode_record",
     "encode_segment_header",
-    "decode_chunk_body",
-    "encode_chunk_body",
     "genesis_chain",
     "record_prefix",
     "verify_record",
@@ -137,7 +137,9 @@ def decode_segment_header(data: bytes) -> SegmentHeader:
     return SegmentHeader(log_id=log_id, first_seq=first_seq, prev_chain=prev_chain)
 
 
-def encode_record(kind: RecordKind, seq: int, body: bytes, prev_chain: bytes) -> tuple[bytes, bytes]:
+def encode_record(
+    kind: RecordKind, seq: int, body: bytes, prev_chain: bytes
+) -> tuple[bytes, bytes]:
     """Frame one record; returns (record bytes, its chain value)."""
     if len(body) > MAX_BODY:
         raise ValueError(f"record body of {len(body)} bytes exceeds {MAX_BODY}")

@@ -1,0 +1,828 @@
+"""The archive: mailboxes, their keys and their message logs, behind one async API.
+
+Theory of operation
+-------------------
+The control log is replayed into a :class:`ControlState` on open; each mailbox's message log
+into a :class:`MessageIndex`. Every change goes through here and is an event appended (and
+made durable) *before* the in-memory state changes, so the state is always a projection of
+what is on disk. Blocking work (files, fsync, Argon2id, sealing of large pieces) runs in
+worker threads; the trio loop only routes.
+
+A message is written as it arrives: its sealed chunks go to the mailbox log as they fill (no
+fsync of their own), and :meth:`MessageWriter.commit` appends the commit record and waits for
+the fdatasync that makes the whole message durable. A message whose commit never became
+durable is invisible: its chunks are orphans that compaction reclaims.
+
+Key changes are two-phase: the new key file is staged beside the old one (durable), the
+control event is appended, then the staged file is renamed over the old one. A crash in
+between is resolved on open by the control log: the staged file is taken if its wrap id is
+the one the log names, dropped otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from ..crypto import (
+    KdfParams,
+    KeyFile,
+    KeyFileCorrupt,
+    MailboxPrivateKey,
+    MailboxPublicKey,
+    MessageOpener,
+    MessageSealer,
+    SealedMessage,
+    create_mailbox_key,
+    decode_key_file,
+    encode_key_file,
+    generate_password,
+    rewrap,
+    unlock,
+)
+from ..events import (
+    SYSTEM,
+    Actor,
+    CompactionGap,
+    ControlEvent,
+    Envelope,
+    LogCompacted,
+    LogTailTruncated,
+    MailboxCreated,
+    MailboxDeleted,
+    MailboxKeyReset,
+    MailboxKeyRewrapped,
+    MailboxStatus,
+    MailboxUpdated,
+    MessagesExpunged,
+    MessageStored,
+    decode_control_event,
+    decode_envelope,
+    decode_message_event,
+    encode_envelope,
+    encode_event,
+    now,
+)
+from ..ids import new_mailbox_id, new_message_id, parse_mailbox_id
+from ..log import (
+    DEFAULT_SEGMENT_BYTES,
+    AppendItem,
+    DataDir,
+    Location,
+    LogCorrupt,
+    LogRecord,
+    LogWriteError,
+    LogWriter,
+    RecordKind,
+    Recovery,
+    SegmentLog,
+    decode_chunk_body,
+    encode_chunk_body,
+)
+from .projection import ControlState, MailboxInfo, MessageIndex, StoredMessage
+
+__all__ = [
+    "CONTROL_LOG_ID",
+    "Archive",
+    "ArchiveError",
+    "MailboxUnavailable",
+    "MessageTooLarge",
+    "MessageWriter",
+    "NoSuchMailbox",
+    "StoreConfig",
+    "wrap_id",
+]
+
+CONTROL_LOG_ID = bytes(16)
+DEFAULT_MAX_MESSAGE_BYTES = 100 * 1024 * 1024
+# Sealing a piece this large or larger goes to a worker thread; smaller pieces are cheaper to
+# seal on the loop than to hand over.
+_THREAD_THRESHOLD = 64 * 1024
+
+
+class ArchiveError(Exception):
+    """A request the archive refuses; the message is safe to show to an administrator."""
+
+
+class NoSuchMailbox(ArchiveError):
+    pass
+
+
+class MailboxUnavailable(ArchiveError):
+    """Suspended, damaged, or otherwise not accepting mail right now (a temporary condition)."""
+
+
+class MessageTooLarge(ArchiveError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    kdf: KdfParams = field(default_factory=KdfParams)
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # How long a segment file superseded by compaction is kept. A copy of the data folder
+    # (cp -a, rsync) that takes less than this is consistent whatever it caught (SPEC.md).
+    compaction_grace: float = 12 * 3600.0
+
+
+def wrap_id(key_file: bytes) -> str:
+    return hashlib.sha256(key_file).digest()[:16].hex()
+
+
+@dataclass(slots=True)
+class _Mailbox:
+    info: MailboxInfo
+    index: MessageIndex
+    writer: LogWriter | None = None
+    public_key: MailboxPublicKey | None = None
+    damaged: str | None = None  # why the mailbox cannot take mail, if it cannot
+    lock: trio.Lock = field(default_factory=trio.Lock)  # key changes, deletion, compaction
+    io_lock: trio.Lock = field(default_factory=trio.Lock)  # record reads vs segment replacement
+    inflight: dict[int, int] = field(default_factory=dict)  # writer id -> first seq it may use
+    orphan_chunks: int = 0
+
+
+class Archive:
+    def __init__(self, data: DataDir, config: StoreConfig, control: LogWriter) -> None:
+        self.data = data
+        self.config = config
+        self.control = control
+        self.state = ControlState()
+        self._mailboxes: dict[str, _Mailbox] = {}
+        self.recoveries: list[Recovery] = []
+
+    # -- open and close ------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, root: Path, config: StoreConfig | None = None) -> Archive:
+        config = config or StoreConfig()
+        data = DataDir(root)
+        await trio.to_thread.run_sync(data.lock)
+        try:
+            log, records, recovery = await trio.to_thread.run_sync(
+                _open_or_create, data.control_dir, CONTROL_LOG_ID, config.segment_bytes
+            )
+            archive = cls(data, config, LogWriter(log))
+            for record in records:
+                if record.kind == RecordKind.EVENT:
+                    event = decode_control_event(record.body)
+                    if event is not None:
+                        archive.state.apply(event)
+            if recovery is not None:
+                await archive._note_recovery("control", recovery)
+            for info in list(archive.state.mailboxes.values()):
+                await archive._open_mailbox(info)
+        except BaseException:
+            data.unlock()
+            raise
+        return archive
+
+    async def aclose(self) -> None:
+        for box in self._mailboxes.values():
+            if box.writer is not None:
+                box.writer.log.close()
+        self.control.log.close()
+        self.data.unlock()
+
+    async def _open_mailbox(self, info: MailboxInfo) -> _Mailbox:
+        mailbox_id = info.mailbox_id
+        index = MessageIndex(expunged=set(self.state.expunged.get(mailbox_id, ())))
+        box = _Mailbox(info=info, index=index)
+        self._mailboxes[mailbox_id] = box
+        try:
+            await self._settle_staged_key(info)
+            key_bytes = await trio.to_thread.run_sync(self.data.read_key_file, mailbox_id)
+            box.public_key = MailboxPublicKey.from_key_file(decode_key_file(key_bytes))
+            log, records, recovery = await trio.to_thread.run_sync(
+                lambda: SegmentLog.open(
+                    self.data.mailbox_log_dir(mailbox_id),
+                    bytes.fromhex(mailbox_id),
+                    segment_bytes=self.config.segment_bytes,
+                    cuts=self.state.cuts.get(mailbox_id, {}),
+                )
+            )
+        except FileNotFoundError as exc:
+            box.damaged = f"missing file {Path(exc.filename or '').name!s}"
+            return box
+        except (LogCorrupt, KeyFileCorrupt) as exc:
+            box.damaged = str(exc)
+            return box
+        box.writer = LogWriter(log)
+        _fold_messages(index, records)
+        box.orphan_chunks = len(index.pending_chunks)
+        if recovery is not None:
+            await self._note_recovery(mailbox_id, recovery)
+        return box
+
+    async def _settle_staged_key(self, info: MailboxInfo) -> None:
+        staged = await trio.to_thread.run_sync(self.data.staged_key_file, info.mailbox_id)
+        if staged is None:
+            return
+        if wrap_id(staged) == info.wrap_id:
+            await trio.to_thread.run_sync(self.data.commit_key_file, info.mailbox_id)
+        else:
+            await trio.to_thread.run_sync(self.data.discard_staged_key_file, info.mailbox_id)
+
+    async def _note_recovery(self, log: str, recovery: Recovery) -> None:
+        self.recoveries.append(recovery)
+        await self.append_control(
+            LogTailTruncated(
+                at=now(),
+                log=log,
+                segment=recovery.path.name,
+                offset=recovery.offset,
+                dropped_bytes=recovery.dropped_bytes,
+            )
+        )
+
+    # -- the control log -----------------------------------------------------------------------
+
+    async def append_control(self, event: ControlEvent) -> None:
+        """Append an event to the control log (durable) and fold it into the state."""
+        await self.control.append([(RecordKind.EVENT, encode_event(event))])
+        self.state.apply(event)
+
+    # -- mailboxes -----------------------------------------------------------------------------
+
+    def mailboxes(self) -> list[MailboxInfo]:
+        return sorted(self.state.mailboxes.values(), key=lambda m: m.created_at)
+
+    def mailbox(self, mailbox_id: str) -> MailboxInfo:
+        return self._box(mailbox_id).info
+
+    def damaged(self, mailbox_id: str) -> str | None:
+        return self._box(mailbox_id).damaged
+
+    def _box(self, mailbox_id: str) -> _Mailbox:
+        try:
+            canonical = parse_mailbox_id(mailbox_id)
+        except ValueError as exc:
+            raise NoSuchMailbox(str(exc)) from None
+        box = self._mailboxes.get(canonical)
+        if box is None:
+            raise NoSuchMailbox(f"no mailbox {canonical}")
+        return box
+
+    async def create_mailbox(
+        self,
+        name: str,
+        description: str = "",
+        *,
+        password: str | None = None,
+        actor: Actor = SYSTEM,
+    ) -> tuple[MailboxInfo, str]:
+        """Create a mailbox with a fresh key pair. Returns it and its password (generated
+        unless given): the only time the password exists outside the caller's hands."""
+        name, description = (
+            _check_text("name", name, 200),
+            _check_text("description", description, 2000),
+        )
+        password = password if password is not None else generate_password()
+        mailbox_id = new_mailbox_id()
+        key = await trio.to_thread.run_sync(
+            create_mailbox_key, bytes.fromhex(mailbox_id), password, self.config.kdf
+        )
+        key_bytes = encode_key_file(key)
+        log = await trio.to_thread.run_sync(
+            lambda: self.data.create_mailbox(
+                mailbox_id,
+                key_bytes,
+                bytes.fromhex(mailbox_id),
+                segment_bytes=self.config.segment_bytes,
+            )
+        )
+        event = MailboxCreated(
+            at=now(),
+            actor=actor,
+            mailbox_id=mailbox_id,
+            name=name,
+            description=description,
+            key_id=key.key_id.hex(),
+            wrap_id=wrap_id(key_bytes),
+        )
+        await self.append_control(event)
+        info = self.state.mailboxes[mailbox_id]
+        self._mailboxes[mailbox_id] = _Mailbox(
+            info=info,
+            index=MessageIndex(),
+            writer=LogWriter(log),
+            public_key=MailboxPublicKey.from_key_file(key),
+        )
+        return info, password
+
+    async def update_mailbox(
+        self,
+        mailbox_id: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        status: MailboxStatus | None = None,
+        actor: Actor = SYSTEM,
+    ) -> MailboxInfo:
+        box = self._box(mailbox_id)
+        info = box.info
+        event = MailboxUpdated(
+            at=now(),
+            actor=actor,
+            mailbox_id=info.mailbox_id,
+            name=info.name if name is None else _check_text("name", name, 200),
+            description=info.description
+            if description is None
+            else _check_text("description", description, 2000),
+            status=info.status if status is None else MailboxStatus(status),
+        )
+        await self.append_control(event)
+        return info
+
+    async def change_password(
+        self,
+        mailbox_id: str,
+        old_password: str,
+        new_password: str | None = None,
+        *,
+        actor: Actor = SYSTEM,
+    ) -> str:
+        """Re-wrap the private key under a new password; every message stays readable.
+        Raises crypto.WrongPassword if the old password is wrong."""
+        box = self._box(mailbox_id)
+        new_password = new_password if new_password is not None else generate_password()
+        async with box.lock:
+            key = await self._read_key(box)
+            new_key = await trio.to_thread.run_sync(
+                lambda: rewrap(
+                    key,
+                    bytes.fromhex(box.info.mailbox_id),
+                    old_password,
+                    new_password,
+                    self.config.kdf,
+                )
+            )
+            key_bytes = encode_key_file(new_key)
+            await self._replace_key(
+                box,
+                key_bytes,
+                MailboxKeyRewrapped(
+                    at=now(),
+                    actor=actor,
+                    mailbox_id=box.info.mailbox_id,
+                    key_id=new_key.key_id.hex(),
+                    wrap_id=wrap_id(key_bytes),
+                ),
+            )
+        return new_password
+
+    async def reset_password(
+        self, mailbox_id: str, new_password: str | None = None, *, actor: Actor = SYSTEM
+    ) -> tuple[str, int]:
+        """A new key pair under a new password, for when the old password is lost. Every
+        message stored so far becomes unreadable, forever; returns (password, how many)."""
+        box = self._box(mailbox_id)
+        new_password = new_password if new_password is not None else generate_password()
+        async with box.lock:
+            mailbox_bytes = bytes.fromhex(box.info.mailbox_id)
+            key = await trio.to_thread.run_sync(
+                create_mailbox_key, mailbox_bytes, new_password, self.config.kdf
+            )
+            key_bytes = encode_key_file(key)
+            new_key_id = key.key_id.hex()
+            lost = [m for m in box.index.messages.values() if m.event.key_id != new_key_id]
+            await self._replace_key(
+                box,
+                key_bytes,
+                MailboxKeyReset(
+                    at=now(),
+                    actor=actor,
+                    mailbox_id=box.info.mailbox_id,
+                    old_key_id=box.info.key_id,
+                    key_id=new_key_id,
+                    wrap_id=wrap_id(key_bytes),
+                    unreadable_messages=len(lost),
+                    unreadable_bytes=sum(m.size for m in lost),
+                ),
+            )
+            box.public_key = MailboxPublicKey.from_key_file(key)
+        return new_password, len(lost)
+
+    async def _read_key(self, box: _Mailbox) -> KeyFile:
+        if box.damaged is not None:
+            raise MailboxUnavailable(f"mailbox {box.info.mailbox_id} is damaged: {box.damaged}")
+        key_bytes = await trio.to_thread.run_sync(self.data.read_key_file, box.info.mailbox_id)
+        return decode_key_file(key_bytes)
+
+    async def _replace_key(self, box: _Mailbox, key_bytes: bytes, event: ControlEvent) -> None:
+        mailbox_id = box.info.mailbox_id
+        await trio.to_thread.run_sync(self.data.stage_key_file, mailbox_id, key_bytes)
+        try:
+            await self.append_control(event)
+        except BaseException:
+            await trio.to_thread.run_sync(self.data.discard_staged_key_file, mailbox_id)
+            raise
+        await trio.to_thread.run_sync(self.data.commit_key_file, mailbox_id)
+
+    async def delete_mailbox(
+        self, mailbox_id: str, *, purge: bool = False, actor: Actor = SYSTEM
+    ) -> int:
+        """Delete a suspended mailbox. Refuses while messages remain unless ``purge``."""
+        box = self._box(mailbox_id)
+        async with box.lock:
+            info = box.info
+            if info.status != MailboxStatus.SUSPENDED:
+                raise ArchiveError("a mailbox must be suspended before it can be deleted")
+            remaining = list(box.index.messages)
+            if remaining and not purge:
+                raise ArchiveError(
+                    f"mailbox still holds {len(remaining)} messages; "
+                    "delete with purge to discard them"
+                )
+            await self.append_control(
+                MailboxDeleted(
+                    at=now(),
+                    actor=actor,
+                    mailbox_id=info.mailbox_id,
+                    purged_messages=len(remaining),
+                )
+            )
+            del self._mailboxes[info.mailbox_id]
+            if box.writer is not None:
+                box.writer.log.close()
+            await trio.to_thread.run_sync(self.data.remove_mailbox, info.mailbox_id)
+        return len(remaining)
+
+    async def unlock(self, mailbox_id: str, password: str) -> MailboxPrivateKey:
+        """Open the mailbox's private key (Argon2id in a worker thread). Raises
+        crypto.WrongPassword."""
+        box = self._box(mailbox_id)
+        key = await self._read_key(box)
+        return await trio.to_thread.run_sync(
+            unlock, key, bytes.fromhex(box.info.mailbox_id), password
+        )
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def messages(self, mailbox_id: str) -> list[StoredMessage]:
+        """The mailbox's messages now, oldest first."""
+        return sorted(self._box(mailbox_id).index.messages.values(), key=lambda m: m.seq)
+
+    def begin_message(self, mailbox_ids: Sequence[str]) -> MessageWriter:
+        """Start writing one message to one or more mailboxes (sealed once per mailbox)."""
+        targets = []
+        seen = set()
+        for mailbox_id in mailbox_ids:
+            box = self._box(mailbox_id)
+            if box.info.mailbox_id in seen:
+                continue
+            seen.add(box.info.mailbox_id)
+            if box.info.status != MailboxStatus.ACTIVE:
+                raise MailboxUnavailable(f"mailbox {box.info.mailbox_id} is suspended")
+            if box.writer is None or box.public_key is None:
+                raise MailboxUnavailable(f"mailbox {box.info.mailbox_id} is damaged: {box.damaged}")
+            targets.append(_Target(box, box.writer, box.public_key))
+        if not targets:
+            raise ArchiveError("a message needs at least one mailbox")
+        return MessageWriter(self, targets)
+
+    async def expunge(
+        self, mailbox_id: str, message_ids: Sequence[str], *, actor: Actor = SYSTEM
+    ) -> int:
+        """Delete messages: durable before this returns, not served from then on."""
+        box = self._box(mailbox_id)
+        present = [
+            box.index.messages[m] for m in dict.fromkeys(message_ids) if m in box.index.messages
+        ]
+        if not present:
+            return 0
+        ids = tuple(m.message_id for m in present)
+        await self.append_control(
+            MessagesExpunged(
+                at=now(),
+                actor=actor,
+                mailbox_id=box.info.mailbox_id,
+                message_ids=ids,
+                bytes=sum(m.size for m in present),
+            )
+        )
+        box.index.expunge(ids)
+        return len(ids)
+
+    async def read_message(
+        self, mailbox_id: str, message_id: str, key: MailboxPrivateKey
+    ) -> AsyncIterator[bytes]:
+        """Decrypt one message piece by piece (each at most 256 KiB). Raises
+        crypto.MessageCorrupt on any tampering, LogCorrupt on a damaged record."""
+        box = self._box(mailbox_id)
+        stored = box.index.messages.get(message_id)
+        if stored is None or box.writer is None:
+            raise ArchiveError(f"no message {message_id} in mailbox {box.info.mailbox_id}")
+        log = box.writer.log
+        opener = MessageOpener(
+            key,
+            bytes.fromhex(box.info.mailbox_id),
+            bytes.fromhex(message_id),
+            sealed_of(stored.event),
+        )
+        mid = bytes.fromhex(message_id)
+
+        def open_one(location: Location, index: int) -> bytes:
+            _header, body = log.read(location)
+            chunk_mid, chunk_index, ciphertext = decode_chunk_body(body)
+            if chunk_mid != mid or chunk_index != index:
+                raise LogCorrupt(log.directory, location.offset, "chunk record mismatch")
+            return opener.open_chunk(bytes(ciphertext))
+
+        for index in range(len(stored.chunks)):
+            # Locations are looked up afresh for every chunk: compaction may have moved them.
+            async with box.io_lock:
+                piece = await trio.to_thread.run_sync(open_one, stored.chunks[index], index)
+            yield piece
+        opener.finish()
+
+    async def read_envelope(
+        self, mailbox_id: str, message_id: str, key: MailboxPrivateKey
+    ) -> Envelope:
+        box = self._box(mailbox_id)
+        stored = box.index.messages[message_id]
+        opener = MessageOpener(
+            key,
+            bytes.fromhex(box.info.mailbox_id),
+            bytes.fromhex(message_id),
+            sealed_of(stored.event),
+        )
+        return decode_envelope(opener.meta())
+
+    def _publish(self, box: _Mailbox, stored: StoredMessage) -> None:
+        box.index.messages[stored.message_id] = stored
+
+    # -- compaction ----------------------------------------------------------------------------
+
+    async def compact(self, mailbox_id: str, *, min_gain: float = 0.5) -> int:
+        """Reclaim the bytes of expunged messages, and of messages whose commit never came,
+        from the mailbox's sealed segments. A segment is rewritten when at least ``min_gain``
+        of it can go, removed when all of it can. Returns the bytes reclaimed.
+
+        Each cut is recorded in the control log (LogCompacted, with the chain values) before
+        the segment file is replaced, so verify can follow the chain across it.
+        """
+        box = self._box(mailbox_id)
+        if box.writer is None:
+            return 0
+        log = box.writer.log
+        reclaimed = 0
+        async with box.lock:
+            for segment in log.segments[:-1]:
+                reclaimed += await self._compact_segment(box, log, segment, min_gain)
+        return reclaimed
+
+    async def _compact_segment(
+        self, box: _Mailbox, log: SegmentLog, segment: int, min_gain: float
+    ) -> int:
+        live: set[int] = set()
+        for message in box.index.messages.values():
+            live.add(message.seq)
+            live.update(location.seq for location in message.chunks)
+        # Chunks of messages still being written have no commit yet: keep everything from
+        # the first sequence number any of them may have used.
+        inflight_from = min(box.inflight.values(), default=None)
+        expunged = box.index.expunged
+        dropped_ids: set[str] = set()
+
+        def keep(record: LogRecord) -> bool:
+            if record.seq in live:
+                return True
+            if record.kind == RecordKind.CHUNK:
+                return inflight_from is not None and record.seq >= inflight_from
+            event = decode_message_event(record.body)
+            if isinstance(event, MessageStored) and event.message_id in expunged:
+                dropped_ids.add(event.message_id)
+                return False
+            return True  # an event this version does not know: never drop it
+
+        plan = await trio.to_thread.run_sync(log.plan_compaction, segment, keep)
+        if plan is None:
+            return 0
+        if plan.new_path is not None and plan.dropped_bytes < min_gain * plan.bytes_before:
+            await trio.to_thread.run_sync(log.discard_compaction, plan)
+            return 0
+        try:
+            await self.append_control(
+                LogCompacted(
+                    at=now(),
+                    mailbox_id=box.info.mailbox_id,
+                    segment=segment,
+                    generation=plan.generation,
+                    gaps=tuple(CompactionGap(g.first_seq, g.last_seq, c) for g, c in plan.gaps),
+                    removed_segment=plan.new_path is None,
+                    message_ids=tuple(sorted(dropped_ids)),
+                    bytes_before=plan.bytes_before,
+                    bytes_after=plan.bytes_after,
+                )
+            )
+        except BaseException:
+            await trio.to_thread.run_sync(log.discard_compaction, plan)
+            raise
+        async with box.io_lock:
+            await trio.to_thread.run_sync(log.apply_compaction, plan)
+            for message in box.index.messages.values():
+                message.commit = plan.moved.get(message.seq, message.commit)
+                message.chunks = [plan.moved.get(c.seq, c) for c in message.chunks]
+        for gap, _chain in plan.gaps:
+            for seq in range(gap.first_seq, gap.last_seq + 1):
+                box.index.pending_chunks.pop(seq, None)
+        return plan.bytes_before - plan.bytes_after
+
+    async def remove_retired(self, mailbox_id: str) -> int:
+        """Delete segment files superseded by compaction once their grace period is over
+        (``StoreConfig.compaction_grace``). Returns how many went."""
+        box = self._box(mailbox_id)
+        if box.writer is None:
+            return 0
+        log = box.writer.log
+        cuts = dict(self.state.cuts.get(box.info.mailbox_id, {}))
+        removed = await trio.to_thread.run_sync(
+            log.remove_retired, cuts, self.config.compaction_grace
+        )
+        return len(removed)
+
+
+def sealed_of(event: MessageStored) -> SealedMessage:
+    return SealedMessage(
+        key_id=bytes.fromhex(event.key_id),
+        wrapped_key=event.wrapped_key,
+        envelope=event.envelope,
+        chunk_count=len(event.chunk_seqs),
+        size=event.size,
+        sealed_size=event.sealed_size,
+    )
+
+
+def _fold_messages(index: MessageIndex, records: list[LogRecord]) -> None:
+    for record in records:
+        if record.kind == RecordKind.CHUNK:
+            index.add_chunk(record.seq, record.location)
+        elif record.kind == RecordKind.EVENT:
+            event = decode_message_event(record.body)
+            if isinstance(event, MessageStored):
+                index.add_commit(record.seq, record.location, event)
+
+
+def _open_or_create(
+    directory: Path, log_id: bytes, segment_bytes: int
+) -> tuple[SegmentLog, list[LogRecord], Recovery | None]:
+    if not directory.exists():
+        return SegmentLog.create(directory, log_id, segment_bytes=segment_bytes), [], None
+    return SegmentLog.open(directory, log_id, segment_bytes=segment_bytes)
+
+
+def _check_text(what: str, value: str, limit: int) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise ArchiveError(f"{what} must be text of at most {limit} characters")
+    if any(ord(c) < 0x20 and c not in "\t\n" for c in value):
+        raise ArchiveError(f"{what} must not contain control characters")
+    return value
+
+
+# -- message intake --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Target:
+    box: _Mailbox
+    writer: LogWriter
+    public_key: MailboxPublicKey
+    sealer: MessageSealer | None = None
+    message_id: str = ""
+    epoch: int = 0
+    chunks: list[Location] = field(default_factory=list)
+
+
+class MessageWriter:
+    """One message on its way into one or more mailboxes. Feed it with :meth:`write`, then
+    :meth:`commit` (durable in every mailbox, or an exception and visible in none)."""
+
+    def __init__(self, archive: Archive, targets: list[_Target]) -> None:
+        self._archive = archive
+        self._targets = targets
+        self.size = 0
+        self._done = False
+        for target in targets:
+            target.message_id = new_message_id()
+            target.epoch = target.writer.epoch
+            target.box.inflight[id(self)] = target.writer.log.next_seq
+            target.sealer = MessageSealer(
+                target.public_key,
+                bytes.fromhex(target.box.info.mailbox_id),
+                bytes.fromhex(target.message_id),
+            )
+
+    @property
+    def mailbox_ids(self) -> list[str]:
+        return [t.box.info.mailbox_id for t in self._targets]
+
+    async def write(self, data: bytes) -> None:
+        if self._done:
+            raise RuntimeError("message already committed or aborted")
+        self.size += len(data)
+        if self.size > self._archive.config.max_message_bytes:
+            raise MessageTooLarge(
+                f"message exceeds the maximum of {self._archive.config.max_message_bytes} octets"
+            )
+        for target in self._targets:
+            sealer = target.sealer
+            assert sealer is not None
+            if len(data) >= _THREAD_THRESHOLD:
+                chunks = await trio.to_thread.run_sync(sealer.feed, data)
+            else:
+                chunks = sealer.feed(data)
+            if chunks:
+                await self._append_chunks(target, chunks)
+
+    async def _append_chunks(self, target: _Target, chunks: list[bytes]) -> None:
+        mid = bytes.fromhex(target.message_id)
+        first = len(target.chunks)
+        items: list[AppendItem] = [
+            (RecordKind.CHUNK, encode_chunk_body(mid, first + i, ct)) for i, ct in enumerate(chunks)
+        ]
+        target.chunks.extend(await target.writer.append(items, durable=False, epoch=target.epoch))
+
+    async def commit(self, envelope: Envelope) -> dict[str, str]:
+        """Make the message durable in every mailbox; returns mailbox id -> message id.
+
+        If any mailbox fails, the copies that did become durable are expunged again and
+        LogWriteError is raised: the sender gets a temporary error and nothing is visible.
+        """
+        if self._done:
+            raise RuntimeError("message already committed or aborted")
+        try:
+            return await self._commit(encode_envelope(envelope))
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        self._done = True
+        for target in self._targets:
+            target.box.inflight.pop(id(self), None)
+
+    async def _commit(self, meta: bytes) -> dict[str, str]:
+        stored: dict[str, StoredMessage] = {}
+        failures: list[BaseException] = []
+
+        async def commit_one(target: _Target) -> None:
+            try:
+                stored[target.box.info.mailbox_id] = await self._commit_one(target, meta)
+            except LogWriteError as exc:
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for target in self._targets:
+                nursery.start_soon(commit_one, target)
+        if failures:
+            for mailbox_id, message in stored.items():
+                await self._archive.expunge(mailbox_id, [message.message_id])
+            raise LogWriteError(f"message not stored: {failures[0]}") from failures[0]
+        for target in self._targets:
+            self._archive._publish(target.box, stored[target.box.info.mailbox_id])
+        return {t.box.info.mailbox_id: t.message_id for t in self._targets}
+
+    async def _commit_one(self, target: _Target, meta: bytes) -> StoredMessage:
+        sealer = target.sealer
+        assert sealer is not None
+        if self.size >= _THREAD_THRESHOLD:
+            last, sealed = await trio.to_thread.run_sync(sealer.finish, meta)
+        else:
+            last, sealed = sealer.finish(meta)
+        earlier = tuple(location.seq for location in target.chunks)
+        built: list[MessageStored] = []
+
+        def commit_body(seq: int) -> bytes:
+            # The final chunk and this record are appended together, so the final chunk is
+            # the record just before this one.
+            event = MessageStored(
+                at=now(),
+                message_id=target.message_id,
+                size=sealed.size,
+                sealed_size=sealed.sealed_size,
+                key_id=sealed.key_id.hex(),
+                wrapped_key=sealed.wrapped_key,
+                envelope=sealed.envelope,
+                chunk_seqs=(*earlier, seq - 1),
+            )
+            built.append(event)
+            return encode_event(event)
+
+        final_chunk = encode_chunk_body(bytes.fromhex(target.message_id), len(earlier), last)
+        final, commit = await target.writer.append(
+            [(RecordKind.CHUNK, final_chunk), (RecordKind.EVENT, commit_body)],
+            durable=True,
+            epoch=target.epoch,
+        )
+        return StoredMessage(
+            target.message_id, commit.seq, built[0], commit, [*target.chunks, final]
+        )
+
+    async def abort(self) -> None:
+        """Give the message up; its chunks already written become orphans for compaction."""
+        self._finish()

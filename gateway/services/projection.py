@@ -1,0 +1,157 @@
+"""Projections: the state the gateway serves, folded from the logs. Pure; no I/O.
+
+The same folds run in the server (on start-up, then event by event as it appends) and in
+``gateway verify`` (from the files alone), which is how verify checks that what is on disk
+agrees with what the events say.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ..events import (
+    ControlEvent,
+    LogCompacted,
+    LogTailTruncated,
+    MailboxCreated,
+    MailboxDeleted,
+    MailboxKeyReset,
+    MailboxKeyRewrapped,
+    MailboxStatus,
+    MailboxUpdated,
+    MessagesExpunged,
+    MessageStored,
+)
+from ..log import Location
+
+__all__ = ["ControlState", "MailboxInfo", "MessageIndex", "StoredMessage"]
+
+
+@dataclass(slots=True)
+class MailboxInfo:
+    mailbox_id: str
+    name: str
+    description: str
+    status: MailboxStatus
+    key_id: str
+    wrap_id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(slots=True)
+class ControlState:
+    """Mailboxes, expunged message ids and compaction cuts, from the control log."""
+
+    mailboxes: dict[str, MailboxInfo] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)
+    expunged: dict[str, set[str]] = field(default_factory=dict)
+    compactions: dict[str, list[LogCompacted]] = field(default_factory=dict)
+    # Per mailbox: segment first seq -> the confirmed generation of its file (log.REMOVED
+    # for a removed segment). The segment log opens the files these name.
+    cuts: dict[str, dict[int, int]] = field(default_factory=dict)
+    truncations: int = 0
+    events: int = 0
+
+    def apply(self, event: ControlEvent) -> None:
+        """Fold one event. Events that do not fit the state (an update of an unknown mailbox)
+        are the verify tool's business; here they are ignored rather than fatal, so a gateway
+        always starts."""
+        self.events += 1
+        match event:
+            case MailboxCreated():
+                self.mailboxes[event.mailbox_id] = MailboxInfo(
+                    mailbox_id=event.mailbox_id,
+                    name=event.name,
+                    description=event.description,
+                    status=MailboxStatus.ACTIVE,
+                    key_id=event.key_id,
+                    wrap_id=event.wrap_id,
+                    created_at=event.at,
+                    updated_at=event.at,
+                )
+                self.deleted.discard(event.mailbox_id)
+            case MailboxUpdated():
+                if box := self.mailboxes.get(event.mailbox_id):
+                    box.name, box.description = event.name, event.description
+                    box.status, box.updated_at = event.status, event.at
+            case MailboxKeyRewrapped():
+                if box := self.mailboxes.get(event.mailbox_id):
+                    box.wrap_id, box.updated_at = event.wrap_id, event.at
+            case MailboxKeyReset():
+                if box := self.mailboxes.get(event.mailbox_id):
+                    box.key_id, box.wrap_id, box.updated_at = event.key_id, event.wrap_id, event.at
+            case MailboxDeleted():
+                self.mailboxes.pop(event.mailbox_id, None)
+                self.expunged.pop(event.mailbox_id, None)
+                self.cuts.pop(event.mailbox_id, None)
+                self.deleted.add(event.mailbox_id)
+            case MessagesExpunged():
+                self.expunged.setdefault(event.mailbox_id, set()).update(event.message_ids)
+            case LogCompacted():
+                self.compactions.setdefault(event.mailbox_id, []).append(event)
+                self.cuts.setdefault(event.mailbox_id, {})[event.segment] = event.generation
+            case LogTailTruncated():
+                self.truncations += 1
+            case _:
+                pass
+
+
+@dataclass(slots=True)
+class StoredMessage:
+    message_id: str
+    seq: int  # of the commit record
+    event: MessageStored
+    commit: Location
+    chunks: list[Location]
+
+    @property
+    def size(self) -> int:
+        return self.event.size
+
+
+@dataclass(slots=True)
+class MessageIndex:
+    """The messages of one mailbox log, in the order they were stored, without the expunged.
+
+    CHUNK records are remembered by sequence number until the commit record that names them
+    arrives; chunks no commit ever names belong to messages that were never acknowledged
+    (aborted, or cut short by a crash) and are left for compaction.
+    """
+
+    messages: dict[str, StoredMessage] = field(default_factory=dict)
+    expunged: set[str] = field(default_factory=set)
+    pending_chunks: dict[int, Location] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def add_chunk(self, seq: int, location: Location) -> None:
+        self.pending_chunks[seq] = location
+
+    def add_commit(self, seq: int, location: Location, event: MessageStored) -> None:
+        if event.message_id in self.expunged:
+            # Compaction may already have taken its chunks; nothing of it is served anyway.
+            for chunk_seq in event.chunk_seqs:
+                self.pending_chunks.pop(chunk_seq, None)
+            return
+        chunks = []
+        for chunk_seq in event.chunk_seqs:
+            chunk = self.pending_chunks.pop(chunk_seq, None)
+            if chunk is None:
+                self.problems.append(
+                    f"message {event.message_id}: chunk record {chunk_seq} missing"
+                )
+                return
+            chunks.append(chunk)
+        self.messages[event.message_id] = StoredMessage(
+            event.message_id, seq, event, location, chunks
+        )
+
+    def expunge(self, message_ids: set[str] | tuple[str, ...]) -> None:
+        self.expunged.update(message_ids)
+        for message_id in message_ids:
+            self.messages.pop(message_id, None)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(m.event.size for m in self.messages.values())

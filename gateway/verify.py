@@ -1,0 +1,363 @@
+"""Compliance replay: check every log of a data folder, read-only, safe while the gateway runs.
+
+What is checked (SPEC.md, "gateway verify"):
+
+* every record's framing and CRC, sequence continuity and the SHA-256 chain, across segments;
+* every cut compaction made (a GAP record or a removed segment) against the chain value and
+  the expunged message ids the control log recorded for it;
+* the mailbox projection: each commit record names chunk records of its own message, in order,
+  whose sizes add up; every key id a message was sealed with is one the control log issued;
+  each mailbox's key file is the one the control log names; every mailbox folder belongs to a
+  mailbox the control log created;
+* with a mailbox's password: every message opens, every chunk authenticates, and size and
+  SHA-256 of the plaintext match the sealed envelope.
+
+It changes nothing: a torn tail of a log being written is reported, not cut.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from .crypto import (
+    CryptoError,
+    MessageOpener,
+    decode_key_file,
+    unlock,
+)
+from .events import (
+    LogCompacted,
+    MailboxCreated,
+    MailboxKeyReset,
+    MessageStored,
+    decode_control_event,
+    decode_message_event,
+)
+from .ids import InvalidId, parse_mailbox_id
+from .log import (
+    DataDir,
+    LogCorrupt,
+    LogRecord,
+    RecordKind,
+    decode_chunk_body,
+    decode_gap,
+    iter_log,
+)
+from .services.archive import CONTROL_LOG_ID, sealed_of, wrap_id
+from .services.projection import ControlState
+
+__all__ = ["Problem", "Report", "print_report", "verify_data_dir"]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    where: str  # "control" or a mailbox id
+    reason: str
+    path: str = ""
+    offset: int | None = None
+
+    def __str__(self) -> str:
+        at = f" at {self.path}" if self.path else ""
+        at += f" offset {self.offset}" if self.offset is not None else ""
+        return f"{self.where}: {self.reason}{at}"
+
+
+@dataclass(slots=True)
+class Report:
+    mailboxes: int = 0
+    messages: int = 0
+    message_bytes: int = 0
+    records: int = 0
+    log_bytes: int = 0
+    opened_messages: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+Progress = Callable[[str, int], None]
+
+
+def verify_data_dir(
+    root: Path,
+    *,
+    mailbox_id: str | None = None,
+    password: str | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    report = Report()
+    data = DataDir(root)
+    state = ControlState()
+    key_ids: dict[str, set[str]] = {}
+    if not data.control_dir.is_dir():
+        report.problems.append(Problem("control", "no control log", str(data.control_dir)))
+        return report
+    for record in _records(report, "control", data.control_dir, CONTROL_LOG_ID, None, progress):
+        if record.kind == RecordKind.GAP:
+            report.problems.append(
+                Problem("control", "records missing from the control log", offset=record.seq)
+            )
+            continue
+        try:
+            event = decode_control_event(record.body)
+        except Exception as exc:
+            report.problems.append(
+                Problem("control", f"record {record.seq}: undecodable event: {exc}")
+            )
+            continue
+        if event is None:
+            report.notes.append(f"control record {record.seq}: event type unknown to this version")
+            continue
+        if isinstance(event, MailboxCreated | MailboxKeyReset):
+            key_ids.setdefault(event.mailbox_id, set()).add(event.key_id)
+        state.apply(event)
+
+    on_disk = set(data.list_mailbox_ids())
+    for gone in sorted(on_disk - set(state.mailboxes)):
+        if gone in state.deleted:
+            report.notes.append(f"{gone}: folder of a deleted mailbox still present")
+        else:
+            report.notes.append(f"{gone}: folder without a committed MailboxCreated (ignored)")
+    report.mailboxes = len(state.mailboxes)
+    for box_id in sorted(state.mailboxes):
+        if box_id not in on_disk:
+            report.problems.append(Problem(box_id, "mailbox folder is missing"))
+            continue
+        _verify_mailbox(report, data, state, box_id, key_ids.get(box_id, set()), progress)
+
+    if mailbox_id is not None:
+        _open_every_message(report, data, state, mailbox_id, password or "", progress)
+    return report
+
+
+def _records(
+    report: Report,
+    where: str,
+    directory: Path,
+    log_id: bytes,
+    cuts: Mapping[int, int] | None,
+    progress: Progress | None,
+) -> list[LogRecord]:
+    records: list[LogRecord] = []
+    try:
+        for record in iter_log(directory, log_id, cuts=cuts, keep_bodies=True):
+            records.append(record)
+            report.records += 1
+            report.log_bytes += record.location.size
+            if progress is not None and report.records % 1000 == 0:
+                progress(where, report.records)
+    except LogCorrupt as exc:
+        report.problems.append(Problem(where, exc.reason, str(exc.path), exc.offset))
+    return records
+
+
+def _verify_mailbox(
+    report: Report,
+    data: DataDir,
+    state: ControlState,
+    box_id: str,
+    issued_keys: set[str],
+    progress: Progress | None,
+) -> None:
+    info = state.mailboxes[box_id]
+    try:
+        key_bytes = data.read_key_file(box_id)
+        key = decode_key_file(key_bytes)
+        if wrap_id(key_bytes) != info.wrap_id:
+            report.problems.append(Problem(box_id, "key file is not the one the control log names"))
+        if key.key_id.hex() != info.key_id:
+            report.problems.append(Problem(box_id, "key file holds another key pair"))
+    except FileNotFoundError:
+        report.problems.append(Problem(box_id, "key file is missing"))
+    except CryptoError as exc:
+        report.problems.append(Problem(box_id, f"key file: {exc}"))
+
+    cuts: dict[int, list[tuple[int, bytes, LogCompacted]]] = {}
+    for compaction in state.compactions.get(box_id, []):
+        for cut in compaction.gaps:
+            cuts.setdefault(cut.first_seq, []).append((cut.last_seq, cut.chain, compaction))
+    removed_ids: set[str] = set()
+    expunged = state.expunged.get(box_id, set())
+    mid_bytes_to_chunks: dict[int, tuple[bytes, int, int]] = {}
+    log_dir, log_id = data.mailbox_log_dir(box_id), bytes.fromhex(box_id)
+    for record in _records(report, box_id, log_dir, log_id, state.cuts.get(box_id), progress):
+        if record.kind == RecordKind.GAP:
+            gap = decode_gap(record.body)
+            confirmed = _confirm_gap(cuts, gap.first_seq, gap.last_seq, record.chain)
+            if confirmed is None:
+                report.problems.append(
+                    Problem(
+                        box_id,
+                        f"records {gap.first_seq}..{gap.last_seq} removed without a matching "
+                        "compaction in the control log",
+                        offset=record.location.offset,
+                    )
+                )
+            else:
+                for compaction in confirmed:
+                    removed_ids.update(compaction.message_ids)
+        elif record.kind == RecordKind.CHUNK:
+            mid, index, ciphertext = decode_chunk_body(record.body)
+            mid_bytes_to_chunks[record.seq] = (mid, index, len(ciphertext))
+        else:
+            try:
+                event = decode_message_event(record.body)
+            except Exception as exc:
+                report.problems.append(Problem(box_id, f"record {record.seq}: undecodable: {exc}"))
+                continue
+            if not isinstance(event, MessageStored):
+                continue
+            if event.message_id in expunged:
+                # Compaction may already have taken its chunks (confirmed above, by gap).
+                for seq in event.chunk_seqs:
+                    mid_bytes_to_chunks.pop(seq, None)
+                continue
+            _check_commit(report, box_id, record, event, mid_bytes_to_chunks, issued_keys)
+            report.messages += 1
+            report.message_bytes += event.size
+    unexpunged = removed_ids - expunged
+    if unexpunged:
+        report.problems.append(
+            Problem(
+                box_id, f"compaction removed {len(unexpunged)} messages that were never expunged"
+            )
+        )
+
+
+def _confirm_gap(
+    cuts: dict[int, list[tuple[int, bytes, LogCompacted]]], first: int, last: int, chain: bytes
+) -> list[LogCompacted] | None:
+    """The compactions whose cuts, end to end, cover exactly first..last and end on ``chain``.
+    Several cuts line up where neighbouring segments were removed one by one."""
+    covering: list[LogCompacted] = []
+    position = first
+    while True:
+        step = None
+        for cut_last, cut_chain, compaction in cuts.get(position, []):
+            if cut_last == last and cut_chain == chain:
+                return [*covering, compaction]
+            if cut_last < last and (step is None or cut_last > step[0]):
+                step = (cut_last, compaction)
+        if step is None:
+            return None
+        covering.append(step[1])
+        position = step[0] + 1
+
+
+def _check_commit(
+    report: Report,
+    box_id: str,
+    record: LogRecord,
+    event: MessageStored,
+    chunks: dict[int, tuple[bytes, int, int]],
+    issued_keys: set[str],
+) -> None:
+    mid = bytes.fromhex(event.message_id)
+    sealed = 0
+    for index, seq in enumerate(event.chunk_seqs):
+        chunk = chunks.pop(seq, None)
+        if chunk is None or chunk[0] != mid or chunk[1] != index:
+            report.problems.append(
+                Problem(
+                    box_id,
+                    f"message {event.message_id}: chunk {index} (record {seq}) missing or foreign",
+                    offset=record.location.offset,
+                )
+            )
+            return
+        sealed += chunk[2]
+    if sealed != event.sealed_size:
+        report.problems.append(
+            Problem(box_id, f"message {event.message_id}: sealed size does not add up")
+        )
+    if event.key_id not in issued_keys:
+        report.problems.append(
+            Problem(
+                box_id, f"message {event.message_id}: sealed to a key the control log never issued"
+            )
+        )
+
+
+def _open_every_message(
+    report: Report,
+    data: DataDir,
+    state: ControlState,
+    mailbox_id: str,
+    password: str,
+    progress: Progress | None,
+) -> None:
+    try:
+        box_id = parse_mailbox_id(mailbox_id)
+    except InvalidId as exc:
+        report.problems.append(Problem(mailbox_id, str(exc)))
+        return
+    if box_id not in state.mailboxes:
+        report.problems.append(Problem(box_id, "no such mailbox"))
+        return
+    box_bytes = bytes.fromhex(box_id)
+    try:
+        key = unlock(decode_key_file(data.read_key_file(box_id)), box_bytes, password)
+    except (CryptoError, OSError) as exc:
+        report.problems.append(Problem(box_id, f"cannot open the key: {exc}"))
+        return
+    expunged = state.expunged.get(box_id, set())
+    bodies: dict[int, bytes] = {}
+    try:
+        records = iter_log(
+            data.mailbox_log_dir(box_id), box_bytes, cuts=state.cuts.get(box_id), keep_bodies=True
+        )
+        for record in records:
+            if record.kind == RecordKind.CHUNK:
+                bodies[record.seq] = record.body
+                continue
+            if record.kind != RecordKind.EVENT:
+                continue
+            event = decode_message_event(record.body)
+            if not isinstance(event, MessageStored):
+                continue
+            parts = [bodies.pop(seq, b"") for seq in event.chunk_seqs]
+            if event.message_id in expunged or event.key_id != key.key_id.hex():
+                if event.key_id != key.key_id.hex() and event.message_id not in expunged:
+                    report.notes.append(
+                        f"{box_id}: message {event.message_id} is sealed to a retired key (reset)"
+                    )
+                continue
+            try:
+                opener = MessageOpener(
+                    key, box_bytes, bytes.fromhex(event.message_id), sealed_of(event)
+                )
+                opener.meta()
+                for part in parts:
+                    opener.open_chunk(bytes(decode_chunk_body(part)[2]))
+                opener.finish()
+            except CryptoError as exc:
+                report.problems.append(Problem(box_id, f"message {event.message_id}: {exc}"))
+                continue
+            report.opened_messages += 1
+            if progress is not None:
+                progress(f"{box_id} opened", report.opened_messages)
+    except LogCorrupt as exc:
+        report.problems.append(Problem(box_id, exc.reason, str(exc.path), exc.offset))
+
+
+def print_report(report: Report, out: TextIO = sys.stdout) -> None:
+    print(
+        f"mailboxes {report.mailboxes}  messages {report.messages}  "
+        f"message bytes {report.message_bytes}  records {report.records}  "
+        f"log bytes {report.log_bytes}",
+        file=out,
+    )
+    if report.opened_messages:
+        print(f"opened and authenticated {report.opened_messages} messages", file=out)
+    for note in report.notes:
+        print(f"note: {note}", file=out)
+    for problem in report.problems:
+        print(f"PROBLEM: {problem}", file=out)
+    print("OK" if report.ok else f"FAILED: {len(report.problems)} problem(s)", file=out)
