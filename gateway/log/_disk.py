@@ -608,7 +608,12 @@ class SegmentLog:
                 os.fdatasync(self._tail())
         except OSError as exc:
             self._undo(start_seq, start_chain, start_segment, start_size, exc)
-            raise LogWriteError(f"{os.strerror(exc.errno or errno.EIO)}") from exc
+            raise LogWriteError(os.strerror(exc.errno or errno.EIO)) from exc
+        except Exception as exc:
+            # A record that cannot be framed (too long), or anything unforeseen: nothing of
+            # the batch may stay half applied.
+            self._undo(start_seq, start_chain, start_segment, start_size, exc)
+            raise LogWriteError(f"batch refused: {exc}") from exc
         return locations
 
     def _flush(self, pending: list[bytes]) -> None:
@@ -617,7 +622,7 @@ class SegmentLog:
             _write_all(self._tail(), data)
             self._tail_size += len(data)
 
-    def _undo(self, seq: int, chain: bytes, segment: int, size: int, cause: OSError) -> None:
+    def _undo(self, seq: int, chain: bytes, segment: int, size: int, cause: Exception) -> None:
         self.next_seq, self.chain = seq, chain
         try:
             if self._tail_fd is not None:

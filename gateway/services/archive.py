@@ -99,6 +99,10 @@ __all__ = [
 
 CONTROL_LOG_ID = bytes(16)
 DEFAULT_MAX_MESSAGE_BYTES = 100 * 1024 * 1024
+# The sealed envelope travels inside the commit record, whose body is at most 1 MiB
+# (log MAX_BODY); half of that leaves room for the key and framing. Thousands of recipients
+# fit easily.
+MAX_ENVELOPE_BYTES = 512 * 1024
 # Sealing a piece this large or larger goes to a worker thread; smaller pieces are cheaper to
 # seal on the loop than to hand over.
 _THREAD_THRESHOLD = 64 * 1024
@@ -756,8 +760,12 @@ class MessageWriter:
         """
         if self._done:
             raise RuntimeError("message already committed or aborted")
+        meta = encode_envelope(envelope)
+        if len(meta) > MAX_ENVELOPE_BYTES:
+            self._finish()
+            raise ArchiveError(f"envelope metadata exceeds {MAX_ENVELOPE_BYTES} octets")
         try:
-            return await self._commit(encode_envelope(envelope))
+            return await self._commit(meta)
         finally:
             self._finish()
 
