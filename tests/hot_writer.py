@@ -2,7 +2,8 @@
 writers, expunges and compacts now and then, and prints one line per acknowledged change:
 
     stored <mailbox> <message id>     the commit returned: the message is durable
-    expunged <mailbox> <message id>   the expunge returned
+    expunging <mailbox> <message id>  about to expunge: the message may be gone from now on
+    expunged <mailbox> <message id>   the expunge returned: the message is gone for good
 
 Run as ``python -m tests.hot_writer DATA_DIR SECONDS``; it creates two mailboxes first and
 prints ``mailbox <id> <password>`` for each.
@@ -51,6 +52,8 @@ async def main(data_dir: Path, seconds: float) -> None:
             messages = archive.messages(box)
             if len(messages) > 20:
                 victims = [m.message_id for m in messages[: len(messages) // 2]]
+                for victim in victims:
+                    print("expunging", box, victim, flush=True)
                 await archive.expunge(box, victims)
                 for victim in victims:
                     print("expunged", box, victim, flush=True)

@@ -42,7 +42,7 @@ def follow(process: subprocess.Popen[str], acks: Acks) -> None:
         with acks.lock:
             if kind == "stored":
                 acks.stored.add((rest[0], rest[1]))
-            elif kind == "expunged":
+            elif kind in ("expunging", "expunged"):
                 acks.expunged.add((rest[0], rest[1]))
 
 

@@ -36,7 +36,9 @@ def filler_body(n: int) -> bytes:
 async def main() -> None:
     if OUT.exists():
         sys.exit(f"{OUT} exists; the golden folder of a format version is never rewritten")
-    config = StoreConfig(kdf=KdfParams(memory_kib=64, iterations=1, lanes=1), segment_bytes=64 * 1024)
+    config = StoreConfig(
+        kdf=KdfParams(memory_kib=64, iterations=1, lanes=1), segment_bytes=64 * 1024
+    )
     archive = await Archive.open(OUT, config)
     info, password = await archive.create_mailbox("golden", "format version 1")
     other, other_password = await archive.create_mailbox("other")
@@ -45,7 +47,11 @@ async def main() -> None:
     for body in MESSAGES:
         writer = archive.begin_message([box])
         await writer.write(body)
-        ids.append((await writer.commit(Envelope(received_at=now(), origin="journal", mail_from="a@b")))[box])
+        ids.append(
+            (await writer.commit(Envelope(received_at=now(), origin="journal", mail_from="a@b")))[
+                box
+            ]
+        )
     filler = []
     for n in range(8):
         writer = archive.begin_message([box])

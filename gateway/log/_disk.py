@@ -686,21 +686,28 @@ class SegmentLog:
         with contextlib.suppress(FileNotFoundError):
             new_path.unlink()  # a leftover of an earlier attempt that was never confirmed
         moved: dict[int, Location] = {}
-        with open(path, "rb") as src, open(new_path, "xb") as dst:
-            dst.write(encode_segment_header(scan.header))
-            offset = SEGMENT_HEADER_SIZE
-            for entry, gap, chain in out:
-                if entry is None:
-                    framed, _ = encode_gap(gap, chain)
-                else:
-                    src.seek(entry.location.offset)
-                    framed = src.read(entry.location.size)
-                    moved[entry.seq] = Location(segment, offset, len(framed), entry.seq)
-                dst.write(framed)
-                offset += len(framed)
-            dst.flush()
-            os.fsync(dst.fileno())
-        _fsync_dir(self.directory)
+        try:
+            with open(path, "rb") as src, open(new_path, "xb") as dst:
+                dst.write(encode_segment_header(scan.header))
+                offset = SEGMENT_HEADER_SIZE
+                for entry, gap, chain in out:
+                    if entry is None:
+                        framed, _ = encode_gap(gap, chain)
+                    else:
+                        src.seek(entry.location.offset)
+                        framed = src.read(entry.location.size)
+                        moved[entry.seq] = Location(segment, offset, len(framed), entry.seq)
+                    dst.write(framed)
+                    offset += len(framed)
+                dst.flush()
+                os.fsync(dst.fileno())
+            _fsync_dir(self.directory)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                new_path.unlink()
+            raise LogWriteError(
+                f"compacted copy not written: {os.strerror(exc.errno or errno.EIO)}"
+            ) from exc
         return Compaction(
             segment,
             new_generation,

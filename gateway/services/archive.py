@@ -605,7 +605,12 @@ class Archive:
                 return False
             return True  # an event this version does not know: never drop it
 
-        plan = await trio.to_thread.run_sync(log.plan_compaction, segment, keep)
+        try:
+            plan = await trio.to_thread.run_sync(log.plan_compaction, segment, keep)
+        except LogWriteError:
+            # No room for the compacted copy (a full disk): removals need none, so carry on
+            # with the other segments.
+            return 0
         if plan is None:
             return 0
         if plan.new_path is not None and plan.dropped_bytes < min_gain * plan.bytes_before:
@@ -731,6 +736,7 @@ class MessageWriter:
             raise RuntimeError("message already committed or aborted")
         self.size += len(data)
         if self.size > self._archive.config.max_message_bytes:
+            self._finish()
             raise MessageTooLarge(
                 f"message exceeds the maximum of {self._archive.config.max_message_bytes} octets"
             )
