@@ -46,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+import threading
 from collections.abc import Iterable
 from typing import IO, cast
 
@@ -110,6 +111,34 @@ class SealedMessage(msgspec.Struct, frozen=True):
         )
 
 
+# Creating a zstd context costs more than compressing a 10 KiB message with it, so contexts
+# are reused: each sealer takes one from this pool and gives it back when it finishes (an
+# abandoned sealer's context is simply collected). A context serves one frame at a time;
+# starting a new frame resets it, so reuse does not change a single output byte.
+_pool: list[zstandard.ZstdCompressor] = []
+_POOL_LIMIT = 64
+_local = threading.local()
+
+
+def _take_compressor() -> zstandard.ZstdCompressor:
+    try:
+        return _pool.pop()
+    except IndexError:
+        return zstandard.ZstdCompressor(level=_LEVEL)
+
+
+def _give_back_compressor(context: zstandard.ZstdCompressor) -> None:
+    if len(_pool) < _POOL_LIMIT:
+        _pool.append(context)
+
+
+def _envelope_compressor() -> zstandard.ZstdCompressor:
+    context: zstandard.ZstdCompressor | None = getattr(_local, "envelope", None)
+    if context is None:
+        context = _local.envelope = zstandard.ZstdCompressor(level=_LEVEL)
+    return context
+
+
 class MessageSealer:
     """Seal one message as it arrives: :meth:`feed` any number of pieces, then
     :meth:`finish`. Not thread-safe; one message per instance."""
@@ -118,6 +147,7 @@ class MessageSealer:
         "_aad",
         "_aead",
         "_compressor",
+        "_context",
         "_count",
         "_done",
         "_fill",
@@ -139,7 +169,8 @@ class MessageSealer:
         self._aead = AESGCM(data_key)
         self._aad = _MESSAGE_DOMAIN + mailbox_id + message_id
         self._key_id = public_key.key_id
-        self._compressor = zstandard.ZstdCompressor(level=_LEVEL).compressobj()
+        self._context = _take_compressor()
+        self._compressor = self._context.compressobj()
         self._hash = hashlib.sha256()
         self._pending: list[bytes] = []  # compressor output for the open chunk
         self._fill = 0  # plaintext octets in the open chunk
@@ -194,10 +225,11 @@ class MessageSealer:
         last = self._seal_chunk(
             self._compressor.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH), last=True
         )
+        _give_back_compressor(self._context)
         plain = _encoder.encode((self._size, self._hash.digest(), meta))
         # One-shot compression records the content size in the frame header, which the
         # opener checks before it lets the decoder allocate.
-        compressed = zstandard.ZstdCompressor(level=_LEVEL).compress(plain)
+        compressed = _envelope_compressor().compress(plain)
         envelope = self._aead.encrypt(_NONCE.pack(_ENVELOPE, 0, True), compressed, self._aad)
         sealed = SealedMessage(
             key_id=self._key_id,

@@ -52,7 +52,7 @@ from ._framing import (
     decode_segment_header,
     encode_gap,
     encode_gap_body,
-    encode_record,
+    encode_record_parts,
     encode_segment_header,
     genesis_chain,
     record_prefix,
@@ -80,6 +80,7 @@ DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 SEGMENT_SUFFIX = ".seg"
 REMOVED = -1  # the generation of a segment compaction removed whole
 _STAGING_SUFFIX = ".new"
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
 # How many sequence numbers past the last good record we search for when deciding whether
 # bad bytes are a torn tail or damage in the middle of the log. A batch never holds more
 # records than this many bytes of chunks could, so a whole record after damage is found.
@@ -591,17 +592,20 @@ class SegmentLog:
                     self._flush(pending)
                     pending, pending_size = [], 0
                     self._start_segment(self.next_seq)
-                framed, self.chain = encode_record(kind, self.next_seq, body, self.chain)
+                header, trailer, self.chain = encode_record_parts(
+                    kind, self.next_seq, body, self.chain
+                )
+                framed_size = len(header) + len(body) + len(trailer)
                 locations.append(
                     Location(
                         self.tail_segment,
                         self._tail_size + pending_size,
-                        len(framed),
+                        framed_size,
                         self.next_seq,
                     )
                 )
-                pending.append(framed)
-                pending_size += len(framed)
+                pending += (header, body, trailer)
+                pending_size += framed_size
                 self.next_seq += 1
             self._flush(pending)
             if sync:
@@ -617,10 +621,15 @@ class SegmentLog:
         return locations
 
     def _flush(self, pending: list[bytes]) -> None:
-        if pending:
-            data = b"".join(pending)
-            _write_all(self._tail(), data)
-            self._tail_size += len(data)
+        """Write the pieces of a batch with as few system calls as the kernel allows."""
+        fd = self._tail()
+        for start in range(0, len(pending), _IOV_MAX):
+            pieces = pending[start : start + _IOV_MAX]
+            total = sum(len(p) for p in pieces)
+            written = os.writev(fd, pieces)
+            if written < total:  # rare on regular files; finish the rest plainly
+                _write_all(fd, memoryview(b"".join(pieces))[written:])
+            self._tail_size += total
 
     def _undo(self, seq: int, chain: bytes, segment: int, size: int, cause: Exception) -> None:
         self.next_seq, self.chain = seq, chain

@@ -48,6 +48,7 @@ __all__ = [
     "encode_gap",
     "encode_gap_body",
     "encode_record",
+    "encode_record_parts",
     "encode_segment_header",
     "genesis_chain",
     "record_prefix",
@@ -137,16 +138,28 @@ def decode_segment_header(data: bytes) -> SegmentHeader:
     return SegmentHeader(log_id=log_id, first_seq=first_seq, prev_chain=prev_chain)
 
 
+def encode_record_parts(
+    kind: RecordKind, seq: int, body: bytes, prev_chain: bytes
+) -> tuple[bytes, bytes, bytes]:
+    """Frame one record without copying its body: returns (header, trailer, chain value);
+    the record is header + body + trailer. Hash and CRC run over the pieces in place."""
+    if len(body) > MAX_BODY:
+        raise ValueError(f"record body of {len(body)} bytes exceeds {MAX_BODY}")
+    header = _RECORD_HEADER.pack(len(body), kind, seq)
+    digest = hashlib.sha256(prev_chain)
+    digest.update(header)
+    digest.update(body)
+    chain = digest.digest()
+    crc = zlib.crc32(chain, zlib.crc32(body, zlib.crc32(header)))
+    return header, chain + struct.pack("<I", crc), chain
+
+
 def encode_record(
     kind: RecordKind, seq: int, body: bytes, prev_chain: bytes
 ) -> tuple[bytes, bytes]:
     """Frame one record; returns (record bytes, its chain value)."""
-    if len(body) > MAX_BODY:
-        raise ValueError(f"record body of {len(body)} bytes exceeds {MAX_BODY}")
-    prefix = _RECORD_HEADER.pack(len(body), kind, seq) + body
-    chain = chain_next(prev_chain, prefix)
-    framed = prefix + chain
-    return framed + struct.pack("<I", zlib.crc32(framed)), chain
+    header, trailer, chain = encode_record_parts(kind, seq, body, prev_chain)
+    return header + body + trailer, chain
 
 
 def decode_record_header(data: bytes | memoryview) -> RecordHeader:

@@ -31,6 +31,11 @@ from ._disk import AppendItem, Location, LogWriteError, SegmentLog
 __all__ = ["LogWriter", "StaleEpoch"]
 
 
+# All logs share a few flush threads. The disk takes parallel fdatasyncs well, but dozens of
+# threads fighting for the GIL (framing, hashing) cost more than they overlap.
+_flush_threads = trio.CapacityLimiter(8)
+
+
 class StaleEpoch(LogWriteError):
     """The records this commit depends on were lost in a failed batch."""
 
@@ -100,7 +105,9 @@ class LogWriter:
         items = [item for ticket in batch for item in ticket.items]
         sync = any(ticket.durable for ticket in batch)
         try:
-            locations = await trio.to_thread.run_sync(lambda: self.log.append(items, sync=sync))
+            locations = await trio.to_thread.run_sync(
+                lambda: self.log.append(items, sync=sync), limiter=_flush_threads
+            )
         except LogWriteError as exc:
             self.epoch += 1
             for ticket in batch:

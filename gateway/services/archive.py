@@ -790,9 +790,12 @@ class MessageWriter:
             except LogWriteError as exc:
                 failures.append(exc)
 
-        async with trio.open_nursery() as nursery:
-            for target in self._targets:
-                nursery.start_soon(commit_one, target)
+        if len(self._targets) == 1:
+            await commit_one(self._targets[0])  # the common case: no task to spawn
+        else:
+            async with trio.open_nursery() as nursery:
+                for target in self._targets:
+                    nursery.start_soon(commit_one, target)
         if failures:
             for mailbox_id, message in stored.items():
                 await self._archive.expunge(mailbox_id, [message.message_id])
