@@ -90,6 +90,14 @@ def _serve(data_dir: Path) -> int:
     return EXIT_OK
 
 
+async def _maintenance(archive: Archive) -> None:
+    while True:
+        await trio.sleep(archive.config.maintenance_interval)
+        reclaimed, deleted = await archive.maintain()
+        if reclaimed or deleted:
+            logger.info("event=compacted reclaimed_bytes=%d files_deleted=%d", reclaimed, deleted)
+
+
 async def _serve_async(data_dir: Path) -> None:
     archive = await Archive.open(data_dir)
     try:
@@ -102,10 +110,13 @@ async def _serve_async(data_dir: Path) -> None:
             len(damaged),
             len(archive.recoveries),
         )
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                logger.info("event=stopping signal=%s", signal.Signals(signum).name)
-                break
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_maintenance, archive)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    logger.info("event=stopping signal=%s", signal.Signals(signum).name)
+                    break
+            nursery.cancel_scope.cancel()
         await archive.append_control(GatewayStopped(at=now(), reason="signal"))
     finally:
         await archive.aclose()

@@ -147,7 +147,14 @@ def _records(
 ) -> list[LogRecord]:
     records: list[LogRecord] = []
     try:
-        for record in iter_log(directory, log_id, cuts=cuts, keep_bodies=True):
+
+        def torn(path: Path, offset: int, size: int) -> None:
+            report.notes.append(
+                f"{where}: {path} ends in a partial record at offset {offset} ({size} bytes): "
+                "a write in progress, or cut short by a crash (opening the log cuts it off)"
+            )
+
+        for record in iter_log(directory, log_id, cuts=cuts, keep_bodies=True, on_torn_tail=torn):
             records.append(record)
             report.records += 1
             report.log_bytes += record.location.size

@@ -247,6 +247,7 @@ class _SegmentScan:
     end_chain: bytes
     next_seq: int
     error: str | None  # why reading stopped before the end of the file, if it did
+    torn: bool  # the file ends inside a record: a write cut short (or still going on)
     file_size: int
 
 
@@ -281,6 +282,7 @@ def _scan_segment(
         offset = SEGMENT_HEADER_SIZE
         records: list[LogRecord] = []
         error: str | None = None
+        torn = False
         buf = b""
         buf_start = offset
         while offset < file_size:
@@ -291,7 +293,7 @@ def _scan_segment(
                 buf_start = offset
             rel = offset - buf_start
             if len(buf) - rel < RECORD_HEADER_SIZE:
-                error = "torn record header"
+                error, torn = "torn record header", True
                 break
             try:
                 rh = decode_record_header(memoryview(buf)[rel:])
@@ -303,7 +305,7 @@ def _scan_segment(
                 buf_start = offset
                 rel = 0
                 if len(buf) < rh.size:
-                    error = "torn record"
+                    error, torn = "torn record", True
                     break
             raw = memoryview(buf)[rel : rel + rh.size]
             try:
@@ -343,7 +345,7 @@ def _scan_segment(
             )
             seq = rh.seq + 1
             offset += rh.size
-        return _SegmentScan(header, records, offset, chain, seq, error, file_size)
+        return _SegmentScan(header, records, offset, chain, seq, error, torn, file_size)
     finally:
         os.close(fd)
 
@@ -384,11 +386,16 @@ def iter_log(
     cuts: Mapping[int, int] | None = None,
     keep_bodies: bool = True,
     tail_ok: bool = True,
+    on_torn_tail: Callable[[Path, int, int], None] | None = None,
 ) -> Iterator[LogRecord]:
     """Read a whole log, checking every record; read-only, safe while the gateway writes.
 
-    Raises LogCorrupt at the first problem. A torn tail on the last segment (a write in
-    progress, or one the next open would cut off) ends the iteration quietly when ``tail_ok``.
+    Raises LogCorrupt at the first problem. A torn tail on the last segment (the file ends
+    inside a record: a write in progress, or one cut short by a crash, which the next open
+    cuts off) ends the iteration when ``tail_ok``, reported to ``on_torn_tail(path, offset,
+    bytes)``. A *whole* record that does not check out is never a tail in progress (a reader
+    sees a file's bytes only up to its size, and records are written before the size grows),
+    so it is always LogCorrupt, even at the very end.
     Segments missing from the sequence (removed by compaction) are yielded as a GAP record
     whose chain is the next segment's starting chain; verify confirms it against the control
     log.
@@ -413,8 +420,12 @@ def iter_log(
         yield from scan.records
         if scan.error is not None:
             last = i == len(chosen) - 1
-            if not (last and tail_ok) or _later_record_exists(path, scan.end_offset, scan.next_seq):
+            if not (last and tail_ok and scan.torn) or _later_record_exists(
+                path, scan.end_offset, scan.next_seq
+            ):
                 raise LogCorrupt(path, scan.end_offset, scan.error)
+            if on_torn_tail is not None:
+                on_torn_tail(path, scan.end_offset, scan.file_size - scan.end_offset)
             return
         chain = scan.end_chain
         expect_seq = scan.next_seq

@@ -9,13 +9,16 @@ value at its start is known.
 
 Every record is framed as::
 
-    u32 body length | u8 kind | 3 zero bytes | u64 seq | body | 32-byte chain | u32 CRC-32
+    u32 body length | u8 kind | 3 zero bytes | u64 seq | u32 header CRC | body
+        | 32-byte chain | u32 CRC-32
 
 all little-endian. ``chain = SHA-256(previous chain || header || body)``: record i commits to
 record i-1, so editing, dropping or reordering any record breaks the chain at exactly that
-record. The CRC (zlib's CRC-32 over everything before it) is the cheap first line: it tells a
-torn or garbage tail from a whole record without hashing, and it guards the length field so a
-corrupted length never makes a reader swallow the rest of the file.
+record. The CRCs (zlib's CRC-32) are the cheap first line. The header's own CRC guards the
+length field: a damaged length is caught at once instead of making a reader swallow the rest
+of the file, and it is what tells a *torn* tail (a valid header whose record the file ends
+inside: a write cut short) from a *damaged* record, which is never mistaken for a tail. The
+record CRC covers everything before it.
 
 A GAP record stands where compaction removed records: its body names the first and last
 sequence number it replaces and its chain field carries the chain value after the last removed
@@ -61,7 +64,8 @@ _SEGMENT_HEADER = struct.Struct("<8sI16sQ32s")  # magic, version, log id, first 
 SEGMENT_HEADER_SIZE = _SEGMENT_HEADER.size + 4  # + CRC-32 of the header
 
 _RECORD_HEADER = struct.Struct("<IB3xQ")  # body length, kind, padding, seq
-RECORD_HEADER_SIZE = _RECORD_HEADER.size
+_HEADER_CRC = struct.Struct("<I")
+RECORD_HEADER_SIZE = _RECORD_HEADER.size + _HEADER_CRC.size
 _TRAILER = struct.Struct("<32sI")  # chain, CRC-32
 RECORD_OVERHEAD = RECORD_HEADER_SIZE + _TRAILER.size
 
@@ -138,6 +142,11 @@ def decode_segment_header(data: bytes) -> SegmentHeader:
     return SegmentHeader(log_id=log_id, first_seq=first_seq, prev_chain=prev_chain)
 
 
+def _pack_record_header(body_len: int, kind: int, seq: int) -> bytes:
+    raw = _RECORD_HEADER.pack(body_len, kind, seq)
+    return raw + _HEADER_CRC.pack(zlib.crc32(raw))
+
+
 def encode_record_parts(
     kind: RecordKind, seq: int, body: bytes, prev_chain: bytes
 ) -> tuple[bytes, bytes, bytes]:
@@ -145,7 +154,7 @@ def encode_record_parts(
     the record is header + body + trailer. Hash and CRC run over the pieces in place."""
     if len(body) > MAX_BODY:
         raise ValueError(f"record body of {len(body)} bytes exceeds {MAX_BODY}")
-    header = _RECORD_HEADER.pack(len(body), kind, seq)
+    header = _pack_record_header(len(body), kind, seq)
     digest = hashlib.sha256(prev_chain)
     digest.update(header)
     digest.update(body)
@@ -164,7 +173,12 @@ def encode_record(
 
 def decode_record_header(data: bytes | memoryview) -> RecordHeader:
     """Parse the fixed header at the start of ``data`` (at least RECORD_HEADER_SIZE bytes)."""
+    if len(data) < RECORD_HEADER_SIZE:
+        raise FramingError("record header is truncated")
     body_len, kind, seq = _RECORD_HEADER.unpack_from(data)
+    (crc,) = _HEADER_CRC.unpack_from(data, _RECORD_HEADER.size)
+    if zlib.crc32(memoryview(data)[: _RECORD_HEADER.size]) != crc:
+        raise FramingError("record header checksum mismatch")
     if body_len > MAX_BODY:
         raise FramingError(f"record length {body_len} exceeds the maximum {MAX_BODY}")
     if kind not in _KINDS:
@@ -203,7 +217,7 @@ def encode_gap(gap: Gap, chain_after: bytes) -> tuple[bytes, bytes]:
     """A GAP record in place of records first_seq..last_seq. Its own seq is last_seq, its chain
     field the chain after last_seq (as it was before the records were removed)."""
     body = encode_gap_body(gap)
-    framed = _RECORD_HEADER.pack(len(body), RecordKind.GAP, gap.last_seq) + body + chain_after
+    framed = _pack_record_header(len(body), RecordKind.GAP, gap.last_seq) + body + chain_after
     return framed + struct.pack("<I", zlib.crc32(framed)), chain_after
 
 

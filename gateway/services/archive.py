@@ -132,6 +132,8 @@ class StoreConfig:
     # How long a segment file superseded by compaction is kept. A copy of the data folder
     # (cp -a, rsync) that takes less than this is consistent whatever it caught (SPEC.md).
     compaction_grace: float = 12 * 3600.0
+    # How often the server compacts and deletes expired segment files.
+    maintenance_interval: float = 600.0
 
 
 def wrap_id(key_file: bytes) -> str:
@@ -394,7 +396,7 @@ class Archive:
             )
             key_bytes = encode_key_file(key)
             new_key_id = key.key_id.hex()
-            lost = [m for m in box.index.messages.values() if m.event.key_id != new_key_id]
+            lost = [m for m in box.index.messages.values() if m.key_id != new_key_id]
             await self._replace_key(
                 box,
                 key_bytes,
@@ -518,18 +520,9 @@ class Archive:
     ) -> AsyncIterator[bytes]:
         """Decrypt one message piece by piece (each at most 256 KiB). Raises
         crypto.MessageCorrupt on any tampering, LogCorrupt on a damaged record."""
-        box = self._box(mailbox_id)
-        stored = box.index.messages.get(message_id)
-        if stored is None or box.writer is None:
-            raise ArchiveError(f"no message {message_id} in mailbox {box.info.mailbox_id}")
-        log = box.writer.log
-        opener = MessageOpener(
-            key,
-            bytes.fromhex(box.info.mailbox_id),
-            bytes.fromhex(message_id),
-            sealed_of(stored.event),
-        )
-        mid = bytes.fromhex(message_id)
+        box, stored, log = self._stored(mailbox_id, message_id)
+        opener = await self._opener(box, stored, log, key)
+        mid = bytes.fromhex(stored.message_id)
 
         def open_one(location: Location, index: int) -> bytes:
             _header, body = log.read(location)
@@ -548,15 +541,34 @@ class Archive:
     async def read_envelope(
         self, mailbox_id: str, message_id: str, key: MailboxPrivateKey
     ) -> Envelope:
+        box, stored, log = self._stored(mailbox_id, message_id)
+        opener = await self._opener(box, stored, log, key)
+        return decode_envelope(opener.meta())
+
+    def _stored(
+        self, mailbox_id: str, message_id: str
+    ) -> tuple[_Mailbox, StoredMessage, SegmentLog]:
         box = self._box(mailbox_id)
-        stored = box.index.messages[message_id]
-        opener = MessageOpener(
+        stored = box.index.messages.get(message_id)
+        if stored is None or box.writer is None:
+            raise ArchiveError(f"no message {message_id} in mailbox {box.info.mailbox_id}")
+        return box, stored, box.writer.log
+
+    async def _opener(
+        self, box: _Mailbox, stored: StoredMessage, log: SegmentLog, key: MailboxPrivateKey
+    ) -> MessageOpener:
+        """Read the message's commit record back and open its data key."""
+        async with box.io_lock:
+            _header, body = await trio.to_thread.run_sync(log.read, stored.commit)
+        event = decode_message_event(body)
+        if not isinstance(event, MessageStored) or event.message_id != stored.message_id:
+            raise LogCorrupt(log.directory, stored.commit.offset, "commit record mismatch")
+        return MessageOpener(
             key,
             bytes.fromhex(box.info.mailbox_id),
-            bytes.fromhex(message_id),
-            sealed_of(stored.event),
+            bytes.fromhex(stored.message_id),
+            sealed_of(event),
         )
-        return decode_envelope(opener.meta())
 
     def _publish(self, box: _Mailbox, stored: StoredMessage) -> None:
         box.index.messages[stored.message_id] = stored
@@ -642,6 +654,19 @@ class Archive:
             for seq in range(gap.first_seq, gap.last_seq + 1):
                 box.index.pending_chunks.pop(seq, None)
         return plan.bytes_before - plan.bytes_after
+
+    async def maintain(self) -> tuple[int, int]:
+        """One pass of housekeeping over every mailbox: compaction, then deletion of the
+        segment files whose grace period is over. Returns (bytes reclaimed, files deleted).
+        A mailbox that fails is skipped; the next pass tries again."""
+        reclaimed = deleted = 0
+        for info in list(self.state.mailboxes.values()):
+            try:
+                reclaimed += await self.compact(info.mailbox_id)
+                deleted += await self.remove_retired(info.mailbox_id)
+            except (NoSuchMailbox, LogCorrupt, LogWriteError, OSError):
+                continue
+        return reclaimed, deleted
 
     async def remove_retired(self, mailbox_id: str) -> int:
         """Delete segment files superseded by compaction once their grace period is over
@@ -836,9 +861,7 @@ class MessageWriter:
             durable=True,
             epoch=target.epoch,
         )
-        return StoredMessage(
-            target.message_id, commit.seq, built[0], commit, [*target.chunks, final]
-        )
+        return StoredMessage.of(commit.seq, commit, [*target.chunks, final], built[0])
 
     async def abort(self) -> None:
         """Give the message up; its chunks already written become orphans for compaction."""

@@ -100,15 +100,22 @@ class ControlState:
 
 @dataclass(slots=True)
 class StoredMessage:
+    """What serving a message needs, kept in memory for every message of a mailbox. The
+    wrapped key and sealed envelope (over 1 KB) stay in the commit record on disk and are
+    read back when the message is opened."""
+
     message_id: str
     seq: int  # of the commit record
-    event: MessageStored
+    size: int
+    key_id: str
     commit: Location
     chunks: list[Location]
 
-    @property
-    def size(self) -> int:
-        return self.event.size
+    @classmethod
+    def of(
+        cls, seq: int, commit: Location, chunks: list[Location], event: MessageStored
+    ) -> StoredMessage:
+        return cls(event.message_id, seq, event.size, event.key_id, commit, chunks)
 
 
 @dataclass(slots=True)
@@ -143,9 +150,7 @@ class MessageIndex:
                 )
                 return
             chunks.append(chunk)
-        self.messages[event.message_id] = StoredMessage(
-            event.message_id, seq, event, location, chunks
-        )
+        self.messages[event.message_id] = StoredMessage.of(seq, location, chunks, event)
 
     def expunge(self, message_ids: set[str] | tuple[str, ...]) -> None:
         self.expunged.update(message_ids)
@@ -154,4 +159,4 @@ class MessageIndex:
 
     @property
     def total_bytes(self) -> int:
-        return sum(m.event.size for m in self.messages.values())
+        return sum(m.size for m in self.messages.values())
