@@ -216,8 +216,29 @@ async def test_password_change_keeps_mail_reset_loses_it(archive: Archive) -> No
     assert await read(archive, box, later, new_key) == b"after reset"
 
 
+async def test_maintenance_compacts_every_mailbox_and_deletes_expired_files(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    config = dataclasses.replace(store_config, compaction_grace=0)
+    archive = await Archive.open(tmp_path / "data", config)
+    try:
+        boxes = [(await archive.create_mailbox(name))[0].mailbox_id for name in "ab"]
+        for box in boxes:
+            ids = [(await store(archive, [box], os.urandom(60_000)))[box] for _ in range(12)]
+            await archive.expunge(box, ids[:9])
+        reclaimed, deleted = await archive.maintain()
+        assert reclaimed > 2 * 9 * 60_000 * 0.8
+        assert deleted >= 2
+        assert await archive.maintain() == (0, 0)
+        assert all(len(archive.messages(box)) == 3 for box in boxes)
+    finally:
+        await archive.aclose()
+    assert verify_data_dir(tmp_path / "data").ok
+
+
 async def test_wrong_password_and_unknown_ids(archive: Archive) -> None:
     info, _ = await archive.create_mailbox("x")
+    before = sorted(p.relative_to(archive.data.root) for p in archive.data.root.rglob("*"))
     with pytest.raises(WrongPassword):
         await archive.unlock(info.mailbox_id, "wrong")
     for bad in [
@@ -232,6 +253,8 @@ async def test_wrong_password_and_unknown_ids(archive: Archive) -> None:
             await archive.unlock(bad, "pw")
         with pytest.raises(NoSuchMailbox):
             archive.begin_message([bad])
+    after = sorted(p.relative_to(archive.data.root) for p in archive.data.root.rglob("*"))
+    assert after == before  # nothing written, nothing created
     assert archive.mailbox(info.mailbox_id.upper()).mailbox_id == info.mailbox_id
     assert archive.mailbox(f"MBX-{info.mailbox_id}@example.org").mailbox_id == info.mailbox_id
 
