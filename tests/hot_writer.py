@@ -21,12 +21,12 @@ from gateway.crypto import KdfParams
 from gateway.events import Envelope, now
 from gateway.services.archive import Archive, StoreConfig
 
+FAST = KdfParams(memory_kib=64, iterations=1, lanes=1)
+SEGMENT = 128 * 1024
+
 
 async def main(data_dir: Path, seconds: float) -> None:
-    config = StoreConfig(
-        kdf=KdfParams(memory_kib=64, iterations=1, lanes=1), segment_bytes=128 * 1024
-    )
-    archive = await Archive.open(data_dir, config)
+    archive = await Archive.open(data_dir, StoreConfig(kdf=FAST, segment_bytes=SEGMENT))
     boxes = []
     for name in ("a", "b"):
         info, password = await archive.create_mailbox(name)
@@ -65,6 +65,22 @@ async def main(data_dir: Path, seconds: float) -> None:
                 nursery.start_soon(writer, n)
             nursery.start_soon(janitor)
     await archive.aclose()
+
+
+async def messages_present(data_dir: Path) -> set[tuple[str, str]]:
+    """(mailbox id, message id) of every message a data folder serves; asserts that no
+    mailbox opened damaged. For the tests that check this writer's folders."""
+    archive = await Archive.open(data_dir, StoreConfig(kdf=FAST, segment_bytes=SEGMENT))
+    try:
+        for box in archive.mailboxes():
+            assert archive.damaged(box.mailbox_id) is None, archive.damaged(box.mailbox_id)
+        return {
+            (box.mailbox_id, m.message_id)
+            for box in archive.mailboxes()
+            for m in archive.messages(box.mailbox_id)
+        }
+    finally:
+        await archive.aclose()
 
 
 if __name__ == "__main__":

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.services.archive import Archive, StoreConfig
 from gateway.verify import verify_data_dir
 
-from .conftest import FAST_KDF
+from .hot_writer import messages_present
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,20 +51,6 @@ def run_and_kill(data: Path, after: float) -> tuple[Ids, Ids, Ids]:
     return stored, expunging, expunged
 
 
-async def present(data: Path) -> set[tuple[str, str]]:
-    archive = await Archive.open(data, StoreConfig(kdf=FAST_KDF, segment_bytes=128 * 1024))
-    try:
-        for box in archive.mailboxes():
-            assert archive.damaged(box.mailbox_id) is None
-        return {
-            (box.mailbox_id, m.message_id)
-            for box in archive.mailboxes()
-            for m in archive.messages(box.mailbox_id)
-        }
-    finally:
-        await archive.aclose()
-
-
 def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
     data = tmp_path / "data"
     acknowledged: Ids = set()
@@ -80,7 +65,7 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path: Path) -> None:
         # verify first (read-only), then open for writing (which cuts the torn tail).
         report = verify_data_dir(data)
         assert report.ok, [str(p) for p in report.problems]
-        now_present = trio.run(present, data)
+        now_present = trio.run(messages_present, data)
         missing = acknowledged - maybe_gone - now_present
         assert not missing, f"round {round_no}: {len(missing)} acknowledged messages lost"
         assert not (expunged & now_present), "an acknowledged expunge was undone"

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.services.archive import Archive, StoreConfig
 from gateway.verify import verify_data_dir
 
-from .conftest import FAST_KDF
+from .hot_writer import messages_present
 
 pytestmark = pytest.mark.slow
 
@@ -44,18 +43,6 @@ def follow(process: subprocess.Popen[str], acks: Acks) -> None:
                 acks.stored.add((rest[0], rest[1]))
             elif kind in ("expunging", "expunged"):
                 acks.expunged.add((rest[0], rest[1]))
-
-
-async def messages_in(copy: Path) -> set[tuple[str, str]]:
-    archive = await Archive.open(copy, StoreConfig(kdf=FAST_KDF, segment_bytes=128 * 1024))
-    try:
-        return {
-            (box.mailbox_id, m.message_id)
-            for box in archive.mailboxes()
-            for m in archive.messages(box.mailbox_id)
-        }
-    finally:
-        await archive.aclose()
 
 
 @pytest.mark.parametrize("tool", ["cp", "rsync"])
@@ -101,7 +88,7 @@ def test_copy_while_writing_opens_cleanly(tmp_path: Path, tool: str) -> None:
         # Verify first: opening for writing may cut a torn tail or drop leftovers.
         report = verify_data_dir(copy)
         assert report.ok, (copy.name, [str(p) for p in report.problems])
-        present = trio.run(messages_in, copy)
+        present = trio.run(messages_present, copy)
         missing = acknowledged - present - acks.expunged
         assert not missing, f"{copy.name}: {len(missing)} acknowledged messages missing"
         assert verify_data_dir(copy).ok
