@@ -1,20 +1,24 @@
-"""The append-only segment logs: framing, files on disk, group commit."""
+"""The append-only segment logs: framing, files on disk, group commit.
+
+This package is the only code that opens, writes, renames or fsyncs anything under the data
+folder: ``_framing`` (pure bytes), ``_files`` (names and types), ``_scan`` (reading back),
+``_segment_log`` (appending, recovery, compaction), ``_datadir`` (layout, lock, key files),
+``_writer`` (group commit for trio)."""
 
 from __future__ import annotations
 
-from ._disk import (
+from ._datadir import DataDir
+from ._files import (
     DEFAULT_SEGMENT_BYTES,
+    REMOVED,
     AppendItem,
     Compaction,
-    DataDir,
     DataDirLocked,
     Location,
     LogCorrupt,
     LogRecord,
     LogWriteError,
     Recovery,
-    SegmentLog,
-    iter_log,
     segment_name,
 )
 from ._framing import (
@@ -26,10 +30,13 @@ from ._framing import (
     encode_chunk_body,
     genesis_chain,
 )
+from ._scan import iter_log
+from ._segment_log import SegmentLog
 from ._writer import LogWriter, StaleEpoch
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
+    "REMOVED",
     "AppendItem",
     "Compaction",
     "DataDir",

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ._disk import AppendItem, Location, LogWriteError, SegmentLog
+from ._files import AppendItem, Location, LogWriteError
+from ._segment_log import SegmentLog
 
 __all__ = ["LogWriter", "StaleEpoch"]
 

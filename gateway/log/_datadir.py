@@ -1,0 +1,135 @@
+"""The data folder: its layout, the lock, mailbox folders and key files (SPEC.md section 2)::
+
+    <data>/gateway.lock               flock: one gateway per data folder
+    <data>/control/<seq>.seg          the control log
+    <data>/mailboxes/<id>/key         the mailbox key file (replaced atomically)
+    <data>/mailboxes/<id>/log/<seq>.seg
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+from ..ids import parse_mailbox_id
+from ._files import DataDirLocked, fsync_dir, write_all
+from ._segment_log import SegmentLog
+
+
+class DataDir:
+    """Paths and whole-file operations under the data folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock_fd: int | None = None
+
+    @property
+    def control_dir(self) -> Path:
+        return self.root / "control"
+
+    @property
+    def mailboxes_dir(self) -> Path:
+        return self.root / "mailboxes"
+
+    def mailbox_dir(self, mailbox_id: str) -> Path:
+        # parse_mailbox_id is the gate: nothing but 32 hex characters ever becomes a path.
+        return self.mailboxes_dir / parse_mailbox_id(mailbox_id)
+
+    def mailbox_log_dir(self, mailbox_id: str) -> Path:
+        return self.mailbox_dir(mailbox_id) / "log"
+
+    def key_path(self, mailbox_id: str) -> Path:
+        return self.mailbox_dir(mailbox_id) / "key"
+
+    def ensure(self) -> None:
+        for path in (self.root, self.mailboxes_dir):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def lock(self) -> None:
+        """Hold an exclusive lock on the data folder for the life of the process."""
+        self.ensure()
+        fd = os.open(self.root / "gateway.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataDirLocked(
+                f"another gateway process is using the data folder {self.root}"
+            ) from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def list_mailbox_ids(self) -> list[str]:
+        if not self.mailboxes_dir.is_dir():
+            return []
+        ids = []
+        for entry in os.scandir(self.mailboxes_dir):
+            try:
+                ids.append(parse_mailbox_id(entry.name))
+            except ValueError:
+                continue
+        return sorted(ids)
+
+    def create_mailbox(
+        self, mailbox_id: str, key_file: bytes, log_id: bytes, *, segment_bytes: int
+    ) -> SegmentLog:
+        """Create the mailbox folder, its key file and an empty log, all durable."""
+        directory = self.mailbox_dir(mailbox_id)
+        directory.mkdir(mode=0o700)
+        fsync_dir(self.mailboxes_dir)
+        self._write_new(directory / "key", key_file)
+        return SegmentLog.create(directory / "log", log_id, segment_bytes=segment_bytes)
+
+    def read_key_file(self, mailbox_id: str) -> bytes:
+        return self.key_path(mailbox_id).read_bytes()
+
+    def stage_key_file(self, mailbox_id: str, key_file: bytes) -> None:
+        """First half of a key change: the new key file sits beside the old one, durable."""
+        staged = self.key_path(mailbox_id).with_name("key.new")
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+        self._write_new(staged, key_file)
+
+    def commit_key_file(self, mailbox_id: str) -> None:
+        """Second half, once the control log records the change: rename over the old."""
+        path = self.key_path(mailbox_id)
+        os.replace(path.with_name("key.new"), path)
+        fsync_dir(path.parent)
+
+    def staged_key_file(self, mailbox_id: str) -> bytes | None:
+        try:
+            return self.key_path(mailbox_id).with_name("key.new").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def discard_staged_key_file(self, mailbox_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.key_path(mailbox_id).with_name("key.new").unlink()
+
+    def remove_mailbox(self, mailbox_id: str) -> None:
+        """Delete a mailbox's folder (after MailboxDeleted is durable in the control log)."""
+        directory = self.mailbox_dir(mailbox_id)
+        for root, dirs, files in os.walk(directory, topdown=False):
+            for name in files:
+                os.unlink(os.path.join(root, name))
+            for name in dirs:
+                os.rmdir(os.path.join(root, name))
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(directory)
+        fsync_dir(self.mailboxes_dir)
+
+    @staticmethod
+    def _write_new(path: Path, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(path.parent)

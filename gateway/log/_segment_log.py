@@ -1,0 +1,429 @@
+"""The writable segment log: append with group commit, recovery on open, compaction.
+
+Theory of operation
+-------------------
+Everything here is blocking and runs in worker threads (``gateway.log._writer`` and the
+services call it through ``trio.to_thread``).
+
+A :class:`SegmentLog` appends whole batches: every record of a batch is written with one
+``write`` and made durable with one ``fdatasync`` (group commit). A new segment's header is
+fsynced, and its directory too, before any record goes into it, so a segment that is not the
+last one is always complete. On open, the last segment is checked record by record: a torn or
+garbage tail (bytes after the last whole record that no later whole record follows) is cut off
+and reported; anything else that does not check out raises :class:`LogCorrupt` with the file
+and offset, and the log stays closed for writing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from ._files import (
+    DEFAULT_SEGMENT_BYTES,
+    REMOVED,
+    SEGMENT_SUFFIX,
+    AppendItem,
+    Compaction,
+    Location,
+    LogCorrupt,
+    LogRecord,
+    LogWriteError,
+    Recovery,
+    choose_files,
+    fsync_dir,
+    segment_name,
+    write_all,
+)
+from ._framing import (
+    RECORD_OVERHEAD,
+    SEGMENT_HEADER_SIZE,
+    FramingError,
+    Gap,
+    RecordHeader,
+    RecordKind,
+    SegmentHeader,
+    encode_gap,
+    encode_record_parts,
+    encode_segment_header,
+    genesis_chain,
+    verify_record,
+)
+from ._scan import SegmentScan, later_record_exists, read_exact, scan_segment
+
+_STAGING_SUFFIX = ".new"
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
+
+
+class SegmentLog:
+    """One append-only log in one directory. Appends are serialized by the caller (one
+    flusher per log); reads may come from any thread at any time."""
+
+    def __init__(
+        self,
+        directory: Path,
+        log_id: bytes,
+        segment_bytes: int,
+        files: dict[int, tuple[int, Path]],
+        next_seq: int,
+        chain: bytes,
+        tail_size: int,
+    ) -> None:
+        self.directory = directory
+        self.log_id = log_id
+        self.segment_bytes = segment_bytes
+        self._files = files  # first seq -> (generation, path), oldest first
+        self.next_seq = next_seq
+        self.chain = chain
+        self._tail_size = tail_size
+        self._tail_fd: int | None = None
+        self._read_fds: dict[int, int] = {}
+        self._read_lock = threading.Lock()
+        self._broken: str | None = None
+
+    # -- open and recover
+
+    @classmethod
+    def create(cls, directory: Path, log_id: bytes, *, segment_bytes: int) -> SegmentLog:
+        directory.mkdir(parents=True, exist_ok=False)
+        fsync_dir(directory.parent)
+        log = cls(directory, log_id, segment_bytes, {}, 0, genesis_chain(log_id), 0)
+        log._start_segment(0)
+        return log
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        log_id: bytes,
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        cuts: Mapping[int, int] | None = None,
+    ) -> tuple[SegmentLog, list[LogRecord], Recovery | None]:
+        """Open for appending. Returns the log, every record with its body except chunk
+        bodies (for the caller's projection), and the tail that was cut off, if any.
+        ``cuts``: the compactions the control log confirms (see ``choose_files``)."""
+        files = choose_files(directory, cuts or {})
+        if not files.chosen:
+            raise LogCorrupt(directory, 0, "no segment files")
+        for stale in [*files.unconfirmed, *directory.glob("*" + SEGMENT_SUFFIX + _STAGING_SUFFIX)]:
+            # A compaction whose control event never became durable: the older file holds
+            # every record, this one is a leftover.
+            stale.unlink()
+        records: list[LogRecord] = []
+        recovery: Recovery | None = None
+        chain: bytes | None = genesis_chain(log_id)
+        expect_seq = 0
+        scan: SegmentScan | None = None
+        for i, (first, (_generation, path)) in enumerate(files.chosen.items()):
+            last = i == len(files.chosen) - 1
+            if first != expect_seq:
+                if first < expect_seq:
+                    raise LogCorrupt(path, 0, f"segment overlaps records up to {expect_seq - 1}")
+                chain = None  # a segment removed by compaction; its header carries the chain
+            scan = scan_segment(path, first, log_id, chain, keep_bodies=False)
+            records.extend(scan.records)
+            if scan.error is not None:
+                if not last or later_record_exists(path, scan.end_offset, scan.next_seq):
+                    raise LogCorrupt(path, scan.end_offset, scan.error)
+                recovery = Recovery(path, scan.end_offset, scan.file_size - scan.end_offset)
+                with open(path, "r+b") as f:
+                    f.truncate(scan.end_offset)
+                    os.fsync(f.fileno())
+            chain = scan.end_chain
+            expect_seq = scan.next_seq
+        assert scan is not None
+        log = cls(
+            directory,
+            log_id,
+            segment_bytes,
+            files.chosen,
+            scan.next_seq,
+            scan.end_chain,
+            scan.end_offset,
+        )
+        return log, records, recovery
+
+    # -- append
+
+    @property
+    def segments(self) -> list[int]:
+        return list(self._files)
+
+    @property
+    def tail_segment(self) -> int:
+        return next(reversed(self._files))
+
+    def generation(self, segment: int) -> int:
+        return self._files[segment][0]
+
+    def _start_segment(self, first_seq: int) -> None:
+        if self._tail_fd is not None:
+            os.fdatasync(self._tail_fd)
+            os.close(self._tail_fd)
+            self._tail_fd = None
+        # The segment appears under its name only with its header complete and durable, so
+        # neither a crash nor a copy of the folder ever finds a segment without a header.
+        path = self.directory / segment_name(first_seq)
+        staging = path.with_name(path.name + _STAGING_SUFFIX)
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            write_all(fd, encode_segment_header(SegmentHeader(self.log_id, first_seq, self.chain)))
+            os.fsync(fd)
+            os.rename(staging, path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
+            raise
+        fsync_dir(self.directory)
+        self._tail_fd = fd
+        self._files[first_seq] = (0, path)
+        self._tail_size = SEGMENT_HEADER_SIZE
+
+    def _tail(self) -> int:
+        if self._tail_fd is None:
+            _generation, path = self._files[self.tail_segment]
+            self._tail_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        return self._tail_fd
+
+    def append(self, items: Sequence[AppendItem], *, sync: bool = True) -> list[Location]:
+        """Frame, write and (if ``sync``) fdatasync a batch of records.
+
+        All or nothing: on any error the segment is cut back to where the batch began and
+        LogWriteError is raised. If even that fails, the log refuses further appends until it
+        is opened again (which recovers from what is really on disk).
+        """
+        if self._broken is not None:
+            raise LogWriteError(
+                f"log is closed for writing after an earlier failure: {self._broken}"
+            )
+        start_seq, start_chain = self.next_seq, self.chain
+        start_segment, start_size = self.tail_segment, self._tail_size
+        locations: list[Location] = []
+        try:
+            pending: list[bytes] = []
+            pending_size = 0
+            for kind, body_or_builder in items:
+                body = (
+                    body_or_builder(self.next_seq) if callable(body_or_builder) else body_or_builder
+                )
+                size = len(body) + RECORD_OVERHEAD
+                if (
+                    self._tail_size + pending_size + size > self.segment_bytes
+                    and self._tail_size + pending_size > SEGMENT_HEADER_SIZE
+                ):
+                    self._flush(pending)
+                    pending, pending_size = [], 0
+                    self._start_segment(self.next_seq)
+                header, trailer, self.chain = encode_record_parts(
+                    kind, self.next_seq, body, self.chain
+                )
+                framed_size = len(header) + len(body) + len(trailer)
+                locations.append(
+                    Location(
+                        self.tail_segment,
+                        self._tail_size + pending_size,
+                        framed_size,
+                        self.next_seq,
+                    )
+                )
+                pending += (header, body, trailer)
+                pending_size += framed_size
+                self.next_seq += 1
+            self._flush(pending)
+            if sync:
+                os.fdatasync(self._tail())
+        except OSError as exc:
+            self._undo(start_seq, start_chain, start_segment, start_size, exc)
+            raise LogWriteError(os.strerror(exc.errno or errno.EIO)) from exc
+        except Exception as exc:
+            # A record that cannot be framed (too long), or anything unforeseen: nothing of
+            # the batch may stay half applied.
+            self._undo(start_seq, start_chain, start_segment, start_size, exc)
+            raise LogWriteError(f"batch refused: {exc}") from exc
+        return locations
+
+    def _flush(self, pending: list[bytes]) -> None:
+        """Write the pieces of a batch with as few system calls as the kernel allows."""
+        fd = self._tail()
+        for start in range(0, len(pending), _IOV_MAX):
+            pieces = pending[start : start + _IOV_MAX]
+            total = sum(len(p) for p in pieces)
+            written = os.writev(fd, pieces)
+            if written < total:  # rare on regular files; finish the rest plainly
+                write_all(fd, memoryview(b"".join(pieces))[written:])
+            self._tail_size += total
+
+    def _undo(self, seq: int, chain: bytes, segment: int, size: int, cause: Exception) -> None:
+        self.next_seq, self.chain = seq, chain
+        try:
+            if self._tail_fd is not None:
+                os.close(self._tail_fd)
+                self._tail_fd = None
+            # Segments started during the failed batch hold nothing acknowledged.
+            while self.tail_segment != segment:
+                _generation, dead = self._files.pop(self.tail_segment)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(dead)
+            _generation, path = self._files[segment]
+            with open(path, "r+b") as f:
+                f.truncate(size)
+                os.fsync(f.fileno())
+            self._tail_size = size
+        except OSError as exc:
+            self._broken = f"{cause}; undo failed: {exc}"
+
+    # -- compaction
+
+    def plan_compaction(self, segment: int, keep: Callable[[LogRecord], bool]) -> Compaction | None:
+        """Write a compacted copy of a sealed segment beside it, holding only the records
+        ``keep`` accepts and GAP records for the runs it drops. Nothing is replaced yet: the
+        caller records the cut in the control log, then calls :meth:`apply_compaction`.
+        Returns None when there is nothing to drop."""
+        if segment == self.tail_segment:
+            raise ValueError("the segment being appended to is never compacted")
+        generation, path = self._files[segment]
+        scan = scan_segment(path, segment, self.log_id, None, keep_bodies=False)
+        if scan.error is not None:
+            raise LogCorrupt(path, scan.end_offset, scan.error)
+        out: list[tuple[LogRecord | None, Gap, bytes]] = []  # kept record, or a gap to write
+        run: list[LogRecord] = []
+        dropped_bytes = 0
+        kept: list[LogRecord] = []
+
+        def close_run() -> None:
+            if run:
+                out.append((None, Gap(run[0].seq, run[-1].seq), run[-1].chain))
+                run.clear()
+
+        for record in scan.records:
+            if record.kind == RecordKind.GAP or keep(record):
+                close_run()
+                out.append((record, Gap(0, 0), b""))
+                if record.kind != RecordKind.GAP:
+                    kept.append(record)
+            else:
+                run.append(record)
+                dropped_bytes += record.location.size
+        close_run()
+        if dropped_bytes == 0:
+            return None
+        gaps = [(gap, chain) for record, gap, chain in out if record is None]
+        if not kept:
+            return Compaction(
+                segment, REMOVED, gaps, path, None, {}, scan.file_size, 0, dropped_bytes
+            )
+        new_generation = generation + 1
+        new_path = self.directory / segment_name(segment, new_generation)
+        with contextlib.suppress(FileNotFoundError):
+            new_path.unlink()  # a leftover of an earlier attempt that was never confirmed
+        moved: dict[int, Location] = {}
+        try:
+            with open(path, "rb") as src, open(new_path, "xb") as dst:
+                dst.write(encode_segment_header(scan.header))
+                offset = SEGMENT_HEADER_SIZE
+                for entry, gap, chain in out:
+                    if entry is None:
+                        framed, _ = encode_gap(gap, chain)
+                    else:
+                        src.seek(entry.location.offset)
+                        framed = src.read(entry.location.size)
+                        moved[entry.seq] = Location(segment, offset, len(framed), entry.seq)
+                    dst.write(framed)
+                    offset += len(framed)
+                dst.flush()
+                os.fsync(dst.fileno())
+            fsync_dir(self.directory)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                new_path.unlink()
+            raise LogWriteError(
+                f"compacted copy not written: {os.strerror(exc.errno or errno.EIO)}"
+            ) from exc
+        return Compaction(
+            segment,
+            new_generation,
+            gaps,
+            path,
+            new_path,
+            moved,
+            scan.file_size,
+            offset,
+            dropped_bytes,
+        )
+
+    def apply_compaction(self, compaction: Compaction) -> None:
+        """Switch to the compacted file (or drop the segment), once the control log confirms
+        the compaction. The superseded file stays for the grace period (its modification
+        time is set to now to start it): a copy of the data folder taken meanwhile that
+        caught an older control log still finds every record it needs."""
+        if compaction.new_path is None:
+            del self._files[compaction.segment]
+        else:
+            self._files[compaction.segment] = (compaction.generation, compaction.new_path)
+        os.utime(compaction.old_path)
+        self.forget_segment(compaction.segment)
+
+    def discard_compaction(self, compaction: Compaction) -> None:
+        if compaction.new_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(compaction.new_path)
+
+    def remove_retired(self, cuts: Mapping[int, int], grace_seconds: float) -> list[Path]:
+        """Delete superseded segment files whose grace period has passed."""
+        now = time.time()
+        removed = []
+        live = {path for _generation, path in self._files.values()}
+        for path in choose_files(self.directory, cuts).retired:
+            if path in live:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if now - path.stat().st_mtime >= grace_seconds:
+                    path.unlink()
+                    removed.append(path)
+        if removed:
+            fsync_dir(self.directory)
+        return removed
+
+    # -- read
+
+    def read(self, location: Location) -> tuple[RecordHeader, bytes]:
+        """Read one record back, checking its CRC (the chain is verify's job)."""
+        fd = self._read_fd(location.segment)
+        data = read_exact(fd, location.size, location.offset)
+        try:
+            header, body, _chain = verify_record(data)
+        except FramingError as exc:
+            _generation, path = self._files[location.segment]
+            raise LogCorrupt(path, location.offset, str(exc)) from None
+        return header, bytes(body)
+
+    def _read_fd(self, segment: int) -> int:
+        with self._read_lock:
+            fd = self._read_fds.get(segment)
+            if fd is None:
+                fd = os.open(self._files[segment][1], os.O_RDONLY)
+                self._read_fds[segment] = fd
+            return fd
+
+    def forget_segment(self, segment: int) -> None:
+        """Drop a cached read descriptor after compaction replaced or removed the file."""
+        with self._read_lock:
+            fd = self._read_fds.pop(segment, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self._tail_fd is not None:
+            os.close(self._tail_fd)
+            self._tail_fd = None
+        with self._read_lock:
+            for fd in self._read_fds.values():
+                os.close(fd)
+            self._read_fds.clear()
