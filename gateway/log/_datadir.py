@@ -1,9 +1,9 @@
 """The data folder: its layout, the lock, mailbox folders and key files (SPEC.md section 2)::
 
-    <data>/gateway.lock               flock: one gateway per data folder
-    <data>/control/<seq>.seg          the control log
-    <data>/mailboxes/<id>/key         the mailbox key file (replaced atomically)
-    <data>/mailboxes/<id>/log/<seq>.seg
+<data>/gateway.lock               flock: one gateway per data folder
+<data>/control/<seq>.seg          the control log
+<data>/mailboxes/<id>/key         the mailbox key file (replaced atomically)
+<data>/mailboxes/<id>/log/<seq>.seg
 """
 
 from __future__ import annotations

@@ -21,21 +21,17 @@ the one the log names, dropped otherwise.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
 from ..crypto import (
-    KdfParams,
     KeyFile,
     KeyFileCorrupt,
     MailboxPrivateKey,
     MailboxPublicKey,
     MessageOpener,
-    MessageSealer,
     SealedMessage,
     create_mailbox_key,
     decode_key_file,
@@ -63,14 +59,11 @@ from ..events import (
     decode_control_event,
     decode_envelope,
     decode_message_event,
-    encode_envelope,
     encode_event,
     now,
 )
-from ..ids import new_mailbox_id, new_message_id, parse_mailbox_id
+from ..ids import new_mailbox_id, parse_mailbox_id
 from ..log import (
-    DEFAULT_SEGMENT_BYTES,
-    AppendItem,
     DataDir,
     Location,
     LogCorrupt,
@@ -81,8 +74,18 @@ from ..log import (
     Recovery,
     SegmentLog,
     decode_chunk_body,
-    encode_chunk_body,
 )
+from ._common import (
+    CONTROL_LOG_ID,
+    ArchiveError,
+    MailboxState,
+    MailboxUnavailable,
+    MessageTooLarge,
+    NoSuchMailbox,
+    StoreConfig,
+    wrap_id,
+)
+from .intake import MessageWriter, Target
 from .projection import ControlState, MailboxInfo, MessageIndex, StoredMessage
 
 __all__ = [
@@ -94,63 +97,9 @@ __all__ = [
     "MessageWriter",
     "NoSuchMailbox",
     "StoreConfig",
+    "sealed_of",
     "wrap_id",
 ]
-
-CONTROL_LOG_ID = bytes(16)
-DEFAULT_MAX_MESSAGE_BYTES = 100 * 1024 * 1024
-# The sealed envelope travels inside the commit record, whose body is at most 1 MiB
-# (log MAX_BODY); half of that leaves room for the key and framing. Thousands of recipients
-# fit easily.
-MAX_ENVELOPE_BYTES = 512 * 1024
-# Sealing a piece this large or larger goes to a worker thread; smaller pieces are cheaper to
-# seal on the loop than to hand over.
-_THREAD_THRESHOLD = 64 * 1024
-
-
-class ArchiveError(Exception):
-    """A request the archive refuses; the message is safe to show to an administrator."""
-
-
-class NoSuchMailbox(ArchiveError):
-    pass
-
-
-class MailboxUnavailable(ArchiveError):
-    """Suspended, damaged, or otherwise not accepting mail right now (a temporary condition)."""
-
-
-class MessageTooLarge(ArchiveError):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class StoreConfig:
-    segment_bytes: int = DEFAULT_SEGMENT_BYTES
-    kdf: KdfParams = field(default_factory=KdfParams)
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    # How long a segment file superseded by compaction is kept. A copy of the data folder
-    # (cp -a, rsync) that takes less than this is consistent whatever it caught (SPEC.md).
-    compaction_grace: float = 12 * 3600.0
-    # How often the server compacts and deletes expired segment files.
-    maintenance_interval: float = 600.0
-
-
-def wrap_id(key_file: bytes) -> str:
-    return hashlib.sha256(key_file).digest()[:16].hex()
-
-
-@dataclass(slots=True)
-class _Mailbox:
-    info: MailboxInfo
-    index: MessageIndex
-    writer: LogWriter | None = None
-    public_key: MailboxPublicKey | None = None
-    damaged: str | None = None  # why the mailbox cannot take mail, if it cannot
-    lock: trio.Lock = field(default_factory=trio.Lock)  # key changes, deletion, compaction
-    io_lock: trio.Lock = field(default_factory=trio.Lock)  # record reads vs segment replacement
-    inflight: dict[int, int] = field(default_factory=dict)  # writer id -> first seq it may use
-    orphan_chunks: int = 0
 
 
 class Archive:
@@ -159,7 +108,7 @@ class Archive:
         self.config = config
         self.control = control
         self.state = ControlState()
-        self._mailboxes: dict[str, _Mailbox] = {}
+        self._mailboxes: dict[str, MailboxState] = {}
         self.recoveries: list[Recovery] = []
 
     # -- open and close ------------------------------------------------------------------------
@@ -195,10 +144,10 @@ class Archive:
         self.control.log.close()
         self.data.unlock()
 
-    async def _open_mailbox(self, info: MailboxInfo) -> _Mailbox:
+    async def _open_mailbox(self, info: MailboxInfo) -> MailboxState:
         mailbox_id = info.mailbox_id
         index = MessageIndex(expunged=set(self.state.expunged.get(mailbox_id, ())))
-        box = _Mailbox(info=info, index=index)
+        box = MailboxState(info=info, index=index)
         self._mailboxes[mailbox_id] = box
         try:
             await self._settle_staged_key(info)
@@ -220,7 +169,6 @@ class Archive:
             return box
         box.writer = LogWriter(log)
         _fold_messages(index, records)
-        box.orphan_chunks = len(index.pending_chunks)
         if recovery is not None:
             await self._note_recovery(mailbox_id, recovery)
         return box
@@ -264,7 +212,7 @@ class Archive:
     def damaged(self, mailbox_id: str) -> str | None:
         return self._box(mailbox_id).damaged
 
-    def _box(self, mailbox_id: str) -> _Mailbox:
+    def _box(self, mailbox_id: str) -> MailboxState:
         try:
             canonical = parse_mailbox_id(mailbox_id)
         except ValueError as exc:
@@ -313,7 +261,7 @@ class Archive:
         )
         await self.append_control(event)
         info = self.state.mailboxes[mailbox_id]
-        self._mailboxes[mailbox_id] = _Mailbox(
+        self._mailboxes[mailbox_id] = MailboxState(
             info=info,
             index=MessageIndex(),
             writer=LogWriter(log),
@@ -414,13 +362,13 @@ class Archive:
             box.public_key = MailboxPublicKey.from_key_file(key)
         return new_password, len(lost)
 
-    async def _read_key(self, box: _Mailbox) -> KeyFile:
+    async def _read_key(self, box: MailboxState) -> KeyFile:
         if box.damaged is not None:
             raise MailboxUnavailable(f"mailbox {box.info.mailbox_id} is damaged: {box.damaged}")
         key_bytes = await trio.to_thread.run_sync(self.data.read_key_file, box.info.mailbox_id)
         return decode_key_file(key_bytes)
 
-    async def _replace_key(self, box: _Mailbox, key_bytes: bytes, event: ControlEvent) -> None:
+    async def _replace_key(self, box: MailboxState, key_bytes: bytes, event: ControlEvent) -> None:
         mailbox_id = box.info.mailbox_id
         await trio.to_thread.run_sync(self.data.stage_key_file, mailbox_id, key_bytes)
         try:
@@ -487,7 +435,7 @@ class Archive:
                 raise MailboxUnavailable(f"mailbox {box.info.mailbox_id} is suspended")
             if box.writer is None or box.public_key is None:
                 raise MailboxUnavailable(f"mailbox {box.info.mailbox_id} is damaged: {box.damaged}")
-            targets.append(_Target(box, box.writer, box.public_key))
+            targets.append(Target(box, box.writer, box.public_key))
         if not targets:
             raise ArchiveError("a message needs at least one mailbox")
         return MessageWriter(self, targets)
@@ -547,7 +495,7 @@ class Archive:
 
     def _stored(
         self, mailbox_id: str, message_id: str
-    ) -> tuple[_Mailbox, StoredMessage, SegmentLog]:
+    ) -> tuple[MailboxState, StoredMessage, SegmentLog]:
         box = self._box(mailbox_id)
         stored = box.index.messages.get(message_id)
         if stored is None or box.writer is None:
@@ -555,7 +503,7 @@ class Archive:
         return box, stored, box.writer.log
 
     async def _opener(
-        self, box: _Mailbox, stored: StoredMessage, log: SegmentLog, key: MailboxPrivateKey
+        self, box: MailboxState, stored: StoredMessage, log: SegmentLog, key: MailboxPrivateKey
     ) -> MessageOpener:
         """Read the message's commit record back and open its data key."""
         async with box.io_lock:
@@ -570,7 +518,7 @@ class Archive:
             sealed_of(event),
         )
 
-    def _publish(self, box: _Mailbox, stored: StoredMessage) -> None:
+    def _publish(self, box: MailboxState, stored: StoredMessage) -> None:
         box.index.messages[stored.message_id] = stored
 
     # -- compaction ----------------------------------------------------------------------------
@@ -594,7 +542,7 @@ class Archive:
         return reclaimed
 
     async def _compact_segment(
-        self, box: _Mailbox, log: SegmentLog, segment: int, min_gain: float
+        self, box: MailboxState, log: SegmentLog, segment: int, min_gain: float
     ) -> int:
         live: set[int] = set()
         for message in box.index.messages.values():
@@ -717,152 +665,3 @@ def _check_text(what: str, value: str, limit: int) -> str:
     if any(ord(c) < 0x20 and c not in "\t\n" for c in value):
         raise ArchiveError(f"{what} must not contain control characters")
     return value
-
-
-# -- message intake --------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Target:
-    box: _Mailbox
-    writer: LogWriter
-    public_key: MailboxPublicKey
-    sealer: MessageSealer | None = None
-    message_id: str = ""
-    epoch: int = 0
-    chunks: list[Location] = field(default_factory=list)
-
-
-class MessageWriter:
-    """One message on its way into one or more mailboxes. Feed it with :meth:`write`, then
-    :meth:`commit` (durable in every mailbox, or an exception and visible in none)."""
-
-    def __init__(self, archive: Archive, targets: list[_Target]) -> None:
-        self._archive = archive
-        self._targets = targets
-        self.size = 0
-        self._done = False
-        for target in targets:
-            target.message_id = new_message_id()
-            target.epoch = target.writer.epoch
-            target.box.inflight[id(self)] = target.writer.log.next_seq
-            target.sealer = MessageSealer(
-                target.public_key,
-                bytes.fromhex(target.box.info.mailbox_id),
-                bytes.fromhex(target.message_id),
-            )
-
-    @property
-    def mailbox_ids(self) -> list[str]:
-        return [t.box.info.mailbox_id for t in self._targets]
-
-    async def write(self, data: bytes) -> None:
-        if self._done:
-            raise RuntimeError("message already committed or aborted")
-        self.size += len(data)
-        if self.size > self._archive.config.max_message_bytes:
-            self._finish()
-            raise MessageTooLarge(
-                f"message exceeds the maximum of {self._archive.config.max_message_bytes} octets"
-            )
-        for target in self._targets:
-            sealer = target.sealer
-            assert sealer is not None
-            if len(data) >= _THREAD_THRESHOLD:
-                chunks = await trio.to_thread.run_sync(sealer.feed, data)
-            else:
-                chunks = sealer.feed(data)
-            if chunks:
-                await self._append_chunks(target, chunks)
-
-    async def _append_chunks(self, target: _Target, chunks: list[bytes]) -> None:
-        mid = bytes.fromhex(target.message_id)
-        first = len(target.chunks)
-        items: list[AppendItem] = [
-            (RecordKind.CHUNK, encode_chunk_body(mid, first + i, ct)) for i, ct in enumerate(chunks)
-        ]
-        target.chunks.extend(await target.writer.append(items, durable=False, epoch=target.epoch))
-
-    async def commit(self, envelope: Envelope) -> dict[str, str]:
-        """Make the message durable in every mailbox; returns mailbox id -> message id.
-
-        If any mailbox fails, the copies that did become durable are expunged again and
-        LogWriteError is raised: the sender gets a temporary error and nothing is visible.
-        """
-        if self._done:
-            raise RuntimeError("message already committed or aborted")
-        meta = encode_envelope(envelope)
-        if len(meta) > MAX_ENVELOPE_BYTES:
-            self._finish()
-            raise ArchiveError(f"envelope metadata exceeds {MAX_ENVELOPE_BYTES} octets")
-        try:
-            return await self._commit(meta)
-        finally:
-            self._finish()
-
-    def _finish(self) -> None:
-        self._done = True
-        for target in self._targets:
-            target.box.inflight.pop(id(self), None)
-
-    async def _commit(self, meta: bytes) -> dict[str, str]:
-        stored: dict[str, StoredMessage] = {}
-        failures: list[BaseException] = []
-
-        async def commit_one(target: _Target) -> None:
-            try:
-                stored[target.box.info.mailbox_id] = await self._commit_one(target, meta)
-            except LogWriteError as exc:
-                failures.append(exc)
-
-        if len(self._targets) == 1:
-            await commit_one(self._targets[0])  # the common case: no task to spawn
-        else:
-            async with trio.open_nursery() as nursery:
-                for target in self._targets:
-                    nursery.start_soon(commit_one, target)
-        if failures:
-            for mailbox_id, message in stored.items():
-                await self._archive.expunge(mailbox_id, [message.message_id])
-            raise LogWriteError(f"message not stored: {failures[0]}") from failures[0]
-        for target in self._targets:
-            self._archive._publish(target.box, stored[target.box.info.mailbox_id])
-        return {t.box.info.mailbox_id: t.message_id for t in self._targets}
-
-    async def _commit_one(self, target: _Target, meta: bytes) -> StoredMessage:
-        sealer = target.sealer
-        assert sealer is not None
-        if self.size >= _THREAD_THRESHOLD:
-            last, sealed = await trio.to_thread.run_sync(sealer.finish, meta)
-        else:
-            last, sealed = sealer.finish(meta)
-        earlier = tuple(location.seq for location in target.chunks)
-        built: list[MessageStored] = []
-
-        def commit_body(seq: int) -> bytes:
-            # The final chunk and this record are appended together, so the final chunk is
-            # the record just before this one.
-            event = MessageStored(
-                at=now(),
-                message_id=target.message_id,
-                size=sealed.size,
-                sealed_size=sealed.sealed_size,
-                key_id=sealed.key_id.hex(),
-                wrapped_key=sealed.wrapped_key,
-                envelope=sealed.envelope,
-                chunk_seqs=(*earlier, seq - 1),
-            )
-            built.append(event)
-            return encode_event(event)
-
-        final_chunk = encode_chunk_body(bytes.fromhex(target.message_id), len(earlier), last)
-        final, commit = await target.writer.append(
-            [(RecordKind.CHUNK, final_chunk), (RecordKind.EVENT, commit_body)],
-            durable=True,
-            epoch=target.epoch,
-        )
-        return StoredMessage.of(commit.seq, commit, [*target.chunks, final], built[0])
-
-    async def abort(self) -> None:
-        """Give the message up; its chunks already written become orphans for compaction."""
-        self._finish()

@@ -1,0 +1,75 @@
+"""What the archive and message intake share: settings, errors, and a mailbox's live state."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import trio
+
+from ..crypto import KdfParams, MailboxPublicKey
+from ..log import DEFAULT_SEGMENT_BYTES, LogWriter
+from .projection import MailboxInfo, MessageIndex
+
+__all__ = [
+    "CONTROL_LOG_ID",
+    "MAX_ENVELOPE_BYTES",
+    "ArchiveError",
+    "MailboxState",
+    "MailboxUnavailable",
+    "MessageTooLarge",
+    "NoSuchMailbox",
+    "StoreConfig",
+    "wrap_id",
+]
+
+CONTROL_LOG_ID = bytes(16)
+DEFAULT_MAX_MESSAGE_BYTES = 100 * 1024 * 1024
+# The sealed envelope travels inside the commit record, whose body is at most 1 MiB
+# (log MAX_BODY); half of that leaves room for the key and framing. Thousands of recipients
+# fit easily.
+MAX_ENVELOPE_BYTES = 512 * 1024
+
+
+class ArchiveError(Exception):
+    """A request the archive refuses; the message is safe to show to an administrator."""
+
+
+class NoSuchMailbox(ArchiveError):
+    pass
+
+
+class MailboxUnavailable(ArchiveError):
+    """Suspended, damaged, or otherwise not accepting mail right now (a temporary condition)."""
+
+
+class MessageTooLarge(ArchiveError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    kdf: KdfParams = field(default_factory=KdfParams)
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # How long a segment file superseded by compaction is kept. A copy of the data folder
+    # (cp -a, rsync) that takes less than this is consistent whatever it caught (SPEC.md).
+    compaction_grace: float = 12 * 3600.0
+    # How often the server compacts and deletes expired segment files.
+    maintenance_interval: float = 600.0
+
+
+def wrap_id(key_file: bytes) -> str:
+    return hashlib.sha256(key_file).digest()[:16].hex()
+
+
+@dataclass(slots=True)
+class MailboxState:
+    info: MailboxInfo
+    index: MessageIndex
+    writer: LogWriter | None = None
+    public_key: MailboxPublicKey | None = None
+    damaged: str | None = None  # why the mailbox cannot take mail, if it cannot
+    lock: trio.Lock = field(default_factory=trio.Lock)  # key changes, deletion, compaction
+    io_lock: trio.Lock = field(default_factory=trio.Lock)  # record reads vs segment replacement
+    inflight: dict[int, int] = field(default_factory=dict)  # writer id -> first seq it may use
