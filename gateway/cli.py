@@ -18,6 +18,7 @@ from . import __version__
 from .events import GatewayStarted, GatewayStopped, now
 from .log import DataDirLocked, LogCorrupt
 from .services.archive import Archive
+from .services.keyforge import KeyForge
 from .verify import print_report, verify_data_dir
 
 __all__ = ["main"]
@@ -111,6 +112,9 @@ async def _serve_async(data_dir: Path) -> None:
             len(archive.recoveries),
         )
         async with trio.open_nursery() as nursery:
+            forge = KeyForge()
+            await nursery.start(forge.run)
+            archive.key_forge = forge
             nursery.start_soon(_maintenance, archive)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:

@@ -32,8 +32,10 @@ from ._seal import (
     PLAIN_CHUNK,
     MessageOpener,
     MessageSealer,
+    PreparedKey,
     SealedMessage,
     open_message,
+    prepare_keys,
     seal_message,
 )
 
@@ -55,6 +57,7 @@ __all__ = [
     "MessageCorrupt",
     "MessageOpener",
     "MessageSealer",
+    "PreparedKey",
     "SealedMessage",
     "WrongPassword",
     "create_mailbox_key",
@@ -62,6 +65,7 @@ __all__ = [
     "encode_key_file",
     "generate_password",
     "open_message",
+    "prepare_keys",
     "rewrap",
     "seal_message",
     "unlock",

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import struct
 import threading
 from collections.abc import Iterable
@@ -63,8 +64,10 @@ __all__ = [
     "PLAIN_CHUNK",
     "MessageOpener",
     "MessageSealer",
+    "PreparedKey",
     "SealedMessage",
     "open_message",
+    "prepare_keys",
     "seal_message",
 ]
 
@@ -139,6 +142,35 @@ def _envelope_compressor() -> zstandard.ZstdCompressor:
     return context
 
 
+class PreparedKey(msgspec.Struct, frozen=True):
+    """A message's data key, made and sealed to the mailbox key ahead of the message.
+    Secret: it never leaves memory (SPEC.md 5.3, "Prepared keys")."""
+
+    key_id: bytes
+    mailbox_id: bytes
+    message_id: bytes
+    data_key: bytes
+    wrapped_key: bytes
+
+    def __repr__(self) -> str:
+        return f"PreparedKey(key_id={self.key_id.hex()}, message_id={self.message_id.hex()})"
+
+
+def _prepare(public_key: MailboxPublicKey, mailbox_id: bytes, message_id: bytes) -> PreparedKey:
+    data_key = AESGCM.generate_key(bit_length=_DATA_KEY_BITS)
+    wrapped = SUITE.encrypt(
+        data_key, public_key.hpke_key, info=_KEY_DOMAIN + mailbox_id + message_id
+    )
+    return PreparedKey(public_key.key_id, mailbox_id, message_id, data_key, wrapped)
+
+
+def prepare_keys(public_key: MailboxPublicKey, mailbox_id: bytes, count: int) -> list[PreparedKey]:
+    """Make ``count`` data keys for new messages of a mailbox, each with a fresh random message
+    id, sealed to the mailbox key exactly as :class:`MessageSealer` would."""
+    check_id("mailbox_id", mailbox_id)
+    return [_prepare(public_key, mailbox_id, secrets.token_bytes(16)) for _ in range(count)]
+
+
 class MessageSealer:
     """Seal one message as it arrives: :meth:`feed` any number of pieces, then
     :meth:`finish`. Not thread-safe; one message per instance."""
@@ -159,13 +191,28 @@ class MessageSealer:
         "_wrapped_key",
     )
 
-    def __init__(self, public_key: MailboxPublicKey, mailbox_id: bytes, message_id: bytes) -> None:
+    def __init__(
+        self,
+        public_key: MailboxPublicKey,
+        mailbox_id: bytes,
+        message_id: bytes,
+        *,
+        prepared: PreparedKey | None = None,
+    ) -> None:
+        """``prepared``: a data key made ahead by :func:`prepare_keys` for exactly this
+        mailbox key and message id (the HPKE step is the costly part of sealing)."""
         check_id("mailbox_id", mailbox_id)
         check_id("message_id", message_id)
-        data_key = AESGCM.generate_key(bit_length=_DATA_KEY_BITS)
-        self._wrapped_key = SUITE.encrypt(
-            data_key, public_key.hpke_key, info=_KEY_DOMAIN + mailbox_id + message_id
-        )
+        if prepared is None:
+            prepared = _prepare(public_key, mailbox_id, message_id)
+        elif (prepared.key_id, prepared.mailbox_id, prepared.message_id) != (
+            public_key.key_id,
+            mailbox_id,
+            message_id,
+        ):
+            raise ValueError("the prepared key belongs to another mailbox key or message")
+        data_key = prepared.data_key
+        self._wrapped_key = prepared.wrapped_key
         self._aead = AESGCM(data_key)
         self._aad = _MESSAGE_DOMAIN + mailbox_id + message_id
         self._key_id = public_key.key_id

@@ -86,6 +86,7 @@ from ._common import (
     wrap_id,
 )
 from .intake import MessageWriter, Target
+from .keyforge import KeyForge
 from .projection import ControlState, MailboxInfo, MessageIndex, StoredMessage
 
 __all__ = [
@@ -109,6 +110,8 @@ class Archive:
         self.control = control
         self.state = ControlState()
         self._mailboxes: dict[str, MailboxState] = {}
+        # Set by whoever runs a KeyForge next to the archive (the server, the benchmark).
+        self.key_forge: KeyForge | None = None
         self.recoveries: list[Recovery] = []
 
     # -- open and close ------------------------------------------------------------------------

@@ -45,14 +45,18 @@ class MessageWriter:
         self._targets = targets
         self.size = 0
         self._done = False
+        forge = archive.key_forge
         for target in targets:
-            target.message_id = new_message_id()
+            mailbox_bytes = bytes.fromhex(target.box.info.mailbox_id)
+            prepared = forge.take(target.public_key, mailbox_bytes) if forge else None
+            target.message_id = prepared.message_id.hex() if prepared else new_message_id()
             target.epoch = target.writer.epoch
             target.box.inflight[id(self)] = target.writer.log.next_seq
             target.sealer = MessageSealer(
                 target.public_key,
-                bytes.fromhex(target.box.info.mailbox_id),
+                mailbox_bytes,
                 bytes.fromhex(target.message_id),
+                prepared=prepared,
             )
 
     @property

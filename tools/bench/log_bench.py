@@ -55,6 +55,7 @@ import zstandard
 from gateway.crypto import KdfParams
 from gateway.events import Envelope, now
 from gateway.services.archive import Archive, StoreConfig
+from gateway.services.keyforge import KeyForge
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -238,8 +239,35 @@ def _envelope(n: int) -> Envelope:
     )
 
 
+async def _prime(archive: Archive, forge: KeyForge, mailbox_ids: list[str]) -> None:
+    """Let the key forge fill its pools before the clock starts, as it has on a server that
+    has been running for a while (one message per mailbox asks for the first batch)."""
+    for mailbox_id in mailbox_ids:
+        message = archive.begin_message([mailbox_id])
+        await message.write(b"warm-up")
+        await message.commit(_envelope(0))
+    with trio.move_on_after(5):
+        while forge.statistics()["pooled"] < forge.batch * len(mailbox_ids):  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
+def child_cpu_seconds(forge: KeyForge | None) -> float:
+    """CPU seconds of the key forge's child process so far (it runs throughout, so
+    RUSAGE_CHILDREN, which counts only children that ended, would miss it)."""
+    if forge is None or forge.pid is None:
+        return 0.0
+    fields = Path(f"/proc/{forge.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+
 async def run_gateway(
-    scenario: Scenario, root: Path, seconds: float, count: int | None, profile: Path | None
+    scenario: Scenario,
+    root: Path,
+    seconds: float,
+    count: int | None,
+    profile: Path | None,
+    use_forge: bool = True,
 ) -> Result:
     result = Result(
         scenario.name, scenario.kind, scenario.message_bytes, scenario.writers, scenario.mailboxes
@@ -268,17 +296,29 @@ async def run_gateway(
                 latencies.append(time.perf_counter() - started)
 
         profiler = cProfile.Profile() if profile is not None else None
-        cpu0, t0 = cpu_seconds(), time.perf_counter()
-        budget = Budget(t0 + seconds, count)
-        if profiler is not None:
-            profiler.enable()
-        async with trio.open_nursery() as nursery:
-            for w in range(scenario.writers):
-                nursery.start_soon(writer, w, budget)
-        if profiler is not None:
-            profiler.disable()
-            profiler.dump_stats(str(profile))
-        elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+        async with trio.open_nursery() as outer:
+            forge = None
+            if use_forge:
+                forge = KeyForge()
+                await outer.start(forge.run)
+                archive.key_forge = forge
+                await _prime(archive, forge, mailbox_ids)
+            cpu0, t0 = cpu_seconds() + child_cpu_seconds(forge), time.perf_counter()
+            budget = Budget(t0 + seconds, count)
+            if profiler is not None:
+                profiler.enable()
+            async with trio.open_nursery() as nursery:
+                for w in range(scenario.writers):
+                    nursery.start_soon(writer, w, budget)
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(str(profile))
+            elapsed = time.perf_counter() - t0
+            cpu = cpu_seconds() + child_cpu_seconds(forge) - cpu0
+            if forge is not None:
+                result.notes["forge_served"] = forge.served
+                result.notes["forge_missed"] = forge.missed
+            outer.cancel_scope.cancel()
         _batch_stats(result, archive)
         disk = tree_bytes(root / "mailboxes") - disk_before
     finally:
@@ -394,7 +434,15 @@ def run_scenario(args: argparse.Namespace) -> int:
     root = Path(args.dir) if args.dir else Path(str(temporary)) / "data"
     try:
         if scenario.kind == "gateway":
-            result = trio.run(run_gateway, scenario, root, args.seconds, args.count, args.profile)
+            result = trio.run(
+                run_gateway,
+                scenario,
+                root,
+                args.seconds,
+                args.count,
+                args.profile,
+                not args.no_forge,
+            )
         elif scenario.kind == "floor":
             record_bytes = args.record_bytes or scenario.message_bytes
             result = run_floor(scenario, root, args.seconds, args.count, record_bytes)
@@ -427,6 +475,8 @@ def _child(args: argparse.Namespace, scenario: Scenario, folder: Path, record_by
     ]
     if args.count is not None:
         command += ["--count", str(args.count)]
+    if args.no_forge:
+        command.append("--no-forge")
     # A scenario stops itself after --seconds; the timeout only guards against a hang.
     timeout = args.seconds * 4 + 300
     done = subprocess.run(command, stdout=subprocess.PIPE, check=True, timeout=timeout)
@@ -578,6 +628,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="with --scenario: cProfile the measured window (trio thread) into this file",
+    )
+    parser.add_argument(
+        "--no-forge",
+        action="store_true",
+        help="seal every data key on the event loop (no key forge process), to compare",
     )
     parser.add_argument("--scenario", help=argparse.SUPPRESS)
     parser.add_argument("--record-bytes", type=int, default=0, help=argparse.SUPPRESS)
