@@ -15,6 +15,7 @@ gateway.services._keyforge_worker``; it exits when its standard input closes.
 
 from __future__ import annotations
 
+import signal
 import struct
 import sys
 from typing import BinaryIO
@@ -73,4 +74,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
 
 
 if __name__ == "__main__":
+    # Ctrl-C in a terminal reaches the whole process group; the gateway decides when this
+    # process ends (it closes the pipe, or kills it on shutdown).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     serve(sys.stdin.buffer, sys.stdout.buffer)
