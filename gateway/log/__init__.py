@@ -32,12 +32,13 @@ from ._framing import (
 )
 from ._scan import iter_log
 from ._segment_log import SegmentLog
-from ._writer import LogWriter, StaleEpoch
+from ._writer import CommitGroup, LogWriter, StaleEpoch
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
     "REMOVED",
     "AppendItem",
+    "CommitGroup",
     "Compaction",
     "DataDir",
     "DataDirLocked",

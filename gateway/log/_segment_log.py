@@ -85,6 +85,7 @@ class SegmentLog:
         self._read_fds: dict[int, int] = {}
         self._read_lock = threading.Lock()
         self._broken: str | None = None
+        self._last_batch: tuple[int, bytes, int, int] | None = None
 
     # -- open and recover
 
@@ -205,6 +206,7 @@ class SegmentLog:
             )
         start_seq, start_chain = self.next_seq, self.chain
         start_segment, start_size = self.tail_segment, self._tail_size
+        self._last_batch = (start_seq, start_chain, start_segment, start_size)
         locations: list[Location] = []
         try:
             pending: list[bytes] = []
@@ -248,6 +250,16 @@ class SegmentLog:
             self._undo(start_seq, start_chain, start_segment, start_size, exc)
             raise LogWriteError(f"batch refused: {exc}") from exc
         return locations
+
+    def sync(self) -> None:
+        """fdatasync what was appended. If that fails, the last batch is cut off again (as
+        append does for its own errors) and LogWriteError is raised."""
+        try:
+            os.fdatasync(self._tail())
+        except OSError as exc:
+            if self._last_batch is not None:
+                self._undo(*self._last_batch, exc)
+            raise LogWriteError(os.strerror(exc.errno or errno.EIO)) from exc
 
     def _flush(self, pending: list[bytes]) -> None:
         """Write the pieces of a batch with as few system calls as the kernel allows."""

@@ -22,6 +22,7 @@ records that are not there.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import trio
@@ -29,12 +30,7 @@ import trio
 from ._files import AppendItem, Location, LogWriteError
 from ._segment_log import SegmentLog
 
-__all__ = ["LogWriter", "StaleEpoch"]
-
-
-# All logs share a few flush threads. The disk takes parallel fdatasyncs well, but dozens of
-# threads fighting for the GIL (framing, hashing) cost more than they overlap.
-_flush_threads = trio.CapacityLimiter(8)
+__all__ = ["CommitGroup", "LogWriter", "StaleEpoch"]
 
 
 class StaleEpoch(LogWriteError):
@@ -51,13 +47,95 @@ class _Ticket:
     error: LogWriteError | None = None
 
 
-class LogWriter:
-    def __init__(self, log: SegmentLog) -> None:
-        self.log = log
-        self.epoch = 0
-        self._queue: list[_Ticket] = []
+class CommitGroup:
+    """Group commit across logs: one leader at a time writes every log's queued records and
+    fdatasyncs the logs that need it, all in one worker thread, then steps down.
+
+    Sharing one group between a gateway's logs (the control log and every mailbox) means a
+    burst of deliveries to many mailboxes costs one thread hand-off per round, not one per
+    message; the fdatasyncs of a round run back to back in that thread.
+    """
+
+    def __init__(self) -> None:
+        self._dirty: dict[LogWriter, None] = {}
         self._flushing = False
         self._flushed = trio.Event()
+        self.rounds = 0
+
+    async def wait_for(self, writer: LogWriter, ticket: _Ticket) -> None:
+        self._dirty[writer] = None
+        while not ticket.finished:
+            if self._flushing:
+                await self._flushed.wait()
+            else:
+                await self._lead()
+
+    async def _lead(self) -> None:
+        self._flushing = True
+        try:
+            work = []
+            for writer in self._dirty:
+                live = writer.take_batch()
+                if live:
+                    work.append((writer, live))
+            self._dirty.clear()
+            if work:
+                results = await trio.to_thread.run_sync(_write_round, work)
+                for (writer, tickets), (locations, error) in zip(work, results, strict=True):
+                    writer.finish_batch(tickets, locations, error)
+                self.rounds += 1
+        finally:
+            self._flushing = False
+            self._flushed.set()
+            self._flushed = trio.Event()
+
+
+def _write_round(
+    work: list[tuple[LogWriter, list[_Ticket]]],
+) -> list[tuple[list[Location], LogWriteError | None]]:
+    """In a worker thread: write every log's batch, then make the ones that need it durable."""
+    results: list[tuple[list[Location], LogWriteError | None]] = []
+    for writer, tickets in work:
+        items = [item for ticket in tickets for item in ticket.items]
+        try:
+            results.append((writer.log.append(items, sync=False), None))
+        except LogWriteError as exc:
+            results.append(([], exc))
+    to_sync = [
+        i
+        for i, (_writer, tickets) in enumerate(work)
+        if results[i][1] is None and any(ticket.durable for ticket in tickets)
+    ]
+    if len(to_sync) == 1:
+        errors = [_sync(work[to_sync[0]][0].log)]
+    else:
+        # fdatasync releases the GIL and the disk overlaps them well: one per thread.
+        errors = list(_fsync_pool.map(lambda i: _sync(work[i][0].log), to_sync))
+    for i, error in zip(to_sync, errors, strict=True):
+        if error is not None:
+            results[i] = ([], error)
+    return results
+
+
+def _sync(log: SegmentLog) -> LogWriteError | None:
+    try:
+        log.sync()
+    except LogWriteError as exc:
+        return exc
+    return None
+
+
+_fsync_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="gateway-fsync")
+
+
+class LogWriter:
+    """The async face of one SegmentLog: appends from many tasks, committed in groups."""
+
+    def __init__(self, log: SegmentLog, group: CommitGroup | None = None) -> None:
+        self.log = log
+        self.group = group if group is not None else CommitGroup()
+        self.epoch = 0
+        self._queue: list[_Ticket] = []
         self._batches = 0
         self._records = 0
 
@@ -70,11 +148,7 @@ class LogWriter:
         ticket = _Ticket(items, durable, epoch)
         self._queue.append(ticket)
         try:
-            while not ticket.finished:
-                if self._flushing:
-                    await self._flushed.wait()
-                else:
-                    await self._lead()
+            await self.group.wait_for(self, ticket)
         except trio.Cancelled:
             # Not yet taken into a batch: withdraw it, so "cancelled" means "not written".
             if ticket in self._queue:
@@ -84,35 +158,25 @@ class LogWriter:
             raise ticket.error
         return ticket.locations
 
-    async def _lead(self) -> None:
-        self._flushing = True
-        try:
-            batch, self._queue = self._queue, []
-            live = []
-            for ticket in batch:
-                if ticket.epoch is not None and ticket.epoch != self.epoch:
-                    ticket.error = StaleEpoch("records of this message were lost in a failed write")
-                    ticket.finished = True
-                else:
-                    live.append(ticket)
-            if live:
-                await self._write(live)
-        finally:
-            self._flushing = False
-            self._flushed.set()
-            self._flushed = trio.Event()
+    def take_batch(self) -> list[_Ticket]:
+        """The queued tickets to write now; those whose epoch is stale fail at once."""
+        batch, self._queue = self._queue, []
+        live = []
+        for ticket in batch:
+            if ticket.epoch is not None and ticket.epoch != self.epoch:
+                ticket.error = StaleEpoch("records of this message were lost in a failed write")
+                ticket.finished = True
+            else:
+                live.append(ticket)
+        return live
 
-    async def _write(self, batch: list[_Ticket]) -> None:
-        items = [item for ticket in batch for item in ticket.items]
-        sync = any(ticket.durable for ticket in batch)
-        try:
-            locations = await trio.to_thread.run_sync(
-                lambda: self.log.append(items, sync=sync), limiter=_flush_threads
-            )
-        except LogWriteError as exc:
+    def finish_batch(
+        self, batch: list[_Ticket], locations: list[Location], error: LogWriteError | None
+    ) -> None:
+        if error is not None:
             self.epoch += 1
             for ticket in batch:
-                ticket.error = exc
+                ticket.error = error
                 ticket.finished = True
             return
         start = 0
@@ -121,7 +185,7 @@ class LogWriter:
             start += len(ticket.items)
             ticket.finished = True
         self._batches += 1
-        self._records += len(items)
+        self._records += start
 
     def statistics(self) -> dict[str, int]:
         return {

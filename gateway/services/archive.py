@@ -108,6 +108,8 @@ class Archive:
         self.data = data
         self.config = config
         self.control = control
+        # One group commit for every log of this archive (SPEC.md 6.1).
+        self.commit_group = control.group
         self.state = ControlState()
         self._mailboxes: dict[str, MailboxState] = {}
         # Set by whoever runs a KeyForge next to the archive (the server, the benchmark).
@@ -170,7 +172,7 @@ class Archive:
         except (LogCorrupt, KeyFileCorrupt) as exc:
             box.damaged = str(exc)
             return box
-        box.writer = LogWriter(log)
+        box.writer = LogWriter(log, self.commit_group)
         _fold_messages(index, records)
         if recovery is not None:
             await self._note_recovery(mailbox_id, recovery)
@@ -267,7 +269,7 @@ class Archive:
         self._mailboxes[mailbox_id] = MailboxState(
             info=info,
             index=MessageIndex(),
-            writer=LogWriter(log),
+            writer=LogWriter(log, self.commit_group),
             public_key=MailboxPublicKey.from_key_file(key),
         )
         return info, password
