@@ -1,17 +1,20 @@
-"""Group commit: many trio tasks append to one log, one write and one fdatasync per batch.
+"""Group commit: many trio tasks append to many logs; one hand-off to a worker thread, one
+write per log and one fdatasync per log per round.
 
 Theory of operation
 -------------------
-An appender puts a ticket in the queue. If nobody is flushing, it becomes the leader: it takes
-the whole queue as one batch, hands it to a worker thread (``SegmentLog.append``: one write,
-one fdatasync), wakes every ticket of the batch and steps down. While a batch is on disk,
-new tickets pile up and become the next batch, so under load the number of fsyncs per second
-stays flat while the records per fsync grow (the classic group commit of databases).
+An appender puts a ticket in its log's queue and marks the log dirty in the shared
+:class:`CommitGroup`. If nobody is flushing, it becomes the leader: it takes every dirty log's
+queue, hands the round to a worker thread (each log's batch written with one ``writev``, then
+every log holding a durable record fdatasynced, in parallel), wakes every ticket of the round
+and steps down. While a round is on disk, new tickets pile up and become the next round, so
+under load the number of fsyncs per second stays flat while the records per fsync grow (the
+classic group commit of databases), across mailboxes as well as within one.
 
-A leader only ever flushes the batch holding its own ticket, then the next waiter takes over:
-no session does other sessions' I/O for long. A cancelled appender leaves its ticket in the
-batch; the record is still written (a client that gave up may find its message stored, never
-a message half stored).
+A leader flushes one round, then the next waiter takes over: no session does other sessions'
+I/O for long. A cancelled appender whose ticket is still queued withdraws it; once taken into
+a round, the record is written (a client that gave up may find its message stored, never a
+message half stored).
 
 A batch that fails is undone on disk by ``SegmentLog`` and bumps :attr:`LogWriter.epoch`.
 Multi-record writes (a message's chunks, then its commit record) pass the epoch they started
