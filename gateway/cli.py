@@ -15,10 +15,9 @@ from pathlib import Path
 import trio
 
 from . import __version__
-from .events import GatewayStarted, GatewayStopped, now
+from .config import Config, ConfigError, load_config
 from .log import DataDirLocked, LogCorrupt
-from .services.archive import Archive
-from .services.keyforge import KeyForge
+from .servers.gateway import Gateway, StartupError
 from .verify import print_report, verify_data_dir
 
 __all__ = ["main"]
@@ -35,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    serve.add_argument("--config", type=Path, help="TOML configuration (default: embedded)")
+    serve.add_argument("--data-dir", type=Path, help="data folder (overrides the config's)")
 
     verify = commands.add_parser(
         "verify", help="check every log of a data folder (read-only, safe while serving)"
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
     if args.command == "serve":
-        return _serve(args.data_dir)
+        return _serve(args.config, args.data_dir)
     if args.command == "verify":
         return _verify(args.data_dir, args.mailbox)
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
@@ -79,48 +79,37 @@ def _verify(data_dir: Path, mailbox: str | None) -> int:
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
-def _serve(data_dir: Path) -> int:
+def _serve(config_path: Path | None, data_dir: Path | None) -> int:
     try:
-        trio.run(_serve_async, data_dir.resolve())
-    except DataDirLocked as exc:
-        logger.error("event=start-failed reason=%r", str(exc))
-        return EXIT_UNAVAILABLE
-    except LogCorrupt as exc:
-        logger.error("event=start-failed reason=%r", str(exc))
-        return EXIT_UNAVAILABLE
-    return EXIT_OK
-
-
-async def _maintenance(archive: Archive) -> None:
-    while True:
-        await trio.sleep(archive.config.maintenance_interval)
-        reclaimed, deleted = await archive.maintain()
-        if reclaimed or deleted:
-            logger.info("event=compacted reclaimed_bytes=%d files_deleted=%d", reclaimed, deleted)
-
-
-async def _serve_async(data_dir: Path) -> None:
-    archive = await Archive.open(data_dir)
+        config = load_config(config_path, data_dir=data_dir)
+    except ConfigError as exc:
+        logger.error("event=config-error reason=%r", str(exc))
+        return EXIT_USAGE
+    failures: list[BaseException] = []
     try:
-        await archive.append_control(GatewayStarted(at=now(), version=__version__))
-        damaged = [m.mailbox_id for m in archive.mailboxes() if archive.damaged(m.mailbox_id)]
-        logger.info(
-            "event=started data_dir=%s mailboxes=%d damaged=%d recovered_tails=%d",
-            data_dir,
-            len(archive.mailboxes()),
-            len(damaged),
-            len(archive.recoveries),
-        )
+        trio.run(_serve_async, config)
+    except* (StartupError, DataDirLocked, LogCorrupt) as group:
+        failures.extend(group.exceptions)
+    for failure in failures:
+        logger.error("event=start-failed reason=%r", str(failure))
+    return EXIT_UNAVAILABLE if failures else EXIT_OK
+
+
+async def _serve_async(config: Config) -> None:
+    gateway = Gateway(config)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            forge = KeyForge()
-            await nursery.start(forge.run)
-            archive.key_forge = forge
-            nursery.start_soon(_maintenance, archive)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+            async def route() -> None:
                 async for signum in signals:
-                    logger.info("event=stopping signal=%s", signal.Signals(signum).name)
-                    break
-            nursery.cancel_scope.cancel()
-        await archive.append_control(GatewayStopped(at=now(), reason="signal"))
-    finally:
-        await archive.aclose()
+                    if signum == signal.SIGHUP:
+                        gateway.request_reload()
+                    else:
+                        logger.info("event=signal signal=%s", signal.Signals(signum).name)
+                        gateway.request_shutdown()
+
+            nursery.start_soon(route)
+            try:
+                await gateway.run()
+            finally:
+                nursery.cancel_scope.cancel()

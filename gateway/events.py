@@ -27,6 +27,7 @@ __all__ = [
     "Actor",
     "CompactionGap",
     "ControlEvent",
+    "DeliveryRefused",
     "Envelope",
     "Event",
     "GatewayStarted",
@@ -39,9 +40,11 @@ __all__ = [
     "MailboxKeyRewrapped",
     "MailboxStatus",
     "MailboxUpdated",
+    "MessageAccepted",
     "MessageEvent",
     "MessageStored",
     "MessagesExpunged",
+    "SmtpSessionEnded",
     "decode_control_event",
     "decode_envelope",
     "decode_message_event",
@@ -171,6 +174,43 @@ class GatewayStopped(Event, frozen=True, kw_only=True):
     reason: str = ""
 
 
+class SmtpSessionEnded(Event, frozen=True, kw_only=True):
+    """One SMTP session, at its end. Metadata only: no sender or recipient addresses (they
+    are sealed with each message), no content."""
+
+    session_id: str
+    listener: str
+    client_address: str
+    tls: str = ""  # "TLSv1.3 TLS_AES_256_GCM_SHA384" when encrypted
+    helo: str = ""
+    messages: int = 0
+    bytes: int = 0
+    rejected: int = 0  # recipients and messages refused
+    outcome: str = ""  # "quit", "closed", "timeout", "too-many-errors", "shutdown", ...
+    seconds: float = 0.0
+
+
+class MessageAccepted(Event, frozen=True, kw_only=True):
+    """A message became durable in one or more mailboxes (one id per mailbox) and got 250."""
+
+    session_id: str
+    client_address: str
+    mailbox_ids: tuple[str, ...]
+    message_ids: tuple[str, ...]
+    size: int
+
+
+class DeliveryRefused(Event, frozen=True, kw_only=True):
+    """A recipient or a message refused, with the reply given."""
+
+    session_id: str
+    client_address: str
+    stage: str  # "rcpt", "data", "session"
+    code: int
+    enhanced: str = ""
+    mailbox_id: str = ""  # when the recipient was a gateway mailbox (suspended, damaged)
+
+
 ControlEvent = (
     MailboxCreated
     | MailboxUpdated
@@ -182,6 +222,9 @@ ControlEvent = (
     | LogTailTruncated
     | GatewayStarted
     | GatewayStopped
+    | SmtpSessionEnded
+    | MessageAccepted
+    | DeliveryRefused
 )
 
 
@@ -258,6 +301,9 @@ _KNOWN_TAGS = frozenset(
         LogTailTruncated,
         GatewayStarted,
         GatewayStopped,
+        SmtpSessionEnded,
+        MessageAccepted,
+        DeliveryRefused,
         MessageStored,
     )
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ..ids import parse_mailbox_id
@@ -111,6 +112,26 @@ class DataDir:
     def discard_staged_key_file(self, mailbox_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.key_path(mailbox_id).with_name("key.new").unlink()
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.root / "tls"
+
+    def read_or_create_tls(self, make: Callable[[], tuple[bytes, bytes]]) -> tuple[Path, Path]:
+        """The generated certificate and key (PEM) under <data>/tls, made once with ``make``
+        (returning certificate, key) and kept: the fingerprint journaling servers pin stays
+        the same across restarts. The key is written 0600 before the certificate, so a crash
+        never leaves a certificate without its key."""
+        cert, key = self.tls_dir / "cert.pem", self.tls_dir / "key.pem"
+        if cert.exists() and key.exists():
+            return cert, key
+        self.tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cert_pem, key_pem = make()
+        for path, data in ((key, key_pem), (cert, cert_pem)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            self._write_new(path, data)
+        return cert, key
 
     def remove_mailbox(self, mailbox_id: str) -> None:
         """Delete a mailbox's folder (after MailboxDeleted is durable in the control log)."""

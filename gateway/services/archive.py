@@ -201,9 +201,11 @@ class Archive:
 
     # -- the control log -----------------------------------------------------------------------
 
-    async def append_control(self, event: ControlEvent) -> None:
-        """Append an event to the control log (durable) and fold it into the state."""
-        await self.control.append([(RecordKind.EVENT, encode_event(event))])
+    async def append_control(self, event: ControlEvent, *, durable: bool = True) -> None:
+        """Append an event to the control log and fold it into the state. ``durable=False``
+        (audit records that acknowledge nothing) returns once written; the next durable
+        round of the group commit makes it durable with everything else."""
+        await self.control.append([(RecordKind.EVENT, encode_event(event))], durable=durable)
         self.state.apply(event)
 
     # -- mailboxes -----------------------------------------------------------------------------

@@ -1,0 +1,159 @@
+"""Configuration: a TOML file decoded into typed, frozen structs.
+
+Without a file the gateway runs on its embedded default (what ``make run`` starts): data under
+``./var``, a self-signed certificate made on first start, mail domain ``localhost``, and
+unprivileged ports on 127.0.0.1. Every key is documented in ``ops/gateway.example.toml`` and
+SPEC.md section 10; an unknown key is an error that names it, so a typo never silently falls
+back to a default.
+"""
+
+from __future__ import annotations
+
+import enum
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from .crypto import KdfParams
+from .services.archive import StoreConfig
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ListenerConfig",
+    "Protocol",
+    "SMTPConfig",
+    "StoreSettings",
+    "TLSConfig",
+    "TLSMode",
+    "load_config",
+]
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names the file and the key."""
+
+
+class Protocol(enum.StrEnum):
+    SMTP = "smtp"
+
+
+class TLSMode(enum.StrEnum):
+    STARTTLS = "starttls"  # plain first; STARTTLS (RFC 3207) upgrades
+    IMPLICIT = "implicit"  # TLS from the first byte (SMTPS, RFC 8314)
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ListenerConfig(_Section, frozen=True, kw_only=True):
+    name: str
+    protocol: Protocol
+    address: str = "127.0.0.1"
+    port: int
+    tls: TLSMode = TLSMode.STARTTLS
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is not a TCP port")
+
+
+class TLSConfig(_Section, frozen=True, kw_only=True):
+    # Empty paths: a self-signed certificate is generated under <data_dir>/tls on first start.
+    certificate: str = ""
+    key: str = ""
+
+
+class SMTPConfig(_Section, frozen=True, kw_only=True):
+    require_tls: bool = False  # journal intake only after STARTTLS (530 5.7.0 before)
+    max_message_size: int = 100 * 1024 * 1024
+    max_recipients: int = 1000
+    max_sessions: int = 500
+    max_sessions_per_client: int = 50
+    bare_newline: Literal["normalize", "reject"] = "normalize"
+    bad_command_budget: int = 20
+    # RFC 5321 §4.5.3.2: 5 min for commands, 10 min for DATA termination; the initial
+    # greeting wait and the per-block DATA timeout are 5 and 3 min.
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+
+
+class KdfSettings(_Section, frozen=True, kw_only=True):
+    memory_kib: int = 65536
+    iterations: int = 3
+    lanes: int = 4
+
+
+class StoreSettings(_Section, frozen=True, kw_only=True):
+    segment_bytes: int = 64 * 1024 * 1024
+    compaction_grace: float = 12 * 3600.0
+    maintenance_interval: float = 600.0
+    kdf: KdfSettings = KdfSettings()
+
+
+DEFAULT_LISTENERS = (
+    ListenerConfig(name="smtp", protocol=Protocol.SMTP, port=2525, tls=TLSMode.STARTTLS),
+    ListenerConfig(name="smtps", protocol=Protocol.SMTP, port=2465, tls=TLSMode.IMPLICIT),
+    ListenerConfig(name="submission", protocol=Protocol.SMTP, port=2587, tls=TLSMode.STARTTLS),
+)
+
+
+class Config(_Section, frozen=True, kw_only=True):
+    data_dir: str = "var"
+    mail_domain: str = "localhost"
+    hostname: str = "localhost"
+    shutdown_grace: float = 30.0
+    listeners: tuple[ListenerConfig, ...] = DEFAULT_LISTENERS
+    tls: TLSConfig = TLSConfig()
+    smtp: SMTPConfig = SMTPConfig()
+    store: StoreSettings = StoreSettings()
+
+    def store_config(self) -> StoreConfig:
+        kdf = self.store.kdf
+        return StoreConfig(
+            segment_bytes=self.store.segment_bytes,
+            kdf=KdfParams(memory_kib=kdf.memory_kib, iterations=kdf.iterations, lanes=kdf.lanes),
+            max_message_bytes=self.smtp.max_message_size,
+            compaction_grace=self.store.compaction_grace,
+            maintenance_interval=self.store.maintenance_interval,
+        )
+
+
+def load_config(path: Path | None, *, data_dir: Path | None = None) -> Config:
+    """The file's configuration (or the embedded default), with ``--data-dir`` on top."""
+    config = Config()
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        try:
+            config = msgspec.convert(raw, Config)
+        except msgspec.ValidationError as exc:
+            # msgspec names the key: "Object contains unknown field `prot` - at `$.smtp`"
+            raise ConfigError(f"{path}: {exc}") from None
+    if data_dir is not None:
+        config = msgspec.structs.replace(config, data_dir=str(data_dir))
+    _check(config, path)
+    return config
+
+
+def _check(config: Config, path: Path | None) -> None:
+    where = str(path) if path else "embedded default"
+    names = [listener.name for listener in config.listeners]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: listener names must be unique")
+    bound = [(listener.address, listener.port) for listener in config.listeners if listener.port]
+    if len(set(bound)) != len(bound):
+        raise ConfigError(f"{where}: two listeners on the same address and port")
+    if bool(config.tls.certificate) != bool(config.tls.key):
+        raise ConfigError(f"{where}: tls.certificate and tls.key go together")
+    if config.smtp.max_recipients < 100:
+        raise ConfigError(f"{where}: smtp.max_recipients must be at least 100 (RFC 5321 4.5.3.1.8)")
+    if config.smtp.max_message_size < 64 * 1024:
+        raise ConfigError(f"{where}: smtp.max_message_size must be at least 65536")

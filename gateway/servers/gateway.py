@@ -1,0 +1,295 @@
+"""The gateway process: the archive, the key forge, maintenance and every listener, in one
+trio nursery.
+
+Theory of operation
+-------------------
+:meth:`Gateway.run` opens the data folder (recovering it), loads or makes the certificate,
+binds every configured listener (a listener that cannot bind stops start-up with a message
+naming its address), then tells systemd READY=1 and serves. Sessions run in their own
+nursery so that shutdown can stop accepting first: on :meth:`request_shutdown` (SIGTERM,
+SIGINT) the listening sockets close, sessions get ``shutdown_grace`` seconds to finish, the
+rest are cancelled, and ``GatewayStopped`` is appended to the control log before the process
+exits 0. :meth:`request_reload` (SIGHUP) loads the certificate again; sessions keep theirs.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from .. import __version__
+from ..config import Config, ListenerConfig, Protocol, TLSMode
+from ..events import GatewayStarted, GatewayStopped, now
+from ..services.archive import Archive
+from ..services.keyforge import KeyForge
+from ..tls import TLSContextHolder, make_self_signed
+from .limits import SessionLimiter
+from .notify import SystemdNotifier
+from .smtp import SMTPServer
+
+__all__ = ["Gateway", "Listening", "SessionLimiter", "StartupError"]
+
+logger = logging.getLogger("gateway")
+
+# A TLS handshake on the implicit-TLS ports must finish within this; a client that opens a
+# connection and says nothing must not hold a session slot for long.
+HANDSHAKE_TIMEOUT = 30.0
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message says what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    name: str
+    protocol: Protocol
+    address: str
+    port: int
+    tls: TLSMode
+
+
+Handler = Callable[[trio.abc.Stream, ListenerConfig, str], Awaitable[None]]
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.archive: Archive | None = None
+        self.tls: TLSContextHolder | None = None
+        self.listening: list[Listening] = []
+        self.notifier = SystemdNotifier.from_environment()
+        self._stop = trio.Event()
+        self._reload_requested = trio.Event()
+        self.started_at = now()
+
+    def request_shutdown(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload_requested.set()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[Listening]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        config = self.config
+        archive = await Archive.open(Path(config.data_dir), config.store_config())
+        self.archive = archive
+        try:
+            self.tls = await trio.to_thread.run_sync(self._load_tls, archive)
+            await archive.append_control(GatewayStarted(at=now(), version=__version__))
+            async with trio.open_nursery() as nursery:
+                forge = KeyForge()
+                await nursery.start(forge.run)
+                archive.key_forge = forge
+                nursery.start_soon(self._maintenance, archive)
+                nursery.start_soon(self.notifier.watchdog)
+                await self._serve(task_status)
+                nursery.cancel_scope.cancel()
+            await archive.append_control(GatewayStopped(at=now(), reason="shutdown"))
+        finally:
+            self.notifier.close()
+            await archive.aclose()
+
+    def _load_tls(self, archive: Archive) -> TLSContextHolder:
+        tls = self.config.tls
+        if tls.certificate:
+            cert, key = Path(tls.certificate), Path(tls.key)
+        else:
+            cert, key = archive.data.read_or_create_tls(
+                lambda: make_self_signed(self.config.hostname)
+            )
+        try:
+            holder = TLSContextHolder(cert, key)
+        except (OSError, ValueError) as exc:
+            raise StartupError(
+                f"cannot load the TLS certificate {cert} and key {key}: {exc}"
+            ) from None
+        subject, fingerprint, expires = holder.summary()
+        logger.info(
+            "event=tls-certificate subject=%r sha256=%s expires=%s",
+            subject,
+            fingerprint,
+            expires.date().isoformat(),
+        )
+        return holder
+
+    async def _serve(self, task_status: trio.TaskStatus[list[Listening]]) -> None:
+        assert self.archive is not None
+        assert self.tls is not None
+        limiter = SessionLimiter(
+            self.config.smtp.max_sessions, self.config.smtp.max_sessions_per_client
+        )
+        smtp = SMTPServer(self.config, self.archive, self.tls, limiter)
+        handlers: dict[Protocol, Handler] = {Protocol.SMTP: smtp.handle}
+        bound: list[tuple[ListenerConfig, list[trio.SocketListener]]] = []
+        try:
+            for listener in self.config.listeners:
+                bound.append((listener, await _bind(listener)))
+        except BaseException:
+            for _listener, sockets in bound:
+                for sock in sockets:
+                    await sock.aclose()
+            raise
+        self.listening = [
+            Listening(cfg.name, cfg.protocol, str(host), int(port), cfg.tls)
+            for cfg, sockets in bound
+            for sock in sockets
+            for host, port in [sock.socket.getsockname()[:2]]
+        ]
+        for item in self.listening:
+            logger.info(
+                "event=listening name=%s protocol=%s address=%s port=%d tls=%s",
+                item.name,
+                item.protocol,
+                item.address,
+                item.port,
+                item.tls,
+            )
+        try:
+            await self._run_sessions(bound, limiter, handlers, task_status)
+        finally:
+            for _cfg, sockets in bound:
+                for sock in sockets:
+                    sock.socket.close()
+
+    async def _run_sessions(
+        self,
+        bound: list[tuple[ListenerConfig, list[trio.SocketListener]]],
+        limiter: SessionLimiter,
+        handlers: dict[Protocol, Handler],
+        task_status: trio.TaskStatus[list[Listening]],
+    ) -> None:
+        async with trio.open_nursery() as sessions:
+            async with trio.open_nursery() as accepting:
+                for cfg, sockets in bound:
+                    for sock in sockets:
+                        accepting.start_soon(
+                            self._accept, sock, cfg, handlers[cfg.protocol], sessions
+                        )
+                self.notifier.notify("READY=1", f"STATUS=serving {len(self.listening)} listeners")
+                task_status.started(self.listening)
+                await self._wait_for_signals()
+                self.notifier.notify("STOPPING=1")
+                logger.info("event=stopping sessions=%d", limiter.active)
+                accepting.cancel_scope.cancel()
+            for _cfg, sockets in bound:
+                for sock in sockets:
+                    sock.socket.close()  # stop accepting: new clients get "connection refused"
+            # Let sessions finish what they are doing, then cut the rest off.
+            sessions.cancel_scope.deadline = trio.current_time() + self.config.shutdown_grace
+
+    async def _wait_for_signals(self) -> None:
+        while True:
+            async with trio.open_nursery() as waiters:
+
+                async def stop() -> None:
+                    await self._stop.wait()
+                    waiters.cancel_scope.cancel()
+
+                async def reload() -> None:
+                    await self._reload_requested.wait()
+                    waiters.cancel_scope.cancel()
+
+                waiters.start_soon(stop)
+                waiters.start_soon(reload)
+            if self._stop.is_set():
+                return
+            self._reload_requested = trio.Event()
+            await self._reload()
+
+    async def _reload(self) -> None:
+        assert self.tls is not None
+        self.notifier.reloading()
+        try:
+            await trio.to_thread.run_sync(self.tls.reload)
+        except (OSError, ValueError) as exc:
+            logger.error("event=reload-failed reason=%r (the previous certificate stays)", str(exc))
+        else:
+            subject, fingerprint, expires = self.tls.summary()
+            logger.info(
+                "event=reloaded subject=%r sha256=%s expires=%s",
+                subject,
+                fingerprint,
+                expires.date().isoformat(),
+            )
+        self.notifier.notify("READY=1")
+
+    async def _accept(
+        self,
+        listener: trio.SocketListener,
+        cfg: ListenerConfig,
+        handler: Handler,
+        sessions: trio.Nursery,
+    ) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: wait rather than spin (trio's serve_listeners does too).
+                    logger.error("event=accept-failed reason=%r", os.strerror(exc.errno))
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            peer = _peer_address(stream)
+            sessions.start_soon(self._session, stream, cfg, handler, peer)
+
+    async def _session(
+        self, stream: trio.SocketStream, cfg: ListenerConfig, handler: Handler, peer: str
+    ) -> None:
+        wrapped: trio.abc.Stream = stream
+        try:
+            if cfg.tls == TLSMode.IMPLICIT:
+                assert self.tls is not None
+                ssl_stream = trio.SSLStream(stream, self.tls.context, server_side=True)
+                with trio.move_on_after(HANDSHAKE_TIMEOUT):
+                    await ssl_stream.do_handshake()
+                    wrapped = ssl_stream
+                if wrapped is stream:
+                    return
+            await handler(wrapped, cfg, peer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            logger.info(
+                "event=session-dropped listener=%s client=%s reason=%r", cfg.name, peer, str(exc)
+            )
+        except Exception:
+            # One bad session never takes the server down.
+            logger.exception("event=session-failed listener=%s client=%s", cfg.name, peer)
+        finally:
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True
+                await trio.aclose_forcefully(wrapped)
+
+    async def _maintenance(self, archive: Archive) -> None:
+        while True:
+            await trio.sleep(archive.config.maintenance_interval)
+            reclaimed, deleted = await archive.maintain()
+            if reclaimed or deleted:
+                logger.info(
+                    "event=compacted reclaimed_bytes=%d files_deleted=%d", reclaimed, deleted
+                )
+
+
+async def _bind(listener: ListenerConfig) -> list[trio.SocketListener]:
+    try:
+        return await trio.open_tcp_listeners(listener.port, host=listener.address, backlog=None)
+    except OSError as exc:
+        raise StartupError(
+            f"listener {listener.name}: cannot listen on {listener.address}:{listener.port}: "
+            f"{exc.strerror or exc}"
+        ) from None
+
+
+def _peer_address(stream: trio.SocketStream) -> str:
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        return "unknown"
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)

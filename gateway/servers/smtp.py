@@ -1,0 +1,397 @@
+"""The SMTP listener's sessions: journal intake over RFC 5321, driven by the sans-IO machine.
+
+Theory of operation
+-------------------
+A session feeds received bytes to :class:`gateway.protocols.smtp.ServerConnection` and writes
+what it hands back; the only decisions made here are the ones the machine pauses for: whether
+a recipient is a gateway mailbox (``services.journal``), and when a message may get its 250 —
+only once it is durable in every accepting mailbox (``MessageWriter.commit``). Replies the
+machine queues are written before the session waits for more input, so pipelined commands
+(RFC 2920) cost one write per batch.
+
+Timeouts follow RFC 5321 §4.5.3.2: ``command_timeout`` waiting for a command,
+``data_timeout`` while message content streams in. Each session ends with one
+``SmtpSessionEnded`` audit event; each stored message gets ``MessageAccepted``; each refusal
+``DeliveryRefused``. None of them holds an address or a byte of content.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import ssl
+import time
+
+import trio
+
+from ..config import Config, ListenerConfig, TLSMode
+from ..events import (
+    Actor,
+    DeliveryRefused,
+    Envelope,
+    MessageAccepted,
+    SmtpSessionEnded,
+    now,
+)
+from ..log import LogWriteError
+from ..protocols.smtp import (
+    NEED_DATA,
+    PAUSED,
+    BodyData,
+    ConnectionClosed,
+    Hello,
+    MailFrom,
+    MessageAborted,
+    MessageComplete,
+    Quit,
+    RcptTo,
+    Reply,
+    ServerConnection,
+    SMTPSettings,
+    StartData,
+    StartTLS,
+    format_reply,
+    replies,
+)
+from ..services.archive import Archive, ArchiveError
+from ..services.intake import MessageWriter
+from ..services.journal import check_recipient, received_header
+from ..tls import TLSContextHolder
+from .limits import SessionLimiter
+
+__all__ = ["SMTPServer"]
+
+logger = logging.getLogger("gateway.smtp")
+
+RECEIVE_SIZE = 64 * 1024
+HANDSHAKE_TIMEOUT = 30.0
+
+TOO_MANY_SESSIONS = Reply(421, "4.7.0", ("Too many connections, try again later",))
+
+
+class SMTPServer:
+    def __init__(
+        self,
+        config: Config,
+        archive: Archive,
+        tls: TLSContextHolder,
+        limiter: SessionLimiter,
+    ) -> None:
+        self.config = config
+        self.archive = archive
+        self.tls = tls
+        self.limiter = limiter
+
+    async def handle(self, stream: trio.abc.Stream, listener: ListenerConfig, peer: str) -> None:
+        session_id = secrets.token_hex(6)
+        if not self.limiter.try_acquire(peer):
+            await stream.send_all(format_reply(TOO_MANY_SESSIONS))
+            await self.archive.append_control(
+                DeliveryRefused(
+                    at=now(),
+                    actor=Actor(kind="smtp", address=peer),
+                    session_id=session_id,
+                    client_address=peer,
+                    stage="session",
+                    code=421,
+                    enhanced="4.7.0",
+                ),
+                durable=False,
+            )
+            return
+        try:
+            await _Session(self, stream, listener, peer, session_id).run()
+        finally:
+            self.limiter.release(peer)
+
+
+class _Session:
+    def __init__(
+        self,
+        server: SMTPServer,
+        stream: trio.abc.Stream,
+        listener: ListenerConfig,
+        peer: str,
+        session_id: str,
+    ) -> None:
+        self.server = server
+        self.archive = server.archive
+        self.config = server.config
+        self.stream = stream
+        self.listener = listener
+        self.peer = peer
+        self.session_id = session_id
+        self.actor = Actor(kind="smtp", address=peer)
+        self.tls = _tls_description(stream)
+        self.helo = ""
+        self.helo_kind = ""
+        self.mail_from = ""
+        self.smtputf8 = False
+        self.recipients: list[str] = []  # accepted gateway mailbox ids, in order
+        self.recipient_addresses: list[str] = []
+        self.writer: MessageWriter | None = None
+        self.writer_failed = False
+        self.in_data = False
+        self.messages = 0
+        self.bytes = 0
+        self.rejected = 0
+        self.outcome = "closed"
+        self.started = time.monotonic()
+        smtp = self.config.smtp
+        self.conn = ServerConnection(
+            SMTPSettings(
+                hostname=self.config.hostname,
+                max_message_size=smtp.max_message_size,
+                max_recipients=smtp.max_recipients,
+                tls_active=bool(self.tls),
+                starttls_offered=listener.tls == TLSMode.STARTTLS and not self.tls,
+                require_tls=smtp.require_tls and listener.tls == TLSMode.STARTTLS,
+                bare_newline=smtp.bare_newline,
+                bad_command_budget=smtp.bad_command_budget,
+            )
+        )
+
+    async def run(self) -> None:
+        try:
+            await self.stream.send_all(self.conn.greeting())
+            await self._loop()
+        except trio.TooSlowError:
+            self.outcome = "timeout"
+            with trio.move_on_after(5):
+                await self.stream.send_all(self.conn.close(replies.TIMEOUT))
+        except trio.Cancelled:
+            # Shutdown: the grace period is over. Say so, briefly, then let go.
+            self.outcome = "shutdown"
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.stream.send_all(self.conn.close(replies.SHUTTING_DOWN))
+            raise
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.outcome = "dropped"
+        finally:
+            if self.writer is not None:
+                await self.writer.abort()
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._audit_session()
+
+    async def _loop(self) -> None:
+        conn = self.conn
+        while True:
+            event = conn.next_event()
+            pending = conn.data_to_send()
+            if event is NEED_DATA:
+                if pending:
+                    await self.stream.send_all(pending)
+                timeout = (
+                    self.config.smtp.data_timeout
+                    if self.in_data
+                    else self.config.smtp.command_timeout
+                )
+                with trio.fail_after(timeout):
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                conn.receive_data(bytes(data))
+                continue
+            if pending:
+                await self.stream.send_all(pending)
+            if event is PAUSED:  # pragma: no cover - every pause is answered below
+                raise RuntimeError("SMTP machine paused with no decision pending")
+            match event:
+                case Hello(kind=kind, domain=domain):
+                    self.helo, self.helo_kind = domain, kind
+                    self._reset_transaction()
+                case MailFrom(address=address, smtputf8=smtputf8):
+                    self._reset_transaction()
+                    self.mail_from, self.smtputf8 = address, smtputf8
+                    await self.stream.send_all(conn.send(replies.SENDER_OK))
+                case RcptTo(address=address):
+                    await self.stream.send_all(conn.send(await self._recipient(address)))
+                case StartData():
+                    await self._start_data()
+                case BodyData(data=data):
+                    await self._body(data)
+                case MessageComplete():
+                    await self.stream.send_all(conn.send(await self._complete()))
+                case MessageAborted():
+                    await self._abort()
+                case StartTLS():
+                    await self._start_tls()
+                case Quit():
+                    self.outcome = "quit"
+                    return
+                case ConnectionClosed(reason=reason):
+                    self.outcome = str(reason)
+                    return
+
+    def _reset_transaction(self) -> None:
+        self.mail_from, self.smtputf8 = "", False
+        self.recipients, self.recipient_addresses = [], []
+
+    async def _recipient(self, address: str) -> Reply:
+        decision = check_recipient(self.archive, self.config.mail_domain, address)
+        if decision.accepted:
+            assert decision.mailbox_id is not None
+            if decision.mailbox_id not in self.recipients:
+                self.recipients.append(decision.mailbox_id)
+            self.recipient_addresses.append(address)
+        else:
+            self.rejected += 1
+            await self._refused("rcpt", decision.code, decision.enhanced)
+        return Reply(decision.code, decision.enhanced, (decision.text,))
+
+    async def _start_data(self) -> None:
+        self.in_data = True
+        self.writer_failed = False
+        try:
+            self.writer = self.archive.begin_message(self.recipients)
+        except ArchiveError:
+            # A mailbox was suspended or deleted since RCPT: the content is read and dropped,
+            # and the sender gets a temporary error at the end.
+            self.writer = None
+            self.writer_failed = True
+            return
+        header = received_header(
+            helo=self.helo,
+            client_address=self.peer,
+            hostname=self.config.hostname,
+            protocol=self._protocol(),
+            session_id=self.session_id,
+            tls=self.tls,
+            recipient=self.recipient_addresses[0] if len(self.recipient_addresses) == 1 else None,
+            when=now(),
+        )
+        await self._body(header)
+
+    async def _body(self, data: bytes) -> None:
+        if self.writer is None or self.writer_failed:
+            return
+        try:
+            await self.writer.write(data)
+        except (ArchiveError, LogWriteError) as exc:
+            logger.warning("event=store-failed session=%s reason=%r", self.session_id, str(exc))
+            self.writer_failed = True
+            await self.writer.abort()
+            self.writer = None
+
+    async def _complete(self) -> Reply:
+        self.in_data = False
+        writer, self.writer = self.writer, None
+        if writer is None:
+            self.rejected += 1
+            await self._refused("data", 451, "4.3.0")
+            return replies.LOCAL_ERROR
+        size = writer.size
+        try:
+            ids = await writer.commit(self._envelope())
+        except (LogWriteError, ArchiveError) as exc:
+            logger.warning("event=store-failed session=%s reason=%r", self.session_id, str(exc))
+            self.rejected += 1
+            await self._refused("data", 452, "4.3.1")
+            return replies.INSUFFICIENT_STORAGE
+        self.messages += 1
+        self.bytes += size
+        await self.archive.append_control(
+            MessageAccepted(
+                at=now(),
+                actor=self.actor,
+                session_id=self.session_id,
+                client_address=self.peer,
+                mailbox_ids=tuple(ids),
+                message_ids=tuple(ids.values()),
+                size=size,
+            ),
+            durable=False,
+        )
+        stored = ",".join(ids.values())
+        return Reply(250, "2.0.0", (f"Ok: stored as {stored}",))
+
+    async def _abort(self) -> None:
+        self.in_data = False
+        if self.writer is not None:
+            await self.writer.abort()
+            self.writer = None
+        self._reset_transaction()
+
+    async def _start_tls(self) -> None:
+        ssl_stream = trio.SSLStream(self.stream, self.server.tls.context, server_side=True)
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            await ssl_stream.do_handshake()
+        self.stream = ssl_stream
+        self.tls = _tls_description(ssl_stream)
+        version, _, cipher = self.tls.partition(" ")
+        self.conn.tls_started(version, cipher)
+        self.helo = ""
+
+    def _protocol(self) -> str:
+        """The "with" keyword of the Received field (RFC 3848, RFC 6531 §3.7.3)."""
+        if self.helo_kind == "HELO":
+            return "SMTP"
+        base = "UTF8SMTP" if self.smtputf8 else "ESMTP"
+        return base + ("S" if self.tls else "")
+
+    def _envelope(self) -> Envelope:
+        return Envelope(
+            received_at=now(),
+            origin="journal",
+            mail_from=self.mail_from,
+            rcpt_to=tuple(self.recipient_addresses),
+            client_address=self.peer,
+            helo=self.helo,
+            tls=self.tls,
+        )
+
+    async def _refused(self, stage: str, code: int, enhanced: str) -> None:
+        await self.archive.append_control(
+            DeliveryRefused(
+                at=now(),
+                actor=self.actor,
+                session_id=self.session_id,
+                client_address=self.peer,
+                stage=stage,
+                code=code,
+                enhanced=enhanced,
+            ),
+            durable=False,
+        )
+
+    async def _audit_session(self) -> None:
+        seconds = time.monotonic() - self.started
+        logger.info(
+            "event=smtp-session session=%s listener=%s client=%s tls=%r messages=%d bytes=%d "
+            "rejected=%d outcome=%s seconds=%.2f",
+            self.session_id,
+            self.listener.name,
+            self.peer,
+            self.tls,
+            self.messages,
+            self.bytes,
+            self.rejected,
+            self.outcome,
+            seconds,
+        )
+        await self.archive.append_control(
+            SmtpSessionEnded(
+                at=now(),
+                actor=self.actor,
+                session_id=self.session_id,
+                listener=self.listener.name,
+                client_address=self.peer,
+                tls=self.tls,
+                helo=self.helo[:255],
+                messages=self.messages,
+                bytes=self.bytes,
+                rejected=self.rejected,
+                outcome=self.outcome,
+                seconds=round(seconds, 3),
+            ),
+            durable=False,
+        )
+
+
+def _tls_description(stream: trio.abc.Stream) -> str:
+    if not isinstance(stream, trio.SSLStream):
+        return ""
+    try:
+        version = stream.version()
+        cipher = stream.cipher()
+    except (ssl.SSLError, AttributeError, trio.NeedHandshakeError):
+        return ""
+    return f"{version} {cipher[0]}" if version and cipher else ""

@@ -1,0 +1,91 @@
+"""TLS for the listeners: the certificate (configured, or self-signed and kept in the data
+folder), and server SSL contexts that SIGHUP can replace without dropping sessions.
+
+A :class:`TLSContextHolder` is what listeners hold; each new handshake uses its ``context``,
+so reloading swaps the context for new connections while established ones keep theirs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+__all__ = [
+    "TLSContextHolder",
+    "certificate_summary",
+    "make_self_signed",
+    "server_context",
+]
+
+SELF_SIGNED_DAYS = 3650
+
+
+def make_self_signed(hostname: str) -> tuple[bytes, bytes]:
+    """A self-signed ECDSA P-256 certificate for ``hostname`` (and localhost, 127.0.0.1):
+    (certificate PEM, key PEM). MTAs that journal with opportunistic TLS accept it; those that
+    verify can pin its fingerprint."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.UTC)
+    alt_names: list[x509.GeneralName] = [x509.DNSName(hostname)]
+    if hostname != "localhost":
+        alt_names.append(x509.DNSName("localhost"))
+    alt_names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert_pem, key_pem
+
+
+def certificate_summary(cert_path: Path) -> tuple[str, str, datetime.datetime]:
+    """(subject, SHA-256 fingerprint as colon hex, expiry) of a PEM certificate."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
+    return cert.subject.rfc4514_string(), fingerprint, cert.not_valid_after_utc
+
+
+def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
+    """TLS 1.2 and 1.3 only (RFC 8996 retired the older ones), the platform's default ciphers,
+    no compression, no renegotiation."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+class TLSContextHolder:
+    def __init__(self, cert_path: Path, key_path: Path) -> None:
+        self.cert_path = cert_path
+        self.key_path = key_path
+        self.context = server_context(cert_path, key_path)
+
+    def reload(self) -> None:
+        """Load the certificate and key again (after a renewal). On error the old context
+        stays and the exception tells why."""
+        self.context = server_context(self.cert_path, self.key_path)
+
+    def summary(self) -> tuple[str, str, datetime.datetime]:
+        return certificate_summary(self.cert_path)
