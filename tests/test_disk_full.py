@@ -5,11 +5,7 @@ there is space. Uses a real, small tmpfs (root is needed to mount it; CI runs as
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from gateway.events import Envelope, now
 from gateway.log import LogWriteError
@@ -17,24 +13,6 @@ from gateway.services.archive import Archive, StoreConfig
 from gateway.verify import verify_data_dir
 
 from .conftest import FAST_KDF
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (needs root): {result.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 async def test_disk_full_refuses_the_message_and_keeps_everything_acknowledged(
