@@ -121,7 +121,7 @@ async def test_reload_swaps_the_certificate_for_new_sessions(
         with smtplib.SMTP("127.0.0.1", port) as client:
             client.starttls(context=context)
             der = client.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
-        return hashlib.sha256(der).digest().hex(":").upper()  # type: ignore[arg-type]
+        return hashlib.sha256(der).digest().hex(":").upper()
 
     _subject, before, _ = certificate_summary(cert)
     assert await trio.to_thread.run_sync(fingerprint_seen) == before
