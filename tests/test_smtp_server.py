@@ -211,3 +211,56 @@ async def test_a_listener_that_cannot_bind_names_its_address(tmp_path: Path) -> 
             pytest.RaisesExc(StartupError, match=f"127.0.0.1:{port}"), flatten_subgroups=True
         ):
             await Gateway(config).run()
+
+
+async def test_smtputf8_bdat_binary_and_pipelining(running: Running) -> None:
+    info, password = await running.archive.create_mailbox("x")
+    address = f"mbx-{info.mailbox_id}@localhost".encode()
+    binary = bytes(range(256)) * 40 + b"\r\n.\r\n\n.\n" + bytes(range(255, -1, -1))
+
+    def utf8() -> None:
+        with smtplib.SMTP("127.0.0.1", running.ports["smtp"]) as client:
+            client.sendmail(
+                "jöran@exämple.de",
+                [address.decode()],
+                "Subject: grüße\r\n\r\nÜnïcödé body\r\n".encode(),
+                mail_options=["SMTPUTF8", "BODY=8BITMIME"],
+            )
+
+    await trio.to_thread.run_sync(utf8)
+
+    stream = await trio.open_tcp_stream("127.0.0.1", running.ports["smtp"])
+    script = (
+        b"EHLO pipeliner\r\n"
+        b"MAIL FROM:<a@b.c> BODY=BINARYMIME\r\n"
+        b"RCPT TO:<" + address + b">\r\n"
+        b"BDAT %d\r\n"
+        % 100
+        + binary[:100]
+        + b"BDAT %d LAST\r\n" % (len(binary) - 100)
+        + binary[100:]
+        + b"QUIT\r\n"
+    )
+    await stream.send_all(script)  # everything in one write: PIPELINING and CHUNKING
+    received = b""
+    while b"221 " not in received:
+        more = await stream.receive_some(4096)
+        if not more:
+            break
+        received += more
+    await stream.aclose()
+    codes = [line[:3] for line in received.split(b"\r\n") if line[3:4] == b" "]
+    assert codes == [b"220", b"250", b"250", b"250", b"250", b"250", b"221"], received
+
+    key = await running.archive.unlock(info.mailbox_id, password)
+    first, second = [
+        strip_received(b) for b in await stored_bodies(running.archive, info.mailbox_id, key)
+    ]
+    assert first == "Subject: grüße\r\n\r\nÜnïcödé body\r\n".encode()
+    assert second == binary
+    envelope = await running.archive.read_envelope(
+        info.mailbox_id, running.archive.messages(info.mailbox_id)[0].message_id, key
+    )
+    assert envelope.mail_from == "jöran@exämple.de"
+    [raw] = [b for b in await stored_bodies(running.archive, info.mailbox_id, key)][:1]
+    assert b"with UTF8SMTP id" in raw
