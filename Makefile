@@ -27,7 +27,9 @@ quick: $(STAMP)
 	$(PY) -m pytest -m 'not slow' -q
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) tools/bench/log_bench.py
+	$(PY) tools/bench/smtp_bench.py
 
 verify: $(STAMP)
 	$(PY) -m gateway verify

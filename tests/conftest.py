@@ -44,3 +44,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+# A gateway serving in the test's nursery (tests/gateway_helpers.py).
+from .gateway_helpers import running  # noqa: E402, F401

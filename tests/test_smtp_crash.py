@@ -19,7 +19,7 @@ from gateway.services.archive import Archive, StoreConfig
 from gateway.verify import verify_data_dir
 
 from .conftest import FAST_KDF
-from .test_smtp_server import strip_received
+from .gateway_helpers import strip_received
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ from gateway.servers.gateway import Gateway, Listening
 from gateway.services.archive import CONTROL_LOG_ID
 from gateway.tls import certificate_summary, make_self_signed
 
-from .test_smtp_server import make_config
+from .gateway_helpers import make_config
 
 
 async def start(nursery: trio.Nursery, config_path: Path, **smtp: object) -> tuple[Gateway, int]:

@@ -4,76 +4,17 @@ read back from the log and compared byte for byte."""
 from __future__ import annotations
 
 import smtplib
-import ssl
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 import pytest
 import trio
 
-from gateway.config import Config, KdfSettings, ListenerConfig, Protocol, StoreSettings, TLSMode
-from gateway.crypto import MailboxPrivateKey
+from gateway.config import ListenerConfig, Protocol
 from gateway.events import MailboxStatus
 from gateway.servers.gateway import Gateway, Listening, StartupError
-from gateway.services.archive import Archive
 
-FAST = KdfSettings(memory_kib=64, iterations=1, lanes=1)
-
-
-@dataclass
-class Running:
-    gateway: Gateway
-    archive: Archive
-    ports: dict[str, int]
-    cafile: Path
-
-    def context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.cafile))
-        return context
-
-
-def make_config(data: Path, **smtp: object) -> Config:
-    listeners = (
-        ListenerConfig(name="smtp", protocol=Protocol.SMTP, port=0, tls=TLSMode.STARTTLS),
-        ListenerConfig(name="smtps", protocol=Protocol.SMTP, port=0, tls=TLSMode.IMPLICIT),
-    )
-    config = Config(data_dir=str(data), listeners=listeners, store=StoreSettings(kdf=FAST))
-    if smtp:
-        config = msgspec.structs.replace(config, smtp=msgspec.structs.replace(config.smtp, **smtp))
-    return config
-
-
-@pytest.fixture
-async def running(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Running]:
-    gateway = Gateway(make_config(tmp_path / "data"))
-    listening: list[Listening] = await nursery.start(gateway.run)
-    assert gateway.archive is not None
-    ports = {item.name: item.port for item in listening}
-    yield Running(gateway, gateway.archive, ports, tmp_path / "data" / "tls" / "cert.pem")
-    gateway.request_shutdown()
-
-
-async def stored_bodies(archive: Archive, mailbox_id: str, key: MailboxPrivateKey) -> list[bytes]:
-    bodies = []
-    for message in archive.messages(mailbox_id):
-        bodies.append(
-            b"".join([p async for p in archive.read_message(mailbox_id, message.message_id, key)])
-        )
-    return bodies
-
-
-def strip_received(stored: bytes) -> bytes:
-    """The stored message without the gateway's trace field (its lines up to the first line
-    that is not a continuation)."""
-    assert stored.startswith(b"Received: from ")
-    end = 0
-    while True:
-        end = stored.index(b"\r\n", end) + 2
-        if stored[end : end + 1] not in (b"\t", b" "):
-            return stored[end:]
-
+from .gateway_helpers import Running, make_config, stored_bodies, strip_received
 
 MESSAGE = (
     b"From: a@example.com\r\nTo: journal\r\nSubject: test\r\n\r\n"
