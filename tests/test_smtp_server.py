@@ -205,3 +205,32 @@ async def test_smtputf8_bdat_binary_and_pipelining(running: Running) -> None:
     assert envelope.mail_from == "jöran@exämple.de"
     [raw] = [b for b in await stored_bodies(running.archive, info.mailbox_id, key)][:1]
     assert b"with UTF8SMTP id" in raw
+
+
+async def test_many_recipients_and_the_limit(tmp_path: Path, nursery: trio.Nursery) -> None:
+    gateway = Gateway(make_config(tmp_path / "data", max_recipients=100))
+    listening: list[Listening] = await nursery.start(gateway.run)
+    assert gateway.archive is not None
+    port = next(item.port for item in listening if item.name == "smtp")
+    boxes = [(await gateway.archive.create_mailbox(f"b{n}"))[0].mailbox_id for n in range(5)]
+    # 100 recipients: every mailbox five times over in varied case, and unknown addresses.
+    recipients = [
+        f"MBX-{boxes[n % 5]}@LOCALHOST" if n % 2 else f"mbx-{boxes[n % 5]}@localhost"
+        for n in range(25)
+    ]
+    recipients += [f"nobody{n}@localhost" for n in range(75)]
+
+    def deliver() -> tuple[dict[str, tuple[int, bytes]], int]:
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            refused = client.sendmail("a@b.c", recipients, MESSAGE)
+            client.mail("a@b.c")
+            codes = [client.rcpt(f"mbx-{boxes[0]}@localhost")[0] for _ in range(101)]
+            client.rset()
+            return refused, codes.count(452)
+
+    refused, over = await trio.to_thread.run_sync(deliver)
+    assert len(refused) == 75
+    assert over == 1  # the 101st recipient: 452 4.5.3
+    for box in boxes:  # stored once per mailbox however often it was named
+        assert len(gateway.archive.messages(box)) == 1
+    gateway.request_shutdown()
