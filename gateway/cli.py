@@ -89,10 +89,18 @@ def _serve(config_path: Path | None, data_dir: Path | None) -> int:
     try:
         trio.run(_serve_async, config)
     except* (StartupError, DataDirLocked, LogCorrupt) as group:
-        failures.extend(group.exceptions)
+        failures.extend(_leaves(group))
     for failure in failures:
         logger.error("event=start-failed reason=%r", str(failure))
     return EXIT_UNAVAILABLE if failures else EXIT_OK
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside nested groups (each nursery level adds one)."""
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
 
 
 async def _serve_async(config: Config) -> None:

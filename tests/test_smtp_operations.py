@@ -160,3 +160,13 @@ async def test_a_full_disk_answers_452_and_keeps_nothing(
     assert 452 in codes, codes
     stored = len(gateway.archive.messages(info.mailbox_id))
     assert stored == codes.count(250)
+
+
+async def test_a_silent_client_times_out_with_421(tmp_path: Path, nursery: trio.Nursery) -> None:
+    _gateway, port = await start(nursery, tmp_path / "data", command_timeout=0.3)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    assert (await read_reply(stream)).startswith(b"220")
+    with trio.fail_after(5):
+        assert (await read_reply(stream)).startswith(b"421 4.4.2")
+        assert await stream.receive_some(1024) == b""  # and the connection is closed
+    await stream.aclose()

@@ -234,6 +234,13 @@ class _Session:
             self.recipient_addresses.append(address)
         else:
             self.rejected += 1
+            logger.info(
+                "event=smtp-rcpt-refused session=%s client=%s code=%d enhanced=%s",
+                self.session_id,
+                self.peer,
+                decision.code,
+                decision.enhanced,
+            )
             await self._refused("rcpt", decision.code, decision.enhanced)
         return Reply(decision.code, decision.enhanced, (decision.text,))
 
@@ -288,6 +295,14 @@ class _Session:
             return replies.INSUFFICIENT_STORAGE
         self.messages += 1
         self.bytes += size
+        logger.info(
+            "event=smtp-message-stored session=%s client=%s size=%d mailboxes=%d ids=%s",
+            self.session_id,
+            self.peer,
+            size,
+            len(ids),
+            ",".join(ids.values()),
+        )
         await self.archive.append_control(
             MessageAccepted(
                 at=now(),
