@@ -170,3 +170,35 @@ async def test_a_silent_client_times_out_with_421(tmp_path: Path, nursery: trio.
         assert (await read_reply(stream)).startswith(b"421 4.4.2")
         assert await stream.receive_some(1024) == b""  # and the connection is closed
     await stream.aclose()
+
+
+async def test_sessions_beyond_the_total_limit_get_421(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    _gateway, port = await start(nursery, tmp_path / "data", max_sessions=3)
+    streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(4)]
+    replies = [await read_reply(s) for s in streams]
+    assert [r[:9] for r in replies] == [b"220 local", b"220 local", b"220 local", b"421 4.7.0"]
+    for stream in streams:
+        await stream.aclose()
+
+
+async def test_a_client_that_stalls_in_data_times_out(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    gateway, port = await start(nursery, tmp_path / "data", data_timeout=0.3, command_timeout=30.0)
+    assert gateway.archive is not None
+    info, _ = await gateway.archive.create_mailbox("x")
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    assert (await read_reply(stream)).startswith(b"220")
+    rcpt = f"RCPT TO:<mbx-{info.mailbox_id}@localhost>\r\n".encode()
+    await stream.send_all(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\n" + rcpt + b"DATA\r\n")
+    got = b""
+    while b"354 " not in got:
+        got += await stream.receive_some(4096)
+    await stream.send_all(b"Subject: half\r\n\r\nnever finished")
+    with trio.fail_after(5):
+        assert (await read_reply(stream)).startswith(b"421 4.4.2")
+    await stream.aclose()
+    await trio.sleep(0.1)
+    assert gateway.archive.messages(info.mailbox_id) == []  # nothing of it is visible
