@@ -1,0 +1,449 @@
+"""The server side of one POP3 session, as a sans-IO state machine.
+
+Theory of operation
+-------------------
+The driver writes ``greeting()``, then loops: ``receive_data(bytes)`` when the machine needs
+data (``b""`` at EOF), ``next_event()``, and after every call it writes ``data_to_send()``.
+The machine answers by itself everything that needs no mailbox: syntax errors, unknown and
+out-of-state commands, CAPA, NOOP, USER, QUIT in AUTHORIZATION, STLS, AUTH's ``+`` challenge,
+and credentials in the clear. Decisions come out as events and PAUSE the machine until the
+driver answers with ``send(reply)`` or, for a multi-line +OK (RETR, TOP, LIST and UIDL
+without argument), ``send_lines``/``send_multiline``/``send_stream_start`` ...
+``send_stream_data`` ... ``send_stream_end``. Commands are read one at a time and nothing
+after a paused command is looked at, so pipelined commands (RFC 2449 §6.6) are answered in
+order; every ``send*`` returns the queued replies first.
+
+Buffers are bounded if the driver reads only on NEED_DATA: one read plus less than one
+command line (an overlong line is refused at ``max_line_length`` octets and skipped to its
+LF without being buffered); a body is streamed without being held.
+
+After STLS's +OK (RFC 2595 §4) every byte already received and every byte received until
+``tls_started()`` is dropped, so cleartext pipelined after STLS is never read as a command of
+the TLS session (the CVE-2011-0411 injection). USER, PASS, AUTH and APOP are refused with
+``-ERR [AUTH]`` until TLS is active, without looking at their arguments.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from . import _replies as R
+from ._events import (
+    AUTH_LINE_LIMIT,
+    NEED_DATA,
+    PAUSED,
+    CloseReason,
+    ConnectionClosed,
+    Dele,
+    Event,
+    List,
+    Login,
+    POP3Settings,
+    Quit,
+    Reply,
+    Retr,
+    Rset,
+    Sentinel,
+    StartTLS,
+    Stat,
+    Top,
+    Uidl,
+)
+from ._readers import TOO_LONG, LineReader, TooLong
+from ._state import (
+    ALLOWED,
+    CREDENTIAL_COMMANDS,
+    KNOWN_COMMANDS,
+    NO_ARGUMENT_COMMANDS,
+    SUCCESS_TRANSITIONS,
+    State,
+    needs_multiline,
+)
+from ._util import LocalProtocolError, RemoteProtocolError
+from ._writers import DotStuffer, format_lines, format_reply
+
+__all__ = ["ConnectionStatistics", "ServerConnection", "parse_number"]
+
+# Message numbers and TOP's line count: ASCII digits only, no sign, at most 9 digits (below
+# 2**31, so any store can take them); message numbers are at least 1.
+_NUMBER: Final = re.compile(rb"[0-9]{1,9}\Z")
+_KEYWORD: Final = re.compile(rb"[A-Za-z]{3,4}\Z")
+# Usernames: printable, no controls or spaces. Passwords: anything but controls (RFC 1939
+# §7 lets a password hold spaces: PASS takes the rest of the line).
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+NextEvent = Event | Literal[Sentinel.NEED_DATA, Sentinel.PAUSED]
+
+
+def parse_number(raw: bytes, *, minimum: int = 1) -> int:
+    if not _NUMBER.match(raw) or int(raw) < minimum:
+        raise RemoteProtocolError("bad number", R.BAD_MESSAGE_NUMBER)
+    return int(raw)
+
+
+def _text(raw: bytes, *, spaces: bool) -> str:
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise RemoteProtocolError("not UTF-8", R.SYNTAX) from exc
+    if not text or _CONTROL.search(text) or (not spaces and " " in text):
+        raise RemoteProtocolError("bad argument", R.SYNTAX)
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    state: State
+    buffered: int  # received octets not yet consumed
+    outgoing: int  # reply octets not yet taken
+    errors: int  # spent bad command budget
+    discarded: int  # octets dropped after STLS or after the end
+
+
+class ServerConnection:
+    """One POP3 server session; see the module docstring."""
+
+    def __init__(self, settings: POP3Settings) -> None:
+        self.settings = settings
+        self._state = State.AUTHORIZATION
+        self._greeted = False
+        self._tls_active = settings.tls_active
+        self._buffer = bytearray()
+        self._lines = LineReader(settings.max_line_length)
+        self._outgoing = bytearray()
+        self._events: deque[Event] = deque()
+        self._pending: Event | None = None
+        self._stuffer: DotStuffer | None = None
+        self._user: str | None = None
+        self._auth_waiting = False  # "+ " sent, the PLAIN response line is next
+        self._errors = 0
+        self._discarded = 0
+        self._eof = False
+        self._closed: ConnectionClosed | None = None
+
+    # -- the driver's API ------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def tls_active(self) -> bool:
+        return self._tls_active
+
+    def statistics(self) -> ConnectionStatistics:
+        return ConnectionStatistics(
+            self._state, len(self._buffer), len(self._outgoing), self._errors, self._discarded
+        )
+
+    def greeting(self) -> bytes:
+        if self._greeted:
+            raise LocalProtocolError("the greeting was already sent")
+        self._greeted = True
+        return format_reply(R.greeting(self.settings.hostname))
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer received bytes; ``b""`` means the client closed its side."""
+        if self._eof:
+            if data:
+                raise LocalProtocolError("received data after EOF")
+            return
+        if not data:
+            self._eof = True
+        elif self._state in (State.TLS_HANDSHAKE, State.CLOSED):
+            self._discarded += len(data)
+        else:
+            self._buffer += data
+
+    def next_event(self) -> NextEvent:
+        if not self._greeted:
+            raise LocalProtocolError("send greeting() first")
+        if self._events:
+            return self._events.popleft()
+        if self._closed is not None:
+            return self._closed
+        if self._state is State.TLS_HANDSHAKE and self._eof:
+            self._close(CloseReason.EOF, None)
+            return self._events.popleft()
+        if self._pending is not None or self._stuffer is not None:
+            return PAUSED
+        if self._state is State.TLS_HANDSHAKE:
+            return PAUSED
+        while not self._events and self._step():
+            pass
+        return self._events.popleft() if self._events else NEED_DATA
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._outgoing)
+        del self._outgoing[:]
+        return out
+
+    def send(self, reply: Reply) -> bytes:
+        """Answer the pending decision with one status line."""
+        event = self._take_pending(multiline=False, ok=reply.ok)
+        self._outgoing += format_reply(reply)
+        self._settle(event, reply)
+        return self.data_to_send()
+
+    def send_lines(self, reply: Reply, lines: Iterable[str | bytes]) -> bytes:
+        """A multi-line +OK of short lines (LIST, UIDL): stuffed, CRLF added to each."""
+        body = format_lines(lines)  # may raise ValueError before anything changed
+        event = self._take_pending(multiline=True, ok=reply.ok)
+        self._outgoing += format_reply(reply) + body
+        self._settle(event, reply)
+        return self.data_to_send()
+
+    def send_multiline(self, reply: Reply, content: bytes) -> bytes:
+        """A multi-line +OK with ``content`` (stored octets) as its body."""
+        return (
+            self.send_stream_start(reply)
+            + self.send_stream_data(content)
+            + (self.send_stream_end())
+        )
+
+    def send_stream_start(self, reply: Reply) -> bytes:
+        """Begin a multi-line +OK; then ``send_stream_data`` per chunk and ``send_stream_end``.
+        The machine stays paused until the end."""
+        event = self._take_pending(multiline=True, ok=reply.ok)
+        self._pending = event  # still answering it
+        self._stuffer = DotStuffer()
+        self._outgoing += format_reply(reply)
+        return self.data_to_send()
+
+    def send_stream_data(self, chunk: bytes) -> bytes:
+        if self._stuffer is None:
+            raise LocalProtocolError("no multi-line response is being streamed")
+        return self._stuffer.feed(chunk)
+
+    def send_stream_end(self) -> bytes:
+        if self._stuffer is None or self._pending is None:
+            raise LocalProtocolError("no multi-line response is being streamed")
+        out = self._stuffer.end()
+        self._stuffer = self._pending = None
+        return out
+
+    def tls_started(self) -> None:
+        """The TLS handshake after STLS is done; the session is back in AUTHORIZATION."""
+        if self._state is not State.TLS_HANDSHAKE or self._events:
+            raise LocalProtocolError("no STLS is waiting for its handshake")
+        self._tls_active = True
+        self._lines = LineReader(self.settings.max_line_length)
+        self._state = State.AUTHORIZATION
+
+    def close(self, reply: Reply = R.SHUTTING_DOWN) -> bytes:
+        """Close from the gateway's side: queued replies, then ``reply`` (an -ERR).
+        ``next_event()`` then returns ConnectionClosed(LOCAL). Not while streaming."""
+        if reply.ok:
+            raise LocalProtocolError("a closing reply is -ERR")
+        if self._stuffer is not None:
+            raise LocalProtocolError("finish the multi-line response first")
+        if self._closed is None:
+            self._events.clear()
+            self._pending = None
+            self._close(CloseReason.LOCAL, reply)
+        return self.data_to_send()
+
+    # -- answering ----------------------------------------------------------------------------
+
+    def _take_pending(self, *, multiline: bool, ok: bool) -> Event:
+        event = self._pending
+        if event is None or self._closed is not None or self._stuffer is not None:
+            raise LocalProtocolError("no decision is waiting for a reply")
+        if self._events:
+            raise LocalProtocolError("next_event() has not returned the decision yet")
+        if multiline and not (ok and needs_multiline(event)):
+            raise LocalProtocolError(f"{type(event).__name__} takes no multi-line answer")
+        if not multiline and ok and needs_multiline(event):
+            raise LocalProtocolError(f"+OK to {type(event).__name__} is multi-line")
+        self._pending = None
+        return event
+
+    def _settle(self, event: Event, reply: Reply) -> None:
+        if isinstance(event, Quit):  # RFC 1939 §6: the session ends whatever the reply
+            self._close(CloseReason.QUIT, reply, queue=False)
+        elif reply.ok and type(event) in SUCCESS_TRANSITIONS:
+            self._state = SUCCESS_TRANSITIONS[type(event)]
+
+    def _reply(self, reply: Reply) -> None:
+        self._outgoing += format_reply(reply)
+
+    def _close(self, reason: CloseReason, reply: Reply | None, *, queue: bool = True) -> None:
+        if reply is not None and queue:
+            self._reply(reply)
+        self._state = State.CLOSED
+        self._closed = ConnectionClosed(reason, reply)
+        self._discarded += len(self._buffer)
+        del self._buffer[:]
+        self._events.append(self._closed)
+
+    def _refuse(self, reply: Reply) -> None:
+        """A refused command: -ERR, or the close once the budget is spent."""
+        self._errors += 1
+        if self._errors >= self.settings.bad_command_budget:
+            self._close(CloseReason.TOO_MANY_ERRORS, R.TOO_MANY_ERRORS)
+        else:
+            self._reply(reply)
+
+    def _decide(self, event: Event) -> None:
+        self._pending = event
+        self._events.append(event)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _step(self) -> bool:
+        """Read one line and act on it; False when more input is needed."""
+        limit = AUTH_LINE_LIMIT if self._auth_waiting else self.settings.max_line_length
+        self._lines.limit = limit
+        line = self._lines.read(self._buffer)
+        if line is None:
+            if self._eof:
+                self._close(CloseReason.EOF, None)
+                return True
+            return False
+        try:
+            self._line(line)
+        except RemoteProtocolError as exc:
+            self._refuse(exc.reply or R.SYNTAX)
+        return True
+
+    def _line(self, line: bytes | Literal[TooLong.TOO_LONG]) -> None:
+        if line is TOO_LONG:
+            self._auth_waiting = False
+            raise RemoteProtocolError("line too long", R.LINE_TOO_LONG)
+        if not self._auth_waiting:
+            self._command(line)
+            return
+        self._auth_waiting = False
+        if line == b"*":  # RFC 5034 §4: the client cancels
+            raise RemoteProtocolError("cancelled", R.AUTH_CANCELLED)
+        self._plain(line)
+
+    def _command(self, line: bytes) -> None:
+        raw_verb, _, rest = line.partition(b" ")
+        verb = raw_verb.decode("ascii").upper() if _KEYWORD.match(raw_verb) else ""
+        if verb not in KNOWN_COMMANDS:
+            raise RemoteProtocolError("unknown command", R.UNKNOWN_COMMAND)
+        if verb in CREDENTIAL_COMMANDS and not self._tls_active:
+            raise RemoteProtocolError("credentials in the clear", R.TLS_REQUIRED)
+        if verb not in ALLOWED[self._state]:
+            reply = R.APOP_UNSUPPORTED if verb == "APOP" else R.WRONG_STATE
+            raise RemoteProtocolError("not in this state", reply)
+        if verb == "PASS":  # the whole rest of the line (RFC 1939 §7)
+            self._pass(rest)
+            return
+        args = rest.split()
+        if verb in NO_ARGUMENT_COMMANDS and args:
+            raise RemoteProtocolError("no argument expected", R.SYNTAX)
+        handler = getattr(self, f"_do_{verb.lower()}")
+        handler(args)
+
+    # one method per command, given the space-separated arguments
+
+    def _do_capa(self, args: list[bytes]) -> None:
+        stls = self.settings.stls_offered and not self._tls_active
+        caps = R.capabilities(stls=stls, credentials=self._tls_active)
+        self._outgoing += format_reply(R.CAPA_OK) + format_lines(caps)
+
+    def _do_noop(self, args: list[bytes]) -> None:
+        self._reply(R.OK)
+
+    def _do_quit(self, args: list[bytes]) -> None:
+        if self._state is State.AUTHORIZATION:
+            self._close(CloseReason.QUIT, R.closing(self.settings.hostname))
+        else:
+            self._state = State.UPDATE
+            self._decide(Quit())
+
+    def _do_stls(self, args: list[bytes]) -> None:
+        if self._tls_active or not self.settings.stls_offered:
+            raise RemoteProtocolError("no STLS", R.STLS_UNAVAILABLE)
+        self._reply(R.STLS_OK)
+        self._state = State.TLS_HANDSHAKE
+        self._discarded += len(self._buffer)
+        del self._buffer[:]
+        self._user = None
+        self._events.append(StartTLS())
+
+    def _do_user(self, args: list[bytes]) -> None:
+        if len(args) != 1:
+            raise RemoteProtocolError("USER takes one argument", R.SYNTAX)
+        self._user = _text(args[0], spaces=False)
+        self._reply(R.USER_OK)
+
+    def _pass(self, rest: bytes) -> None:
+        user, self._user = self._user, None
+        if user is None:
+            raise RemoteProtocolError("PASS without USER", R.USER_FIRST)
+        self._decide(Login(user, _text(rest, spaces=True), "USER"))
+
+    def _do_auth(self, args: list[bytes]) -> None:
+        self._user = None
+        if not 1 <= len(args) <= 2:
+            raise RemoteProtocolError("AUTH takes one or two arguments", R.SYNTAX)
+        if args[0].upper() != b"PLAIN":
+            raise RemoteProtocolError("mechanism", R.MECHANISM_UNSUPPORTED)
+        if len(args) == 2:
+            self._plain(args[1])
+        else:
+            self._outgoing += R.CHALLENGE
+            self._auth_waiting = True
+
+    def _plain(self, response: bytes) -> None:
+        """RFC 4616: [authzid] NUL authcid NUL passwd; "=" is the empty response."""
+        try:
+            raw = b"" if response == b"=" else binascii.a2b_base64(response, strict_mode=True)
+        except binascii.Error as exc:
+            raise RemoteProtocolError("bad base64", R.AUTH_MALFORMED) from exc
+        parts = raw.split(b"\0")
+        if len(parts) != 3:
+            raise RemoteProtocolError("not three fields", R.AUTH_MALFORMED)
+        try:
+            authzid, authcid, password = (p.decode() for p in parts)
+        except UnicodeDecodeError as exc:
+            raise RemoteProtocolError("not UTF-8", R.AUTH_MALFORMED) from exc
+        if not authcid or not password or _CONTROL.search(authcid + password):
+            raise RemoteProtocolError("empty or control", R.AUTH_MALFORMED)
+        if authzid not in ("", authcid):
+            raise RemoteProtocolError("authzid", R.AUTHZ_REFUSED)
+        self._decide(Login(authcid, password, "PLAIN"))
+
+    def _do_stat(self, args: list[bytes]) -> None:
+        self._decide(Stat())
+
+    def _do_rset(self, args: list[bytes]) -> None:
+        self._decide(Rset())
+
+    def _do_list(self, args: list[bytes]) -> None:
+        self._decide(List(self._optional_number(args)))
+
+    def _do_uidl(self, args: list[bytes]) -> None:
+        self._decide(Uidl(self._optional_number(args)))
+
+    def _do_retr(self, args: list[bytes]) -> None:
+        self._decide(Retr(self._one_number(args)))
+
+    def _do_dele(self, args: list[bytes]) -> None:
+        self._decide(Dele(self._one_number(args)))
+
+    def _do_top(self, args: list[bytes]) -> None:
+        if len(args) != 2:
+            raise RemoteProtocolError("TOP takes two arguments", R.SYNTAX)
+        msg = parse_number(args[0])
+        self._decide(Top(msg, parse_number(args[1], minimum=0)))
+
+    @staticmethod
+    def _optional_number(args: list[bytes]) -> int | None:
+        if len(args) > 1:
+            raise RemoteProtocolError("at most one argument", R.SYNTAX)
+        return parse_number(args[0]) if args else None
+
+    @staticmethod
+    def _one_number(args: list[bytes]) -> int:
+        if len(args) != 1:
+            raise RemoteProtocolError("one argument", R.SYNTAX)
+        return parse_number(args[0])
