@@ -20,6 +20,7 @@ from .crypto import KdfParams
 from .services.archive import StoreConfig
 
 __all__ = [
+    "AdminConfig",
     "Config",
     "ConfigError",
     "ListenerConfig",
@@ -38,6 +39,7 @@ class ConfigError(Exception):
 
 class Protocol(enum.StrEnum):
     SMTP = "smtp"
+    ADMIN = "admin"  # HTTPS: the console page and the websocket API (implicit TLS only)
 
 
 class TLSMode(enum.StrEnum):
@@ -81,6 +83,19 @@ class SMTPConfig(_Section, frozen=True, kw_only=True):
     data_timeout: float = 600.0
 
 
+class AdminConfig(_Section, frozen=True, kw_only=True):
+    # First start only: the admin password is read from this file (GATEWAY_ADMIN_PASSWORD
+    # wins over it); without either, a random one is printed once on the terminal.
+    password_file: str = ""
+    # Browser origins allowed besides https://<hostname|localhost|127.0.0.1>:<port>.
+    allowed_origins: tuple[str, ...] = ()
+    session_hours: float = 8.0
+    max_connections: int = 32
+    audit_queue: int = (
+        10_000  # records a live audit subscriber may fall behind before it is dropped
+    )
+
+
 class KdfSettings(_Section, frozen=True, kw_only=True):
     memory_kib: int = 65536
     iterations: int = 3
@@ -98,6 +113,7 @@ DEFAULT_LISTENERS = (
     ListenerConfig(name="smtp", protocol=Protocol.SMTP, port=2525, tls=TLSMode.STARTTLS),
     ListenerConfig(name="smtps", protocol=Protocol.SMTP, port=2465, tls=TLSMode.IMPLICIT),
     ListenerConfig(name="submission", protocol=Protocol.SMTP, port=2587, tls=TLSMode.STARTTLS),
+    ListenerConfig(name="admin", protocol=Protocol.ADMIN, port=8450, tls=TLSMode.IMPLICIT),
 )
 
 
@@ -109,6 +125,7 @@ class Config(_Section, frozen=True, kw_only=True):
     listeners: tuple[ListenerConfig, ...] = DEFAULT_LISTENERS
     tls: TLSConfig = TLSConfig()
     smtp: SMTPConfig = SMTPConfig()
+    admin: AdminConfig = AdminConfig()
     store: StoreSettings = StoreSettings()
 
     def store_config(self) -> StoreConfig:
@@ -151,6 +168,17 @@ def _check(config: Config, path: Path | None) -> None:
     bound = [(listener.address, listener.port) for listener in config.listeners if listener.port]
     if len(set(bound)) != len(bound):
         raise ConfigError(f"{where}: two listeners on the same address and port")
+    for listener in config.listeners:
+        if listener.protocol == Protocol.ADMIN and listener.tls != TLSMode.IMPLICIT:
+            raise ConfigError(f"{where}: listener {listener.name}: the admin listener is TLS only")
+    if sum(listener.protocol == Protocol.ADMIN for listener in config.listeners) > 1:
+        raise ConfigError(f"{where}: at most one admin listener")
+    if not 1 <= config.admin.max_connections <= 10_000:
+        raise ConfigError(f"{where}: admin.max_connections must be 1 to 10000")
+    if not 0.1 <= config.admin.session_hours <= 24 * 30:
+        raise ConfigError(f"{where}: admin.session_hours must be 0.1 to 720")
+    if config.admin.audit_queue < 100:
+        raise ConfigError(f"{where}: admin.audit_queue must be at least 100")
     if bool(config.tls.certificate) != bool(config.tls.key):
         raise ConfigError(f"{where}: tls.certificate and tls.key go together")
     if config.smtp.max_recipients < 100:

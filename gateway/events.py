@@ -25,6 +25,12 @@ import msgspec
 
 __all__ = [
     "Actor",
+    "AdminAccountCreated",
+    "AdminLogin",
+    "AdminPasswordChanged",
+    "AdminRequestFailed",
+    "ApiTokenCreated",
+    "ApiTokenRevoked",
     "CompactionGap",
     "ControlEvent",
     "DeliveryRefused",
@@ -65,9 +71,10 @@ class MailboxStatus(enum.StrEnum):
 
 
 class Actor(msgspec.Struct, frozen=True, kw_only=True):
-    """Who caused an event: ``system`` (the gateway itself), ``admin`` or ``token`` (the admin
-    API), ``cli`` (a local command on the data folder), or a protocol session (``smtp``,
-    ``pop3``), with the peer address where there is one."""
+    """Who caused an event: ``system`` (the gateway itself), ``admin`` (the admin account
+    through the API or console) or ``token`` (an API token, ``name`` its name), ``cli`` (a local
+    command on the data folder), or a protocol session (``smtp``, ``pop3``), with the peer
+    address where there is one."""
 
     kind: str
     name: str = ""
@@ -211,6 +218,49 @@ class DeliveryRefused(Event, frozen=True, kw_only=True):
     mailbox_id: str = ""  # when the recipient was a gateway mailbox (suspended, damaged)
 
 
+# -- admin API (SPEC.md 13): who did what from where; never a password, token or hash ------
+
+
+class AdminAccountCreated(Event, frozen=True, kw_only=True):
+    """The admin account was set up on first start; ``source`` says where its password came
+    from: ``generated`` (printed once on the terminal), ``environment`` or ``file``."""
+
+    source: str
+
+
+class AdminLogin(Event, frozen=True, kw_only=True):
+    """A login to the admin API, successful or not (``reason`` says why not). The actor is
+    who logged in (or tried to), with the client address."""
+
+    method: str  # "password", "token" (an API token) or "session" (a session token)
+    success: bool
+    reason: str = ""
+
+
+class AdminPasswordChanged(Event, frozen=True, kw_only=True):
+    pass
+
+
+class ApiTokenCreated(Event, frozen=True, kw_only=True):
+    token_id: str
+    name: str
+    expires_at: datetime | None = None
+
+
+class ApiTokenRevoked(Event, frozen=True, kw_only=True):
+    token_id: str
+
+
+class AdminRequestFailed(Event, frozen=True, kw_only=True):
+    """An admin request that was refused, with the error given (successful ones are their own
+    events: MailboxCreated, MailboxUpdated, ... with the admin as actor)."""
+
+    op: str
+    mailbox_id: str = ""
+    code: str
+    message: str
+
+
 ControlEvent = (
     MailboxCreated
     | MailboxUpdated
@@ -225,6 +275,12 @@ ControlEvent = (
     | SmtpSessionEnded
     | MessageAccepted
     | DeliveryRefused
+    | AdminAccountCreated
+    | AdminLogin
+    | AdminPasswordChanged
+    | ApiTokenCreated
+    | ApiTokenRevoked
+    | AdminRequestFailed
 )
 
 
@@ -304,6 +360,12 @@ _KNOWN_TAGS = frozenset(
         SmtpSessionEnded,
         MessageAccepted,
         DeliveryRefused,
+        AdminAccountCreated,
+        AdminLogin,
+        AdminPasswordChanged,
+        ApiTokenCreated,
+        ApiTokenRevoked,
+        AdminRequestFailed,
         MessageStored,
     )
 )

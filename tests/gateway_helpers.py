@@ -25,6 +25,14 @@ class Running:
     archive: Archive
     ports: dict[str, int]
     cafile: Path
+    admin_password: str
+
+    def port(self, name: str) -> int:
+        return self.ports[name]
+
+    @property
+    def admin_url(self) -> str:
+        return f"wss://localhost:{self.ports['admin']}/api"
 
     def context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.cafile))
@@ -35,6 +43,7 @@ def make_config(data: Path, **smtp: object) -> Config:
     listeners = (
         ListenerConfig(name="smtp", protocol=Protocol.SMTP, port=0, tls=TLSMode.STARTTLS),
         ListenerConfig(name="smtps", protocol=Protocol.SMTP, port=0, tls=TLSMode.IMPLICIT),
+        ListenerConfig(name="admin", protocol=Protocol.ADMIN, port=0, tls=TLSMode.IMPLICIT),
     )
     config = Config(data_dir=str(data), listeners=listeners, store=StoreSettings(kdf=FAST))
     if smtp:
@@ -44,11 +53,16 @@ def make_config(data: Path, **smtp: object) -> Config:
 
 @pytest.fixture
 async def running(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Running]:
-    gateway = Gateway(make_config(tmp_path / "data"))
+    passwords: list[str] = []
+    gateway = Gateway(
+        make_config(tmp_path / "data"), environ={}, announce_admin_password=passwords.append
+    )
     listening: list[Listening] = await nursery.start(gateway.run)
     assert gateway.archive is not None
     ports = {item.name: item.port for item in listening}
-    yield Running(gateway, gateway.archive, ports, tmp_path / "data" / "tls" / "cert.pem")
+    yield Running(
+        gateway, gateway.archive, ports, tmp_path / "data" / "tls" / "cert.pem", passwords[0]
+    )
     gateway.request_shutdown()
 
 

@@ -29,6 +29,7 @@ def test_defaults_are_the_embedded_ones() -> None:
         ("smtp", 2525, TLSMode.STARTTLS),
         ("smtps", 2465, TLSMode.IMPLICIT),
         ("submission", 2587, TLSMode.STARTTLS),
+        ("admin", 8450, TLSMode.IMPLICIT),
     ]
     assert all(x.address == "127.0.0.1" for x in config.listeners)
     assert load_config(None, data_dir=Path("/srv/x")).data_dir == "/srv/x"

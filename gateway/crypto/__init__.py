@@ -26,7 +26,7 @@ from ._keys import (
     rewrap,
     unlock,
 )
-from ._password import generate_password
+from ._password import PasswordHash, check_password, generate_password, hash_password
 from ._seal import (
     MAX_META,
     PLAIN_CHUNK,
@@ -57,13 +57,16 @@ __all__ = [
     "MessageCorrupt",
     "MessageOpener",
     "MessageSealer",
+    "PasswordHash",
     "PreparedKey",
     "SealedMessage",
     "WrongPassword",
+    "check_password",
     "create_mailbox_key",
     "decode_key_file",
     "encode_key_file",
     "generate_password",
+    "hash_password",
     "open_message",
     "prepare_keys",
     "rewrap",

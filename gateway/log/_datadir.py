@@ -114,6 +114,29 @@ class DataDir:
             self.key_path(mailbox_id).with_name("key.new").unlink()
 
     @property
+    def admin_path(self) -> Path:
+        return self.root / "admin" / "credentials"
+
+    def read_admin_credentials(self) -> bytes | None:
+        """The admin account's file (SPEC.md 2), or None before the first start made it."""
+        try:
+            return self.admin_path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_admin_credentials(self, data: bytes) -> None:
+        """Replace the admin account's file atomically and durably (temporary file, fsync,
+        rename, fsync of the folder): a crash leaves the old file or the new, never a mix."""
+        path = self.admin_path
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        staged = path.with_name("credentials.new")
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+        self._write_new(staged, data)
+        os.replace(staged, path)
+        fsync_dir(path.parent)
+
+    @property
     def tls_dir(self) -> Path:
         return self.root / "tls"
 

@@ -194,8 +194,11 @@ def iter_log(
     keep_bodies: bool = True,
     tail_ok: bool = True,
     on_torn_tail: Callable[[Path, int, int], None] | None = None,
+    from_seq: int = 0,
 ) -> Iterator[LogRecord]:
     """Read a whole log, checking every record; read-only, safe while the gateway writes.
+    With ``from_seq``, segments wholly before it are skipped (the first one read starts from
+    the chain value in its header) and records before it are not yielded.
 
     Raises LogCorrupt at the first problem. A torn tail on the last segment (the file ends
     inside a record: a write in progress, or one cut short by a crash, which the next open
@@ -207,10 +210,15 @@ def iter_log(
     whose chain is the next segment's starting chain; verify confirms it against the control
     log.
     """
-    chosen = choose_files(directory, cuts or {}).chosen
+    chosen = list(choose_files(directory, cuts or {}).chosen.items())
     chain: bytes | None = genesis_chain(log_id)
     expect_seq = 0
-    for i, (first, (_generation, path)) in enumerate(chosen.items()):
+    start = max((i for i, (first, _file) in enumerate(chosen) if first <= from_seq), default=0)
+    if start:
+        chosen = chosen[start:]
+        expect_seq, (_generation, path) = chosen[0]
+        chain = scan_segment_header(path).prev_chain
+    for i, (first, (_generation, path)) in enumerate(chosen):
         if first != expect_seq:
             if first < expect_seq:
                 raise LogCorrupt(path, 0, f"segment overlaps records up to {expect_seq - 1}")
@@ -224,7 +232,7 @@ def iter_log(
             )
             chain = None  # trusted from the header; confirmed by verify
         scan = scan_segment(path, first, log_id, chain, keep_bodies=keep_bodies)
-        yield from scan.records
+        yield from (record for record in scan.records if record.seq >= from_seq)
         if scan.error is not None:
             last = i == len(chosen) - 1
             if not (last and tail_ok and scan.torn) or later_record_exists(

@@ -193,8 +193,15 @@ class SegmentLog:
             self._tail_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         return self._tail_fd
 
-    def append(self, items: Sequence[AppendItem], *, sync: bool = True) -> list[Location]:
-        """Frame, write and (if ``sync``) fdatasync a batch of records.
+    def append(
+        self,
+        items: Sequence[AppendItem],
+        *,
+        sync: bool = True,
+        chains: list[bytes] | None = None,
+    ) -> list[Location]:
+        """Frame, write and (if ``sync``) fdatasync a batch of records. If ``chains`` is
+        given, each record's chain value is appended to it (the audit feed publishes them).
 
         All or nothing: on any error the segment is cut back to where the batch began and
         LogWriteError is raised. If even that fails, the log refuses further appends until it
@@ -226,6 +233,8 @@ class SegmentLog:
                 header, trailer, self.chain = encode_record_parts(
                     kind, self.next_seq, body, self.chain
                 )
+                if chains is not None:
+                    chains.append(self.chain)
                 framed_size = len(header) + len(body) + len(trailer)
                 locations.append(
                     Location(

@@ -24,16 +24,21 @@ records that are not there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import trio
 
-from ._files import AppendItem, Location, LogWriteError
+from ._files import AppendItem, Location, LogRecord, LogWriteError
 from ._segment_log import SegmentLog
 
-__all__ = ["CommitGroup", "LogWriter", "StaleEpoch"]
+__all__ = ["CommitGroup", "LogWriter", "Observer", "StaleEpoch"]
+
+# Told of every round of records written to a log, in order, with each record's chain value,
+# and whether the round ended with an fdatasync of that log (``durable``). Runs in the trio
+# thread: it must not block.
+Observer = Callable[[list[LogRecord], bool], None]
 
 
 class StaleEpoch(LogWriteError):
@@ -84,8 +89,8 @@ class CommitGroup:
             self._dirty.clear()
             if work:
                 results = await trio.to_thread.run_sync(_write_round, work)
-                for (writer, tickets), (locations, error) in zip(work, results, strict=True):
-                    writer.finish_batch(tickets, locations, error)
+                for (writer, tickets), result in zip(work, results, strict=True):
+                    writer.finish_batch(tickets, result)
                 self.rounds += 1
         finally:
             self._flushing = False
@@ -93,21 +98,30 @@ class CommitGroup:
             self._flushed = trio.Event()
 
 
-def _write_round(
-    work: list[tuple[LogWriter, list[_Ticket]]],
-) -> list[tuple[list[Location], LogWriteError | None]]:
+@dataclass(slots=True)
+class _RoundResult:
+    locations: list[Location]
+    chains: list[bytes] | None  # when the log has an observer
+    synced: bool = False
+    error: LogWriteError | None = None
+
+
+def _write_round(work: list[tuple[LogWriter, list[_Ticket]]]) -> list[_RoundResult]:
     """In a worker thread: write every log's batch, then make the ones that need it durable."""
-    results: list[tuple[list[Location], LogWriteError | None]] = []
+    results: list[_RoundResult] = []
     for writer, tickets in work:
         items = [item for ticket in tickets for item in ticket.items]
+        chains: list[bytes] | None = [] if writer.observer is not None else None
         try:
-            results.append((writer.log.append(items, sync=False), None))
+            results.append(
+                _RoundResult(writer.log.append(items, sync=False, chains=chains), chains)
+            )
         except LogWriteError as exc:
-            results.append(([], exc))
+            results.append(_RoundResult([], None, error=exc))
     to_sync = [
         i
         for i, (_writer, tickets) in enumerate(work)
-        if results[i][1] is None and any(ticket.durable for ticket in tickets)
+        if results[i].error is None and any(ticket.durable for ticket in tickets)
     ]
     if len(to_sync) == 1:
         errors = [_sync(work[to_sync[0]][0].log)]
@@ -115,8 +129,10 @@ def _write_round(
         # fdatasync releases the GIL and the disk overlaps them well: one per thread.
         errors = list(_fsync_pool.map(lambda i: _sync(work[i][0].log), to_sync))
     for i, error in zip(to_sync, errors, strict=True):
-        if error is not None:
-            results[i] = ([], error)
+        if error is None:
+            results[i].synced = True
+        else:
+            results[i] = _RoundResult([], None, error=error)
     return results
 
 
@@ -138,6 +154,7 @@ class LogWriter:
         self.log = log
         self.group = group if group is not None else CommitGroup()
         self.epoch = 0
+        self.observer: Observer | None = None
         self._queue: list[_Ticket] = []
         self._batches = 0
         self._records = 0
@@ -173,22 +190,28 @@ class LogWriter:
                 live.append(ticket)
         return live
 
-    def finish_batch(
-        self, batch: list[_Ticket], locations: list[Location], error: LogWriteError | None
-    ) -> None:
-        if error is not None:
+    def finish_batch(self, batch: list[_Ticket], result: _RoundResult) -> None:
+        if result.error is not None:
             self.epoch += 1
             for ticket in batch:
-                ticket.error = error
+                ticket.error = result.error
                 ticket.finished = True
             return
         start = 0
+        records: list[LogRecord] = []
         for ticket in batch:
-            ticket.locations = locations[start : start + len(ticket.items)]
+            ticket.locations = result.locations[start : start + len(ticket.items)]
+            if result.chains is not None:
+                for (kind, body), location in zip(ticket.items, ticket.locations, strict=True):
+                    chain = result.chains[location.seq - result.locations[0].seq]
+                    assert not callable(body), "observed logs append plain bodies"
+                    records.append(LogRecord(location.seq, kind, body, chain, location))
             start += len(ticket.items)
             ticket.finished = True
         self._batches += 1
         self._records += start
+        if self.observer is not None and (records or result.synced):
+            self.observer(records, result.synced)
 
     def statistics(self) -> dict[str, int]:
         return {

@@ -211,10 +211,7 @@ Request = (
     | AuditUnsubscribe
 )
 
-REQUESTS: dict[str, type[_Request]] = {
-    cls.__struct_config__.tag: cls
-    for cls in Request.__args__
-}
+REQUESTS: dict[str, type[_Request]] = {cls.__struct_config__.tag: cls for cls in Request.__args__}
 
 
 # -- replies -------------------------------------------------------------------------------

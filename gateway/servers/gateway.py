@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +25,14 @@ import trio
 
 from .. import __version__
 from ..config import Config, ListenerConfig, Protocol, TLSMode
-from ..events import GatewayStarted, GatewayStopped, now
+from ..events import AdminAccountCreated, GatewayStarted, GatewayStopped, now
+from ..services.accounts import Accounts
+from ..services.admin import AdminService
 from ..services.archive import Archive
+from ..services.audit import AuditHub
 from ..services.keyforge import KeyForge
 from ..tls import TLSContextHolder, make_self_signed
+from .admin import AdminServer
 from .limits import SessionLimiter
 from .notify import SystemdNotifier
 from .smtp import SMTPServer
@@ -59,15 +63,33 @@ Handler = Callable[[trio.abc.Stream, ListenerConfig, str], Awaitable[None]]
 
 
 class Gateway:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        environ: Mapping[str, str] | None = None,
+        announce_admin_password: Callable[[str], None] | None = None,
+    ) -> None:
+        """``environ`` (default: the process's) may hold GATEWAY_ADMIN_PASSWORD for the first
+        start; ``announce_admin_password`` is handed a generated first admin password, once
+        (the command line prints it; it is never logged)."""
         self.config = config
+        self.environ = os.environ if environ is None else environ
+        self.announce_admin_password = announce_admin_password
         self.archive: Archive | None = None
+        self.accounts: Accounts | None = None
+        self.hub: AuditHub | None = None
         self.tls: TLSContextHolder | None = None
+        self.limiter = SessionLimiter(config.smtp.max_sessions, config.smtp.max_sessions_per_client)
         self.listening: list[Listening] = []
         self.notifier = SystemdNotifier.from_environment()
         self._stop = trio.Event()
         self._reload_requested = trio.Event()
         self.started_at = now()
+
+    @property
+    def sessions_active(self) -> int:
+        return self.limiter.active
 
     def request_shutdown(self) -> None:
         self._stop.set()
@@ -83,19 +105,47 @@ class Gateway:
         self.archive = archive
         try:
             self.tls = await trio.to_thread.run_sync(self._load_tls, archive)
+            hub = self.hub = AuditHub(archive, queue_size=config.admin.audit_queue)
             await archive.append_control(GatewayStarted(at=now(), version=__version__))
+            self.accounts = await self._load_accounts(archive)
             async with trio.open_nursery() as nursery:
                 forge = KeyForge()
                 await nursery.start(forge.run)
                 archive.key_forge = forge
                 nursery.start_soon(self._maintenance, archive)
                 nursery.start_soon(self.notifier.watchdog)
-                await self._serve(task_status)
+                nursery.start_soon(hub.run)
+                await self._serve(hub, task_status)
                 nursery.cancel_scope.cancel()
             await archive.append_control(GatewayStopped(at=now(), reason="shutdown"))
         finally:
             self.notifier.close()
             await archive.aclose()
+
+    async def _load_accounts(self, archive: Archive) -> Accounts:
+        config = self.config
+        accounts = Accounts(
+            archive.data, archive.config.kdf, session_ttl=config.admin.session_hours * 3600
+        )
+        password, source = self.environ.get("GATEWAY_ADMIN_PASSWORD"), "environment"
+        if password is None and config.admin.password_file:
+            path = Path(config.admin.password_file)
+            try:
+                text = await trio.to_thread.run_sync(path.read_text, "utf-8")
+            except OSError as exc:
+                raise StartupError(f"admin.password_file {path}: {exc.strerror}") from None
+            password, source = text.strip("\r\n"), "file"
+        try:
+            created, generated = await accounts.load_or_create(password)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        if created:
+            source = "generated" if generated is not None else source
+            await archive.append_control(AdminAccountCreated(at=now(), source=source))
+            logger.info("event=admin-account-created source=%s", source)
+        if generated is not None and self.announce_admin_password is not None:
+            self.announce_admin_password(generated)
+        return accounts
 
     def _load_tls(self, archive: Archive) -> TLSContextHolder:
         tls = self.config.tls
@@ -120,14 +170,18 @@ class Gateway:
         )
         return holder
 
-    async def _serve(self, task_status: trio.TaskStatus[list[Listening]]) -> None:
+    async def _serve(self, hub: AuditHub, task_status: trio.TaskStatus[list[Listening]]) -> None:
         assert self.archive is not None
         assert self.tls is not None
-        limiter = SessionLimiter(
-            self.config.smtp.max_sessions, self.config.smtp.max_sessions_per_client
-        )
+        assert self.accounts is not None
+        limiter = self.limiter
         smtp = SMTPServer(self.config, self.archive, self.tls, limiter)
-        handlers: dict[Protocol, Handler] = {Protocol.SMTP: smtp.handle}
+        service = AdminService(self.archive, self.accounts, self.config.mail_domain)
+        admin = AdminServer(self, service, self.accounts, hub, self.config)
+        handlers: dict[Protocol, Handler] = {
+            Protocol.SMTP: smtp.handle,
+            Protocol.ADMIN: admin.handle,
+        }
         bound: list[tuple[ListenerConfig, list[trio.SocketListener]]] = []
         try:
             for listener in self.config.listeners:

@@ -43,6 +43,14 @@ class MailboxUnavailable(ArchiveError):
     """Suspended, damaged, or otherwise not accepting mail right now (a temporary condition)."""
 
 
+class InvalidValue(ArchiveError):
+    """A name, description or password the archive refuses."""
+
+
+class MailboxStateConflict(ArchiveError):
+    """The mailbox is not in the state the operation needs (delete while active, ...)."""
+
+
 class MessageTooLarge(ArchiveError):
     pass
 

@@ -78,7 +78,9 @@ from ..log import (
 from ._common import (
     CONTROL_LOG_ID,
     ArchiveError,
+    InvalidValue,
     MailboxState,
+    MailboxStateConflict,
     MailboxUnavailable,
     MessageTooLarge,
     NoSuchMailbox,
@@ -93,6 +95,8 @@ __all__ = [
     "CONTROL_LOG_ID",
     "Archive",
     "ArchiveError",
+    "InvalidValue",
+    "MailboxStateConflict",
     "MailboxUnavailable",
     "MessageTooLarge",
     "MessageWriter",
@@ -393,10 +397,10 @@ class Archive:
         async with box.lock:
             info = box.info
             if info.status != MailboxStatus.SUSPENDED:
-                raise ArchiveError("a mailbox must be suspended before it can be deleted")
+                raise MailboxStateConflict("a mailbox must be suspended before it can be deleted")
             remaining = list(box.index.messages)
             if remaining and not purge:
-                raise ArchiveError(
+                raise MailboxStateConflict(
                     f"mailbox still holds {len(remaining)} messages; "
                     "delete with purge to discard them"
                 )
@@ -668,7 +672,7 @@ def _open_or_create(
 
 def _check_text(what: str, value: str, limit: int) -> str:
     if not isinstance(value, str) or len(value) > limit:
-        raise ArchiveError(f"{what} must be text of at most {limit} characters")
+        raise InvalidValue(f"{what} must be text of at most {limit} characters")
     if any(ord(c) < 0x20 and c not in "\t\n" for c in value):
-        raise ArchiveError(f"{what} must not contain control characters")
+        raise InvalidValue(f"{what} must not contain control characters")
     return value

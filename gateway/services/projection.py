@@ -20,6 +20,7 @@ from ..events import (
     MailboxKeyRewrapped,
     MailboxStatus,
     MailboxUpdated,
+    MessageAccepted,
     MessagesExpunged,
     MessageStored,
 )
@@ -51,6 +52,9 @@ class ControlState:
     # Per mailbox: segment first seq -> the confirmed generation of its file (log.REMOVED
     # for a removed segment). The segment log opens the files these name.
     cuts: dict[str, dict[int, int]] = field(default_factory=dict)
+    # Per mailbox: when mail last arrived (journal or proxy) and was last retrieved over POP3.
+    last_delivery: dict[str, datetime] = field(default_factory=dict)
+    last_retrieval: dict[str, datetime] = field(default_factory=dict)
     truncations: int = 0
     events: int = 0
 
@@ -86,6 +90,8 @@ class ControlState:
                 self.mailboxes.pop(event.mailbox_id, None)
                 self.expunged.pop(event.mailbox_id, None)
                 self.cuts.pop(event.mailbox_id, None)
+                self.last_delivery.pop(event.mailbox_id, None)
+                self.last_retrieval.pop(event.mailbox_id, None)
                 self.deleted.add(event.mailbox_id)
             case MessagesExpunged():
                 self.expunged.setdefault(event.mailbox_id, set()).update(event.message_ids)
@@ -94,6 +100,9 @@ class ControlState:
                 self.cuts.setdefault(event.mailbox_id, {})[event.segment] = event.generation
             case LogTailTruncated():
                 self.truncations += 1
+            case MessageAccepted():
+                for mailbox_id in event.mailbox_ids:
+                    self.last_delivery[mailbox_id] = event.at
             case _:
                 pass
 

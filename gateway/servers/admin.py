@@ -1,0 +1,419 @@
+"""The admin listener: HTTPS serving the console page and the websocket API on one port.
+
+Theory of operation
+-------------------
+The listener is implicit TLS (the gateway's accept loop does the handshake). A connection
+sends one HTTP/1.1 request head, parsed with h11: ``GET /``, ``/console.js`` and
+``/console.css`` get the console's static files (with a strict Content-Security-Policy), and
+``GET /api`` with ``Upgrade: websocket`` becomes the API: the head already read is replayed
+to trio-websocket through :class:`_Replay`, the Origin is checked (a browser page from any
+other origin is refused with 403, so no other site can drive the API from an admin's browser),
+and the connection then carries JSON requests and replies (``protocols.admin``).
+
+Requests on one connection are served in order; each audit subscription runs in its own
+task (history from the files, then its live queue), so a long replay never blocks requests.
+A subscription dropped by the hub for falling behind closes the connection with code 4000
+and the reason. Frames over ``MAX_FRAME`` bytes close it with 1009 (trio-websocket).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import h11
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
+
+from .. import __version__
+from ..config import Config
+from ..events import now
+from ..ids import parse_mailbox_id
+from ..protocols import admin as api
+from ..protocols.admin import ApiError, ErrorCode
+from ..services.accounts import Accounts, Principal
+from ..services.admin import AdminService, mailbox_view
+from ..services.audit import AuditHub, AuditRecord, Subscription
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+__all__ = ["MAX_FRAME", "AdminServer"]
+
+logger = logging.getLogger("gateway")
+
+MAX_HEAD = 16 * 1024
+HEAD_TIMEOUT = 10.0
+MAX_FRAME = 256 * 1024
+CLOSE_FELL_BEHIND = 4000
+# A dropped subscriber's connection gets this long to take its close frame, then is cut off.
+DROP_GRACE = 30.0
+CLOSE_LOGGED_OUT = 4001
+
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+_STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/console.js": ("console.js", "text/javascript; charset=utf-8"),
+    "/console.css": ("console.css", "text/css; charset=utf-8"),
+}
+
+
+class _Replay(trio.abc.Stream):
+    """A stream that first gives back bytes already read from it."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self.stream = stream
+        self.prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self.prefix:
+            size = len(self.prefix) if max_bytes is None else max_bytes
+            data, self.prefix = self.prefix[:size], self.prefix[size:]
+            return bytes(data)
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+@dataclass(eq=False)
+class AdminServer:
+    gateway: Gateway
+    service: AdminService
+    accounts: Accounts
+    hub: AuditHub
+    config: Config
+    connections: int = 0
+    _assets: dict[str, bytes] = field(default_factory=dict)
+
+    async def handle(self, stream: trio.abc.Stream, listener: object, peer: str) -> None:
+        raw = b""
+        with trio.move_on_after(HEAD_TIMEOUT):
+            while b"\r\n\r\n" not in raw and len(raw) < MAX_HEAD:
+                data = await stream.receive_some(4096)
+                if not data:
+                    return
+                raw += data
+        connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        connection.receive_data(raw)
+        try:
+            event = connection.next_event()
+        except h11.RemoteProtocolError as exc:
+            await _respond(stream, connection, 400, f"bad request: {exc}\n".encode())
+            return
+        if not isinstance(event, h11.Request):
+            await _respond(stream, connection, 408, b"request head too slow or too large\n")
+            return
+        headers = {name.lower(): value for name, value in event.headers}
+        target = event.target.decode("ascii", "replace").split("?", 1)[0]
+        if target == "/api":
+            await self._websocket(stream, raw, headers, peer)
+        elif event.method not in (b"GET", b"HEAD"):
+            await _respond(stream, connection, 405, b"method not allowed\n", [(b"allow", b"GET")])
+        elif target in _STATIC:
+            name, content_type = _STATIC[target]
+            body = self._asset(name)
+            await _respond(
+                stream,
+                connection,
+                200,
+                body if event.method == b"GET" else b"",
+                [
+                    (b"content-type", content_type.encode()),
+                    (b"content-security-policy", _CSP.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"cache-control", b"no-store"),
+                ],
+                length=len(body),
+            )
+        else:
+            await _respond(stream, connection, 404, b"not found\n")
+
+    def _asset(self, name: str) -> bytes:
+        if name not in self._assets:
+            self._assets[name] = (
+                resources.files("gateway.servers").joinpath("console", name).read_bytes()
+            )
+        return self._assets[name]
+
+    def _allowed_origins(self, stream: trio.abc.Stream) -> set[str]:
+        port = _local_port(stream)
+        hosts = {self.config.hostname, "localhost", "127.0.0.1", "[::1]"}
+        allowed = {f"https://{host}:{port}" for host in hosts}
+        if port == 443:
+            allowed |= {f"https://{host}" for host in hosts}
+        return allowed | set(self.config.admin.allowed_origins)
+
+    async def _websocket(
+        self, stream: trio.abc.Stream, raw: bytes, headers: dict[bytes, bytes], peer: str
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            request = await wrap_server_stream(
+                nursery, _Replay(stream, raw), max_message_size=MAX_FRAME
+            )
+            origin = headers.get(b"origin")
+            if origin is not None and origin.decode(
+                "ascii", "replace"
+            ) not in self._allowed_origins(stream):
+                logger.info("event=admin-origin-refused client=%s origin=%r", peer, origin)
+                await request.reject(403, body=b"origin not allowed\n")
+                return
+            if self.connections >= self.config.admin.max_connections:
+                await request.reject(503, body=b"too many admin connections\n")
+                return
+            ws = await request.accept()
+            self.connections += 1
+            try:
+                await _Connection(self, ws, peer, nursery).serve()
+            finally:
+                self.connections -= 1
+                nursery.cancel_scope.cancel()
+
+    async def status(self, request_id: int | str | None) -> api.StatusReply:
+        gateway = self.gateway
+        archive = self.service.archive
+        certificate = None
+        if gateway.tls is not None:
+            subject, sha256, expires = gateway.tls.summary()
+            certificate = api.CertificateView(subject=subject, sha256=sha256, expires_at=expires)
+        root = archive.data.root
+        storage = await trio.to_thread.run_sync(_tree_size, root)
+        free = (await trio.to_thread.run_sync(shutil.disk_usage, root)).free
+        return api.StatusReply(
+            id=request_id,
+            version=__version__,
+            hostname=self.config.hostname,
+            mail_domain=self.config.mail_domain,
+            started_at=gateway.started_at,
+            uptime_seconds=round((now() - gateway.started_at).total_seconds(), 1),
+            listeners=tuple(
+                api.ListenerView(
+                    name=item.name,
+                    protocol=str(item.protocol),
+                    address=item.address,
+                    port=item.port,
+                    tls=str(item.tls),
+                )
+                for item in gateway.listening
+            ),
+            certificate=certificate,
+            sessions=gateway.sessions_active,
+            admin_connections=self.connections,
+            storage_bytes=storage,
+            disk_free_bytes=free,
+            control_seq=archive.control.log.next_seq,
+            mailboxes=tuple(
+                mailbox_view(archive, info, self.config.mail_domain) for info in archive.mailboxes()
+            ),
+        )
+
+
+class _Connection:
+    """One websocket client: its login, its requests, its audit subscriptions."""
+
+    def __init__(
+        self, server: AdminServer, ws: WebSocketConnection, peer: str, nursery: trio.Nursery
+    ) -> None:
+        self.server = server
+        self.ws = ws
+        self.peer = peer
+        self.nursery = nursery
+        self.principal: Principal | None = None
+        self.subscriptions: dict[int, tuple[Subscription, trio.CancelScope]] = {}
+
+    async def serve(self) -> None:
+        try:
+            while True:
+                try:
+                    message = await self.ws.get_message()
+                except ConnectionClosed:
+                    return
+                await self._send(await self._answer(message))
+        except ConnectionClosed:
+            return
+        finally:
+            for subscription, scope in self.subscriptions.values():
+                self.server.hub.unsubscribe(subscription)
+                scope.cancel()
+
+    async def _send(self, reply: api.Reply) -> None:
+        await self.ws.send_message(api.encode_reply(reply))
+
+    async def _answer(self, message: str | bytes) -> api.Reply:
+        request_id: int | str | None = None
+        try:
+            request = api.decode_request(message)
+            request_id = request.id
+            return await self._dispatch(request)
+        except ApiError as error:
+            return error.reply(request_id if error.request_id is None else error.request_id)
+        except Exception:
+            logger.exception("event=admin-request-failed client=%s", self.peer)
+            return api.ErrorReply(
+                id=request_id,
+                code=ErrorCode.INTERNAL,
+                message="internal error; the gateway's log has the details",
+            )
+
+    async def _dispatch(self, request: api.Request) -> api.Reply:
+        server = self.server
+        if isinstance(request, api.Login):
+            self.principal, session = await server.service.login(request, self.peer)
+            return session
+        if self.principal is not None and not server.accounts.still_valid(self.principal):
+            self.principal = None
+            raise ApiError(ErrorCode.UNAUTHENTICATED, "the session has ended; log in again")
+        if self.principal is None:
+            raise ApiError(ErrorCode.UNAUTHENTICATED, "log in first")
+        match request:
+            case api.Logout():
+                server.accounts.logout(self.principal)
+                self.principal = None
+                return api.Done(id=request.id)
+            case api.Status():
+                return await server.status(request.id)
+            case api.AuditSubscribe():
+                return self._subscribe(request)
+            case api.AuditUnsubscribe():
+                entry = self.subscriptions.pop(request.subscription, None)
+                if entry is None:
+                    raise ApiError(ErrorCode.BAD_REQUEST, f"no subscription {request.subscription}")
+                server.hub.unsubscribe(entry[0])
+                entry[1].cancel()
+                return api.Done(id=request.id)
+            case _:
+                return await server.service.handle(request, self.principal, self.peer)
+
+    def _subscribe(self, request: api.AuditSubscribe) -> api.Reply:
+        hub = self.server.hub
+        mailbox = None
+        if request.mailbox is not None:
+            try:
+                mailbox = parse_mailbox_id(request.mailbox)
+            except ValueError as exc:
+                raise ApiError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        if request.since is not None and request.since < 0:
+            raise ApiError(ErrorCode.BAD_REQUEST, "since must be 0 or more")
+        subscription = hub.subscribe(mailbox, frozenset(request.types))
+        scope = trio.CancelScope()
+        self.subscriptions[subscription.id] = (subscription, scope)
+        self.nursery.start_soon(self._feed, subscription, scope, request)
+        return api.Subscribed(
+            id=request.id, subscription=subscription.id, next_seq=subscription.start_seq
+        )
+
+    async def _feed(
+        self, subscription: Subscription, scope: trio.CancelScope, request: api.AuditSubscribe
+    ) -> None:
+        hub = self.server.hub
+        with scope:
+            try:
+                if request.since is not None:
+                    async for batch in hub.history(request.since, subscription.start_seq):
+                        for record in batch:
+                            if record.matches(subscription.mailbox, subscription.types):
+                                await self._send(self._audit(subscription, record))
+                await self._send(
+                    api.AuditCaughtUp(
+                        id=request.id, subscription=subscription.id, next_seq=subscription.start_seq
+                    )
+                )
+                if not request.follow:
+                    return
+                self.nursery.start_soon(self._cut_off_if_stuck, subscription)
+                async for record in subscription.receive:
+                    if subscription.dropped is not None:
+                        break
+                    await self._send(self._audit(subscription, record))
+                if subscription.dropped is not None:
+                    logger.info(
+                        "event=audit-subscriber-dropped client=%s reason=%r",
+                        self.peer,
+                        subscription.dropped,
+                    )
+                    await self.ws.aclose(CLOSE_FELL_BEHIND, subscription.dropped[:120])
+            except ConnectionClosed:
+                pass
+            finally:
+                hub.unsubscribe(subscription)
+                self.subscriptions.pop(subscription.id, None)
+
+    async def _cut_off_if_stuck(self, subscription: Subscription) -> None:
+        """A dropped subscriber that does not even take its close frame is disconnected."""
+        await subscription.dropped_event.wait()
+        await trio.sleep(DROP_GRACE)
+        self.nursery.cancel_scope.cancel()
+
+    @staticmethod
+    def _audit(subscription: Subscription, record: AuditRecord) -> api.Audit:
+        return api.Audit(
+            subscription=subscription.id,
+            seq=record.seq,
+            chain=record.chain.hex(),
+            record=record.body,
+            event=record.event,
+        )
+
+
+async def _respond(
+    stream: trio.abc.Stream,
+    connection: h11.Connection,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    *,
+    length: int | None = None,
+) -> None:
+    headers = [
+        *(headers or [(b"content-type", b"text/plain; charset=utf-8")]),
+        (b"content-length", str(len(body) if length is None else length).encode()),
+        (b"connection", b"close"),
+    ]
+    try:
+        data = connection.send(h11.Response(status_code=status, headers=headers))
+    except h11.LocalProtocolError:
+        # The request was too broken for h11 to answer in kind: answer by hand.
+        data = (
+            f"HTTP/1.1 {status} Error\r\n".encode()
+            + b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+            + b"\r\n"
+        )
+    await stream.send_all((data or b"") + body)
+    with trio.move_on_after(1):
+        await stream.aclose()  # TLS close_notify: the client sees a clean end of the response
+
+
+def _local_port(stream: trio.abc.Stream) -> int:
+    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if isinstance(inner, trio.SocketStream):
+        port: int = inner.socket.getsockname()[1]
+        return port
+    return 0
+
+
+def _tree_size(root: Path) -> int:
+    total = 0
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_size
+            except OSError:
+                continue
+    return total

@@ -1,0 +1,332 @@
+"""The admin API's operations: each typed request to the archive or the accounts, each
+outcome to a typed reply and an audit record. No sockets here (``servers.admin`` drives it).
+
+Every successful change is its own control-log event with the admin (or token) as actor and
+the client address (MailboxCreated, MailboxUpdated, ApiTokenCreated, ...); every refused
+request is an ``AdminRequestFailed`` event with the error given; every login attempt an
+``AdminLogin`` event. Passwords and tokens appear in replies only, never in an event or a log
+line.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..crypto import WrongPassword
+from ..events import (
+    Actor,
+    AdminLogin,
+    AdminPasswordChanged,
+    AdminRequestFailed,
+    ApiTokenCreated,
+    ApiTokenRevoked,
+    MailboxStatus,
+    now,
+)
+from ..log import LogWriteError
+from ..protocols import admin as api
+from ..protocols.admin import ApiError, ErrorCode
+from ._common import (
+    ArchiveError,
+    InvalidValue,
+    MailboxStateConflict,
+    MailboxUnavailable,
+    NoSuchMailbox,
+)
+from .accounts import Accounts, LoginRefused, Principal, StoredToken
+from .archive import Archive
+from .projection import MailboxInfo
+
+__all__ = ["MIN_PASSWORD", "AdminService", "mailbox_view"]
+
+logger = logging.getLogger("gateway")
+
+MIN_PASSWORD = 12  # characters, for passwords an admin chooses (generated ones are 30)
+
+RESET_WARNING = (
+    "The mailbox has a new key. The {count} messages ({size} bytes) stored before the reset "
+    "can never be decrypted again, by anyone; they stay in the log until deleted."
+)
+
+
+def mailbox_view(archive: Archive, info: MailboxInfo, domain: str) -> api.MailboxView:
+    messages = archive.messages(info.mailbox_id)
+    state = archive.state
+    return api.MailboxView(
+        mailbox_id=info.mailbox_id,
+        address=f"mbx-{info.mailbox_id}@{domain}",
+        name=info.name,
+        description=info.description,
+        status=str(info.status),
+        messages=len(messages),
+        bytes=sum(m.size for m in messages),
+        created_at=info.created_at,
+        updated_at=info.updated_at,
+        last_delivery=state.last_delivery.get(info.mailbox_id),
+        last_retrieval=state.last_retrieval.get(info.mailbox_id),
+        damaged=archive.damaged(info.mailbox_id),
+    )
+
+
+def actor_of(principal: Principal | None, address: str) -> Actor:
+    if principal is None:
+        return Actor(kind="admin", name="", address=address)
+    return Actor(kind=principal.kind, name=principal.name, address=address)
+
+
+class AdminService:
+    def __init__(self, archive: Archive, accounts: Accounts, mail_domain: str) -> None:
+        self.archive = archive
+        self.accounts = accounts
+        self.mail_domain = mail_domain
+
+    # -- login ---------------------------------------------------------------------------------
+
+    async def login(self, request: api.Login, address: str) -> tuple[Principal, api.Session]:
+        """Raises ApiError; every attempt is audited."""
+        if (request.password is None) == (request.token is None):
+            raise ApiError(ErrorCode.BAD_REQUEST, "login takes a password or a token")
+        method = "password" if request.password is not None else "token"
+        try:
+            if request.password is not None:
+                principal, token = await self.accounts.login_password(request.password, address)
+                reply = api.Session(
+                    id=request.id,
+                    actor=principal.label,
+                    token=token,
+                    expires_at=principal.expires_at,
+                )
+            else:
+                assert request.token is not None
+                principal = await self.accounts.login_token(request.token, address)
+                method = "session" if principal.session_digest else "token"
+                reply = api.Session(
+                    id=request.id, actor=principal.label, expires_at=principal.expires_at
+                )
+        except LoginRefused as exc:
+            await self._audit(
+                AdminLogin(
+                    at=now(),
+                    actor=Actor(kind="admin", address=address),
+                    method=method,
+                    success=False,
+                    reason=exc.reason,
+                )
+            )
+            logger.info("event=admin-login-failed client=%s reason=%r", address, exc.reason)
+            if exc.retry_after is not None:
+                raise ApiError(
+                    ErrorCode.THROTTLED, exc.reason, retry_after=exc.retry_after
+                ) from None
+            raise ApiError(ErrorCode.BAD_CREDENTIALS, "login failed") from None
+        await self._audit(
+            AdminLogin(at=now(), actor=actor_of(principal, address), method=method, success=True)
+        )
+        logger.info("event=admin-login actor=%s client=%s", principal.label, address)
+        return principal, reply
+
+    async def _audit(self, event: AdminLogin | AdminRequestFailed) -> None:
+        try:
+            await self.archive.append_control(event, durable=False)
+        except LogWriteError as exc:
+            logger.error("event=audit-write-failed reason=%r", str(exc))
+
+    # -- operations ----------------------------------------------------------------------------
+
+    async def handle(self, request: api.Request, principal: Principal, address: str) -> api.Reply:
+        """Serve one request of a logged-in client. Raises ApiError (audited)."""
+        actor = actor_of(principal, address)
+        try:
+            try:
+                return await self._run(request, actor)
+            except NoSuchMailbox as exc:
+                raise ApiError(ErrorCode.NO_SUCH_MAILBOX, str(exc)) from None
+            except (InvalidValue, ValueError) as exc:
+                raise ApiError(ErrorCode.INVALID, str(exc)) from None
+            except MailboxStateConflict as exc:
+                raise ApiError(ErrorCode.CONFLICT, str(exc)) from None
+            except WrongPassword:
+                raise ApiError(
+                    ErrorCode.WRONG_PASSWORD, "the old password does not open this mailbox"
+                ) from None
+            except (MailboxUnavailable, LogWriteError, OSError) as exc:
+                raise ApiError(ErrorCode.UNAVAILABLE, str(exc)) from None
+            except ArchiveError as exc:
+                raise ApiError(ErrorCode.CONFLICT, str(exc)) from None
+        except ApiError as error:
+            await self._audit(
+                AdminRequestFailed(
+                    at=now(),
+                    actor=actor,
+                    op=_op(request),
+                    mailbox_id=_mailbox_of(request),
+                    code=error.code,
+                    message=error.message,
+                )
+            )
+            raise
+
+    async def _run(self, request: api.Request, actor: Actor) -> api.Reply:
+        match request:
+            case api.MailboxList():
+                return await self._mailbox_list(request, actor)
+            case api.MailboxGet():
+                return await self._mailbox_get(request, actor)
+            case api.MailboxCreate():
+                return await self._mailbox_create(request, actor)
+            case api.MailboxUpdate():
+                return await self._mailbox_update(request, actor)
+            case api.MailboxSuspend():
+                return await self._mailbox_suspend(request, actor)
+            case api.MailboxActivate():
+                return await self._mailbox_activate(request, actor)
+            case api.MailboxPasswd():
+                return await self._mailbox_passwd(request, actor)
+            case api.MailboxReset():
+                return await self._mailbox_reset(request, actor)
+            case api.MailboxDelete():
+                return await self._mailbox_delete(request, actor)
+            case api.AdminPasswd():
+                return await self._admin_passwd(request, actor)
+            case api.TokenCreate():
+                return await self._token_create(request, actor)
+            case api.TokenList():
+                return await self._token_list(request, actor)
+            case api.TokenRevoke():
+                return await self._token_revoke(request, actor)
+            case _:  # login, logout, status and audit.* belong to the connection
+                raise ApiError(ErrorCode.BAD_REQUEST, f"{_op(request)} is not served here")
+
+    def _view(self, info: MailboxInfo) -> api.MailboxView:
+        return mailbox_view(self.archive, info, self.mail_domain)
+
+    async def _mailbox_list(self, request: api.MailboxList, actor: Actor) -> api.Reply:
+        views = tuple(self._view(info) for info in self.archive.mailboxes())
+        return api.Mailboxes(id=request.id, mailboxes=views)
+
+    async def _mailbox_get(self, request: api.MailboxGet, actor: Actor) -> api.Reply:
+        return api.Mailbox(id=request.id, mailbox=self._view(self.archive.mailbox(request.mailbox)))
+
+    async def _mailbox_create(self, request: api.MailboxCreate, actor: Actor) -> api.Reply:
+        if not request.name.strip():
+            raise InvalidValue("a mailbox needs a name")
+        _check_chosen_password(request.password)
+        info, password = await self.archive.create_mailbox(
+            request.name, request.description, password=request.password, actor=actor
+        )
+        return api.MailboxCreated(id=request.id, mailbox=self._view(info), password=password)
+
+    async def _mailbox_update(self, request: api.MailboxUpdate, actor: Actor) -> api.Reply:
+        if request.name is not None and not request.name.strip():
+            raise InvalidValue("a mailbox needs a name")
+        info = await self.archive.update_mailbox(
+            request.mailbox, name=request.name, description=request.description, actor=actor
+        )
+        return api.Mailbox(id=request.id, mailbox=self._view(info))
+
+    async def _mailbox_suspend(self, request: api.MailboxSuspend, actor: Actor) -> api.Reply:
+        info = await self.archive.update_mailbox(
+            request.mailbox, status=MailboxStatus.SUSPENDED, actor=actor
+        )
+        return api.Mailbox(id=request.id, mailbox=self._view(info))
+
+    async def _mailbox_activate(self, request: api.MailboxActivate, actor: Actor) -> api.Reply:
+        info = await self.archive.update_mailbox(
+            request.mailbox, status=MailboxStatus.ACTIVE, actor=actor
+        )
+        return api.Mailbox(id=request.id, mailbox=self._view(info))
+
+    async def _mailbox_passwd(self, request: api.MailboxPasswd, actor: Actor) -> api.Reply:
+        _check_chosen_password(request.new_password)
+        password = await self.archive.change_password(
+            request.mailbox, request.old_password, request.new_password, actor=actor
+        )
+        info = self.archive.mailbox(request.mailbox)
+        return api.MailboxPasswordChanged(
+            id=request.id, mailbox=self._view(info), password=password
+        )
+
+    async def _mailbox_reset(self, request: api.MailboxReset, actor: Actor) -> api.Reply:
+        if not request.confirm:
+            raise ApiError(
+                ErrorCode.BAD_REQUEST,
+                "mailbox.reset needs confirm: true — every message stored so far in the "
+                "mailbox becomes unreadable forever",
+            )
+        _check_chosen_password(request.new_password)
+        before = self.archive.messages(request.mailbox)
+        password, lost = await self.archive.reset_password(
+            request.mailbox, request.new_password, actor=actor
+        )
+        lost_bytes = sum(m.size for m in before)
+        info = self.archive.mailbox(request.mailbox)
+        return api.MailboxPasswordReset(
+            id=request.id,
+            mailbox=self._view(info),
+            password=password,
+            unreadable_messages=lost,
+            unreadable_bytes=lost_bytes,
+            warning=RESET_WARNING.format(count=lost, size=lost_bytes),
+        )
+
+    async def _mailbox_delete(self, request: api.MailboxDelete, actor: Actor) -> api.Reply:
+        mailbox_id = self.archive.mailbox(request.mailbox).mailbox_id
+        purged = await self.archive.delete_mailbox(
+            request.mailbox, purge=request.purge, actor=actor
+        )
+        return api.MailboxDeleted(id=request.id, mailbox_id=mailbox_id, purged_messages=purged)
+
+    async def _admin_passwd(self, request: api.AdminPasswd, actor: Actor) -> api.Reply:
+        if not await self.accounts.change_password(request.old_password, request.new_password):
+            raise ApiError(ErrorCode.BAD_CREDENTIALS, "the old admin password is wrong")
+        await self.archive.append_control(AdminPasswordChanged(at=now(), actor=actor))
+        return api.Done(id=request.id)
+
+    async def _token_create(self, request: api.TokenCreate, actor: Actor) -> api.Reply:
+        token, stored = await self.accounts.create_token(request.name, request.expires_in_days)
+        await self.archive.append_control(
+            ApiTokenCreated(
+                at=now(),
+                actor=actor,
+                token_id=stored.token_id,
+                name=stored.name,
+                expires_at=stored.expires_at,
+            )
+        )
+        return api.TokenCreated(id=request.id, token=token, info=_token_view(stored))
+
+    async def _token_list(self, request: api.TokenList, actor: Actor) -> api.Reply:
+        views = tuple(_token_view(t) for t in self.accounts.tokens())
+        return api.Tokens(id=request.id, tokens=views)
+
+    async def _token_revoke(self, request: api.TokenRevoke, actor: Actor) -> api.Reply:
+        if not await self.accounts.revoke_token(request.token_id):
+            raise ApiError(ErrorCode.NO_SUCH_TOKEN, f"no token {request.token_id}")
+        await self.archive.append_control(
+            ApiTokenRevoked(at=now(), actor=actor, token_id=request.token_id)
+        )
+        return api.Done(id=request.id)
+
+
+def _check_chosen_password(password: str | None) -> None:
+    if password is not None and len(password) < MIN_PASSWORD:
+        raise InvalidValue(f"a chosen password must be at least {MIN_PASSWORD} characters")
+
+
+def _token_view(stored: StoredToken) -> api.TokenView:
+    return api.TokenView(
+        token_id=stored.token_id,
+        name=stored.name,
+        created_at=stored.created_at,
+        expires_at=stored.expires_at,
+    )
+
+
+def _op(request: api.Request) -> str:
+    tag: str = type(request).__struct_config__.tag  # type: ignore[assignment]
+    return tag
+
+
+def _mailbox_of(request: api.Request) -> str:
+    mailbox = getattr(request, "mailbox", None)
+    return mailbox if isinstance(mailbox, str) else ""
