@@ -15,6 +15,7 @@ from pathlib import Path
 import trio
 
 from . import __version__
+from .cli_admin import ADMIN_COMMANDS, add_admin_commands, run_admin_command
 from .config import Config, ConfigError, load_config
 from .log import DataDirLocked, LogCorrupt
 from .servers.gateway import Gateway, StartupError
@@ -45,11 +46,14 @@ def _parser() -> argparse.ArgumentParser:
         "--mailbox",
         help="also decrypt and check every message of this mailbox (password on stdin)",
     )
+    add_admin_commands(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ADMIN_COMMANDS:
+        return run_admin_command(args)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
@@ -103,8 +107,21 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return leaves
 
 
+def _announce_admin_password(password: str) -> None:
+    """The first admin password, on the terminal and nowhere else (never a log line)."""
+    print(
+        "\n"
+        "  The admin account has been created. Its password is shown this once:\n"
+        f"\n      {password}\n\n"
+        "  Log in to the console (https://<host>:8450/) or the command line with it, then\n"
+        "  change it with `gateway admin passwd`. Only its Argon2id hash is stored.\n",
+        file=sys.stdout,
+        flush=True,
+    )
+
+
 async def _serve_async(config: Config) -> None:
-    gateway = Gateway(config)
+    gateway = Gateway(config, announce_admin_password=_announce_admin_password)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 

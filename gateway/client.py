@@ -51,7 +51,10 @@ class TrustSettings:
             context.verify_mode = ssl.CERT_NONE  # the fingerprint is checked instead
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             return context
-        return ssl.create_default_context(cafile=self.cafile)
+        context = ssl.create_default_context()  # the system store ...
+        if self.cafile is not None:
+            context.load_verify_locations(cafile=self.cafile)  # ... and this certificate
+        return context
 
 
 class AdminClient:
