@@ -1,0 +1,1312 @@
+// The gateway's admin console: one page speaking the admin websocket API (SPEC.md 13).
+//
+// Theory of operation: one Connection sends JSON requests and hands back each reply as a
+// Promise keyed by the request id; audit records pushed by a subscription go to the audit
+// view instead. `state` holds what the server last said (status, tokens, the audit
+// subscription); render functions turn it into DOM, always through textContent, never
+// innerHTML. Every action reports success in a notice or the server's error message where it
+// was asked (the dialog, or a notice for one-click actions). The session token lives in
+// sessionStorage so a reload logs in again; the page never stores a password.
+//
+// The Content-Security-Policy forbids inline scripts and styles: everything visual is a
+// class in console.css, toggled from here.
+
+const TOKEN_KEY = "gateway.session";
+const REQUEST_TIMEOUT_MS = 60000; // Argon2id on a busy gateway can take seconds, not minutes
+const REFRESH_GAP_MS = 500; // at most one `status` per this interval from live events
+const POLL_MS = 15000; // background status refresh (sessions, disk) while the page is visible
+const MAX_AUDIT_ROWS = 1000;
+const NOTICE_MS = 6000;
+const ERROR_NOTICE_MS = 12000;
+
+// Audit events that change a mailbox's row: they trigger a (debounced) status refresh.
+const MAILBOX_EVENTS = new Set([
+  "MessageAccepted",
+  "MailboxCreated",
+  "MailboxUpdated",
+  "MailboxDeleted",
+  "MailboxKeyReset",
+  "MailboxKeyRewrapped",
+  "MessagesExpunged",
+]);
+
+// The choices of the audit view's event filter; a group filters on several types at once.
+const EVENT_GROUPS = [
+  ["Mail flow", ["MessageAccepted", "DeliveryRefused", "SmtpSessionEnded"]],
+  ["Mailbox changes", ["MailboxCreated", "MailboxUpdated", "MailboxDeleted", "MailboxKeyReset",
+    "MailboxKeyRewrapped", "MessagesExpunged"]],
+  ["Admin activity", ["AdminLogin", "AdminRequestFailed", "AdminPasswordChanged",
+    "AdminAccountCreated", "ApiTokenCreated", "ApiTokenRevoked"]],
+  ["Gateway and storage", ["GatewayStarted", "GatewayStopped", "LogCompacted",
+    "LogTailTruncated"]],
+];
+
+// -- small helpers ---------------------------------------------------------------------------
+
+function $(testid, root = document) {
+  return root.querySelector(`[data-testid="${testid}"]`);
+}
+
+// el("td", {className: "num", title: "..."}, "text", childElement, ...): text is always text.
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (value === undefined || value === null) continue;
+    if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key === "testid") node.dataset.testid = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key in node) node[key] = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+function show(node, visible) {
+  node.hidden = !visible;
+}
+
+// Python's isoformat carries microseconds; Date wants at most milliseconds everywhere.
+function parseTime(text) {
+  if (!text) return null;
+  const date = new Date(String(text).replace(/(\.\d{3})\d+/, "$1"));
+  return Number.isNaN(date.getTime()) ? null : date;
+}
+
+function formatDateTime(date) {
+  return date ? date.toLocaleString(undefined, {
+    year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+  }) : "";
+}
+
+// A time of today; older ones with their date.
+function formatClock(date) {
+  if (!date) return "";
+  const time = date.toLocaleTimeString(undefined, { hour12: false });
+  if (date.toDateString() === new Date().toDateString()) return time;
+  return `${date.toLocaleDateString(undefined, { month: "short", day: "numeric" })} ${time}`;
+}
+
+function formatAgo(date) {
+  if (!date) return "never";
+  const seconds = (Date.now() - date.getTime()) / 1000;
+  if (seconds < 45) return "just now";
+  if (seconds < 3600) return `${Math.round(seconds / 60)} min ago`;
+  if (seconds < 86400) return `${Math.round(seconds / 3600)} h ago`;
+  if (seconds < 30 * 86400) return `${Math.round(seconds / 86400)} d ago`;
+  return date.toLocaleDateString();
+}
+
+function formatDuration(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  const days = Math.floor(s / 86400);
+  const hours = Math.floor((s % 86400) / 3600);
+  const minutes = Math.floor((s % 3600) / 60);
+  if (days > 0) return `${days} d ${hours} h`;
+  if (hours > 0) return `${hours} h ${minutes} min`;
+  if (minutes > 0) return `${minutes} min ${s % 60} s`;
+  return `${s} s`;
+}
+
+const BYTE_UNITS = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"];
+
+function formatBytes(count) {
+  let value = Number(count) || 0;
+  let unit = 0;
+  while (value >= 1024 && unit < BYTE_UNITS.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  const digits = unit === 0 || value >= 100 ? 0 : 1;
+  return `${value.toFixed(digits)} ${BYTE_UNITS[unit]}`;
+}
+
+function plural(count, word, many = `${word}s`) {
+  return `${count.toLocaleString()} ${count === 1 ? word : many}`;
+}
+
+// "the session has ended; log in again" -> "The session has ended; log in again."
+function sentence(text) {
+  const trimmed = String(text).trim();
+  const capital = trimmed.charAt(0).toUpperCase() + trimmed.slice(1);
+  return /[.!?]$/.test(capital) ? capital : `${capital}.`;
+}
+
+function shortId(id) {
+  return id ? id.slice(0, 8) : "";
+}
+
+// -- the connection --------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(code, message, retryAfter = null) {
+    super(message);
+    this.code = code;
+    this.retryAfter = retryAfter;
+  }
+}
+
+const DISCONNECTED = "disconnected"; // our code for a request cut off by a closed connection
+const CLOSE_LOGGED_OUT = 4001; // the gateway ended this connection's session
+
+class Connection {
+  constructor({ onPush, onClose }) {
+    this.onPush = onPush;
+    this.onClose = onClose;
+    this.socket = null;
+    this.nextId = 1;
+    this.pending = new Map();
+    this.closing = false;
+  }
+
+  get isOpen() {
+    return this.socket !== null && this.socket.readyState === WebSocket.OPEN;
+  }
+
+  open() {
+    const scheme = location.protocol === "http:" ? "ws:" : "wss:";
+    return new Promise((resolve, reject) => {
+      const socket = new WebSocket(`${scheme}//${location.host}/api`);
+      this.socket = socket;
+      let opened = false;
+      socket.addEventListener("open", () => {
+        opened = true;
+        resolve();
+      });
+      socket.addEventListener("message", (event) => this.receive(event.data));
+      socket.addEventListener("close", (event) => {
+        for (const waiter of this.pending.values()) {
+          clearTimeout(waiter.timer);
+          waiter.reject(new ApiError(DISCONNECTED, "the connection to the gateway closed"));
+        }
+        this.pending.clear();
+        if (!opened) {
+          reject(new ApiError(DISCONNECTED, "cannot reach the gateway's admin API"));
+        } else if (!this.closing) {
+          this.onClose(event.code, event.reason);
+        }
+      });
+    });
+  }
+
+  // One request; resolves with the reply, rejects with ApiError (the server's code and message).
+  request(op, fields = {}) {
+    if (!this.isOpen) {
+      return Promise.reject(new ApiError(DISCONNECTED, "not connected to the gateway"));
+    }
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new ApiError("timeout", `the gateway did not answer ${op} in time`));
+      }, REQUEST_TIMEOUT_MS);
+      this.pending.set(id, { resolve, reject, timer });
+      this.socket.send(JSON.stringify({ ...fields, op, id }));
+    });
+  }
+
+  receive(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (message.type === "audit" || message.type === "audit.caught-up") {
+      this.onPush(message);
+      return;
+    }
+    const waiter = this.pending.get(message.id);
+    if (!waiter) return;
+    this.pending.delete(message.id);
+    clearTimeout(waiter.timer);
+    if (message.type === "error") {
+      waiter.reject(new ApiError(message.code, message.message, message.retry_after ?? null));
+    } else {
+      waiter.resolve(message);
+    }
+  }
+
+  close(reason) {
+    this.closing = true;
+    if (this.socket !== null) this.socket.close(1000, reason);
+  }
+}
+
+// -- state -----------------------------------------------------------------------------------
+
+const state = {
+  connection: null,
+  actor: null,
+  status: null,
+  statusReceived: 0, // Date.now() when `status` arrived, for the ticking uptime
+  tokens: [],
+  audit: {
+    generation: 0, // bumped by every (re)subscription; stale replies are dropped
+    subscription: null,
+    waiting: false, // a subscribe request is in flight
+    early: [], // pushes that overtook the `subscribed` reply
+    caughtUp: false,
+    lastSeq: null,
+    rows: 0,
+  },
+};
+
+function mailboxById(id) {
+  return state.status?.mailboxes.find((mailbox) => mailbox.mailbox_id === id) ?? null;
+}
+
+function upsertMailbox(view) {
+  if (!state.status) return;
+  const others = state.status.mailboxes.filter((m) => m.mailbox_id !== view.mailbox_id);
+  state.status.mailboxes = [...others, view];
+  renderMailboxes();
+}
+
+function dropMailbox(id) {
+  if (!state.status) return;
+  state.status.mailboxes = state.status.mailboxes.filter((m) => m.mailbox_id !== id);
+  renderMailboxes();
+}
+
+// -- notices ---------------------------------------------------------------------------------
+
+function notify(text, kind = "ok") {
+  const close = el("button", { type: "button", className: "notice-close", title: "Dismiss" }, "×");
+  const notice = el("div", { className: `notice ${kind}`, testid: "notice", role: "status" },
+    el("span", {}, text), close);
+  const remove = () => notice.remove();
+  close.addEventListener("click", remove);
+  $("notices").prepend(notice);
+  setTimeout(remove, kind === "error" ? ERROR_NOTICE_MS : NOTICE_MS);
+}
+
+function describeError(error) {
+  if (error instanceof ApiError) {
+    if (error.code === "throttled" && error.retryAfter) {
+      return `${error.message} (try again in ${Math.ceil(error.retryAfter)} s)`;
+    }
+    return error.message;
+  }
+  return `unexpected error: ${error?.message ?? error}`;
+}
+
+// Reports an error of a background or one-click action; a session that ended sends the page
+// back to the login form instead.
+function reportError(error, what) {
+  if (sessionEnded(error)) return;
+  if (error instanceof ApiError && error.code === DISCONNECTED) return; // the banner says it
+  notify(what ? `${what}: ${describeError(error)}` : describeError(error), "error");
+}
+
+// -- views -----------------------------------------------------------------------------------
+
+function showView(name) {
+  for (const node of document.querySelectorAll("[data-when]")) {
+    show(node, node.dataset.when === name);
+  }
+}
+
+function showLogin(message = "", kind = "error") {
+  closeAllDialogs();
+  state.actor = null;
+  showView("login");
+  const error = $("login-error");
+  error.textContent = message;
+  error.className = kind === "error" ? "error" : "info";
+  show(error, Boolean(message));
+  const password = $("login-password");
+  password.value = "";
+  password.focus();
+}
+
+function setLinkState(online) {
+  const node = $("link-state");
+  node.classList.toggle("online", online);
+  node.textContent = online ? "connected" : "offline";
+}
+
+// -- dashboard -------------------------------------------------------------------------------
+
+function renderDashboard() {
+  const status = state.status;
+  if (!status) return;
+  document.title = `${status.hostname} · Mail archiving gateway`;
+  $("header-hostname").textContent = status.hostname;
+  renderUptime();
+  $("stat-version").textContent =
+    `version ${status.version} · started ${formatDateTime(parseTime(status.started_at))}`;
+  $("stat-sessions").textContent = status.sessions.toLocaleString();
+  $("stat-admin").textContent = `mail sessions open now · ${plural(status.admin_connections, "admin connection")}`;
+  $("stat-storage").textContent = formatBytes(status.storage_bytes);
+  $("stat-free").textContent = `${formatBytes(status.disk_free_bytes)} free on the disk`;
+  const total = status.storage_bytes + status.disk_free_bytes;
+  const used = total > 0 ? status.storage_bytes / total : 0;
+  const meter = $("stat-meter");
+  // Tenths of the bar, as classes: the CSP forbids setting a width from here.
+  meter.className = `meter-fill w${Math.min(10, Math.round(used * 10))}`;
+  meter.parentElement.title = `${(used * 100).toFixed(1)} % of the space the archive could use`;
+  renderCertificate(status.certificate);
+  renderListeners(status.listeners);
+}
+
+function renderUptime() {
+  const status = state.status;
+  if (!status) return;
+  const seconds = status.uptime_seconds + (Date.now() - state.statusReceived) / 1000;
+  $("stat-uptime").textContent = formatDuration(seconds);
+}
+
+function renderCertificate(certificate) {
+  const subject = $("stat-cert");
+  const expiry = $("stat-cert-expiry");
+  if (!certificate) {
+    subject.textContent = "none";
+    expiry.textContent = "";
+    return;
+  }
+  subject.textContent = certificate.subject;
+  subject.title = `SHA-256 ${certificate.sha256}`;
+  const expires = parseTime(certificate.expires_at);
+  const days = expires ? Math.floor((expires.getTime() - Date.now()) / 86400000) : 0;
+  expiry.textContent = days < 0
+    ? `expired on ${formatDateTime(expires)}`
+    : `expires ${formatDateTime(expires)} (in ${plural(days, "day")})`;
+  expiry.classList.toggle("alert", days < 14);
+}
+
+function renderListeners(listeners) {
+  const rows = listeners.map((listener) => el("tr", {},
+    el("td", {}, listener.name),
+    el("td", {}, listener.protocol),
+    el("td", { className: "mono" }, `${listener.address}:${listener.port}`),
+    el("td", {}, listener.tls)));
+  $("listeners").tBodies[0].replaceChildren(...rows);
+}
+
+// -- mailboxes -------------------------------------------------------------------------------
+
+function renderMailboxes() {
+  const mailboxes = [...(state.status?.mailboxes ?? [])].sort((a, b) =>
+    a.name.localeCompare(b.name) || a.mailbox_id.localeCompare(b.mailbox_id));
+  // Rebuilding the rows loses focus; put it back on the same button of the same mailbox.
+  const focused = document.activeElement;
+  const focusRow = focused?.closest?.("[data-testid=mailbox-row]");
+  const focusKey = focusRow ? [focusRow.dataset.mailboxId, focused.dataset.testid] : null;
+
+  $("mailbox-rows").replaceChildren(...mailboxes.map(mailboxRow));
+  $("mailbox-count").textContent = mailboxes.length ? `(${mailboxes.length})` : "";
+  show($("mailbox-empty"), mailboxes.length === 0);
+  renderMailboxFilter(mailboxes);
+
+  if (focusKey) {
+    const row = document.querySelector(`[data-testid=mailbox-row][data-mailbox-id="${focusKey[0]}"]`);
+    const again = row && focusKey[1] ? $(focusKey[1], row) : null;
+    if (again) again.focus();
+  }
+}
+
+function mailboxRow(mailbox) {
+  const suspended = mailbox.status === "suspended";
+  const lastDelivery = parseTime(mailbox.last_delivery);
+  const lastRetrieval = parseTime(mailbox.last_retrieval);
+  const statusCell = el("td", {},
+    el("span", { className: `badge ${mailbox.status}`, testid: "cell-status" }, mailbox.status));
+  if (mailbox.damaged) {
+    statusCell.append(" ", el("span", { className: "badge damaged", title: mailbox.damaged }, "damaged"));
+  }
+  const action = (testid, label, handler, extra = {}) => el("button", {
+    type: "button", className: "small", testid, onclick: () => handler(mailbox), ...extra,
+  }, label);
+
+  return el("tr", {
+    testid: "mailbox-row",
+    dataset: { mailboxId: mailbox.mailbox_id, address: mailbox.address, status: mailbox.status },
+    className: suspended ? "suspended" : "",
+  },
+  el("td", { className: "mono", title: mailbox.mailbox_id }, shortId(mailbox.mailbox_id)),
+  el("td", {}, el("div", { className: "address-cell" },
+    el("span", { className: "mono address", title: mailbox.address, testid: "cell-address" },
+      mailbox.address),
+    el("button", {
+      type: "button", className: "tiny", title: "Copy the address", testid: "copy-address",
+      onclick: () => copyText(mailbox.address, "Address copied"),
+    }, "Copy"))),
+  el("td", { className: "name-cell" },
+    el("div", { className: "name", testid: "cell-name" }, mailbox.name),
+    mailbox.description
+      ? el("div", { className: "muted small clip", title: mailbox.description }, mailbox.description)
+      : null),
+  statusCell,
+  el("td", { className: "num", testid: "cell-messages" }, mailbox.messages.toLocaleString()),
+  el("td", { className: "num", title: `${mailbox.bytes.toLocaleString()} bytes`, testid: "cell-bytes" },
+    formatBytes(mailbox.bytes)),
+  el("td", { title: formatDateTime(lastDelivery), testid: "cell-delivery" }, formatAgo(lastDelivery)),
+  el("td", { title: formatDateTime(lastRetrieval) }, formatAgo(lastRetrieval)),
+  el("td", { className: "actions" },
+    action("action-edit", "Edit", openEditMailbox),
+    suspended
+      ? action("action-activate", "Activate", (m) => setMailboxStatus(m, "activate"))
+      : action("action-suspend", "Suspend", (m) => setMailboxStatus(m, "suspend")),
+    action("action-passwd", "Password", openMailboxPasswd, { title: "Change the password (the old one is needed)" }),
+    action("action-reset", "Reset", openMailboxReset, { title: "Reset the password: stored messages become unreadable" }),
+    action("action-delete", "Delete", openMailboxDelete, { className: "small danger-text" })));
+}
+
+async function setMailboxStatus(mailbox, op) {
+  const row = document.querySelector(`[data-testid=mailbox-row][data-mailbox-id="${mailbox.mailbox_id}"]`);
+  const button = row && $(`action-${op}`, row);
+  if (button) button.disabled = true;
+  try {
+    const reply = await state.connection.request(`mailbox.${op}`, { mailbox: mailbox.mailbox_id });
+    upsertMailbox(reply.mailbox);
+    notify(op === "suspend"
+      ? `Suspended “${mailbox.name}”: it takes no new mail until activated`
+      : `Activated “${mailbox.name}”`);
+  } catch (error) {
+    if (button) button.disabled = false;
+    reportError(error, `Cannot ${op} “${mailbox.name}”`);
+  }
+}
+
+async function copyText(text, done = "Copied") {
+  try {
+    await navigator.clipboard.writeText(text);
+    notify(done);
+  } catch {
+    notify(`The browser refused the clipboard; the text is: ${text}`, "error");
+  }
+}
+
+// -- dialogs ---------------------------------------------------------------------------------
+
+// Each form dialog: a submit runs `submit(context, form)`; success closes the dialog and calls
+// `after(result, context)`; an error stays in the dialog, in its words from the server.
+const dialogs = new Map();
+
+function setupDialog(testid, { submit, after = () => {}, canSubmit = () => true }) {
+  const dialog = $(testid);
+  const form = dialog.querySelector("form");
+  const entry = {
+    dialog, form, context: null, busy: false,
+    error: $("dialog-error", dialog),
+    button: form.querySelector("[type=submit]"),
+    sync: () => { entry.button.disabled = entry.busy || !canSubmit(form); },
+  };
+  form.addEventListener("input", entry.sync);
+  form.addEventListener("change", entry.sync);
+  for (const cancel of form.querySelectorAll("[data-action=cancel]")) {
+    cancel.addEventListener("click", () => dialog.close());
+  }
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (entry.busy) return;
+    setDialogError(entry, "");
+    entry.busy = true;
+    entry.sync();
+    form.classList.add("busy");
+    try {
+      const result = await submit(entry.context, form);
+      dialog.close();
+      after(result, entry.context);
+    } catch (error) {
+      if (!sessionEnded(error)) setDialogError(entry, describeError(error));
+    } finally {
+      entry.busy = false;
+      form.classList.remove("busy");
+      entry.sync();
+    }
+  });
+  dialogs.set(testid, entry);
+}
+
+function openDialog(testid, context, prepare) {
+  const entry = dialogs.get(testid);
+  entry.context = context;
+  entry.form.reset();
+  setDialogError(entry, "");
+  if (prepare) prepare(entry.dialog, context);
+  entry.sync();
+  entry.dialog.showModal();
+}
+
+function setDialogError(entry, message) {
+  entry.error.textContent = message;
+  show(entry.error, Boolean(message));
+}
+
+function closeAllDialogs() {
+  for (const entry of dialogs.values()) {
+    if (entry.dialog.open) entry.dialog.close();
+  }
+}
+
+function field(form, name) {
+  return form.elements.namedItem(name).value;
+}
+
+function optional(value) {
+  return value === "" ? undefined : value;
+}
+
+function role(dialog, name) {
+  return dialog.querySelectorAll(`[data-role="${name}"]`);
+}
+
+function setRole(dialog, name, text) {
+  for (const node of role(dialog, name)) node.textContent = text;
+}
+
+function describeMailbox(mailbox) {
+  return `${mailbox.name} · ${mailbox.address}`;
+}
+
+// -- the one-time secret dialog ---------------------------------------------------------------
+
+// Shows a password or token once. It cannot be dismissed until "I have stored it" is ticked;
+// the returned promise resolves when it closes. Secrets queue if several arrive at once.
+let secretQueue = Promise.resolve();
+
+function showSecret(options) {
+  secretQueue = secretQueue.then(() => new Promise((resolve) => openSecret(options, resolve)));
+  return secretQueue;
+}
+
+const secret = { confirmed: true, resolve: null };
+
+function openSecret({ title, intro, value, warning = "" }, resolve) {
+  const dialog = $("dialog-secret");
+  setRole(dialog, "title", title);
+  $("secret-intro").textContent = intro;
+  $("secret-warning").textContent = warning;
+  show($("secret-warning"), Boolean(warning));
+  $("secret-value").value = value;
+  $("secret-copy-state").textContent = "";
+  $("secret-stored").checked = false;
+  $("secret-close").disabled = true;
+  secret.confirmed = false;
+  secret.resolve = resolve;
+  dialog.showModal();
+  $("secret-value").select();
+}
+
+function setupSecretDialog() {
+  const dialog = $("dialog-secret");
+  const stored = $("secret-stored");
+  stored.addEventListener("change", () => { $("secret-close").disabled = !stored.checked; });
+  $("secret-copy").addEventListener("click", copySecret);
+  $("secret-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!stored.checked) return;
+    secret.confirmed = true;
+    dialog.close();
+  });
+  dialog.addEventListener("cancel", (event) => {
+    if (secret.confirmed) return;
+    event.preventDefault();
+    $("secret-copy-state").textContent = "Store it first, then tick “I have stored it”.";
+  });
+  dialog.addEventListener("close", () => {
+    if (!secret.confirmed) {
+      dialog.showModal(); // a browser may close it anyway (repeated Escape): not before it is stored
+      return;
+    }
+    $("secret-value").value = "";
+    const resolve = secret.resolve;
+    secret.resolve = null;
+    if (resolve) resolve();
+  });
+}
+
+async function copySecret() {
+  const input = $("secret-value");
+  const note = $("secret-copy-state");
+  try {
+    await navigator.clipboard.writeText(input.value);
+    note.textContent = "Copied to the clipboard.";
+  } catch {
+    input.focus();
+    input.select();
+    let copied = false;
+    try {
+      copied = document.execCommand("copy");
+    } catch {
+      copied = false;
+    }
+    note.textContent = copied
+      ? "Copied to the clipboard."
+      : "The browser blocked the clipboard: the text is selected, press Ctrl+C (⌘C) to copy it.";
+  }
+}
+
+// -- mailbox dialogs --------------------------------------------------------------------------
+
+function openNewMailbox() {
+  openDialog("dialog-mailbox", null, (dialog) => {
+    setRole(dialog, "title", "New mailbox");
+    show(role(dialog, "password-field")[0], true);
+    $("mailbox-submit").textContent = "Create mailbox";
+  });
+}
+
+function openEditMailbox(mailbox) {
+  openDialog("dialog-mailbox", mailbox, (dialog) => {
+    setRole(dialog, "title", `Edit ${mailbox.name}`);
+    show(role(dialog, "password-field")[0], false);
+    $("mailbox-name").value = mailbox.name;
+    $("mailbox-description").value = mailbox.description;
+    $("mailbox-submit").textContent = "Save";
+  });
+}
+
+async function submitMailbox(mailbox, form) {
+  const name = field(form, "name").trim();
+  const description = field(form, "description").trim();
+  if (mailbox === null) {
+    return state.connection.request("mailbox.create", {
+      name, description, password: optional(field(form, "password")),
+    });
+  }
+  return state.connection.request("mailbox.update", {
+    mailbox: mailbox.mailbox_id, name, description,
+  });
+}
+
+function afterMailbox(reply, mailbox) {
+  upsertMailbox(reply.mailbox);
+  if (reply.type !== "mailbox.created") {
+    notify(`Saved “${reply.mailbox.name}”`);
+    return;
+  }
+  notify(`Created mailbox “${reply.mailbox.name}”`);
+  showSecret({
+    title: "The new mailbox's password",
+    intro: `Mailbox “${reply.mailbox.name}” (${reply.mailbox.address}). The archive logs in `
+      + "to POP3 with this password; it is also the only key to the mailbox's messages.",
+    value: reply.password,
+  });
+}
+
+function openMailboxPasswd(mailbox) {
+  openDialog("dialog-passwd", mailbox, (dialog) => setRole(dialog, "subject", describeMailbox(mailbox)));
+}
+
+function submitMailboxPasswd(mailbox, form) {
+  return state.connection.request("mailbox.passwd", {
+    mailbox: mailbox.mailbox_id,
+    old_password: field(form, "old_password"),
+    new_password: optional(field(form, "new_password")),
+  });
+}
+
+function afterMailboxPasswd(reply) {
+  upsertMailbox(reply.mailbox);
+  notify(`Changed the password of “${reply.mailbox.name}”`);
+  showSecret({
+    title: "The mailbox's new password",
+    intro: `Mailbox “${reply.mailbox.name}” (${reply.mailbox.address}). Every stored message `
+      + "stays readable with this password; the old one no longer works.",
+    value: reply.password,
+  });
+}
+
+function openMailboxReset(mailbox) {
+  openDialog("dialog-reset", mailbox, (dialog) => {
+    setRole(dialog, "subject", describeMailbox(mailbox));
+    setRole(dialog, "count", `${plural(mailbox.messages, "message")} (${formatBytes(mailbox.bytes)})`);
+  });
+}
+
+function submitMailboxReset(mailbox, form) {
+  return state.connection.request("mailbox.reset", {
+    mailbox: mailbox.mailbox_id,
+    confirm: true,
+    new_password: optional(field(form, "new_password")),
+  });
+}
+
+function afterMailboxReset(reply) {
+  upsertMailbox(reply.mailbox);
+  notify(`Reset the password of “${reply.mailbox.name}”`);
+  showSecret({
+    title: "The mailbox's new password",
+    intro: `Mailbox “${reply.mailbox.name}” (${reply.mailbox.address}) has a new key and this `
+      + "new password. New mail is sealed to the new key.",
+    value: reply.password,
+    warning: reply.warning,
+  });
+}
+
+function openMailboxDelete(mailbox) {
+  openDialog("dialog-delete", mailbox, (dialog) => {
+    setRole(dialog, "subject", describeMailbox(mailbox));
+    setRole(dialog, "purge-label", `Also purge the ${plural(mailbox.messages, "stored message")} `
+      + `(${formatBytes(mailbox.bytes)}); without it, a mailbox with messages is not deleted`);
+    show($("delete-active-note"), mailbox.status !== "suspended");
+  });
+}
+
+function submitMailboxDelete(mailbox, form) {
+  return state.connection.request("mailbox.delete", {
+    mailbox: mailbox.mailbox_id, purge: form.elements.namedItem("purge").checked,
+  });
+}
+
+function afterMailboxDelete(reply, mailbox) {
+  dropMailbox(reply.mailbox_id);
+  const purged = reply.purged_messages ? `, purged ${plural(reply.purged_messages, "message")}` : "";
+  notify(`Deleted mailbox “${mailbox.name}”${purged}`);
+}
+
+// -- settings --------------------------------------------------------------------------------
+
+async function loadTokens() {
+  try {
+    const reply = await state.connection.request("token.list");
+    state.tokens = reply.tokens;
+    renderTokens();
+  } catch (error) {
+    reportError(error, "Cannot list the API tokens");
+  }
+}
+
+function renderTokens() {
+  const rows = state.tokens.map((token) => el("tr", { testid: "token-row", dataset: { tokenId: token.token_id } },
+    el("td", {}, token.name),
+    el("td", { className: "mono" }, token.token_id),
+    el("td", {}, formatDateTime(parseTime(token.created_at))),
+    el("td", {}, token.expires_at ? formatDateTime(parseTime(token.expires_at)) : "never"),
+    el("td", { className: "actions" }, el("button", {
+      type: "button", className: "small danger-text", testid: "token-revoke",
+      onclick: () => confirmAction({
+        title: "Revoke API token",
+        text: `Scripts using “${token.name}” (${token.token_id}) will be refused from now on.`,
+        button: "Revoke token",
+        run: async () => {
+          await state.connection.request("token.revoke", { token_id: token.token_id });
+          notify(`Revoked token “${token.name}”`);
+          loadTokens();
+        },
+      }),
+    }, "Revoke"))));
+  $("token-rows").replaceChildren(...rows);
+  show($("token-empty"), rows.length === 0);
+}
+
+function confirmAction(options) {
+  openDialog("dialog-confirm", options, (dialog) => {
+    setRole(dialog, "title", options.title);
+    setRole(dialog, "text", options.text);
+    $("confirm-submit").textContent = options.button;
+  });
+}
+
+async function submitAdminPasswd(_context, form) {
+  const newPassword = field(form, "new_password");
+  if (newPassword !== field(form, "again")) {
+    throw new ApiError("mismatch", "The two new passwords differ.");
+  }
+  return state.connection.request("admin.passwd", {
+    old_password: field(form, "old_password"), new_password: newPassword,
+  });
+}
+
+function afterAdminPasswd() {
+  // The gateway ends every session, this one too: sign in again with the new password.
+  endSession("The admin password was changed. Sign in with the new password.", "info");
+}
+
+async function submitToken(_context, form) {
+  const days = field(form, "days");
+  return state.connection.request("token.create", {
+    name: field(form, "name").trim(),
+    expires_in_days: days === "" ? undefined : Number(days),
+  });
+}
+
+function afterToken(reply) {
+  notify(`Created API token “${reply.info.name}”`);
+  loadTokens();
+  showSecret({
+    title: "The new API token",
+    intro: `Token “${reply.info.name}” (${reply.info.token_id}). A script logs in with `
+      + "{\"op\": \"login\", \"token\": …}. The gateway keeps only a hash of it.",
+    value: reply.token,
+  });
+}
+
+// -- audit -----------------------------------------------------------------------------------
+
+function setupAuditFilters() {
+  const types = $("audit-types");
+  types.append(el("option", { value: "" }, "All events"));
+  const groups = el("optgroup", { label: "Groups" });
+  const singles = el("optgroup", { label: "One type" });
+  const all = [];
+  for (const [label, members] of EVENT_GROUPS) {
+    groups.append(el("option", { value: members.join(",") }, label));
+    all.push(...members);
+  }
+  for (const type of all.sort()) singles.append(el("option", { value: type }, type));
+  types.append(groups, singles);
+  $("audit-filters").addEventListener("change", () => subscribeAudit());
+  $("audit-filters").addEventListener("submit", (event) => event.preventDefault());
+}
+
+function renderMailboxFilter(mailboxes) {
+  const select = $("audit-mailbox");
+  const chosen = select.value;
+  // Rebuilding the options closes the list if it is open: only when they changed.
+  const key = JSON.stringify(mailboxes.map((m) => [m.mailbox_id, m.name]));
+  if (key === select.dataset.key) return;
+  select.dataset.key = key;
+  const options = mailboxes.map((m) => el("option", { value: m.mailbox_id }, `${m.name} (${shortId(m.mailbox_id)})`));
+  // Keep a filter on a mailbox that is gone: its records are still worth seeing.
+  if (chosen && !mailboxes.some((m) => m.mailbox_id === chosen)) {
+    options.push(el("option", { value: chosen }, `deleted (${shortId(chosen)})`));
+  }
+  select.replaceChildren(el("option", { value: "" }, "All mailboxes"), ...options);
+  select.value = chosen;
+}
+
+// (Re)subscribes with the filters of the form. `resume` continues after the last record seen
+// (a reconnect) instead of starting over.
+async function subscribeAudit({ resume = false } = {}) {
+  const audit = state.audit;
+  const connection = state.connection;
+  if (!connection?.isOpen) {
+    // Filters changed while disconnected: the reconnect starts over with them.
+    $("audit-rows").replaceChildren();
+    show($("audit-capped"), false);
+    audit.rows = 0;
+    audit.lastSeq = null;
+    return;
+  }
+  const previous = audit.subscription;
+  audit.generation += 1;
+  const generation = audit.generation;
+  audit.subscription = null;
+  audit.caughtUp = false;
+  audit.waiting = true;
+  audit.early = [];
+  if (previous !== null && connection.isOpen) {
+    connection.request("audit.unsubscribe", { subscription: previous }).catch(() => {});
+  }
+  const form = $("audit-filters");
+  const mailbox = field(form, "mailbox");
+  const types = field(form, "types");
+  const lookBack = field(form, "window");
+  let since;
+  if (resume && audit.lastSeq !== null) {
+    since = audit.lastSeq + 1;
+  } else {
+    $("audit-rows").replaceChildren();
+    show($("audit-capped"), false);
+    audit.rows = 0;
+    audit.lastSeq = null;
+    const next = state.status?.control_seq ?? 0;
+    since = lookBack === "all" ? 0 : Math.max(0, next - Number(lookBack));
+  }
+  setAuditState("replaying history…");
+  show($("audit-empty"), false);
+  try {
+    const reply = await connection.request("audit.subscribe", {
+      since,
+      follow: true,
+      mailbox: mailbox || undefined,
+      types: types ? types.split(",") : undefined,
+    });
+    if (generation !== audit.generation) {
+      connection.request("audit.unsubscribe", { subscription: reply.subscription }).catch(() => {});
+      return;
+    }
+    audit.subscription = reply.subscription;
+    audit.waiting = false;
+    const early = audit.early;
+    audit.early = [];
+    for (const message of early) receiveAudit(message);
+  } catch (error) {
+    if (generation !== audit.generation) return;
+    audit.waiting = false;
+    setAuditState("not subscribed");
+    reportError(error, "Cannot follow the audit log");
+  }
+}
+
+function setAuditState(text) {
+  const node = $("audit-state");
+  node.textContent = text;
+  node.classList.toggle("live", text === "live");
+}
+
+function receiveAudit(message) {
+  const audit = state.audit;
+  if (audit.subscription === null) {
+    if (audit.waiting) audit.early.push(message);
+    return;
+  }
+  if (message.subscription !== audit.subscription) return; // from a filter replaced since
+  if (message.type === "audit.caught-up") {
+    audit.caughtUp = true;
+    setAuditState("live");
+    show($("audit-empty"), audit.rows === 0);
+    return;
+  }
+  addAuditRow(message);
+  if (audit.caughtUp && message.event && MAILBOX_EVENTS.has(message.event.type)) {
+    scheduleRefresh();
+  }
+}
+
+function addAuditRow(message) {
+  const audit = state.audit;
+  const tbody = $("audit-rows");
+  tbody.prepend(auditRow(message));
+  audit.lastSeq = message.seq;
+  audit.rows += 1;
+  if (audit.rows > MAX_AUDIT_ROWS) {
+    tbody.lastElementChild.remove();
+    audit.rows -= 1;
+    show($("audit-capped"), true);
+  }
+  if (audit.caughtUp) show($("audit-empty"), false);
+}
+
+function auditRow(message) {
+  const event = message.event;
+  const type = event ? event.type : "unknown";
+  const at = parseTime(event?.at);
+  return el("tr", {
+    testid: "audit-row",
+    dataset: { type, seq: String(message.seq) },
+    className: auditSeverity(event),
+    title: `chain ${message.chain}`,
+  },
+  el("td", { className: "num mono" }, message.seq),
+  el("td", { className: "mono", title: at ? at.toLocaleString() : "" }, formatClock(at)),
+  el("td", { className: "type" }, type),
+  el("td", { className: "clip" }, formatActor(event?.actor)),
+  el("td", { className: "clip" }, ...auditMailboxes(event)),
+  el("td", { className: "details", testid: "audit-details" }, summarize(event)));
+}
+
+function auditSeverity(event) {
+  if (!event) return "";
+  if (event.type === "AdminRequestFailed" || event.type === "DeliveryRefused"
+    || event.type === "LogTailTruncated" || (event.type === "AdminLogin" && !event.success)) {
+    return "bad";
+  }
+  if (event.type === "MailboxKeyReset" || event.type === "MailboxDeleted") return "warn";
+  return "";
+}
+
+function formatActor(actor) {
+  if (!actor) return "";
+  const who = actor.name && actor.name !== actor.kind ? `${actor.kind} ${actor.name}` : actor.kind;
+  return actor.address ? `${who} · ${actor.address}` : who;
+}
+
+function auditMailboxes(event) {
+  if (!event) return [];
+  let ids = [];
+  if (event.mailbox_id) ids = [event.mailbox_id];
+  else if (Array.isArray(event.mailbox_ids)) ids = event.mailbox_ids;
+  else if (event.log && event.log !== "control") ids = [event.log];
+  return ids.flatMap((id, index) => {
+    const known = mailboxById(id);
+    const label = el("span", { title: id }, known ? known.name : shortId(id));
+    return index === 0 ? [label] : [", ", label];
+  });
+}
+
+function summarize(event) {
+  if (!event) return "an event type this console does not know";
+  const e = event;
+  switch (e.type) {
+    case "MessageAccepted":
+      return `${formatBytes(e.size)} into ${plural(e.mailbox_ids.length, "mailbox", "mailboxes")} from ${e.client_address}`;
+    case "DeliveryRefused":
+      return `${e.stage}: ${e.code} ${e.enhanced} from ${e.client_address}`;
+    case "SmtpSessionEnded":
+      return `${e.listener}: ${plural(e.messages, "message")}, ${formatBytes(e.bytes)}, `
+        + `${e.rejected} refused, ${e.outcome || "ended"} after ${Number(e.seconds).toFixed(1)} s`
+        + (e.tls ? ` · ${e.tls}` : "");
+    case "MailboxCreated":
+      return `“${e.name}” created`;
+    case "MailboxUpdated":
+      return `“${e.name}” now ${e.status}`;
+    case "MailboxKeyRewrapped":
+      return "password changed; messages stay readable";
+    case "MailboxKeyReset":
+      return `password reset: ${plural(e.unreadable_messages, "message")} `
+        + `(${formatBytes(e.unreadable_bytes)}) unreadable for good`;
+    case "MailboxDeleted":
+      return `deleted, ${plural(e.purged_messages ?? 0, "message")} purged`;
+    case "MessagesExpunged":
+      return `${plural(e.message_ids.length, "message")} (${formatBytes(e.bytes)}) expunged`;
+    case "LogCompacted":
+      return `segment ${e.segment} compacted: ${formatBytes(e.bytes_before)} → ${formatBytes(e.bytes_after)}`;
+    case "LogTailTruncated":
+      return `${e.log} log: ${formatBytes(e.dropped_bytes)} torn tail cut from ${e.segment}`;
+    case "GatewayStarted":
+      return `version ${e.version}`;
+    case "GatewayStopped":
+      return e.reason || "stopped";
+    case "AdminAccountCreated":
+      return `admin password from: ${e.source}`;
+    case "AdminLogin":
+      return e.success ? `signed in (${e.method})` : `login refused (${e.method}): ${e.reason}`;
+    case "AdminPasswordChanged":
+      return "admin password changed";
+    case "ApiTokenCreated":
+      return `token “${e.name}” (${e.token_id})`;
+    case "ApiTokenRevoked":
+      return `token ${e.token_id} revoked`;
+    case "AdminRequestFailed":
+      return `${e.op} refused: ${e.message}`;
+    default:
+      return Object.entries(e)
+        .filter(([key, value]) => !["type", "at", "actor"].includes(key) && typeof value !== "object")
+        .map(([key, value]) => `${key}=${value}`)
+        .join(" ");
+  }
+}
+
+// -- status refresh --------------------------------------------------------------------------
+
+async function refreshStatus() {
+  const status = await state.connection.request("status");
+  state.status = status;
+  state.statusReceived = Date.now();
+  renderDashboard();
+  renderMailboxes();
+}
+
+// At most one `status` per REFRESH_GAP_MS, however fast the audit events come.
+const refresher = { timer: null, running: false, again: false, last: 0 };
+
+function scheduleRefresh() {
+  if (refresher.timer !== null) return;
+  if (refresher.running) {
+    refresher.again = true;
+    return;
+  }
+  const wait = Math.max(0, refresher.last + REFRESH_GAP_MS - Date.now());
+  refresher.timer = setTimeout(runRefresh, wait);
+}
+
+async function runRefresh() {
+  refresher.timer = null;
+  refresher.running = true;
+  refresher.last = Date.now();
+  try {
+    if (state.connection?.isOpen && state.actor) await refreshStatus();
+  } catch (error) {
+    reportError(error, "Cannot refresh the status");
+  } finally {
+    refresher.running = false;
+    if (refresher.again) {
+      refresher.again = false;
+      scheduleRefresh();
+    }
+  }
+}
+
+// -- session ---------------------------------------------------------------------------------
+
+function newConnection() {
+  return new Connection({ onPush: receiveAudit, onClose: connectionLost });
+}
+
+async function connect() {
+  if (state.connection?.isOpen) return state.connection;
+  const connection = newConnection();
+  await connection.open();
+  state.connection = connection;
+  setLinkState(true);
+  return connection;
+}
+
+async function signIn(credentials) {
+  const connection = await connect();
+  const session = await connection.request("login", credentials);
+  if (session.token) sessionStorage.setItem(TOKEN_KEY, session.token);
+  state.actor = session.actor;
+  await enterApp();
+}
+
+async function enterApp({ resume = false } = {}) {
+  $("header-actor").textContent = state.actor;
+  show($("disconnected"), false);
+  showView("app");
+  try {
+    await refreshStatus();
+  } catch (error) {
+    reportError(error, "Cannot read the gateway's status");
+  }
+  if (state.actor === null) return; // the session ended meanwhile
+  subscribeAudit({ resume });
+  loadTokens();
+}
+
+// Sends the page back to the login form: the session is over (logout, expiry, password change).
+function endSession(message, kind = "error") {
+  sessionStorage.removeItem(TOKEN_KEY);
+  const connection = state.connection;
+  state.connection = null;
+  state.audit.subscription = null;
+  state.audit.generation += 1;
+  // A fresh connection for the next login: subscriptions of this one must not outlive it.
+  if (connection) connection.close("signed out");
+  show($("disconnected"), false);
+  showLogin(message, kind);
+}
+
+function sessionEnded(error) {
+  if (!(error instanceof ApiError) || error.code !== "unauthenticated") return false;
+  endSession(sentence(error.message));
+  return true;
+}
+
+async function logout() {
+  const connection = state.connection;
+  try {
+    if (connection?.isOpen) await connection.request("logout");
+    endSession("Signed out.", "info");
+  } catch (error) {
+    if (error instanceof ApiError && error.code === DISCONNECTED) {
+      endSession("Signed out (the gateway was not reachable to end the session).", "info");
+    } else {
+      reportError(error, "Cannot sign out");
+    }
+  }
+}
+
+function connectionLost(code, reason) {
+  state.connection = null;
+  state.audit.subscription = null;
+  state.audit.generation += 1;
+  setLinkState(false);
+  if (!state.actor) {
+    // Lost before or while signing in: the login form reconnects on submit.
+    return;
+  }
+  if (code === CLOSE_LOGGED_OUT) {
+    endSession(sentence(reason || "signed out by the gateway"), "info");
+    return;
+  }
+  const text = code >= 4000 && code <= 4999
+    ? `The gateway closed the connection: ${reason || `code ${code}`}`
+    : `The connection to the gateway was lost${reason ? `: ${reason}` : ""} (code ${code}).`;
+  $("disconnected-reason").textContent = text;
+  show($("disconnected"), true);
+  setAuditState("disconnected");
+}
+
+async function reconnect() {
+  const button = $("reconnect");
+  button.disabled = true;
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  try {
+    if (!token) {
+      endSession("Sign in again.");
+      return;
+    }
+    const connection = await connect();
+    const session = await connection.request("login", { token });
+    state.actor = session.actor;
+    await enterApp({ resume: true });
+    notify("Reconnected");
+  } catch (error) {
+    if (error instanceof ApiError && error.code === "bad-credentials") {
+      // Sessions live in the gateway's memory: a restart ends them all.
+      endSession("The session has ended (a gateway restart ends every session): sign in again.", "info");
+    } else if (error instanceof ApiError && error.code !== DISCONNECTED && error.code !== "timeout") {
+      endSession(`Sign in again: ${describeError(error)}`);
+    } else {
+      $("disconnected-reason").textContent = `Still cannot reach the gateway: ${describeError(error)}`;
+    }
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// A reload logs in with the session token kept in sessionStorage.
+async function resume() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) {
+    showLogin();
+    return;
+  }
+  try {
+    const connection = await connect();
+    const session = await connection.request("login", { token });
+    state.actor = session.actor;
+    await enterApp();
+  } catch (error) {
+    if (error instanceof ApiError && error.code === DISCONNECTED) {
+      showLogin(describeError(error));
+    } else {
+      sessionStorage.removeItem(TOKEN_KEY);
+      showLogin("Your session has ended: sign in again.", "info");
+    }
+  }
+}
+
+function setupLogin() {
+  const form = $("login-form");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const button = $("login-submit");
+    const error = $("login-error");
+    button.disabled = true;
+    show(error, false);
+    try {
+      await signIn({ password: $("login-password").value });
+      $("login-password").value = "";
+    } catch (failure) {
+      error.className = "error";
+      error.textContent = failure instanceof ApiError && failure.code === "bad-credentials"
+        ? "Wrong password."
+        : describeError(failure);
+      show(error, true);
+      $("login-password").select();
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
+
+// -- start -----------------------------------------------------------------------------------
+
+function start() {
+  setupLogin();
+  setupSecretDialog();
+  setupAuditFilters();
+  setupDialog("dialog-mailbox", { submit: submitMailbox, after: afterMailbox });
+  setupDialog("dialog-passwd", { submit: submitMailboxPasswd, after: afterMailboxPasswd });
+  setupDialog("dialog-reset", {
+    submit: submitMailboxReset,
+    after: afterMailboxReset,
+    canSubmit: (form) => form.elements.namedItem("confirm").checked,
+  });
+  setupDialog("dialog-delete", { submit: submitMailboxDelete, after: afterMailboxDelete });
+  setupDialog("dialog-admin-passwd", { submit: submitAdminPasswd, after: afterAdminPasswd });
+  setupDialog("dialog-token", { submit: submitToken, after: afterToken });
+  setupDialog("dialog-confirm", { submit: (options) => options.run() });
+  $("new-mailbox").addEventListener("click", openNewMailbox);
+  $("admin-passwd").addEventListener("click", () => openDialog("dialog-admin-passwd", null));
+  $("new-token").addEventListener("click", () => openDialog("dialog-token", null));
+  $("logout").addEventListener("click", logout);
+  $("reconnect").addEventListener("click", reconnect);
+  setInterval(renderUptime, 1000);
+  setInterval(() => {
+    if (document.visibilityState === "visible") scheduleRefresh();
+  }, POLL_MS);
+  resume();
+}
+
+start();

@@ -1,0 +1,230 @@
+"""The admin console in a real browser: Debian's Chromium driven by Playwright, against a
+gateway serving in the test's nursery.
+
+Playwright's sync API runs in a worker thread (``trio.to_thread``) so the gateway keeps
+serving in the trio loop meanwhile; mail goes in over SMTP with smtplib from the same thread.
+The page is served with its strict Content-Security-Policy, and Chromium reports any
+violation (an inline script or style, eval) as a console error, which fails the test.
+Screenshots land in tests/artifacts/ for people to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import smtplib
+from pathlib import Path
+
+import pytest
+import trio
+
+from .gateway_helpers import Running
+
+# Without playwright this test fails (below) saying what to install; an import error here
+# would abort the collection of the whole suite instead.
+try:
+    from playwright.sync_api import Locator, Page, expect, sync_playwright
+
+    _playwright_missing = ""
+except ImportError as exc:
+    _playwright_missing = str(exc)
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).parent / "artifacts"
+TIMEOUT_MS = 15_000
+RESET_WARNING = "Every message stored so far in this mailbox becomes unreadable forever"
+
+
+def _require_browser() -> None:
+    """Missing tools fail the test, with what to install; they never skip it."""
+    if _playwright_missing:
+        pytest.fail(f"{_playwright_missing}: pip install -e '.[test]' (the Python package only)")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium")
+
+
+@pytest.mark.slow
+async def test_console_manages_a_mailbox_and_follows_the_audit_log(running: Running) -> None:
+    _require_browser()
+    url = f"https://127.0.0.1:{running.port('admin')}/"
+    await trio.to_thread.run_sync(_drive_console, url, running.admin_password, running.port("smtp"))
+
+
+def _drive_console(url: str, password: str, smtp_port: int) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    expect.set_options(timeout=TIMEOUT_MS)
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        try:
+            context = browser.new_context(
+                ignore_https_errors=True, viewport={"width": 1366, "height": 768}
+            )
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.on(
+                "console",
+                lambda message: (
+                    problems.append(f"console: {message.text}") if message.type == "error" else None
+                ),
+            )
+            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+            _scenario(page, url, password, smtp_port)
+        finally:
+            browser.close()
+    assert problems == []
+
+
+def _scenario(page: Page, url: str, password: str, smtp_port: int) -> None:
+    response = page.goto(url)
+    assert response is not None
+    assert response.ok
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+
+    # A wrong password is refused in words, then the right one gets in.
+    _log_in(page, "not the password at all")
+    expect(page.get_by_test_id("login-error")).to_have_text("Wrong password.")
+    _log_in(page, password)
+    expect(page.get_by_test_id("header-actor")).to_have_text("admin")
+    expect(page.get_by_test_id("login")).to_be_hidden()
+    expect(page.get_by_test_id("audit-state")).to_have_text("live")
+
+    # A new mailbox: its password is shown once, behind an explicit confirmation.
+    page.get_by_test_id("new-mailbox").click()
+    page.get_by_test_id("mailbox-name").fill("Legal journal")
+    page.get_by_test_id("mailbox-description").fill("Journal of the legal department")
+    page.get_by_test_id("mailbox-submit").click()
+    first_password = _take_secret(page)
+    row = page.get_by_test_id("mailbox-row").filter(has_text="Legal journal")
+    expect(row).to_have_count(1)
+    mailbox_id = row.get_attribute("data-mailbox-id")
+    address = row.get_attribute("data-address")
+    assert mailbox_id is not None
+    assert address == f"mbx-{mailbox_id}@localhost"
+    expect(row.get_by_test_id("cell-messages")).to_have_text("0")
+    expect(_audit_rows(page, "MailboxCreated")).to_have_count(1)
+
+    # The server's own words when it refuses: an active mailbox cannot be deleted.
+    row.get_by_test_id("action-delete").click()
+    dialog = page.get_by_test_id("dialog-delete")
+    expect(dialog.get_by_test_id("delete-active-note")).to_be_visible()
+    dialog.get_by_test_id("delete-submit").click()
+    expect(dialog.get_by_test_id("dialog-error")).to_contain_text(
+        "must be suspended before it can be deleted"
+    )
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+    expect(_audit_rows(page, "AdminRequestFailed")).to_have_count(1)
+
+    # Mail arrives over SMTP; the table and the audit view follow without a reload.
+    page.evaluate("() => { window.consoleTestProbe = 'no reload' }")
+    with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as smtp:
+        smtp.sendmail(
+            "a@example.org", [address], b"Subject: console test\r\n\r\nKept for years.\r\n"
+        )
+    expect(row.get_by_test_id("cell-messages")).to_have_text("1")
+    accepted = _audit_rows(page, "MessageAccepted")
+    expect(accepted).to_have_count(1)
+    expect(accepted).to_contain_text("Legal journal")
+    assert page.evaluate("() => window.consoleTestProbe") == "no reload"
+    page.screenshot(path=ARTIFACTS / "console-dashboard.png")
+    page.evaluate("() => document.getElementById('mailboxes').scrollIntoView()")
+    page.screenshot(path=ARTIFACTS / "console-mailboxes.png")
+
+    # Server-side filters: only MessageAccepted, then everything about this one mailbox.
+    page.get_by_test_id("audit-types").select_option("MessageAccepted")
+    expect(page.get_by_test_id("audit-state")).to_have_text("live")
+    expect(page.get_by_test_id("audit-row")).to_have_count(1)
+    expect(accepted).to_have_count(1)
+    page.get_by_test_id("audit-types").select_option("")
+    page.get_by_test_id("audit-mailbox").select_option(mailbox_id)
+    expect(page.get_by_test_id("audit-state")).to_have_text("live")
+    expect(_audit_rows(page, "MailboxCreated")).to_have_count(1)
+    expect(_audit_rows(page, "AdminLogin")).to_have_count(0)
+    page.get_by_test_id("audit-mailbox").select_option("")
+    expect(_audit_rows(page, "AdminLogin")).to_have_count(2)
+
+    # A reload logs in again with the session token, without the password.
+    page.reload()
+    expect(page.get_by_test_id("header-actor")).to_have_text("admin")
+    expect(page.get_by_test_id("login")).to_be_hidden()
+    row = page.get_by_test_id("mailbox-row").filter(has_text="Legal journal")
+    expect(row.get_by_test_id("cell-messages")).to_have_text("1")
+
+    # Suspend.
+    row.get_by_test_id("action-suspend").click()
+    expect(row.get_by_test_id("cell-status")).to_have_text("suspended")
+    expect(page.get_by_test_id("notice").filter(has_text="Suspended")).to_be_visible()
+
+    # Reset the password: the warning first, confirmed explicitly; the server's after.
+    row.get_by_test_id("action-reset").click()
+    dialog = page.get_by_test_id("dialog-reset")
+    expect(dialog.get_by_test_id("reset-warning")).to_contain_text(RESET_WARNING)
+    expect(dialog.get_by_test_id("reset-warning")).to_contain_text("1 message (")
+    expect(dialog.get_by_test_id("reset-submit")).to_be_disabled()
+    dialog.get_by_test_id("reset-confirm").check()
+    dialog.get_by_test_id("reset-submit").click()
+    expect(page.get_by_test_id("secret-warning")).to_contain_text("can never be decrypted again")
+    expect(page.get_by_test_id("secret-warning")).to_contain_text(re.compile(r"\b1 message"))
+    second_password = _take_secret(page)
+    assert second_password != first_password
+    expect(_audit_rows(page, "MailboxKeyReset")).to_have_count(1)
+
+    # Delete: refused while messages remain, done with purge.
+    row.get_by_test_id("action-delete").click()
+    dialog = page.get_by_test_id("dialog-delete")
+    expect(dialog.get_by_test_id("delete-active-note")).to_be_hidden()
+    dialog.get_by_test_id("delete-submit").click()
+    expect(dialog.get_by_test_id("dialog-error")).to_contain_text("purge")
+    expect(dialog).to_contain_text("Also purge the 1 stored message")
+    dialog.get_by_test_id("delete-purge").check()
+    dialog.get_by_test_id("delete-submit").click()
+    expect(dialog).to_be_hidden()
+    expect(page.get_by_test_id("mailbox-row")).to_have_count(0)
+    expect(page.get_by_test_id("mailbox-empty")).to_be_visible()
+    expect(page.get_by_test_id("notice").filter(has_text="purged 1 message")).to_be_visible()
+    expect(_audit_rows(page, "MailboxDeleted")).to_have_count(1)
+
+    # An API token from the settings: shown once, listed, revoked.
+    page.get_by_test_id("new-token").click()
+    page.get_by_test_id("token-name").fill("backup script")
+    page.get_by_test_id("token-days").fill("30")
+    page.get_by_test_id("token-submit").click()
+    assert _take_secret(page).startswith("gwt_")
+    expect(page.get_by_test_id("token-row")).to_have_count(1)
+    page.get_by_test_id("token-revoke").click()
+    page.get_by_test_id("confirm-submit").click()
+    expect(page.get_by_test_id("token-row")).to_have_count(0)
+
+    # Log out: the login form, also after a reload (the session token is gone).
+    page.get_by_test_id("logout").click()
+    expect(page.get_by_test_id("login")).to_be_visible()
+    page.reload()
+    expect(page.get_by_test_id("login")).to_be_visible()
+    expect(page.get_by_test_id("header-actor")).to_be_hidden()
+
+
+def _log_in(page: Page, password: str) -> None:
+    page.get_by_test_id("login-password").fill(password)
+    page.get_by_test_id("login-submit").click()
+
+
+def _take_secret(page: Page) -> str:
+    """Reads the one-time secret; the dialog stays until "I have stored it" is ticked."""
+    dialog = page.get_by_test_id("dialog-secret")
+    expect(dialog).to_be_visible()
+    secret = page.get_by_test_id("secret-value").input_value()
+    assert len(secret) >= 12
+    expect(page.get_by_test_id("secret-close")).to_be_disabled()
+    page.get_by_test_id("secret-copy").click()
+    expect(page.get_by_test_id("secret-copy-state")).to_have_text(re.compile("Copied|selected"))
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_visible()
+    page.get_by_test_id("secret-stored").check()
+    page.get_by_test_id("secret-close").click()
+    expect(dialog).to_be_hidden()
+    return secret
+
+
+def _audit_rows(page: Page, event_type: str) -> Locator:
+    return page.locator(f'[data-testid="audit-row"][data-type="{event_type}"]')
