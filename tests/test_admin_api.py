@@ -501,3 +501,18 @@ async def test_slow_subscriber_is_dropped_while_intake_runs(running: Running) ->
         await trio.aclose_forcefully(stream)
     stored = len(running.archive.messages(created.mailbox.mailbox_id))
     assert stored == len(sent) and len(sent) > 200
+
+
+async def test_rapid_resubscribing_keeps_the_connection(running: Running) -> None:
+    """Unsubscribing while history is being sent must not cut a send in half (which would
+    break the TLS stream): the console does this whenever its filters change."""
+    async with admin(running) as client:
+        for _ in range(30):
+            subscribed = await client.request(api.AuditSubscribe(since=0))
+            assert isinstance(subscribed, api.Subscribed)
+            await client.request(api.AuditUnsubscribe(subscription=subscribed.subscription))
+        status = await client.request(api.Status())
+        assert isinstance(status, api.StatusReply)
+        with pytest.raises(ApiError) as unknown:
+            await client.request(api.AuditUnsubscribe(subscription=999))
+        assert unknown.value.code == ErrorCode.BAD_REQUEST

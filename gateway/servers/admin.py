@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -53,7 +54,6 @@ MAX_FRAME = 256 * 1024
 CLOSE_FELL_BEHIND = 4000
 # A dropped subscriber's connection gets this long to take its close frame, then is cut off.
 DROP_GRACE = 30.0
-CLOSE_LOGGED_OUT = 4001
 
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -236,7 +236,7 @@ class _Connection:
         self.peer = peer
         self.nursery = nursery
         self.principal: Principal | None = None
-        self.subscriptions: dict[int, tuple[Subscription, trio.CancelScope]] = {}
+        self.subscriptions: dict[int, Subscription] = {}
 
     async def serve(self) -> None:
         try:
@@ -249,9 +249,12 @@ class _Connection:
         except ConnectionClosed:
             return
         finally:
-            for subscription, scope in self.subscriptions.values():
-                self.server.hub.unsubscribe(subscription)
-                scope.cancel()
+            self._end_subscriptions()
+
+    def _end_subscriptions(self) -> None:
+        for subscription in list(self.subscriptions.values()):
+            self.server.hub.unsubscribe(subscription)
+        self.subscriptions.clear()
 
     async def _send(self, reply: api.Reply) -> None:
         await self.ws.send_message(api.encode_reply(reply))
@@ -279,6 +282,7 @@ class _Connection:
             return session
         if self.principal is not None and not server.accounts.still_valid(self.principal):
             self.principal = None
+            self._end_subscriptions()
             raise ApiError(ErrorCode.UNAUTHENTICATED, "the session has ended; log in again")
         if self.principal is None:
             raise ApiError(ErrorCode.UNAUTHENTICATED, "log in first")
@@ -286,6 +290,7 @@ class _Connection:
             case api.Logout():
                 server.accounts.logout(self.principal)
                 self.principal = None
+                self._end_subscriptions()
                 return api.Done(id=request.id)
             case api.Status():
                 return await server.status(request.id)
@@ -295,8 +300,7 @@ class _Connection:
                 entry = self.subscriptions.pop(request.subscription, None)
                 if entry is None:
                     raise ApiError(ErrorCode.BAD_REQUEST, f"no subscription {request.subscription}")
-                server.hub.unsubscribe(entry[0])
-                entry[1].cancel()
+                server.hub.unsubscribe(entry)
                 return api.Done(id=request.id)
             case _:
                 return await server.service.handle(request, self.principal, self.peer)
@@ -312,48 +316,52 @@ class _Connection:
         if request.since is not None and request.since < 0:
             raise ApiError(ErrorCode.BAD_REQUEST, "since must be 0 or more")
         subscription = hub.subscribe(mailbox, frozenset(request.types))
-        scope = trio.CancelScope()
-        self.subscriptions[subscription.id] = (subscription, scope)
-        self.nursery.start_soon(self._feed, subscription, scope, request)
+        self.subscriptions[subscription.id] = subscription
+        self.nursery.start_soon(self._feed, subscription, request)
         return api.Subscribed(
             id=request.id, subscription=subscription.id, next_seq=subscription.start_seq
         )
 
-    async def _feed(
-        self, subscription: Subscription, scope: trio.CancelScope, request: api.AuditSubscribe
-    ) -> None:
+    async def _feed(self, subscription: Subscription, request: api.AuditSubscribe) -> None:
+        """History, then live records, until unsubscribed, dropped or disconnected. Never
+        cancelled from inside the connection (see AuditHub.unsubscribe)."""
         hub = self.server.hub
-        with scope:
-            try:
-                if request.since is not None:
-                    async for batch in hub.history(request.since, subscription.start_seq):
+        try:
+            if request.since is not None:
+                history = hub.history(request.since, subscription.start_seq)
+                async with aclosing(history) as batches:
+                    async for batch in batches:
                         for record in batch:
+                            if subscription.ended:
+                                return
                             if record.matches(subscription.mailbox, subscription.types):
                                 await self._send(self._audit(subscription, record))
-                await self._send(
-                    api.AuditCaughtUp(
-                        id=request.id, subscription=subscription.id, next_seq=subscription.start_seq
-                    )
+            if subscription.ended:
+                return
+            await self._send(
+                api.AuditCaughtUp(
+                    id=request.id, subscription=subscription.id, next_seq=subscription.start_seq
                 )
-                if not request.follow:
-                    return
-                self.nursery.start_soon(self._cut_off_if_stuck, subscription)
-                async for record in subscription.receive:
-                    if subscription.dropped is not None:
-                        break
-                    await self._send(self._audit(subscription, record))
-                if subscription.dropped is not None:
-                    logger.info(
-                        "event=audit-subscriber-dropped client=%s reason=%r",
-                        self.peer,
-                        subscription.dropped,
-                    )
-                    await self.ws.aclose(CLOSE_FELL_BEHIND, subscription.dropped[:120])
-            except ConnectionClosed:
-                pass
-            finally:
-                hub.unsubscribe(subscription)
-                self.subscriptions.pop(subscription.id, None)
+            )
+            if not request.follow:
+                return
+            self.nursery.start_soon(self._cut_off_if_stuck, subscription)
+            async for record in subscription.receive:
+                if subscription.dropped is not None or subscription.ended:
+                    break
+                await self._send(self._audit(subscription, record))
+            if subscription.dropped is not None:
+                logger.info(
+                    "event=audit-subscriber-dropped client=%s reason=%r",
+                    self.peer,
+                    subscription.dropped,
+                )
+                await self.ws.aclose(CLOSE_FELL_BEHIND, subscription.dropped[:120])
+        except ConnectionClosed:
+            pass
+        finally:
+            hub.unsubscribe(subscription)
+            self.subscriptions.pop(subscription.id, None)
 
     async def _cut_off_if_stuck(self, subscription: Subscription) -> None:
         """A dropped subscriber that does not even take its close frame is disconnected."""

@@ -44,8 +44,8 @@ logger = logging.getLogger("gateway")
 MIN_PASSWORD = 12  # characters, for passwords an admin chooses (generated ones are 30)
 
 RESET_WARNING = (
-    "The mailbox has a new key. The {count} messages ({size} bytes) stored before the reset "
-    "can never be decrypted again, by anyone; they stay in the log until deleted."
+    "The mailbox has a new key. {what} stored before the reset can never be decrypted "
+    "again, by anyone; they stay in the log until deleted."
 )
 
 
@@ -266,7 +266,9 @@ class AdminService:
             password=password,
             unreadable_messages=lost,
             unreadable_bytes=lost_bytes,
-            warning=RESET_WARNING.format(count=lost, size=lost_bytes),
+            warning=RESET_WARNING.format(
+                what=f"The {lost} message{'s' if lost != 1 else ''} ({lost_bytes} bytes)"
+            ),
         )
 
     async def _mailbox_delete(self, request: api.MailboxDelete, actor: Actor) -> api.Reply:

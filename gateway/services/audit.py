@@ -22,7 +22,7 @@ worker thread, in batches), then drains its queue: every record exactly once, in
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,7 @@ class Subscription:
     receive: trio.MemoryReceiveChannel[AuditRecord]
     dropped: str | None = None
     dropped_event: trio.Event = field(default_factory=trio.Event)
+    ended: bool = False  # unsubscribed: its reader stops at the next record
 
     def offer(self, record: AuditRecord) -> bool:
         """Queue a record if it matches; False if this drops the subscription."""
@@ -161,10 +162,15 @@ class AuditHub:
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop a subscription. Its reader is not cancelled (a send cut off halfway would break
+        the connection's TLS stream): it sees ``ended`` or the closed queue and returns."""
         self._subscriptions.pop(subscription.id, None)
+        subscription.ended = True
         subscription.send.close()
 
-    async def history(self, from_seq: int, until_seq: int) -> AsyncIterator[list[AuditRecord]]:
+    async def history(
+        self, from_seq: int, until_seq: int
+    ) -> AsyncGenerator[list[AuditRecord], None]:
         """The control log's event records from ``from_seq`` below ``until_seq``, read from
         the files in batches. Raises LogCorrupt if the log does not check out."""
         records = iter_log(
