@@ -9,6 +9,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -16,14 +17,16 @@ import trio
 from trio_websocket import ConnectionClosed, wrap_client_stream
 
 from gateway.client import AdminClient, ClientError, TrustSettings, connect
+from gateway.config import AdminConfig
 from gateway.crypto import WrongPassword
 from gateway.log import RecordKind, iter_log
 from gateway.log._framing import encode_record_parts, genesis_chain
 from gateway.protocols import admin as api
 from gateway.protocols.admin import ApiError, ErrorCode
+from gateway.servers.gateway import Gateway, Listening
 from gateway.services._common import CONTROL_LOG_ID
 
-from .gateway_helpers import Running
+from .gateway_helpers import Running, make_config
 
 
 @asynccontextmanager
@@ -516,3 +519,29 @@ async def test_rapid_resubscribing_keeps_the_connection(running: Running) -> Non
         with pytest.raises(ApiError) as unknown:
             await client.request(api.AuditUnsubscribe(subscription=999))
         assert unknown.value.code == ErrorCode.BAD_REQUEST
+
+
+@pytest.mark.parametrize("source", ["environment", "file"])
+async def test_first_admin_password_from_environment_or_file(
+    tmp_path: Path, nursery: trio.Nursery, source: str
+) -> None:
+    config = make_config(tmp_path / "data")
+    environ = {}
+    if source == "environment":
+        environ["GATEWAY_ADMIN_PASSWORD"] = "from the environment"
+    else:
+        (tmp_path / "pw").write_text("from a file here\n")
+        config = msgspec.structs.replace(
+            config, admin=AdminConfig(password_file=str(tmp_path / "pw"))
+        )
+    announced: list[str] = []
+    gateway = Gateway(config, environ=environ, announce_admin_password=announced.append)
+    listening: list[Listening] = await nursery.start(gateway.run)
+    assert announced == []  # nothing generated, nothing printed
+    port = next(x.port for x in listening if x.name == "admin")
+    password = "from the environment" if source == "environment" else "from a file here"
+    trust = TrustSettings(cafile=str(tmp_path / "data" / "tls" / "cert.pem"))
+    async with connect(f"wss://localhost:{port}/api", trust) as client:
+        session = await client.request(api.Login(password=password))
+        assert isinstance(session, api.Session)
+    gateway.request_shutdown()
