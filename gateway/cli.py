@@ -15,6 +15,7 @@ from pathlib import Path
 import trio
 
 from . import __version__
+from ._groups import leaves
 from .cli_admin import ADMIN_COMMANDS, add_admin_commands, run_admin_command
 from .config import Config, ConfigError, load_config
 from .log import DataDirLocked, LogCorrupt
@@ -93,18 +94,10 @@ def _serve(config_path: Path | None, data_dir: Path | None) -> int:
     try:
         trio.run(_serve_async, config)
     except* (StartupError, DataDirLocked, LogCorrupt) as group:
-        failures.extend(_leaves(group))
+        failures.extend(leaves(group))
     for failure in failures:
         logger.error("event=start-failed reason=%r", str(failure))
     return EXIT_UNAVAILABLE if failures else EXIT_OK
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    """The exceptions inside nested groups (each nursery level adds one)."""
-    leaves: list[BaseException] = []
-    for exc in group.exceptions:
-        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return leaves
 
 
 def _announce_admin_password(password: str) -> None:

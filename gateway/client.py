@@ -27,6 +27,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from ._groups import leaves
 from .protocols import admin as api
 from .protocols.admin import ApiError
 
@@ -169,21 +170,14 @@ async def connect(
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # The nursery wraps whatever ended it; give callers the one error they can handle.
-        leaves = _leaves(group)
-        if len(leaves) != 1:
+        found = leaves(group)
+        if len(found) != 1:
             raise
-        leaf = leaves[0]
+        leaf = found[0]
         if isinstance(leaf, HandshakeError):
             await trio.aclose_forcefully(stream)
             raise ClientError(f"the gateway refused the websocket: {leaf}") from None
         raise leaf from None
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    leaves: list[BaseException] = []
-    for exc in group.exceptions:
-        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return leaves
 
 
 def _reason(exc: BaseException) -> str:

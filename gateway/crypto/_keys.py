@@ -350,15 +350,21 @@ def _aad(mailbox_id: bytes, key_id: bytes, public_key: bytes) -> bytes:
     return _DOMAIN + mailbox_id + key_id + public_key
 
 
-def _kek(password_bytes: bytes, salt: bytes, kdf: KdfParams) -> bytes:
+def argon2id(secret: bytes, salt: bytes, kdf: KdfParams, *, length: int, ad: bytes) -> bytes:
+    """Argon2id with the given cost parameters; ``ad`` separates the uses (key-file KEKs,
+    the admin password's hash) so one output can never stand in for another."""
     return Argon2id(
         salt=salt,
-        length=_KEK_SIZE,
+        length=length,
         iterations=kdf.iterations,
         lanes=kdf.lanes,
         memory_cost=kdf.memory_kib,
-        ad=_DOMAIN,
-    ).derive(password_bytes)
+        ad=ad,
+    ).derive(secret)
+
+
+def _kek(password_bytes: bytes, salt: bytes, kdf: KdfParams) -> bytes:
+    return argon2id(password_bytes, salt, kdf, length=_KEK_SIZE, ad=_DOMAIN)
 
 
 def _wrap(

@@ -19,9 +19,8 @@ import hmac
 import secrets
 
 import msgspec
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-from ._keys import KdfParams, _password_bytes
+from ._keys import KdfParams, _password_bytes, argon2id
 
 __all__ = ["PasswordHash", "check_password", "generate_password", "hash_password"]
 
@@ -51,14 +50,7 @@ class PasswordHash(msgspec.Struct, frozen=True, kw_only=True):
 
 def _argon2(password: str, salt: bytes, kdf: KdfParams) -> bytes:
     kdf.validate()
-    return Argon2id(
-        salt=salt,
-        length=_HASH_SIZE,
-        iterations=kdf.iterations,
-        lanes=kdf.lanes,
-        memory_cost=kdf.memory_kib,
-        ad=_ADMIN_DOMAIN,
-    ).derive(_password_bytes(password))
+    return argon2id(_password_bytes(password), salt, kdf, length=_HASH_SIZE, ad=_ADMIN_DOMAIN)
 
 
 def hash_password(password: str, kdf: KdfParams) -> PasswordHash:

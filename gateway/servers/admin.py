@@ -365,7 +365,9 @@ class _Connection:
 
     async def _cut_off_if_stuck(self, subscription: Subscription) -> None:
         """A dropped subscriber that does not even take its close frame is disconnected."""
-        await subscription.dropped_event.wait()
+        await subscription.finished.wait()
+        if subscription.dropped is None:
+            return  # unsubscribed: nothing to enforce
         await trio.sleep(DROP_GRACE)
         self.nursery.cancel_scope.cancel()
 

@@ -83,8 +83,8 @@ class Subscription:
     send: trio.MemorySendChannel[AuditRecord]
     receive: trio.MemoryReceiveChannel[AuditRecord]
     dropped: str | None = None
-    dropped_event: trio.Event = field(default_factory=trio.Event)
     ended: bool = False  # unsubscribed: its reader stops at the next record
+    finished: trio.Event = field(default_factory=trio.Event)  # dropped or unsubscribed
 
     def offer(self, record: AuditRecord) -> bool:
         """Queue a record if it matches; False if this drops the subscription."""
@@ -99,7 +99,7 @@ class Subscription:
                 f"resubscribe from seq {record.seq}"
             )
             self.send.close()
-            self.dropped_event.set()
+            self.finished.set()
             return False
         except trio.BrokenResourceError:
             self.send.close()
@@ -167,6 +167,7 @@ class AuditHub:
         self._subscriptions.pop(subscription.id, None)
         subscription.ended = True
         subscription.send.close()
+        subscription.finished.set()
 
     async def history(
         self, from_seq: int, until_seq: int
