@@ -1,0 +1,390 @@
+"""The peers work before the gateway is involved: swaks, private Postfix instances and
+smtp-source each deliver to a tiny SMTP sink written here (ESMTP, PIPELINING, STARTTLS and
+implicit TLS with a trustme CA), and the sink records every message's bytes."""
+
+from __future__ import annotations
+
+import functools
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+import pytest
+import trio
+import trustme
+
+from . import (
+    PostfixError,
+    free_port,
+    open_private_postfix,
+    private_postfix,
+    require,
+    smtp_source,
+    swaks,
+)
+
+pytestmark = pytest.mark.slow
+
+MAX_LINE = 64 * 1024  # generous: the sink only needs to be strict about CRLF "." CRLF
+SESSION_TIMEOUT = 60.0
+EXTENSIONS = ("PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 0")
+
+
+@dataclass(frozen=True)
+class Received:
+    helo: bytes
+    sender: bytes
+    recipients: tuple[bytes, ...]
+    data: bytes  # dot-unstuffed, up to and including the CRLF before "."
+    tls: bool
+    session: int
+
+
+@dataclass
+class Sink:
+    """Accepts any mail on 127.0.0.1, on a plain port (STARTTLS offered) and an implicit-TLS
+    port: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT. Not a model of a good server (the
+    gateway's SMTP machine is that); just enough to see what a peer sends."""
+
+    ssl_context: ssl.SSLContext
+    messages: list[Received] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    sessions: int = 0
+    port: int = 0
+    smtps_port: int = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        plain = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        implicit = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = int(plain[0].socket.getsockname()[1])
+        self.smtps_port = int(implicit[0].socket.getsockname()[1])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.serve_listeners, self.handle, plain)
+            nursery.start_soon(
+                trio.serve_listeners, functools.partial(self.handle, implicit_tls=True), implicit
+            )
+            task_status.started()
+
+    async def handle(self, stream: trio.SocketStream, *, implicit_tls: bool = False) -> None:
+        self.sessions += 1
+        session = Session(self, stream, self.sessions)
+        try:
+            with trio.fail_after(SESSION_TIMEOUT):
+                if implicit_tls:
+                    await session.start_tls()
+                await session.run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away: its finished messages are already recorded
+        except Exception as exc:
+            self.errors.append(f"session {session.number}: {exc!r}")
+        finally:
+            await trio.aclose_forcefully(session.stream)
+
+
+class Session:
+    def __init__(self, sink: Sink, stream: trio.SocketStream, number: int) -> None:
+        self.sink = sink
+        self.stream: trio.abc.Stream = stream
+        self.number = number
+        self.buffer = bytearray()
+        self.tls = False
+        self.helo = b""
+
+    async def start_tls(self) -> None:
+        tls_stream = trio.SSLStream(self.stream, self.sink.ssl_context, server_side=True)
+        await tls_stream.do_handshake()
+        self.stream, self.tls, self.helo = tls_stream, True, b""
+
+    async def line(self) -> bytes | None:
+        """One line without its CRLF, or None at EOF."""
+        while (end := self.buffer.find(b"\r\n")) < 0:
+            if len(self.buffer) > MAX_LINE:
+                raise ValueError("line too long")
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line = bytes(self.buffer[:end])
+        del self.buffer[: end + 2]
+        return line
+
+    async def reply(self, code: int, *lines: str) -> None:
+        text = "".join(f"{code}{'-' * (n < len(lines) - 1) or ' '}{line}\r\n"
+                       for n, line in enumerate(lines))  # fmt: skip
+        await self.stream.send_all(text.encode())
+
+    async def run(self) -> None:
+        await self.reply(220, "sink.test ESMTP test sink")
+        sender: bytes | None = None
+        recipients: list[bytes] = []
+        while (line := await self.line()) is not None:
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                self.helo, sender, recipients = line[5:], None, []
+                starttls = () if self.tls else ("STARTTLS",)
+                await self.reply(250, "sink.test", *EXTENSIONS, *starttls)
+            elif verb == b"HELO":
+                self.helo, sender, recipients = line[5:], None, []
+                await self.reply(250, "sink.test")
+            elif line.upper() == b"STARTTLS" and not self.tls:
+                if self.buffer:
+                    # RFC 3207 §4.2: nothing may follow STARTTLS before the handshake.
+                    await self.reply(554, "5.5.1 commands pipelined after STARTTLS")
+                    return
+                await self.reply(220, "2.0.0 go ahead")
+                await self.start_tls()
+                sender, recipients = None, []
+            elif verb == b"MAIL":
+                sender, recipients = line[10:].split(b" ")[0], []
+                await self.reply(250, "2.1.0 ok")
+            elif verb == b"RCPT":
+                if sender is None:
+                    await self.reply(503, "5.5.1 MAIL first")
+                    continue
+                recipients.append(line[8:].split(b" ")[0])
+                await self.reply(250, "2.1.5 ok")
+            elif verb == b"DATA":
+                if sender is None or not recipients:
+                    await self.reply(503, "5.5.1 no valid recipients")
+                    continue
+                await self.reply(354, "end with <CRLF>.<CRLF>")
+                data = bytearray()
+                while (body_line := await self.line()) != b".":
+                    if body_line is None:
+                        return
+                    data += (body_line[1:] if body_line.startswith(b".") else body_line) + b"\r\n"
+                self.sink.messages.append(
+                    Received(
+                        self.helo, sender, tuple(recipients), bytes(data), self.tls, self.number
+                    )
+                )
+                sender, recipients = None, []
+                await self.reply(250, f"2.0.0 ok {len(self.sink.messages)}")
+            elif verb in (b"RSET", b"NOOP"):
+                sender, recipients = (None, []) if verb == b"RSET" else (sender, recipients)
+                await self.reply(250, "2.0.0 ok")
+            elif verb == b"QUIT":
+                await self.reply(221, "2.0.0 bye")
+                return
+            else:
+                await self.reply(502, "5.5.2 not implemented")
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
+    # Postfix's smtp client reads smtp_tls_CAfile before it drops privileges, so the file
+    # may sit in pytest's 0700 tmp_path.
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture
+async def sink(ca: trustme.CA, nursery: trio.Nursery) -> Sink:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost", "sink.test").configure_cert(context)
+    sink = Sink(context)
+    await nursery.start(sink.serve)
+    return sink
+
+
+def split_received(message: bytes) -> tuple[list[bytes], bytes]:
+    """(the Received: fields at the top, each with its continuation lines; the rest)."""
+    fields: list[bytes] = []
+    while message.startswith(b"Received:"):
+        end = 0
+        while True:
+            end = message.index(b"\r\n", end) + 2
+            if message[end : end + 1] not in (b" ", b"\t"):
+                break
+        fields.append(message[:end])
+        message = message[end:]
+    return fields, message
+
+
+def test_require_fails_never_skips() -> None:
+    with pytest.raises(pytest.fail.Exception, match=r"install\.sh"):
+        require("no-such-peer-tool")
+
+
+async def test_swaks_starttls_smtps_and_pipelining(sink: Sink, ca_file: Path) -> None:
+    body = b"Subject: swaks\r\n\r\nfirst line\r\n.leading dot\r\n8-bit \xc3\xa9\r\n"
+    send = functools.partial(swaks, "127.0.0.1", data=body)
+    runs: list[Callable[[], subprocess.CompletedProcess[str]]] = [
+        functools.partial(send, sink.port, to="tls@example.com", tls=True, tls_verify=ca_file),
+        functools.partial(send, sink.port, to="pipeline@example.com", pipeline=True),
+        functools.partial(send, sink.port, to="both@example.com", tls=True, pipeline=True),
+        functools.partial(
+            send, sink.smtps_port, to="smtps@example.com", tls_on_connect=True, tls_verify=ca_file
+        ),
+        # raw: the caller stuffs dots and ends the data, and swaks sends exactly that.
+        functools.partial(
+            swaks,
+            "127.0.0.1",
+            sink.port,
+            to="raw@example.com",
+            data=body.replace(b"\r\n.", b"\r\n..") + b".\r\n",
+            raw=True,
+        ),
+    ]
+    for run in runs:
+        done = await trio.to_thread.run_sync(run)
+        assert "250 2.0.0 ok" in done.stdout, done.stdout
+    assert sink.errors == []
+    assert [(m.recipients, m.tls) for m in sink.messages] == [
+        ((b"<tls@example.com>",), True),
+        ((b"<pipeline@example.com>",), False),
+        ((b"<both@example.com>",), True),
+        ((b"<smtps@example.com>",), True),
+        ((b"<raw@example.com>",), False),
+    ]
+    assert {m.data for m in sink.messages} == {body}
+    assert {m.helo for m in sink.messages} == {b"swaks.test"}
+
+
+async def test_postfix_relays_over_starttls_byte_exact(
+    sink: Sink, ca_file: Path, tmp_path: Path
+) -> None:
+    originals = [
+        (
+            f"From: user{n}@example.com\r\nTo: journal@example.net\r\nSubject: relay {n}\r\n"
+            f"Date: {formatdate()}\r\nMessage-ID: {make_msgid(domain='example.com')}\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            "Content-Transfer-Encoding: 8bit\r\n\r\n"
+            f"8-bit body {n} \u00e9\u00e8\r\n.leading dot\r\n..two dots\r\n"
+            + ("x" * 76 + "\r\n") * (n * 7)
+        ).encode()
+        for n in range(20)
+    ]  # fmt: skip
+    # A message with only a Subject: nothing is added to it either.
+    originals[0] = b"Subject: bare\r\n\r\nbody\r\n"
+    async with open_private_postfix(
+        tmp_path, relay_port=sink.port, tls="encrypt", ca_file=ca_file
+    ) as postfix:
+        for n, original in enumerate(originals):
+            await trio.to_thread.run_sync(
+                postfix.send, f"sender{n}@example.com", [f"rcpt{n}@example.net"], original
+            )
+        await trio.to_thread.run_sync(postfix.wait_until_queue_empty, 30.0)
+        assert postfix.queue_ids_deferred() == []
+        log = postfix.log_text()
+    assert postfix.processes() == []
+    # encrypt needs no trusted certificate, but with smtp_tls_CAfile the sink's is one.
+    assert "Trusted TLS connection established to 127.0.0.1" in log, log[-3000:]
+    assert sink.errors == []
+    assert len(sink.messages) == 20
+    assert all(m.tls for m in sink.messages)
+    relayed = {}
+    for message in sink.messages:
+        received, rest = split_received(message.data)
+        # Postfix adds its Received: field and nothing else.
+        assert len(received) == 1, message.data[:500]
+        assert b"(Postfix) with ESMTP id" in received[0]
+        relayed[message.sender] = (message.recipients, rest)
+    assert relayed == {
+        f"<sender{n}@example.com>".encode(): ((f"<rcpt{n}@example.net>".encode(),), original)
+        for n, original in enumerate(originals)
+    }
+
+
+async def test_two_instances_defer_then_deliver(sink: Sink, ca_file: Path, tmp_path: Path) -> None:
+    """Two private instances side by side: "front" takes a message through sendmail(1) while
+    its next hop, "back", is down (deferred, and the error says why), then "back" comes up
+    on that port and the message goes front -> back -> sink."""
+    message = (
+        "From: local@example.com\r\nTo: far@example.net\r\nSubject: chained\r\n"
+        f"Date: {formatdate()}\r\nMessage-ID: {make_msgid(domain='example.com')}\r\n\r\n"
+        "through two instances\r\n"
+    ).encode()
+    back_port = free_port()
+
+    def scenario() -> tuple[list[int], str]:
+        with private_postfix(tmp_path, name="front", relay_port=back_port, tls="may") as front:
+            front.sendmail("local@example.com", ["far@example.net"], message)
+            deadline = time.monotonic() + 10
+            while not front.queue_ids_deferred():
+                assert time.monotonic() < deadline, front.log_text()
+                time.sleep(0.05)
+            with pytest.raises(PostfixError, match="Connection refused"):
+                front.wait_until_queue_empty(0.2)
+            with private_postfix(
+                tmp_path,
+                name="back",
+                listen_port=back_port,
+                relay_port=sink.port,
+                tls="encrypt",
+                ca_file=ca_file,
+            ) as back:
+                front.flush()
+                front.wait_until_queue_empty(20)
+                back.wait_until_queue_empty(20)
+                log = back.log_text()
+            assert back.processes() == []  # stopped, and front still runs
+            assert front.processes() != []
+        return front.processes() + back.processes(), log
+
+    left, back_log = await trio.to_thread.run_sync(scenario)
+    assert left == []
+    assert f" postfix-peer-{back_port}/smtpd[" in back_log  # its own syslog_name
+    assert sink.errors == []
+    [relayed] = sink.messages
+    assert relayed.tls
+    received, rest = split_received(relayed.data)
+    # back's smtpd, front's smtpd-less pickup ("from userid 0") and nothing else.
+    assert [r.split(b"\r\n")[0] for r in received] == [
+        b"Received: from peer-%d.postfix.test (localhost [127.0.0.1])" % _front_port(received),
+        b"Received: by peer-%d.postfix.test (Postfix, from userid 0)" % _front_port(received),
+    ]
+    assert rest == message
+
+
+def _front_port(received: list[bytes]) -> int:
+    return int(received[1].split(b"peer-")[1].split(b".")[0])
+
+
+async def test_postfix_start_failure_says_why(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+
+        def start() -> None:
+            with private_postfix(tmp_path, listen_port=port, relay_port=port):
+                pass
+
+        with pytest.raises(PostfixError, match="Address already in use"):
+            await trio.to_thread.run_sync(start)
+
+
+async def test_smtp_source_200_messages_over_5_sessions(sink: Sink) -> None:
+    done = await trio.to_thread.run_sync(
+        functools.partial(
+            smtp_source,
+            "127.0.0.1",
+            sink.port,
+            sessions=5,
+            messages=200,
+            size=300,
+            sender="load@example.com",
+            to="sink@example.net",
+            subject="peers load",
+        )
+    )
+    assert sink.errors == []
+    assert len(sink.messages) == 200, done.stdout + done.stderr
+    assert sink.sessions == 5  # -d: each session keeps its connection
+    for message in sink.messages:
+        assert message.sender == b"<load@example.com>"
+        assert message.recipients == (b"<sink@example.net>",)
+        assert b"Subject: peers load\r\n" in message.data
+        assert len(message.data.split(b"\r\n\r\n", 1)[1]) >= 300
