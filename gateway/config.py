@@ -24,6 +24,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ListenerConfig",
+    "POP3Config",
     "Protocol",
     "SMTPConfig",
     "StoreSettings",
@@ -39,6 +40,7 @@ class ConfigError(Exception):
 
 class Protocol(enum.StrEnum):
     SMTP = "smtp"
+    POP3 = "pop3"  # retrieval: the archive fetches and deletes (STLS or implicit TLS)
     ADMIN = "admin"  # HTTPS: the console page and the websocket API (implicit TLS only)
 
 
@@ -83,6 +85,21 @@ class SMTPConfig(_Section, frozen=True, kw_only=True):
     data_timeout: float = 600.0
 
 
+class POP3Config(_Section, frozen=True, kw_only=True):
+    max_sessions: int = 200
+    max_sessions_per_client: int = 20
+    # RFC 1939 §3: an autologout timer of at least 10 minutes.
+    idle_timeout: float = 600.0
+    bad_command_budget: int = 10
+    # A failed login is answered this long after it arrived, found mailbox or not.
+    failure_delay: float = 2.0
+    # Failures in a row (per client address, and per username) before a lockout of 60 s that
+    # doubles with each further failure, up to 15 minutes.
+    max_failures: int = 10
+    # Argon2id unlocks running at once (each takes store.kdf.memory_kib of memory).
+    max_unlocks: int = 4
+
+
 class AdminConfig(_Section, frozen=True, kw_only=True):
     # First start only: the admin password is read from this file (GATEWAY_ADMIN_PASSWORD
     # wins over it); without either, a random one is printed once on the terminal.
@@ -113,6 +130,8 @@ DEFAULT_LISTENERS = (
     ListenerConfig(name="smtp", protocol=Protocol.SMTP, port=2525, tls=TLSMode.STARTTLS),
     ListenerConfig(name="smtps", protocol=Protocol.SMTP, port=2465, tls=TLSMode.IMPLICIT),
     ListenerConfig(name="submission", protocol=Protocol.SMTP, port=2587, tls=TLSMode.STARTTLS),
+    ListenerConfig(name="pop3", protocol=Protocol.POP3, port=1110, tls=TLSMode.STARTTLS),
+    ListenerConfig(name="pop3s", protocol=Protocol.POP3, port=1995, tls=TLSMode.IMPLICIT),
     ListenerConfig(name="admin", protocol=Protocol.ADMIN, port=8450, tls=TLSMode.IMPLICIT),
 )
 
@@ -125,6 +144,7 @@ class Config(_Section, frozen=True, kw_only=True):
     listeners: tuple[ListenerConfig, ...] = DEFAULT_LISTENERS
     tls: TLSConfig = TLSConfig()
     smtp: SMTPConfig = SMTPConfig()
+    pop3: POP3Config = POP3Config()
     admin: AdminConfig = AdminConfig()
     store: StoreSettings = StoreSettings()
 
@@ -173,6 +193,15 @@ def _check(config: Config, path: Path | None) -> None:
             raise ConfigError(f"{where}: listener {listener.name}: the admin listener is TLS only")
     if sum(listener.protocol == Protocol.ADMIN for listener in config.listeners) > 1:
         raise ConfigError(f"{where}: at most one admin listener")
+    pop3 = config.pop3
+    if pop3.idle_timeout < 600:
+        raise ConfigError(f"{where}: pop3.idle_timeout must be at least 600 (RFC 1939 section 3)")
+    if pop3.bad_command_budget < 1 or pop3.max_failures < 1 or pop3.max_unlocks < 1:
+        raise ConfigError(
+            f"{where}: pop3.bad_command_budget, max_failures and max_unlocks must be at least 1"
+        )
+    if not 0 <= pop3.failure_delay <= 60:
+        raise ConfigError(f"{where}: pop3.failure_delay must be 0 to 60 seconds")
     if not 1 <= config.admin.max_connections <= 10_000:
         raise ConfigError(f"{where}: admin.max_connections must be 1 to 10000")
     if not 0.1 <= config.admin.session_hours <= 24 * 30:

@@ -48,8 +48,11 @@ __all__ = [
     "MailboxUpdated",
     "MessageAccepted",
     "MessageEvent",
+    "MessageRef",
     "MessageStored",
     "MessagesExpunged",
+    "Pop3Login",
+    "Pop3SessionEnded",
     "SmtpSessionEnded",
     "decode_control_event",
     "decode_envelope",
@@ -197,6 +200,38 @@ class SmtpSessionEnded(Event, frozen=True, kw_only=True):
     seconds: float = 0.0
 
 
+class Pop3Login(Event, frozen=True, kw_only=True):
+    """A POP3 login, successful or not. ``mailbox_id`` is set when the username named a
+    mailbox id or address (whether or not it exists); never the password."""
+
+    session_id: str
+    client_address: str
+    mailbox_id: str = ""
+    mechanism: str = ""  # "USER" or "PLAIN"
+    success: bool
+    reason: str = ""  # "wrong credentials", "throttled", "in use", ...
+
+
+class MessageRef(msgspec.Struct, frozen=True):
+    message_id: str
+    size: int
+
+
+class Pop3SessionEnded(Event, frozen=True, kw_only=True):
+    """One POP3 session, at its end: what was retrieved (RETR, in order) and what its QUIT
+    deleted (empty unless the deletions became durable)."""
+
+    session_id: str
+    listener: str
+    client_address: str
+    tls: str = ""
+    mailbox_id: str = ""
+    retrieved: tuple[MessageRef, ...] = ()
+    deleted: tuple[MessageRef, ...] = ()
+    outcome: str = ""  # "quit", "eof", "timeout", "too_many_errors", "shutdown", "dropped"
+    seconds: float = 0.0
+
+
 class MessageAccepted(Event, frozen=True, kw_only=True):
     """A message became durable in one or more mailboxes (one id per mailbox) and got 250."""
 
@@ -275,6 +310,8 @@ ControlEvent = (
     | SmtpSessionEnded
     | MessageAccepted
     | DeliveryRefused
+    | Pop3Login
+    | Pop3SessionEnded
     | AdminAccountCreated
     | AdminLogin
     | AdminPasswordChanged
@@ -360,6 +397,8 @@ _KNOWN_TAGS = frozenset(
         SmtpSessionEnded,
         MessageAccepted,
         DeliveryRefused,
+        Pop3Login,
+        Pop3SessionEnded,
         AdminAccountCreated,
         AdminLogin,
         AdminPasswordChanged,

@@ -12,6 +12,7 @@ import ipaddress
 import ssl
 from pathlib import Path
 
+import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -89,3 +90,16 @@ class TLSContextHolder:
 
     def summary(self) -> tuple[str, str, datetime.datetime]:
         return certificate_summary(self.cert_path)
+
+
+def describe_tls(stream: trio.abc.Stream) -> str:
+    """``"TLSv1.3 TLS_AES_256_GCM_SHA384"`` for a TLS stream, ``""`` for a plain one: what
+    the audit events and the Received field record."""
+    if not isinstance(stream, trio.SSLStream):
+        return ""
+    try:
+        version = stream.version()
+        cipher = stream.cipher()
+    except (ssl.SSLError, AttributeError, trio.NeedHandshakeError):
+        return ""
+    return f"{version} {cipher[0]}" if version and cipher else ""

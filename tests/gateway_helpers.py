@@ -11,7 +11,15 @@ import msgspec
 import pytest
 import trio
 
-from gateway.config import Config, KdfSettings, ListenerConfig, Protocol, StoreSettings, TLSMode
+from gateway.config import (
+    Config,
+    KdfSettings,
+    ListenerConfig,
+    POP3Config,
+    Protocol,
+    StoreSettings,
+    TLSMode,
+)
 from gateway.crypto import MailboxPrivateKey
 from gateway.servers.gateway import Gateway, Listening
 from gateway.services.archive import Archive
@@ -43,9 +51,16 @@ def make_config(data: Path, **smtp: object) -> Config:
     listeners = (
         ListenerConfig(name="smtp", protocol=Protocol.SMTP, port=0, tls=TLSMode.STARTTLS),
         ListenerConfig(name="smtps", protocol=Protocol.SMTP, port=0, tls=TLSMode.IMPLICIT),
+        ListenerConfig(name="pop3", protocol=Protocol.POP3, port=0, tls=TLSMode.STARTTLS),
+        ListenerConfig(name="pop3s", protocol=Protocol.POP3, port=0, tls=TLSMode.IMPLICIT),
         ListenerConfig(name="admin", protocol=Protocol.ADMIN, port=0, tls=TLSMode.IMPLICIT),
     )
-    config = Config(data_dir=str(data), listeners=listeners, store=StoreSettings(kdf=FAST))
+    config = Config(
+        data_dir=str(data),
+        listeners=listeners,
+        store=StoreSettings(kdf=FAST),
+        pop3=POP3Config(failure_delay=0.05),
+    )
     if smtp:
         config = msgspec.structs.replace(config, smtp=msgspec.structs.replace(config.smtp, **smtp))
     return config

@@ -153,7 +153,7 @@ async def test_status(running: Running) -> None:
         await client.request(api.MailboxCreate(name="A"))
         status = await client.request(api.Status())
         assert isinstance(status, api.StatusReply)
-        assert {x.name for x in status.listeners} == {"smtp", "smtps", "admin"}
+        assert {x.name for x in status.listeners} == {"smtp", "smtps", "pop3", "pop3s", "admin"}
         assert status.certificate is not None
         der = ssl.PEM_cert_to_DER_cert(running.cafile.read_text())
         assert status.certificate.sha256.replace(":", "").lower() == hashlib.sha256(der).hexdigest()

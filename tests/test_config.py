@@ -29,6 +29,8 @@ def test_defaults_are_the_embedded_ones() -> None:
         ("smtp", 2525, TLSMode.STARTTLS),
         ("smtps", 2465, TLSMode.IMPLICIT),
         ("submission", 2587, TLSMode.STARTTLS),
+        ("pop3", 1110, TLSMode.STARTTLS),
+        ("pop3s", 1995, TLSMode.IMPLICIT),
         ("admin", 8450, TLSMode.IMPLICIT),
     ]
     assert all(x.address == "127.0.0.1" for x in config.listeners)

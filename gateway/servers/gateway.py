@@ -35,6 +35,7 @@ from ..tls import TLSContextHolder, make_self_signed
 from .admin import AdminServer
 from .limits import SessionLimiter
 from .notify import SystemdNotifier
+from .pop3 import POP3Server
 from .smtp import SMTPServer
 
 __all__ = ["Gateway", "Listening", "SessionLimiter", "StartupError"]
@@ -79,8 +80,12 @@ class Gateway:
         self.archive: Archive | None = None
         self.accounts: Accounts | None = None
         self.hub: AuditHub | None = None
+        self.pop3_server: POP3Server | None = None
         self.tls: TLSContextHolder | None = None
         self.limiter = SessionLimiter(config.smtp.max_sessions, config.smtp.max_sessions_per_client)
+        self.pop3_limiter = SessionLimiter(
+            config.pop3.max_sessions, config.pop3.max_sessions_per_client
+        )
         self.listening: list[Listening] = []
         self.notifier = SystemdNotifier.from_environment()
         self._stop = trio.Event()
@@ -89,7 +94,7 @@ class Gateway:
 
     @property
     def sessions_active(self) -> int:
-        return self.limiter.active
+        return self.limiter.active + self.pop3_limiter.active
 
     def request_shutdown(self) -> None:
         self._stop.set()
@@ -176,10 +181,12 @@ class Gateway:
         assert self.accounts is not None
         limiter = self.limiter
         smtp = SMTPServer(self.config, self.archive, self.tls, limiter)
+        pop3 = self.pop3_server = POP3Server(self.config, self.archive, self.tls, self.pop3_limiter)
         service = AdminService(self.archive, self.accounts, self.config.mail_domain)
         admin = AdminServer(self, service, self.accounts, hub, self.config)
         handlers: dict[Protocol, Handler] = {
             Protocol.SMTP: smtp.handle,
+            Protocol.POP3: pop3.handle,
             Protocol.ADMIN: admin.handle,
         }
         bound: list[tuple[ListenerConfig, list[trio.SocketListener]]] = []
@@ -231,7 +238,7 @@ class Gateway:
                 task_status.started(self.listening)
                 await self._wait_for_signals()
                 self.notifier.notify("STOPPING=1")
-                logger.info("event=stopping sessions=%d", limiter.active)
+                logger.info("event=stopping sessions=%d", self.sessions_active)
                 accepting.cancel_scope.cancel()
             for _cfg, sockets in bound:
                 for sock in sockets:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import ssl
 import time
 
 import trio
@@ -56,7 +55,7 @@ from ..protocols.smtp import (
 from ..services.archive import Archive, ArchiveError
 from ..services.intake import MessageWriter
 from ..services.journal import check_recipient, received_header
-from ..tls import TLSContextHolder
+from ..tls import TLSContextHolder, describe_tls
 from .limits import SessionLimiter
 
 __all__ = ["SMTPServer"]
@@ -122,7 +121,7 @@ class _Session:
         self.peer = peer
         self.session_id = session_id
         self.actor = Actor(kind="smtp", address=peer)
-        self.tls = _tls_description(stream)
+        self.tls = describe_tls(stream)
         self.helo = ""
         self.helo_kind = ""
         self.mail_from = ""
@@ -330,7 +329,7 @@ class _Session:
         with trio.fail_after(HANDSHAKE_TIMEOUT):
             await ssl_stream.do_handshake()
         self.stream = ssl_stream
-        self.tls = _tls_description(ssl_stream)
+        self.tls = describe_tls(ssl_stream)
         version, _, cipher = self.tls.partition(" ")
         self.conn.tls_started(version, cipher)
         self.helo = ""
@@ -399,14 +398,3 @@ class _Session:
             ),
             durable=False,
         )
-
-
-def _tls_description(stream: trio.abc.Stream) -> str:
-    if not isinstance(stream, trio.SSLStream):
-        return ""
-    try:
-        version = stream.version()
-        cipher = stream.cipher()
-    except (ssl.SSLError, AttributeError, trio.NeedHandshakeError):
-        return ""
-    return f"{version} {cipher[0]}" if version and cipher else ""

@@ -34,6 +34,7 @@ import trio
 from ..crypto import KdfParams, PasswordHash, check_password, generate_password, hash_password
 from ..events import now
 from ..log import DataDir
+from .throttle import LoginThrottle
 
 __all__ = [
     "Accounts",
@@ -43,7 +44,6 @@ __all__ = [
 ]
 
 _FILE_VERSION = 1
-MAX_LOCKOUT = 15 * 60.0
 
 
 class StoredToken(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,12 +90,6 @@ class LoginRefused(Exception):
 
 
 @dataclass(slots=True)
-class _Failures:
-    count: int = 0
-    locked_until: float = 0.0
-
-
-@dataclass(slots=True)
 class Accounts:
     data: DataDir
     kdf: KdfParams
@@ -104,8 +98,11 @@ class Accounts:
     max_failures: int = 5
     _credentials: _Credentials | None = None
     _sessions: dict[bytes, Principal] = field(default_factory=dict)
-    _failures: dict[str, _Failures] = field(default_factory=dict)
+    _throttle: LoginThrottle = field(default_factory=LoginThrottle)
     _lock: trio.Lock = field(default_factory=trio.Lock)
+
+    def __post_init__(self) -> None:
+        self._throttle = LoginThrottle(max_failures=self.max_failures)
 
     # -- the account ---------------------------------------------------------------------------
 
@@ -140,36 +137,18 @@ class Accounts:
 
     # -- logging in ----------------------------------------------------------------------------
 
-    def throttled(self, address: str) -> float | None:
-        """Seconds until ``address`` may try again, or None."""
-        failures = self._failures.get(address)
-        if failures is None:
-            return None
-        left = failures.locked_until - trio.current_time()
-        return left if left > 0 else None
-
-    async def _failed(self, address: str, reason: str) -> LoginRefused:
-        if len(self._failures) > 10_000:
-            # Many addresses failing (a spread-out attack): forget the ones no longer locked.
-            moment = trio.current_time()
-            for key, value in list(self._failures.items()):
-                if value.locked_until < moment:
-                    del self._failures[key]
-        failures = self._failures.setdefault(address, _Failures())
-        failures.count += 1
-        if failures.count >= self.max_failures:
-            lockout = min(MAX_LOCKOUT, 30.0 * 2 ** (failures.count - self.max_failures))
-            failures.locked_until = trio.current_time() + lockout
-        await trio.sleep(self.failure_delay)
-        return LoginRefused(reason)
-
     def _check_throttle(self, address: str) -> None:
-        wait = self.throttled(address)
+        wait = self._throttle.wait(address)
         if wait is not None:
             raise LoginRefused(
                 f"too many failed logins from {address}: try again in {wait:.0f} s",
                 retry_after=round(wait, 1),
             )
+
+    async def _failed(self, address: str, reason: str) -> LoginRefused:
+        self._throttle.failed(address)
+        await trio.sleep(self.failure_delay)
+        return LoginRefused(reason)
 
     async def login_password(self, password: str, address: str) -> tuple[Principal, str]:
         """Check the admin password; returns the principal and a new session token. Raises
@@ -178,7 +157,7 @@ class Accounts:
         stored = self.credentials.password
         if not await trio.to_thread.run_sync(check_password, password, stored):
             raise await self._failed(address, "wrong password")
-        self._failures.pop(address, None)
+        self._throttle.succeeded(address)
         return self._new_session()
 
     def _new_session(self) -> tuple[Principal, str]:
@@ -206,7 +185,7 @@ class Accounts:
         principal = self._lookup(token)
         if principal is None:
             raise await self._failed(address, "unknown, expired or revoked token")
-        self._failures.pop(address, None)
+        self._throttle.succeeded(address)
         return principal
 
     def _lookup(self, token: str) -> Principal | None:

@@ -21,7 +21,7 @@ the one the log names, dropped otherwise.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
 import trio
@@ -418,13 +418,15 @@ class Archive:
             await trio.to_thread.run_sync(self.data.remove_mailbox, info.mailbox_id)
         return len(remaining)
 
-    async def unlock(self, mailbox_id: str, password: str) -> MailboxPrivateKey:
-        """Open the mailbox's private key (Argon2id in a worker thread). Raises
-        crypto.WrongPassword."""
+    async def unlock(
+        self, mailbox_id: str, password: str, *, limiter: trio.CapacityLimiter | None = None
+    ) -> MailboxPrivateKey:
+        """Open the mailbox's private key (Argon2id in a worker thread, at most as many at
+        once as ``limiter`` allows). Raises crypto.WrongPassword."""
         box = self._box(mailbox_id)
         key = await self._read_key(box)
         return await trio.to_thread.run_sync(
-            unlock, key, bytes.fromhex(box.info.mailbox_id), password
+            unlock, key, bytes.fromhex(box.info.mailbox_id), password, limiter=limiter
         )
 
     # -- messages ------------------------------------------------------------------------------
@@ -476,7 +478,7 @@ class Archive:
 
     async def read_message(
         self, mailbox_id: str, message_id: str, key: MailboxPrivateKey
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Decrypt one message piece by piece (each at most 256 KiB). Raises
         crypto.MessageCorrupt on any tampering, LogCorrupt on a damaged record."""
         box, stored, log = self._stored(mailbox_id, message_id)

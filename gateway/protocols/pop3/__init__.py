@@ -45,6 +45,7 @@ from ._events import (
 )
 from ._readers import LineReader, ReplyReader, parse_status_line
 from ._state import ALLOWED, State
+from ._top import TopCutter
 from ._util import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._writers import DotStuffer, auth_plain_response, format_command, format_lines, format_reply
 
@@ -84,6 +85,7 @@ __all__ = [
     "Stat",
     "State",
     "Top",
+    "TopCutter",
     "Uidl",
     "auth_plain_response",
     "format_command",

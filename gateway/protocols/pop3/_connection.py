@@ -227,6 +227,11 @@ class ServerConnection:
         self._stuffer = self._pending = None
         return out
 
+    @property
+    def streaming(self) -> bool:
+        """A multi-line response is being streamed (``close()`` must wait for its end)."""
+        return self._stuffer is not None
+
     def tls_started(self) -> None:
         """The TLS handshake after STLS is done; the session is back in AUTHORIZATION."""
         if self._state is not State.TLS_HANDSHAKE or self._events:
