@@ -354,3 +354,39 @@ async def test_thousand_messages_and_25_mib_round_trip_and_survive_restart(
         )
         assert left == []
         again.request_shutdown()
+
+
+async def test_autologout_deletes_nothing_and_retrieval_is_recorded(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    config = make_config(tmp_path / "data")
+    config = msgspec.structs.replace(
+        config, pop3=msgspec.structs.replace(config.pop3, idle_timeout=0.5)
+    )
+    gateway = Gateway(config, environ={})
+    listening: list[Listening] = await nursery.start(gateway.run)
+    ports = {item.name: item.port for item in listening}
+    archive = gateway.archive
+    assert archive is not None
+    info, password = await archive.create_mailbox("idle")
+    address = f"mbx-{info.mailbox_id}@localhost"
+    await trio.to_thread.run_sync(deliver, ports["smtp"], address, [b"Subject: i\r\n\r\n"])
+    cafile = str(tmp_path / "data" / "tls" / "cert.pem")
+
+    def idle() -> bytes:
+        context = ssl.create_default_context(cafile=cafile)
+        client = poplib.POP3_SSL("localhost", ports["pop3s"], context=context)
+        client.user(info.mailbox_id)
+        client.pass_(password)
+        retr(client, 1)
+        client.dele(1)
+        line: bytes = client.file.readline()  # nothing sent: the server speaks first
+        client.close()
+        return line
+
+    assert await trio.to_thread.run_sync(idle) == b"-ERR autologout: idle for too long\r\n"
+    assert len(archive.messages(info.mailbox_id)) == 1
+    with trio.fail_after(5):  # the session's end is recorded just after its last line
+        while info.mailbox_id not in archive.state.last_retrieval:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    gateway.request_shutdown()
