@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 
 import msgspec
 import pytest
@@ -369,3 +370,23 @@ def test_generated_password_unlocks() -> None:
     password = generate_password()
     kf = create_mailbox_key(MAILBOX, password, FAST)
     assert unlock(kf, MAILBOX, password).key_id == kf.key_id
+
+
+def test_concurrent_argon2_with_several_lanes_does_not_hang() -> None:
+    """cryptography 50 hangs when two threads run Argon2id with lanes > 1 at once; the
+    gateway serializes its derivations. Four threads, four lanes, each must finish."""
+    kdf = KdfParams(memory_kib=4096, iterations=1, lanes=4)
+    mailbox = bytes(range(16))
+    key = create_mailbox_key(mailbox, "a password for four lanes", kdf)
+    done: list[int] = []
+
+    def work(i: int) -> None:
+        unlock(key, mailbox, "a password for four lanes")
+        done.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(done) == [0, 1, 2, 3]

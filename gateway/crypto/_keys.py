@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import threading
 
 import msgspec
 from cryptography.exceptions import InvalidTag
@@ -350,9 +351,21 @@ def _aad(mailbox_id: bytes, key_id: bytes, public_key: bytes) -> bytes:
     return _DOMAIN + mailbox_id + key_id + public_key
 
 
+# One Argon2id at a time in this process. cryptography 50 (OpenSSL 4.0) hangs for good when
+# two threads derive at once with lanes > 1 (seen with 2 to 4 lanes, 4 to 64 MiB, on 2 cores);
+# with lanes > 1 one derivation already keeps the cores busy, so the lock costs no throughput.
+_ARGON2_LOCK = threading.Lock()
+
+
 def argon2id(secret: bytes, salt: bytes, kdf: KdfParams, *, length: int, ad: bytes) -> bytes:
     """Argon2id with the given cost parameters; ``ad`` separates the uses (key-file KEKs,
-    the admin password's hash) so one output can never stand in for another."""
+    the admin password's hash) so one output can never stand in for another. Serialized
+    process-wide (see ``_ARGON2_LOCK``)."""
+    with _ARGON2_LOCK:
+        return _argon2id(secret, salt, kdf, length, ad)
+
+
+def _argon2id(secret: bytes, salt: bytes, kdf: KdfParams, length: int, ad: bytes) -> bytes:
     return Argon2id(
         salt=salt,
         length=length,
