@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) tools/bench/log_bench.py
 	$(PY) tools/bench/smtp_bench.py
+	$(PY) tools/bench/pop3_bench.py
 
 verify: $(STAMP)
 	$(PY) -m gateway verify

@@ -10,6 +10,7 @@ import smtplib
 import socket
 import ssl
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 import pytest
@@ -21,6 +22,7 @@ from gateway.servers.gateway import Gateway, Listening
 from gateway.services._common import CONTROL_LOG_ID
 
 from .gateway_helpers import Running, make_config, strip_received
+from .peers import fetchmail
 
 
 async def new_mailbox(running: Running, name: str = "box") -> tuple[str, str, str]:
@@ -390,3 +392,29 @@ async def test_autologout_deletes_nothing_and_retrieval_is_recorded(
         while info.mailbox_id not in archive.state.last_retrieval:  # noqa: ASYNC110
             await trio.sleep(0.01)
     gateway.request_shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tls", ["starttls", "implicit"])
+async def test_fetchmail_fetches_and_deletes_everything(
+    running: Running, tmp_path: Path, tls: Literal["starttls", "implicit"]
+) -> None:
+    """Debian's fetchmail, a POP3 client nobody here wrote, empties a mailbox the SMTP side
+    filled: every message byte for byte, in order, then gone from the gateway."""
+    mailbox_id, address, password = await new_mailbox(running)
+    bodies = generated_corpus(random.Random(tls), 60)
+    await trio.to_thread.run_sync(deliver, running.port("smtp"), address, bodies)
+    port = running.port("pop3" if tls == "starttls" else "pop3s")
+    fetched = await trio.to_thread.run_sync(
+        lambda: fetchmail(
+            "127.0.0.1",
+            port,
+            user=mailbox_id,
+            password=password,
+            ca_file=running.cafile,
+            tmp_dir=tmp_path,
+            tls=tls,
+        )
+    )
+    assert [strip_received(m) for m in fetched.messages] == bodies, fetched.log[-2000:]
+    assert running.archive.messages(mailbox_id) == []

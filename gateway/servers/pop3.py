@@ -349,18 +349,23 @@ class _Session:
                 )
                 await self._send(self.conn.send(UNREADABLE))
                 return
-            await self._send(self.conn.send_stream_start(Reply(True, f"{found.size} octets")))
+            # One write per piece: the status line goes with the first, the terminating
+            # dot with the last (a message under 256 KiB is a single write).
+            out = self.conn.send_stream_start(Reply(True, f"{found.size} octets"))
             piece: bytes | None = first
             while piece is not None:
                 if cutter is not None:
                     piece = cutter.feed(piece)
-                await self._send(self.conn.send_stream_data(piece))
+                out += self.conn.send_stream_data(piece)
                 if cutter is not None and cutter.done:
                     break
                 # A failure from here on cannot be an -ERR any more (the +OK is out): it
                 # ends the session, without the terminating dot, so the client knows.
                 piece = await anext(pieces, None)
-            await self._send(self.conn.send_stream_end())
+                if piece is not None:
+                    await self._send(out)
+                    out = b""
+            await self._send(out + self.conn.send_stream_end())
         if top is None:
             self.retrieved.append(MessageRef(found.message_id, found.size))
 

@@ -482,20 +482,30 @@ class Archive:
         """Decrypt one message piece by piece (each at most 256 KiB). Raises
         crypto.MessageCorrupt on any tampering, LogCorrupt on a damaged record."""
         box, stored, log = self._stored(mailbox_id, message_id)
-        opener = await self._opener(box, stored, log, key)
         mid = bytes.fromhex(stored.message_id)
 
-        def open_one(location: Location, index: int) -> bytes:
+        def open_one(opener: MessageOpener, location: Location, index: int) -> bytes:
             _header, body = log.read(location)
             chunk_mid, chunk_index, ciphertext = decode_chunk_body(body)
             if chunk_mid != mid or chunk_index != index:
                 raise LogCorrupt(log.directory, location.offset, "chunk record mismatch")
             return opener.open_chunk(bytes(ciphertext))
 
-        for index in range(len(stored.chunks)):
+        def open_first() -> tuple[MessageOpener, bytes | None]:
+            # The commit record, the data key (HPKE) and the first chunk in one hand-off to
+            # a worker thread: a message under 256 KiB costs one.
+            opener = self._opener_sync(box, stored, log, key)
+            first = open_one(opener, stored.chunks[0], 0) if stored.chunks else None
+            return opener, first
+
+        async with box.io_lock:
+            opener, piece = await trio.to_thread.run_sync(open_first)
+        if piece is not None:
+            yield piece
+        for index in range(1, len(stored.chunks)):
             # Locations are looked up afresh for every chunk: compaction may have moved them.
             async with box.io_lock:
-                piece = await trio.to_thread.run_sync(open_one, stored.chunks[index], index)
+                piece = await trio.to_thread.run_sync(open_one, opener, stored.chunks[index], index)
             yield piece
         opener.finish()
 
@@ -518,9 +528,16 @@ class Archive:
     async def _opener(
         self, box: MailboxState, stored: StoredMessage, log: SegmentLog, key: MailboxPrivateKey
     ) -> MessageOpener:
-        """Read the message's commit record back and open its data key."""
         async with box.io_lock:
-            _header, body = await trio.to_thread.run_sync(log.read, stored.commit)
+            return await trio.to_thread.run_sync(self._opener_sync, box, stored, log, key)
+
+    @staticmethod
+    def _opener_sync(
+        box: MailboxState, stored: StoredMessage, log: SegmentLog, key: MailboxPrivateKey
+    ) -> MessageOpener:
+        """Read the message's commit record back and open its data key (in a worker
+        thread, under the mailbox's io_lock)."""
+        _header, body = log.read(stored.commit)
         event = decode_message_event(body)
         if not isinstance(event, MessageStored) or event.message_id != stored.message_id:
             raise LogCorrupt(log.directory, stored.commit.offset, "commit record mismatch")

@@ -1,8 +1,16 @@
-"""Real mail software as test peers: a private Postfix, swaks and smtp-source (README.md here).
+"""Real mail software as test peers: a private Postfix, a private Dovecot, swaks, smtp-source
+and fetchmail (README.md here).
 
 Installed by tests/peers/install.sh; a test that needs a missing peer fails, never skips.
 """
 
+from .dovecot import (
+    DovecotError,
+    DovecotInstance,
+    open_private_dovecot,
+    pop3_octets,
+    private_dovecot,
+)
 from .postfix import (
     PostfixError,
     PostfixInstance,
@@ -10,15 +18,31 @@ from .postfix import (
     open_private_postfix,
     private_postfix,
 )
-from .tools import ToolError, free_port, require, smtp_source, swaks, wait_for_port
+from .tools import (
+    Fetched,
+    ToolError,
+    fetchmail,
+    free_port,
+    require,
+    smtp_source,
+    swaks,
+    wait_for_port,
+)
 
 __all__ = [
+    "DovecotError",
+    "DovecotInstance",
+    "Fetched",
     "PostfixError",
     "PostfixInstance",
     "QueueEntry",
     "ToolError",
+    "fetchmail",
     "free_port",
+    "open_private_dovecot",
     "open_private_postfix",
+    "pop3_octets",
+    "private_dovecot",
     "private_postfix",
     "require",
     "smtp_source",

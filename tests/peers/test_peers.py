@@ -1,10 +1,13 @@
 """The peers work before the gateway is involved: swaks, private Postfix instances and
 smtp-source each deliver to a tiny SMTP sink written here (ESMTP, PIPELINING, STARTTLS and
-implicit TLS with a trustme CA), and the sink records every message's bytes."""
+implicit TLS with a trustme CA), and the sink records every message's bytes. Private Dovecot
+instances serve Maildirs over POP3 to poplib and fetchmail, byte for byte."""
 
 from __future__ import annotations
 
 import functools
+import poplib
+import re
 import socket
 import ssl
 import subprocess
@@ -19,9 +22,15 @@ import trio
 import trustme
 
 from . import (
+    DovecotError,
+    DovecotInstance,
     PostfixError,
+    fetchmail,
     free_port,
+    open_private_dovecot,
     open_private_postfix,
+    pop3_octets,
+    private_dovecot,
     private_postfix,
     require,
     smtp_source,
@@ -388,3 +397,206 @@ async def test_smtp_source_200_messages_over_5_sessions(sink: Sink) -> None:
         assert message.recipients == (b"<sink@example.net>",)
         assert b"Subject: peers load\r\n" in message.data
         assert len(message.data.split(b"\r\n\r\n", 1)[1]) >= 300
+
+
+# -- Dovecot and fetchmail ----------------------------------------------------------------
+
+
+def mail_for_pop3(count: int, tag: str) -> list[bytes]:
+    """CRLF messages with 8-bit text, lines that need dot-stuffing (a lone "." among them)
+    and sizes from 300 octets to about 15 KB. Lines stay under poplib's 2,048-octet limit."""
+    return [
+        (
+            f"From: sender{n}@example.com\r\nTo: archive@example.net\r\nSubject: {tag} {n}\r\n"
+            f"Date: {formatdate()}\r\nMessage-ID: {make_msgid(domain='example.com')}\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            "Content-Transfer-Encoding: 8bit\r\n\r\n"
+            f"8-bit body {n} \u00e9\u00e8\r\n.leading dot\r\n..two dots\r\n.\r\n"
+            + ("x" * 76 + "\r\n") * (n * 13)
+            + "y" * 1500 + "\r\n"
+        ).encode()
+        for n in range(count)
+    ]  # fmt: skip
+
+
+def retrieve_and_delete(client: poplib.POP3) -> tuple[list[bytes], list[int]]:
+    """RETR and DELE every message, then QUIT: (the messages, dot-unstuffed, each line with
+    its CRLF; the LIST sizes)."""
+    count, _ = client.stat()
+    sizes = [int(line.split()[1]) for line in client.list()[1]]
+    messages = []
+    for number in range(1, count + 1):
+        _, lines, _ = client.retr(number)
+        messages.append(b"".join(line + b"\r\n" for line in lines))
+        client.dele(number)
+    assert client.quit().startswith(b"+OK")
+    return messages, sizes
+
+
+def client_context(dovecot: DovecotInstance) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(dovecot.ca_file))
+
+
+def test_dovecot_stls_and_pop3s_retrieve_and_delete(tmp_path: Path) -> None:
+    """poplib over STLS (credentials refused before it) and over implicit TLS; every message
+    comes back as pop3_octets says: unchanged for CRLF mail, bare LF as CRLF, a final line
+    end added; LIST counts the octets RETR sends; QUIT removes the files."""
+    users = {"alice": "alice password", "bob": "bob password"}
+    originals = mail_for_pop3(8, "pop3")
+    odd = [b"Subject: bare LF\n\nline\nline\r\n", b"Subject: no final line end\r\n\r\nlast"]
+    with private_dovecot(tmp_path, users=users) as dovecot:
+        for message in [*originals, *odd]:
+            dovecot.deliver("alice", message)
+        for message in originals:
+            dovecot.deliver("bob", message)
+        # Maildir stores LF line ends.
+        assert [p.read_bytes() for p in dovecot.stored("alice")] == [
+            m.replace(b"\r\n", b"\n") for m in [*originals, *odd]
+        ]
+
+        plain = poplib.POP3(dovecot.host, dovecot.pop3_port, timeout=30)
+        assert "STLS" in plain.capa()
+        assert "USER" not in plain.capa()
+        assert not plain.capa().get("SASL")  # no mechanism offered before TLS
+        refused = r"^b'-ERR \[AUTH\] Plaintext authentication disallowed on non-secure"
+        with pytest.raises(poplib.error_proto, match=refused):
+            plain.user("alice")
+        with pytest.raises(poplib.error_proto, match=refused):
+            plain.pass_(users["alice"])
+        plain.stls(client_context(dovecot))
+        assert "USER" in plain.capa()
+        assert plain.capa()["SASL"] == ["PLAIN"]
+        plain.user("alice")
+        assert plain.pass_(users["alice"]).startswith(b"+OK")
+        got, sizes = retrieve_and_delete(plain)
+        assert got[:8] == originals  # byte for byte
+        assert got[8:] == [b"Subject: bare LF\r\n\r\nline\r\nline\r\n", odd[1] + b"\r\n"]
+        assert got == [pop3_octets(m) for m in [*originals, *odd]]
+        assert sizes == [len(m) for m in got[:-1]] + [len(got[-1]) - 2]
+        assert dovecot.stored("alice") == []
+
+        implicit = poplib.POP3_SSL(
+            dovecot.host, dovecot.pop3s_port, context=client_context(dovecot), timeout=30
+        )
+        implicit.user("bob")
+        implicit.pass_(users["bob"])
+        got, _ = retrieve_and_delete(implicit)
+        assert got == originals
+        assert dovecot.stored("bob") == []
+        dovecot.wait_for_log("del=10/10")
+        log = dovecot.wait_for_log("del=8/8")
+    assert dovecot.processes() == []
+    assert "Login failed: Plaintext authentication disabled" in log
+    assert "Login: user=<alice>, method=PLAIN" in log and ", TLS, session=" in log
+    assert re.search(r"pop3\(alice\).*del=10/10", log)
+    assert re.search(r"pop3\(bob\).*del=8/8", log)
+
+
+async def test_fetchmail_fetches_all_and_deletes(tmp_path: Path) -> None:
+    """fetchmail over STLS delivers every message byte for byte and deletes it; with
+    implicit TLS, ``keep`` and its defaults it adds a Received: field, qualifies a bare To:
+    and strips CRs; a poll of an empty mailbox exits 1."""
+    users = {"alice": "alice password", "bob": "bob password"}
+    async with open_private_dovecot(tmp_path, users=users) as dovecot:
+        originals = mail_for_pop3(12, "fetchmail")
+        for message in originals:
+            dovecot.deliver("alice", message)
+        run = functools.partial(
+            fetchmail, dovecot.host, ca_file=dovecot.ca_file, tmp_dir=tmp_path / "fetchmail"
+        )
+        fetched = await trio.to_thread.run_sync(
+            functools.partial(
+                run, dovecot.pop3_port, user="alice", password=users["alice"], tls="starttls"
+            )
+        )
+        assert "upgrade to TLS succeeded" in fetched.log, fetched.log
+        assert fetched.status == 0
+        assert fetched.messages == originals
+        assert dovecot.stored("alice") == []
+
+        empty = await trio.to_thread.run_sync(
+            functools.partial(run, dovecot.pop3s_port, user="alice", password=users["alice"])
+        )
+        assert (empty.status, empty.messages) == (1, [])
+
+        plain = [b"Subject: one\r\nTo: bob\r\n\r\nfirst\r\n", b"Subject: two\r\n\r\nsecond\r\n"]
+        for message in plain:
+            dovecot.deliver("bob", message)
+        kept = await trio.to_thread.run_sync(
+            functools.partial(
+                run, dovecot.pop3s_port, user="bob", password=users["bob"], keep=True, exact=False
+            )
+        )
+        assert len(dovecot.stored("bob")) == 2
+        expected = [
+            plain[0].replace(b"To: bob", f"To: bob@{dovecot.host}".encode()),
+            plain[1],
+        ]
+        for got, original in zip(kept.messages, expected, strict=True):
+            received = got.split(b"\n")[:3]
+            assert received[0] == f"Received: from {dovecot.host} [{dovecot.host}]".encode()
+            assert received[1].startswith(b"\tby ") and b"with POP3 (fetchmail-" in received[1]
+            assert received[2].startswith(b"\tfor <") and b"(single-drop)" in received[2]
+            assert b"\n".join(got.split(b"\n")[3:]) == original.replace(b"\r\n", b"\n")
+
+        again = await trio.to_thread.run_sync(
+            functools.partial(run, dovecot.pop3s_port, user="bob", password=users["bob"])
+        )
+        assert again.messages == plain
+        assert dovecot.stored("bob") == []
+        dovecot.wait_for_log("del=12/12")
+        log = dovecot.wait_for_log("del=2/2")
+    assert re.search(r"pop3\(alice\).*del=12/12", log)
+    assert re.search(r"pop3\(bob\).*retr=2/\d+, del=0/2", log)  # the kept run
+
+
+def test_two_dovecot_instances_side_by_side(tmp_path: Path, ca: trustme.CA) -> None:
+    """Two instances from one CA in one tmp_path: each serves its own users and Maildirs,
+    and stopping one leaves the other serving."""
+    with private_dovecot(tmp_path, name="one", ca=ca, users={"alice": "password one"}) as one:
+        with private_dovecot(
+            tmp_path,
+            name="two",
+            ca=ca,
+            users={"alice": "password two"},
+            settings={"auth_failure_delay": "0"},  # a failed login is answered after 2 s
+        ) as two:
+            assert {one.pop3_port, one.pop3s_port}.isdisjoint({two.pop3_port, two.pop3s_port})
+            assert one.ca_file.read_bytes() == two.ca_file.read_bytes()
+            one.deliver("alice", b"Subject: for one\r\n\r\n1\r\n")
+            two.deliver("alice", b"Subject: for two\r\n\r\n2\r\n")
+            client = poplib.POP3_SSL(two.host, two.pop3s_port, context=client_context(two))
+            client.user("alice")
+            client.pass_("password two")
+            assert retrieve_and_delete(client)[0] == [b"Subject: for two\r\n\r\n2\r\n"]
+            # Last: a failure makes this instance's anvil delay the next login from the
+            # address by seconds (auth penalty). Instance one's anvil knows nothing of it.
+            wrong = poplib.POP3_SSL(two.host, two.pop3s_port, context=client_context(two))
+            wrong.user("alice")
+            with pytest.raises(poplib.error_proto, match=r"\[AUTH\] Authentication failed"):
+                wrong.pass_("password one")
+            wrong.close()
+            assert set(one.processes()).isdisjoint(two.processes())
+            assert len(one.stored("alice")) == 1
+        assert two.processes() == []
+        assert one.processes() != []
+        client = poplib.POP3_SSL(one.host, one.pop3s_port, context=client_context(one))
+        client.user("alice")
+        client.pass_("password one")
+        assert retrieve_and_delete(client)[0] == [b"Subject: for one\r\n\r\n1\r\n"]
+    assert one.processes() == []
+    # Each kept its log in tmp_path, for a post-mortem.
+    assert "Login: user=<alice>" in (tmp_path / "one" / "dovecot.log").read_text()
+    assert "Login: user=<alice>" in (tmp_path / "two" / "dovecot.log").read_text()
+
+
+def test_dovecot_start_failure_says_why(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.2", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        with (
+            pytest.raises(DovecotError, match="Address already in use"),
+            private_dovecot(tmp_path, pop3_port=port),
+        ):
+            pass

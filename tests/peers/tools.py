@@ -1,13 +1,16 @@
-"""Thin wrappers around the SMTP test tools Debian ships, run against host:port:
+"""Thin wrappers around the mail test tools Debian ships, run against host:port:
 
 - swaks 20201014 (Debian 12): one message per run; STARTTLS (``tls``), implicit TLS
   (``tls_on_connect``), PIPELINING (``pipeline``), AUTH, XCLIENT. It has no BDAT/CHUNKING
   (that came in swaks 20240103), so BDAT interop needs another client.
 - smtp-source (Postfix): many messages over parallel sessions, no PIPELINING, no TLS.
+- fetchmail 6.4: one poll of one POP3 mailbox (STLS or implicit TLS), every message handed
+  to an MDA that files it, so the caller gets the bytes fetchmail delivered.
 
-Each returns the finished ``subprocess.CompletedProcess`` with the transcript in ``stdout`` and
-``stderr``; with ``check=True`` (the default) a non-zero exit raises :class:`ToolError`
-carrying that transcript. They block: from trio, call them with ``trio.to_thread.run_sync``.
+swaks and smtp-source return the finished ``subprocess.CompletedProcess`` with the transcript in
+``stdout`` and ``stderr``; with ``check=True`` (the default) a non-zero exit raises
+:class:`ToolError` carrying that transcript. fetchmail returns a :class:`Fetched`. They block:
+from trio, call them with ``trio.to_thread.run_sync``.
 
 A tool that is missing FAILS the test (``pytest.fail``), it never skips: the suite is only
 green when the peers really ran. tests/peers/install.sh installs them all.
@@ -15,17 +18,25 @@ green when the peers really ran. tests/peers/install.sh installs them all.
 
 from __future__ import annotations
 
+import os
+import pwd
+import shlex
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 import pytest
 
 __all__ = [
+    "Fetched",
     "ToolError",
+    "fetchmail",
     "free_port",
     "require",
     "smtp_source",
@@ -215,3 +226,155 @@ def smtp_source(
         argv.append("-c")
     argv += [*extra, f"inet:{host}:{port}"]
     return _run(argv, stdin=None, check=check, timeout=timeout)
+
+
+# The MDA fetchmail hands each message to (on standard input): it files the bytes exactly as
+# given, under a name that sorts in delivery order (fetchmail runs one MDA at a time).
+_MDA_SCRIPT = """\
+import os, sys, time
+data = sys.stdin.buffer.read()
+name = "%020d.%d" % (time.time_ns(), os.getpid())
+folder = sys.argv[1]
+with open(os.path.join(folder, "." + name), "wb") as out:
+    out.write(data)
+os.rename(os.path.join(folder, "." + name), os.path.join(folder, name + ".eml"))
+"""
+
+
+class Fetched(NamedTuple):
+    """What one fetchmail run delivered, in the server's order, and its verbose log."""
+
+    messages: list[bytes]
+    log: str
+    status: int  # 0: mail was delivered; 1: there was none (fetchmail(1), EXIT CODES)
+
+
+def fetchmail(
+    host: str,
+    port: int,
+    *,
+    user: str,
+    password: str,
+    ca_file: Path,
+    tmp_dir: Path,
+    tls: Literal["implicit", "starttls"] = "implicit",
+    server_name: str = "localhost",
+    keep: bool = False,
+    fetchall: bool = True,
+    exact: bool = True,
+    rc_lines: Sequence[str] = (),
+    extra: Sequence[str] = (),
+    check: bool = True,
+    timeout: float = TOOL_TIMEOUT,
+) -> Fetched:
+    """Poll one POP3 mailbox once with fetchmail; the messages it delivered, in order.
+
+    Every file lives in a fresh folder under ``tmp_dir`` (the rcfile, mode 0600 as fetchmail
+    demands; the pid file; the delivered messages), ``HOME`` and ``FETCHMAILHOME`` point
+    there, and the UID list is ``tmp_dir / "fetchmail.ids"`` (shared by the runs of one
+    ``tmp_dir``, as ~/.fetchids is): nothing under ~ or /var/run is read or written, and
+    runs in different ``tmp_dir`` may overlap.
+
+    ``tls``: ``implicit`` (``ssl``, TLS from the first byte) or ``starttls`` (STLS, which
+    ``sslproto 'tls1.2+'`` without ``ssl`` makes mandatory). Either way TLS 1.2 or later and
+    the certificate checked (``sslcertck``) against ``ca_file`` and ``server_name``
+    (``sslcommonname``: ``host`` is usually an IP address, which fetchmail cannot match
+    against a certificate). fetchmail also wants a subject CommonName in the certificate,
+    subjectAltNames alone are not enough. ``keep``: leave the messages on the server
+    (default: delete each after delivery, i.e. DELE then QUIT). ``fetchall``: all messages,
+    not only those the UID list has not seen. ``rc_lines`` are added to the poll entry,
+    ``extra`` to the command line.
+
+    ``exact`` (default) makes delivery byte-exact: ``set invisible`` (no ``Received:`` of
+    its own), ``no rewrite`` (To/From/Cc/Bcc/Reply-To left alone) and ``no stripcr`` (CRLF
+    kept; with an MDA fetchmail strips CRs by default). Each message then arrives as the
+    server sent it, dot-unstuffed, with these exceptions of fetchmail's own (6.4.37):
+
+    - a line longer than about 8,190 octets is corrupted: at every 8,192-octet buffer
+      boundary fetchmail inserts two stray octets (a NUL and one more) and a line end.
+      RFC 5322 allows 998; keep test lines short;
+    - a message without a blank line after its header gets one (CRLF) at the end;
+    - an mbox ``From `` line at the very start is dropped;
+    - a message whose first line is not a header field is refused ("incorrect header line
+      found", left on the server) unless ``bad-header accept`` is among ``rc_lines``.
+
+    ``exact=False`` keeps fetchmail's defaults for comparison: a ``Received: from HOST
+    [ADDR]`` field of three lines (``by <hostname> with POP3 (fetchmail-6.4.37)``, ``for
+    <root@localhost> (single-drop); <date>``) in front, unqualified addresses in address
+    fields qualified with ``@HOST``, and every line end LF.
+
+    Exit status 0 (mail) and 1 (no mail) are success; anything else raises
+    :class:`ToolError` with the log, unless ``check=False``.
+    """
+    tmp_dir = Path(tmp_dir).resolve()
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    run = Path(tempfile.mkdtemp(prefix="fetchmail-", dir=tmp_dir))
+    delivered = run / "delivered"
+    delivered.mkdir()
+    mda = run / "mda.py"
+    mda.write_text(_MDA_SCRIPT)
+    for value in (user, password, str(ca_file), server_name, str(run)):
+        # rcfile strings are double-quoted with backslash escapes; fetchmail expands %
+        # sequences in the mda command.
+        if any(c in value for c in '"\\%\n'):
+            raise ValueError(f"fetchmail wrapper: {value!r} needs quoting it does not do")
+    # The MDA string goes to /bin/sh -c.
+    mda_command = shlex.join([sys.executable, "-I", "-S", str(mda), str(delivered)])
+    options = [
+        "fetchall" if fetchall else "no fetchall",
+        "keep" if keep else "no keep",
+        *(["no rewrite", "no stripcr"] if exact else []),
+        *rc_lines,
+    ]
+    local = pwd.getpwuid(os.getuid()).pw_name  # single-drop: every message goes to the MDA
+    rcfile = run / "fetchmailrc"
+    rcfile.write_text(
+        ("set invisible\n" if exact else "")
+        + f"poll {host} service {port} protocol pop3 timeout 30\n"
+        + f'  user "{user}" there with password "{password}" is "{local}" here\n'
+        + ("  ssl\n" if tls == "implicit" else "")
+        + f'  sslproto "tls1.2+" sslcertck sslcertfile "{ca_file}"'
+        + f' sslcommonname "{server_name}"\n'
+        + f'  mda "{mda_command}"\n'
+        + "".join(f"  {option}\n" for option in options)
+    )
+    rcfile.chmod(0o600)  # fetchmail refuses an rcfile others may read
+    argv = [
+        require("fetchmail"),
+        "--verbose",
+        "--nodetach",
+        "--nosyslog",
+        "--fetchmailrc",
+        str(rcfile),
+        "--idfile",
+        str(tmp_dir / "fetchmail.ids"),
+        "--pidfile",
+        str(run / "fetchmail.pid"),
+        *extra,
+    ]
+    env = {
+        "PATH": os.environ.get("PATH", SBIN),
+        "HOME": str(run),
+        "FETCHMAILHOME": str(run),
+        "LC_ALL": "C",
+    }
+    try:
+        done = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=env,
+            check=False,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ToolError(f"{shlex.join(argv)}: no end after {timeout} s\n{exc.output!r}") from None
+    log = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+    if check and done.returncode not in (0, 1):
+        raise ToolError(
+            f"{shlex.join(argv)} exited {done.returncode}\n--- rcfile ---\n"
+            + rcfile.read_text().replace(f'"{password}"', '"*"')
+            + f"--- log ---\n{log}"
+        )
+    messages = [path.read_bytes() for path in sorted(delivered.glob("*.eml"))]
+    return Fetched(messages, log, done.returncode)

@@ -45,12 +45,16 @@ class DotStuffer:
             raise ValueError("the body has ended")
         if not chunk:
             return b""
+        # Stored mail is CRLF throughout and few lines start with ".": count first (C
+        # speed) and run the regular expressions only where they have work to do.
+        data = b"\r" + chunk if self._cr else chunk
+        if data.count(b"\n") != data.count(b"\r\n"):
+            data = _BARE_LF.sub(b"\r\n", data)
         if self._cr:
-            data = _BARE_LF.sub(b"\r\n", b"\r" + chunk)[1:]
-        else:
-            data = _BARE_LF.sub(b"\r\n", chunk)
+            data = data[1:]
         self._cr = chunk.endswith(b"\r")
-        data = _LF_DOT.sub(b"\n..", data)
+        if b"\n." in data:
+            data = _LF_DOT.sub(b"\n..", data)
         if self._line_start and data.startswith(b"."):
             data = b"." + data
         self._line_start = data.endswith(b"\n")
