@@ -61,7 +61,9 @@ def cpu_and_rss(pid: int) -> tuple[float, int]:
     for each in tree_pids(pid):
         try:
             fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-            cpu += (int(fields[11]) + int(fields[12])) / ticks
+            # utime + stime, and cutime + cstime: children that ended (and were reaped)
+            # count through their parent.
+            cpu += sum(int(x) for x in fields[11:15]) / ticks
             status = Path(f"/proc/{each}/status").read_text()
         except (FileNotFoundError, ProcessLookupError):
             continue
