@@ -5,14 +5,11 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterable
-from typing import Final
 
+from .._dotstuff import DotStuffer
 from ._events import COMMAND_LINE_LIMIT, Reply
 
 __all__ = ["DotStuffer", "auth_plain_response", "format_command", "format_reply"]
-
-_BARE_LF: Final = re.compile(rb"(?<!\r)\n")
-_LF_DOT: Final = re.compile(rb"\n\.")
 
 
 def format_reply(reply: Reply) -> bytes:
@@ -22,49 +19,6 @@ def format_reply(reply: Reply) -> bytes:
     if reply.text:
         parts.append(reply.text)
     return " ".join(parts).encode() + b"\r\n"
-
-
-class DotStuffer:
-    """Stream a stored message as the body of a multi-line response (RFC 1939 §3), chunk
-    by chunk, holding two flags across chunks and nothing else.
-
-    Every line starting with "." gets another ".". A bare LF in stored content (it should
-    hold CRLF only) is written as CRLF: a POP3 body is CRLF lines, and a client that takes a
-    bare LF as a line end must not be able to read a "." line the stuffer did not see as
-    one. A bare CR is passed through. ``end()`` adds CRLF if the content did not end with a
-    line end (content of zero octets stays empty), then the "." CRLF terminator.
-    """
-
-    def __init__(self) -> None:
-        self._line_start = True  # the last octet written was LF (or nothing was written)
-        self._cr = False  # the last input octet was CR: an LF next is not bare
-        self._ended = False
-
-    def feed(self, chunk: bytes) -> bytes:
-        if self._ended:
-            raise ValueError("the body has ended")
-        if not chunk:
-            return b""
-        # Stored mail is CRLF throughout and few lines start with ".": count first (C
-        # speed) and run the regular expressions only where they have work to do.
-        data = b"\r" + chunk if self._cr else chunk
-        if data.count(b"\n") != data.count(b"\r\n"):
-            data = _BARE_LF.sub(b"\r\n", data)
-        if self._cr:
-            data = data[1:]
-        self._cr = chunk.endswith(b"\r")
-        if b"\n." in data:
-            data = _LF_DOT.sub(b"\n..", data)
-        if self._line_start and data.startswith(b"."):
-            data = b"." + data
-        self._line_start = data.endswith(b"\n")
-        return data
-
-    def end(self) -> bytes:
-        if self._ended:
-            raise ValueError("the body has ended")
-        self._ended = True
-        return b".\r\n" if self._line_start else b"\r\n.\r\n"
 
 
 def format_lines(lines: Iterable[str | bytes]) -> bytes:

@@ -7,9 +7,7 @@ which use them to speak to the server machine as a real client would).
 
 from __future__ import annotations
 
-import re
-from typing import Final
-
+from .._dotstuff import DotStuffer
 from ._events import BodyType, Reply
 
 __all__ = [
@@ -20,8 +18,6 @@ __all__ = [
     "format_rcpt",
     "format_reply",
 ]
-
-_BARE_LF: Final = re.compile(rb"(?<!\r)\n")
 
 
 def format_reply(reply: Reply) -> bytes:
@@ -67,32 +63,3 @@ def format_rcpt(address: str) -> bytes:
 
 def format_bdat(size: int, *, last: bool = False) -> bytes:
     return format_command("BDAT", f"{size} LAST" if last else str(size))
-
-
-class DotStuffer:
-    """DATA content to its wire form (RFC 5321 §4.5.2), streaming: a "." opening a line is
-    doubled, a bare LF becomes CRLF (never pass one on: the next server may read it as a line
-    end, the smuggling ambiguity), and :meth:`end` writes the terminating CRLF "." CRLF.
-    Bare CRs pass through unchanged: they are content."""
-
-    def __init__(self) -> None:
-        self._line_start = True
-        self._last_cr = False
-
-    def feed(self, data: bytes) -> bytes:
-        if not data:
-            return b""
-        if self._last_cr and data.startswith(b"\n"):
-            data = b"\n" + _BARE_LF.sub(b"\r\n", data[1:])
-        else:
-            data = _BARE_LF.sub(b"\r\n", data)
-        data = data.replace(b"\n.", b"\n..")
-        if self._line_start and data.startswith(b"."):
-            data = b"." + data
-        self._line_start = data.endswith(b"\n")
-        self._last_cr = data.endswith(b"\r")
-        return data
-
-    def end(self) -> bytes:
-        """The terminator; a CRLF first if the content did not end with one."""
-        return b".\r\n" if self._line_start else b"\r\n.\r\n"
