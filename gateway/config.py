@@ -18,6 +18,7 @@ import msgspec
 
 from .crypto import KdfParams
 from .services.archive import StoreConfig
+from .services.routing import DEFAULT_DENY, TargetPolicy
 
 __all__ = [
     "AdminConfig",
@@ -26,6 +27,7 @@ __all__ = [
     "ListenerConfig",
     "POP3Config",
     "Protocol",
+    "ProxyConfig",
     "SMTPConfig",
     "StoreSettings",
     "TLSConfig",
@@ -100,6 +102,17 @@ class POP3Config(_Section, frozen=True, kw_only=True):
     max_unlocks: int = 4
 
 
+class ProxyConfig(_Section, frozen=True, kw_only=True):
+    # Upstream targets: networks (CIDR) or host names. allow wins over deny; the default deny
+    # list is the special-purpose address space (loopback, private, link-local, ...).
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = DEFAULT_DENY
+    ca_files: tuple[str, ...] = ()  # trusted besides the system store
+    insecure_targets: tuple[str, ...] = ()  # host names whose certificate is NOT checked
+    connect_timeout: float = 30.0
+    upstream_timeout: float = 120.0  # one upstream reply or read
+
+
 class AdminConfig(_Section, frozen=True, kw_only=True):
     # First start only: the admin password is read from this file (GATEWAY_ADMIN_PASSWORD
     # wins over it); without either, a random one is printed once on the terminal.
@@ -145,6 +158,7 @@ class Config(_Section, frozen=True, kw_only=True):
     tls: TLSConfig = TLSConfig()
     smtp: SMTPConfig = SMTPConfig()
     pop3: POP3Config = POP3Config()
+    proxy: ProxyConfig = ProxyConfig()
     admin: AdminConfig = AdminConfig()
     store: StoreSettings = StoreSettings()
 
@@ -202,6 +216,10 @@ def _check(config: Config, path: Path | None) -> None:
         )
     if not 0 <= pop3.failure_delay <= 60:
         raise ConfigError(f"{where}: pop3.failure_delay must be 0 to 60 seconds")
+    try:
+        TargetPolicy.build(config.proxy.allow, config.proxy.deny)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: proxy.allow / proxy.deny: {exc}") from None
     if not 1 <= config.admin.max_connections <= 10_000:
         raise ConfigError(f"{where}: admin.max_connections must be 1 to 10000")
     if not 0.1 <= config.admin.session_hours <= 24 * 30:

@@ -52,6 +52,7 @@ __all__ = [
     "MessageStored",
     "MessagesExpunged",
     "Pop3Login",
+    "Pop3ProxySessionEnded",
     "Pop3SessionEnded",
     "SmtpSessionEnded",
     "decode_control_event",
@@ -232,6 +233,23 @@ class Pop3SessionEnded(Event, frozen=True, kw_only=True):
     seconds: float = 0.0
 
 
+class Pop3ProxySessionEnded(Event, frozen=True, kw_only=True):
+    """One recording POP3 proxy session, at its end (never the password)."""
+
+    session_id: str
+    listener: str
+    client_address: str
+    mailbox_id: str
+    target: str
+    remote_user: str
+    client_tls: str = ""
+    upstream_tls: str = ""
+    retrieved: int = 0  # RETR responses relayed
+    stored: tuple[MessageRef, ...] = ()  # copies made (a message seen before is not stored)
+    outcome: str = ""  # "quit", "eof", "timeout", "upstream-error", "store-failed", ...
+    seconds: float = 0.0
+
+
 class MessageAccepted(Event, frozen=True, kw_only=True):
     """A message became durable in one or more mailboxes (one id per mailbox) and got 250."""
 
@@ -312,6 +330,7 @@ ControlEvent = (
     | DeliveryRefused
     | Pop3Login
     | Pop3SessionEnded
+    | Pop3ProxySessionEnded
     | AdminAccountCreated
     | AdminLogin
     | AdminPasswordChanged
@@ -336,6 +355,9 @@ class MessageStored(Event, frozen=True, kw_only=True):
     wrapped_key: bytes  # HPKE-sealed data key
     envelope: bytes  # sealed Envelope, see gateway.crypto
     chunk_seqs: tuple[int, ...]
+    # A copy the POP3 proxy made: hex of SHA-256(target NUL remote user NUL upstream UIDL),
+    # so the same upstream message is stored once. Empty for everything else.
+    source_key: str = ""
 
 
 MessageEvent = MessageStored
@@ -399,6 +421,7 @@ _KNOWN_TAGS = frozenset(
         DeliveryRefused,
         Pop3Login,
         Pop3SessionEnded,
+        Pop3ProxySessionEnded,
         AdminAccountCreated,
         AdminLogin,
         AdminPasswordChanged,

@@ -33,7 +33,7 @@ import trio
 
 from ..config import Config, ListenerConfig, TLSMode
 from ..crypto import CryptoError, MailboxPrivateKey
-from ..events import Actor, MessageRef, Pop3Login, Pop3SessionEnded, now
+from ..events import Actor, MessageRef, Pop3Login, Pop3ProxySessionEnded, Pop3SessionEnded, now
 from ..ids import InvalidId, parse_mailbox_id
 from ..log import LogCorrupt, LogWriteError
 from ..protocols.pop3 import (
@@ -41,6 +41,7 @@ from ..protocols.pop3 import (
     PAUSED,
     ConnectionClosed,
     Dele,
+    Event,
     List,
     Login,
     POP3Settings,
@@ -59,9 +60,12 @@ from ..protocols.pop3 import (
 )
 from ..services.archive import Archive, ArchiveError
 from ..services.projection import StoredMessage
+from ..services.routing import ProxyLogin, RoutingError, parse_proxy_login
 from ..services.throttle import LoginThrottle
 from ..tls import TLSContextHolder, describe_tls
 from .limits import SessionLimiter
+from .pop3_proxy import RELAYED, POP3Relay, ProxyRefused, StoreFailed, open_relay
+from .upstream import UpstreamError
 
 __all__ = ["POP3Server"]
 
@@ -126,6 +130,8 @@ class _Session:
         self.deleted: set[int] = set()  # message numbers marked by DELE
         self.retrieved: list[MessageRef] = []
         self.expunged: list[MessageRef] = []
+        self.proxy: ProxyLogin | None = None
+        self.relay: POP3Relay | None = None
         self.outcome = "closed"
         self.started = time.monotonic()
         self.conn = ServerConnection(
@@ -156,6 +162,9 @@ class _Session:
         finally:
             if self.mailbox_id and self.key is not None:
                 self.server.locked.discard(self.mailbox_id)
+            if self.relay is not None:
+                # Without the client's QUIT, upstream gets none either: nothing is deleted.
+                await self.relay.upstream.aclose()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._audit_session()
 
@@ -173,6 +182,10 @@ class _Session:
                 continue
             if event is PAUSED:  # pragma: no cover - every pause is answered below
                 raise RuntimeError("POP3 machine paused with no decision pending")
+            if self.relay is not None and isinstance(event, RELAYED):
+                if not await self._relay(event):
+                    return
+                continue
             match event:
                 case StartTLS():
                     await self._start_tls()
@@ -238,11 +251,49 @@ class _Session:
         self.tls = describe_tls(ssl_stream)
         self.conn.tls_started()
 
+    async def _relay(self, event: Event) -> bool:
+        """One command through the proxy; False when the session is over."""
+        assert self.relay is not None
+        try:
+            await self.relay.handle(event)
+        except UpstreamError as exc:
+            self.outcome = "upstream-error"
+            logger.info(
+                "event=pop3-proxy-upstream-failed session=%s reason=%r", self.session_id, str(exc)
+            )
+            if not self.conn.streaming:
+                await self._send(self.conn.close(Reply(False, "upstream failed", "SYS/TEMP")))
+            return False
+        except StoreFailed as exc:
+            # No terminating dot: the client knows the message did not arrive whole.
+            self.outcome = "store-failed"
+            logger.error(
+                "event=pop3-proxy-store-failed session=%s mailbox=%s reason=%r",
+                self.session_id,
+                self.mailbox_id,
+                str(exc),
+            )
+            return False
+        if isinstance(event, Quit):
+            self.outcome = "quit"
+            return False
+        return True
+
     # -- login ---------------------------------------------------------------------------------
 
     async def _login(self, event: Login) -> Reply:
         server = self.server
         arrived = trio.current_time()
+        try:
+            proxy = parse_proxy_login(event.username)
+        except RoutingError as exc:
+            logger.info(
+                "event=pop3-proxy-login-refused session=%s reason=%r", self.session_id, str(exc)
+            )
+            await trio.sleep_until(arrived + self.config.pop3.failure_delay)
+            return LOGIN_FAILED
+        if proxy is not None:
+            return await self._proxy_login(event, proxy, arrived)
         username = event.username.strip().lower()
         try:
             mailbox_id = parse_mailbox_id(username)
@@ -271,6 +322,38 @@ class _Session:
         await self._login_audit(event, mailbox_id, True, "")
         count, size = self._totals()
         return Reply(True, f"maildrop has {count} messages ({size} octets)")
+
+    async def _proxy_login(self, event: Login, proxy: ProxyLogin, arrived: float) -> Reply:
+        server = self.server
+        key = event.username.lower()
+        if server.by_address.wait(self.peer) or server.by_username.wait(key):
+            await self._login_audit(event, proxy.mailbox_id, False, "throttled")
+            await trio.sleep_until(arrived + self.config.pop3.failure_delay)
+            return THROTTLED
+        try:
+            upstream = await open_relay(
+                self.config,
+                self.archive,
+                self.listener,
+                proxy,
+                event.password,
+                auth_failed=LOGIN_FAILED,
+            )
+        except ProxyRefused as exc:
+            if exc.reply.code == "AUTH":
+                server.by_address.failed(self.peer)
+                server.by_username.failed(key)
+            await self._login_audit(event, proxy.mailbox_id, False, f"proxy: {exc.reason}")
+            if exc.reply is LOGIN_FAILED:
+                await trio.sleep_until(arrived + self.config.pop3.failure_delay)
+            return exc.reply
+        server.by_address.succeeded(self.peer)
+        self.proxy, self.mailbox_id = proxy, proxy.mailbox_id
+        self.relay = POP3Relay(
+            self.conn, self._send, upstream, self.archive, proxy, self.peer, self.tls
+        )
+        await self._login_audit(event, proxy.mailbox_id, True, f"proxy to {proxy.target}")
+        return Reply(True, f"logged in to {proxy.target}")
 
     async def _unlock(self, mailbox_id: str, password: str) -> tuple[MailboxPrivateKey | None, str]:
         if not mailbox_id:
@@ -404,6 +487,26 @@ class _Session:
             self.outcome,
             seconds,
         )
+        if self.relay is not None and self.proxy is not None:
+            await self._append(
+                Pop3ProxySessionEnded(
+                    at=now(),
+                    actor=self.actor,
+                    session_id=self.session_id,
+                    listener=self.listener.name,
+                    client_address=self.peer,
+                    mailbox_id=self.mailbox_id,
+                    target=self.proxy.target,
+                    remote_user=self.proxy.remote_user,
+                    client_tls=self.tls,
+                    upstream_tls=self.relay.upstream.tls,
+                    retrieved=self.relay.retrieved,
+                    stored=tuple(self.relay.stored),
+                    outcome=self.outcome,
+                    seconds=seconds,
+                )
+            )
+            return
         await self._append(
             Pop3SessionEnded(
                 at=now(),
@@ -420,7 +523,7 @@ class _Session:
             )
         )
 
-    async def _append(self, event: Pop3Login | Pop3SessionEnded) -> None:
+    async def _append(self, event: Pop3Login | Pop3SessionEnded | Pop3ProxySessionEnded) -> None:
         try:
             await self.archive.append_control(event, durable=False)
         except LogWriteError as exc:

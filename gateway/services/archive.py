@@ -435,8 +435,13 @@ class Archive:
         """The mailbox's messages now, oldest first."""
         return sorted(self._box(mailbox_id).index.messages.values(), key=lambda m: m.seq)
 
-    def begin_message(self, mailbox_ids: Sequence[str]) -> MessageWriter:
-        """Start writing one message to one or more mailboxes (sealed once per mailbox)."""
+    def has_source(self, mailbox_id: str, source_key: str) -> bool:
+        """Whether the proxy already stored the upstream message with this key."""
+        return source_key in self._box(mailbox_id).index.sources
+
+    def begin_message(self, mailbox_ids: Sequence[str], source_key: str = "") -> MessageWriter:
+        """Start writing one message to one or more mailboxes (sealed once per mailbox);
+        ``source_key`` marks a proxy copy (see ``MessageStored.source_key``)."""
         targets = []
         seen = set()
         for mailbox_id in mailbox_ids:
@@ -451,7 +456,7 @@ class Archive:
             targets.append(Target(box, box.writer, box.public_key))
         if not targets:
             raise ArchiveError("a message needs at least one mailbox")
-        return MessageWriter(self, targets)
+        return MessageWriter(self, targets, source_key)
 
     async def expunge(
         self, mailbox_id: str, message_ids: Sequence[str], *, actor: Actor = SYSTEM
@@ -548,8 +553,10 @@ class Archive:
             sealed_of(event),
         )
 
-    def _publish(self, box: MailboxState, stored: StoredMessage) -> None:
+    def _publish(self, box: MailboxState, stored: StoredMessage, source_key: str = "") -> None:
         box.index.messages[stored.message_id] = stored
+        if source_key:
+            box.index.sources.add(source_key)
 
     # -- compaction ----------------------------------------------------------------------------
 

@@ -40,9 +40,10 @@ class MessageWriter:
     """One message on its way into one or more mailboxes. Feed it with :meth:`write`, then
     :meth:`commit` (durable in every mailbox, or an exception and visible in none)."""
 
-    def __init__(self, archive: Archive, targets: list[Target]) -> None:
+    def __init__(self, archive: Archive, targets: list[Target], source_key: str = "") -> None:
         self._archive = archive
         self._targets = targets
+        self.source_key = source_key
         self.size = 0
         self._done = False
         forge = archive.key_forge
@@ -133,7 +134,7 @@ class MessageWriter:
                 await self._archive.expunge(mailbox_id, [message.message_id])
             raise LogWriteError(f"message not stored: {failures[0]}") from failures[0]
         for target in self._targets:
-            self._archive._publish(target.box, stored[target.box.info.mailbox_id])
+            self._archive._publish(target.box, stored[target.box.info.mailbox_id], self.source_key)
         return {t.box.info.mailbox_id: t.message_id for t in self._targets}
 
     async def _commit_one(self, target: Target, meta: bytes) -> StoredMessage:
@@ -158,6 +159,7 @@ class MessageWriter:
                 wrapped_key=sealed.wrapped_key,
                 envelope=sealed.envelope,
                 chunk_seqs=(*earlier, seq - 1),
+                source_key=self.source_key,
             )
             built.append(event)
             return encode_event(event)

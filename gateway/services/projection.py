@@ -142,6 +142,8 @@ class MessageIndex:
 
     messages: dict[str, StoredMessage] = field(default_factory=dict)
     expunged: set[str] = field(default_factory=set)
+    # Proxy copies by source key (expunged ones too, while their commit record lasts).
+    sources: set[str] = field(default_factory=set)
     pending_chunks: dict[int, Location] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
@@ -149,6 +151,8 @@ class MessageIndex:
         self.pending_chunks[seq] = location
 
     def add_commit(self, seq: int, location: Location, event: MessageStored) -> None:
+        if event.source_key:
+            self.sources.add(event.source_key)
         if event.message_id in self.expunged:
             # Compaction may already have taken its chunks; nothing of it is served anyway.
             for chunk_seq in event.chunk_seqs:

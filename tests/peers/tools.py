@@ -314,10 +314,12 @@ def fetchmail(
     mda = run / "mda.py"
     mda.write_text(_MDA_SCRIPT)
     for value in (user, password, str(ca_file), server_name, str(run)):
-        # rcfile strings are double-quoted with backslash escapes; fetchmail expands %
-        # sequences in the mda command.
-        if any(c in value for c in '"\\%\n'):
+        # rcfile strings are double-quoted with backslash escapes (a "%" is plain text there,
+        # as in a proxy login "user%host%mailbox") ...
+        if any(c in value for c in '"\\\n'):
             raise ValueError(f"fetchmail wrapper: {value!r} needs quoting it does not do")
+    if "%" in str(run):  # ... but fetchmail expands % sequences in the mda command.
+        raise ValueError(f"fetchmail wrapper: {run} holds a %")
     # The MDA string goes to /bin/sh -c.
     mda_command = shlex.join([sys.executable, "-I", "-S", str(mda), str(delivered)])
     options = [

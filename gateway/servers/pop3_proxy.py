@@ -1,0 +1,226 @@
+"""The recording POP3 proxy: a client logged in as ``remote_user%target%mailbox_id`` talks to
+its provider's POP3 server through the gateway, and every message it retrieves with RETR is
+kept in the gateway mailbox (SPEC.md 15.3).
+
+Theory of operation
+-------------------
+The retrieval session (``servers.pop3``) hands a proxy login to :func:`open_relay`, which
+checks the gateway mailbox (it must exist and be active), connects upstream under the target
+policy with TLS (implicit if the client came in on implicit TLS, STLS otherwise), and logs in
+with the client's remote username and password. From then on :class:`POP3Relay` answers the
+client's commands with the upstream's own replies.
+
+RETR asks the upstream for the message's UIDL first; a message whose key (target, remote
+user, UIDL) the mailbox already holds is relayed but not stored again. Otherwise each piece
+of the response goes to the client and into a :class:`MessageWriter` as it arrives, and the
+copy is committed (durable) before the terminating dot is sent. If storing fails, the client
+gets no terminating dot: the connection ends, upstream gets no QUIT, and nothing is deleted
+there. A client's QUIT goes upstream only after every copy of the session is durable (each
+was, before its RETR ended). TOP output is relayed, never stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ..config import Config, ListenerConfig, TLSMode
+from ..events import Envelope, MailboxStatus, MessageRef, now
+from ..log import LogWriteError
+from ..protocols.pop3 import (
+    Dele,
+    Event,
+    List,
+    Quit,
+    Reply,
+    Retr,
+    Rset,
+    ServerConnection,
+    Stat,
+    Top,
+    Uidl,
+)
+from ..services.archive import Archive, ArchiveError
+from ..services.intake import MessageWriter
+from ..services.routing import ProxyLogin, RoutingError, TargetPolicy
+from .upstream import POP3Upstream, UpstreamError, client_context, open_upstream
+
+__all__ = ["RELAYED", "POP3Relay", "ProxyRefused", "StoreFailed", "open_relay"]
+
+logger = logging.getLogger("gateway.pop3")
+
+RELAYED = (Stat, List, Uidl, Retr, Top, Dele, Rset, Quit)
+DEFAULT_PORTS = {TLSMode.IMPLICIT: 995, TLSMode.STARTTLS: 110}
+
+
+class ProxyRefused(Exception):
+    """The proxy login cannot go on; ``reply`` is what the client gets, ``reason`` what the
+    log and the audit record say."""
+
+    def __init__(self, reply: Reply, reason: str) -> None:
+        super().__init__(reason)
+        self.reply = reply
+        self.reason = reason
+
+
+class StoreFailed(Exception):
+    """A retrieved message could not be made durable: the session must end without the
+    terminating dot (and without QUIT upstream)."""
+
+
+def source_key(login: ProxyLogin, uidl: str) -> str:
+    return hashlib.sha256(f"{login.target}\0{login.remote_user}\0{uidl}".encode()).hexdigest()
+
+
+async def open_relay(
+    config: Config,
+    archive: Archive,
+    listener: ListenerConfig,
+    login: ProxyLogin,
+    password: str,
+    *,
+    auth_failed: Reply,
+) -> POP3Upstream:
+    """Check the mailbox, connect and log in upstream. Raises ProxyRefused."""
+    try:
+        info = archive.mailbox(login.mailbox_id)
+    except ArchiveError:
+        raise ProxyRefused(auth_failed, "no such mailbox") from None
+    if info.status != MailboxStatus.ACTIVE or archive.damaged(info.mailbox_id):
+        raise ProxyRefused(auth_failed, "mailbox not active")
+    proxy = config.proxy
+    policy = TargetPolicy.build(proxy.allow, proxy.deny)
+    port = login.port or DEFAULT_PORTS[listener.tls]
+    try:
+        tcp = await open_upstream(login.host, port, policy, connect_timeout=proxy.connect_timeout)
+        context = client_context(proxy.ca_files, verify=login.host not in proxy.insecure_targets)
+        upstream = await POP3Upstream.start(
+            tcp,
+            login.host,
+            context,
+            implicit_tls=listener.tls == TLSMode.IMPLICIT,
+            io_timeout=proxy.upstream_timeout,
+        )
+    except RoutingError as exc:
+        reply = Reply(False, "proxy target not allowed", "SYS/PERM")
+        raise ProxyRefused(reply, str(exc)) from None
+    except UpstreamError as exc:
+        code = "SYS/TEMP" if exc.temporary else "SYS/PERM"
+        raise ProxyRefused(Reply(False, _short(f"upstream: {exc}"), code), str(exc)) from None
+    try:
+        reply = await upstream.login(login.remote_user, password)
+    except UpstreamError as exc:
+        await upstream.aclose()
+        raise ProxyRefused(Reply(False, _short(f"upstream: {exc}"), "SYS/TEMP"), str(exc)) from None
+    if not reply.ok:
+        await upstream.aclose()
+        text = _short(f"upstream login failed: {reply.text}")
+        raise ProxyRefused(Reply(False, text, "AUTH"), "upstream login failed")
+    return upstream
+
+
+def _short(text: str) -> str:
+    """A reply text that fits a POP3 status line (RFC 2449: 512 octets in all)."""
+    clean = "".join(c if c.isprintable() else " " for c in text)
+    return clean if len(clean.encode()) <= 400 else clean.encode()[:400].decode(errors="ignore")
+
+
+@dataclass(eq=False)
+class POP3Relay:
+    conn: ServerConnection
+    send: Callable[[bytes], Awaitable[None]]
+    upstream: POP3Upstream
+    archive: Archive
+    login: ProxyLogin
+    client_address: str
+    client_tls: str
+    retrieved: int = 0
+    stored: list[MessageRef] = field(default_factory=list)
+
+    async def handle(self, event: Event) -> None:
+        """Answer one client command with the upstream's answer. Raises UpstreamError,
+        StoreFailed."""
+        conn, up = self.conn, self.upstream
+        match event:
+            case Stat():
+                await self.send(conn.send(await up.command("STAT")))
+            case List(msg=None):
+                await self._multiline("LIST")
+            case List(msg=int(msg)):
+                await self.send(conn.send(await up.command("LIST", str(msg))))
+            case Uidl(msg=None):
+                await self._multiline("UIDL")
+            case Uidl(msg=int(msg)):
+                await self.send(conn.send(await up.command("UIDL", str(msg))))
+            case Top(msg=msg, lines=lines):
+                await self._multiline("TOP", str(msg), str(lines))
+            case Dele(msg=msg):
+                await self.send(conn.send(await up.command("DELE", str(msg))))
+            case Rset():
+                await self.send(conn.send(await up.command("RSET")))
+            case Retr(msg=msg):
+                await self._retrieve(msg)
+            case Quit():
+                # Every copy of this session was durable before its RETR ended.
+                await self.send(conn.send(await up.command("QUIT")))
+
+    async def _multiline(self, verb: str, *args: str) -> None:
+        reply, body = await self.upstream.multiline(verb, *args)
+        if not reply.ok:
+            await self.send(self.conn.send(reply))
+            return
+        out = self.conn.send_stream_start(reply)
+        async for piece in body:
+            await self.send(out + self.conn.send_stream_data(piece))
+            out = b""
+        await self.send(out + self.conn.send_stream_end())
+
+    async def _retrieve(self, msg: int) -> None:
+        up = self.upstream
+        uidl = ""
+        uidl_reply = await up.command("UIDL", str(msg))
+        if uidl_reply.ok and len(uidl_reply.text.split()) == 2:
+            uidl = uidl_reply.text.split()[1]
+        key = source_key(self.login, uidl) if uidl else ""
+        mailbox_id = self.login.mailbox_id
+        reply, body = await up.multiline("RETR", str(msg))
+        if not reply.ok:
+            await self.send(self.conn.send(reply))
+            return
+        self.retrieved += 1
+        writer: MessageWriter | None = None
+        if not (key and self.archive.has_source(mailbox_id, key)):
+            try:
+                writer = self.archive.begin_message([mailbox_id], key)
+            except ArchiveError as exc:
+                raise StoreFailed(str(exc)) from None
+        try:
+            out = self.conn.send_stream_start(reply)
+            async for piece in body:
+                if writer is not None:
+                    await writer.write(piece)
+                await self.send(out + self.conn.send_stream_data(piece))
+                out = b""
+            if writer is not None:
+                ids = await writer.commit(self._envelope(uidl))
+                self.stored.append(MessageRef(ids[mailbox_id], writer.size))
+                writer = None
+        except (ArchiveError, LogWriteError, OSError) as exc:
+            raise StoreFailed(str(exc)) from None
+        finally:
+            if writer is not None:
+                await writer.abort()
+        await self.send(out + self.conn.send_stream_end())
+
+    def _envelope(self, uidl: str) -> Envelope:
+        return Envelope(
+            received_at=now(),
+            origin="pop3-proxy",
+            client_address=self.client_address,
+            tls=self.client_tls,
+            target=self.login.target,
+            remote_user=self.login.remote_user,
+            upstream_uidl=uidl,
+        )
