@@ -106,6 +106,9 @@ async def test_retrieved_messages_are_stored_once(tmp_path: Path, kind: str) -> 
             return got
 
         first = await trio.to_thread.run_sync(session, False)
+        with trio.fail_after(5):  # the session's audit record lands just after QUIT
+            while setup.mailbox_id not in setup.archive.state.last_delivery:  # noqa: ASYNC110
+                await trio.sleep(0.01)
         assert first == [pop3_octets(m) for m in MESSAGES]  # what Dovecot sends, unchanged
         key = await setup.archive.unlock(setup.mailbox_id, setup.mailbox_password)
         assert await stored_bodies(setup.archive, setup.mailbox_id, key) == first

@@ -23,6 +23,7 @@ from ..events import (
     MessageAccepted,
     MessagesExpunged,
     MessageStored,
+    Pop3ProxySessionEnded,
     Pop3SessionEnded,
 )
 from ..log import Location
@@ -104,6 +105,9 @@ class ControlState:
             case MessageAccepted():
                 for mailbox_id in event.mailbox_ids:
                     self.last_delivery[mailbox_id] = event.at
+            case Pop3ProxySessionEnded():
+                if event.stored and event.mailbox_id in self.mailboxes:
+                    self.last_delivery[event.mailbox_id] = event.at
             case Pop3SessionEnded():
                 if event.retrieved and event.mailbox_id in self.mailboxes:
                     self.last_retrieval[event.mailbox_id] = event.at
