@@ -287,9 +287,7 @@ class _Session:
         try:
             proxy = parse_proxy_login(event.username)
         except RoutingError as exc:
-            logger.info(
-                "event=pop3-proxy-login-refused session=%s reason=%r", self.session_id, str(exc)
-            )
+            await self._login_audit(event, "", False, f"malformed proxy login: {exc}")
             await trio.sleep_until(arrived + self.config.pop3.failure_delay)
             return LOGIN_FAILED
         if proxy is not None:
