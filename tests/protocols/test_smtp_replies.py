@@ -21,11 +21,12 @@ BUILT = {
     "helo": replies.helo("mx.test"),
     "chunk_received": replies.chunk_received(123),
     "message_accepted": replies.message_accepted("0123abcd"),
+    "auth_challenge": replies.auth_challenge("VXNlcm5hbWU6"),
 }
 ALL = {**CONSTANTS, **BUILT}
 # RFC 2034 §3: no enhanced code on the greeting and the EHLO/HELO answer; 354 has none either
 # (it is not a completion reply).
-WITHOUT_ENHANCED = {"START_MAIL_INPUT", "greeting", "ehlo", "helo"}
+WITHOUT_ENHANCED = {"START_MAIL_INPUT", "greeting", "ehlo", "helo", "auth_challenge"}
 
 
 def test_catalogue_is_complete() -> None:
@@ -39,7 +40,8 @@ def test_catalogue_is_complete() -> None:
 def test_reply_is_sane(name: str) -> None:
     reply = ALL[name]
     assert 200 <= reply.code <= 599
-    assert str(reply.code)[1] in "012345"  # RFC 5321 §4.2: second digit 0-5
+    # RFC 5321 §4.2: second digit 0-5; RFC 4954's 334 challenge is the exception.
+    assert str(reply.code)[1] in ("3" if reply.code == 334 else "012345")
     if name in WITHOUT_ENHANCED:
         assert reply.enhanced is None
     else:

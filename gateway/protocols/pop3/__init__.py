@@ -13,6 +13,7 @@ dot-stuffing, commands), ``_replies`` (the machine's own replies), ``_util`` (er
 
 from __future__ import annotations
 
+from .._sasl import plain_response as auth_plain_response
 from . import _replies as replies
 from ._connection import ConnectionStatistics, ServerConnection, parse_number
 from ._events import (
@@ -47,7 +48,7 @@ from ._readers import LineReader, ReplyReader, parse_status_line
 from ._state import ALLOWED, State
 from ._top import TopCutter
 from ._util import LocalProtocolError, ProtocolError, RemoteProtocolError
-from ._writers import DotStuffer, auth_plain_response, format_command, format_lines, format_reply
+from ._writers import DotStuffer, format_command, format_lines, format_reply
 
 __all__ = [
     "ALLOWED",

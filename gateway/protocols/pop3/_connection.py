@@ -25,13 +25,13 @@ the TLS session (the CVE-2011-0411 injection). USER, PASS, AUTH and APOP are ref
 
 from __future__ import annotations
 
-import binascii
 import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from .._sasl import SaslError, decode_plain
 from . import _replies as R
 from ._events import (
     AUTH_LINE_LIMIT,
@@ -399,22 +399,11 @@ class ServerConnection:
             self._auth_waiting = True
 
     def _plain(self, response: bytes) -> None:
-        """RFC 4616: [authzid] NUL authcid NUL passwd; "=" is the empty response."""
         try:
-            raw = b"" if response == b"=" else binascii.a2b_base64(response, strict_mode=True)
-        except binascii.Error as exc:
-            raise RemoteProtocolError("bad base64", R.AUTH_MALFORMED) from exc
-        parts = raw.split(b"\0")
-        if len(parts) != 3:
-            raise RemoteProtocolError("not three fields", R.AUTH_MALFORMED)
-        try:
-            authzid, authcid, password = (p.decode() for p in parts)
-        except UnicodeDecodeError as exc:
-            raise RemoteProtocolError("not UTF-8", R.AUTH_MALFORMED) from exc
-        if not authcid or not password or _CONTROL.search(authcid + password):
-            raise RemoteProtocolError("empty or control", R.AUTH_MALFORMED)
-        if authzid not in ("", authcid):
-            raise RemoteProtocolError("authzid", R.AUTHZ_REFUSED)
+            authcid, password = decode_plain(response)
+        except SaslError as exc:
+            reply = R.AUTHZ_REFUSED if exc.kind == "authzid" else R.AUTH_MALFORMED
+            raise RemoteProtocolError(str(exc), reply) from exc
         self._decide(Login(authcid, password, "PLAIN"))
 
     def _do_stat(self, args: list[bytes]) -> None:

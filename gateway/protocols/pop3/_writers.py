@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Iterable
 
 from .._dotstuff import DotStuffer
 from ._events import COMMAND_LINE_LIMIT, Reply
 
-__all__ = ["DotStuffer", "auth_plain_response", "format_command", "format_reply"]
+__all__ = ["DotStuffer", "format_command", "format_reply"]
 
 
 def format_reply(reply: Reply) -> bytes:
@@ -46,10 +45,3 @@ def format_command(verb: str, *args: str) -> bytes:
     if len(line) > COMMAND_LINE_LIMIT:
         raise ValueError(f"command line of {len(line)} octets > {COMMAND_LINE_LIMIT}")
     return line
-
-
-def auth_plain_response(username: str, password: str, authzid: str = "") -> str:
-    """The base64 PLAIN message (RFC 4616): ``format_command("AUTH", "PLAIN", r)`` or, if
-    that is too long, ``AUTH PLAIN`` then ``r`` CRLF after the ``+`` (RFC 5034 §4)."""
-    raw = f"{authzid}\0{username}\0{password}".encode()
-    return base64.b64encode(raw).decode() if raw else "="

@@ -34,6 +34,7 @@ from ._events import (
     NEED_DATA,
     PAUSED,
     AbortReason,
+    Authenticate,
     BodyData,
     CloseReason,
     Event,
@@ -82,6 +83,11 @@ class ServerConnection(Session):
     @property
     def tls(self) -> TLSInfo | None:
         return self._tls
+
+    @property
+    def authenticated(self) -> bool:
+        """An AUTH was answered 235 in this session."""
+        return self._authenticated
 
     def statistics(self) -> ConnectionStatistics:
         return ConnectionStatistics(
@@ -149,6 +155,8 @@ class ServerConnection(Session):
             self._advance("RCPT")
         elif isinstance(event, MessageComplete):
             self._mail = None  # RFC 5321 §4.1.1.4: the transaction ends, whatever the reply
+        elif isinstance(event, Authenticate) and accepted:
+            self._authenticated = True
         if reply.code == 421:  # RFC 5321 §3.8: the server closes after a 421
             self._close(CloseReason.LOCAL, reply)
         else:
@@ -170,6 +178,7 @@ class ServerConnection(Session):
         # RFC 3207 §4.2: forget everything learnt from the client in the clear.
         self._tls, self._tls_active = TLSInfo(version, cipher), True
         self._hello = None
+        self._authenticated = False
         self._lines = LineReader(self.config.max_line_length)
         self._state = State.GREETED
 
@@ -200,11 +209,27 @@ class ServerConnection(Session):
             else:
                 self._command(line)
             return True
+        if self._state is State.AUTH:
+            return self._read_sasl()
         if self._state is State.DATA:
             return self._read_data()
         if self._state is State.BDAT:
             return self._read_chunk()
         return False
+
+    def _read_sasl(self) -> bool:
+        line = self._lines.read(self._buffer)
+        if line is None:
+            if self._eof:
+                self._close(CloseReason.EOF, None)
+                return True
+            return False
+        if line is TOO_LONG:
+            self._state = State.READY
+            self._refuse(R.AUTH_LINE_TOO_LONG)  # RFC 4954 §4: 500 5.5.6
+        else:
+            self._sasl_response(line.content)
+        return True
 
     def _read_data(self) -> bool:
         before = len(self._buffer)

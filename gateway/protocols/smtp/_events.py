@@ -7,7 +7,7 @@ events, never written to a log (the recorded events are the msgspec Structs of
 Events come in three kinds:
 
 * decisions, which pause the machine until the driver answers with ``send(reply)``:
-  :class:`MailFrom`, :class:`RcptTo`, :class:`MessageComplete`;
+  :class:`Authenticate`, :class:`MailFrom`, :class:`RcptTo`, :class:`MessageComplete`;
 * :class:`StartTLS`, which pauses it until the driver calls ``tls_started()``;
 * information, already answered by the machine itself: :class:`Hello`, :class:`StartData`,
   :class:`BodyData`, :class:`MessageAborted`, :class:`Quit`, :class:`ConnectionClosed`.
@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 __all__ = [
     "NEED_DATA",
     "PAUSED",
     "AbortReason",
+    "Authenticate",
     "BodyData",
     "BodyType",
     "CloseReason",
@@ -135,6 +136,17 @@ class Hello(Event):
 
     kind: Literal["EHLO", "HELO"]
     domain: str
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate(Event):
+    """Decision: AUTH (RFC 4954) with its SASL exchange done, under TLS only. Reply 235 to
+    accept the credentials, 535 to refuse them, 454 for a temporary failure (or another
+    4xx/5xx). The password never shows in a repr."""
+
+    mechanism: Literal["PLAIN", "LOGIN"]
+    username: str
+    password: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

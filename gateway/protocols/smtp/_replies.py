@@ -17,6 +17,15 @@ from ._events import Reply
 
 __all__ = [
     "ACCESS_DENIED",
+    "ALREADY_AUTHENTICATED",
+    "AUTH_CANCELLED",
+    "AUTH_FAILED",
+    "AUTH_LINE_TOO_LONG",
+    "AUTH_MALFORMED",
+    "AUTH_MECHANISM",
+    "AUTH_NEEDS_TLS",
+    "AUTH_OK",
+    "AUTH_TEMPORARY",
     "BAD_BODY",
     "BAD_CHARACTERS",
     "BAD_PARAMETER",
@@ -53,6 +62,7 @@ __all__ = [
     "SENDER_PATH_TOO_LONG",
     "SHUTTING_DOWN",
     "START_MAIL_INPUT",
+    "SYNTAX_AUTH",
     "SYNTAX_BDAT",
     "SYNTAX_EHLO",
     "SYNTAX_HELO",
@@ -69,6 +79,7 @@ __all__ = [
     "UNRECOGNIZED",
     "UNSUPPORTED_PARAMETER",
     "VRFY_CANNOT",
+    "auth_challenge",
     "chunk_received",
     "ehlo",
     "greeting",
@@ -93,6 +104,20 @@ START_MAIL_INPUT: Final = _r(354, None, "End data with <CR><LF>.<CR><LF>")  # RF
 # -- positive, sent by the driver -----------------------------------------------------------
 SENDER_OK: Final = _r(250, "2.1.0", "Ok")
 RECIPIENT_OK: Final = _r(250, "2.1.5", "Ok")
+AUTH_OK: Final = _r(235, "2.7.0", "Authentication successful")  # RFC 4954 §6
+
+# -- AUTH (RFC 4954 §4 and §6) ----------------------------------------------------------------
+AUTH_TEMPORARY: Final = _r(454, "4.7.0", "Temporary authentication failure")  # driver
+AUTH_FAILED: Final = _r(535, "5.7.8", "Authentication credentials invalid")  # driver
+AUTH_NEEDS_TLS: Final = _r(
+    538, "5.7.11", "Encryption required for requested authentication mechanism"
+)
+AUTH_MECHANISM: Final = _r(504, "5.5.4", "Unrecognized authentication type")
+AUTH_CANCELLED: Final = _r(501, "5.0.0", "Authentication cancelled")
+AUTH_MALFORMED: Final = _r(501, "5.5.2", "Cannot decode response")
+AUTH_LINE_TOO_LONG: Final = _r(500, "5.5.6", "Authentication exchange line is too long")
+ALREADY_AUTHENTICATED: Final = _r(503, "5.5.1", "Already authenticated")
+SYNTAX_AUTH: Final = _r(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
 
 # -- transient (4xx) ------------------------------------------------------------------------
 SHUTTING_DOWN: Final = _r(421, "4.3.2", "Service shutting down, closing connection")  # driver
@@ -162,6 +187,11 @@ def ehlo(hostname: str, extensions: tuple[str, ...]) -> Reply:
 
 def helo(hostname: str) -> Reply:
     return Reply(250, None, (hostname,))
+
+
+def auth_challenge(challenge: str) -> Reply:
+    """RFC 4954 §4: "334" SP base64 challenge (empty for PLAIN), no enhanced code."""
+    return Reply(334, None, (challenge,))
 
 
 def chunk_received(size: int) -> Reply:

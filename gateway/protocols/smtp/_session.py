@@ -19,9 +19,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from .._sasl import (
+    LOGIN_PASSWORD_CHALLENGE,
+    LOGIN_USERNAME_CHALLENGE,
+    SaslError,
+    decode_login_field,
+    decode_plain,
+)
 from . import _replies as R
 from ._events import (
     AbortReason,
+    Authenticate,
     BodyType,
     CloseReason,
     ConnectionClosed,
@@ -80,6 +88,10 @@ class Session:
         self._tls_active = config.tls_active
         self._tls: TLSInfo | None = None
         self._hello: Hello | None = None
+        self._authenticated = False
+        # The SASL exchange in progress: its mechanism and, for LOGIN, the username so far.
+        self._sasl: Literal["PLAIN", "LOGIN"] = "PLAIN"
+        self._sasl_username: str | None = None
         self._errors = 0
         self._discarded = 0
         # The transaction: the accepted MailFrom (None once it ended or was aborted).
@@ -149,6 +161,8 @@ class Session:
             "SMTPUTF8",  # RFC 6531
             "ENHANCEDSTATUSCODES",  # RFC 2034
         )
+        if self.config.auth_offered and self._tls_active:
+            extensions += ("AUTH PLAIN LOGIN",)  # RFC 4954; never offered in the clear
         if self.config.starttls_offered and not self._tls_active:
             extensions += ("STARTTLS",)  # RFC 3207; never again once TLS is up
         return extensions
@@ -256,6 +270,55 @@ class Session:
             self._advance("STARTTLS")
             self._events.append(StartTLS())
 
+    def _auth(self, _verb: str, argument: str) -> None:
+        """RFC 4954 §4: AUTH mechanism [initial-response], PLAIN (RFC 4616) or LOGIN."""
+        parts = argument.split(" ")
+        if not self.config.auth_offered:
+            self._refuse(R.NOT_IMPLEMENTED)
+        elif not self._tls_active:
+            self._refuse(R.AUTH_NEEDS_TLS)
+        elif self._authenticated:
+            self._refuse(R.ALREADY_AUTHENTICATED)
+        elif not self._esmtp():
+            self._refuse(R.EHLO_FIRST)
+        elif not argument or len(parts) > 2:
+            self._refuse(R.SYNTAX_AUTH)
+        elif parts[0].upper() not in ("PLAIN", "LOGIN"):
+            self._refuse(R.AUTH_MECHANISM)
+        else:
+            self._sasl = "PLAIN" if parts[0].upper() == "PLAIN" else "LOGIN"
+            self._sasl_username = None
+            if len(parts) == 2:
+                self._sasl_response(parts[1].encode())
+            else:
+                first = "" if self._sasl == "PLAIN" else LOGIN_USERNAME_CHALLENGE
+                self._challenge(first)
+
+    def _challenge(self, challenge: str) -> None:
+        self._state = State.AUTH
+        self._reply(R.auth_challenge(challenge))
+
+    def _sasl_response(self, response: bytes) -> None:
+        """One response of the SASL exchange (the initial one, or a line after a 334)."""
+        self._state = State.READY
+        if response == b"*":
+            self._refuse(R.AUTH_CANCELLED)
+            return
+        try:
+            if self._sasl == "PLAIN":
+                username, password = decode_plain(response)
+            elif self._sasl_username is None:
+                self._sasl_username = decode_login_field(response)
+                self._challenge(LOGIN_PASSWORD_CHALLENGE)
+                return
+            else:
+                username, password = self._sasl_username, decode_login_field(response)
+        except SaslError as error:
+            self._refuse(R.AUTH_FAILED if error.kind == "authzid" else R.AUTH_MALFORMED)
+            return
+        self._sasl_username = None
+        self._decide(Authenticate(self._sasl, username, password), State.READY)
+
     # -- replies, decisions and endings -------------------------------------------------------
 
     def _advance(self, verb: str) -> None:
@@ -314,4 +377,5 @@ _HANDLERS: Final[dict[str, _Handler]] = {
     "VRFY": Session._simple,
     "QUIT": Session._quit,
     "STARTTLS": Session._starttls,
+    "AUTH": Session._auth,
 }

@@ -79,6 +79,8 @@ class SMTPSettings:
     ``starttls_offered``: EHLO advertises STARTTLS while the session is in the clear.
     ``require_tls``: commands other than EHLO, STARTTLS, NOOP and QUIT get 530 5.7.0 while
     the session is in the clear (RFC 3207 §4).
+    ``auth_offered``: AUTH PLAIN and LOGIN (RFC 4954) are offered and taken once TLS is up,
+    never in the clear (538 5.7.11 before).
     ``bare_newline``: what a bare LF means (see the DATA reader): "normalize" treats it as a
     line end and stores CRLF, "reject" answers 521 5.5.2 and closes.
     """
@@ -89,6 +91,7 @@ class SMTPSettings:
     tls_active: bool = False
     starttls_offered: bool = False
     require_tls: bool = False
+    auth_offered: bool = False
     bare_newline: Literal["normalize", "reject"] = "normalize"
     bad_command_budget: int = DEFAULT_BAD_COMMAND_BUDGET
     max_line_length: int = COMMAND_LINE_LIMIT
@@ -110,3 +113,5 @@ class SMTPSettings:
             raise ValueError("bare_newline is 'normalize' or 'reject'")
         if self.require_tls and not (self.tls_active or self.starttls_offered):
             raise ValueError("require_tls needs TLS: set tls_active or starttls_offered")
+        if self.auth_offered and not (self.tls_active or self.starttls_offered):
+            raise ValueError("auth_offered needs TLS: set tls_active or starttls_offered")

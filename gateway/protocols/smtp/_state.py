@@ -16,7 +16,7 @@ import enum
 from typing import Final
 
 from . import _replies as R
-from ._events import Event, MailFrom, MessageComplete, RcptTo, Reply
+from ._events import Authenticate, Event, MailFrom, MessageComplete, RcptTo, Reply
 
 __all__ = [
     "ALLOWED_BEFORE_STARTTLS",
@@ -42,6 +42,7 @@ class State(enum.Enum):
     DATA = "DATA"  # reading DATA content up to CRLF.CRLF
     BDAT = "BDAT"  # reading the octets of one BDAT chunk
     CHUNKED = "CHUNKED"  # between BDAT chunks: the content has begun
+    AUTH = "AUTH"  # 334 sent to AUTH: reading the client's SASL response line
     TLS_HANDSHAKE = "TLS_HANDSHAKE"  # 220 sent to STARTTLS, waiting for tls_started()
     CLOSED = "CLOSED"
 
@@ -79,12 +80,13 @@ def _row(state: State, extra: dict[str, State]) -> dict[str, State]:
 TRANSITIONS: Final[dict[State, dict[str, State]]] = {
     S.CONNECTED: {},
     S.GREETED: _row(S.GREETED, {}),
-    S.READY: _row(S.READY, {"MAIL": S.MAIL, "STARTTLS": S.TLS_HANDSHAKE}),
+    S.READY: _row(S.READY, {"MAIL": S.MAIL, "STARTTLS": S.TLS_HANDSHAKE, "AUTH": S.READY}),
     S.MAIL: _row(S.MAIL, {"RCPT": S.RCPT}),
     S.RCPT: _row(S.RCPT, {"RCPT": S.RCPT, "DATA": S.DATA, "BDAT": S.BDAT}),
     S.DATA: {},
     S.BDAT: {},
     S.CHUNKED: _row(S.CHUNKED, {"BDAT": S.BDAT}),
+    S.AUTH: {},
     S.TLS_HANDSHAKE: {},
     S.CLOSED: {},
 }
@@ -97,6 +99,7 @@ SEQUENCE_REPLIES: Final[dict[tuple[State, str], Reply]] = {
     (S.GREETED, "DATA"): R.HELLO_FIRST,
     (S.GREETED, "BDAT"): R.HELLO_FIRST,
     (S.GREETED, "STARTTLS"): R.EHLO_FIRST,
+    (S.GREETED, "AUTH"): R.EHLO_FIRST,
     (S.READY, "RCPT"): R.NEED_MAIL,
     (S.READY, "DATA"): R.NEED_MAIL,
     (S.READY, "BDAT"): R.NEED_MAIL,
@@ -111,16 +114,19 @@ SEQUENCE_REPLIES: Final[dict[tuple[State, str], Reply]] = {
     (S.MAIL, "STARTTLS"): R.IN_TRANSACTION,
     (S.RCPT, "STARTTLS"): R.IN_TRANSACTION,
     (S.CHUNKED, "STARTTLS"): R.IN_TRANSACTION,
+    # RFC 4954 §4: AUTH is not permitted during a mail transaction.
+    (S.MAIL, "AUTH"): R.IN_TRANSACTION,
+    (S.RCPT, "AUTH"): R.IN_TRANSACTION,
+    (S.CHUNKED, "AUTH"): R.IN_TRANSACTION,
 }
 
 KNOWN_COMMANDS: Final = frozenset(
     {"EHLO", "HELO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY", "HELP"}
-    | {"STARTTLS"}
+    | {"STARTTLS", "AUTH"}
 )
-# Recognized but never implemented: 502 5.5.1. AUTH comes with a later issue, and only after
-# TLS; inside a transaction it is out of sequence (RFC 4954 §4: 503).
+# Recognized but never implemented: 502 5.5.1.
 UNIMPLEMENTED_COMMANDS: Final = frozenset(
-    {"AUTH", "EXPN", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML", "BURL"}
+    {"EXPN", "ETRN", "TURN", "ATRN", "SEND", "SOML", "SAML", "BURL"}
 )
 # An HTTP request line means a browser (or a proxy) was made to talk to this port: the
 # cross-protocol attack Postfix's smtpd_forbidden_commands defends. The session is closed
@@ -140,6 +146,7 @@ BUDGETED_CODES: Final = frozenset({500, 501, 502, 553, 555})
 # The 2xx codes each decision may be answered with; any 4xx or 5xx refuses it (a 421 also
 # closes the session). 251 is RFC 5321 §3.4's "will forward".
 DECISION_SUCCESS: Final[dict[type[Event], frozenset[int]]] = {
+    Authenticate: frozenset({235}),  # RFC 4954 §6
     MailFrom: frozenset({250}),
     RcptTo: frozenset({250, 251}),
     MessageComplete: frozenset({250}),

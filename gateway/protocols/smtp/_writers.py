@@ -29,7 +29,7 @@ def format_reply(reply: Reply) -> bytes:
         text = f"{reply.enhanced} {line}" if reply.enhanced and line else reply.enhanced or line
         if i < last:
             out.append(f"{reply.code}-{text}\r\n")
-        elif text:
+        elif text or reply.code == 334:  # RFC 4954 §4: "334" SP [base64], always the SP
             out.append(f"{reply.code} {text}\r\n")
         else:
             out.append(f"{reply.code}\r\n")  # textstring is 1*char: no SP before nothing
