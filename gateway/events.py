@@ -54,6 +54,8 @@ __all__ = [
     "Pop3Login",
     "Pop3ProxySessionEnded",
     "Pop3SessionEnded",
+    "SmtpLogin",
+    "SmtpProxySessionEnded",
     "SmtpSessionEnded",
     "decode_control_event",
     "decode_envelope",
@@ -250,6 +252,38 @@ class Pop3ProxySessionEnded(Event, frozen=True, kw_only=True):
     seconds: float = 0.0
 
 
+class SmtpLogin(Event, frozen=True, kw_only=True):
+    """An SMTP AUTH (a recording-proxy login), successful or not; never the password.
+    ``mailbox_id`` is set when the username was a proxy login naming one."""
+
+    session_id: str
+    client_address: str
+    mailbox_id: str = ""
+    target: str = ""
+    mechanism: str = ""  # "PLAIN" or "LOGIN"
+    success: bool
+    reason: str = ""  # "upstream login failed", "throttled", "no such mailbox", ...
+
+
+class SmtpProxySessionEnded(Event, frozen=True, kw_only=True):
+    """One recording SMTP proxy session, at its end (never the password, no addresses)."""
+
+    session_id: str
+    listener: str
+    client_address: str
+    mailbox_id: str
+    target: str
+    remote_user: str
+    client_tls: str = ""
+    upstream_tls: str = ""
+    relayed: int = 0  # messages the upstream accepted (its 250 after the content)
+    refused: int = 0  # messages the upstream refused, or the proxy gave up on
+    stored: tuple[MessageRef, ...] = ()  # copies made, one per relayed message
+    unrecorded: int = 0  # accepted upstream, but the copy failed (the client got 451)
+    outcome: str = ""  # "quit", "eof", "timeout", "upstream-error", "store-failed", ...
+    seconds: float = 0.0
+
+
 class MessageAccepted(Event, frozen=True, kw_only=True):
     """A message became durable in one or more mailboxes (one id per mailbox) and got 250."""
 
@@ -331,6 +365,8 @@ ControlEvent = (
     | Pop3Login
     | Pop3SessionEnded
     | Pop3ProxySessionEnded
+    | SmtpLogin
+    | SmtpProxySessionEnded
     | AdminAccountCreated
     | AdminLogin
     | AdminPasswordChanged
@@ -376,6 +412,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     target: str = ""  # proxy: the upstream server
     remote_user: str = ""  # proxy: the upstream login name
     upstream_uidl: str = ""  # POP3 proxy: the upstream UIDL
+    upstream_reply: str = ""  # SMTP proxy: the upstream's 250 after the content (queue id)
 
 
 # -- codecs --------------------------------------------------------------------------------
@@ -422,6 +459,8 @@ _KNOWN_TAGS = frozenset(
         Pop3Login,
         Pop3SessionEnded,
         Pop3ProxySessionEnded,
+        SmtpLogin,
+        SmtpProxySessionEnded,
         AdminAccountCreated,
         AdminLogin,
         AdminPasswordChanged,

@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import trio
+
 from ..config import Config, ListenerConfig, TLSMode
-from ..events import Envelope, MailboxStatus, MessageRef, now
+from ..events import Envelope, MessageRef, now
 from ..log import LogWriteError
 from ..protocols.pop3 import (
     Dele,
@@ -44,8 +47,9 @@ from ..protocols.pop3 import (
 )
 from ..services.archive import Archive, ArchiveError
 from ..services.intake import MessageWriter
-from ..services.routing import ProxyLogin, RoutingError, TargetPolicy
-from .upstream import POP3Upstream, UpstreamError, client_context, open_upstream
+from ..services.routing import ProxyLogin
+from .proxy import Refusal, TargetRefused, reach_target, safe_text
+from .upstream import POP3Upstream, UpstreamError
 
 __all__ = ["RELAYED", "POP3Relay", "ProxyRefused", "StoreFailed", "open_relay"]
 
@@ -84,47 +88,41 @@ async def open_relay(
     auth_failed: Reply,
 ) -> POP3Upstream:
     """Check the mailbox, connect and log in upstream. Raises ProxyRefused."""
-    try:
-        info = archive.mailbox(login.mailbox_id)
-    except ArchiveError:
-        raise ProxyRefused(auth_failed, "no such mailbox") from None
-    if info.status != MailboxStatus.ACTIVE or archive.damaged(info.mailbox_id):
-        raise ProxyRefused(auth_failed, "mailbox not active")
-    proxy = config.proxy
-    policy = TargetPolicy.build(proxy.allow, proxy.deny)
-    port = login.port or DEFAULT_PORTS[listener.tls]
-    try:
-        tcp = await open_upstream(login.host, port, policy, connect_timeout=proxy.connect_timeout)
-        context = client_context(proxy.ca_files, verify=login.host not in proxy.insecure_targets)
-        upstream = await POP3Upstream.start(
+    implicit = listener.tls == TLSMode.IMPLICIT
+
+    async def start(tcp: trio.SocketStream, context: ssl.SSLContext) -> POP3Upstream:
+        return await POP3Upstream.start(
             tcp,
             login.host,
             context,
-            implicit_tls=listener.tls == TLSMode.IMPLICIT,
-            io_timeout=proxy.upstream_timeout,
+            implicit_tls=implicit,
+            io_timeout=config.proxy.upstream_timeout,
         )
-    except RoutingError as exc:
-        reply = Reply(False, "proxy target not allowed", "SYS/PERM")
-        raise ProxyRefused(reply, str(exc)) from None
-    except UpstreamError as exc:
-        code = "SYS/TEMP" if exc.temporary else "SYS/PERM"
-        raise ProxyRefused(Reply(False, _short(f"upstream: {exc}"), code), str(exc)) from None
+
+    try:
+        upstream = await reach_target(
+            config, archive, login, default_port=DEFAULT_PORTS[listener.tls], start=start
+        )
+    except TargetRefused as exc:
+        if exc.kind is Refusal.MAILBOX:
+            raise ProxyRefused(auth_failed, exc.reason) from None
+        if exc.kind is Refusal.DENIED:
+            reply = Reply(False, "proxy target not allowed", "SYS/PERM")
+        else:
+            code = "SYS/TEMP" if exc.kind is Refusal.TEMPORARY else "SYS/PERM"
+            reply = Reply(False, safe_text(f"upstream: {exc.reason}"), code)
+        raise ProxyRefused(reply, exc.reason) from None
     try:
         reply = await upstream.login(login.remote_user, password)
     except UpstreamError as exc:
         await upstream.aclose()
-        raise ProxyRefused(Reply(False, _short(f"upstream: {exc}"), "SYS/TEMP"), str(exc)) from None
+        text = safe_text(f"upstream: {exc}")
+        raise ProxyRefused(Reply(False, text, "SYS/TEMP"), str(exc)) from None
     if not reply.ok:
         await upstream.aclose()
-        text = _short(f"upstream login failed: {reply.text}")
+        text = safe_text(f"upstream login failed: {reply.text}")
         raise ProxyRefused(Reply(False, text, "AUTH"), "upstream login failed")
     return upstream
-
-
-def _short(text: str) -> str:
-    """A reply text that fits a POP3 status line (RFC 2449: 512 octets in all)."""
-    clean = "".join(c if c.isprintable() else " " for c in text)
-    return clean if len(clean.encode()) <= 400 else clean.encode()[:400].decode(errors="ignore")
 
 
 @dataclass(eq=False)

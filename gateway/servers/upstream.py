@@ -1,33 +1,42 @@
 """Connections to the proxies' upstream servers: resolve, check every address against the
 target policy, connect to an address that passed, and speak TLS with the certificate checked.
-The POP3 client role on top (:class:`POP3Upstream`) logs in only once TLS is up, so a password
-never crosses an unencrypted link (SPEC.md 15.1).
+The client roles on top (:class:`POP3Upstream`, :class:`SMTPUpstream`) read replies with the
+protocol machines' own reply readers and log in only once TLS is up, so a password never
+crosses an unencrypted link (SPEC.md 15.1).
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
+from ..protocols import smtp
+from ..protocols._sasl import encode, plain_response
 from ..protocols.pop3 import (
     NEED_DATA,
     BodyData,
     BodyEnd,
     ConnectionClosed,
     Continuation,
+    ProtocolError,
     Reply,
     ReplyReader,
-    auth_plain_response,
     format_command,
 )
 from ..services.routing import RoutingError, TargetPolicy
 
-__all__ = ["POP3Upstream", "UpstreamError", "open_upstream"]
+__all__ = ["POP3Upstream", "SMTPUpstream", "UpstreamError", "open_upstream"]
 
 RECEIVE_SIZE = 64 * 1024
+
+
+class _Reader(Protocol):
+    def receive_data(self, data: bytes) -> None: ...
+    def next_event(self) -> object: ...
 
 
 class UpstreamError(Exception):
@@ -87,14 +96,75 @@ def client_context(cafiles: tuple[str, ...] = (), *, verify: bool = True) -> ssl
 
 
 @dataclass(eq=False)
-class POP3Upstream:
-    """One POP3 session with an upstream server, in the client role."""
+class _Upstream:
+    """What both client roles share: TLS toward ``server_name``, timed reads into the
+    protocol's reply reader and timed writes, every failure an UpstreamError."""
 
     stream: trio.abc.Stream
     server_name: str
     timeout: float
-    reader: ReplyReader
-    tls: str = ""
+    tls: str = field(default="", init=False)
+
+    def _reader(self) -> _Reader:
+        raise NotImplementedError
+
+    async def _handshake(self, context: ssl.SSLContext) -> None:
+        ssl_stream = trio.SSLStream(self.stream, context, server_hostname=self.server_name)
+        try:
+            with trio.fail_after(self.timeout):
+                await ssl_stream.do_handshake()
+        except trio.TooSlowError:
+            raise UpstreamError(f"TLS handshake with {self.server_name} timed out") from None
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                raise UpstreamError(
+                    f"{self.server_name}'s certificate is not trusted: {cause.verify_message}",
+                    temporary=False,
+                ) from None
+            raise UpstreamError(f"TLS handshake with {self.server_name} failed: {cause}") from None
+        self.stream = ssl_stream
+        self.tls = f"{ssl_stream.version()} {(ssl_stream.cipher() or ('',))[0]}".strip()
+
+    async def _event(self) -> object:
+        reader = self._reader()
+        while True:
+            try:
+                event = reader.next_event()
+            except (ProtocolError, smtp.ProtocolError) as exc:
+                raise UpstreamError(f"{self.server_name} broke the protocol: {exc}") from None
+            if event is not NEED_DATA and event is not smtp.NEED_DATA:
+                return event
+            try:
+                with trio.fail_after(self.timeout):
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+            except trio.TooSlowError:
+                raise UpstreamError(f"{self.server_name} did not answer in time") from None
+            except (trio.BrokenResourceError, OSError) as exc:
+                raise UpstreamError(f"connection to {self.server_name} lost: {exc}") from None
+            reader.receive_data(bytes(data))
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            with trio.fail_after(self.timeout):
+                await self.stream.send_all(data)
+        except trio.TooSlowError:
+            raise UpstreamError(f"{self.server_name} stopped reading") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise UpstreamError(f"connection to {self.server_name} lost: {exc}") from None
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+@dataclass(eq=False)
+class POP3Upstream(_Upstream):
+    """One POP3 session with an upstream server, in the client role."""
+
+    reader: ReplyReader = field(default_factory=ReplyReader)
+
+    def _reader(self) -> _Reader:
+        return self.reader
 
     @classmethod
     async def start(
@@ -108,7 +178,7 @@ class POP3Upstream:
     ) -> POP3Upstream:
         """TLS (implicit, or STLS after the greeting: refused if not offered), greeting read.
         Raises UpstreamError; on error the connection is closed."""
-        session = cls(tcp, server_name, io_timeout, ReplyReader())
+        session = cls(tcp, server_name, io_timeout)
         try:
             await session._open(context, implicit_tls)
         except BaseException:
@@ -135,38 +205,6 @@ class POP3Upstream:
         self.reader = ReplyReader()  # nothing read in the clear carries over (RFC 2595)
         await self._handshake(context)
 
-    async def _handshake(self, context: ssl.SSLContext) -> None:
-        ssl_stream = trio.SSLStream(self.stream, context, server_hostname=self.server_name)
-        try:
-            with trio.fail_after(self.timeout):
-                await ssl_stream.do_handshake()
-        except trio.TooSlowError:
-            raise UpstreamError(f"TLS handshake with {self.server_name} timed out") from None
-        except trio.BrokenResourceError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ssl.SSLCertVerificationError):
-                raise UpstreamError(
-                    f"{self.server_name}'s certificate is not trusted: {cause.verify_message}",
-                    temporary=False,
-                ) from None
-            raise UpstreamError(f"TLS handshake with {self.server_name} failed: {cause}") from None
-        self.stream = ssl_stream
-        self.tls = f"{ssl_stream.version()} {(ssl_stream.cipher() or ('',))[0]}".strip()
-
-    async def _event(self) -> object:
-        while True:
-            event = self.reader.next_event()
-            if event is not NEED_DATA:
-                return event
-            try:
-                with trio.fail_after(self.timeout):
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-            except trio.TooSlowError:
-                raise UpstreamError(f"{self.server_name} did not answer in time") from None
-            except (trio.BrokenResourceError, OSError) as exc:
-                raise UpstreamError(f"connection to {self.server_name} lost: {exc}") from None
-            self.reader.receive_data(bytes(data))
-
     async def _reply(self) -> Reply:
         event = await self._event()
         if isinstance(event, ConnectionClosed):
@@ -174,15 +212,6 @@ class POP3Upstream:
         if not isinstance(event, Reply):
             raise UpstreamError(f"{self.server_name} sent an unexpected response")
         return event
-
-    async def _send(self, line: bytes) -> None:
-        try:
-            with trio.fail_after(self.timeout):
-                await self.stream.send_all(line)
-        except trio.TooSlowError:
-            raise UpstreamError(f"{self.server_name} stopped reading") from None
-        except (trio.BrokenResourceError, OSError) as exc:
-            raise UpstreamError(f"connection to {self.server_name} lost: {exc}") from None
 
     async def command(self, verb: str, *args: str) -> Reply:
         """A single-line command and its status line."""
@@ -226,7 +255,7 @@ class POP3Upstream:
         reply = await self.command("USER", username)
         if reply.ok:
             return await self.command("PASS", password)
-        response = auth_plain_response(username, password)
+        response = plain_response(username, password)
         self.reader.expect()
         await self._send(format_command("AUTH", "PLAIN", response))
         event = await self._event()
@@ -237,8 +266,127 @@ class POP3Upstream:
             return event
         raise UpstreamError(f"{self.server_name} sent an unexpected response to AUTH")
 
-    async def aclose(self) -> None:
-        await trio.aclose_forcefully(self.stream)
+
+@dataclass(eq=False)
+class SMTPUpstream(_Upstream):
+    """One SMTP session with an upstream server, in the client role (the recording SMTP
+    proxy): EHLO, STARTTLS unless the TLS is implicit, EHLO again, AUTH; then whatever
+    commands and content the relay sends, one reply at a time."""
+
+    reader: smtp.ReplyReader = field(default_factory=smtp.ReplyReader)
+    extensions: dict[str, str] = field(default_factory=dict)  # EHLO keyword -> parameters
+
+    def _reader(self) -> _Reader:
+        return self.reader
+
+    @classmethod
+    async def start(
+        cls,
+        tcp: trio.SocketStream,
+        server_name: str,
+        context: ssl.SSLContext,
+        *,
+        implicit_tls: bool,
+        io_timeout: float,
+        helo: str,
+    ) -> SMTPUpstream:
+        """TLS (implicit, or STARTTLS: refused if not offered) and EHLO. Raises
+        UpstreamError; on error the connection is closed."""
+        session = cls(tcp, server_name, io_timeout)
+        try:
+            await session._open(context, implicit_tls, helo)
+        except BaseException:
+            await trio.aclose_forcefully(session.stream)
+            raise
+        return session
+
+    async def _open(self, context: ssl.SSLContext, implicit_tls: bool, helo: str) -> None:
+        if implicit_tls:
+            await self._handshake(context)
+        greeting = await self.reply()
+        if greeting.code != 220:
+            raise UpstreamError(
+                f"{self.server_name} refused the session: {greeting.code} {greeting.text}",
+                temporary=greeting.code < 500,
+            )
+        await self._ehlo(helo)
+        if implicit_tls:
+            return
+        if "STARTTLS" not in self.extensions:
+            raise UpstreamError(
+                f"{self.server_name} does not offer STARTTLS; "
+                "the password is not sent in the clear",
+                temporary=False,
+            )
+        reply = await self.command(smtp.format_command("STARTTLS"))
+        if reply.code != 220:
+            raise UpstreamError(f"{self.server_name} refused STARTTLS: {reply.code} {reply.text}")
+        if self.reader.discard_buffered():
+            # RFC 3207 §5: what came with the 220 was sent in the clear; never act on it.
+            raise UpstreamError(f"{self.server_name} sent data after its STARTTLS reply")
+        self.reader = smtp.ReplyReader()
+        await self._handshake(context)
+        await self._ehlo(helo)
+
+    async def _ehlo(self, helo: str) -> None:
+        reply = await self.command(smtp.format_command("EHLO", helo))
+        if reply.code != 250:
+            raise UpstreamError(f"{self.server_name} refused EHLO: {reply.code} {reply.text}")
+        self.extensions = {}
+        for line in reply.lines[1:]:
+            keyword, _, params = line.partition(" ")
+            self.extensions[keyword.upper()] = params
+
+    def offers(self, keyword: str) -> bool:
+        return keyword in self.extensions
+
+    async def reply(self) -> smtp.Reply:
+        event = await self._event()
+        if not isinstance(event, smtp.Reply):
+            raise UpstreamError(f"{self.server_name} closed the connection")
+        return event
+
+    async def command(self, line: bytes) -> smtp.Reply:
+        """One command line (from the smtp writers) and its reply."""
+        await self._send(line)
+        return await self.reply()
+
+    async def send(self, data: bytes) -> None:
+        """Message content, already in its wire form."""
+        await self._send(data)
+
+    async def authenticate(self, username: str, password: str) -> smtp.Reply:
+        """AUTH PLAIN, or LOGIN where the server offers only that (RFC 4954); the server's
+        final reply. Only ever called on a TLS session (``start`` saw to it)."""
+        if not self.tls:
+            raise UpstreamError("refusing to send credentials without TLS", temporary=False)
+        mechanisms = self.extensions.get("AUTH", "").upper().split()
+        if "PLAIN" in mechanisms:
+            response = plain_response(username, password)
+            reply = await self.command(smtp.format_command("AUTH", f"PLAIN {response}"))
+        elif "LOGIN" in mechanisms:
+            reply = await self.command(smtp.format_command("AUTH", "LOGIN"))
+            for answer in (username, password):
+                if reply.code != 334:
+                    break
+                reply = await self.command(smtp.format_command(encode(answer)))
+        else:
+            raise UpstreamError(
+                f"{self.server_name} offers neither AUTH PLAIN nor AUTH LOGIN", temporary=False
+            )
+        if reply.code == 334:  # a challenge where none belongs: give up the exchange
+            reply = await self.command(smtp.format_command("*"))
+        return reply
+
+    async def quit(self) -> None:
+        """QUIT, its reply awaited briefly, and the connection closed whatever happens."""
+        try:
+            with trio.move_on_after(min(self.timeout, 5.0)):
+                await self.command(smtp.format_command("QUIT"))
+        except UpstreamError:
+            pass
+        finally:
+            await self.aclose()
 
 
 async def _empty() -> AsyncIterator[bytes]:

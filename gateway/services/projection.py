@@ -25,6 +25,7 @@ from ..events import (
     MessageStored,
     Pop3ProxySessionEnded,
     Pop3SessionEnded,
+    SmtpProxySessionEnded,
 )
 from ..log import Location
 
@@ -105,7 +106,7 @@ class ControlState:
             case MessageAccepted():
                 for mailbox_id in event.mailbox_ids:
                     self.last_delivery[mailbox_id] = event.at
-            case Pop3ProxySessionEnded():
+            case Pop3ProxySessionEnded() | SmtpProxySessionEnded():
                 if event.stored and event.mailbox_id in self.mailboxes:
                     self.last_delivery[event.mailbox_id] = event.at
             case Pop3SessionEnded():

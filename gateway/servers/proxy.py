@@ -1,0 +1,79 @@
+"""What the two recording proxies share: from a parsed proxy login to a TLS connection with
+the target, every refusal a :class:`TargetRefused` whose ``kind`` each protocol turns into
+its own reply (SPEC.md 15.1 and 15.2)."""
+
+from __future__ import annotations
+
+import enum
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import trio
+
+from ..config import Config
+from ..events import MailboxStatus
+from ..services.archive import Archive, ArchiveError
+from ..services.routing import ProxyLogin, RoutingError, TargetPolicy
+from .upstream import UpstreamError, client_context, open_upstream
+
+__all__ = ["Refusal", "TargetRefused", "reach_target", "safe_text"]
+
+U = TypeVar("U")
+
+
+class Refusal(enum.StrEnum):
+    MAILBOX = "mailbox"  # no such gateway mailbox, or not active: said like bad credentials
+    DENIED = "denied"  # the target policy refuses every address of the target
+    TEMPORARY = "temporary"  # cannot resolve, connect, handshake, or lost: try later
+    PERMANENT = "permanent"  # untrusted certificate, no STARTTLS/STLS: trying again won't help
+
+
+class TargetRefused(Exception):
+    """The proxy cannot reach the target. ``reason`` is for the log and the audit record and
+    safe to show the client (never a password)."""
+
+    def __init__(self, kind: Refusal, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+async def reach_target(
+    config: Config,
+    archive: Archive,
+    login: ProxyLogin,
+    *,
+    default_port: int,
+    start: Callable[[trio.SocketStream, ssl.SSLContext], Awaitable[U]],
+) -> U:
+    """Check the gateway mailbox (it must exist and be active), connect to the target under
+    the policy and hand the connection to ``start`` (the protocol's TLS and greeting), whose
+    UpstreamError becomes a TargetRefused too."""
+    try:
+        info = archive.mailbox(login.mailbox_id)
+    except ArchiveError:
+        raise TargetRefused(Refusal.MAILBOX, "no such mailbox") from None
+    if info.status != MailboxStatus.ACTIVE or archive.damaged(info.mailbox_id):
+        raise TargetRefused(Refusal.MAILBOX, "mailbox not active")
+    proxy = config.proxy
+    policy = TargetPolicy.build(proxy.allow, proxy.deny)
+    try:
+        tcp = await open_upstream(
+            login.host, login.port or default_port, policy, connect_timeout=proxy.connect_timeout
+        )
+        context = client_context(proxy.ca_files, verify=login.host not in proxy.insecure_targets)
+        return await start(tcp, context)
+    except RoutingError as exc:
+        raise TargetRefused(Refusal.DENIED, str(exc)) from None
+    except UpstreamError as exc:
+        kind = Refusal.TEMPORARY if exc.temporary else Refusal.PERMANENT
+        raise TargetRefused(kind, str(exc)) from None
+
+
+def safe_text(text: str, limit: int = 400) -> str:
+    """Text that fits one reply line: printable, at most ``limit`` octets of UTF-8."""
+    clean = "".join(c if c.isprintable() else " " for c in text)
+    if len(clean.encode()) <= limit:
+        return clean
+    return clean.encode()[:limit].decode(errors="ignore")
