@@ -85,6 +85,11 @@ class SMTPConfig(_Section, frozen=True, kw_only=True):
     # greeting wait and the per-block DATA timeout are 5 and 3 min.
     command_timeout: float = 300.0
     data_timeout: float = 600.0
+    # Recording proxy logins (AUTH): a failure is answered this long after it arrived, and
+    # this many failures in a row (per client address, and per username) lock out for 60 s,
+    # doubling up to 15 minutes.
+    auth_failure_delay: float = 2.0
+    max_auth_failures: int = 10
 
 
 class POP3Config(_Section, frozen=True, kw_only=True):
@@ -216,6 +221,10 @@ def _check(config: Config, path: Path | None) -> None:
         )
     if not 0 <= pop3.failure_delay <= 60:
         raise ConfigError(f"{where}: pop3.failure_delay must be 0 to 60 seconds")
+    if not 0 <= config.smtp.auth_failure_delay <= 60:
+        raise ConfigError(f"{where}: smtp.auth_failure_delay must be 0 to 60 seconds")
+    if config.smtp.max_auth_failures < 1:
+        raise ConfigError(f"{where}: smtp.max_auth_failures must be at least 1")
     try:
         TargetPolicy.build(config.proxy.allow, config.proxy.deny)
     except ValueError as exc:

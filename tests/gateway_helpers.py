@@ -17,6 +17,7 @@ from gateway.config import (
     ListenerConfig,
     POP3Config,
     Protocol,
+    SMTPConfig,
     StoreSettings,
     TLSMode,
 )
@@ -60,6 +61,7 @@ def make_config(data: Path, **smtp: object) -> Config:
         listeners=listeners,
         store=StoreSettings(kdf=FAST),
         pop3=POP3Config(failure_delay=0.05),
+        smtp=SMTPConfig(auth_failure_delay=0.05),
     )
     if smtp:
         config = msgspec.structs.replace(config, smtp=msgspec.structs.replace(config.smtp, **smtp))

@@ -1,4 +1,5 @@
-"""The SMTP listener's sessions: journal intake over RFC 5321, driven by the sans-IO machine.
+"""The SMTP listener's sessions: journal intake over RFC 5321, driven by the sans-IO machine,
+and the recording SMTP proxy for sessions that authenticate with a proxy login.
 
 Theory of operation
 -------------------
@@ -13,6 +14,12 @@ Timeouts follow RFC 5321 §4.5.3.2: ``command_timeout`` waiting for a command,
 ``data_timeout`` while message content streams in. Each session ends with one
 ``SmtpSessionEnded`` audit event; each stored message gets ``MessageAccepted``; each refusal
 ``DeliveryRefused``. None of them holds an address or a byte of content.
+
+A session without AUTH is journal intake. AUTH (offered only under TLS) with a proxy login
+``remote_user%target%mailbox_id`` turns the session into a recording proxy session
+(``servers.smtp_proxy``) for the rest of its life: every AUTH attempt is an ``SmtpLogin``
+event, answered (when it fails) ``smtp.auth_failure_delay`` after it arrived, and the
+session ends with ``SmtpProxySessionEnded`` instead of ``SmtpSessionEnded``.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from ..events import (
     DeliveryRefused,
     Envelope,
     MessageAccepted,
+    SmtpLogin,
+    SmtpProxySessionEnded,
     SmtpSessionEnded,
     now,
 )
@@ -36,6 +45,7 @@ from ..log import LogWriteError
 from ..protocols.smtp import (
     NEED_DATA,
     PAUSED,
+    Authenticate,
     BodyData,
     ConnectionClosed,
     Hello,
@@ -55,8 +65,12 @@ from ..protocols.smtp import (
 from ..services.archive import Archive, ArchiveError
 from ..services.intake import MessageWriter
 from ..services.journal import check_recipient, received_header
+from ..services.routing import RoutingError, parse_proxy_login
+from ..services.throttle import LoginThrottle
 from ..tls import TLSContextHolder, describe_tls
 from .limits import SessionLimiter
+from .smtp_proxy import UPSTREAM_LOST, ProxyRefused, SMTPRelay, open_relay
+from .upstream import UpstreamError
 
 __all__ = ["SMTPServer"]
 
@@ -66,6 +80,7 @@ RECEIVE_SIZE = 64 * 1024
 HANDSHAKE_TIMEOUT = 30.0
 
 TOO_MANY_SESSIONS = Reply(421, "4.7.0", ("Too many connections, try again later",))
+THROTTLED = Reply(454, "4.7.0", ("Too many failed logins, try again later",))
 
 
 class SMTPServer:
@@ -80,6 +95,9 @@ class SMTPServer:
         self.archive = archive
         self.tls = tls
         self.limiter = limiter
+        smtp = config.smtp
+        self.by_address = LoginThrottle(max_failures=smtp.max_auth_failures, lockout=60.0)
+        self.by_username = LoginThrottle(max_failures=smtp.max_auth_failures, lockout=60.0)
 
     async def handle(self, stream: trio.abc.Stream, listener: ListenerConfig, peer: str) -> None:
         session_id = secrets.token_hex(6)
@@ -130,6 +148,7 @@ class _Session:
         self.recipient_addresses: list[str] = []
         self.writer: MessageWriter | None = None
         self.writer_failed = False
+        self.relay: SMTPRelay | None = None
         self.in_data = False
         self.messages = 0
         self.bytes = 0
@@ -145,6 +164,7 @@ class _Session:
                 tls_active=bool(self.tls),
                 starttls_offered=listener.tls == TLSMode.STARTTLS and not self.tls,
                 require_tls=smtp.require_tls and listener.tls == TLSMode.STARTTLS,
+                auth_offered=True,
                 bare_newline=smtp.bare_newline,
                 bad_command_budget=smtp.bad_command_budget,
             )
@@ -169,6 +189,8 @@ class _Session:
         finally:
             if self.writer is not None:
                 await self.writer.abort()
+            if self.relay is not None:
+                await self.relay.aclose()
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._audit_session()
 
@@ -193,6 +215,10 @@ class _Session:
                 await self.stream.send_all(pending)
             if event is PAUSED:  # pragma: no cover - every pause is answered below
                 raise RuntimeError("SMTP machine paused with no decision pending")
+            if self.relay is not None:
+                if not await self._relay(event):
+                    return
+                continue
             match event:
                 case Hello(kind=kind, domain=domain):
                     self.helo, self.helo_kind = domain, kind
@@ -213,12 +239,120 @@ class _Session:
                     await self._abort()
                 case StartTLS():
                     await self._start_tls()
+                case Authenticate():
+                    await self.stream.send_all(conn.send(await self._authenticate(event)))
                 case Quit():
                     self.outcome = "quit"
                     return
                 case ConnectionClosed(reason=reason):
                     self.outcome = str(reason)
                     return
+
+    async def _relay(self, event: object) -> bool:
+        """One event of a proxy session; False when the session is over."""
+        relay, conn = self.relay, self.conn
+        assert relay is not None
+        try:
+            match event:
+                case Hello(domain=domain):
+                    self.helo = relay.helo = domain
+                case MailFrom():
+                    await self.stream.send_all(conn.send(await relay.mail(event)))
+                case RcptTo(address=address):
+                    await self.stream.send_all(conn.send(await relay.rcpt(address)))
+                case StartData(chunked=chunked):
+                    self.in_data = True
+                    await relay.start_content(bdat=chunked)
+                case BodyData(data=data):
+                    await relay.content(data)
+                case MessageComplete():
+                    self.in_data = False
+                    await self.stream.send_all(conn.send(await relay.complete()))
+                case MessageAborted(reason=reason):
+                    self.in_data = False
+                    await relay.abort(reason)
+                case Quit():
+                    self.outcome = "quit"
+                    await relay.quit()
+                    return False
+                case ConnectionClosed(reason=reason):
+                    self.outcome = str(reason)
+                    return False
+                case Authenticate():  # pragma: no cover - the machine refuses a second AUTH
+                    raise RuntimeError("AUTH in an authenticated session")
+        except UpstreamError as exc:
+            self.outcome = "upstream-error"
+            logger.info(
+                "event=smtp-proxy-upstream-failed session=%s reason=%r", self.session_id, str(exc)
+            )
+            await self.stream.send_all(conn.close(UPSTREAM_LOST))
+            return False
+        return True
+
+    async def _authenticate(self, event: Authenticate) -> Reply:
+        """AUTH: a proxy login opens the relay; anything else fails like bad credentials."""
+        server, delay = self.server, self.config.smtp.auth_failure_delay
+        arrived = trio.current_time()
+        try:
+            login = parse_proxy_login(event.username)
+        except RoutingError as exc:
+            login, reason = None, f"malformed proxy login: {exc}"
+        else:
+            reason = "not a proxy login"
+        if login is None:
+            await self._login_audit(event, "", "", False, reason)
+            await trio.sleep_until(arrived + delay)
+            return replies.AUTH_FAILED
+        key = event.username.lower()
+        if server.by_address.wait(self.peer) or server.by_username.wait(key):
+            await self._login_audit(event, login.mailbox_id, login.target, False, "throttled")
+            await trio.sleep_until(arrived + delay)
+            return THROTTLED
+        try:
+            upstream, reply = await open_relay(
+                self.config, self.archive, self.listener, login, event.password
+            )
+        except ProxyRefused as exc:
+            if exc.credentials:
+                server.by_address.failed(self.peer)
+                server.by_username.failed(key)
+                await trio.sleep_until(arrived + delay)
+            await self._login_audit(
+                event, login.mailbox_id, login.target, False, f"proxy: {exc.reason}"
+            )
+            return exc.reply
+        server.by_address.succeeded(self.peer)
+        server.by_username.succeeded(key)
+        self.relay = SMTPRelay(upstream, self.archive, login, self.peer, self.tls, self.helo)
+        await self._login_audit(event, login.mailbox_id, login.target, True, "")
+        return reply
+
+    async def _login_audit(
+        self, event: Authenticate, mailbox_id: str, target: str, success: bool, reason: str
+    ) -> None:
+        logger.info(
+            "event=smtp-login session=%s client=%s mailbox=%s target=%s success=%s reason=%r",
+            self.session_id,
+            self.peer,
+            mailbox_id or "-",
+            target or "-",
+            success,
+            reason,
+        )
+        await self.archive.append_control(
+            SmtpLogin(
+                at=now(),
+                actor=self.actor,
+                session_id=self.session_id,
+                client_address=self.peer,
+                mailbox_id=mailbox_id,
+                target=target,
+                mechanism=event.mechanism,
+                success=success,
+                reason=reason,
+            ),
+            durable=False,
+        )
 
     def _reset_transaction(self) -> None:
         self.mail_from, self.smtputf8 = "", False
@@ -368,6 +502,9 @@ class _Session:
 
     async def _audit_session(self) -> None:
         seconds = time.monotonic() - self.started
+        if self.relay is not None:
+            await self._audit_proxy_session(self.relay, seconds)
+            return
         logger.info(
             "event=smtp-session session=%s listener=%s client=%s tls=%r messages=%d bytes=%d "
             "rejected=%d outcome=%s seconds=%.2f",
@@ -393,6 +530,44 @@ class _Session:
                 messages=self.messages,
                 bytes=self.bytes,
                 rejected=self.rejected,
+                outcome=self.outcome,
+                seconds=round(seconds, 3),
+            ),
+            durable=False,
+        )
+
+    async def _audit_proxy_session(self, relay: SMTPRelay, seconds: float) -> None:
+        logger.info(
+            "event=smtp-proxy-session session=%s listener=%s client=%s mailbox=%s target=%s "
+            "relayed=%d stored=%d refused=%d unrecorded=%d outcome=%s seconds=%.2f",
+            self.session_id,
+            self.listener.name,
+            self.peer,
+            relay.login.mailbox_id,
+            relay.target,
+            relay.relayed,
+            len(relay.stored),
+            relay.refused,
+            relay.unrecorded,
+            self.outcome,
+            seconds,
+        )
+        await self.archive.append_control(
+            SmtpProxySessionEnded(
+                at=now(),
+                actor=self.actor,
+                session_id=self.session_id,
+                listener=self.listener.name,
+                client_address=self.peer,
+                mailbox_id=relay.login.mailbox_id,
+                target=relay.target,
+                remote_user=relay.login.remote_user,
+                client_tls=self.tls,
+                upstream_tls=relay.upstream.tls,
+                relayed=relay.relayed,
+                refused=relay.refused,
+                stored=tuple(relay.stored),
+                unrecorded=relay.unrecorded,
                 outcome=self.outcome,
                 seconds=round(seconds, 3),
             ),

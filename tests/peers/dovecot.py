@@ -65,12 +65,14 @@ __all__ = [
     "open_private_dovecot",
     "pop3_octets",
     "private_dovecot",
+    "write_server_certificate",
 ]
 
 HOST = "127.0.0.2"  # see the module docstring: on 127.0.0.1 loopback counts as secure
 INTERNAL_USER = "dovecot"  # default_internal_user: auth, anvil, stats
 LOGIN_USER = "dovenull"  # default_login_user: the (chrooted) login processes
 MAIL_USER = "nobody"  # owns the Maildirs; Dovecot refuses mail access as root
+AUTH_SOCKET = "auth-smtpd"  # in base_dir; the name matters, see _auth_listener
 LOG_TAIL = 6000  # characters of the log an error carries
 START_TIMEOUT = 15.0
 STOP_GRACE = 2.0  # seconds from SIGTERM to SIGKILL
@@ -138,6 +140,7 @@ class DovecotInstance:
     users: Mapping[str, str]  # user name -> password
     mail_uid: int
     mail_gid: int
+    auth_socket: Path | None = None  # the auth-client socket for an MTA, if asked for
 
     # -- mail in ---------------------------------------------------------------------------
 
@@ -261,6 +264,7 @@ def private_dovecot(
     ca: trustme.CA | None = None,
     settings: Mapping[str, str] | None = None,
     name: str = "dovecot",
+    auth_socket_user: str | None = None,
 ) -> Iterator[DovecotInstance]:
     """Run a private Dovecot (POP3 only) in ``tmp_dir / name`` until the block ends.
 
@@ -268,7 +272,10 @@ def private_dovecot(
     Maildir. Ports None pick free ones. ``ca``: the trustme CA to issue the instance's
     certificate from (default: a new one); ``ca_file`` is written either way. ``settings``
     are extra top-level dovecot.conf lines (``name = value``), applied last. ``name`` lets
-    several instances share a ``tmp_dir``. Stopping is SIGTERM to the master, then SIGKILL
+    several instances share a ``tmp_dir``. ``auth_socket_user``: a user (``postfix``) for
+    whom the auth service also listens on ``auth_socket`` (Dovecot's auth-client protocol,
+    what Postfix's ``smtpd_sasl_type = dovecot`` speaks), mode 0600, owned by that user; the
+    passdb there is the POP3 one. Stopping is SIGTERM to the master, then SIGKILL
     for anything of this instance still alive after STOP_GRACE (see :func:`_stop`), also
     when the block raises.
     """
@@ -302,6 +309,7 @@ def private_dovecot(
             pop3s_port=pop3s_port or free_port(host),
             ca=ca or trustme.CA(),
             settings=settings or {},
+            auth_socket_user=auth_socket_user,
         )
         try:
             _start(instance)
@@ -329,6 +337,7 @@ async def open_private_dovecot(
     ca: trustme.CA | None = None,
     settings: Mapping[str, str] | None = None,
     name: str = "dovecot",
+    auth_socket_user: str | None = None,
 ) -> AsyncIterator[DovecotInstance]:
     """:func:`private_dovecot` for trio: start and stop run in a worker thread."""
     manager = private_dovecot(
@@ -340,6 +349,7 @@ async def open_private_dovecot(
         ca=ca,
         settings=settings,
         name=name,
+        auth_socket_user=auth_socket_user,
     )
     instance = await trio.to_thread.run_sync(manager.__enter__)
     try:
@@ -358,6 +368,7 @@ def _configure(
     pop3s_port: int,
     ca: trustme.CA,
     settings: Mapping[str, str],
+    auth_socket_user: str | None = None,
 ) -> DovecotInstance:
     for user, password in users.items():
         if not user or any(c in user + password for c in ":\n\r\0") or " " in user:
@@ -376,16 +387,10 @@ def _configure(
         users=dict(users),
         mail_uid=mail.pw_uid,
         mail_gid=mail.pw_gid,
+        auth_socket=root / "run" / AUTH_SOCKET if auth_socket_user else None,
     )
-    # TLS: a certificate for the names a client may use, from the CA in ca_file.
-    # fetchmail insists on a subject CommonName besides the subjectAltNames.
-    leaf = ca.issue_cert("localhost", "127.0.0.1", host, common_name="localhost")
-    ca.cert_pem.write_to_path(str(instance.ca_file))
-    leaf.private_key_pem.write_to_path(str(root / "key.pem"))
-    (root / "key.pem").chmod(0o600)  # read by the config process, as root
-    with (root / "cert.pem").open("wb") as chain:
-        for blob in leaf.cert_chain_pems:
-            chain.write(blob.bytes())
+    # Read by the config process, as root.
+    write_server_certificate(ca, host, ca_file=instance.ca_file, folder=root)
     # passdb and userdb in one passwd-file: user:{PLAIN}password:uid:gid::home::
     home = root / "home"
     home.mkdir(mode=0o755)
@@ -428,7 +433,7 @@ userdb {{
   driver = passwd-file
   args = username_format=%u {passwd}
 }}
-service pop3-login {{
+{_auth_listener(auth_socket_user)}service pop3-login {{
   inet_listener pop3 {{
     address = {host}
     port = {pop3_port}
@@ -442,6 +447,38 @@ service pop3-login {{
 {extra}"""
     )
     return instance
+
+
+def _auth_listener(user: str | None) -> str:
+    """The auth service's extra listener for an MTA. Dovecot's auth process picks a
+    listener's protocol from the word after the last "-" of its file name
+    (auth/main.c, auth_socket_type_get): ``login`` (for login processes, which Dovecot
+    trusts more), ``master``, ``userdb``, ``postmap``, ``token``, ``tokenlogin``; anything
+    else, ``auth-smtpd`` here, speaks the auth-client protocol that Postfix's
+    ``smtpd_sasl_type = dovecot`` uses."""
+    if user is None:
+        return ""
+    return f"""service auth {{
+  unix_listener {AUTH_SOCKET} {{
+    mode = 0600
+    user = {user}
+  }}
+}}
+"""
+
+
+def write_server_certificate(ca: trustme.CA, host: str, *, ca_file: Path, folder: Path) -> None:
+    """TLS files for a server on ``host``: ``ca_file`` (the CA to trust), ``folder /
+    "cert.pem"`` (the chain, leaf first) and ``folder / "key.pem"`` (mode 0600). The
+    certificate names localhost, 127.0.0.1 and ``host``, with CommonName localhost
+    (fetchmail insists on a CommonName besides the subjectAltNames)."""
+    leaf = ca.issue_cert("localhost", "127.0.0.1", host, common_name="localhost")
+    ca.cert_pem.write_to_path(str(ca_file))
+    leaf.private_key_pem.write_to_path(str(folder / "key.pem"))
+    (folder / "key.pem").chmod(0o600)
+    with (folder / "cert.pem").open("wb") as chain:
+        for blob in leaf.cert_chain_pems:
+            chain.write(blob.bytes())
 
 
 def _start(instance: DovecotInstance) -> None:

@@ -110,7 +110,7 @@ class PostfixInstance:
     data_dir: Path
     log_file: Path
     port: int
-    relay: tuple[str, int]
+    relay: tuple[str, int] | None  # None: no relayhost
     host: str = "127.0.0.1"
 
     # -- configuration ---------------------------------------------------------------------
@@ -293,19 +293,7 @@ def private_postfix(
     """
     for tool in ("postfix", "postconf", "postqueue", "sendmail"):
         require(tool)
-    tmp_dir = Path(tmp_dir).resolve()
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    if _reachable_by(MAIL_OWNER, tmp_dir):
-        root = tmp_dir / name
-        root.mkdir()
-        cleanup = False
-    else:
-        # The postfix user cannot get there: make the instance where it can, and link it.
-        root = Path(tempfile.mkdtemp(prefix=f"peer-{name}-", dir="/tmp"))
-        (tmp_dir / name).symlink_to(root)
-        cleanup = True
-    try:
-        root.chmod(0o755)
+    with private_root(tmp_dir, name, users=(MAIL_OWNER,), keep=("maillog",)) as root:
         instance = _configure(
             root,
             port=listen_port or free_port(),
@@ -319,13 +307,41 @@ def private_postfix(
             yield instance
         finally:
             _stop(instance)
+
+
+@contextmanager
+def private_root(
+    tmp_dir: Path, name: str, *, users: Sequence[str], keep: Sequence[str]
+) -> Iterator[Path]:
+    """The folder of one private instance, ``tmp_dir / name``, mode 0755, for the block.
+
+    Daemons that drop to ``users`` open files there by absolute path. When one of them
+    cannot traverse ``tmp_dir`` (pytest's tmp_path sits under a 0700 folder) the folder is
+    made under /tmp instead and linked from ``tmp_dir / name``; at the end the link is
+    replaced by a folder holding copies of the ``keep`` files (paths relative to the root:
+    the logs, for a post-mortem) and the /tmp folder is removed."""
+    tmp_dir = Path(tmp_dir).resolve()
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    if all(_reachable_by(user, tmp_dir) for user in users):
+        root = tmp_dir / name
+        root.mkdir()
+        cleanup = False
+    else:
+        root = Path(tempfile.mkdtemp(prefix=f"peer-{name}-", dir="/tmp"))
+        (tmp_dir / name).symlink_to(root)
+        cleanup = True
+    try:
+        root.chmod(0o755)
+        yield root
     finally:
         if cleanup:
-            # Keep the log where the test's other files are, for a post-mortem.
             with suppress(OSError):
                 (tmp_dir / name).unlink()
                 (tmp_dir / name).mkdir()
-                shutil.copy(root / "maillog", tmp_dir / name / "maillog")
+            for relative in keep:
+                with suppress(OSError):
+                    (tmp_dir / name / relative).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(root / relative, tmp_dir / name / relative)
             shutil.rmtree(root, ignore_errors=True)
 
 
@@ -369,64 +385,22 @@ def _configure(
     ca_file: Path | None,
     settings: Mapping[str, str],
 ) -> PostfixInstance:
-    config_dir, queue_dir, data_dir = root / "etc", root / "queue", root / "data"
-    config_dir.mkdir()
-    queue_dir.mkdir()  # postfix(1) starts with chdir() there; the rest it makes itself
-    (config_dir / "main.cf").write_text("")
-    (config_dir / "master.cf").write_text("")
-    instance = PostfixInstance(
-        root=root,
-        config_dir=config_dir,
-        queue_dir=queue_dir,
-        data_dir=data_dir,
-        log_file=root / "maillog",
-        port=port,
-        relay=relay,
-    )
+    instance = new_instance(root, port=port, relay=relay)
     relay_host, relay_port = relay
     main = {
-        "compatibility_level": "3.6",
-        "queue_directory": str(queue_dir),
-        "data_directory": str(data_dir),
-        "command_directory": "/usr/sbin",
-        "daemon_directory": "/usr/lib/postfix/sbin",
-        "shlib_directory": "/usr/lib/postfix",
-        "meta_directory": "/etc/postfix",
-        "mail_owner": MAIL_OWNER,
-        "setgid_group": SETGID_GROUP,
-        # Logs: a name of its own in anything that reaches syslog, and a file of its own.
-        "syslog_name": f"postfix-peer-{port}",
-        "maillog_file": str(instance.log_file),
-        "maillog_file_prefixes": str(root),
-        # Loopback, IPv4, no DNS, no local delivery: a pure relay.
-        "inet_interfaces": "127.0.0.1",
-        "inet_protocols": "ipv4",
-        "myhostname": f"peer-{port}.postfix.test",
-        "mydomain": "postfix.test",
-        "myorigin": "$myhostname",
-        "mydestination": "",
+        **common_main(instance, hostname=f"peer-{port}.postfix.test"),
+        # No local delivery: a pure relay.
         "relay_domains": "",
-        "local_recipient_maps": "",
-        "local_transport": "error:5.1.1 no local delivery in a private test instance",
-        "alias_maps": "",
-        "alias_database": "",
         "mynetworks": "127.0.0.0/8",
         "smtpd_relay_restrictions": "permit_mynetworks, reject",
         "smtp_dns_support_level": "disabled",
         "smtp_address_preference": "ipv4",
         "relayhost": f"[{relay_host}]:{relay_port}",
-        # Headers of mail relayed over SMTP are left as they came (a journal copy is
-        # evidence); only the Received: field is added.
-        "local_header_rewrite_clients": "",
-        "smtputf8_enable": "yes",
-        "message_size_limit": "0",
-        "mailbox_size_limit": "0",
-        "biff": "no",
         # The next hop.
         "smtp_tls_security_level": tls,
         "smtp_tls_loglevel": "1",
         **({"smtp_tls_CAfile": str(ca_file)} if ca_file is not None else {}),
-        # Small timeouts and fast retries: tests wait seconds, not minutes.
+        # Small timeouts: tests wait seconds, not minutes.
         "smtp_connect_timeout": "5s",
         "smtp_helo_timeout": "10s",
         "smtp_starttls_timeout": "10s",
@@ -436,22 +410,103 @@ def _configure(
         "smtp_data_xfer_timeout": "30s",
         "smtp_data_done_timeout": "30s",
         "smtp_quit_timeout": "5s",
+        **settings,
+    }
+    smtpd = f"{instance.host}:{port}/inet={instance.host}:{port} inet n - n - - smtpd"
+    write_config(instance, main, [smtpd])
+    return instance
+
+
+def new_instance(
+    root: Path, *, port: int, relay: tuple[str, int] | None, host: str = "127.0.0.1"
+) -> PostfixInstance:
+    """The instance's folders under ``root`` (only ``etc/`` and ``queue/`` made here) and
+    its :class:`PostfixInstance`; ``port`` on ``host`` is what :func:`_start` waits for."""
+    config_dir, queue_dir = root / "etc", root / "queue"
+    config_dir.mkdir()
+    queue_dir.mkdir()  # postfix(1) starts with chdir() there; the rest it makes itself
+    return PostfixInstance(
+        root=root,
+        config_dir=config_dir,
+        queue_dir=queue_dir,
+        data_dir=root / "data",
+        log_file=root / "maillog",
+        port=port,
+        relay=relay,
+        host=host,
+    )
+
+
+def common_main(instance: PostfixInstance, *, hostname: str) -> dict[str, str]:
+    """main.cf parameters every private instance has: its own folders and log, loopback
+    only, no DNS, no local(8) delivery, headers
+    of SMTP-received mail left alone, fast retries."""
+    return {
+        "compatibility_level": "3.6",
+        "queue_directory": str(instance.queue_dir),
+        "data_directory": str(instance.data_dir),
+        "command_directory": "/usr/sbin",
+        "daemon_directory": "/usr/lib/postfix/sbin",
+        "shlib_directory": "/usr/lib/postfix",
+        "meta_directory": "/etc/postfix",
+        "mail_owner": MAIL_OWNER,
+        "setgid_group": SETGID_GROUP,
+        # Logs: a name of its own in anything that reaches syslog, and a file of its own.
+        "syslog_name": f"postfix-peer-{instance.port}",
+        "maillog_file": str(instance.log_file),
+        "maillog_file_prefixes": str(instance.root),
+        # Loopback, IPv4, no local delivery. inet_interfaces must be an interface's
+        # address ("fatal: parameter inet_interfaces: no local interface found for
+        # 127.0.0.2"); a master.cf listener may bind any other loopback address.
+        "inet_interfaces": "127.0.0.1",
+        "inet_protocols": "ipv4",
+        "myhostname": hostname,
+        "mydomain": "postfix.test",
+        "myorigin": "$myhostname",
+        "mydestination": "",
+        "local_recipient_maps": "",
+        "local_transport": "error:5.1.1 no local delivery in a private test instance",
+        "alias_maps": "",
+        "alias_database": "",
+        # Headers of mail received over SMTP are left as they came (a journal copy is
+        # evidence); only the Received: field is added.
+        "local_header_rewrite_clients": "",
+        "smtputf8_enable": "yes",
+        "message_size_limit": "0",
+        "mailbox_size_limit": "0",
+        "biff": "no",
+        # Small timeouts and fast retries: tests wait seconds, not minutes.
         "smtpd_timeout": "30s",
         "queue_run_delay": "1s",
         "minimal_backoff_time": "1s",
         "maximal_backoff_time": "2s",
         "delay_warning_time": "0",
         "daemon_timeout": "60s",
-        **settings,
     }
+
+
+def write_config(
+    instance: PostfixInstance,
+    main: Mapping[str, str],
+    listeners: Sequence[str],
+    services: Mapping[str, str] | None = None,
+) -> None:
+    """main.cf from ``main``; master.cf from ``listeners`` (whole ``postconf -M`` entries)
+    and the usual services, whose ``type private unpriv chroot wakeup maxproc command`` a
+    ``services`` entry (``"virtual/unix": "unix - n n - 1 virtual"``) replaces. Both files are
+    dated back (:func:`_age`)."""
+    config_dir = instance.config_dir
+    (config_dir / "main.cf").write_text("")
+    (config_dir / "master.cf").write_text("")
     _run(["postconf", "-c", str(config_dir), "-e", *(f"{k}={v}" for k, v in main.items())])
-    master = [f"127.0.0.1:{port}/inet=127.0.0.1:{port} inet n - n - - smtpd"]
-    master += [f"{name}/{kind}={name} {kind} {rest}" for name, kind, rest in _MASTER_SERVICES]
+    master = list(listeners)
+    for name, kind, rest in _MASTER_SERVICES:
+        fields = (services or {}).get(f"{name}/{kind}", f"{kind} {rest}")
+        master.append(f"{name}/{kind}={name} {fields}")
     _run(["postconf", "-c", str(config_dir), "-M", "-e", *master])
     # The queue and data folders, with the owners and modes in Postfix's own table
     # (postfix-files), are made by ``postfix start`` itself (post-install create-missing).
     _age(config_dir)
-    return instance
 
 
 def _age(config_dir: Path) -> None:

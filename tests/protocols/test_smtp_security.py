@@ -155,7 +155,7 @@ def test_endless_bdat() -> None:
     assert t.max_buffered == 0
     assert t.merged[2:] == [
         RcptTo("j@mx.test"),
-        StartData(),
+        StartData(chunked=True),
         BodyData(chunk[14:]),
         MessageAborted(AbortReason.SIZE_LIMIT),
     ]

@@ -169,7 +169,10 @@ class RcptTo(Event):
 
 @dataclass(frozen=True, slots=True)
 class StartData(Event):
-    """The message content begins: DATA answered with 354, or the first BDAT chunk."""
+    """The message content begins: DATA answered with 354, or (``chunked``) the first BDAT
+    chunk."""
+
+    chunked: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -222,7 +222,7 @@ class Session:
         if refusal is None:
             if self._state is State.RCPT:
                 self._size = 0
-                self._events.append(StartData())
+                self._events.append(StartData(chunked=True))
             if self._size + size > self.config.max_message_size:
                 # The endless-BDAT defence: refuse before reading, then skip the octets.
                 self._abort(AbortReason.SIZE_LIMIT)

@@ -1,0 +1,339 @@
+"""The recording SMTP proxy: a client that authenticates as ``remote_user%target%mailbox_id``
+sends its mail through the gateway to its provider's submission server, and every message
+the provider accepts is kept in the gateway mailbox (SPEC.md 15.4).
+
+Theory of operation
+-------------------
+The SMTP session (``servers.smtp``) hands an AUTH with a proxy login to :func:`open_relay`,
+which checks the gateway mailbox, connects to the target under the policy with TLS (implicit
+if the client came in on implicit TLS, STARTTLS otherwise: refused, password unsent, if the
+target offers none), and authenticates there with the client's remote username and password.
+From then on :class:`SMTPRelay` answers the client's MAIL, RCPT and message content with the
+upstream's own replies, so a provider's refusal reaches the client unchanged.
+
+The content goes upstream as it arrives (re-stuffed for DATA, or as BDAT chunks when the
+client used BDAT and the target offers CHUNKING) and into a :class:`MessageWriter` at the
+same time. After the content the upstream answers; only a 250 there commits the copy, and
+the client gets that 250 only once the copy is durable. The one case that cannot be made
+atomic: the upstream accepted, then the commit failed. The client then gets 451 4.3.0 (so it
+keeps the message and tries again, and the recipient may get it twice), the session's audit
+record counts it as ``unrecorded`` and the log says so at error level.
+
+If storing fails while the content is still streaming, the upstream connection is cut
+before the end of the content, so the target never accepts a message the archive does not
+hold; the client gets 421 4.3.0 and the session ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+
+from ..config import Config, ListenerConfig, TLSMode
+from ..events import Envelope, MessageRef, now
+from ..log import LogWriteError
+from ..protocols.smtp import (
+    AbortReason,
+    BodyType,
+    DotStuffer,
+    MailFrom,
+    Reply,
+    format_bdat,
+    format_command,
+    format_mail,
+    format_rcpt,
+    replies,
+)
+from ..services.archive import Archive, ArchiveError
+from ..services.intake import MessageWriter
+from ..services.routing import ProxyLogin
+from .proxy import Refusal, TargetRefused, reach_target, safe_text
+from .upstream import SMTPUpstream, UpstreamError
+
+__all__ = ["DEFAULT_PORTS", "ProxyRefused", "SMTPRelay", "open_relay"]
+
+logger = logging.getLogger("gateway.smtp")
+
+# RFC 8314 §3.3 (submissions on 465, implicit TLS) and RFC 6409 (submission on 587, where
+# AUTH belongs); a target on port 25 is named with ":25".
+DEFAULT_PORTS: Final = {TLSMode.IMPLICIT: 465, TLSMode.STARTTLS: 587}
+
+TARGET_DENIED: Final = Reply(550, "5.7.1", ("Proxy target not allowed",))
+UPSTREAM_LOST: Final = Reply(421, "4.4.2", ("Connection to the target lost, closing connection",))
+STORE_FAILED_CUT: Final = Reply(
+    421, "4.3.0", ("Archive copy failed; the message was not relayed, closing connection",)
+)
+STORE_FAILED_AFTER: Final = Reply(
+    451,
+    "4.3.0",
+    ("Target accepted the message but the archive copy failed; it was not archived",),
+)
+ARCHIVE_UNAVAILABLE: Final = Reply(451, "4.3.0", ("Archive mailbox unavailable, try again later",))
+TARGET_CUT: Final = Reply(
+    421, "4.4.2", ("Connection to the target was cut after an oversized message, closing",)
+)
+
+
+class ProxyRefused(Exception):
+    """The proxy login cannot go on; ``reply`` answers the AUTH, ``reason`` is for the log
+    and the audit record; ``credentials`` says whether it counts as a failed login."""
+
+    def __init__(self, reply: Reply, reason: str, *, credentials: bool) -> None:
+        super().__init__(reason)
+        self.reply = reply
+        self.reason = reason
+        self.credentials = credentials
+
+
+async def open_relay(
+    config: Config,
+    archive: Archive,
+    listener: ListenerConfig,
+    login: ProxyLogin,
+    password: str,
+) -> tuple[SMTPUpstream, Reply]:
+    """Check the mailbox, connect and authenticate upstream: the session and the upstream's
+    235. Raises ProxyRefused."""
+    implicit = listener.tls == TLSMode.IMPLICIT
+
+    async def start(tcp: trio.SocketStream, context: ssl.SSLContext) -> SMTPUpstream:
+        return await SMTPUpstream.start(
+            tcp,
+            login.host,
+            context,
+            implicit_tls=implicit,
+            io_timeout=config.proxy.upstream_timeout,
+            helo=config.hostname,
+        )
+
+    try:
+        upstream = await reach_target(
+            config, archive, login, default_port=DEFAULT_PORTS[listener.tls], start=start
+        )
+    except TargetRefused as exc:
+        match exc.kind:
+            case Refusal.MAILBOX:
+                raise ProxyRefused(replies.AUTH_FAILED, exc.reason, credentials=True) from None
+            case Refusal.DENIED:
+                raise ProxyRefused(TARGET_DENIED, exc.reason, credentials=False) from None
+            case Refusal.TEMPORARY:
+                reply = Reply(454, "4.7.0", (safe_text(f"Upstream: {exc.reason}"),))
+            case Refusal.PERMANENT:
+                reply = Reply(554, "5.7.0", (safe_text(f"Upstream: {exc.reason}"),))
+        raise ProxyRefused(reply, exc.reason, credentials=False) from None
+    try:
+        reply = await upstream.authenticate(login.remote_user, password)
+    except UpstreamError as exc:
+        await upstream.aclose()
+        reply = Reply(454, "4.7.0", (safe_text(f"Upstream: {exc}"),))
+        raise ProxyRefused(reply, str(exc), credentials=False) from None
+    if reply.code != 235:
+        await upstream.quit()
+        if not 400 <= reply.code <= 599:
+            reply = replies.AUTH_FAILED
+        # The provider's own refusal (535 5.7.8, 454 4.7.0...) reaches the client.
+        raise ProxyRefused(reply, "upstream login failed", credentials=reply.code >= 500)
+    return upstream, reply
+
+
+def _answer(reply: Reply, success: frozenset[int]) -> Reply:
+    """The upstream's reply as the answer to a client's decision: unchanged, except a 2xx
+    the machine cannot give there (250 stands in for it) and a reply no 2xx/4xx/5xx at all
+    (the upstream is out of step: a temporary failure)."""
+    if reply.code in success or 400 <= reply.code <= 599:
+        return reply
+    if reply.is_success:
+        return Reply(250, reply.enhanced, reply.lines)
+    return Reply(451, "4.4.0", (safe_text(f"Unexpected reply from the target: {reply.code}"),))
+
+
+_MAIL_OK: Final = frozenset({250})
+_RCPT_OK: Final = frozenset({250, 251})
+
+
+@dataclass(eq=False)
+class SMTPRelay:
+    """One authenticated proxy session: relays transactions to ``upstream`` and records
+    every message it accepts. Methods raise UpstreamError when the target fails."""
+
+    upstream: SMTPUpstream
+    archive: Archive
+    login: ProxyLogin
+    client_address: str
+    client_tls: str
+    helo: str = ""
+    relayed: int = 0
+    refused: int = 0
+    unrecorded: int = 0
+    stored: list[MessageRef] = field(default_factory=list)
+    _mail: MailFrom | None = None
+    _recipients: list[str] = field(default_factory=list)
+    _writer: MessageWriter | None = None
+    _stuffer: DotStuffer | None = None  # DATA upstream; None: BDAT upstream
+    _refusal: Reply | None = None  # the content's final answer, decided before its end
+    _cut = False  # the upstream connection was cut on purpose: nothing more goes there
+
+    @property
+    def target(self) -> str:
+        return self.login.target
+
+    async def mail(self, event: MailFrom) -> Reply:
+        if self._cut:
+            return TARGET_CUT
+        up = self.upstream
+        missing = self._unsupported(event)
+        if missing:
+            return Reply(555, "5.5.4", (safe_text(f"{missing} is not supported by the target"),))
+        body = event.body if up.offers("8BITMIME") or up.offers("BINARYMIME") else None
+        size = event.size if up.offers("SIZE") else None
+        line = format_mail(event.address, size=size, body=body, smtputf8=event.smtputf8)
+        reply = _answer(await up.command(line), _MAIL_OK)
+        if reply.is_success:
+            self._mail, self._recipients = event, []
+        return reply
+
+    def _unsupported(self, event: MailFrom) -> str:
+        up = self.upstream
+        if event.smtputf8 and not up.offers("SMTPUTF8"):
+            return "SMTPUTF8"
+        if event.body is BodyType.EIGHT_BIT_MIME and not up.offers("8BITMIME"):
+            return "BODY=8BITMIME"
+        if event.body is BodyType.BINARY_MIME and not (
+            up.offers("BINARYMIME") and up.offers("CHUNKING")
+        ):
+            return "BODY=BINARYMIME"
+        return ""
+
+    async def rcpt(self, address: str) -> Reply:
+        reply = _answer(await self.upstream.command(format_rcpt(address)), _RCPT_OK)
+        if reply.is_success:
+            self._recipients.append(address)
+        return reply
+
+    async def start_content(self, *, bdat: bool) -> None:
+        """The client began the content (after its DATA got 354, or with its first BDAT)."""
+        self._refusal, self._stuffer = None, None
+        try:
+            self._writer = self.archive.begin_message([self.login.mailbox_id])
+        except ArchiveError as exc:
+            logger.warning("event=smtp-proxy-archive-unavailable reason=%r", str(exc))
+            self._refusal = ARCHIVE_UNAVAILABLE
+            return
+        if bdat and self.upstream.offers("CHUNKING"):
+            return
+        reply = await self.upstream.command(format_command("DATA"))
+        if reply.code == 354:
+            self._stuffer = DotStuffer()
+        else:
+            self._refusal = _answer(reply, frozenset())
+
+    async def content(self, data: bytes) -> None:
+        if self._refusal is not None or self._cut or self._writer is None:
+            return
+        try:
+            await self._writer.write(data)
+        except (ArchiveError, LogWriteError) as exc:
+            logger.error("event=smtp-proxy-store-failed stage=content reason=%r", str(exc))
+            await self._drop_writer()
+            await self._cut_upstream()
+            self._refusal = STORE_FAILED_CUT
+            return
+        if self._stuffer is not None:
+            await self.upstream.send(self._stuffer.feed(data))
+            return
+        reply = await self.upstream.command(format_bdat(len(data)) + data)
+        if not reply.is_success:
+            self._refusal = _answer(reply, frozenset())
+
+    async def complete(self) -> Reply:
+        """The client ended the content: the upstream's verdict, after the copy is durable."""
+        try:
+            return await self._complete()
+        finally:
+            await self._drop_writer()
+            self._mail, self._recipients = None, []
+
+    async def _complete(self) -> Reply:
+        if self._refusal is not None:
+            self.refused += 1
+            if not self._cut:
+                await self._reset()  # the upstream transaction may still be open
+            return self._refusal
+        up, writer = self.upstream, self._writer
+        assert writer is not None
+        if self._stuffer is not None:
+            await up.send(self._stuffer.end())
+            reply = await up.reply()
+        else:
+            reply = await up.command(format_bdat(0, last=True))
+        if reply.code != 250:
+            self.refused += 1
+            return _answer(reply, frozenset())
+        self.relayed += 1
+        size = writer.size
+        try:
+            ids = await writer.commit(self._envelope(reply))
+        except (ArchiveError, LogWriteError) as exc:
+            self.unrecorded += 1
+            logger.error(
+                "event=smtp-proxy-unrecorded target=%s reason=%r upstream=%r",
+                self.target,
+                str(exc),
+                reply.text[:200],
+            )
+            return STORE_FAILED_AFTER
+        finally:
+            self._writer = None
+        self.stored.append(MessageRef(ids[self.login.mailbox_id], size))
+        return reply
+
+    async def abort(self, reason: AbortReason) -> None:
+        """The client's transaction ended without a message (RSET, EHLO, size limit, EOF)."""
+        in_content = self._writer is not None or self._refusal is not None
+        await self._drop_writer()
+        if reason is AbortReason.SIZE_LIMIT and in_content and not self._cut:
+            # Over the gateway's own limit mid-content: there is no way to abandon DATA but
+            # to cut the connection, so the target discards the partial message.
+            await self._cut_upstream()
+        elif reason is AbortReason.RESET and self._mail is not None and not self._cut:
+            await self._reset()
+        self._mail, self._recipients, self._refusal = None, [], None
+
+    async def _reset(self) -> None:
+        await self.upstream.command(format_command("RSET"))
+
+    async def _drop_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.abort()
+
+    async def _cut_upstream(self) -> None:
+        self._cut = True
+        await self.upstream.aclose()
+
+    async def quit(self) -> None:
+        if not self._cut:
+            await self.upstream.quit()
+
+    async def aclose(self) -> None:
+        await self._drop_writer()
+        await self.upstream.aclose()
+
+    def _envelope(self, reply: Reply) -> Envelope:
+        assert self._mail is not None
+        return Envelope(
+            received_at=now(),
+            origin="smtp-proxy",
+            mail_from=self._mail.address,
+            rcpt_to=tuple(self._recipients),
+            client_address=self.client_address,
+            helo=self.helo,
+            tls=self.client_tls,
+            target=self.login.target,
+            remote_user=self.login.remote_user,
+            upstream_reply=safe_text(f"{reply.code} {reply.text}"),
+        )
