@@ -66,7 +66,7 @@ from .postfix import (
     private_root,
     write_config,
 )
-from .tools import free_port, require, wait_for_port
+from .tools import free_port, require
 
 __all__ = [
     "Delivery",
@@ -79,7 +79,6 @@ __all__ = [
 Deliver = Literal["maildir", "discard"]
 
 MAILDIR_USER = "nobody"  # virtual(8) writes the Maildir as this user
-START_TIMEOUT = 15.0
 # The fields virtual(8) puts in front of a message in a Maildir, in this order (each only
 # once; X-Original-To with enable_original_recipient, the default).
 _DELIVERY_FIELDS = (b"return-path", b"x-original-to", b"delivered-to")
@@ -357,11 +356,9 @@ def private_submission(
         )
         _configure(instance, ca, settings or {})
         try:
+            # The master binds both listeners before ``postfix start`` returns (a port in
+            # use fails the start: "fatal: bind 127.0.0.2 port N: Address already in use").
             _start(postfix)
-            try:
-                wait_for_port(host, instance.smtps_port, START_TIMEOUT)
-            except TimeoutError as exc:
-                raise SubmissionError(instance._explain(str(exc))) from None
             yield instance
         finally:
             _stop(postfix)
@@ -448,7 +445,8 @@ def _configure(instance: SubmissionInstance, ca: trustme.CA, settings: Mapping[s
         "virtual_uid_maps": f"static:{nobody.pw_uid}",
         "virtual_gid_maps": f"static:{nobody.pw_gid}",
         "virtual_mailbox_limit": "0",
-        "virtual_transport": "virtual" if instance.deliver == "maildir" else "discard",
+        # discard(8) logs its next hop as the reason: "status=sent (discarded)".
+        "virtual_transport": "virtual" if instance.deliver == "maildir" else "discard:discarded",
         # Byte for byte: no header added or rewritten (also common_main's), no 8-bit to
         # quoted-printable (a smtp(8) matter; said anyway).
         "disable_mime_output_conversion": "yes",

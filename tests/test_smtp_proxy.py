@@ -1,0 +1,435 @@
+"""The recording SMTP proxy (SPEC.md 15.4) with smtplib as the client and a small scripted
+target, for the relay's logic and every refusal; tests/test_smtp_proxy_postfix.py runs the
+same paths against a real Postfix submission server.
+
+The scripted target is the gateway's own SMTP server machine in a trio driver of the test's,
+with a trustme certificate: it accepts ``alice``/``upstream pw``, refuses recipients that
+start with ``refuse``, refuses content holding ``REJECT``, and records what it was sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+import trustme
+
+from gateway.config import ProxyConfig
+from gateway.events import MailboxStatus
+from gateway.log import iter_log
+from gateway.protocols.smtp import (
+    NEED_DATA,
+    Authenticate,
+    BodyData,
+    ConnectionClosed,
+    MailFrom,
+    MessageComplete,
+    Quit,
+    RcptTo,
+    Reply,
+    ServerConnection,
+    SMTPSettings,
+    StartData,
+    StartTLS,
+    replies,
+)
+from gateway.servers.gateway import Gateway, Listening
+from gateway.services._common import CONTROL_LOG_ID
+from gateway.services.archive import Archive
+
+from .gateway_helpers import make_config, stored_bodies
+
+PASSWORD = "upstream pw"
+
+
+@dataclass
+class Target:
+    """What the scripted target saw."""
+
+    messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    logins: list[tuple[str, str]] = field(default_factory=list)
+    plain: bytearray = field(default_factory=bytearray)  # every byte received in the clear
+    sessions: int = 0
+
+
+async def serve_target(
+    target: Target, context: ssl.SSLContext, implicit: bool, stream: trio.SocketStream
+) -> None:
+    target.sessions += 1
+    conn = ServerConnection(
+        SMTPSettings(
+            hostname="target.test",
+            tls_active=implicit,
+            starttls_offered=not implicit,
+            auth_offered=True,
+        )
+    )
+    io: trio.abc.Stream = stream
+    if implicit:
+        io = trio.SSLStream(stream, context, server_side=True)
+        await io.do_handshake()
+        conn.tls_started("TLSv1.3", "x")
+    await io.send_all(conn.greeting())
+    mail, content = "", bytearray()
+    rcpts: list[str] = []
+    while True:
+        event = conn.next_event()
+        if out := conn.data_to_send():
+            await io.send_all(out)
+        reply: Reply | None = None
+        match event:
+            case _ if event is NEED_DATA:
+                try:
+                    data = await io.receive_some(65536)
+                except trio.BrokenResourceError:
+                    data = b""
+                if io is stream:
+                    target.plain += data
+                conn.receive_data(bytes(data))
+            case StartTLS():
+                io = trio.SSLStream(stream, context, server_side=True)
+                await io.do_handshake()
+                conn.tls_started("TLSv1.3", "x")
+            case Authenticate(username=user, password=password):
+                target.logins.append((user, password))
+                ok = (user, password) == ("alice", PASSWORD)
+                reply = replies.AUTH_OK if ok else Reply(535, "5.7.8", ("target says no",))
+            case MailFrom(address=address):
+                mail, rcpts = address, []
+                reply = replies.SENDER_OK
+            case RcptTo(address=address):
+                refuse = address.startswith("refuse")
+                reply = replies.UNKNOWN_RECIPIENT if refuse else replies.RECIPIENT_OK
+                if not refuse:
+                    rcpts.append(address)
+            case StartData():
+                content = bytearray()
+            case BodyData(data=data):
+                content += data
+            case MessageComplete():
+                if b"REJECT" in content:
+                    reply = Reply(554, "5.7.1", ("target rejects this content",))
+                else:
+                    target.messages.append((mail, rcpts, bytes(content)))
+                    reply = Reply(250, "2.0.0", (f"Ok: queued as T{len(target.messages)}",))
+            case Quit() | ConnectionClosed():
+                await io.aclose()
+                return
+        if reply is not None:
+            await io.send_all(conn.send(reply))
+
+
+@dataclass
+class Setup:
+    archive: Archive
+    ports: dict[str, int]
+    cafile: str
+    mailbox_id: str
+    mailbox_password: str
+    target: Target
+    target_ports: dict[str, int]  # "starttls", "implicit"
+
+    def login(self, listener: str = "smtps", user: str = "alice") -> str:
+        kind = "implicit" if listener == "smtps" else "starttls"
+        return f"{user}%127.0.0.1:{self.target_ports[kind]}%{self.mailbox_id}"
+
+    def client(self, listener: str = "smtps") -> smtplib.SMTP:
+        context = ssl.create_default_context(cafile=self.cafile)
+        if listener == "smtps":
+            return smtplib.SMTP_SSL("localhost", self.ports["smtps"], context=context, timeout=30)
+        client = smtplib.SMTP("localhost", self.ports["smtp"], timeout=30)
+        client.starttls(context=context)
+        return client
+
+    def logged_in(self, listener: str = "smtps") -> smtplib.SMTP:
+        client = self.client(listener)
+        client.login(self.login(listener), PASSWORD)
+        return client
+
+    def control(self) -> list[dict[str, object]]:
+        records = iter_log(self.archive.data.control_dir, CONTROL_LOG_ID)
+        return [msgspec.msgpack.decode(r.body) for r in records]
+
+    def control_raw(self) -> bytes:
+        return b"".join(r.body for r in iter_log(self.archive.data.control_dir, CONTROL_LOG_ID))
+
+    async def stored(self) -> list[bytes]:
+        key = await self.archive.unlock(self.mailbox_id, self.mailbox_password)
+        return await stored_bodies(self.archive, self.mailbox_id, key)
+
+    async def session_ended(self, count: int = 1) -> list[dict[str, object]]:
+        with trio.fail_after(5):  # the audit record lands just after the session
+            while True:
+                ended = [e for e in self.control() if e["type"] == "SmtpProxySessionEnded"]
+                if len(ended) >= count:
+                    return ended
+                await trio.sleep(0.01)
+
+
+@asynccontextmanager
+async def proxy_setup(tmp_path: Path, **proxy: object) -> AsyncIterator[Setup]:
+    ca = trustme.CA()
+    cafile = tmp_path / "target-ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_context)
+    target = Target()
+    config = make_config(tmp_path / "data")
+    settings = {"allow": ("127.0.0.0/8",), "ca_files": (str(cafile),), **proxy}
+    config = msgspec.structs.replace(config, proxy=msgspec.convert(settings, ProxyConfig))
+    gateway = Gateway(config, environ={})
+    async with trio.open_nursery() as nursery:
+        target_ports = {}
+        for kind in ("starttls", "implicit"):
+            handler = partial(serve_target, target, server_context, kind == "implicit")
+            listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+            target_ports[kind] = listeners[0].socket.getsockname()[1]
+        listening: list[Listening] = await nursery.start(gateway.run)
+        assert gateway.archive is not None
+        info, password = await gateway.archive.create_mailbox("sent mail")
+        yield Setup(
+            gateway.archive,
+            {item.name: item.port for item in listening},
+            str(tmp_path / "data" / "tls" / "cert.pem"),
+            info.mailbox_id,
+            password,
+            target,
+            target_ports,
+        )
+        gateway.request_shutdown()
+        nursery.cancel_scope.cancel()
+
+
+def message(subject: str, body: bytes = b"Hello.\r\n") -> bytes:
+    return (
+        b"From: a@example.org\r\nTo: b@example.net\r\nSubject: "
+        + subject.encode()
+        + (b"\r\n\r\n" + body)
+    )
+
+
+@pytest.mark.parametrize("listener", ["smtps", "smtp"])
+async def test_relayed_messages_are_stored_and_refusals_pass_through(
+    tmp_path: Path, listener: str
+) -> None:
+    first = message("one", b".a dotted line\r\n.\r\nmore\r\n")
+    second = message("two")
+    async with proxy_setup(tmp_path) as setup:
+
+        def session() -> tuple[object, object, object]:
+            client = setup.logged_in(listener)
+            refused = client.sendmail("a@example.org", ["b@example.net", "refuse@x.test"], first)
+            client.sendmail("a@example.org", ["c@example.net"], second)
+            try:
+                client.sendmail("a@example.org", ["b@example.net"], message("REJECT"))
+            except smtplib.SMTPDataError as exc:
+                rejected: object = (exc.smtp_code, exc.smtp_error)
+            try:
+                client.sendmail("a@example.org", ["refuse@x.test"], second)
+            except smtplib.SMTPRecipientsRefused as exc:
+                no_rcpt: object = exc.recipients
+            client.quit()
+            return refused, rejected, no_rcpt
+
+        refused, rejected, no_rcpt = await trio.to_thread.run_sync(session)
+        assert refused == {"refuse@x.test": (550, b"5.1.1 No such mailbox")}
+        assert rejected == (554, b"5.7.1 target rejects this content")  # the target's own
+        assert no_rcpt == {"refuse@x.test": (550, b"5.1.1 No such mailbox")}
+        assert setup.target.messages == [
+            ("a@example.org", ["b@example.net"], first),
+            ("a@example.org", ["c@example.net"], second),
+        ]
+        assert setup.target.logins == [("alice", PASSWORD)]
+        assert await setup.stored() == [first, second]  # byte for byte, nothing added
+        key = await setup.archive.unlock(setup.mailbox_id, setup.mailbox_password)
+        stored = setup.archive.messages(setup.mailbox_id)
+        envelope = await setup.archive.read_envelope(setup.mailbox_id, stored[0].message_id, key)
+        assert envelope.origin == "smtp-proxy" and envelope.remote_user == "alice"
+        assert envelope.rcpt_to == ("b@example.net",)  # what the target accepted
+        assert envelope.upstream_reply == "250 Ok: queued as T1"
+        ended = (await setup.session_ended())[0]
+        assert ended["relayed"] == 2 and ended["refused"] == 1 and ended["outcome"] == "quit"
+        stored_refs = ended["stored"]
+        assert isinstance(stored_refs, list)
+        assert [ref["size"] for ref in stored_refs] == [len(first), len(second)]
+        assert str(ended["upstream_tls"]).startswith("TLSv1.")
+        assert PASSWORD.encode() not in setup.control_raw()
+
+
+async def test_login_bdat_rset_and_pipelining(tmp_path: Path) -> None:
+    async with proxy_setup(tmp_path) as setup:
+
+        def login_session() -> list[tuple[int, bytes]]:
+            client = setup.client("smtp")
+            client.ehlo()
+            client.user, client.password = setup.login("smtp"), PASSWORD
+            code, _ = client.auth("LOGIN", client.auth_login, initial_response_ok=False)
+            assert code == 235
+            # A pipelined batch (RFC 2920): a transaction, RSET, another, DATA.
+            client.send(
+                b"MAIL FROM:<a@example.org>\r\nRCPT TO:<x@example.net>\r\nRSET\r\n"
+                b"MAIL FROM:<p@example.org>\r\nRCPT TO:<q@example.net>\r\n"
+                b"RCPT TO:<refuse@x.test>\r\nDATA\r\n"
+            )
+            answers = [client.getreply() for _ in range(7)]
+            client.send(b"Subject: piped\r\n\r\n..dot\r\n.\r\n")
+            answers.append(client.getreply())
+            # BDAT (RFC 3030), which smtplib does not speak: by hand.
+            client.send(b"MAIL FROM:<b@example.org>\r\nRCPT TO:<c@example.net>\r\n")
+            answers += [client.getreply() for _ in range(2)]
+            client.send(b"BDAT 13\r\nSubject: bd\r\nBDAT 8 LAST\r\n\r\nbody\r\n")
+            answers += [client.getreply() for _ in range(2)]
+            client.quit()
+            return answers
+
+        answers = await trio.to_thread.run_sync(login_session)
+        assert [code for code, _ in answers[:8]] == [250, 250, 250, 250, 250, 550, 354, 250]
+        assert [code for code, _ in answers[8:]] == [250, 250, 250, 250]
+        assert answers[7][1] == b"2.0.0 Ok: queued as T1"
+        assert setup.target.messages == [
+            ("p@example.org", ["q@example.net"], b"Subject: piped\r\n\r\n.dot\r\n"),
+            ("b@example.org", ["c@example.net"], b"Subject: bd\r\n\r\nbody\r\n"),
+        ]
+        assert await setup.stored() == [m[2] for m in setup.target.messages]
+
+
+async def test_wrong_password_unknown_mailbox_and_plain_logins(tmp_path: Path) -> None:
+    async with proxy_setup(tmp_path) as setup:
+
+        def attempt(user: str, password: str) -> tuple[int, bytes]:
+            client = setup.client()
+            try:
+                client.login(user, password)
+            except smtplib.SMTPAuthenticationError as exc:
+                return exc.smtp_code, bytes(exc.smtp_error)
+            except smtplib.SMTPException as exc:
+                return -1, str(exc).encode()
+            finally:
+                client.close()
+            return 235, b""
+
+        wrong = await trio.to_thread.run_sync(attempt, setup.login(), "wrong")
+        assert wrong == (535, b"5.7.8 target says no")  # the target's own refusal
+        unknown = setup.login().rsplit("%", 1)[0] + "%" + "f" * 32
+        assert await trio.to_thread.run_sync(attempt, unknown, PASSWORD) == (
+            535,
+            b"5.7.8 Authentication credentials invalid",
+        )
+        await setup.archive.update_mailbox(setup.mailbox_id, status=MailboxStatus.SUSPENDED)
+        assert (await trio.to_thread.run_sync(attempt, setup.login(), PASSWORD))[0] == 535
+        await setup.archive.update_mailbox(setup.mailbox_id, status=MailboxStatus.ACTIVE)
+        bare = await trio.to_thread.run_sync(attempt, setup.mailbox_id, PASSWORD)
+        assert bare == (535, b"5.7.8 Authentication credentials invalid")
+        assert await trio.to_thread.run_sync(attempt, "a%%b", PASSWORD) == bare
+        # smtplib tries PLAIN, then LOGIN; nothing but the wrong password got that far.
+        assert setup.target.logins == [("alice", "wrong")] * 2
+        logins = [e for e in setup.control() if e["type"] == "SmtpLogin"]
+        assert [e["mechanism"] for e in logins] == ["PLAIN", "LOGIN"] * 5
+        assert not any(e["success"] for e in logins)
+        assert "wrong" not in setup.control_raw().decode("latin-1").split("SmtpLogin")[1]
+
+
+async def test_target_failures(tmp_path: Path) -> None:
+    async with proxy_setup(tmp_path) as setup:
+
+        def attempt(user: str) -> tuple[int, bytes]:
+            client = setup.client()
+            try:
+                client.login(user, PASSWORD)
+            except smtplib.SMTPException as exc:
+                return getattr(exc, "smtp_code", -1), getattr(exc, "smtp_error", b"")
+            finally:
+                client.close()
+            return 235, b""
+
+        denied = await trio.to_thread.run_sync(attempt, f"alice%10.1.2.3%{setup.mailbox_id}")
+        assert denied == (550, b"5.7.1 Proxy target not allowed")
+        with trio.socket.socket() as probe:  # a port nobody listens on
+            await probe.bind(("127.0.0.1", 0))
+            closed = probe.getsockname()[1]
+        code, text = await trio.to_thread.run_sync(
+            attempt, f"alice%127.0.0.1:{closed}%{setup.mailbox_id}"
+        )
+        assert code == 454 and text.startswith(b"4.7.0 Upstream: cannot connect")
+        # The gateway's own SMTPS listener: its self-signed certificate is not trusted.
+        code, text = await trio.to_thread.run_sync(
+            attempt, f"alice%127.0.0.1:{setup.ports['smtps']}%{setup.mailbox_id}"
+        )
+        assert code == 554 and b"not trusted" in text
+        assert setup.target.sessions == 0
+
+
+async def test_target_without_starttls_never_gets_the_password(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    received = bytearray()
+
+    async def fake(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"220 fake ESMTP\r\n")
+        while data := await stream.receive_some(1024):
+            received.extend(data)
+            if data.upper().startswith(b"EHLO"):
+                await stream.send_all(b"250-fake\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n")
+            elif data.strip():
+                await stream.send_all(b"502 5.5.1 no\r\n")
+
+    listeners = await nursery.start(partial(trio.serve_tcp, fake, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    async with proxy_setup(tmp_path) as setup:
+
+        def attempt() -> tuple[int, bytes]:
+            client = setup.client("smtp")
+            try:
+                client.login(f"alice%127.0.0.1:{port}%{setup.mailbox_id}", PASSWORD)
+            except smtplib.SMTPAuthenticationError as exc:
+                return exc.smtp_code, bytes(exc.smtp_error)
+            finally:
+                client.close()
+            return 235, b""
+
+        code, text = await trio.to_thread.run_sync(attempt)
+        assert code == 554 and b"does not offer STARTTLS" in text
+        await trio.sleep(0.1)
+        assert bytes(received).startswith(b"EHLO ")
+        assert b"AUTH" not in bytes(received) and PASSWORD.encode() not in bytes(received)
+
+
+async def test_auth_before_tls_is_refused(tmp_path: Path) -> None:
+    async with proxy_setup(tmp_path) as setup:
+
+        def attempt() -> tuple[dict[str, str], tuple[int, bytes]]:
+            client = smtplib.SMTP("localhost", setup.ports["smtp"], timeout=30)
+            client.ehlo()
+            features = dict(client.esmtp_features)
+            response = base64.b64encode(f"\0{setup.login('smtp')}\0{PASSWORD}".encode())
+            answer = client.docmd("AUTH", "PLAIN " + response.decode())
+            client.quit()
+            return features, answer
+
+        features, answer = await trio.to_thread.run_sync(attempt)
+        assert "auth" not in features and "starttls" in features
+        assert answer == (538, b"5.7.11 Encryption required for requested authentication mechanism")
+        assert setup.target.sessions == 0
+        assert not [e for e in setup.control() if e["type"] == "SmtpLogin"]
+
+
+async def test_journal_delivery_without_auth_still_works(tmp_path: Path) -> None:
+    async with proxy_setup(tmp_path) as setup:
+
+        def deliver() -> None:
+            client = setup.client()
+            client.sendmail("j@example.org", [f"mbx-{setup.mailbox_id}@localhost"], b"x\r\n")
+            client.quit()
+
+        await trio.to_thread.run_sync(deliver)
+        assert len(await setup.stored()) == 1
+        assert setup.target.sessions == 0
