@@ -310,7 +310,8 @@ async def test_wrong_password_unknown_mailbox_and_plain_logins(tmp_path: Path) -
             try:
                 client.login(user, password)
             except smtplib.SMTPAuthenticationError as exc:
-                return exc.smtp_code, bytes(exc.smtp_error)
+                error = exc.smtp_error
+                return exc.smtp_code, error if isinstance(error, bytes) else error.encode()
             except smtplib.SMTPException as exc:
                 return -1, str(exc).encode()
             finally:
@@ -391,7 +392,8 @@ async def test_target_without_starttls_never_gets_the_password(
             try:
                 client.login(f"alice%127.0.0.1:{port}%{setup.mailbox_id}", PASSWORD)
             except smtplib.SMTPAuthenticationError as exc:
-                return exc.smtp_code, bytes(exc.smtp_error)
+                error = exc.smtp_error
+                return exc.smtp_code, error if isinstance(error, bytes) else error.encode()
             finally:
                 client.close()
             return 235, b""
