@@ -1,5 +1,6 @@
-"""Real mail software as test peers: a private Postfix, a private Dovecot, swaks, smtp-source
-and fetchmail (README.md here).
+"""Real mail software as test peers: a private Postfix, a private Dovecot, a private Postfix
+submission server with SASL through Dovecot, swaks, smtp-source and fetchmail (README.md
+here).
 
 Installed by tests/peers/install.sh; a test that needs a missing peer fails, never skips.
 """
@@ -18,6 +19,13 @@ from .postfix import (
     open_private_postfix,
     private_postfix,
 )
+from .submission import (
+    Delivery,
+    SubmissionError,
+    SubmissionInstance,
+    open_private_submission,
+    private_submission,
+)
 from .tools import (
     Fetched,
     ToolError,
@@ -30,20 +38,25 @@ from .tools import (
 )
 
 __all__ = [
+    "Delivery",
     "DovecotError",
     "DovecotInstance",
     "Fetched",
     "PostfixError",
     "PostfixInstance",
     "QueueEntry",
+    "SubmissionError",
+    "SubmissionInstance",
     "ToolError",
     "fetchmail",
     "free_port",
     "open_private_dovecot",
     "open_private_postfix",
+    "open_private_submission",
     "pop3_octets",
     "private_dovecot",
     "private_postfix",
+    "private_submission",
     "require",
     "smtp_source",
     "swaks",

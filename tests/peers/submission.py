@@ -269,6 +269,16 @@ class SubmissionInstance:
         ones included). Log lines arrive through postlogd, a moment late."""
         return self.log_text().count(" status=sent ")
 
+    def wait_for_sent(self, count: int, timeout: float = 30.0) -> None:
+        """Block until :meth:`sent_count` reaches ``count``, or SubmissionError."""
+        deadline = time.monotonic() + timeout
+        while (sent := self.sent_count()) < count:
+            if time.monotonic() >= deadline:
+                raise SubmissionError(
+                    self._explain(f"{sent} of {count} deliveries logged after {timeout} s")
+                )
+            time.sleep(0.02)
+
     # -- what happened ---------------------------------------------------------------------
 
     def log_text(self) -> str:

@@ -1,13 +1,17 @@
 """The peers work before the gateway is involved: swaks, private Postfix instances and
 smtp-source each deliver to a tiny SMTP sink written here (ESMTP, PIPELINING, STARTTLS and
 implicit TLS with a trustme CA), and the sink records every message's bytes. Private Dovecot
-instances serve Maildirs over POP3 to poplib and fetchmail, byte for byte."""
+instances serve Maildirs over POP3 to poplib and fetchmail, byte for byte. A private Postfix
+submission server takes mail from smtplib and swaks after STARTTLS or implicit TLS and AUTH
+(PLAIN, LOGIN: SASL through Dovecot) and files it, byte for byte, in a Maildir."""
 
 from __future__ import annotations
 
+import base64
 import functools
 import poplib
 import re
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -25,13 +29,16 @@ from . import (
     DovecotError,
     DovecotInstance,
     PostfixError,
+    SubmissionInstance,
     fetchmail,
     free_port,
     open_private_dovecot,
     open_private_postfix,
+    open_private_submission,
     pop3_octets,
     private_dovecot,
     private_postfix,
+    private_submission,
     require,
     smtp_source,
     swaks,
@@ -600,3 +607,248 @@ def test_dovecot_start_failure_says_why(tmp_path: Path) -> None:
             private_dovecot(tmp_path, pop3_port=port),
         ):
             pass
+
+
+# -- Postfix submission with SASL through Dovecot ------------------------------------------
+
+
+def mail_for_submission(count: int, tag: str) -> list[bytes]:
+    """CRLF messages Postfix must not touch: no Date, Message-ID or To in some, an
+    unqualified address, odd header spelling, 8-bit text, dot lines, a 5,000-octet line."""
+    messages = [
+        (
+            f"From: sender{n}@example.com\r\nTo: archive@example.net\r\nSubject: {tag} {n}\r\n"
+            f"Date: {formatdate()}\r\nMessage-ID: {make_msgid(domain='example.com')}\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            "Content-Transfer-Encoding: 8bit\r\n\r\n"
+            f"8-bit body {n} \u00e9\u00e8\r\n.leading dot\r\n..two dots\r\n.\r\n"
+            + ("x" * 76 + "\r\n") * (n * 11)
+        ).encode()
+        for n in range(count)
+    ]  # fmt: skip
+    messages[0] = b"subject:   bare, no Date, no Message-ID\r\nTo: bob\r\n\r\nbody\r\n"
+    messages[-1] = b"Subject: long line\r\n\r\n" + b"y" * 5000 + b"\r\n\xff\xfe raw 8-bit\r\n"
+    return messages
+
+
+def ehlo_keywords(client: smtplib.SMTP) -> set[str]:
+    code, _ = client.ehlo()
+    assert code == 250
+    return {keyword.upper() for keyword in client.esmtp_features}
+
+
+def test_submission_starttls_auth_plain_and_login_byte_exact(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    """smtplib over STARTTLS: no AUTH offered and nothing accepted before it; after it,
+    MAIL but no RCPT without AUTH; AUTH PLAIN (alice) and AUTH LOGIN (bob, the classic
+    challenge dialogue), each forced; every message filed once per recipient, byte for
+    byte once Postfix's four fields are off."""
+    users = {"alice": "alice password", "bob": "bob password"}
+    originals = mail_for_submission(6, "submission")
+    with private_submission(tmp_path, users=users, ca=ca) as sub:
+        assert sub.host == "127.0.0.2"
+        assert ca.cert_pem.bytes() == sub.ca_file.read_bytes()
+        context = sub.ssl_context()
+        client = smtplib.SMTP(sub.host, sub.port, timeout=30)
+        before = ehlo_keywords(client)
+        assert {"STARTTLS", "PIPELINING", "8BITMIME", "SIZE", "CHUNKING", "SMTPUTF8"} <= before
+        assert "AUTH" not in before
+        plain = base64.b64encode(b"\0alice\0" + users["alice"].encode()).decode()
+        assert client.docmd("AUTH", f"PLAIN {plain}") == (
+            530,
+            b"5.7.0 Must issue a STARTTLS command first",
+        )
+        assert client.docmd("MAIL", "FROM:<alice@example.com>")[0] == 530
+        client.starttls(context=context)
+        after = ehlo_keywords(client)
+        assert "STARTTLS" not in after
+        assert {"PIPELINING", "8BITMIME", "SIZE", "CHUNKING", "SMTPUTF8"} <= after
+        assert set(client.esmtp_features["auth"].split()) == {"PLAIN", "LOGIN"}
+        # TLS but no AUTH: the sender is taken, no recipient, whatever the domain.
+        assert client.docmd("MAIL", "FROM:<alice@example.com>")[0] == 250
+        code, reply = client.docmd("RCPT", "TO:<stranger@example.org>")
+        assert (code, reply) == (
+            554,
+            b"5.7.1 <stranger@example.org>: Recipient address rejected: Access denied",
+        )
+        client.rset()
+        client.user, client.password = "alice", users["alice"]
+        assert client.auth("PLAIN", client.auth_plain)[0] == 235
+        for n, message in enumerate(originals[:4]):
+            assert client.sendmail(f"alice{n}@example.com", [f"rcpt{n}@example.net"], message) == {}
+        client.quit()
+
+        client = smtplib.SMTP(sub.host, sub.port, timeout=30)
+        client.starttls(context=context)
+        client.user, client.password = "bob", users["bob"]
+        assert client.auth("LOGIN", client.auth_login, initial_response_ok=False)[0] == 235
+        for n, message in enumerate(originals[4:], start=4):
+            assert client.sendmail(f"bob{n}@example.com", [f"rcpt{n}@example.org"], message) == {}
+        client.quit()
+
+        sub.wait_for_delivered(len(originals), 30)
+        assert sub.delivered_payloads() == originals  # byte for byte, in delivery order
+        deliveries = sub.deliveries()
+        assert [(d.sender, d.recipient, d.original_recipient) for d in deliveries] == [
+            (f"{'alice' if n < 4 else 'bob'}{n}@example.com",) + (f"rcpt{n}@example.{tld}",) * 2
+            for n, tld in enumerate(["net"] * 4 + ["org"] * 2)
+        ]
+        first = sub.delivered()[0]
+        assert first.startswith(b"Return-Path: <alice0@example.com>\nX-Original-To: ")
+        assert b"\r" not in first  # Maildir: LF line ends
+        assert all(b"(Postfix) with ESMTPSA id" in d.received for d in deliveries)
+        log = sub.log_text()
+        assert sub.queue() == []
+    assert sub.processes() == []
+    assert "sasl_method=PLAIN, sasl_username=alice" in log
+    assert "sasl_method=LOGIN, sasl_username=bob" in log
+    assert "message-id=<>" in log  # the bare message got none
+    assert "Recipient address rejected: Access denied" in log
+    # The logs stay in tmp_path, for a post-mortem; nothing is left under /tmp.
+    assert (
+        "status=sent (delivered to maildir)"
+        in (tmp_path / "submission" / "postfix" / "maillog").read_text()
+    )
+    assert (tmp_path / "submission" / "dovecot" / "dovecot.log").exists()
+    assert not (tmp_path / "submission").is_symlink()
+
+
+def bdat(client: smtplib.SMTP, sender: str, recipient: str, chunks: list[bytes]) -> int:
+    """One message in BDAT chunks (CHUNKING, RFC 3030): the reply code to the last."""
+    assert client.mail(sender)[0] == 250
+    assert client.rcpt(recipient)[0] == 250
+    code = 0
+    for n, chunk in enumerate(chunks):
+        last = " LAST" if n == len(chunks) - 1 else ""
+        client.send(f"BDAT {len(chunk)}{last}\r\n".encode() + chunk)
+        code, _ = client.getreply()
+    return code
+
+
+async def test_submission_smtps_bdat_swaks_and_pop3(tmp_path: Path) -> None:
+    """SMTPS with smtplib's own choice of mechanism (two recipients: two deliveries),
+    BDAT in two chunks, SMTPUTF8 addresses, swaks --auth over STARTTLS and SMTPS; the
+    Dovecot that checks the passwords serves POP3 as well."""
+    async with open_private_submission(tmp_path, users={"carol": "carol password"}) as sub:
+
+        def smtps() -> None:
+            with smtplib.SMTP_SSL(
+                sub.host, sub.smtps_port, context=sub.ssl_context(), timeout=30
+            ) as client:
+                assert "AUTH" in ehlo_keywords(client)
+                client.login("carol", "carol password")
+                assert client.sendmail("carol@example.com", ["a@example.net", "b@example.org"],
+                                       implicit) == {}  # fmt: skip
+                assert bdat(client, "carol@example.com", "chunks@example.net", chunks) == 250
+                client.sendmail("j\u00fcrgen@example.com", ["zo\u00eb@example.net"], utf8,
+                                mail_options=["SMTPUTF8"])  # fmt: skip
+
+        implicit = b"Subject: implicit TLS\r\n\r\n8-bit \xc3\xa9\r\n"
+        chunks = [b"Subject: BDAT\r\n\r\nfirst chunk\r\n.not stuffed", b"\r\nsecond\r\n"]
+        utf8 = "Subject: SMTPUTF8 \u00e9\r\nFrom: j\u00fcrgen@example.com\r\n\r\nx\r\n".encode()
+        await trio.to_thread.run_sync(smtps)
+        swaked = b"Subject: swaks\r\n\r\nfrom swaks\r\n.leading dot\r\n"
+        send = functools.partial(
+            swaks,
+            sub.host,
+            sender="swaks@example.com",
+            data=swaked,
+            tls_verify=sub.ca_file,
+            auth=("carol", "carol password"),
+        )
+        for run in (
+            functools.partial(send, sub.port, to="starttls@example.net", tls=True),
+            functools.partial(send, sub.smtps_port, to="smtps@example.net", tls_on_connect=True),
+        ):
+            done = await trio.to_thread.run_sync(run)
+            assert "<~  235 2.7.0 Authentication successful" in done.stdout, done.stdout
+        await trio.to_thread.run_sync(sub.wait_for_delivered, 6, 30.0)
+        deliveries = sub.deliveries()
+        assert [(d.recipient, d.payload) for d in deliveries] == [
+            ("a@example.net", implicit),
+            ("b@example.org", implicit),
+            ("chunks@example.net", b"".join(chunks)),
+            ("zo\u00eb@example.net", utf8),
+            ("starttls@example.net", swaked),
+            ("smtps@example.net", swaked),
+        ]
+        assert deliveries[3].sender == "j\u00fcrgen@example.com"
+        pop3 = poplib.POP3_SSL(
+            sub.dovecot.host, sub.dovecot.pop3s_port, context=sub.ssl_context(), timeout=30
+        )
+        pop3.user("carol")
+        assert pop3.pass_("carol password").startswith(b"+OK")
+        assert pop3.stat() == (0, 0)
+        pop3.quit()
+        log = sub.log_text()
+    assert sub.processes() == []
+    assert "with ESMTPSA" in deliveries[0].received.decode()
+    assert "with UTF8SMTPSA" in deliveries[3].received.decode()
+    assert log.count("sasl_username=carol") == 3
+
+
+def wrong_login(sub: SubmissionInstance, mechanism: str, user: str, password: str) -> None:
+    """A failing AUTH over SMTPS from 127.0.0.3: Dovecot's anvil then delays the next AUTH
+    from that address by 4 s (auth penalty), and only from that address."""
+    with smtplib.SMTP_SSL(
+        sub.host,
+        sub.smtps_port,
+        context=sub.ssl_context(),
+        timeout=30,
+        source_address=("127.0.0.3", 0),
+    ) as client:
+        client.ehlo()
+        client.user, client.password = user, password
+        authobject = client.auth_plain if mechanism == "PLAIN" else client.auth_login
+        with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+            client.auth(mechanism, authobject)
+        assert refused.value.smtp_code == 535
+        error = refused.value.smtp_error
+        assert isinstance(error, bytes) and error.startswith(b"5.7.8 Error: authentication failed")
+        # Unauthenticated over implicit TLS: no recipient either.
+        assert client.mail("x@example.com")[0] == 250
+        assert client.rcpt("far@example.org")[0] == 554
+
+
+def test_submission_refuses_wrong_passwords(tmp_path: Path) -> None:
+    with private_submission(tmp_path) as sub:
+        started = time.monotonic()
+        wrong_login(sub, "PLAIN", "alice", "wrong")
+        first = time.monotonic() - started
+        started = time.monotonic()
+        sub.send("alice@example.com", ["rcpt@example.net"], b"Subject: ok\r\n\r\nok\r\n")
+        # From 127.0.0.1: no penalty from 127.0.0.3's failure.
+        assert time.monotonic() - started < 2, sub.log_text()
+        wrong_login(sub, "LOGIN", "nosuchuser", "password")  # after the penalty: 4 s
+        assert sub.wait_for_delivered(1)
+        dovecot_log = sub.dovecot.log_text()
+        log = sub.log_text()
+    assert first < 2  # auth_failure_delay = 0 (failures are flushed every 0.5 s)
+    assert "SASL PLAIN authentication failed" in log
+    assert "SASL LOGIN authentication failed" in log
+    assert "passwd-file(alice,127.0.0.3): Password mismatch" in dovecot_log
+    assert "passwd-file(nosuchuser,127.0.0.3): unknown user" in dovecot_log
+
+
+async def test_submission_discard_empties_the_queue(tmp_path: Path) -> None:
+    """deliver="discard": 40 messages over 4 connections are accepted, queued and thrown
+    away; nothing reaches the Maildir."""
+    async with open_private_submission(tmp_path, deliver="discard") as sub:
+
+        def submit(session: int) -> None:
+            with smtplib.SMTP(sub.host, sub.port, timeout=30) as client:
+                client.starttls(context=sub.ssl_context())
+                client.login("alice", "password")
+                for n in range(10):
+                    message = f"Subject: load {session}.{n}\r\n\r\n".encode() + b"z" * 2000
+                    assert client.sendmail("load@example.com", ["sink@example.net"], message) == {}
+
+        async with trio.open_nursery() as nursery:
+            for session in range(4):
+                nursery.start_soon(trio.to_thread.run_sync, submit, session)
+        await trio.to_thread.run_sync(sub.wait_until_queue_empty, 30.0)
+        await trio.to_thread.run_sync(sub.wait_for_sent, 40, 10.0)
+        assert sub.delivered() == []
+        log = sub.log_text()
+    assert log.count("status=sent (discarded)") == 40
