@@ -64,6 +64,40 @@ async def test_messages_round_trip_and_survive_reopen(
     assert verify_data_dir(tmp_path / "data", mailbox_id=info.mailbox_id, password=password).ok
 
 
+async def test_prepared_messages_commit_later_or_vanish(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    """prepare() writes the final chunk ahead of the commit record (the SMTP proxy's order),
+    with other messages' records in between; the result reads and verifies like any other,
+    and a prepared message that is aborted stays invisible."""
+    archive = await Archive.open(tmp_path / "data", store_config)
+    info, password = await archive.create_mailbox("prepared")
+    box = info.mailbox_id
+    payloads = [b"", b"small", os.urandom(70_000), os.urandom(600_000)]
+    writers = []
+    for payload in payloads:
+        writer = archive.begin_message([box])
+        await writer.write(payload)
+        await writer.prepare()
+        writers.append(writer)
+    dropped = archive.begin_message([box])
+    await dropped.write(b"never committed")
+    await dropped.prepare()
+    await store(archive, [box], b"in between")
+    ids = [(await w.commit(envelope()))[box] for w in reversed(writers)]
+    await dropped.abort()
+    await archive.aclose()
+    archive = await Archive.open(tmp_path / "data", store_config)
+    try:
+        key = await archive.unlock(box, password)
+        assert len(archive.messages(box)) == 5
+        for message_id, payload in zip(ids, reversed(payloads), strict=True):
+            assert await read(archive, box, message_id, key) == payload
+    finally:
+        await archive.aclose()
+    assert verify_data_dir(tmp_path / "data", mailbox_id=box, password=password).ok
+
+
 async def test_one_message_to_several_mailboxes_is_sealed_per_mailbox(archive: Archive) -> None:
     a, pa = await archive.create_mailbox("a")
     b, pb = await archive.create_mailbox("b")

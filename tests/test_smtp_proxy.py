@@ -10,6 +10,7 @@ start with ``refuse``, refuses content holding ``REJECT``, and records what it w
 from __future__ import annotations
 
 import base64
+import os
 import smtplib
 import ssl
 from collections.abc import AsyncIterator
@@ -176,14 +177,19 @@ class Setup:
 
 
 @asynccontextmanager
-async def proxy_setup(tmp_path: Path, **proxy: object) -> AsyncIterator[Setup]:
+async def proxy_setup(
+    tmp_path: Path, data: Path | None = None, **proxy: object
+) -> AsyncIterator[Setup]:
     ca = trustme.CA()
     cafile = tmp_path / "target-ca.pem"
     ca.cert_pem.write_to_path(str(cafile))
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_context)
     target = Target()
-    config = make_config(tmp_path / "data")
+    data = data or tmp_path / "data"
+    config = make_config(data)
+    store = msgspec.structs.replace(config.store, segment_bytes=256 * 1024)
+    config = msgspec.structs.replace(config, store=store)
     settings = {"allow": ("127.0.0.0/8",), "ca_files": (str(cafile),), **proxy}
     config = msgspec.structs.replace(config, proxy=msgspec.convert(settings, ProxyConfig))
     gateway = Gateway(config, environ={})
@@ -199,7 +205,7 @@ async def proxy_setup(tmp_path: Path, **proxy: object) -> AsyncIterator[Setup]:
         yield Setup(
             gateway.archive,
             {item.name: item.port for item in listening},
-            str(tmp_path / "data" / "tls" / "cert.pem"),
+            str(data / "tls" / "cert.pem"),
             info.mailbox_id,
             password,
             target,
@@ -435,3 +441,46 @@ async def test_journal_delivery_without_auth_still_works(tmp_path: Path) -> None
         await trio.to_thread.run_sync(deliver)
         assert len(await setup.stored()) == 1
         assert setup.target.sessions == 0
+
+
+async def test_a_full_disk_never_acknowledges_a_message_without_its_copy(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """On a 3 MiB tmpfs, incompressible 100 kB messages until storing fails three times:
+    every 250 has its copy; a 421 (cut while streaming) never reached the target; a 451
+    (the commit failed after the target's 250) did, and is counted as unrecorded."""
+    async with proxy_setup(tmp_path, data=small_disk / "data") as setup:
+
+        def send_all() -> list[tuple[bytes, int]]:
+            outcomes: list[tuple[bytes, int]] = []
+            client: smtplib.SMTP | None = None
+            for n in range(80):
+                body = b"Subject: %d\r\n\r\n" % n + base64.encodebytes(os.urandom(75_000))
+                body = body.replace(b"\n", b"\r\n")
+                try:
+                    if client is None:
+                        client = setup.logged_in()
+                    client.sendmail("a@example.org", ["b@example.net"], body)
+                    code = 250
+                except smtplib.SMTPDataError as exc:
+                    code = exc.smtp_code
+                except (smtplib.SMTPServerDisconnected, smtplib.SMTPAuthenticationError) as exc:
+                    code = getattr(exc, "smtp_code", 421)
+                    client = None
+                if code == 421:
+                    client = None
+                outcomes.append((body, code))
+                if sum(c != 250 for _b, c in outcomes) >= 3:
+                    break
+            if client is not None:
+                client.close()
+            return outcomes
+
+        outcomes = await trio.to_thread.run_sync(send_all)
+        codes = [code for _body, code in outcomes]
+        assert codes.count(250) >= 5 and len(codes) > codes.count(250), codes
+        assert set(codes) <= {250, 421, 451}, codes
+        accepted = [body for body, code in outcomes if code == 250]
+        assert await setup.stored() == accepted
+        at_target = [m[2] for m in setup.target.messages]
+        assert at_target == [body for body, code in outcomes if code in (250, 451)]

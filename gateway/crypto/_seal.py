@@ -171,9 +171,18 @@ def prepare_keys(public_key: MailboxPublicKey, mailbox_id: bytes, count: int) ->
     return [_prepare(public_key, mailbox_id, secrets.token_bytes(16)) for _ in range(count)]
 
 
+def _check_meta(meta: bytes) -> None:
+    if not isinstance(meta, bytes):
+        raise TypeError("meta must be bytes")
+    if len(meta) > MAX_META:
+        raise ValueError(f"meta is {len(meta)} octets; at most {MAX_META} can be sealed")
+
+
 class MessageSealer:
     """Seal one message as it arrives: :meth:`feed` any number of pieces, then
-    :meth:`finish`. Not thread-safe; one message per instance."""
+    :meth:`finish` (or its two halves: :meth:`finish_content`, which seals the final chunk,
+    then :meth:`seal_envelope`, when the envelope is known only later). Not thread-safe; one
+    message per instance."""
 
     __slots__ = (
         "_aad",
@@ -182,6 +191,7 @@ class MessageSealer:
         "_context",
         "_count",
         "_done",
+        "_ended",
         "_fill",
         "_hash",
         "_key_id",
@@ -224,7 +234,8 @@ class MessageSealer:
         self._size = 0
         self._count = 0  # chunks sealed so far
         self._sealed_size = 0
-        self._done = False
+        self._done = False  # no more content
+        self._ended = False  # the envelope is sealed too
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Add plaintext; return the ciphertext chunks completed by it, in order (usually
@@ -262,23 +273,34 @@ class MessageSealer:
     def finish(self, meta: bytes) -> tuple[bytes, SealedMessage]:
         """Seal the final chunk and the envelope carrying ``meta``. Returns the final
         ciphertext chunk and the record needed to open the message."""
+        _check_meta(meta)
+        last = self.finish_content()
+        return last, self.seal_envelope(meta)
+
+    def finish_content(self) -> bytes:
+        """Seal and return the final ciphertext chunk; no more content may follow."""
         if self._done:
             raise RuntimeError("this message is already finished")
-        if not isinstance(meta, bytes):
-            raise TypeError("meta must be bytes")
-        if len(meta) > MAX_META:
-            raise ValueError(f"meta is {len(meta)} octets; at most {MAX_META} can be sealed")
         self._done = True
         last = self._seal_chunk(
             self._compressor.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH), last=True
         )
         _give_back_compressor(self._context)
+        return last
+
+    def seal_envelope(self, meta: bytes) -> SealedMessage:
+        """After :meth:`finish_content`: seal the envelope carrying ``meta``; the record
+        needed to open the message."""
+        if not self._done or self._ended:
+            raise RuntimeError("seal_envelope comes once, after finish_content")
+        _check_meta(meta)
+        self._ended = True
         plain = _encoder.encode((self._size, self._hash.digest(), meta))
         # One-shot compression records the content size in the frame header, which the
         # opener checks before it lets the decoder allocate.
         compressed = _envelope_compressor().compress(plain)
         envelope = self._aead.encrypt(_NONCE.pack(_ENVELOPE, 0, True), compressed, self._aad)
-        sealed = SealedMessage(
+        return SealedMessage(
             key_id=self._key_id,
             wrapped_key=self._wrapped_key,
             envelope=envelope,
@@ -286,7 +308,6 @@ class MessageSealer:
             size=self._size,
             sealed_size=self._sealed_size,
         )
-        return last, sealed
 
     def _seal_chunk(self, tail: bytes, *, last: bool) -> bytes:
         self._pending.append(tail)

@@ -14,14 +14,16 @@ upstream's own replies, so a provider's refusal reaches the client unchanged.
 The content goes upstream as it arrives (re-stuffed for DATA, or as BDAT chunks when the
 client used BDAT and the target offers CHUNKING) and into a :class:`MessageWriter` at the
 same time. After the content the upstream answers; only a 250 there commits the copy, and
-the client gets that 250 only once the copy is durable. The one case that cannot be made
-atomic: the upstream accepted, then the commit failed. The client then gets 451 4.3.0 (so it
+the client gets that 250 only once the copy is durable. Before the end of the content goes
+upstream, the copy is written but for its commit record (``MessageWriter.prepare``), so a full
+disk shows before the target can accept. The one case that cannot be made atomic: the
+upstream accepted, then the commit record failed. The client then gets 451 4.3.0 (so it
 keeps the message and tries again, and the recipient may get it twice), the session's audit
 record counts it as ``unrecorded`` and the log says so at error level.
 
-If storing fails while the content is still streaming, the upstream connection is cut
-before the end of the content, so the target never accepts a message the archive does not
-hold; the client gets 421 4.3.0 and the session ends.
+If storing fails while the content is still streaming or being prepared, the upstream
+connection is cut before the end of the content, so the target never accepts a message the
+archive does not hold; the client gets 421 4.3.0 and the session ends.
 """
 
 from __future__ import annotations
@@ -265,6 +267,14 @@ class SMTPRelay:
             return self._refusal
         up, writer = self.upstream, self._writer
         assert writer is not None
+        try:
+            # Everything but the commit record is written before the target may accept.
+            await writer.prepare()
+        except (ArchiveError, LogWriteError) as exc:
+            logger.error("event=smtp-proxy-store-failed stage=prepare reason=%r", str(exc))
+            await self._cut_upstream()
+            self.refused += 1
+            return STORE_FAILED_CUT
         if self._stuffer is not None:
             await up.send(self._stuffer.end())
             reply = await up.reply()

@@ -34,11 +34,16 @@ class Target:
     message_id: str = ""
     epoch: int = 0
     chunks: list[Location] = field(default_factory=list)
+    prepared: bool = False  # the final chunk is written: only the commit record is left
 
 
 class MessageWriter:
     """One message on its way into one or more mailboxes. Feed it with :meth:`write`, then
-    :meth:`commit` (durable in every mailbox, or an exception and visible in none)."""
+    :meth:`commit` (durable in every mailbox, or an exception and visible in none).
+
+    :meth:`prepare` (optional, before commit) writes everything but the commit record, so
+    that what can still fail afterwards is one small record: the SMTP proxy prepares before
+    the target may accept the message, and commits after."""
 
     def __init__(self, archive: Archive, targets: list[Target], source_key: str = "") -> None:
         self._archive = archive
@@ -91,6 +96,27 @@ class MessageWriter:
         ]
         target.chunks.extend(await target.writer.append(items, durable=False, epoch=target.epoch))
 
+    async def prepare(self) -> None:
+        """Seal and write the final chunk in every mailbox (not yet durable, not yet
+        visible). Raises LogWriteError (then the message can only be aborted)."""
+        if self._done:
+            raise RuntimeError("message already committed or aborted")
+        try:
+            for target in self._targets:
+                if target.prepared:
+                    continue
+                sealer = target.sealer
+                assert sealer is not None
+                if self.size >= THREAD_THRESHOLD:
+                    last = await trio.to_thread.run_sync(sealer.finish_content)
+                else:
+                    last = sealer.finish_content()
+                await self._append_chunks(target, [last])
+                target.prepared = True
+        except BaseException:
+            self._finish()
+            raise
+
     async def commit(self, envelope: Envelope) -> dict[str, str]:
         """Make the message durable in every mailbox; returns mailbox id -> message id.
 
@@ -140,16 +166,23 @@ class MessageWriter:
     async def _commit_one(self, target: Target, meta: bytes) -> StoredMessage:
         sealer = target.sealer
         assert sealer is not None
-        if self.size >= THREAD_THRESHOLD:
-            last, sealed = await trio.to_thread.run_sync(sealer.finish, meta)
+        items: list[AppendItem] = []
+        if target.prepared:
+            sealed = sealer.seal_envelope(meta)
         else:
-            last, sealed = sealer.finish(meta)
+            if self.size >= THREAD_THRESHOLD:
+                last, sealed = await trio.to_thread.run_sync(sealer.finish, meta)
+            else:
+                last, sealed = sealer.finish(meta)
+            mid = bytes.fromhex(target.message_id)
+            items.append((RecordKind.CHUNK, encode_chunk_body(mid, len(target.chunks), last)))
         earlier = tuple(location.seq for location in target.chunks)
         built: list[MessageStored] = []
 
         def commit_body(seq: int) -> bytes:
-            # The final chunk and this record are appended together, so the final chunk is
-            # the record just before this one.
+            # Unprepared, the final chunk and this record are appended together, so the
+            # final chunk is the record just before this one.
+            final = () if target.prepared else (seq - 1,)
             event = MessageStored(
                 at=now(),
                 message_id=target.message_id,
@@ -158,19 +191,16 @@ class MessageWriter:
                 key_id=sealed.key_id.hex(),
                 wrapped_key=sealed.wrapped_key,
                 envelope=sealed.envelope,
-                chunk_seqs=(*earlier, seq - 1),
+                chunk_seqs=(*earlier, *final),
                 source_key=self.source_key,
             )
             built.append(event)
             return encode_event(event)
 
-        final_chunk = encode_chunk_body(bytes.fromhex(target.message_id), len(earlier), last)
-        final, commit = await target.writer.append(
-            [(RecordKind.CHUNK, final_chunk), (RecordKind.EVENT, commit_body)],
-            durable=True,
-            epoch=target.epoch,
-        )
-        return StoredMessage.of(commit.seq, commit, [*target.chunks, final], built[0])
+        items.append((RecordKind.EVENT, commit_body))
+        *finals, commit = await target.writer.append(items, durable=True, epoch=target.epoch)
+        chunks = [*target.chunks, *finals]
+        return StoredMessage.of(commit.seq, commit, chunks, built[0])
 
     async def abort(self) -> None:
         """Give the message up; its chunks already written become orphans for compaction."""

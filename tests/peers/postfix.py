@@ -529,20 +529,25 @@ def _start(instance: PostfixInstance) -> None:
 
 
 def _stop(instance: PostfixInstance) -> None:
-    """``postfix stop``, then SIGKILL whatever of this instance is still alive after
-    STOP_TIMEOUT. Skipped when nothing runs (after a failed start): Postfix's fatal
-    "not running" costs a second, as all its fatal errors do."""
-    if not instance.processes():
+    """SIGTERM to the master (what ``postfix stop`` does: the master passes it on to its
+    children and exits), then SIGKILL whatever of this instance is still alive after
+    STOP_TIMEOUT. ``postfix stop`` itself checks once right after the signal whether the
+    master is gone and otherwise sleeps a whole second, so half the time stopping cost a
+    second more; polling here takes a few milliseconds. Without a master pid file (a broken
+    start) the processes are SIGKILLed at once; nothing runs after a failed start, and then
+    nothing is done (Postfix's fatal "not running" would cost a second)."""
+    left = instance.processes()
+    if not left:
         return
-    subprocess.run(
-        ["postfix", "-c", str(instance.config_dir), "stop"],
-        capture_output=True,
-        check=False,
-        timeout=COMMAND_TIMEOUT,
-    )
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while (left := instance.processes()) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    try:
+        master = int((instance.queue_dir / "pid" / "master.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        master = None
+    if master in left:
+        os.kill(master, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while (left := instance.processes()) and time.monotonic() < deadline:
+            time.sleep(0.01)
     for pid in left:
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

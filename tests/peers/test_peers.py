@@ -785,18 +785,20 @@ async def test_submission_smtps_bdat_swaks_and_pop3(tmp_path: Path) -> None:
     assert sub.processes() == []
     assert "with ESMTPSA" in deliveries[0].received.decode()
     assert "with UTF8SMTPSA" in deliveries[3].received.decode()
-    assert log.count("sasl_username=carol") == 3
+    assert log.count("sasl_username=carol") == 5  # smtpd logs it with each message's client=
 
 
-def wrong_login(sub: SubmissionInstance, mechanism: str, user: str, password: str) -> None:
-    """A failing AUTH over SMTPS from 127.0.0.3: Dovecot's anvil then delays the next AUTH
+def wrong_login(
+    sub: SubmissionInstance, mechanism: str, user: str, password: str, source: str
+) -> None:
+    """A failing AUTH over SMTPS from ``source``: Dovecot's anvil then delays the next AUTH
     from that address by 4 s (auth penalty), and only from that address."""
     with smtplib.SMTP_SSL(
         sub.host,
         sub.smtps_port,
         context=sub.ssl_context(),
         timeout=30,
-        source_address=("127.0.0.3", 0),
+        source_address=(source, 0),
     ) as client:
         client.ehlo()
         client.user, client.password = user, password
@@ -812,15 +814,18 @@ def wrong_login(sub: SubmissionInstance, mechanism: str, user: str, password: st
 
 
 def test_submission_refuses_wrong_passwords(tmp_path: Path) -> None:
+    """535 for a wrong password (PLAIN) and an unknown user (LOGIN), answered at once
+    (``auth_failure_delay = 0``); each from an address of its own, so that no login waits
+    out Dovecot's auth penalty."""
     with private_submission(tmp_path) as sub:
         started = time.monotonic()
-        wrong_login(sub, "PLAIN", "alice", "wrong")
+        wrong_login(sub, "PLAIN", "alice", "wrong", "127.0.0.3")
         first = time.monotonic() - started
         started = time.monotonic()
         sub.send("alice@example.com", ["rcpt@example.net"], b"Subject: ok\r\n\r\nok\r\n")
         # From 127.0.0.1: no penalty from 127.0.0.3's failure.
         assert time.monotonic() - started < 2, sub.log_text()
-        wrong_login(sub, "LOGIN", "nosuchuser", "password")  # after the penalty: 4 s
+        wrong_login(sub, "LOGIN", "nosuchuser", "password", "127.0.0.4")
         assert sub.wait_for_delivered(1)
         dovecot_log = sub.dovecot.log_text()
         log = sub.log_text()
@@ -828,7 +833,7 @@ def test_submission_refuses_wrong_passwords(tmp_path: Path) -> None:
     assert "SASL PLAIN authentication failed" in log
     assert "SASL LOGIN authentication failed" in log
     assert "passwd-file(alice,127.0.0.3): Password mismatch" in dovecot_log
-    assert "passwd-file(nosuchuser,127.0.0.3): unknown user" in dovecot_log
+    assert "passwd-file(nosuchuser,127.0.0.4): unknown user" in dovecot_log
 
 
 async def test_submission_discard_empties_the_queue(tmp_path: Path) -> None:
