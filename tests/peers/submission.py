@@ -84,6 +84,12 @@ MAILDIR_USER = "nobody"  # virtual(8) writes the Maildir as this user
 _DELIVERY_FIELDS = (b"return-path", b"x-original-to", b"delivered-to")
 # virtual(8)'s Maildir file names: <seconds>.V<dev>I<inode>M<microseconds>.<hostname>
 _MAILDIR_NAME = re.compile(r"^(\d+)\.V[0-9a-f]+I[0-9a-f]+M(\d+)\.")
+# The queue ID in smtpd's Received: field ("... (Postfix) with ESMTPSA id 4jcHjn3RDNzJbqT").
+_QUEUE_ID = re.compile(rb" id ([0-9A-Za-z]+)")
+# A long queue ID (enable_long_queue_ids) starts with the time the queue file was made:
+# 6 digits of seconds and 4 of microseconds, base 52 in an alphabet in ASCII order
+# ("0-9", then consonants "B-Z", "b-z"), so its first 10 characters sort by arrival.
+_ARRIVAL = 10
 
 
 class SubmissionError(PostfixError):
@@ -100,7 +106,15 @@ class Delivery:
     recipient: str  # Delivered-To: the envelope recipient
     original_recipient: str  # X-Original-To: the RCPT TO address as given
     received: bytes  # the Received: field Postfix added (LF line ends)
+    queue_id: str  # from that field: long, so it starts with the time the message arrived
     payload: bytes  # what the client submitted: the rest, every LF as CRLF
+
+    def order(self) -> tuple[str, int, int, str]:
+        """Arrival (the queue ID's time), then the time virtual(8) filed it (seconds,
+        microseconds, from the Maildir name): one message's recipients in filing order."""
+        match = _MAILDIR_NAME.match(self.path.name)
+        seconds, micros = (int(match[1]), int(match[2])) if match else (0, 0)
+        return (self.queue_id[:_ARRIVAL], seconds, micros, self.path.name)
 
 
 def _field_lines(data: bytes) -> Iterator[tuple[bytes, bytes, int]]:
@@ -134,7 +148,8 @@ def parse_delivery(path: Path, data: bytes, hostname: str) -> Delivery:
             values[name] = field.split(b":", 1)[1].strip()
             continue
         if name == b"received" and f"by {hostname} (Postfix)".encode() in field:
-            if b"return-path" not in values or b"delivered-to" not in values:
+            queue_id = _QUEUE_ID.search(field)
+            if b"return-path" not in values or b"delivered-to" not in values or not queue_id:
                 break
             return Delivery(
                 path=path,
@@ -143,6 +158,7 @@ def parse_delivery(path: Path, data: bytes, hostname: str) -> Delivery:
                 recipient=values[b"delivered-to"].decode(errors="replace"),
                 original_recipient=values.get(b"x-original-to", b"").decode(errors="replace"),
                 received=field,
+                queue_id=queue_id[1].decode(),
                 payload=data[end:].replace(b"\n", b"\r\n"),
             )
         break
@@ -150,14 +166,6 @@ def parse_delivery(path: Path, data: bytes, hostname: str) -> Delivery:
         f"{path}: not Return-Path, [X-Original-To,] Delivered-To and this instance's "
         f"Received: in front:\n{data[:1000]!r}"
     )
-
-
-def _delivery_order(path: Path) -> tuple[int, int, str]:
-    """virtual(8) names a file by the time its delivery began: seconds, microseconds."""
-    match = _MAILDIR_NAME.match(path.name)
-    if match is None:
-        return (0, 0, path.name)
-    return (int(match[1]), int(match[2]), path.name)
 
 
 @dataclass(frozen=True)
@@ -220,19 +228,23 @@ class SubmissionInstance:
     # -- mail out: the Maildir -------------------------------------------------------------
 
     def delivery_files(self) -> list[Path]:
-        """The Maildir's files (``new/``), in delivery order."""
-        files = [p for p in (self.maildir / "new").iterdir() if p.is_file()]
-        return sorted(files, key=_delivery_order)
+        """The Maildir's files (``new/``), in no particular order."""
+        return [p for p in (self.maildir / "new").iterdir() if p.is_file()]
 
     def deliveries(self) -> list[Delivery]:
-        """Every delivery so far, in delivery order, parsed (one per recipient)."""
-        return [parse_delivery(p, p.read_bytes(), self.hostname) for p in self.delivery_files()]
+        """Every delivery so far, parsed, one per recipient, in the order the messages
+        arrived (for messages submitted one after the other: the order of submission),
+        one message's recipients in the order they were filed. Not the order of the files'
+        times: qmgr takes messages from the incoming queue in directory order, so two
+        messages that arrive close together may be filed the other way round."""
+        found = [parse_delivery(p, p.read_bytes(), self.hostname) for p in self.delivery_files()]
+        return sorted(found, key=Delivery.order)
 
     def delivered(self) -> list[bytes]:
-        """The delivered files' bytes, in delivery order: LF line ends, Postfix's
-        Return-Path, X-Original-To, Delivered-To and Received fields in front. A message
-        with several recipients is filed once for each."""
-        return [p.read_bytes() for p in self.delivery_files()]
+        """The delivered files' bytes, in :meth:`deliveries`' order: LF line ends,
+        Postfix's Return-Path, X-Original-To, Delivered-To and Received fields in front. A
+        message with several recipients is filed once for each."""
+        return [d.data for d in self.deliveries()]
 
     def delivered_payloads(self) -> list[bytes]:
         """:meth:`delivered` without what Postfix added and with every LF as CRLF: the
@@ -253,7 +265,7 @@ class SubmissionInstance:
                     )
                 )
             time.sleep(0.02)
-        return [p.read_bytes() for p in files]
+        return self.delivered()
 
     # -- the queue -------------------------------------------------------------------------
 
@@ -463,6 +475,8 @@ def _configure(instance: SubmissionInstance, ca: trustme.CA, settings: Mapping[s
         "always_add_missing_headers": "no",
         # Never slow the clients down when deliveries lag (a benchmark's upstream).
         "in_flow_delay": "0s",
+        # Queue IDs that start with the arrival time: deliveries() sorts by them.
+        "enable_long_queue_ids": "yes",
         **settings,
     }
     listeners = []
@@ -472,5 +486,5 @@ def _configure(instance: SubmissionInstance, ca: trustme.CA, settings: Mapping[s
     ):
         address = f"{host}:{listen_port}"
         listeners.append(f"{address}/inet={address} inet n - n - - smtpd {options}")
-    # One delivery at a time: the Maildir's order is the order of delivery.
+    # One delivery at a time: one message's recipients are filed one after the other.
     write_config(postfix, main, listeners, services={"virtual/unix": "unix - n n - 1 virtual"})

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from gateway.protocols.smtp import (
     NEED_DATA,
     PAUSED,
+    Authenticate,
     BodyData,
     ConnectionClosed,
     Event,
@@ -48,6 +49,8 @@ def accept_all(event: Event) -> Reply:
         return replies.SENDER_OK
     if isinstance(event, RcptTo):
         return replies.RECIPIENT_OK
+    if isinstance(event, Authenticate):
+        return replies.AUTH_OK
     assert isinstance(event, MessageComplete)
     return replies.message_accepted("q1")
 

@@ -11,6 +11,7 @@ from gateway.protocols.smtp import (
     BODY_PIECE_SIZE,
     NEED_DATA,
     PAUSED,
+    Authenticate,
     BodyData,
     ConnectionClosed,
     Event,
@@ -38,6 +39,7 @@ PREFIXES = {
     "data": EHLO + MAIL + RCPT + b"DATA\r\nSubject: x\r\n",
     "chunked": EHLO + MAIL + RCPT + b"BDAT 3\r\nabc",
     "bdat": EHLO + MAIL + RCPT + b"BDAT 40\r\nab",
+    "auth": EHLO + b"AUTH LOGIN\r\nYWxpY2U=\r\nc2VjcmV0\r\n",
 }
 TOKENS = [
     b"\r\n",
@@ -64,6 +66,11 @@ TOKENS = [
     b"NOOP",
     b"VRFY x",
     b"AUTH PLAIN",
+    b"AUTH LOGIN",
+    b"AUTH PLAIN AGFsaWNlAHNlY3JldA==",
+    b"YWxpY2U=",
+    b"*",
+    b"=",
     b"GET / HTTP/1.1",
     b" SIZE=99999999999",
     b" SIZE=10",
@@ -86,15 +93,31 @@ LINES = [
     b"STARTTLS\r\n",
     b"RSET\r\n",
     b"QUIT\r\n",
+    b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",
+    b"AUTH LOGIN\r\n",
+    b"YWxpY2U=\r\n",
 ]
 payloads = st.lists(
     st.sampled_from(LINES) | st.sampled_from(TOKENS) | st.binary(max_size=12), max_size=40
 ).map(b"".join)
 
 
+def _settings(*, tls_active: bool, auth: bool, **kw: object) -> SMTPSettings:
+    starttls = bool(kw.pop("starttls_offered"))
+    auth = auth and (tls_active or starttls)
+    return SMTPSettings(
+        tls_active=tls_active,
+        starttls_offered=starttls,
+        auth_offered=auth,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
 def configs(starttls: st.SearchStrategy[bool]) -> st.SearchStrategy[SMTPSettings]:
     return st.builds(
-        SMTPSettings,
+        _settings,
+        tls_active=st.booleans(),
+        auth=st.booleans(),
         hostname=st.just("mx.test"),
         max_message_size=st.sampled_from([30, 1000]),
         max_recipients=st.sampled_from([2, 1000]),
@@ -112,6 +135,8 @@ ANSWERS = [None] * 5 + [replies.UNKNOWN_RECIPIENT, replies.LOCAL_ERROR, replies.
 def _answer(event: Event, choice: Reply | None) -> Reply:
     if choice is not None:
         return choice
+    if isinstance(event, Authenticate):
+        return replies.AUTH_OK
     return replies.RECIPIENT_OK if not isinstance(event, MessageComplete) else replies.OK
 
 
@@ -153,6 +178,11 @@ def test_any_input_gives_events_replies_or_a_close(
             note_kind(type(event).__name__)  # --hypothesis-show-statistics shows the mix
             if isinstance(event, StartTLS):
                 conn.tls_started("TLSv1.3", "TLS_AES_128_GCM_SHA256")
+            elif isinstance(event, Authenticate):
+                assert not in_transaction
+                choice = answers[decisions % len(answers)] if answers else None
+                decisions += 1
+                output += conn.send(_answer(event, choice))
             elif isinstance(event, MailFrom | MessageComplete) or type(event).__name__ == "RcptTo":
                 choice = answers[decisions % len(answers)] if answers else None
                 decisions += 1
