@@ -33,6 +33,8 @@ const MAILBOX_EVENTS = new Set([
 // The choices of the audit view's event filter; a group filters on several types at once.
 const EVENT_GROUPS = [
   ["Mail flow", ["MessageAccepted", "DeliveryRefused", "SmtpSessionEnded"]],
+  ["Retrieval and proxies", ["Pop3Login", "Pop3SessionEnded", "Pop3ProxySessionEnded",
+    "SmtpLogin", "SmtpProxySessionEnded"]],
   ["Mailbox changes", ["MailboxCreated", "MailboxUpdated", "MailboxDeleted", "MailboxKeyReset",
     "MailboxKeyRewrapped", "MessagesExpunged"]],
   ["Admin activity", ["AdminLogin", "AdminRequestFailed", "AdminPasswordChanged",
@@ -996,9 +998,11 @@ function auditRow(message) {
 function auditSeverity(event) {
   if (!event) return "";
   if (event.type === "AdminRequestFailed" || event.type === "DeliveryRefused"
-    || event.type === "LogTailTruncated" || (event.type === "AdminLogin" && !event.success)) {
+    || event.type === "LogTailTruncated" || (event.type === "AdminLogin" && !event.success)
+    || (event.type === "SmtpProxySessionEnded" && event.unrecorded > 0)) {
     return "bad";
   }
+  if ((event.type === "Pop3Login" || event.type === "SmtpLogin") && !event.success) return "warn";
   if (event.type === "MailboxKeyReset" || event.type === "MailboxDeleted") return "warn";
   return "";
 }
@@ -1034,6 +1038,20 @@ function summarize(event) {
       return `${e.listener}: ${plural(e.messages, "message")}, ${formatBytes(e.bytes)}, `
         + `${e.rejected} refused, ${e.outcome || "ended"} after ${Number(e.seconds).toFixed(1)} s`
         + (e.tls ? ` · ${e.tls}` : "");
+    case "Pop3Login":
+    case "SmtpLogin":
+      return (e.success ? "logged in" : `login refused: ${e.reason}`)
+        + (e.target ? ` · to ${e.target}` : "") + ` (${e.mechanism}) from ${e.client_address}`;
+    case "Pop3SessionEnded":
+      return `${e.listener}: ${plural(e.retrieved.length, "message")} retrieved, `
+        + `${e.deleted.length} deleted, ${e.outcome || "ended"}`;
+    case "Pop3ProxySessionEnded":
+      return `${e.remote_user} at ${e.target}: ${plural(e.retrieved, "message")} retrieved, `
+        + `${e.stored.length} stored, ${e.outcome || "ended"}`;
+    case "SmtpProxySessionEnded":
+      return `${e.remote_user} at ${e.target}: ${plural(e.relayed, "message")} relayed, `
+        + `${e.stored.length} stored, ${e.refused} refused`
+        + (e.unrecorded ? `, ${e.unrecorded} NOT ARCHIVED` : "") + `, ${e.outcome || "ended"}`;
     case "MailboxCreated":
       return `“${e.name}” created`;
     case "MailboxUpdated":
