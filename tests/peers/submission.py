@@ -18,22 +18,33 @@ Theory of operation. One folder, ``tmp_dir / name``, holds two instances:
 Every recipient domain is a virtual mailbox domain (``virtual_mailbox_domains = static:all``)
 whose every address maps to one Maildir (``virtual_mailbox_maps = static:Maildir/``), so
 whatever a test sends is delivered there by virtual(8), one file per recipient, one
-delivery at a time (``virtual`` has maxproc 1 in master.cf). With ``deliver="discard"``
-``virtual_transport = discard``: messages are queued, then thrown away (a benchmark's sink).
+delivery at a time (``virtual`` has maxproc 1 in master.cf). Queue IDs are long
+(``enable_long_queue_ids``): they start with the time the message arrived, which is how
+:meth:`SubmissionInstance.deliveries` orders them. With ``deliver="discard"``
+``virtual_transport = discard:discarded``: messages are queued, then thrown away (a
+benchmark's sink; ``wait_until_queue_empty``, ``wait_for_sent``).
 
-What Postfix changes. Nothing in the header or body of mail it receives over SMTP from a
-remote client (``local_header_rewrite_clients`` empty, and the client 127.0.0.1 is not in
-``inet_interfaces``, which is ``host``): no Message-ID, Date, From or To added, no address
-rewritten; local delivery converts no 8-bit text to quoted-printable (that is the smtp(8)
-client's business) and joins long lines back. smtpd prepends one ``Received:`` field, and
+What Postfix changes. Nothing in the header or body of mail it receives over SMTP:
+``local_header_rewrite_clients`` is empty (its default, ``permit_inet_interfaces``, would
+make a client on 127.0.0.1, the instance's ``inet_interfaces``, local, and its mail would
+get Message-ID, Date, From and qualified addresses), ``always_add_missing_headers = no``;
+local delivery converts no 8-bit text to quoted-printable (that is the smtp(8) client's
+business) and joins long lines back. smtpd prepends one ``Received:`` field, and
 virtual(8) ``Return-Path:``, ``X-Original-To:`` and ``Delivered-To:``; Maildir stores every
 line with LF. :meth:`SubmissionInstance.delivered_payloads` takes those four fields off and
 turns every LF back into CRLF: a message whose every line ends in CRLF comes back byte for
 byte (a bare LF comes back as CRLF; a missing last line end is added, by the client).
 
-127.0.0.2 by default, as for the Dovecot peer: a client connecting to it has the source
-address 127.0.0.1, so it is a remote client for Postfix and for Dovecot's auth (no
-"localhost is secure" exception anywhere).
+127.0.0.2 by default, as for the Dovecot peer, whose POP3 side has the "localhost is
+secure" rule (see dovecot.py); a client connecting to 127.0.0.2 has the source address
+127.0.0.1. Postfix's ``inet_interfaces`` stays 127.0.0.1 (it must be an interface's
+address); the listeners in master.cf bind ``host`` explicitly.
+
+Failed logins: Dovecot answers a failed AUTH within 0.5 s (``auth_failure_delay = 0``; it
+flushes failures on a 0.5-s timer) and then delays the next AUTH from the same client
+address by 4 s, success or not (its anvil's auth penalty, keyed by the ``rip`` Postfix
+passes; a success clears it). Fail from another loopback source address (smtplib's
+``source_address=("127.0.0.3", 0)``) when later logins must be quick.
 """
 
 from __future__ import annotations
@@ -85,7 +96,7 @@ _DELIVERY_FIELDS = (b"return-path", b"x-original-to", b"delivered-to")
 # virtual(8)'s Maildir file names: <seconds>.V<dev>I<inode>M<microseconds>.<hostname>
 _MAILDIR_NAME = re.compile(r"^(\d+)\.V[0-9a-f]+I[0-9a-f]+M(\d+)\.")
 # The queue ID in smtpd's Received: field ("... (Postfix) with ESMTPSA id 4jcHjn3RDNzJbqT").
-_QUEUE_ID = re.compile(rb" id ([0-9A-Za-z]+)")
+_QUEUE_ID = re.compile(rb" \(Postfix\) with [A-Z0-9]+ id ([0-9A-Za-z]+)")
 # A long queue ID (enable_long_queue_ids) starts with the time the queue file was made:
 # 6 digits of seconds and 4 of microseconds, base 52 in an alphabet in ASCII order
 # ("0-9", then consonants "B-Z", "b-z"), so its first 10 characters sort by arrival.
