@@ -150,10 +150,21 @@ def _answer(reply: Reply, success: frozenset[int]) -> Reply:
         return reply
     if reply.is_success:
         return Reply(250, reply.enhanced, reply.lines)
+    return _unexpected(reply)
+
+
+def _failure(reply: Reply) -> Reply:
+    """A reply that must refuse (the target answered where only a refusal or a reply this
+    code does not act on can come): a 4xx/5xx unchanged, anything else a temporary error.
+    Never a 2xx: the client must not get a success for a message that was not relayed."""
+    return reply if 400 <= reply.code <= 599 else _unexpected(reply)
+
+
+def _unexpected(reply: Reply) -> Reply:
     return Reply(451, "4.4.0", (safe_text(f"Unexpected reply from the target: {reply.code}"),))
 
 
-_MAIL_OK: Final = frozenset({250})
+_ONLY_250: Final = frozenset({250})
 _RCPT_OK: Final = frozenset({250, 251})
 
 
@@ -193,7 +204,7 @@ class SMTPRelay:
         body = event.body if up.offers("8BITMIME") or up.offers("BINARYMIME") else None
         size = event.size if up.offers("SIZE") else None
         line = format_mail(event.address, size=size, body=body, smtputf8=event.smtputf8)
-        reply = _answer(await up.command(line), _MAIL_OK)
+        reply = _answer(await up.command(line), _ONLY_250)
         if reply.is_success:
             self._mail, self._recipients = event, []
         return reply
@@ -231,7 +242,7 @@ class SMTPRelay:
         if reply.code == 354:
             self._stuffer = DotStuffer()
         else:
-            self._refusal = _answer(reply, frozenset())
+            self._refusal = _failure(reply)
 
     async def content(self, data: bytes) -> None:
         if self._refusal is not None or self._cut or self._writer is None:
@@ -249,7 +260,7 @@ class SMTPRelay:
             return
         reply = await self.upstream.command(format_bdat(len(data)) + data)
         if not reply.is_success:
-            self._refusal = _answer(reply, frozenset())
+            self._refusal = _failure(reply)
 
     async def complete(self) -> Reply:
         """The client ended the content: the upstream's verdict, after the copy is durable."""
@@ -280,9 +291,10 @@ class SMTPRelay:
             reply = await up.reply()
         else:
             reply = await up.command(format_bdat(0, last=True))
-        if reply.code != 250:
+        if not reply.is_success:
             self.refused += 1
-            return _answer(reply, frozenset())
+            return _failure(reply)
+        reply = _answer(reply, _ONLY_250)  # accepted: stored, and answered 250
         self.relayed += 1
         size = writer.size
         try:
