@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) tools/bench/log_bench.py
 	$(PY) tools/bench/smtp_bench.py
 	$(PY) tools/bench/pop3_bench.py
+	$(PY) tools/bench/proxy_bench.py
 
 verify: $(STAMP)
 	$(PY) -m gateway verify

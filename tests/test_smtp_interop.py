@@ -1,12 +1,12 @@
 """Interop with SMTP software nobody here wrote: swaks (pipelining, STARTTLS, SMTPS) and a
 real Postfix relaying journal copies to the gateway over STARTTLS, the way a journaling MTA
-does. Every message is read back from the log and compared byte for byte."""
+does. Every message is read back from the log and compared byte for byte. Both peers come from
+tests/peers."""
 
 from __future__ import annotations
 
 import functools
 import smtplib
-import subprocess
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
@@ -14,19 +14,9 @@ import pytest
 import trio
 
 from .gateway_helpers import Running, stored_bodies, strip_received
-from .mta import private_postfix, require
+from .peers import private_postfix, swaks
 
 pytestmark = pytest.mark.slow
-
-
-def swaks(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [require("swaks"), "--silent", "2", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
 
 
 async def test_swaks_pipelining_starttls_and_smtps(running: Running) -> None:
@@ -35,15 +25,17 @@ async def test_swaks_pipelining_starttls_and_smtps(running: Running) -> None:
     plain = running.ports["smtp"]
     tls = running.ports["smtps"]
     runs = [
-        ("--server", f"127.0.0.1:{plain}", "--pipeline"),
-        ("--server", f"127.0.0.1:{plain}", "--tls", "--pipeline"),
-        ("--server", f"127.0.0.1:{tls}", "--tls-on-connect"),
+        functools.partial(swaks, "127.0.0.1", plain, pipeline=True),
+        functools.partial(swaks, "127.0.0.1", plain, tls=True, pipeline=True),
+        functools.partial(swaks, "127.0.0.1", tls, tls_on_connect=True),
     ]
-    for n, extra in enumerate(runs):
+    for n, run in enumerate(runs):
         # swaks ends the data with CRLF "." CRLF itself, so the body's last CRLF is its own.
-        body = f"Subject: swaks {n}\r\n\r\nbody {n}\r\n.dot line"
-        command = ("--to", to, "--from", "a@example.com", "--data", body, "--helo", "swaks.test")
-        done = await trio.to_thread.run_sync(functools.partial(swaks, *command, *extra))
+        body = f"Subject: swaks {n}\r\n\r\nbody {n}\r\n.dot line".encode()
+        command = functools.partial(
+            run, to=to, sender="a@example.com", data=body, helo="swaks.test", check=False
+        )
+        done = await trio.to_thread.run_sync(command)
         assert done.returncode == 0, done.stdout + done.stderr
     key = await running.archive.unlock(info.mailbox_id, password)
     stored = [strip_received(b) for b in await stored_bodies(running.archive, info.mailbox_id, key)]
@@ -73,6 +65,7 @@ async def test_postfix_relays_journal_copies_over_starttls(
 
     def relay() -> str:
         with private_postfix(
+            tmp_path,
             relay_port=running.ports["smtp"],
             tls="encrypt",
             ca_file=running.cafile,

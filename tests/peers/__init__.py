@@ -1,6 +1,6 @@
-"""Real mail software as test peers: a private Postfix, a private Dovecot, a private Postfix
-submission server with SASL through Dovecot, swaks, smtp-source and fetchmail (README.md
-here).
+"""Real mail software as test peers: a private Postfix (a relay, or a sink for the SMTP
+benchmark), a private Dovecot, a private Postfix submission server with SASL through Dovecot,
+swaks, smtp-source and fetchmail (README.md here).
 
 Installed by tests/peers/install.sh; a test that needs a missing peer fails, never skips.
 """

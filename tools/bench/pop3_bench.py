@@ -37,219 +37,43 @@ Run ``python tools/bench/pop3_bench.py --help``; tools/bench/README.md explains 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import os
-import random
-import resource
 import secrets
 import shutil
-import signal
 import smtplib
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
-from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from _common import (
+    KIB,
+    MB,
+    TIMEOUT,
+    Corpus,
+    GatewayProcess,
+    ProtocolError,
+    ServiceSampler,
+    Session,
+    create_mailbox,
+    gateway_process,
+    own_cpu,
+    settle,
+    spread,
+    tree_cpu,
+)
 
-from tests.peers.dovecot import private_dovecot  # noqa: E402
-from tests.peers.tools import free_port, wait_for_port  # noqa: E402
-
-KIB = 1024
-MB = 1_000_000  # MB/s are decimal megabytes of message octets as the client received them
-LINE = 76  # base64 characters per body line, as MIME writes them
-POOL_BYTES = 3 * 1024 * KIB  # random bytes behind the base64 pool (4 MiB of text)
-TIMEOUT = 120.0  # seconds any one socket operation may take
-TICKS = os.sysconf("SC_CLK_TCK")
-DATE = formatdate(1_700_000_000, localtime=False)
-
-
-# -- the messages --------------------------------------------------------------------------
-
-
-class Corpus:
-    """Message ``n`` of ``size`` octets, the same every time it is asked for."""
-
-    def __init__(self, size: int, seed: int = 1) -> None:
-        text = base64.b64encode(random.Random(seed).randbytes(POOL_BYTES))
-        lines = [text[i : i + LINE] for i in range(0, len(text) - LINE, LINE)]
-        self.pool = b"\r\n".join(lines) + b"\r\n"
-        self.size = size
-        if size < 1024 or size > len(self.pool) // 2:
-            raise SystemExit(f"--size must be 1024 to {len(self.pool) // 2} octets")
-
-    def message(self, n: int) -> bytes:
-        header = (
-            f"From: sender{n % 97}@example.com\r\nTo: archive@example.net\r\n"
-            f"Subject: pop3 bench message {n}\r\nDate: {DATE}\r\n"
-            f"Message-ID: <{n}.pop3-bench@example.com>\r\nMIME-Version: 1.0\r\n"
-            "Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
-        ).encode()
-        room = self.size - len(header) - 2
-        lines = (len(self.pool) - self.size) // (LINE + 2)
-        start = (n * 7919 % lines) * (LINE + 2)
-        body = bytearray(self.pool[start : start + room])
-        if body.endswith(b"\r"):
-            body[-1:] = b"A"  # never a bare CR before the final CRLF
-        return header + bytes(body) + b"\r\n"
-
-
-def spread(messages: int, mailboxes: int) -> list[list[int]]:
-    """Message numbers per mailbox, in turn: mailbox m gets m, m + M, m + 2M, ..."""
-    return [list(range(m, messages, mailboxes)) for m in range(mailboxes)]
-
-
-# -- CPU of a process tree -----------------------------------------------------------------
-
-
-def _stat(pid: int) -> tuple[int, str, float, float]:
-    """(parent pid, command, own CPU s, reaped children's CPU s) of one process."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw.rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state): ppid is 4, utime 14, stime 15, cutime 16, cstime 17.
-    own = (int(fields[11]) + int(fields[12])) / TICKS
-    reaped = (int(fields[13]) + int(fields[14])) / TICKS
-    try:
-        title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-    except OSError:
-        title = ""
-    return int(fields[1]), title, own, reaped
-
-
-def process_tree(root: int) -> dict[int, tuple[str, float, float]]:
-    """{pid: (command, own CPU, reaped children's CPU)} of ``root`` and its live descendants."""
-    table: dict[int, tuple[int, str, float, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                table[int(entry.name)] = _stat(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue  # gone meanwhile
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, *_rest) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    tree: dict[int, tuple[str, float, float]] = {}
-    todo = [root] if root in table else []
-    while todo:
-        pid = todo.pop()
-        _, title, own, reaped = table[pid]
-        tree[pid] = (title, own, reaped)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
-def tree_cpu(root: int) -> float:
-    """CPU seconds the tree has used so far, ended processes included (see the docstring)."""
-    return sum(own + reaped for _, own, reaped in process_tree(root).values())
-
-
-class ServiceSampler:
-    """Approximate CPU per command name (Dovecot titles its processes by service), sampled
-    every 50 ms: a process's CPU after its last sample is not seen."""
-
-    def __init__(self, root: int) -> None:
-        self.root = root
-        self.first: dict[int, float] = {}  # CPU at the start; 0 for processes born later
-        self.last: dict[int, tuple[str, float]] = {}
-        self._started = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def sample(self) -> None:
-        for pid, (title, own, _) in process_tree(self.root).items():
-            self.first.setdefault(pid, 0.0 if self._started else own)
-            name = "main" if pid == self.root else title.rsplit("/", 1)[-1] or title
-            self.last[pid] = (name, own)
-        self._started = True
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.sample()
-
-    def __enter__(self) -> ServiceSampler:
-        self.sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
-
-    def by_service(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for pid, (name, own) in self.last.items():
-            out[name] = round(out.get(name, 0.0) + own - self.first.get(pid, 0.0), 2)
-        return dict(sorted(out.items(), key=lambda item: -item[1]))
-
+from tests.peers.dovecot import private_dovecot
 
 # -- the client ----------------------------------------------------------------------------
-
-
-class ProtocolError(Exception):
-    pass
-
-
-class Session:
-    """A blocking POP3 client over TLS that reads in large pieces: as little client work
-    per octet as Python allows, so the server is what is measured."""
-
-    def __init__(self, host: str, port: int, context: ssl.SSLContext) -> None:
-        raw = socket.create_connection((host, port), timeout=TIMEOUT)
-        self.sock = context.wrap_socket(raw, server_hostname="localhost")
-        self.buffer = bytearray()
-
-    def _fill(self) -> None:
-        chunk = self.sock.recv(256 * KIB)
-        if not chunk:
-            raise ProtocolError("connection closed by the server")
-        self.buffer += chunk
-
-    def line(self) -> bytes:
-        while (end := self.buffer.find(b"\r\n")) < 0:
-            self._fill()
-        line = bytes(self.buffer[:end])
-        del self.buffer[: end + 2]
-        return line
-
-    def command(self, text: str) -> bytes:
-        self.sock.sendall(text.encode() + b"\r\n")
-        reply = self.line()
-        if not reply.startswith(b"+OK"):
-            shown = text if not text.startswith("PASS") else "PASS ..."
-            raise ProtocolError(f"{shown}: {reply!r}")
-        return reply
-
-    def multiline(self) -> bytes:
-        """The body of a multi-line reply, dot-unstuffed, up to and including the CRLF
-        before the terminating "."."""
-        if self.buffer.startswith(b".\r\n"):
-            del self.buffer[:3]
-            return b""
-        start = 0
-        while (end := self.buffer.find(b"\r\n.\r\n", start)) < 0:
-            start = max(0, len(self.buffer) - 4)
-            self._fill()
-        body = bytes(self.buffer[: end + 2])
-        del self.buffer[: end + 5]
-        if body.startswith(b".."):
-            body = body[1:]
-        return body.replace(b"\r\n..", b"\r\n.")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @dataclass
@@ -271,7 +95,7 @@ def retrieve_all(
 ) -> SessionResult:
     started = time.perf_counter()
     session = Session(host, port, context)
-    result = SessionResult(tls=f"{session.sock.version()} {(session.sock.cipher() or ('',))[0]}")
+    result = SessionResult(tls=session.tls())
     try:
         greeting = session.line()
         if not greeting.startswith(b"+OK"):
@@ -355,13 +179,13 @@ def measure(target: Target, args: argparse.Namespace, layout: list[list[int]]) -
     with ThreadPoolExecutor(len(layout)) as pool, ServiceSampler(target.pid) as services:
         futures = [pool.submit(one, index) for index in range(len(layout))]
         cpu_before = tree_cpu(target.pid)
-        client_before = _own_cpu()
+        client_before = own_cpu()
         ready.wait()
         started = time.perf_counter()
         sessions = [future.result() for future in futures]
         result.seconds = time.perf_counter() - started
-        client_after = _own_cpu()
-        _settle(target.pid)
+        client_after = own_cpu()
+        settle(target.pid, ("/pop3", "/pop3-login"))
         cpu_after = tree_cpu(target.pid)
     result.octets = sum(s.octets for s in sessions)
     received = sum(s.messages for s in sessions)
@@ -381,22 +205,6 @@ def measure(target: Target, args: argparse.Namespace, layout: list[list[int]]) -
     result.tls = sessions[0].tls
     result.notes["cpu_by_process_sampled"] = services.by_service()
     return result
-
-
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _settle(root: int) -> None:
-    """Wait (up to 5 s) until the per-session processes are gone and reaped, so that their
-    CPU has reached their parent's cutime/cstime."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        titles = [title for title, _, _ in process_tree(root).values()]
-        if not any(title.endswith(("/pop3", "/pop3-login")) for title in titles):
-            return
-        time.sleep(0.02)
 
 
 # -- Dovecot -------------------------------------------------------------------------------
@@ -437,80 +245,17 @@ def run_dovecot(folder: Path, args: argparse.Namespace, corpus: Corpus) -> Resul
 # -- the gateway ---------------------------------------------------------------------------
 
 
-@contextmanager
-def gateway_process(folder: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    data = folder / "data"
-    ports = {name: free_port() for name in ("smtp", "pop3s", "admin")}
+def pop3_gateway(folder: Path, args: argparse.Namespace) -> AbstractContextManager[GatewayProcess]:
+    """The gateway under test: SMTP (to fill it), POP3S and the admin listener (a context
+    manager, from :func:`_common.gateway_process`)."""
     kdf = "[store.kdf]\nmemory_kib = 64\niterations = 1\nlanes = 1\n" if args.fast_kdf else ""
     sessions = max(20, args.mailboxes + 1)
-    config = folder / "gateway.toml"
-    config.write_text(
-        f'data_dir = "{data}"\nhostname = "localhost"\nmail_domain = "localhost"\n'
-        f'[[listeners]]\nname = "smtp"\nprotocol = "smtp"\nport = {ports["smtp"]}\n'
-        'tls = "starttls"\n'
-        f'[[listeners]]\nname = "pop3s"\nprotocol = "pop3"\nport = {ports["pop3s"]}\n'
-        'tls = "implicit"\n'
-        f'[[listeners]]\nname = "admin"\nprotocol = "admin"\nport = {ports["admin"]}\n'
-        'tls = "implicit"\n'
+    return gateway_process(
+        folder,
+        {"smtp": ("smtp", "starttls"), "pop3s": ("pop3", "implicit")},
         f"[pop3]\nmax_sessions_per_client = {sessions}\n"
-        f"[smtp]\nmax_sessions_per_client = {max(50, args.mailboxes)}\n{kdf}"
+        f"[smtp]\nmax_sessions_per_client = {max(50, args.mailboxes)}\n{kdf}",
     )
-    admin_password = secrets.token_urlsafe(18)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env["GATEWAY_ADMIN_PASSWORD"] = admin_password
-    log_path = folder / "gateway.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
-    try:
-        for name, port in ports.items():
-            try:
-                wait_for_port("127.0.0.1", port, 60)
-            except TimeoutError:
-                raise SystemExit(
-                    f"the gateway's {name} listener did not come up:\n"
-                    + log_path.read_text(errors="replace")[-3000:]
-                ) from None
-        yield {
-            "process": process,
-            "data": data,
-            "ports": ports,
-            "env": env,
-            "log": log_path,
-        }
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def create_mailbox(gateway: dict[str, Any], name: str) -> tuple[str, str]:
-    done = subprocess.run(
-        [
-            sys.executable, "-m", "gateway", "mailbox", "create", name, "--json",
-            "--url", f"wss://localhost:{gateway['ports']['admin']}/api",
-            "--data-dir", str(gateway["data"]),
-        ],
-        cwd=ROOT,
-        env=gateway["env"],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise SystemExit(f"gateway mailbox create exited {done.returncode}: {done.stderr}")
-    created = json.loads(done.stdout)
-    return str(created["mailbox"]["mailbox_id"]), str(created["password"])
 
 
 def fill(port: int, mailbox_id: str, numbers: list[int], corpus: Corpus) -> None:
@@ -521,11 +266,11 @@ def fill(port: int, mailbox_id: str, numbers: list[int], corpus: Corpus) -> None
 
 def run_gateway(folder: Path, args: argparse.Namespace, corpus: Corpus) -> Result:
     layout = spread(args.messages, args.mailboxes)
-    with gateway_process(folder, args) as gateway:
+    with pop3_gateway(folder, args) as gateway:
         accounts = [create_mailbox(gateway, f"bench{m}") for m in range(args.mailboxes)]
         with ThreadPoolExecutor(args.mailboxes) as pool:
             filled = [
-                pool.submit(fill, gateway["ports"]["smtp"], mailbox_id, numbers, corpus)
+                pool.submit(fill, gateway.ports["smtp"], mailbox_id, numbers, corpus)
                 for (mailbox_id, _), numbers in zip(accounts, layout, strict=True)
             ]
             for future in filled:
@@ -545,9 +290,9 @@ def run_gateway(folder: Path, args: argparse.Namespace, corpus: Corpus) -> Resul
         target = Target(
             name="gateway",
             host="127.0.0.1",
-            port=gateway["ports"]["pop3s"],
-            context=ssl.create_default_context(cafile=str(gateway["data"] / "tls" / "cert.pem")),
-            pid=gateway["process"].pid,
+            port=gateway.ports["pop3s"],
+            context=ssl.create_default_context(cafile=str(gateway.cert_file)),
+            pid=gateway.pid,
             accounts=accounts,
             check=check,
         )

@@ -2,6 +2,10 @@
 Postfix's own smtpd accepting into its queue, and against aiosmtpd with a handler that appends
 and fsyncs, in one run on the same disk.
 
+smtp-source opens a connection per message (no ``-d``). The Postfix is a private instance from
+tests/peers (``private_postfix(deliver="defer")``): a sink whose queue manager defers every
+message once, untried, and leaves it in the deferred queue.
+
 Every server runs as its own process tree; its CPU seconds (user + system, children included)
 and peak RSS (sum of the tree's VmHWM) are read from /proc while it runs. Messages/s is
 messages over the wall time smtp-source took.
@@ -32,8 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 from gateway.crypto import KdfParams  # noqa: E402
 from gateway.services.archive import Archive, StoreConfig  # noqa: E402
+from tests import peers  # noqa: E402
 
 FAST_KDF = KdfParams(memory_kib=64, iterations=1, lanes=1)  # only mailbox creation uses it
+SOURCE_TIMEOUT = 3600.0  # seconds one smtp-source run may take
+SETTLE_TIMEOUT = 300.0  # seconds Postfix's queue manager may take to defer the last messages
 
 
 @dataclass
@@ -104,18 +111,20 @@ class Sampler:
 
 
 def smtp_source(port: int, messages: int, sessions: int, size: int, recipient: str) -> float:
-    command = [
-        "smtp-source",
-        "-s", str(sessions),
-        "-m", str(messages),
-        "-l", str(size),
-        "-f", "bench@example.com",
-        "-t", recipient,
-        "-c",
-        f"127.0.0.1:{port}",
-    ]  # fmt: skip
+    """Wall seconds smtp-source took to send ``messages`` messages of ``size`` payload octets
+    over ``sessions`` parallel sessions, each message on a connection of its own."""
     started = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    peers.smtp_source(
+        "127.0.0.1",
+        port,
+        sessions=sessions,
+        messages=messages,
+        size=size,
+        sender="bench@example.com",
+        to=recipient,
+        reuse_connection=False,
+        timeout=SOURCE_TIMEOUT,
+    )
     return time.perf_counter() - started
 
 
@@ -226,16 +235,17 @@ def run_aiosmtpd(folder: Path, args: argparse.Namespace) -> Result:
 
 def run_postfix(folder: Path, args: argparse.Namespace) -> Result:
     """Postfix's smtpd accepting into its queue (fsynced before the 250, as Postfix always
-    does), everything deferred there so no delivery work is measured."""
-    from tests.mta import private_postfix  # noqa: PLC0415 - a test peer, used only here
-
-    with private_postfix(relay_port=None) as sink:
-        with Sampler(sink.master_pid) as sampler:
+    does), every message deferred there once, so no delivery work is measured. Stored is
+    what the deferred queue holds once nothing is moving any more."""
+    with peers.private_postfix(folder, deliver="defer") as sink:
+        master = sink.master_pid()
+        if master is None:
+            raise SystemExit(f"the private Postfix has no master pid:\n{sink.log_text()}")
+        with Sampler(master) as sampler:
             seconds = smtp_source(
                 sink.port, args.messages, args.sessions, args.size, "x@sink.invalid"
             )
-        stored = len(sink.queue())
-    del folder
+        stored = len(sink.wait_until_queue_settled(SETTLE_TIMEOUT))
     return _result("postfix smtpd", args, seconds, sampler, stored)
 
 
@@ -269,6 +279,9 @@ def main() -> int:
     runners = {"gateway": run_gateway, "postfix": run_postfix, "aiosmtpd": run_aiosmtpd}
     results = []
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="smtp_bench-") as temp:
+        # Postfix's own user must reach its queue there (else it goes to /tmp: see
+        # tests/peers/README.md), so that every server writes to the same disk.
+        Path(temp).chmod(0o755)
         for name, runner in runners.items():
             if args.only and name not in args.only:
                 continue
