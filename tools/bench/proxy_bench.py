@@ -416,7 +416,8 @@ def gateway_settings(args: argparse.Namespace, ca_file: Path) -> str:
 def postfix_roots(submission: SubmissionInstance) -> dict[str, int]:
     postfix = submission.postfix.master_pid()
     dovecot = submission.dovecot.master_pid()
-    assert postfix is not None and dovecot is not None
+    assert postfix is not None
+    assert dovecot is not None
     return {"postfix": postfix, "dovecot-auth": dovecot}
 
 
