@@ -10,13 +10,14 @@ policy with TLS (implicit if the client came in on implicit TLS, STLS otherwise)
 with the client's remote username and password. From then on :class:`POP3Relay` answers the
 client's commands with the upstream's own replies.
 
-RETR asks the upstream for the message's UIDL first; a message whose key (target, remote
-user, UIDL) the mailbox already holds is relayed but not stored again. Otherwise each piece
-of the response goes to the client and into a :class:`MessageWriter` as it arrives, and the
-copy is committed (durable) before the terminating dot is sent. If storing fails, the client
-gets no terminating dot: the connection ends, upstream gets no QUIT, and nothing is deleted
-there. A client's QUIT goes upstream only after every copy of the session is durable (each
-was, before its RETR ended). TOP output is relayed, never stored.
+The first RETR of a session asks the upstream for its UIDL listing; a message whose key
+(target, remote user, UIDL) the mailbox already holds is relayed but not stored again.
+Otherwise the response goes to the client and into a :class:`MessageWriter` as it arrives,
+in runs of RELAY_BATCH octets (so a large message streams through), and the copy is
+committed (durable) before the terminating dot is sent. If storing fails, the client gets no
+terminating dot: the connection ends, upstream gets no QUIT, and nothing is deleted there. A
+client's QUIT goes upstream only after every copy of the session is durable (each was,
+before its RETR ended). TOP output is relayed, never stored.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -57,6 +58,7 @@ logger = logging.getLogger("gateway.pop3")
 
 RELAYED = (Stat, List, Uidl, Retr, Top, Dele, Rset, Quit)
 DEFAULT_PORTS = {TLSMode.IMPLICIT: 995, TLSMode.STARTTLS: 110}
+RELAY_BATCH = 32 * 1024  # below intake's THREAD_THRESHOLD: sealed on the trio thread
 
 
 class ProxyRefused(Exception):
@@ -72,6 +74,33 @@ class ProxyRefused(Exception):
 class StoreFailed(Exception):
     """A retrieved message could not be made durable: the session must end without the
     terminating dot (and without QUIT upstream)."""
+
+
+async def batched(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The body in runs of at least RELAY_BATCH octets (the last one shorter): one send to
+    the client and one write to the store per run, not one per TLS record from upstream."""
+    run: list[bytes] = []
+    size = 0
+    async for piece in body:
+        run.append(piece)
+        size += len(piece)
+        if size >= RELAY_BATCH:
+            yield b"".join(run)
+            run.clear()
+            size = 0
+    if run:
+        yield b"".join(run)
+
+
+def parse_uidl_listing(listing: bytes) -> dict[int, str]:
+    """``n uid`` lines (RFC 1939 §7: uid is 1-70 printable octets 0x21-0x7E); a line that is
+    not of this form is left out, so its message is stored without a key."""
+    uidls: dict[int, str] = {}
+    for line in listing.decode("ascii", "replace").splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[0].isdigit() and fields[1].isascii():
+            uidls[int(fields[0])] = fields[1]
+    return uidls
 
 
 def source_key(login: ProxyLogin, uidl: str) -> str:
@@ -136,6 +165,7 @@ class POP3Relay:
     client_tls: str
     retrieved: int = 0
     stored: list[MessageRef] = field(default_factory=list)
+    _uidl_map: dict[int, str] | None = field(default=None, init=False)
 
     async def handle(self, event: Event) -> None:
         """Answer one client command with the upstream's answer. Raises UpstreamError,
@@ -170,17 +200,14 @@ class POP3Relay:
             await self.send(self.conn.send(reply))
             return
         out = self.conn.send_stream_start(reply)
-        async for piece in body:
-            await self.send(out + self.conn.send_stream_data(piece))
+        async for data in batched(body):
+            await self.send(out + self.conn.send_stream_data(data))
             out = b""
         await self.send(out + self.conn.send_stream_end())
 
     async def _retrieve(self, msg: int) -> None:
         up = self.upstream
-        uidl = ""
-        uidl_reply = await up.command("UIDL", str(msg))
-        if uidl_reply.ok and len(uidl_reply.text.split()) == 2:
-            uidl = uidl_reply.text.split()[1]
+        uidl = (await self._uidls()).get(msg, "")
         key = source_key(self.login, uidl) if uidl else ""
         mailbox_id = self.login.mailbox_id
         reply, body = await up.multiline("RETR", str(msg))
@@ -196,10 +223,10 @@ class POP3Relay:
                 raise StoreFailed(str(exc)) from None
         try:
             out = self.conn.send_stream_start(reply)
-            async for piece in body:
+            async for data in batched(body):
                 if writer is not None:
-                    await writer.write(piece)
-                await self.send(out + self.conn.send_stream_data(piece))
+                    await writer.write(data)
+                await self.send(out + self.conn.send_stream_data(data))
                 out = b""
             if writer is not None:
                 ids = await writer.commit(self._envelope(uidl))
@@ -211,6 +238,16 @@ class POP3Relay:
             if writer is not None:
                 await writer.abort()
         await self.send(out + self.conn.send_stream_end())
+
+    async def _uidls(self) -> dict[int, str]:
+        """The upstream's unique-id listing, asked for once per session at the first RETR
+        (message numbers and UIDLs do not change within a session, RFC 1939 §7); empty if
+        the upstream has no UIDL (then nothing is recognised as stored before)."""
+        if self._uidl_map is None:
+            reply, body = await self.upstream.multiline("UIDL")
+            listing = b"".join([piece async for piece in body])
+            self._uidl_map = parse_uidl_listing(listing) if reply.ok else {}
+        return self._uidl_map
 
     def _envelope(self, uidl: str) -> Envelope:
         return Envelope(

@@ -125,6 +125,21 @@ def test_reader_body_pieces_are_bounded() -> None:
     assert b"".join(e.data for e in events if isinstance(e, BodyData)) == b"a" * 200_000 + b"\r\n"
 
 
+def test_reader_hands_over_whole_buffers() -> None:
+    """A body piece is everything buffered up to the next line that starts with "." (a
+    proxy relays and stores one piece per receive, not one per line)."""
+    reader = ReplyReader()
+    reader.expect(multiline=True)
+    reader.receive_data(b"+OK\r\n" + b"line\r\n" * 100 + b"..dot\r\nmore\r\npart")
+    assert reader.next_event() == Reply(True)
+    assert reader.next_event() == BodyData(b"line\r\n" * 100)
+    assert reader.next_event() == BodyData(b".dot\r\nmore\r\npart")
+    assert reader.next_event() is NEED_DATA
+    reader.receive_data(b"\r\n.\r\n")
+    assert reader.next_event() == BodyData(b"\r\n")
+    assert reader.next_event() == BodyEnd()
+
+
 @pytest.mark.parametrize(
     ("chunks", "wire"),
     [

@@ -177,13 +177,17 @@ class ReplyReader:
                     return BodyEnd()
                 del buf[:1]  # the stuffed (termination) octet
             self._line_start = False
-        end = buf.find(b"\n", 0, BODY_PIECE_SIZE)
-        if end >= 0:
-            n, self._line_start = end + 1, True
-        else:
-            n = min(len(buf), BODY_PIECE_SIZE)
-        if n == 0:
+        # Everything buffered (up to BODY_PIECE_SIZE) that needs no decision: up to the next
+        # line that starts with "." (decided above on the next call), else the whole window,
+        # remembering whether it ended a line.
+        stop = min(len(buf), BODY_PIECE_SIZE)
+        if stop == 0:
             return None
+        cut = buf.find(b"\n.", 0, stop)
+        if cut >= 0:
+            n, self._line_start = cut + 1, True
+        else:
+            n, self._line_start = stop, buf[stop - 1] == LF
         piece = bytes(buf[:n])
         del buf[:n]
         return BodyData(piece)
