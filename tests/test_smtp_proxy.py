@@ -228,7 +228,7 @@ async def test_relayed_messages_are_stored_and_refusals_pass_through(
     tmp_path: Path, listener: str
 ) -> None:
     first = message("one", b".a dotted line\r\n.\r\nmore\r\n")
-    second = message("two")
+    second = message("two", b".dotted, 150 KiB in all\r\n" * 6400)  # several runs upstream
     async with proxy_setup(tmp_path) as setup:
 
         def session() -> tuple[object, object, object]:

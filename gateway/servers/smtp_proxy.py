@@ -11,9 +11,9 @@ target offers none), and authenticates there with the client's remote username a
 From then on :class:`SMTPRelay` answers the client's MAIL, RCPT and message content with the
 upstream's own replies, so a provider's refusal reaches the client unchanged.
 
-The content goes upstream as it arrives (re-stuffed for DATA, or as BDAT chunks when the
-client used BDAT and the target offers CHUNKING) and into a :class:`MessageWriter` at the
-same time. After the content the upstream answers; only a 250 there commits the copy, and
+The content goes into a :class:`MessageWriter` as it arrives and upstream in runs of
+RELAY_BATCH octets (re-stuffed for DATA, or as BDAT chunks when the client used BDAT and the
+target offers CHUNKING), the last run together with the end of the content. After the content the upstream answers; only a 250 there commits the copy, and
 the client gets that 250 only once the copy is durable. Before the end of the content goes
 upstream, the copy is written but for its commit record (``MessageWriter.prepare``), so a full
 disk shows before the target can accept. The one case that cannot be made atomic: the
@@ -63,6 +63,7 @@ logger = logging.getLogger("gateway.smtp")
 # RFC 8314 §3.3 (submissions on 465, implicit TLS) and RFC 6409 (submission on 587, where
 # AUTH belongs); a target on port 25 is named with ":25".
 DEFAULT_PORTS: Final = {TLSMode.IMPLICIT: 465, TLSMode.STARTTLS: 587}
+RELAY_BATCH: Final = 32 * 1024  # content held before it goes upstream in one write
 
 TARGET_DENIED: Final = Reply(550, "5.7.1", ("Proxy target not allowed",))
 UPSTREAM_LOST: Final = Reply(421, "4.4.2", ("Connection to the target lost, closing connection",))
@@ -189,6 +190,8 @@ class SMTPRelay:
     _stuffer: DotStuffer | None = None  # DATA upstream; None: BDAT upstream
     _refusal: Reply | None = None  # the content's final answer, decided before its end
     _cut = False  # the upstream connection was cut on purpose: nothing more goes there
+    _held: list[bytes] = field(default_factory=list)  # content not yet sent upstream
+    _held_size: int = 0
 
     @property
     def target(self) -> str:
@@ -230,6 +233,7 @@ class SMTPRelay:
     async def start_content(self, *, bdat: bool) -> None:
         """The client began the content (after its DATA got 354, or with its first BDAT)."""
         self._refusal, self._stuffer = None, None
+        self._held, self._held_size = [], 0
         try:
             self._writer = self.archive.begin_message([self.login.mailbox_id])
         except ArchiveError as exc:
@@ -255,12 +259,28 @@ class SMTPRelay:
             await self._cut_upstream()
             self._refusal = STORE_FAILED_CUT
             return
-        if self._stuffer is not None:
-            await self.upstream.send(self._stuffer.feed(data))
-            return
-        reply = await self.upstream.command(format_bdat(len(data)) + data)
-        if not reply.is_success:
-            self._refusal = _failure(reply)
+        self._held.append(data)
+        self._held_size += len(data)
+        if self._held_size >= RELAY_BATCH:
+            reply = await self._forward(last=False)
+            if reply is not None and not reply.is_success:
+                self._refusal = _failure(reply)
+
+    async def _forward(self, *, last: bool) -> Reply | None:
+        """The held content upstream in one write: re-stuffed DATA content (with the
+        end-of-data line if ``last``) or one BDAT chunk; the upstream's reply where one is
+        due (after a BDAT, or after the end of the DATA content)."""
+        data = b"".join(self._held)
+        self._held, self._held_size = [], 0
+        up = self.upstream
+        if self._stuffer is None:
+            return await up.command(format_bdat(len(data), last=last) + data)
+        wire = self._stuffer.feed(data)
+        if not last:
+            await up.send(wire)
+            return None
+        await up.send(wire + self._stuffer.end())
+        return await up.reply()
 
     async def complete(self) -> Reply:
         """The client ended the content: the upstream's verdict, after the copy is durable."""
@@ -286,11 +306,8 @@ class SMTPRelay:
             await self._cut_upstream()
             self.refused += 1
             return STORE_FAILED_CUT
-        if self._stuffer is not None:
-            await up.send(self._stuffer.end())
-            reply = await up.reply()
-        else:
-            reply = await up.command(format_bdat(0, last=True))
+        reply = await self._forward(last=True)
+        assert reply is not None
         if not reply.is_success:
             self.refused += 1
             return _failure(reply)
