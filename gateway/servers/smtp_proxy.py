@@ -13,13 +13,14 @@ upstream's own replies, so a provider's refusal reaches the client unchanged.
 
 The content goes into a :class:`MessageWriter` as it arrives and upstream in runs of
 RELAY_BATCH octets (re-stuffed for DATA, or as BDAT chunks when the client used BDAT and the
-target offers CHUNKING), the last run together with the end of the content. After the content the upstream answers; only a 250 there commits the copy, and
-the client gets that 250 only once the copy is durable. Before the end of the content goes
-upstream, the copy is written but for its commit record (``MessageWriter.prepare``), so a full
-disk shows before the target can accept. The one case that cannot be made atomic: the
-upstream accepted, then the commit record failed. The client then gets 451 4.3.0 (so it
-keeps the message and tries again, and the recipient may get it twice), the session's audit
-record counts it as ``unrecorded`` and the log says so at error level.
+target offers CHUNKING), the last run together with the end of the content. After the
+content the upstream answers; only a 250 there commits the copy, and the client gets that 250
+only once the copy is durable. Before the end of the content goes upstream, the copy is
+written but for its commit record (``MessageWriter.prepare``), so a full disk shows before
+the target can accept. The one case that cannot be made atomic: the upstream accepted, then
+the commit record failed. The client then gets 451 4.3.0 (so it keeps the message and tries
+again, and the recipient may get it twice), the session's audit record counts it as
+``unrecorded`` and the log says so at error level.
 
 If storing fails while the content is still streaming or being prepared, the upstream
 connection is cut before the end of the content, so the target never accepts a message the
@@ -296,7 +297,7 @@ class SMTPRelay:
             if not self._cut:
                 await self._reset()  # the upstream transaction may still be open
             return self._refusal
-        up, writer = self.upstream, self._writer
+        writer = self._writer
         assert writer is not None
         try:
             # Everything but the commit record is written before the target may accept.

@@ -235,6 +235,14 @@ class Session:
         del self.buffer[: end + 2]
         return line
 
+    def login(self, user: str, password: str) -> None:
+        """The greeting, then USER and PASS."""
+        greeting = self.line()
+        if not greeting.startswith(b"+OK"):
+            raise ProtocolError(f"greeting: {greeting!r}")
+        self.command(f"USER {user}")
+        self.command(f"PASS {password}")
+
     def command(self, text: str) -> bytes:
         self.sock.sendall(text.encode() + b"\r\n")
         reply = self.line()

@@ -97,11 +97,7 @@ def retrieve_all(
     session = Session(host, port, context)
     result = SessionResult(tls=session.tls())
     try:
-        greeting = session.line()
-        if not greeting.startswith(b"+OK"):
-            raise ProtocolError(f"greeting: {greeting!r}")
-        session.command(f"USER {user}")
-        session.command(f"PASS {password}")
+        session.login(user, password)
         result.login_s = time.perf_counter() - started
         count = int(session.command("STAT").split()[1])
         if count != len(expected):

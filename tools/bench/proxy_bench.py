@@ -191,11 +191,7 @@ def pop3_session(
     try:
         nodelay(session.sock)
         result.tls = session.tls()
-        greeting = session.line()
-        if not greeting.startswith(b"+OK"):
-            raise ProtocolError(f"greeting: {greeting!r}")
-        session.command(f"USER {user}")
-        session.command(f"PASS {password}")
+        session.login(user, password)
         result.login_s = time.perf_counter() - started
         count = int(session.command("STAT").split()[1])
         if count != len(numbers):
