@@ -60,6 +60,7 @@ class Target:
     logins: list[tuple[str, str]] = field(default_factory=list)
     plain: bytearray = field(default_factory=bytearray)  # every byte received in the clear
     sessions: int = 0
+    chunking: bool = True  # False: CHUNKING left out of the EHLO reply
 
 
 async def serve_target(
@@ -85,6 +86,8 @@ async def serve_target(
     while True:
         event = conn.next_event()
         if out := conn.data_to_send():
+            if not target.chunking:
+                out = out.replace(b"250-CHUNKING\r\n", b"")
             await io.send_all(out)
         reply: Reply | None = None
         match event:
@@ -306,6 +309,35 @@ async def test_login_bdat_rset_and_pipelining(tmp_path: Path) -> None:
             ("b@example.org", ["c@example.net"], b"Subject: bd\r\n\r\nbody\r\n"),
         ]
         assert await setup.stored() == [m[2] for m in setup.target.messages]
+
+
+async def test_bdat_to_a_target_without_chunking(tmp_path: Path) -> None:
+    """BDAT goes upstream as DATA; a BDAT transaction reset half way cuts the upstream
+    connection rather than let the partial message end as a whole one."""
+    async with proxy_setup(tmp_path) as setup:
+        setup.target.chunking = False
+
+        def session() -> list[tuple[int, bytes]]:
+            client = setup.logged_in()
+            client.send(b"MAIL FROM:<b@example.org>\r\nRCPT TO:<c@example.net>\r\n")
+            answers = [client.getreply() for _ in range(2)]
+            body = b"Subject: bd\r\n\r\n.dot\r\n" + b"x" * 40_000 + b"\r\n"
+            client.send(b"BDAT 17\r\n" + body[:17] + b"BDAT %d LAST\r\n" % (len(body) - 17))
+            client.send(body[17:])
+            answers += [client.getreply() for _ in range(2)]
+            client.send(b"MAIL FROM:<b@example.org>\r\nRCPT TO:<c@example.net>\r\n")
+            answers += [client.getreply() for _ in range(2)]
+            client.send(b"BDAT 14\r\nSubject: hal\r\nRSET\r\nMAIL FROM:<b@example.org>\r\n")
+            answers += [client.getreply() for _ in range(3)]
+            client.close()
+            return answers
+
+        answers = await trio.to_thread.run_sync(session)
+        assert [code for code, _ in answers] == [250, 250, 250, 250, 250, 250, 250, 250, 421]
+        assert b"cut to abandon a message" in answers[-1][1]
+        body = b"Subject: bd\r\n\r\n.dot\r\n" + b"x" * 40_000 + b"\r\n"
+        assert setup.target.messages == [("b@example.org", ["c@example.net"], body)]
+        assert await setup.stored() == [body]
 
 
 async def test_wrong_password_unknown_mailbox_and_plain_logins(tmp_path: Path) -> None:

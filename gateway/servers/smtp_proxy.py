@@ -78,7 +78,7 @@ STORE_FAILED_AFTER: Final = Reply(
 )
 ARCHIVE_UNAVAILABLE: Final = Reply(451, "4.3.0", ("Archive mailbox unavailable, try again later",))
 TARGET_CUT: Final = Reply(
-    421, "4.4.2", ("Connection to the target was cut after an oversized message, closing",)
+    421, "4.4.2", ("Connection to the target was cut to abandon a message, closing",)
 )
 
 
@@ -334,10 +334,12 @@ class SMTPRelay:
     async def abort(self, reason: AbortReason) -> None:
         """The client's transaction ended without a message (RSET, EHLO, size limit, EOF)."""
         in_content = self._writer is not None or self._refusal is not None
+        data_upstream = in_content and self._stuffer is not None and self._refusal is None
         await self._drop_writer()
-        if reason is AbortReason.SIZE_LIMIT and in_content and not self._cut:
-            # Over the gateway's own limit mid-content: there is no way to abandon DATA but
-            # to cut the connection, so the target discards the partial message.
+        if in_content and not self._cut and (reason is AbortReason.SIZE_LIMIT or data_upstream):
+            # Over the gateway's own limit mid-content, or a BDAT transaction reset while
+            # it goes upstream as DATA: there is no way to abandon DATA but to cut the
+            # connection, so the target discards the partial message.
             await self._cut_upstream()
         elif reason is AbortReason.RESET and self._mail is not None and not self._cut:
             await self._reset()

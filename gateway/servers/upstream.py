@@ -7,6 +7,7 @@ crosses an unencrypted link (SPEC.md 15.1).
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -82,9 +83,12 @@ async def open_upstream(
     raise UpstreamError(f"connecting to {host} port {port} timed out")
 
 
+@functools.lru_cache(maxsize=8)
 def client_context(cafiles: tuple[str, ...] = (), *, verify: bool = True) -> ssl.SSLContext:
     """TLS toward upstream: the system trust store plus ``cafiles``, TLS 1.2 or later, the
-    host name checked; ``verify=False`` only for a configured per-target exception."""
+    host name checked; ``verify=False`` only for a configured per-target exception. Made once
+    per process and setting (loading the system store takes tens of milliseconds), then
+    shared by every connection."""
     context = ssl.create_default_context()
     for cafile in cafiles:
         context.load_verify_locations(cafile=cafile)
