@@ -69,7 +69,13 @@ async def proxy_setup(tmp_path: Path) -> AsyncIterator[Setup]:
     async with open_private_submission(
         tmp_path,
         users={"alice": PASSWORD},
-        settings={"message_size_limit": "1000000"},
+        settings={
+            "message_size_limit": "1000000",
+            # Postfix refuses DATA itself for this sender (after the gateway's own 354).
+            "smtpd_data_restrictions": (
+                "check_sender_access inline:{ refused@example.org=REJECT }"
+            ),
+        },
     ) as target:
         config = make_config(tmp_path / "data")
         settings = {"allow": ("127.0.0.0/8",), "ca_files": (str(target.ca_file),)}
@@ -94,9 +100,14 @@ async def proxy_setup(tmp_path: Path) -> AsyncIterator[Setup]:
 async def test_sent_mail_arrives_at_postfix_and_is_archived(tmp_path: Path, listener: str) -> None:
     async with proxy_setup(tmp_path) as setup:
 
-        def session() -> tuple[int, bytes]:
+        def session() -> tuple[tuple[int, bytes | str], tuple[int, bytes]]:
             client = setup.client(listener)
             client.login(setup.login(listener), PASSWORD)
+            try:  # Postfix refuses DATA: its reply comes after the content, then RSET
+                big = MESSAGES[0] + (b"z" * 78 + b"\r\n") * 600  # over one 32 KiB run
+                client.sendmail("refused@example.org", ["bob@example.net"], big)
+            except smtplib.SMTPDataError as exc:
+                data_refusal = (exc.smtp_code, exc.smtp_error)
             client.sendmail("alice@example.org", ["bob@example.net"], MESSAGES[0])
             client.sendmail(
                 "alice@example.org", ["bob@example.net", "carol@example.com"], MESSAGES[1]
@@ -107,9 +118,10 @@ async def test_sent_mail_arrives_at_postfix_and_is_archived(tmp_path: Path, list
             except smtplib.SMTPSenderRefused as exc:
                 refusal = (exc.smtp_code, exc.smtp_error)
             client.quit()
-            return refusal
+            return data_refusal, refusal
 
-        refusal = await trio.to_thread.run_sync(session)
+        data_refusal, refusal = await trio.to_thread.run_sync(session)
+        assert data_refusal[0] == 554 and b"Sender address rejected" in data_refusal[1]
         assert refusal == (552, b"5.3.4 Message size exceeds fixed limit")
         await trio.to_thread.run_sync(setup.target.wait_for_delivered, 4)
         deliveries = setup.target.deliveries()
