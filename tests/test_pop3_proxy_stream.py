@@ -1,5 +1,6 @@
 """The POP3 proxy streams a RETR response: the client gets the start of a message while the
-upstream still holds the rest back, and the copy is stored whole (SPEC.md 15.3).
+upstream still holds the rest back, and the copy is stored whole, keyed by its UIDL
+(SPEC.md 15.3).
 
 The upstream is a scripted POP3S server of the test's (trustme certificate) that sends the
 first half of a 400 KiB message, then waits until the test's client has read part of it.
@@ -13,10 +14,12 @@ from functools import partial
 from pathlib import Path
 
 import msgspec
+import pytest
 import trio
 import trustme
 
 from gateway.config import ProxyConfig
+from gateway.servers import pop3_proxy
 from gateway.servers.gateway import Gateway, Listening
 
 from .gateway_helpers import make_config, stored_bodies
@@ -27,7 +30,7 @@ HALF = len(MESSAGE) // 2
 
 
 async def scripted_upstream(
-    stream: trio.SocketStream, context: ssl.SSLContext, release: trio.Event
+    stream: trio.SocketStream, context: ssl.SSLContext, release: trio.Event, seen: list[bytes]
 ) -> None:
     io = trio.SSLStream(stream, context, server_side=True)
     await io.do_handshake()
@@ -40,9 +43,12 @@ async def scripted_upstream(
                 return
             buffer += data
         line, buffer = buffer.split(b"\r\n", 1)
+        seen.append(line)
         verb = line.split(b" ")[0].upper()
-        if verb == b"UIDL" and line.upper() == b"UIDL":
+        if line.upper() == b"UIDL":
             await io.send_all(b"+OK\r\n1 big-one\r\n.\r\n")
+        elif line.upper() == b"UIDL 1":
+            await io.send_all(b"+OK 1 big-one\r\n")
         elif verb == b"RETR":
             await io.send_all(b"+OK %d octets\r\n" % len(MESSAGE) + MESSAGE[:HALF])
             await release.wait()
@@ -55,9 +61,12 @@ async def scripted_upstream(
             await io.send_all(b"+OK\r\n")
 
 
+@pytest.mark.parametrize("listing_limit", [pop3_proxy.UIDL_LISTING_LIMIT, 4])
 async def test_retr_reaches_the_client_before_the_upstream_finished(
-    tmp_path: Path, nursery: trio.Nursery
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, listing_limit: int
 ) -> None:
+    monkeypatch.setattr(pop3_proxy, "UIDL_LISTING_LIMIT", listing_limit)
+    seen: list[bytes] = []
     ca = trustme.CA()
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
@@ -66,7 +75,7 @@ async def test_retr_reaches_the_client_before_the_upstream_finished(
     release = trio.Event()
     listeners = await nursery.start(
         partial(trio.serve_tcp, host="127.0.0.1"),
-        partial(scripted_upstream, context=upstream_context, release=release),
+        partial(scripted_upstream, context=upstream_context, release=release, seen=seen),
         0,
     )
     upstream_port = listeners[0].socket.getsockname()[1]
@@ -104,6 +113,12 @@ async def test_retr_reaches_the_client_before_the_upstream_finished(
         # The terminating dot came only after the copy was durable.
         key = await gateway.archive.unlock(info.mailbox_id, password)
         assert await stored_bodies(gateway.archive, info.mailbox_id, key) == [MESSAGE]
+        message_id = gateway.archive.messages(info.mailbox_id)[0].message_id
+        envelope = await gateway.archive.read_envelope(info.mailbox_id, message_id, key)
+        assert envelope.upstream_uidl == "big-one"
+        # The listing once; where it is over the limit, UIDL n for the message as well.
+        asked = [line for line in seen if line.startswith(b"UIDL")]
+        assert asked == ([b"UIDL"] if listing_limit > 4 else [b"UIDL", b"UIDL 1"])
         await client.send_all(b"QUIT\r\n")
         await client.aclose()
     gateway.request_shutdown()

@@ -59,6 +59,7 @@ logger = logging.getLogger("gateway.pop3")
 RELAYED = (Stat, List, Uidl, Retr, Top, Dele, Rset, Quit)
 DEFAULT_PORTS = {TLSMode.IMPLICIT: 995, TLSMode.STARTTLS: 110}
 RELAY_BATCH = 32 * 1024  # below intake's THREAD_THRESHOLD: sealed on the trio thread
+UIDL_LISTING_LIMIT = 8 * 1024 * 1024  # a larger listing (~200,000 messages) is not kept
 
 
 class ProxyRefused(Exception):
@@ -165,7 +166,8 @@ class POP3Relay:
     client_tls: str
     retrieved: int = 0
     stored: list[MessageRef] = field(default_factory=list)
-    _uidl_map: dict[int, str] | None = field(default=None, init=False)
+    _uidl_map: dict[int, str] | None = field(default=None, init=False)  # None: not asked yet
+    _uidl_each: bool = field(default=False, init=False)  # the listing was too large
 
     async def handle(self, event: Event) -> None:
         """Answer one client command with the upstream's answer. Raises UpstreamError,
@@ -207,7 +209,7 @@ class POP3Relay:
 
     async def _retrieve(self, msg: int) -> None:
         up = self.upstream
-        uidl = (await self._uidls()).get(msg, "")
+        uidl = await self._uidl(msg)
         key = source_key(self.login, uidl) if uidl else ""
         mailbox_id = self.login.mailbox_id
         reply, body = await up.multiline("RETR", str(msg))
@@ -239,15 +241,31 @@ class POP3Relay:
                 await writer.abort()
         await self.send(out + self.conn.send_stream_end())
 
-    async def _uidls(self) -> dict[int, str]:
-        """The upstream's unique-id listing, asked for once per session at the first RETR
-        (message numbers and UIDLs do not change within a session, RFC 1939 §7); empty if
-        the upstream has no UIDL (then nothing is recognised as stored before)."""
+    async def _uidl(self, msg: int) -> str:
+        """The upstream's unique id of message ``msg``, "" if it has none (then nothing is
+        recognised as stored before). From the UIDL listing, asked for once per session at
+        the first RETR (numbers and UIDLs do not change within a session, RFC 1939 §7); with
+        ``UIDL n`` per message where the listing is too large to keep."""
         if self._uidl_map is None:
-            reply, body = await self.upstream.multiline("UIDL")
-            listing = b"".join([piece async for piece in body])
-            self._uidl_map = parse_uidl_listing(listing) if reply.ok else {}
-        return self._uidl_map
+            self._uidl_map = await self._uidl_listing()
+        if not self._uidl_each:
+            return self._uidl_map.get(msg, "")
+        reply = await self.upstream.command("UIDL", str(msg))
+        fields = reply.text.split()
+        return fields[1] if reply.ok and len(fields) == 2 else ""
+
+    async def _uidl_listing(self) -> dict[int, str]:
+        reply, body = await self.upstream.multiline("UIDL")
+        pieces: list[bytes] = []
+        size = 0
+        async for piece in body:  # read to its end whatever its size
+            size += len(piece)
+            if size <= UIDL_LISTING_LIMIT:
+                pieces.append(piece)
+        self._uidl_each = size > UIDL_LISTING_LIMIT
+        if self._uidl_each or not reply.ok:
+            return {}
+        return parse_uidl_listing(b"".join(pieces))
 
     def _envelope(self, uidl: str) -> Envelope:
         return Envelope(
