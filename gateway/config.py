@@ -116,6 +116,9 @@ class ProxyConfig(_Section, frozen=True, kw_only=True):
     insecure_targets: tuple[str, ...] = ()  # host names whose certificate is NOT checked
     connect_timeout: float = 30.0
     upstream_timeout: float = 120.0  # one upstream reply or read
+    # The SMTP target's reply to the end of a message: RFC 5321 §4.5.3.2.6 asks for 10
+    # minutes (a client that gives up sooner causes duplicate deliveries).
+    final_reply_timeout: float = 600.0
 
 
 class AdminConfig(_Section, frozen=True, kw_only=True):

@@ -60,7 +60,8 @@ class Target:
     logins: list[tuple[str, str]] = field(default_factory=list)
     plain: bytearray = field(default_factory=bytearray)  # every byte received in the clear
     sessions: int = 0
-    chunking: bool = True  # False: CHUNKING left out of the EHLO reply
+    rewrite: dict[bytes, bytes] = field(default_factory=dict)  # edits to what it sends
+    final_delay: float = 0.0  # seconds before its reply to the end of a message
 
 
 async def serve_target(
@@ -86,8 +87,8 @@ async def serve_target(
     while True:
         event = conn.next_event()
         if out := conn.data_to_send():
-            if not target.chunking:
-                out = out.replace(b"250-CHUNKING\r\n", b"")
+            for old, new in target.rewrite.items():
+                out = out.replace(old, new)
             await io.send_all(out)
         reply: Reply | None = None
         match event:
@@ -120,6 +121,7 @@ async def serve_target(
             case BodyData(data=data):
                 content += data
             case MessageComplete():
+                await trio.sleep(target.final_delay)
                 if b"REJECT" in content:
                     reply = Reply(554, "5.7.1", ("target rejects this content",))
                 else:
@@ -315,7 +317,7 @@ async def test_bdat_to_a_target_without_chunking(tmp_path: Path) -> None:
     """BDAT goes upstream as DATA; a BDAT transaction reset half way cuts the upstream
     connection rather than let the partial message end as a whole one."""
     async with proxy_setup(tmp_path) as setup:
-        setup.target.chunking = False
+        setup.target.rewrite = {b"250-CHUNKING\r\n": b""}
 
         def session() -> list[tuple[int, bytes]]:
             client = setup.logged_in()
@@ -405,6 +407,65 @@ async def test_target_failures(tmp_path: Path) -> None:
         )
         assert code == 554 and b"not trusted" in text
         assert setup.target.sessions == 0
+
+
+async def test_the_reply_to_the_end_of_a_message_is_waited_for(tmp_path: Path) -> None:
+    """RFC 5321 §4.5.3.2.6: the target's verdict on a message is waited for longer than any
+    other reply (proxy.final_reply_timeout); if it never comes, the message may have been
+    delivered without a copy, and the session's audit record counts it as unrecorded."""
+    proxy = {"upstream_timeout": 0.3, "final_reply_timeout": 1.5}
+    async with proxy_setup(tmp_path, **proxy) as setup:
+        setup.target.final_delay = 0.8  # longer than upstream_timeout
+
+        def slow() -> None:
+            client = setup.logged_in()
+            client.sendmail("a@example.org", ["b@example.net"], message("slow"))
+            client.quit()
+
+        await trio.to_thread.run_sync(slow)
+        assert await setup.stored() == [message("slow")]
+        setup.target.final_delay = 3.0  # longer than final_reply_timeout
+
+        def silent() -> tuple[int, bytes]:
+            client = setup.logged_in()
+            try:
+                client.sendmail("a@example.org", ["b@example.net"], message("silent"))
+            except smtplib.SMTPServerDisconnected:
+                return -1, b""
+            except smtplib.SMTPDataError as exc:
+                return exc.smtp_code, exc.smtp_error
+            finally:
+                client.close()
+            return 250, b""
+
+        assert await trio.to_thread.run_sync(silent) == (
+            421,
+            b"4.4.2 Connection to the target lost, closing connection",
+        )
+        ended = await setup.session_ended(2)
+        assert [(e["relayed"], e["unrecorded"]) for e in ended] == [(1, 0), (0, 1)]
+        assert ended[1]["outcome"] == "upstream-error"
+        assert await setup.stored() == [message("slow")]
+
+
+async def test_target_with_no_usable_auth_mechanism(tmp_path: Path) -> None:
+    async with proxy_setup(tmp_path) as setup:
+        setup.target.rewrite = {b"AUTH PLAIN LOGIN\r\n": b"AUTH CRAM-MD5\r\n"}
+
+        def attempt() -> tuple[int, bytes]:
+            client = setup.client()
+            try:
+                client.login(setup.login(), PASSWORD)
+            except smtplib.SMTPAuthenticationError as exc:
+                error = exc.smtp_error
+                return exc.smtp_code, error if isinstance(error, bytes) else error.encode()
+            finally:
+                client.close()
+            return 235, b""
+
+        code, text = await trio.to_thread.run_sync(attempt)
+        assert code == 554 and b"neither AUTH PLAIN nor AUTH LOGIN" in text  # permanent
+        assert setup.target.logins == []
 
 
 async def test_target_without_starttls_never_gets_the_password(

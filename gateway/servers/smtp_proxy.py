@@ -111,6 +111,7 @@ async def open_relay(
             context,
             implicit_tls=implicit,
             io_timeout=config.proxy.upstream_timeout,
+            final_timeout=config.proxy.final_reply_timeout,
             helo=config.hostname,
         )
 
@@ -133,8 +134,12 @@ async def open_relay(
         reply = await upstream.authenticate(login.remote_user, password)
     except UpstreamError as exc:
         await upstream.aclose()
-        reply = Reply(454, "4.7.0", (safe_text(f"Upstream: {exc}"),))
+        text = (safe_text(f"Upstream: {exc}"),)
+        reply = Reply(454, "4.7.0", text) if exc.temporary else Reply(554, "5.7.0", text)
         raise ProxyRefused(reply, str(exc), credentials=False) from None
+    except BaseException:
+        await upstream.aclose()
+        raise
     if reply.code != 235:
         await upstream.quit()
         if not 400 <= reply.code <= 599:
@@ -275,13 +280,13 @@ class SMTPRelay:
         self._held, self._held_size = [], 0
         up = self.upstream
         if self._stuffer is None:
-            return await up.command(format_bdat(len(data), last=last) + data)
+            wire = format_bdat(len(data), last=last) + data
+            return await (up.end_content(wire) if last else up.command(wire))
         wire = self._stuffer.feed(data)
         if not last:
             await up.send(wire)
             return None
-        await up.send(wire + self._stuffer.end())
-        return await up.reply()
+        return await up.end_content(wire + self._stuffer.end())
 
     async def complete(self) -> Reply:
         """The client ended the content: the upstream's verdict, after the copy is durable."""
@@ -289,7 +294,7 @@ class SMTPRelay:
             return await self._complete()
         finally:
             await self._drop_writer()
-            self._mail, self._recipients = None, []
+            self._mail, self._recipients, self._stuffer = None, [], None
 
     async def _complete(self) -> Reply:
         if self._refusal is not None:
@@ -307,7 +312,13 @@ class SMTPRelay:
             await self._cut_upstream()
             self.refused += 1
             return STORE_FAILED_CUT
-        reply = await self._forward(last=True)
+        try:
+            reply = await self._forward(last=True)
+        except BaseException as exc:
+            # Timeout, lost connection or shutdown after the end of the content may have
+            # reached the target: it may deliver what has no copy.
+            self._unrecorded(f"no verdict from the target: {exc!r}", "")
+            raise
         assert reply is not None
         if not reply.is_success:
             self.refused += 1
@@ -316,33 +327,41 @@ class SMTPRelay:
         self.relayed += 1
         size = writer.size
         try:
-            ids = await writer.commit(self._envelope(reply))
+            # Accepted upstream: the copy is made even if the session is being cancelled.
+            with trio.CancelScope(shield=True):
+                ids = await writer.commit(self._envelope(reply))
         except (ArchiveError, LogWriteError) as exc:
-            self.unrecorded += 1
-            logger.error(
-                "event=smtp-proxy-unrecorded target=%s reason=%r upstream=%r",
-                self.target,
-                str(exc),
-                reply.text[:200],
-            )
+            self._unrecorded(str(exc), reply.text)
             return STORE_FAILED_AFTER
         finally:
             self._writer = None
         self.stored.append(MessageRef(ids[self.login.mailbox_id], size))
         return reply
 
+    def _unrecorded(self, reason: str, upstream_text: str) -> None:
+        """A message the target accepted, or may have, without an archive copy."""
+        self.unrecorded += 1
+        logger.error(
+            "event=smtp-proxy-unrecorded target=%s reason=%r upstream=%r",
+            self.target,
+            reason,
+            upstream_text[:200],
+        )
+
     async def abort(self, reason: AbortReason) -> None:
         """The client's transaction ended without a message (RSET, EHLO, size limit, EOF)."""
         in_content = self._writer is not None or self._refusal is not None
-        data_upstream = in_content and self._stuffer is not None and self._refusal is None
+        data_open = in_content and self._stuffer is not None and self._refusal is None
         await self._drop_writer()
-        if in_content and not self._cut and (reason is AbortReason.SIZE_LIMIT or data_upstream):
+        if self._cut:
+            pass
+        elif data_open and reason is not AbortReason.CLOSED:
             # Over the gateway's own limit mid-content, or a BDAT transaction reset while
             # it goes upstream as DATA: there is no way to abandon DATA but to cut the
             # connection, so the target discards the partial message.
             await self._cut_upstream()
-        elif reason is AbortReason.RESET and self._mail is not None and not self._cut:
-            await self._reset()
+        elif reason in (AbortReason.RESET, AbortReason.SIZE_LIMIT) and self._mail is not None:
+            await self._reset()  # BDAT chunks (RFC 3030 allows RSET) or no content upstream
         self._mail, self._recipients, self._refusal = None, [], None
 
     async def _reset(self) -> None:

@@ -130,7 +130,7 @@ class _Upstream:
         self.stream = ssl_stream
         self.tls = f"{ssl_stream.version()} {(ssl_stream.cipher() or ('',))[0]}".strip()
 
-    async def _event(self) -> object:
+    async def _event(self, read_timeout: float | None = None) -> object:
         reader = self._reader()
         while True:
             try:
@@ -140,7 +140,7 @@ class _Upstream:
             if event is not NEED_DATA and event is not smtp.NEED_DATA:
                 return event
             try:
-                with trio.fail_after(self.timeout):
+                with trio.fail_after(read_timeout or self.timeout):
                     data = await self.stream.receive_some(RECEIVE_SIZE)
             except trio.TooSlowError:
                 raise UpstreamError(f"{self.server_name} did not answer in time") from None
@@ -279,6 +279,7 @@ class SMTPUpstream(_Upstream):
 
     reader: smtp.ReplyReader = field(default_factory=smtp.ReplyReader)
     extensions: dict[str, str] = field(default_factory=dict)  # EHLO keyword -> parameters
+    final_timeout: float = 600.0  # for the reply to the end of a message
 
     def _reader(self) -> _Reader:
         return self.reader
@@ -292,11 +293,12 @@ class SMTPUpstream(_Upstream):
         *,
         implicit_tls: bool,
         io_timeout: float,
+        final_timeout: float,
         helo: str,
     ) -> SMTPUpstream:
         """TLS (implicit, or STARTTLS: refused if not offered) and EHLO. Raises
         UpstreamError; on error the connection is closed."""
-        session = cls(tcp, server_name, io_timeout)
+        session = cls(tcp, server_name, io_timeout, final_timeout=final_timeout)
         try:
             await session._open(context, implicit_tls, helo)
         except BaseException:
@@ -344,8 +346,8 @@ class SMTPUpstream(_Upstream):
     def offers(self, keyword: str) -> bool:
         return keyword in self.extensions
 
-    async def reply(self) -> smtp.Reply:
-        event = await self._event()
+    async def reply(self, read_timeout: float | None = None) -> smtp.Reply:
+        event = await self._event(read_timeout)
         if not isinstance(event, smtp.Reply):
             raise UpstreamError(f"{self.server_name} closed the connection")
         return event
@@ -358,6 +360,12 @@ class SMTPUpstream(_Upstream):
     async def send(self, data: bytes) -> None:
         """Message content, already in its wire form."""
         await self._send(data)
+
+    async def end_content(self, data: bytes) -> smtp.Reply:
+        """The last of a message in its wire form (ending with "." CRLF, or a BDAT LAST
+        chunk) and the target's verdict, waited for up to ``final_timeout``."""
+        await self._send(data)
+        return await self.reply(self.final_timeout)
 
     async def authenticate(self, username: str, password: str) -> smtp.Reply:
         """AUTH PLAIN, or LOGIN where the server offers only that (RFC 4954); the server's
