@@ -413,8 +413,7 @@ async def test_the_reply_to_the_end_of_a_message_is_waited_for(tmp_path: Path) -
     """RFC 5321 §4.5.3.2.6: the target's verdict on a message is waited for longer than any
     other reply (proxy.final_reply_timeout); if it never comes, the message may have been
     delivered without a copy, and the session's audit record counts it as unrecorded."""
-    proxy = {"upstream_timeout": 0.3, "final_reply_timeout": 1.5}
-    async with proxy_setup(tmp_path, **proxy) as setup:
+    async with proxy_setup(tmp_path, upstream_timeout=0.3, final_reply_timeout=1.5) as setup:
         setup.target.final_delay = 0.8  # longer than upstream_timeout
 
         def slow() -> None:
@@ -433,7 +432,8 @@ async def test_the_reply_to_the_end_of_a_message_is_waited_for(tmp_path: Path) -
             except smtplib.SMTPServerDisconnected:
                 return -1, b""
             except smtplib.SMTPDataError as exc:
-                return exc.smtp_code, exc.smtp_error
+                error = exc.smtp_error
+                return exc.smtp_code, error if isinstance(error, bytes) else error.encode()
             finally:
                 client.close()
             return 250, b""
