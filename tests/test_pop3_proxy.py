@@ -3,7 +3,9 @@ and Debian's fetchmail as clients (SPEC.md 15.3)."""
 
 from __future__ import annotations
 
+import base64
 import poplib
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +34,9 @@ MESSAGES = [
 ]
 
 
+LONG_PASSWORD = "long, with spaces " * 16  # too long for a PASS line (255 octets)
+
+
 @dataclass
 class Setup:
     gateway: Gateway
@@ -57,7 +62,8 @@ class Setup:
 
 @asynccontextmanager
 async def proxy_setup(tmp_path: Path, **proxy: object) -> AsyncIterator[Setup]:
-    async with open_private_dovecot(tmp_path, users={"alice": "upstream pass 1"}) as dovecot:
+    users = {"alice": "upstream pass 1", "carol": LONG_PASSWORD}
+    async with open_private_dovecot(tmp_path, users=users) as dovecot:
         for message in MESSAGES:
             dovecot.deliver("alice", message)
         config = make_config(tmp_path / "data")
@@ -161,6 +167,62 @@ async def test_refusals(tmp_path: Path) -> None:
         assert "[SYS/TEMP] upstream: cannot connect" in await trio.to_thread.run_sync(
             attempt, closed, "upstream pass 1"
         )
+        assert setup.archive.messages(setup.mailbox_id) == []
+
+
+async def test_a_password_too_long_for_pass_goes_upstream_by_sasl(tmp_path: Path) -> None:
+    """The client logs in with AUTH PLAIN (its credentials do not fit USER/PASS lines); the
+    proxy logs in upstream with AUTH PLAIN too, the response after Dovecot's "+" since it
+    does not fit the command line either (RFC 5034 §4)."""
+    async with proxy_setup(tmp_path) as setup:
+
+        def session() -> list[bytes]:  # poplib has no AUTH: by hand
+            login = setup.login("carol")
+            response = base64.b64encode(f"\0{login}\0{LONG_PASSWORD}".encode())
+            context = ssl.create_default_context(cafile=setup.cafile)
+            with (
+                socket.create_connection(("localhost", setup.ports["pop3s"]), 30) as raw,
+                context.wrap_socket(raw, server_hostname="localhost") as tls,
+                tls.makefile("rb") as replies,
+            ):
+                answers = [replies.readline()]
+                for line in (b"AUTH PLAIN", response, b"STAT", b"QUIT"):
+                    tls.sendall(line + b"\r\n")
+                    answers.append(replies.readline())
+            return answers
+
+        _greeting, challenge, reply, stat, _bye = await trio.to_thread.run_sync(session)
+        assert challenge == b"+ \r\n"
+        assert reply.startswith(b"+OK logged in to"), reply
+        assert stat == b"+OK 0 0\r\n"
+
+
+async def test_a_mailbox_suspended_since_login_refuses_retr(tmp_path: Path) -> None:
+    """RETR is refused before it goes upstream; the session goes on, nothing is deleted."""
+    async with proxy_setup(tmp_path) as setup:
+
+        def login() -> poplib.POP3:
+            client = setup.client()
+            client.user(setup.login())
+            client.pass_("upstream pass 1")
+            return client
+
+        client = await trio.to_thread.run_sync(login)
+        await setup.archive.update_mailbox(setup.mailbox_id, status=MailboxStatus.SUSPENDED)
+
+        def retrieve() -> tuple[str, tuple[int, int]]:
+            try:
+                client.retr(1)
+            except poplib.error_proto as exc:
+                refusal = str(exc)
+            stat = client.stat()
+            client.dele(1)
+            client.quit()
+            return refusal, stat
+
+        refusal, stat = await trio.to_thread.run_sync(retrieve)
+        assert "[SYS/TEMP] archive mailbox unavailable" in refusal
+        assert stat[0] == len(MESSAGES)
         assert setup.archive.messages(setup.mailbox_id) == []
 
 

@@ -57,7 +57,7 @@ async def scripted_upstream(
             await io.send_all(b"+OK bye\r\n")
             await io.aclose()
             return
-        else:  # USER, PASS
+        else:  # USER, PASS, NOOP
             await io.send_all(b"+OK\r\n")
 
 
@@ -94,9 +94,9 @@ async def test_retr_reaches_the_client_before_the_upstream_finished(
         tcp = await trio.open_tcp_stream("localhost", port)
         client = trio.SSLStream(tcp, client_context, server_hostname="localhost")
         login = f"alice%127.0.0.1:{upstream_port}%{info.mailbox_id}"
-        await client.send_all(f"USER {login}\r\nPASS secret\r\n".encode())
+        await client.send_all(f"USER {login}\r\nPASS secret\r\nNOOP\r\n".encode())
         received = b""
-        while received.count(b"\r\n") < 3:
+        while received.count(b"\r\n") < 4:
             received += await client.receive_some(65536)
         assert received.startswith(b"+OK") and b"-ERR" not in received, received
         await client.send_all(b"RETR 1\r\n")
@@ -117,6 +117,7 @@ async def test_retr_reaches_the_client_before_the_upstream_finished(
         envelope = await gateway.archive.read_envelope(info.mailbox_id, message_id, key)
         assert envelope.upstream_uidl == "big-one"
         # The listing once; where it is over the limit, UIDL n for the message as well.
+        assert b"NOOP" in seen  # relayed: it keeps the upstream session alive
         asked = [line for line in seen if line.startswith(b"UIDL")]
         assert asked == ([b"UIDL"] if listing_limit > 4 else [b"UIDL", b"UIDL 1"])
         await client.send_all(b"QUIT\r\n")

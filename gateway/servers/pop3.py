@@ -44,6 +44,7 @@ from ..protocols.pop3 import (
     Event,
     List,
     Login,
+    Noop,
     POP3Settings,
     Quit,
     Reply,
@@ -226,6 +227,8 @@ class _Session:
                         self.deleted.add(msg)
                         found = Reply(True, f"message {msg} deleted")
                     await self._send(conn.send(found))
+                case Noop():
+                    await self._send(conn.send(Reply(True)))
                 case Rset():
                     self.deleted.clear()
                     count, size = self._totals()
@@ -346,6 +349,7 @@ class _Session:
                 await trio.sleep_until(arrived + self.config.pop3.failure_delay)
             return exc.reply
         server.by_address.succeeded(self.peer)
+        server.by_username.succeeded(key)
         self.proxy, self.mailbox_id = proxy, proxy.mailbox_id
         self.relay = POP3Relay(
             self.conn, self._send, upstream, self.archive, proxy, self.peer, self.tls

@@ -37,6 +37,7 @@ from ..protocols.pop3 import (
     Dele,
     Event,
     List,
+    Noop,
     Quit,
     Reply,
     Retr,
@@ -56,7 +57,8 @@ __all__ = ["RELAYED", "POP3Relay", "ProxyRefused", "StoreFailed", "open_relay"]
 
 logger = logging.getLogger("gateway.pop3")
 
-RELAYED = (Stat, List, Uidl, Retr, Top, Dele, Rset, Quit)
+RELAYED = (Stat, List, Uidl, Retr, Top, Dele, Rset, Noop, Quit)
+ARCHIVE_UNAVAILABLE = Reply(False, "archive mailbox unavailable, message not retrieved", "SYS/TEMP")
 DEFAULT_PORTS = {TLSMode.IMPLICIT: 995, TLSMode.STARTTLS: 110}
 RELAY_BATCH = 32 * 1024  # below intake's THREAD_THRESHOLD: sealed on the trio thread
 UIDL_LISTING_LIMIT = 8 * 1024 * 1024  # a larger listing (~200,000 messages) is not kept
@@ -147,7 +149,11 @@ async def open_relay(
     except UpstreamError as exc:
         await upstream.aclose()
         text = safe_text(f"upstream: {exc}")
-        raise ProxyRefused(Reply(False, text, "SYS/TEMP"), str(exc)) from None
+        code = "SYS/TEMP" if exc.temporary else "SYS/PERM"
+        raise ProxyRefused(Reply(False, text, code), str(exc)) from None
+    except BaseException:
+        await upstream.aclose()
+        raise
     if not reply.ok:
         await upstream.aclose()
         text = safe_text(f"upstream login failed: {reply.text}")
@@ -190,6 +196,8 @@ class POP3Relay:
                 await self.send(conn.send(await up.command("DELE", str(msg))))
             case Rset():
                 await self.send(conn.send(await up.command("RSET")))
+            case Noop():
+                await self.send(conn.send(await up.command("NOOP")))
             case Retr(msg=msg):
                 await self._retrieve(msg)
             case Quit():
@@ -212,18 +220,20 @@ class POP3Relay:
         uidl = await self._uidl(msg)
         key = source_key(self.login, uidl) if uidl else ""
         mailbox_id = self.login.mailbox_id
-        reply, body = await up.multiline("RETR", str(msg))
-        if not reply.ok:
-            await self.send(self.conn.send(reply))
-            return
-        self.retrieved += 1
         writer: MessageWriter | None = None
         if not (key and self.archive.has_source(mailbox_id, key)):
-            try:
+            try:  # before RETR goes upstream: a mailbox that cannot take it is refused
                 writer = self.archive.begin_message([mailbox_id], key)
             except ArchiveError as exc:
-                raise StoreFailed(str(exc)) from None
+                logger.warning("event=pop3-proxy-archive-unavailable reason=%r", str(exc))
+                await self.send(self.conn.send(ARCHIVE_UNAVAILABLE))
+                return
         try:
+            reply, body = await up.multiline("RETR", str(msg))
+            if not reply.ok:
+                await self.send(self.conn.send(reply))
+                return
+            self.retrieved += 1
             out = self.conn.send_stream_start(reply)
             async for data in batched(body):
                 if writer is not None:

@@ -18,6 +18,7 @@ import trio
 from ..protocols import smtp
 from ..protocols._sasl import encode, plain_response
 from ..protocols.pop3 import (
+    COMMAND_LINE_LIMIT,
     NEED_DATA,
     BodyData,
     BodyEnd,
@@ -247,23 +248,40 @@ class POP3Upstream(_Upstream):
         text = b"".join([piece async for piece in body]).decode("utf-8", "replace")
         if reply.ok:
             for line in text.splitlines():
-                name, *params = line.split()
-                capabilities[name.upper()] = params
+                if words := line.split():
+                    capabilities[words[0].upper()] = words[1:]
         return capabilities
 
     async def login(self, username: str, password: str) -> Reply:
-        """USER/PASS, or AUTH PLAIN where the server offers only SASL. Only ever called on a
-        TLS session (``start`` saw to it)."""
+        """USER/PASS, or AUTH PLAIN where the server refuses USER or the credentials do not
+        fit USER and PASS lines (a space in the username, a line break, over 255 octets).
+        Only ever called on a TLS session (``start`` saw to it)."""
         if not self.tls:
             raise UpstreamError("refusing to send credentials without TLS", temporary=False)
-        reply = await self.command("USER", username)
-        if reply.ok:
-            return await self.command("PASS", password)
-        response = plain_response(username, password)
+        try:
+            lines = format_command("USER", username), format_command("PASS", password)
+        except ValueError:  # SASL carries them whatever they hold
+            return await self._auth_plain(plain_response(username, password))
         self.reader.expect()
-        await self._send(format_command("AUTH", "PLAIN", response))
+        await self._send(lines[0])
+        if not (await self._reply()).ok:
+            return await self._auth_plain(plain_response(username, password))
+        self.reader.expect()
+        await self._send(lines[1])
+        return await self._reply()
+
+    async def _auth_plain(self, response: str) -> Reply:
+        """AUTH PLAIN with the response on the command line where it fits in 255 octets,
+        else after the server's "+" (RFC 5034 §4)."""
+        self.reader.expect()
+        line = f"AUTH PLAIN {response}\r\n".encode()
+        initial = len(line) <= COMMAND_LINE_LIMIT
+        await self._send(line if initial else b"AUTH PLAIN\r\n")
         event = await self._event()
-        if isinstance(event, Continuation):
+        if isinstance(event, Continuation) and not initial:
+            await self._send(response.encode() + b"\r\n")
+            event = await self._event()
+        if isinstance(event, Continuation):  # a challenge where none belongs: cancel
             await self._send(b"*\r\n")
             return await self._reply()
         if isinstance(event, Reply):

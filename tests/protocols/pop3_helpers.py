@@ -19,6 +19,7 @@ from gateway.protocols.pop3 import (
     Event,
     List,
     Login,
+    Noop,
     POP3Settings,
     Quit,
     Reply,
@@ -81,7 +82,7 @@ def mailbox_policy(event: Event) -> Answer:
             lines = body.split(b"\r\n")[: event.lines]
             content = head + b"\r\n\r\n" + b"".join(line + b"\r\n" for line in lines)
         return Answer(Reply(True, "message follows"), body=content)
-    if isinstance(event, Dele | Rset | Quit):
+    if isinstance(event, Dele | Rset | Noop | Quit):
         return Answer(Reply(True))
     raise AssertionError(event)
 

@@ -13,6 +13,7 @@ from gateway.protocols.pop3 import (
     List,
     LocalProtocolError,
     Login,
+    Noop,
     Quit,
     Reply,
     Retr,
@@ -57,6 +58,7 @@ def test_stls_then_user_pass_full_session() -> None:
         Dele(1),
         Rset(),
         Dele(2),
+        Noop(),
         Quit(),
         ConnectionClosed(CloseReason.QUIT, Reply(True)),
     ]
@@ -133,7 +135,7 @@ def test_pipelined_replies_in_order_and_machine_answers() -> None:
         ],
         TLS_ON,
     )
-    assert t.kinds() == ["Login", "Stat", "Retr", "Quit", "ConnectionClosed"]
+    assert t.kinds() == ["Login", "Noop", "Stat", "Retr", "Quit", "ConnectionClosed"]
     assert bytes(t.output) == GREETING + (
         b"+OK send PASS\r\n+OK logged in\r\n+OK\r\n+OK 2 73\r\n-ERR unknown command\r\n"
         b"-ERR invalid message number\r\n-ERR no such message\r\n"

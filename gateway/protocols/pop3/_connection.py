@@ -5,7 +5,7 @@ Theory of operation
 The driver writes ``greeting()``, then loops: ``receive_data(bytes)`` when the machine needs
 data (``b""`` at EOF), ``next_event()``, and after every call it writes ``data_to_send()``.
 The machine answers by itself everything that needs no mailbox: syntax errors, unknown and
-out-of-state commands, CAPA, NOOP, USER, QUIT in AUTHORIZATION, STLS, AUTH's ``+`` challenge,
+out-of-state commands, CAPA, USER, QUIT in AUTHORIZATION, STLS, AUTH's ``+`` challenge,
 and credentials in the clear. Decisions come out as events and PAUSE the machine until the
 driver answers with ``send(reply)`` or, for a multi-line +OK (RETR, TOP, LIST and UIDL
 without argument), ``send_lines``/``send_multiline``/``send_stream_start`` ...
@@ -43,6 +43,7 @@ from ._events import (
     Event,
     List,
     Login,
+    Noop,
     POP3Settings,
     Quit,
     Reply,
@@ -355,7 +356,7 @@ class ServerConnection:
         self._outgoing += format_reply(R.CAPA_OK) + format_lines(caps)
 
     def _do_noop(self, args: list[bytes]) -> None:
-        self._reply(R.OK)
+        self._decide(Noop())
 
     def _do_quit(self, args: list[bytes]) -> None:
         if self._state is State.AUTHORIZATION:

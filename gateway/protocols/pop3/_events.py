@@ -37,6 +37,7 @@ __all__ = [
     "Event",
     "List",
     "Login",
+    "Noop",
     "POP3Settings",
     "Quit",
     "Reply",
@@ -188,6 +189,12 @@ class Dele(Event):
 @dataclass(frozen=True, slots=True)
 class Rset(Event):
     """Decision: RSET: unmark every deleted message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Noop(Event):
+    """Decision: NOOP in TRANSACTION: answer +OK (a proxy relays it, keeping the upstream
+    session from timing out)."""
 
 
 @dataclass(frozen=True, slots=True)

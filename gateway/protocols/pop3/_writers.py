@@ -40,7 +40,7 @@ def format_command(verb: str, *args: str) -> bytes:
         raise ValueError(f"{verb!r} is not a POP3 keyword")
     for arg in args:
         if not arg or any(c in arg for c in "\r\n\0") or (" " in arg and verb.upper() != "PASS"):
-            raise ValueError(f"bad argument {arg!r}")
+            raise ValueError(f"bad argument to {verb.upper()}")  # never the value: a password
     line = " ".join((verb.upper(), *args)).encode() + b"\r\n"
     if len(line) > COMMAND_LINE_LIMIT:
         raise ValueError(f"command line of {len(line)} octets > {COMMAND_LINE_LIMIT}")
