@@ -156,6 +156,22 @@ class Setup:
         client.starttls(context=context)
         return client
 
+    def try_login(
+        self, user: str, password: str = PASSWORD, listener: str = "smtps"
+    ) -> tuple[int, bytes]:
+        """(235, b"") or the refusal's code and text; blocking (call from a thread)."""
+        client = self.client(listener)
+        try:
+            client.login(user, password)
+        except smtplib.SMTPException as exc:
+            error = getattr(exc, "smtp_error", str(exc))
+            return getattr(exc, "smtp_code", -1), error if isinstance(
+                error, bytes
+            ) else error.encode()
+        finally:
+            client.close()
+        return 235, b""
+
     def logged_in(self, listener: str = "smtps") -> smtplib.SMTP:
         client = self.client(listener)
         client.login(self.login(listener), PASSWORD)
@@ -344,20 +360,7 @@ async def test_bdat_to_a_target_without_chunking(tmp_path: Path) -> None:
 
 async def test_wrong_password_unknown_mailbox_and_plain_logins(tmp_path: Path) -> None:
     async with proxy_setup(tmp_path) as setup:
-
-        def attempt(user: str, password: str) -> tuple[int, bytes]:
-            client = setup.client()
-            try:
-                client.login(user, password)
-            except smtplib.SMTPAuthenticationError as exc:
-                error = exc.smtp_error
-                return exc.smtp_code, error if isinstance(error, bytes) else error.encode()
-            except smtplib.SMTPException as exc:
-                return -1, str(exc).encode()
-            finally:
-                client.close()
-            return 235, b""
-
+        attempt = setup.try_login
         wrong = await trio.to_thread.run_sync(attempt, setup.login(), "wrong")
         assert wrong == (535, b"5.7.8 target says no")  # the target's own refusal
         unknown = setup.login().rsplit("%", 1)[0] + "%" + "f" * 32
@@ -381,17 +384,7 @@ async def test_wrong_password_unknown_mailbox_and_plain_logins(tmp_path: Path) -
 
 async def test_target_failures(tmp_path: Path) -> None:
     async with proxy_setup(tmp_path) as setup:
-
-        def attempt(user: str) -> tuple[int, bytes]:
-            client = setup.client()
-            try:
-                client.login(user, PASSWORD)
-            except smtplib.SMTPException as exc:
-                return getattr(exc, "smtp_code", -1), getattr(exc, "smtp_error", b"")
-            finally:
-                client.close()
-            return 235, b""
-
+        attempt = setup.try_login
         denied = await trio.to_thread.run_sync(attempt, f"alice%10.1.2.3%{setup.mailbox_id}")
         assert denied == (550, b"5.7.1 Proxy target not allowed")
         with trio.socket.socket() as probe:  # a port nobody listens on
@@ -452,18 +445,7 @@ async def test_target_with_no_usable_auth_mechanism(tmp_path: Path) -> None:
     async with proxy_setup(tmp_path) as setup:
         setup.target.rewrite = {b"AUTH PLAIN LOGIN\r\n": b"AUTH CRAM-MD5\r\n"}
 
-        def attempt() -> tuple[int, bytes]:
-            client = setup.client()
-            try:
-                client.login(setup.login(), PASSWORD)
-            except smtplib.SMTPAuthenticationError as exc:
-                error = exc.smtp_error
-                return exc.smtp_code, error if isinstance(error, bytes) else error.encode()
-            finally:
-                client.close()
-            return 235, b""
-
-        code, text = await trio.to_thread.run_sync(attempt)
+        code, text = await trio.to_thread.run_sync(setup.try_login, setup.login())
         assert code == 554 and b"neither AUTH PLAIN nor AUTH LOGIN" in text  # permanent
         assert setup.target.logins == []
 
@@ -485,19 +467,8 @@ async def test_target_without_starttls_never_gets_the_password(
     listeners = await nursery.start(partial(trio.serve_tcp, fake, 0, host="127.0.0.1"))
     port = listeners[0].socket.getsockname()[1]
     async with proxy_setup(tmp_path) as setup:
-
-        def attempt() -> tuple[int, bytes]:
-            client = setup.client("smtp")
-            try:
-                client.login(f"alice%127.0.0.1:{port}%{setup.mailbox_id}", PASSWORD)
-            except smtplib.SMTPAuthenticationError as exc:
-                error = exc.smtp_error
-                return exc.smtp_code, error if isinstance(error, bytes) else error.encode()
-            finally:
-                client.close()
-            return 235, b""
-
-        code, text = await trio.to_thread.run_sync(attempt)
+        login = f"alice%127.0.0.1:{port}%{setup.mailbox_id}"
+        code, text = await trio.to_thread.run_sync(setup.try_login, login, PASSWORD, "smtp")
         assert code == 554 and b"does not offer STARTTLS" in text
         await trio.sleep(0.1)
         assert bytes(received).startswith(b"EHLO ")
