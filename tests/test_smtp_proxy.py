@@ -62,6 +62,8 @@ class Target:
     sessions: int = 0
     rewrite: dict[bytes, bytes] = field(default_factory=dict)  # edits to what it sends
     final_delay: float = 0.0  # seconds before its reply to the end of a message
+    receiving: bytearray | None = None  # the content of the message under way
+    abandoned: list[bytes] = field(default_factory=list)  # content of messages never ended
 
 
 async def serve_target(
@@ -117,10 +119,11 @@ async def serve_target(
                 if not refuse:
                     rcpts.append(address)
             case StartData():
-                content = bytearray()
+                content = target.receiving = bytearray()
             case BodyData(data=data):
                 content += data
             case MessageComplete():
+                target.receiving = None
                 await trio.sleep(target.final_delay)
                 if b"REJECT" in content:
                     reply = Reply(554, "5.7.1", ("target rejects this content",))
@@ -128,6 +131,9 @@ async def serve_target(
                     target.messages.append((mail, rcpts, bytes(content)))
                     reply = Reply(250, "2.0.0", (f"Ok: queued as T{len(target.messages)}",))
             case Quit() | ConnectionClosed():
+                if target.receiving is not None:
+                    target.abandoned.append(bytes(target.receiving))
+                    target.receiving = None
                 await io.aclose()
                 return
         if reply is not None:
@@ -356,6 +362,20 @@ async def test_bdat_to_a_target_without_chunking(tmp_path: Path) -> None:
         body = b"Subject: bd\r\n\r\n.dot\r\n" + b"x" * 40_000 + b"\r\n"
         assert setup.target.messages == [("b@example.org", ["c@example.net"], body)]
         assert await setup.stored() == [body]
+        assert setup.target.abandoned == [b""]  # cut: RSET did not become content
+
+        def quit_half_way() -> tuple[int, bytes]:
+            client = setup.logged_in()
+            client.send(b"MAIL FROM:<b@example.org>\r\nRCPT TO:<c@example.net>\r\n")
+            client.send(b"BDAT 14\r\nSubject: bye\r\n")
+            [client.getreply() for _ in range(3)]
+            return client.quit()
+
+        assert (await trio.to_thread.run_sync(quit_half_way))[0] == 221
+        with trio.fail_after(5):
+            while len(setup.target.abandoned) < 2:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        assert setup.target.abandoned[1] == b""  # cut: QUIT did not become content
 
 
 async def test_wrong_password_unknown_mailbox_and_plain_logins(tmp_path: Path) -> None:
@@ -400,6 +420,30 @@ async def test_target_failures(tmp_path: Path) -> None:
         )
         assert code == 554 and b"not trusted" in text
         assert setup.target.sessions == 0
+
+
+async def test_slow_content_is_not_held_back(tmp_path: Path) -> None:
+    """Content goes upstream in 32 KiB runs, but none waits longer than HOLD_SECONDS once
+    more arrives: a slow client's first kilobytes reach the target before its last."""
+    async with proxy_setup(tmp_path) as setup:
+        client = await trio.to_thread.run_sync(setup.logged_in)
+        head = b"Subject: slow\r\n\r\n" + b"x" * 1000 + b"\r\n"
+        await trio.to_thread.run_sync(client.mail, "a@example.org")
+        await trio.to_thread.run_sync(client.rcpt, "b@example.net")
+        await trio.to_thread.run_sync(client.docmd, "DATA")
+        await trio.to_thread.run_sync(client.send, head)
+        await trio.sleep(0.3)  # longer than HOLD_SECONDS
+        await trio.to_thread.run_sync(client.send, b"more\r\n")
+        with trio.fail_after(5):
+            while (  # noqa: ASYNC110
+                setup.target.receiving is None or len(setup.target.receiving) < len(head)
+            ):
+                await trio.sleep(0.01)
+        await trio.to_thread.run_sync(client.send, b".\r\n")
+        code, _ = await trio.to_thread.run_sync(client.getreply)
+        assert code == 250
+        await trio.to_thread.run_sync(client.quit)
+        assert await setup.stored() == [head + b"more\r\n"]
 
 
 async def test_the_reply_to_the_end_of_a_message_is_waited_for(tmp_path: Path) -> None:

@@ -60,7 +60,8 @@ logger = logging.getLogger("gateway.pop3")
 RELAYED = (Stat, List, Uidl, Retr, Top, Dele, Rset, Noop, Quit)
 ARCHIVE_UNAVAILABLE = Reply(False, "archive mailbox unavailable, message not retrieved", "SYS/TEMP")
 DEFAULT_PORTS = {TLSMode.IMPLICIT: 995, TLSMode.STARTTLS: 110}
-RELAY_BATCH = 32 * 1024  # below intake's THREAD_THRESHOLD: sealed on the trio thread
+RELAY_BATCH = 32 * 1024  # a run of body octets sent to the client and stored at once
+HOLD_SECONDS = 0.2  # ...or less, once its first octets waited this long (a slow upstream)
 UIDL_LISTING_LIMIT = 8 * 1024 * 1024  # a larger listing (~200,000 messages) is not kept
 
 
@@ -80,14 +81,18 @@ class StoreFailed(Exception):
 
 
 async def batched(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The body in runs of at least RELAY_BATCH octets (the last one shorter): one send to
-    the client and one write to the store per run, not one per TLS record from upstream."""
+    """The body in runs of RELAY_BATCH octets or more, or of what came in HOLD_SECONDS (the
+    last one shorter): one send to the client and one write to the store per run, not one
+    per TLS record from upstream."""
     run: list[bytes] = []
     size = 0
+    since = 0.0
     async for piece in body:
+        if not run:
+            since = trio.current_time()
         run.append(piece)
         size += len(piece)
-        if size >= RELAY_BATCH:
+        if size >= RELAY_BATCH or trio.current_time() - since >= HOLD_SECONDS:
             yield b"".join(run)
             run.clear()
             size = 0

@@ -12,8 +12,9 @@ From then on :class:`SMTPRelay` answers the client's MAIL, RCPT and message cont
 upstream's own replies, so a provider's refusal reaches the client unchanged.
 
 The content goes into a :class:`MessageWriter` as it arrives and upstream in runs of
-RELAY_BATCH octets (re-stuffed for DATA, or as BDAT chunks when the client used BDAT and the
-target offers CHUNKING), the last run together with the end of the content. After the
+RELAY_BATCH octets, or sooner once a run has waited HOLD_SECONDS (re-stuffed for DATA, or as
+BDAT chunks when the client used BDAT and the target offers CHUNKING), the last run together
+with the end of the content. After the
 content the upstream answers; only a 250 there commits the copy, and the client gets that 250
 only once the copy is durable. Before the end of the content goes upstream, the copy is
 written but for its commit record (``MessageWriter.prepare``), so a full disk shows before
@@ -65,6 +66,7 @@ logger = logging.getLogger("gateway.smtp")
 # AUTH belongs); a target on port 25 is named with ":25".
 DEFAULT_PORTS: Final = {TLSMode.IMPLICIT: 465, TLSMode.STARTTLS: 587}
 RELAY_BATCH: Final = 32 * 1024  # content held before it goes upstream in one write
+HOLD_SECONDS: Final = 0.2  # ...unless it has waited this long (a slow client's content)
 
 TARGET_DENIED: Final = Reply(550, "5.7.1", ("Proxy target not allowed",))
 UPSTREAM_LOST: Final = Reply(421, "4.4.2", ("Connection to the target lost, closing connection",))
@@ -198,6 +200,8 @@ class SMTPRelay:
     _cut = False  # the upstream connection was cut on purpose: nothing more goes there
     _held: list[bytes] = field(default_factory=list)  # content not yet sent upstream
     _held_size: int = 0
+    _held_since: float = 0.0  # trio time the oldest held content arrived
+    _verdict_due = False  # the end of the content went upstream, its reply not read yet
 
     @property
     def target(self) -> str:
@@ -265,9 +269,12 @@ class SMTPRelay:
             await self._cut_upstream()
             self._refusal = STORE_FAILED_CUT
             return
+        if not self._held:
+            self._held_since = trio.current_time()
         self._held.append(data)
         self._held_size += len(data)
-        if self._held_size >= RELAY_BATCH:
+        waited = trio.current_time() - self._held_since
+        if self._held_size >= RELAY_BATCH or waited >= HOLD_SECONDS:
             reply = await self._forward(last=False)
             if reply is not None and not reply.is_success:
                 self._refusal = _failure(reply)
@@ -275,18 +282,20 @@ class SMTPRelay:
     async def _forward(self, *, last: bool) -> Reply | None:
         """The held content upstream in one write: re-stuffed DATA content (with the
         end-of-data line if ``last``) or one BDAT chunk; the upstream's reply where one is
-        due (after a BDAT, or after the end of the DATA content)."""
+        due (after a BDAT, or after the end of the DATA content: waited for up to the
+        upstream's ``final_timeout``)."""
         data = b"".join(self._held)
         self._held, self._held_size = [], 0
         up = self.upstream
         if self._stuffer is None:
             wire = format_bdat(len(data), last=last) + data
-            return await (up.end_content(wire) if last else up.command(wire))
-        wire = self._stuffer.feed(data)
-        if not last:
-            await up.send(wire)
-            return None
-        return await up.end_content(wire + self._stuffer.end())
+        else:
+            wire = self._stuffer.feed(data) + (self._stuffer.end() if last else b"")
+        await up.send(wire)
+        if last:
+            self._verdict_due = True  # the whole message is there: the target may accept it
+            return await up.reply(up.final_timeout)
+        return await up.reply() if self._stuffer is None else None
 
     async def complete(self) -> Reply:
         """The client ended the content: the upstream's verdict, after the copy is durable."""
@@ -315,10 +324,13 @@ class SMTPRelay:
         try:
             reply = await self._forward(last=True)
         except BaseException as exc:
-            # Timeout, lost connection or shutdown after the end of the content may have
-            # reached the target: it may deliver what has no copy.
-            self._unrecorded(f"no verdict from the target: {exc!r}", "")
+            if self._verdict_due:
+                # Timeout, lost connection or shutdown once the end of the content was
+                # sent: the target may deliver what has no copy.
+                self._unrecorded(f"no verdict from the target: {exc!r}", "")
             raise
+        finally:
+            self._verdict_due = False
         assert reply is not None
         if not reply.is_success:
             self.refused += 1
@@ -355,10 +367,10 @@ class SMTPRelay:
         await self._drop_writer()
         if self._cut:
             pass
-        elif data_open and reason is not AbortReason.CLOSED:
-            # Over the gateway's own limit mid-content, or a BDAT transaction reset while
-            # it goes upstream as DATA: there is no way to abandon DATA but to cut the
-            # connection, so the target discards the partial message.
+        elif data_open:
+            # Over the gateway's own limit mid-content, or a BDAT transaction reset or
+            # left (QUIT, EOF) while it goes upstream as DATA: there is no way to abandon
+            # DATA but to cut the connection, so the target discards the partial message.
             await self._cut_upstream()
         elif reason in (AbortReason.RESET, AbortReason.SIZE_LIMIT) and self._mail is not None:
             await self._reset()  # BDAT chunks (RFC 3030 allows RSET) or no content upstream

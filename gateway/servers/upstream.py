@@ -379,12 +379,6 @@ class SMTPUpstream(_Upstream):
         """Message content, already in its wire form."""
         await self._send(data)
 
-    async def end_content(self, data: bytes) -> smtp.Reply:
-        """The last of a message in its wire form (ending with "." CRLF, or a BDAT LAST
-        chunk) and the target's verdict, waited for up to ``final_timeout``."""
-        await self._send(data)
-        return await self.reply(self.final_timeout)
-
     async def authenticate(self, username: str, password: str) -> smtp.Reply:
         """AUTH PLAIN, or LOGIN where the server offers only that (RFC 4954); the server's
         final reply. Only ever called on a TLS session (``start`` saw to it)."""
