@@ -423,7 +423,7 @@ async def test_target_failures(tmp_path: Path) -> None:
 
 
 async def test_slow_content_is_not_held_back(tmp_path: Path) -> None:
-    """Content goes upstream in 32 KiB runs, but none waits longer than HOLD_SECONDS once
+    """Content goes upstream in 32 KiB runs, but none waits longer than proxy.RUN_SECONDS once
     more arrives: a slow client's first kilobytes reach the target before its last."""
     async with proxy_setup(tmp_path) as setup:
         client = await trio.to_thread.run_sync(setup.logged_in)
@@ -432,7 +432,7 @@ async def test_slow_content_is_not_held_back(tmp_path: Path) -> None:
         await trio.to_thread.run_sync(client.rcpt, "b@example.net")
         await trio.to_thread.run_sync(client.docmd, "DATA")
         await trio.to_thread.run_sync(client.send, head)
-        await trio.sleep(0.3)  # longer than HOLD_SECONDS
+        await trio.sleep(0.3)  # longer than proxy.RUN_SECONDS
         await trio.to_thread.run_sync(client.send, b"more\r\n")
         with trio.fail_after(5):
             while (  # noqa: ASYNC110

@@ -13,7 +13,7 @@ client's commands with the upstream's own replies.
 The first RETR of a session asks the upstream for its UIDL listing; a message whose key
 (target, remote user, UIDL) the mailbox already holds is relayed but not stored again.
 Otherwise the response goes to the client and into a :class:`MessageWriter` as it arrives,
-in runs of RELAY_BATCH octets (so a large message streams through), and the copy is
+in runs (``proxy.Runs``: a large message streams through), and the copy is
 committed (durable) before the terminating dot is sent. If storing fails, the client gets no
 terminating dot: the connection ends, upstream gets no QUIT, and nothing is deleted there. A
 client's QUIT goes upstream only after every copy of the session is durable (each was,
@@ -50,7 +50,7 @@ from ..protocols.pop3 import (
 from ..services.archive import Archive, ArchiveError
 from ..services.intake import MessageWriter
 from ..services.routing import ProxyLogin
-from .proxy import Refusal, TargetRefused, reach_target, safe_text
+from .proxy import Refusal, Runs, TargetRefused, reach_target, safe_text
 from .upstream import POP3Upstream, UpstreamError
 
 __all__ = ["RELAYED", "POP3Relay", "ProxyRefused", "StoreFailed", "open_relay"]
@@ -60,8 +60,6 @@ logger = logging.getLogger("gateway.pop3")
 RELAYED = (Stat, List, Uidl, Retr, Top, Dele, Rset, Noop, Quit)
 ARCHIVE_UNAVAILABLE = Reply(False, "archive mailbox unavailable, message not retrieved", "SYS/TEMP")
 DEFAULT_PORTS = {TLSMode.IMPLICIT: 995, TLSMode.STARTTLS: 110}
-RELAY_BATCH = 32 * 1024  # a run of body octets sent to the client and stored at once
-HOLD_SECONDS = 0.2  # ...or less, once its first octets waited this long (a slow upstream)
 UIDL_LISTING_LIMIT = 8 * 1024 * 1024  # a larger listing (~200,000 messages) is not kept
 
 
@@ -81,23 +79,13 @@ class StoreFailed(Exception):
 
 
 async def batched(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The body in runs of RELAY_BATCH octets or more, or of what came in HOLD_SECONDS (the
-    last one shorter): one send to the client and one write to the store per run, not one
-    per TLS record from upstream."""
-    run: list[bytes] = []
-    size = 0
-    since = 0.0
+    """The body in :class:`Runs` (the last one whatever is left)."""
+    runs = Runs()
     async for piece in body:
-        if not run:
-            since = trio.current_time()
-        run.append(piece)
-        size += len(piece)
-        if size >= RELAY_BATCH or trio.current_time() - since >= HOLD_SECONDS:
-            yield b"".join(run)
-            run.clear()
-            size = 0
-    if run:
-        yield b"".join(run)
+        if (run := runs.add(piece)) is not None:
+            yield run
+    if last := runs.take():
+        yield last
 
 
 def parse_uidl_listing(listing: bytes) -> dict[int, str]:
@@ -266,8 +254,7 @@ class POP3Relay:
         if not self._uidl_each:
             return self._uidl_map.get(msg, "")
         reply = await self.upstream.command("UIDL", str(msg))
-        fields = reply.text.split()
-        return fields[1] if reply.ok and len(fields) == 2 else ""
+        return parse_uidl_listing(reply.text.encode()).get(msg, "") if reply.ok else ""
 
     async def _uidl_listing(self) -> dict[int, str]:
         reply, body = await self.upstream.multiline("UIDL")

@@ -17,9 +17,46 @@ from ..services.archive import Archive, ArchiveError
 from ..services.routing import ProxyLogin, RoutingError, TargetPolicy
 from .upstream import UpstreamError, client_context, open_upstream
 
-__all__ = ["Refusal", "TargetRefused", "reach_target", "safe_text"]
+__all__ = [
+    "RUN_SECONDS",
+    "RUN_SIZE",
+    "Refusal",
+    "Runs",
+    "TargetRefused",
+    "reach_target",
+    "safe_text",
+]
 
 U = TypeVar("U")
+
+RUN_SIZE = 32 * 1024  # message octets relayed and stored in one write
+RUN_SECONDS = 0.2  # ...or fewer, once the first of them has waited this long
+
+
+class Runs:
+    """Message content gathered into runs, so a relay writes once per run instead of once
+    per TLS record: ``add`` returns a run once RUN_SIZE octets are held or the oldest has
+    waited RUN_SECONDS (a slow sender is not held back), ``take`` whatever is held."""
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+        self._size = 0
+        self._since = 0.0
+
+    def add(self, piece: bytes) -> bytes | None:
+        now = trio.current_time()
+        if not self._pieces:
+            self._since = now
+        self._pieces.append(piece)
+        self._size += len(piece)
+        if self._size >= RUN_SIZE or now - self._since >= RUN_SECONDS:
+            return self.take()
+        return None
+
+    def take(self) -> bytes:
+        run = b"".join(self._pieces)
+        self._pieces, self._size = [], 0
+        return run
 
 
 class Refusal(enum.StrEnum):

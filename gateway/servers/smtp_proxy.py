@@ -12,7 +12,7 @@ From then on :class:`SMTPRelay` answers the client's MAIL, RCPT and message cont
 upstream's own replies, so a provider's refusal reaches the client unchanged.
 
 The content goes into a :class:`MessageWriter` as it arrives and upstream in runs of
-RELAY_BATCH octets, or sooner once a run has waited HOLD_SECONDS (re-stuffed for DATA, or as
+runs (``proxy.Runs``: 32 KiB, or less once they have waited 0.2 s; re-stuffed for DATA, or as
 BDAT chunks when the client used BDAT and the target offers CHUNKING), the last run together
 with the end of the content. After the
 content the upstream answers; only a 250 there commits the copy, and the client gets that 250
@@ -55,7 +55,7 @@ from ..protocols.smtp import (
 from ..services.archive import Archive, ArchiveError
 from ..services.intake import MessageWriter
 from ..services.routing import ProxyLogin
-from .proxy import Refusal, TargetRefused, reach_target, safe_text
+from .proxy import Refusal, Runs, TargetRefused, reach_target, safe_text
 from .upstream import SMTPUpstream, UpstreamError
 
 __all__ = ["DEFAULT_PORTS", "ProxyRefused", "SMTPRelay", "open_relay"]
@@ -65,8 +65,6 @@ logger = logging.getLogger("gateway.smtp")
 # RFC 8314 §3.3 (submissions on 465, implicit TLS) and RFC 6409 (submission on 587, where
 # AUTH belongs); a target on port 25 is named with ":25".
 DEFAULT_PORTS: Final = {TLSMode.IMPLICIT: 465, TLSMode.STARTTLS: 587}
-RELAY_BATCH: Final = 32 * 1024  # content held before it goes upstream in one write
-HOLD_SECONDS: Final = 0.2  # ...unless it has waited this long (a slow client's content)
 
 TARGET_DENIED: Final = Reply(550, "5.7.1", ("Proxy target not allowed",))
 UPSTREAM_LOST: Final = Reply(421, "4.4.2", ("Connection to the target lost, closing connection",))
@@ -198,9 +196,7 @@ class SMTPRelay:
     _stuffer: DotStuffer | None = None  # DATA upstream; None: BDAT upstream
     _refusal: Reply | None = None  # the content's final answer, decided before its end
     _cut = False  # the upstream connection was cut on purpose: nothing more goes there
-    _held: list[bytes] = field(default_factory=list)  # content not yet sent upstream
-    _held_size: int = 0
-    _held_since: float = 0.0  # trio time the oldest held content arrived
+    _held: Runs = field(default_factory=Runs)  # content not yet sent upstream
     _verdict_due = False  # the end of the content went upstream, its reply not read yet
 
     @property
@@ -243,7 +239,7 @@ class SMTPRelay:
     async def start_content(self, *, bdat: bool) -> None:
         """The client began the content (after its DATA got 354, or with its first BDAT)."""
         self._refusal, self._stuffer = None, None
-        self._held, self._held_size = [], 0
+        self._held = Runs()
         try:
             self._writer = self.archive.begin_message([self.login.mailbox_id])
         except ArchiveError as exc:
@@ -269,23 +265,16 @@ class SMTPRelay:
             await self._cut_upstream()
             self._refusal = STORE_FAILED_CUT
             return
-        if not self._held:
-            self._held_since = trio.current_time()
-        self._held.append(data)
-        self._held_size += len(data)
-        waited = trio.current_time() - self._held_since
-        if self._held_size >= RELAY_BATCH or waited >= HOLD_SECONDS:
-            reply = await self._forward(last=False)
+        if (run := self._held.add(data)) is not None:
+            reply = await self._forward(run, last=False)
             if reply is not None and not reply.is_success:
                 self._refusal = _failure(reply)
 
-    async def _forward(self, *, last: bool) -> Reply | None:
-        """The held content upstream in one write: re-stuffed DATA content (with the
+    async def _forward(self, data: bytes, *, last: bool) -> Reply | None:
+        """A run of content upstream in one write: re-stuffed DATA content (with the
         end-of-data line if ``last``) or one BDAT chunk; the upstream's reply where one is
         due (after a BDAT, or after the end of the DATA content: waited for up to the
         upstream's ``final_timeout``)."""
-        data = b"".join(self._held)
-        self._held, self._held_size = [], 0
         up = self.upstream
         if self._stuffer is None:
             wire = format_bdat(len(data), last=last) + data
@@ -322,7 +311,7 @@ class SMTPRelay:
             self.refused += 1
             return STORE_FAILED_CUT
         try:
-            reply = await self._forward(last=True)
+            reply = await self._forward(self._held.take(), last=True)
         except BaseException as exc:
             if self._verdict_due:
                 # Timeout, lost connection or shutdown once the end of the content was

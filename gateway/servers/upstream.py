@@ -220,8 +220,11 @@ class POP3Upstream(_Upstream):
 
     async def command(self, verb: str, *args: str) -> Reply:
         """A single-line command and its status line."""
+        return await self._exchange(format_command(verb, *args))
+
+    async def _exchange(self, line: bytes) -> Reply:
         self.reader.expect()
-        await self._send(format_command(verb, *args))
+        await self._send(line)
         return await self._reply()
 
     async def multiline(self, verb: str, *args: str) -> tuple[Reply, AsyncIterator[bytes]]:
@@ -262,13 +265,9 @@ class POP3Upstream(_Upstream):
             lines = format_command("USER", username), format_command("PASS", password)
         except ValueError:  # SASL carries them whatever they hold
             return await self._auth_plain(plain_response(username, password))
-        self.reader.expect()
-        await self._send(lines[0])
-        if not (await self._reply()).ok:
+        if not (await self._exchange(lines[0])).ok:
             return await self._auth_plain(plain_response(username, password))
-        self.reader.expect()
-        await self._send(lines[1])
-        return await self._reply()
+        return await self._exchange(lines[1])
 
     async def _auth_plain(self, response: str) -> Reply:
         """AUTH PLAIN with the response on the command line where it fits in 255 octets,

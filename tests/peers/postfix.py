@@ -38,7 +38,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,33 +183,34 @@ class PostfixInstance:
         active may be listed in both or neither. With nothing listed as moving, nothing moved
         past the scan. (A relaying instance retries deferred mail, which moves it back to
         active: there this only means "nothing was moving just now".)"""
-        deadline = time.monotonic() + timeout
-        while True:
-            queued = self.queue()
-            moving = [e for e in queued if e.get("queue_name") in _MOVING]
-            if not moving:
-                return queued
-            if time.monotonic() >= deadline:
-                raise PostfixError(
-                    self._explain(
-                        f"{len(moving)} message(s) still moving after {timeout} s: "
-                        + json.dumps(moving[:5], indent=1)
-                    )
-                )
-            time.sleep(0.1)
+        return self._wait_for_queue(
+            lambda queued: [e for e in queued if e.get("queue_name") in _MOVING],
+            "still moving",
+            timeout,
+        )
 
     def wait_until_queue_empty(self, timeout: float) -> None:
         """Block until every message has left the queue, or raise PostfixError with what is
         left (each recipient's ``delay_reason``) and the log."""
+        self._wait_for_queue(lambda queued: queued, "still queued", timeout)
+
+    def _wait_for_queue(
+        self,
+        waiting: Callable[[list[QueueEntry]], list[QueueEntry]],
+        what: str,
+        timeout: float,
+    ) -> list[QueueEntry]:
+        """Poll the queue until ``waiting(queue)`` is empty and return the queue, or raise
+        PostfixError with the first waiting entries and the log."""
         deadline = time.monotonic() + timeout
         while True:
-            left = self.queue()
-            if not left:
-                return
+            queued = self.queue()
+            if not (left := waiting(queued)):
+                return queued
             if time.monotonic() >= deadline:
                 raise PostfixError(
                     self._explain(
-                        f"queue not empty after {timeout} s: {len(left)} message(s): "
+                        f"{len(left)} message(s) {what} after {timeout} s: "
                         + json.dumps(left[:5], indent=1)
                     )
                 )
