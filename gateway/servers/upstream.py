@@ -252,7 +252,7 @@ class POP3Upstream(_Upstream):
         if reply.ok:
             for line in text.splitlines():
                 if words := line.split():
-                    capabilities[words[0].upper()] = words[1:]
+                    capabilities[_keyword(words[0])] = words[1:]
         return capabilities
 
     async def login(self, username: str, password: str) -> Reply:
@@ -358,7 +358,7 @@ class SMTPUpstream(_Upstream):
         self.extensions = {}
         for line in reply.lines[1:]:
             keyword, _, params = line.partition(" ")
-            self.extensions[keyword.upper()] = params
+            self.extensions[_keyword(keyword)] = params
 
     def offers(self, keyword: str) -> bool:
         return keyword in self.extensions
@@ -383,7 +383,7 @@ class SMTPUpstream(_Upstream):
         final reply. Only ever called on a TLS session (``start`` saw to it)."""
         if not self.tls:
             raise UpstreamError("refusing to send credentials without TLS", temporary=False)
-        mechanisms = self.extensions.get("AUTH", "").upper().split()
+        mechanisms = [_keyword(m) for m in self.extensions.get("AUTH", "").split()]
         if "PLAIN" in mechanisms:
             response = plain_response(username, password)
             reply = await self.command(smtp.format_command("AUTH", f"PLAIN {response}"))
@@ -410,6 +410,11 @@ class SMTPUpstream(_Upstream):
             pass
         finally:
             await self.aclose()
+
+
+def _keyword(word: str) -> str:
+    """A capability or mechanism name, upper-cased in ASCII only (as ``ascii_upper``)."""
+    return word.upper() if word.isascii() else word
 
 
 async def _empty() -> AsyncIterator[bytes]:

@@ -164,3 +164,35 @@ def test_endless_bdat() -> None:
         == [replies.chunk_received(1048576), replies.MESSAGE_TOO_BIG] + [replies.NEED_MAIL] * 48
     )
     assert conn.statistics().discarded == 49 * 1048576
+
+
+# Unicode case mappings that land on ASCII letters: dotless i (U+0131) -> I, long s (U+017F)
+# -> S, the ligature U+FB06 -> ST. Each line must read as what an ASCII-only peer (Postfix,
+# the target behind the proxy) reads: junk, never the command or keyword it resembles.
+UNICODE_CASE_SMUGGLING = [
+    ("ma\u0131l FROM:<a@example.org>".encode(), replies.UNRECOGNIZED),
+    ("\u017ftarttls".encode(), replies.UNRECOGNIZED),
+    ("\ufb06arttls".encode(), replies.UNRECOGNIZED),
+    ("qu\u0131t".encode(), replies.UNRECOGNIZED),
+    ("MAIL FROM:<a@example.org> BODY=8b\u0131tm\u0131me".encode(), replies.BAD_BODY),
+    ("AUTH pla\u0131n".encode(), replies.AUTH_MECHANISM),
+    ("AUTH log\u0131n".encode(), replies.AUTH_MECHANISM),
+]
+
+
+@pytest.mark.parametrize(("line", "reply"), UNICODE_CASE_SMUGGLING, ids=repr)
+def test_unicode_case_mapping_command_smuggling(line: bytes, reply: object) -> None:
+    config = settings(tls_active=True, starttls_offered=False, auth_offered=True)
+    t = run_all_ways([EHLO, line + b"\r\n", b"NOOP\r\n"], config)
+    assert t.replies[-2:] == [reply, replies.OK]
+    assert not any(isinstance(e, MailFrom | StartTLS) for e in t.events)
+
+
+def test_unicode_case_mapping_bdat_last_smuggling() -> None:
+    # LAST with a long s (U+017F) is not LAST: the BDAT is refused, and nothing is content.
+    conn = ServerConnection(settings())
+    t = drive(
+        conn, [EHLO, ENVELOPE.replace(b"DATA\r\n", "BDAT 3 la\u017ft\r\n".encode()), b"NOOP\r\n"]
+    )
+    assert t.replies[-2:] == [replies.SYNTAX_BDAT, replies.OK]
+    assert not any(isinstance(e, StartData) for e in t.events)

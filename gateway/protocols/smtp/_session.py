@@ -55,7 +55,14 @@ from ._state import (
     UNIMPLEMENTED_COMMANDS,
     State,
 )
-from ._syntax import CONTROL_CHARACTERS, parse_bdat, parse_mail, parse_rcpt, split_command
+from ._syntax import (
+    CONTROL_CHARACTERS,
+    ascii_upper,
+    parse_bdat,
+    parse_mail,
+    parse_rcpt,
+    split_command,
+)
 from ._util import RemoteProtocolError
 from ._writers import format_reply
 
@@ -283,10 +290,10 @@ class Session:
             self._refuse(R.EHLO_FIRST)
         elif not argument or len(parts) > 2:
             self._refuse(R.SYNTAX_AUTH)
-        elif parts[0].upper() not in ("PLAIN", "LOGIN"):
+        elif ascii_upper(parts[0]) not in ("PLAIN", "LOGIN"):
             self._refuse(R.AUTH_MECHANISM)
         else:
-            self._sasl = "PLAIN" if parts[0].upper() == "PLAIN" else "LOGIN"
+            self._sasl = "PLAIN" if ascii_upper(parts[0]) == "PLAIN" else "LOGIN"
             self._sasl_username = None
             if len(parts) == 2:
                 self._sasl_response(parts[1].encode())

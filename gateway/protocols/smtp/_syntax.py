@@ -24,6 +24,7 @@ from ._util import RemoteProtocolError
 
 __all__ = [
     "CONTROL_CHARACTERS",
+    "ascii_upper",
     "parse_bdat",
     "parse_mail",
     "parse_rcpt",
@@ -51,11 +52,24 @@ _PARAM: Final = re.compile(rf"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e
 _DIGITS: Final = re.compile(rf"[0-9]{{1,{BDAT_SIZE_DIGITS}}}\Z")
 
 
+def ascii_upper(text: str) -> str:
+    """``text`` upper-cased if it is ASCII, else unchanged (so it matches no keyword).
+
+    Commands, keywords and mechanism names are ASCII (RFC 5321 §2.4: verbs and argument
+    keywords are case-insensitive in ASCII only). ``str.upper`` follows Unicode: "MAIL" with a
+    dotless i (U+0131) becomes "MAIL", "STARTTLS" with a long s (U+017F) "STARTTLS", and the
+    ligature U+FB06 becomes "ST". A server that reads a command its peers read as junk is
+    where smuggling starts.
+    """
+    return text.upper() if text.isascii() else text
+
+
 def split_command(line: str) -> tuple[str, str]:
     """``"mail FROM:<a@b>"`` -> ``("MAIL", "FROM:<a@b>")``. Trailing blanks are dropped:
-    enough clients send them that refusing them helps nobody."""
+    enough clients send them that refusing them helps nobody. A verb with a non-ASCII
+    character is returned as it is: no command has one."""
     verb, _, argument = line.rstrip(" \t").partition(" ")
-    return verb.upper(), argument
+    return ascii_upper(verb), argument
 
 
 def parse_mail(argument: str, *, esmtp: bool) -> MailFrom:
@@ -73,7 +87,7 @@ def parse_mail(argument: str, *, esmtp: bool) -> MailFrom:
             size = int(value)
         elif key == "BODY":  # RFC 6152 §2, RFC 3030 §3
             try:
-                body = BodyType((value or "").upper())
+                body = BodyType(ascii_upper(value or ""))
             except ValueError:
                 raise RemoteProtocolError(f"BODY={value}", R.BAD_BODY) from None
         elif key == "SMTPUTF8" and value is None:  # RFC 6531 §3.4: no value
@@ -91,7 +105,7 @@ def parse_rcpt(argument: str, *, esmtp: bool, smtputf8: bool) -> RcptTo:
     """RCPT TO:<forward-path> (RFC 5321 §4.1.1.3). No parameter is offered (no DSN), so any
     is 555; ``<Postmaster>`` without a domain is valid."""
     path, rest = _split_path(argument, "TO:", R.SYNTAX_RCPT)
-    if path.lower() == "<postmaster>":
+    if ascii_upper(path) == "<POSTMASTER>":
         address = path[1:-1]
     else:
         address = _parse_path(path, R.BAD_RECIPIENT, R.RECIPIENT_PATH_TOO_LONG, null_ok=False)
@@ -107,7 +121,7 @@ def parse_bdat(argument: str) -> tuple[int, bool]:
     words = argument.split(" ")
     if not 1 <= len(words) <= 2 or not _DIGITS.match(words[0]):
         raise RemoteProtocolError(f"BDAT {argument}", R.SYNTAX_BDAT)
-    if len(words) == 2 and words[1].upper() != "LAST":
+    if len(words) == 2 and ascii_upper(words[1]) != "LAST":
         raise RemoteProtocolError(f"BDAT {argument}", R.SYNTAX_BDAT)
     return int(words[0]), len(words) == 2
 
@@ -115,7 +129,7 @@ def parse_bdat(argument: str) -> tuple[int, bool]:
 def _split_path(argument: str, keyword: str, syntax: Reply) -> tuple[str, str]:
     """Split ``FROM:<path> params`` into the path (with its brackets) and the rest. A ">"
     inside a quoted local part or an address literal does not end the path."""
-    if argument[: len(keyword)].upper() != keyword:
+    if ascii_upper(argument[: len(keyword)]) != keyword:
         raise RemoteProtocolError(f"expected {keyword}", syntax)
     # RFC 5321 has no space after the colon; many clients send one (Postfix accepts it too).
     text = argument[len(keyword) :].lstrip(" ")
@@ -164,7 +178,7 @@ def _valid_domain(domain: str) -> bool:
     if domain.startswith("["):
         literal = domain[1:-1]
         try:
-            if literal[:5].upper() == "IPV6:":
+            if ascii_upper(literal[:5]) == "IPV6:":
                 ipaddress.IPv6Address(literal[5:])
             elif _GENERAL_LITERAL.match(literal):
                 return True
@@ -191,7 +205,7 @@ def _parse_parameters(rest: str, *, esmtp: bool) -> list[tuple[str, str | None]]
         match = _PARAM.match(word)
         if match is None:
             raise RemoteProtocolError(f"bad parameter {word!r}", R.BAD_PARAMETER)
-        key = match.group(1).upper()
+        key = match.group(1).upper()  # _PARAM admits ASCII keywords only
         if not esmtp:
             raise RemoteProtocolError(f"parameter {key} after HELO", R.UNSUPPORTED_PARAMETER)
         if key in seen:
