@@ -1,39 +1,60 @@
-# Two commands for a fresh machine: `make run` and `make test`. Both create the venv they need.
+# Two commands for a fresh Debian machine: `make run` and `make test`. Each sets up what it needs.
+#
+# One venv (.venv) with one stamp per install: `make run` installs the package alone
+# (.venv/.installed-run: the server's dependencies, nothing else); `make test` installs it with
+# the `test` extras (.venv/.installed-test: pytest, Playwright, ruff, mypy, ...). Debian
+# packages come from tools/system-packages.sh (as root, or through sudo): `make run` needs
+# python3-venv at most, `make test` also the test peers (Postfix, Dovecot, fetchmail, swaks,
+# Chromium, rsync, systemd-analyze).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+SYSTEM_PACKAGES := PYTHON=$(PYTHON) bash tools/system-packages.sh
+RUN_STAMP  := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test quick lint bench verify clean
+.PHONY: run test quick lint bench verify clean system-packages
+# Prerequisites in the order written, also under -j: the Debian packages come first.
+.NOTPARALLEL:
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	$(SYSTEM_PACKAGES) venv
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
 
-run: $(STAMP)
+$(RUN_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+system-packages:
+	$(SYSTEM_PACKAGES) test
+
+run: $(RUN_STAMP)
 	$(PY) -m gateway serve
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check gateway tests tools
 	$(VENV)/bin/ruff format --check gateway tests tools
 	$(VENV)/bin/mypy
 
-test: lint
+test: system-packages lint
 	$(PY) -m pytest
 
-quick: $(STAMP)
+quick: system-packages $(TEST_STAMP)
 	$(PY) -m pytest -m 'not slow' -q
 
-bench: $(STAMP)
+bench: system-packages $(TEST_STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) tools/bench/log_bench.py
 	$(PY) tools/bench/smtp_bench.py
 	$(PY) tools/bench/pop3_bench.py
 	$(PY) tools/bench/proxy_bench.py
 
-verify: $(STAMP)
+verify: $(RUN_STAMP)
 	$(PY) -m gateway verify
 
 clean:
