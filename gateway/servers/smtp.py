@@ -148,6 +148,7 @@ class _Session:
         self.recipient_addresses: list[str] = []
         self.writer: MessageWriter | None = None
         self.writer_failed = False
+        self.trace_octets = 0  # the Received: field's, which the size limit does not count
         self.relay: SMTPRelay | None = None
         self.in_data = False
         self.messages = 0
@@ -398,13 +399,14 @@ class _Session:
             recipient=self.recipient_addresses[0] if len(self.recipient_addresses) == 1 else None,
             when=now(),
         )
+        self.trace_octets = len(header)
         await self._body(header)
 
     async def _body(self, data: bytes) -> None:
         if self.writer is None or self.writer_failed:
             return
         try:
-            await self.writer.write(data)
+            await self.writer.write(data, allowance=self.trace_octets)
         except (ArchiveError, LogWriteError) as exc:
             logger.warning("event=store-failed session=%s reason=%r", self.session_id, str(exc))
             self.writer_failed = True

@@ -69,11 +69,13 @@ class MessageWriter:
     def mailbox_ids(self) -> list[str]:
         return [t.box.info.mailbox_id for t in self._targets]
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, *, allowance: int = 0) -> None:
+        """``allowance``: octets written that the limit does not count (the trace field the
+        SMTP server prepends): the limit applies to what the client sent (SPEC.md 12.2)."""
         if self._done:
             raise RuntimeError("message already committed or aborted")
         self.size += len(data)
-        if self.size > self._archive.config.max_message_bytes:
+        if self.size > self._archive.config.max_message_bytes + allowance:
             self._finish()
             raise MessageTooLarge(
                 f"message exceeds the maximum of {self._archive.config.max_message_bytes} octets"
