@@ -14,6 +14,11 @@ Requests on one connection are served in order; each audit subscription runs in 
 task (history from the files, then its live queue), so a long replay never blocks requests.
 A subscription dropped by the hub for falling behind closes the connection with code 4000
 and the reason. Frames over ``MAX_FRAME`` bytes close it with 1009 (trio-websocket).
+
+A logged-in connection watches its credential (``Accounts.wait_ended``): when it expires, is
+revoked, is logged out or ended by a password change from any connection, its audit
+subscriptions end at once and the connection is closed with code 4001 (after the reply to a
+request it is serving), so a feed never outlives the login that opened it.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ MAX_HEAD = 16 * 1024
 HEAD_TIMEOUT = 10.0
 MAX_FRAME = 256 * 1024
 CLOSE_FELL_BEHIND = 4000
+CLOSE_LOGGED_OUT = 4001  # the connection's credential ended (console.js knows this code)
+SESSION_ENDED = "the session has ended; log in again"
 # A dropped subscriber's connection gets this long to take its close frame, then is cut off.
 DROP_GRACE = 30.0
 
@@ -237,6 +244,10 @@ class _Connection:
         self.nursery = nursery
         self.principal: Principal | None = None
         self.subscriptions: dict[int, Subscription] = {}
+        # Held while a request is served, so a credential that ends meanwhile closes the
+        # connection only after that request's reply.
+        self._serving = trio.Lock()
+        self._watch_scope: trio.CancelScope | None = None
 
     async def serve(self) -> None:
         try:
@@ -245,11 +256,37 @@ class _Connection:
                     message = await self.ws.get_message()
                 except ConnectionClosed:
                     return
-                await self._send(await self._answer(message))
+                async with self._serving:
+                    await self._send(await self._answer(message))
         except ConnectionClosed:
             return
         finally:
             self._end_subscriptions()
+
+    def _logged_in(self, principal: Principal | None) -> None:
+        """Set the connection's login, and watch it (the previous watch ends)."""
+        self.principal = principal
+        if self._watch_scope is not None:
+            self._watch_scope.cancel()
+            self._watch_scope = None
+        if principal is not None:
+            self._watch_scope = trio.CancelScope()
+            self.nursery.start_soon(self._watch, principal, self._watch_scope)
+
+    async def _watch(self, principal: Principal, scope: trio.CancelScope) -> None:
+        """End what ``principal`` allowed the moment it ends (SPEC.md 13.2)."""
+        with scope:
+            await self.server.accounts.wait_ended(principal)
+            self._end_subscriptions()  # at once: not one more record
+            async with self._serving:
+                if self.principal is not principal:
+                    return
+                self.principal = None
+                self._watch_scope = None
+                logger.info(
+                    "event=admin-session-ended actor=%s client=%s", principal.label, self.peer
+                )
+            await self.ws.aclose(CLOSE_LOGGED_OUT, SESSION_ENDED)
 
     def _end_subscriptions(self) -> None:
         for subscription in list(self.subscriptions.values()):
@@ -278,19 +315,21 @@ class _Connection:
     async def _dispatch(self, request: api.Request) -> api.Reply:
         server = self.server
         if isinstance(request, api.Login):
-            self.principal, session = await server.service.login(request, self.peer)
+            principal, session = await server.service.login(request, self.peer)
+            self._logged_in(principal)
             return session
         if self.principal is not None and not server.accounts.still_valid(self.principal):
-            self.principal = None
+            self._logged_in(None)
             self._end_subscriptions()
-            raise ApiError(ErrorCode.UNAUTHENTICATED, "the session has ended; log in again")
+            raise ApiError(ErrorCode.UNAUTHENTICATED, SESSION_ENDED)
         if self.principal is None:
             raise ApiError(ErrorCode.UNAUTHENTICATED, "log in first")
         match request:
             case api.Logout():
-                server.accounts.logout(self.principal)
-                self.principal = None
+                principal = self.principal
+                self._logged_in(None)
                 self._end_subscriptions()
+                server.accounts.logout(principal)
                 return api.Done(id=request.id)
             case api.Status():
                 return await server.status(request.id)

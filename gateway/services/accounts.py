@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -100,6 +101,9 @@ class Accounts:
     _sessions: dict[bytes, Principal] = field(default_factory=dict)
     _throttle: LoginThrottle = field(default_factory=LoginThrottle)
     _lock: trio.Lock = field(default_factory=trio.Lock)
+    # Set (and replaced) whenever a credential may have ended: a logout, a revoked token, a
+    # password change. Connections wait on it to cut off what their login was allowed.
+    _changed: trio.Event = field(default_factory=trio.Event)
 
     def __post_init__(self) -> None:
         self._throttle = LoginThrottle(max_failures=self.max_failures)
@@ -223,7 +227,26 @@ class Accounts:
         return True
 
     def logout(self, principal: Principal) -> None:
-        self._sessions.pop(principal.session_digest, None)
+        if self._sessions.pop(principal.session_digest, None) is not None:
+            self._credentials_changed()
+
+    async def wait_ended(self, principal: Principal) -> None:
+        """Return as soon as ``principal`` may no longer be used: it expired, its token was
+        revoked, its session logged out or ended by an admin password change. What a
+        connection was allowed under it (live audit subscriptions) ends then, not at the
+        connection's next request."""
+        while self.still_valid(principal):
+            changed = self._changed
+            left = math.inf
+            if principal.expires_at is not None:
+                # Wall-clock expiry, slept in trio time: a few ms late at worst.
+                left = max(0.0, (principal.expires_at - now()).total_seconds()) + 0.005
+            with trio.move_on_after(left):
+                await changed.wait()
+
+    def _credentials_changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     # -- changes -------------------------------------------------------------------------------
 
@@ -240,6 +263,7 @@ class Accounts:
             digest = await trio.to_thread.run_sync(hash_password, new_password, self.kdf)
             await self._save(_Credentials(password=digest, tokens=list(current.tokens)))
             self._sessions.clear()
+            self._credentials_changed()
         return True
 
     async def create_token(self, name: str, expires_in_days: int | None) -> tuple[str, StoredToken]:
@@ -276,6 +300,7 @@ class Accounts:
             if len(kept) == len(current.tokens):
                 return False
             await self._save(_Credentials(password=current.password, tokens=kept))
+            self._credentials_changed()
         return True
 
 
