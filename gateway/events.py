@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "ROLLED_BACK",
     "Actor",
     "AdminAccountCreated",
     "AdminLogin",
@@ -31,6 +32,7 @@ __all__ = [
     "AdminRequestFailed",
     "ApiTokenCreated",
     "ApiTokenRevoked",
+    "CommitWitness",
     "CompactionGap",
     "ControlEvent",
     "DeliveryRefused",
@@ -39,6 +41,7 @@ __all__ = [
     "GatewayStarted",
     "GatewayStopped",
     "LogCompacted",
+    "LogDamaged",
     "LogTailTruncated",
     "MailboxCreated",
     "MailboxDeleted",
@@ -48,8 +51,10 @@ __all__ = [
     "MailboxUpdated",
     "MessageAccepted",
     "MessageEvent",
+    "MessageLogAnchored",
     "MessageRef",
     "MessageStored",
+    "MessagesCommitted",
     "MessagesExpunged",
     "Pop3Login",
     "Pop3ProxySessionEnded",
@@ -104,6 +109,9 @@ class MailboxCreated(Event, frozen=True, kw_only=True):
     description: str = ""
     key_id: str  # hex of the first 16 bytes of SHA-256 of the public key
     wrap_id: str  # hex of the first 16 bytes of SHA-256 of the key file
+    # True from the version on that witnesses every commit in the control log
+    # (MessagesCommitted): every message of this mailbox must be accounted for by a witness.
+    witnessed: bool = False
 
 
 class MailboxUpdated(Event, frozen=True, kw_only=True):
@@ -146,6 +154,56 @@ class MessagesExpunged(Event, frozen=True, kw_only=True):
     mailbox_id: str
     message_ids: tuple[str, ...]
     bytes: int
+    # Empty for a deletion; ROLLED_BACK for commits that were never witnessed (a crash
+    # between a message's commit and its witness, or a commit refused at its witness).
+    reason: str = ""
+
+
+ROLLED_BACK = "rolled-back"
+
+
+class CommitWitness(msgspec.Struct, frozen=True):
+    """One mailbox copy of a message: the seq and chain value of its commit record."""
+
+    mailbox_id: str
+    message_id: str
+    seq: int
+    chain: bytes
+
+
+class MessagesCommitted(Event, frozen=True, kw_only=True):
+    """The witness of a message's commit, appended (durable) after its commit records are
+    durable in every mailbox and before anyone is told it is stored: the commit point. A
+    message exists when this event names it; a commit record without one was never
+    acknowledged and is rolled back on open."""
+
+    commits: tuple[CommitWitness, ...]
+
+
+class MessageLogAnchored(Event, frozen=True, kw_only=True):
+    """A mailbox log that predates commit witnesses, adopted as it was found: its records up
+    to ``seq`` (ending on ``chain``) are acknowledged without a witness each."""
+
+    mailbox_id: str
+    seq: int
+    chain: bytes
+
+
+class LogDamaged(Event, frozen=True, kw_only=True):
+    """Opening a mailbox log found its end damaged or missing where the control log had
+    witnessed commits: the damaged bytes were moved aside (``moved_to``, relative to the data
+    folder; empty when nothing was left to move), the log continues after record
+    ``first_lost_seq - 1`` (``chain``), and the witnessed messages listed are lost."""
+
+    mailbox_id: str
+    segment: str
+    offset: int
+    dropped_bytes: int
+    first_lost_seq: int
+    chain: bytes
+    lost_message_ids: tuple[str, ...]
+    moved_to: str
+    reason: str
 
 
 class CompactionGap(msgspec.Struct, frozen=True):
@@ -357,6 +415,9 @@ ControlEvent = (
     | MessagesExpunged
     | LogCompacted
     | LogTailTruncated
+    | MessagesCommitted
+    | MessageLogAnchored
+    | LogDamaged
     | GatewayStarted
     | GatewayStopped
     | SmtpSessionEnded
@@ -451,6 +512,9 @@ _KNOWN_TAGS = frozenset(
         MessagesExpunged,
         LogCompacted,
         LogTailTruncated,
+        MessagesCommitted,
+        MessageLogAnchored,
+        LogDamaged,
         GatewayStarted,
         GatewayStopped,
         SmtpSessionEnded,

@@ -31,6 +31,7 @@ from .crypto import (
 )
 from .events import (
     LogCompacted,
+    LogDamaged,
     MailboxCreated,
     MailboxKeyReset,
     MessageStored,
@@ -46,6 +47,7 @@ from .log import (
     decode_chunk_body,
     decode_gap,
     iter_log,
+    segment_name,
 )
 from .services.archive import CONTROL_LOG_ID, sealed_of, wrap_id
 from .services.projection import ControlState
@@ -99,7 +101,9 @@ def verify_data_dir(
     if not data.control_dir.is_dir():
         report.problems.append(Problem("control", "no control log", str(data.control_dir)))
         return report
-    for record in _records(report, "control", data.control_dir, CONTROL_LOG_ID, None, progress):
+    control, torn = _records(report, "control", data.control_dir, CONTROL_LOG_ID, None, progress)
+    _note_torn(report, "control", torn)
+    for record in control:
         if record.kind == RecordKind.GAP:
             report.problems.append(
                 Problem("control", "records missing from the control log", offset=record.seq)
@@ -117,6 +121,8 @@ def verify_data_dir(
             continue
         if isinstance(event, MailboxCreated | MailboxKeyReset):
             key_ids.setdefault(event.mailbox_id, set()).add(event.key_id)
+        if isinstance(event, LogDamaged):
+            _report_damage(report, record.seq, event)
         state.apply(event)
 
     on_disk = set(data.list_mailbox_ids())
@@ -137,6 +143,13 @@ def verify_data_dir(
     return report
 
 
+@dataclass(frozen=True, slots=True)
+class _Torn:
+    path: Path
+    offset: int
+    size: int
+
+
 def _records(
     report: Report,
     where: str,
@@ -144,17 +157,18 @@ def _records(
     log_id: bytes,
     cuts: Mapping[int, int] | None,
     progress: Progress | None,
-) -> list[LogRecord]:
+) -> tuple[list[LogRecord], _Torn | None]:
+    """Every record of a log, and the partial record it ends in, if it does."""
     records: list[LogRecord] = []
+    torn: list[_Torn] = []
     try:
-
-        def torn(path: Path, offset: int, size: int) -> None:
-            report.notes.append(
-                f"{where}: {path} ends in a partial record at offset {offset} ({size} bytes): "
-                "a write in progress, or cut short by a crash (opening the log cuts it off)"
-            )
-
-        for record in iter_log(directory, log_id, cuts=cuts, keep_bodies=True, on_torn_tail=torn):
+        for record in iter_log(
+            directory,
+            log_id,
+            cuts=cuts,
+            keep_bodies=True,
+            on_torn_tail=lambda path, offset, size: torn.append(_Torn(path, offset, size)),
+        ):
             records.append(record)
             report.records += 1
             report.log_bytes += record.location.size
@@ -162,7 +176,16 @@ def _records(
                 progress(where, report.records)
     except LogCorrupt as exc:
         report.problems.append(Problem(where, exc.reason, str(exc.path), exc.offset))
-    return records
+    return records, torn[0] if torn else None
+
+
+def _note_torn(report: Report, where: str, torn: _Torn | None) -> None:
+    if torn is not None:
+        report.notes.append(
+            f"{where}: {torn.path} ends in a partial record at offset {torn.offset} "
+            f"({torn.size} bytes): a write in progress, or cut short by a crash (opening the "
+            "log cuts it off)"
+        )
 
 
 def _verify_mailbox(
@@ -194,7 +217,11 @@ def _verify_mailbox(
     expunged = state.expunged.get(box_id, set())
     mid_bytes_to_chunks: dict[int, tuple[bytes, int, int]] = {}
     log_dir, log_id = data.mailbox_log_dir(box_id), bytes.fromhex(box_id)
-    for record in _records(report, box_id, log_dir, log_id, state.cuts.get(box_id), progress):
+    problems_before = len(report.problems)
+    records, torn = _records(report, box_id, log_dir, log_id, state.cuts.get(box_id), progress)
+    readable = len(report.problems) == problems_before
+    commits: dict[int, tuple[str, bytes]] = {}  # seq -> message id, chain
+    for record in records:
         if record.kind == RecordKind.GAP:
             gap = decode_gap(record.body)
             confirmed = _confirm_gap(cuts, gap.first_seq, gap.last_seq, record.chain)
@@ -221,6 +248,7 @@ def _verify_mailbox(
                 continue
             if not isinstance(event, MessageStored):
                 continue
+            commits[record.seq] = (event.message_id, record.chain)
             if event.message_id in expunged:
                 # Compaction may already have taken its chunks (confirmed above, by gap).
                 for seq in event.chunk_seqs:
@@ -236,6 +264,117 @@ def _verify_mailbox(
                 box_id, f"compaction removed {len(unexpunged)} messages that were never expunged"
             )
         )
+    witnesses = state.witnessed.get(box_id)
+    if witnesses is None:
+        _note_torn(report, box_id, torn)
+        report.notes.append(
+            f"{box_id}: its log predates commit witnesses and was never opened by a gateway "
+            "that has them: its messages are checked by chain only"
+        )
+        return
+    if not readable:
+        return  # the log could not be read to its end; that problem stands for the rest
+    ends = _LogEnd.of(records, torn, log_dir)
+    _check_witnesses(report, box_id, state, witnesses, commits, expunged, removed_ids, ends)
+
+
+@dataclass(frozen=True, slots=True)
+class _LogEnd:
+    """Where a mailbox log ends: the seq of its next record, and the file and offset."""
+
+    next_seq: int
+    path: str
+    offset: int | None
+    torn: _Torn | None
+
+    @classmethod
+    def of(cls, records: list[LogRecord], torn: _Torn | None, log_dir: Path) -> _LogEnd:
+        if torn is not None:
+            return cls(records[-1].seq + 1 if records else 0, str(torn.path), torn.offset, torn)
+        if not records:
+            return cls(0, str(log_dir), None, None)
+        last = records[-1].location
+        return cls(records[-1].seq + 1, str(log_dir / segment_name(last.segment)), None, None)
+
+
+def _check_witnesses(
+    report: Report,
+    box_id: str,
+    state: ControlState,
+    witnesses: Mapping[str, tuple[int, bytes]],
+    commits: Mapping[int, tuple[str, bytes]],
+    expunged: set[str],
+    removed_ids: set[str],
+    end: _LogEnd,
+) -> None:
+    """Both directions (SPEC.md 8): every acknowledged message is in its log or was expunged
+    by record, and every message in the log was acknowledged."""
+    ack_seq = state.acknowledged.get(box_id, (-1, b""))[0]
+    if end.torn is not None and end.next_seq <= ack_seq:
+        report.problems.append(
+            Problem(
+                box_id,
+                f"the log ends inside record {end.next_seq}, which the control log witnessed "
+                "as acknowledged",
+                end.path,
+                end.offset,
+            )
+        )
+    else:
+        _note_torn(report, box_id, end.torn)
+    missing: list[str] = []
+    for message_id, (seq, chain) in witnesses.items():
+        found = commits.get(seq)
+        if found is not None:
+            if found != (message_id, chain):
+                report.problems.append(
+                    Problem(
+                        box_id,
+                        f"record {seq} is not the commit of message {message_id} the control "
+                        "log witnessed",
+                    )
+                )
+        elif not (message_id in expunged and message_id in removed_ids):
+            missing.append(message_id)
+    if missing:
+        report.problems.append(
+            Problem(
+                box_id,
+                f"{len(missing)} acknowledged message(s) missing from the log, which ends "
+                f"before record {end.next_seq}: {', '.join(sorted(missing))}",
+                end.path,
+                end.offset,
+            )
+        )
+    anchor = state.anchors.get(box_id)
+    if anchor is not None and anchor[0] in commits and commits[anchor[0]][1] != anchor[1]:
+        report.problems.append(
+            Problem(box_id, f"record {anchor[0]} is not the one the log was anchored at")
+        )
+    anchor_seq = anchor[0] if anchor is not None else -1
+    witnessed_ids = set(witnesses)
+    for seq, (message_id, _chain) in sorted(commits.items()):
+        if seq <= anchor_seq or message_id in witnessed_ids or message_id in expunged:
+            continue
+        report.notes.append(
+            f"{box_id}: message {message_id} (record {seq}) has no commit witness: never "
+            "acknowledged (a commit in progress, or a crash before its witness); the gateway "
+            "rolls it back when it next opens the log"
+        )
+
+
+def _report_damage(report: Report, control_seq: int, event: LogDamaged) -> None:
+    kept = f"; the damaged bytes are kept in {event.moved_to}" if event.moved_to else ""
+    lost = ", ".join(event.lost_message_ids) or "none"
+    report.problems.append(
+        Problem(
+            event.mailbox_id,
+            f"damage found when the gateway opened the log (control record {control_seq}: "
+            f"{event.reason}); acknowledged messages lost: {lost}{kept}",
+            event.segment,
+            event.offset,
+        )
+    )
 
 
 def _confirm_gap(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.events import Envelope, LogTailTruncated, decode_control_event, now
+from gateway.events import Envelope, LogDamaged, LogTailTruncated, decode_control_event, now
 from gateway.log import iter_log
 from gateway.log._framing import Gap, encode_gap
 from gateway.services.archive import CONTROL_LOG_ID, Archive, StoreConfig
@@ -109,18 +110,60 @@ def truncations(data: Path) -> list[LogTailTruncated]:
     return [e for e in events if isinstance(e, LogTailTruncated)]
 
 
-def test_a_torn_tail_is_a_note_for_verify_and_cut_on_open(tmp_path: Path) -> None:
+def damage_events(data: Path) -> list[LogDamaged]:
+    events = [decode_control_event(r.body) for r in iter_log(data / "control", CONTROL_LOG_ID)]
+    return [e for e in events if isinstance(e, LogDamaged)]
+
+
+async def write_unfinished(data: Path, box: str) -> None:
+    """A message whose first chunk is written but whose commit never comes (a crash)."""
+    archive = await Archive.open(data, CONFIG)
+    try:
+        writer = archive.begin_message([box])
+        await writer.write(os.urandom(300 * 1024))
+        await writer.abort()
+    finally:
+        await archive.aclose()
+
+
+def test_a_torn_unacknowledged_tail_is_a_note_for_verify_and_cut_on_open(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    box, _password, kept = trio.run(build, data)
+    trio.run(write_unfinished, data, box)
+    tail = sorted((data / "mailboxes" / box / "log").glob("*.seg"))[-1]
+    whole = tail.read_bytes()
+    tail.write_bytes(whole[:-30])  # the unfinished message's chunk cut short
+    report = verify_data_dir(data)
+    assert report.ok, report.problems
+    assert any("partial record" in note for note in report.notes)
+    assert trio.run(reopen_and_list, data, box) == kept
+    (cut,) = truncations(data)
+    assert cut.log == box and cut.dropped_bytes == len(whole) - 30 - cut.offset
+    assert not damage_events(data)
+    assert verify_data_dir(data).ok
+
+
+def test_a_torn_acknowledged_record_is_damage_kept_aside_and_reported(tmp_path: Path) -> None:
+    """Regression: cutting inside the newest commit (a message that got its 250) used to be
+    a note for verify and a silent cut for the server."""
     data = tmp_path / "data"
     box, _password, kept = trio.run(build, data)
     tail = sorted((data / "mailboxes" / box / "log").glob("*.seg"))[-1]
     whole = tail.read_bytes()
-    tail.write_bytes(whole[:-30])  # the last record (the newest commit) cut short
-    report = verify_data_dir(data)
-    assert report.ok, report.problems
-    assert any("partial record" in note for note in report.notes)
+    tail.write_bytes(whole[:-30])
+    before = verify_data_dir(data)
+    assert {p.path for p in before.problems} == {str(tail)}, before.problems
+    assert any("witnessed" in p.reason for p in before.problems)
+    assert any(kept[-1] in p.reason for p in before.problems)
     assert trio.run(reopen_and_list, data, box) == kept[:-1]
-    (cut,) = truncations(data)
-    assert cut.log == box and cut.dropped_bytes == len(whole) - 30 - cut.offset
+    assert not truncations(data)
+    (damage,) = damage_events(data)
+    assert damage.lost_message_ids == (kept[-1],)
+    aside = data / damage.moved_to
+    assert whole[damage.offset : len(whole) - 30] == aside.read_bytes()
+    after = verify_data_dir(data)
+    assert not after.ok
+    assert any(kept[-1] in p.reason and damage.moved_to in p.reason for p in after.problems)
 
 
 def test_a_garbage_tail_is_a_problem_for_verify_and_cut_on_open(tmp_path: Path) -> None:

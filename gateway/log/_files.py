@@ -55,11 +55,21 @@ class Location:
 
 @dataclass(frozen=True, slots=True)
 class Recovery:
-    """A torn tail cut off when the log was opened."""
+    """What opening a log found at its end and did about it.
+
+    A torn tail (``damage`` empty): bytes after the last whole record that hold nothing
+    acknowledged, cut off. Damage (``damage`` says what): the end of the log was bad or
+    missing where records had been acknowledged; the bad bytes (if any) were moved to
+    ``moved_to`` before the cut, never discarded, and the log continues from record
+    ``first_lost_seq - 1`` whose chain value is ``chain``."""
 
     path: Path
     offset: int
     dropped_bytes: int
+    damage: str = ""
+    first_lost_seq: int = 0
+    chain: bytes = b""
+    moved_to: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -211,6 +211,8 @@ def iter_log(
     log.
     """
     chosen = list(choose_files(directory, cuts or {}).chosen.items())
+    if not chosen:
+        raise LogCorrupt(directory, 0, "no segment files")
     chain: bytes | None = genesis_chain(log_id)
     expect_seq = 0
     start = max((i for i, (first, _file) in enumerate(chosen) if first <= from_seq), default=0)

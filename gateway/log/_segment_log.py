@@ -57,6 +57,8 @@ from ._framing import (
 from ._scan import SegmentScan, later_record_exists, read_exact, scan_segment
 
 _STAGING_SUFFIX = ".new"
+# Where damaged bytes cut from the end of a log are kept (SPEC.md 6.3).
+DAMAGED_FOLDER = "damaged"
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
 
 
@@ -91,7 +93,7 @@ class SegmentLog:
 
     @classmethod
     def create(cls, directory: Path, log_id: bytes, *, segment_bytes: int) -> SegmentLog:
-        directory.mkdir(parents=True, exist_ok=False)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=False)  # SPEC.md 2: folders 0700
         fsync_dir(directory.parent)
         log = cls(directory, log_id, segment_bytes, {}, 0, genesis_chain(log_id), 0)
         log._start_segment(0)
@@ -105,11 +107,19 @@ class SegmentLog:
         *,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         cuts: Mapping[int, int] | None = None,
+        acknowledged: tuple[int, bytes] | None = None,
     ) -> tuple[SegmentLog, list[LogRecord], Recovery | None]:
         """Open for appending. Returns the log, every record with its body except chunk
-        bodies (for the caller's projection), and the tail that was cut off, if any.
-        ``cuts``: the compactions the control log confirms (see ``choose_files``)."""
-        files = choose_files(directory, cuts or {})
+        bodies (for the caller's projection), and what was done about its end, if anything.
+        ``cuts``: the compactions the control log confirms (see ``choose_files``).
+        ``acknowledged``: (seq, chain value) of the last record an independent witness (the
+        control log) says was acknowledged; the log must reach it, with that chain value.
+        Bad bytes at the end are cut as a torn tail only when they lie wholly after it;
+        otherwise they are damage: moved aside into ``damaged/`` beside the segments, then
+        cut, and reported as such."""
+        cuts = cuts or {}
+        directory.chmod(0o700)  # folders made by versions that left them 0755 (SPEC.md 2)
+        files = choose_files(directory, cuts)
         if not files.chosen:
             raise LogCorrupt(directory, 0, "no segment files")
         for stale in [*files.unconfirmed, *directory.glob("*" + SEGMENT_SUFFIX + _STAGING_SUFFIX)]:
@@ -117,28 +127,33 @@ class SegmentLog:
             # every record, this one is a leftover.
             stale.unlink()
         records: list[LogRecord] = []
-        recovery: Recovery | None = None
         chain: bytes | None = genesis_chain(log_id)
         expect_seq = 0
         scan: SegmentScan | None = None
+        path = directory
         for i, (first, (_generation, path)) in enumerate(files.chosen.items()):
             last = i == len(files.chosen) - 1
             if first != expect_seq:
                 if first < expect_seq:
                     raise LogCorrupt(path, 0, f"segment overlaps records up to {expect_seq - 1}")
+                if cuts.get(expect_seq) != REMOVED:
+                    raise LogCorrupt(
+                        path,
+                        0,
+                        f"records {expect_seq}..{first - 1} are missing "
+                        "(no compaction removed them)",
+                    )
                 chain = None  # a segment removed by compaction; its header carries the chain
             scan = scan_segment(path, first, log_id, chain, keep_bodies=False)
             records.extend(scan.records)
-            if scan.error is not None:
-                if not last or later_record_exists(path, scan.end_offset, scan.next_seq):
-                    raise LogCorrupt(path, scan.end_offset, scan.error)
-                recovery = Recovery(path, scan.end_offset, scan.file_size - scan.end_offset)
-                with open(path, "r+b") as f:
-                    f.truncate(scan.end_offset)
-                    os.fsync(f.fileno())
+            if scan.error is not None and (
+                not last or later_record_exists(path, scan.end_offset, scan.next_seq)
+            ):
+                raise LogCorrupt(path, scan.end_offset, scan.error)
             chain = scan.end_chain
             expect_seq = scan.next_seq
         assert scan is not None
+        recovery = _settle_end(path, scan, records, acknowledged)
         log = cls(
             directory,
             log_id,
@@ -448,3 +463,73 @@ class SegmentLog:
             for fd in self._read_fds.values():
                 os.close(fd)
             self._read_fds.clear()
+
+
+def _settle_end(
+    path: Path,
+    scan: SegmentScan,
+    records: list[LogRecord],
+    acknowledged: tuple[int, bytes] | None,
+) -> Recovery | None:
+    """Decide what the end of a log is, against the witness of what was acknowledged, and
+    act on it: nothing, a torn tail cut off, or damage moved aside and cut off."""
+    ack_seq = acknowledged[0] if acknowledged is not None else -1
+    if acknowledged is not None and ack_seq < scan.next_seq:
+        witnessed = next((r for r in reversed(records) if r.seq == ack_seq), None)
+        if witnessed is not None and witnessed.chain != acknowledged[1]:
+            raise LogCorrupt(
+                path,
+                witnessed.location.offset,
+                f"record {ack_seq} is not the one the control log witnessed (chain differs)",
+            )
+    bad_bytes = scan.file_size - scan.end_offset
+    if scan.next_seq > ack_seq:
+        if scan.error is None:
+            return None
+        # Bad bytes after every acknowledged record: a write a crash cut short.
+        _truncate(path, scan.end_offset)
+        return Recovery(path, scan.end_offset, bad_bytes)
+    # The log ends before a record the witness says was acknowledged.
+    if scan.error is None:
+        damage = f"records {scan.next_seq}..{ack_seq} are missing from the end of the log"
+    else:
+        damage = f"record {scan.next_seq}: {scan.error}"
+    moved_to = None
+    if bad_bytes:
+        moved_to = _move_aside(path, scan.end_offset)
+        _truncate(path, scan.end_offset)
+    return Recovery(
+        path,
+        scan.end_offset,
+        bad_bytes,
+        damage=damage,
+        first_lost_seq=scan.next_seq,
+        chain=scan.end_chain,
+        moved_to=moved_to,
+    )
+
+
+def _truncate(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(offset)
+        os.fsync(f.fileno())
+
+
+def _move_aside(path: Path, offset: int) -> Path:
+    """Copy the bytes of ``path`` from ``offset`` on into ``damaged/<name>.<offset>`` beside
+    it, durably, before they are cut from the log."""
+    folder = path.parent / DAMAGED_FOLDER
+    folder.mkdir(mode=0o700, exist_ok=True)
+    target = folder / f"{path.name}.{offset}"
+    with open(path, "rb") as src:
+        src.seek(offset)
+        data = src.read()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(folder)
+    fsync_dir(path.parent)
+    return target

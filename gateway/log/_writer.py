@@ -52,6 +52,7 @@ class _Ticket:
     epoch: int | None
     finished: bool = False
     locations: list[Location] = field(default_factory=list)
+    chains: list[bytes] = field(default_factory=list)
     error: LogWriteError | None = None
 
 
@@ -101,7 +102,7 @@ class CommitGroup:
 @dataclass(slots=True)
 class _RoundResult:
     locations: list[Location]
-    chains: list[bytes] | None  # when the log has an observer
+    chains: list[bytes]  # each record's chain value (witnesses and the audit feed need them)
     synced: bool = False
     error: LogWriteError | None = None
 
@@ -111,13 +112,13 @@ def _write_round(work: list[tuple[LogWriter, list[_Ticket]]]) -> list[_RoundResu
     results: list[_RoundResult] = []
     for writer, tickets in work:
         items = [item for ticket in tickets for item in ticket.items]
-        chains: list[bytes] | None = [] if writer.observer is not None else None
+        chains: list[bytes] = []
         try:
             results.append(
                 _RoundResult(writer.log.append(items, sync=False, chains=chains), chains)
             )
         except LogWriteError as exc:
-            results.append(_RoundResult([], None, error=exc))
+            results.append(_RoundResult([], [], error=exc))
     to_sync = [
         i
         for i, (_writer, tickets) in enumerate(work)
@@ -132,7 +133,7 @@ def _write_round(work: list[tuple[LogWriter, list[_Ticket]]]) -> list[_RoundResu
         if error is None:
             results[i].synced = True
         else:
-            results[i] = _RoundResult([], None, error=error)
+            results[i] = _RoundResult([], [], error=error)
     return results
 
 
@@ -165,6 +166,13 @@ class LogWriter:
         """Append records, contiguously and in order. Returns once they are written and, if
         ``durable``, fdatasynced. Raises LogWriteError (nothing of these records is visible),
         or StaleEpoch if ``epoch`` is given and a batch failed since."""
+        locations, _chains = await self.append_chained(items, durable=durable, epoch=epoch)
+        return locations
+
+    async def append_chained(
+        self, items: Sequence[AppendItem], *, durable: bool = True, epoch: int | None = None
+    ) -> tuple[list[Location], list[bytes]]:
+        """:meth:`append`, also returning each record's chain value."""
         ticket = _Ticket(items, durable, epoch)
         self._queue.append(ticket)
         try:
@@ -176,7 +184,7 @@ class LogWriter:
             raise
         if ticket.error is not None:
             raise ticket.error
-        return ticket.locations
+        return ticket.locations, ticket.chains
 
     def take_batch(self) -> list[_Ticket]:
         """The queued tickets to write now; those whose epoch is stale fail at once."""
@@ -200,13 +208,16 @@ class LogWriter:
         start = 0
         records: list[LogRecord] = []
         for ticket in batch:
-            ticket.locations = result.locations[start : start + len(ticket.items)]
-            if result.chains is not None:
-                for (kind, body), location in zip(ticket.items, ticket.locations, strict=True):
-                    chain = result.chains[location.seq - result.locations[0].seq]
+            end = start + len(ticket.items)
+            ticket.locations = result.locations[start:end]
+            ticket.chains = result.chains[start:end]
+            if self.observer is not None:
+                for (kind, body), location, chain in zip(
+                    ticket.items, ticket.locations, ticket.chains, strict=True
+                ):
                     assert not callable(body), "observed logs append plain bodies"
                     records.append(LogRecord(location.seq, kind, body, chain, location))
-            start += len(ticket.items)
+            start = end
             ticket.finished = True
         self._batches += 1
         self._records += start

@@ -9,7 +9,7 @@ import trio
 
 from ..crypto import KdfParams, MailboxPublicKey
 from ..log import DEFAULT_SEGMENT_BYTES, LogWriter
-from .projection import MailboxInfo, MessageIndex
+from .projection import MailboxInfo, MessageIndex, StoredMessage
 
 __all__ = [
     "CONTROL_LOG_ID",
@@ -20,6 +20,7 @@ __all__ = [
     "MessageTooLarge",
     "NoSuchMailbox",
     "StoreConfig",
+    "WitnessedCopy",
     "wrap_id",
 ]
 
@@ -81,3 +82,19 @@ class MailboxState:
     lock: trio.Lock = field(default_factory=trio.Lock)  # key changes, deletion, compaction
     io_lock: trio.Lock = field(default_factory=trio.Lock)  # record reads vs segment replacement
     inflight: dict[int, int] = field(default_factory=dict)  # writer id -> first seq it may use
+    # A key reset in progress refuses new witnesses and waits for those in flight, so no
+    # message sealed to the retired key is committed after the reset (SPEC.md 6.5).
+    resetting: bool = False
+    witnessing: int = 0
+    witnesses_idle: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessedCopy:
+    """One mailbox's copy of a message whose commit record is durable: what its witness
+    names and what is published once the witness is durable."""
+
+    box: MailboxState
+    stored: StoredMessage
+    chain: bytes
+    source_key: str = ""

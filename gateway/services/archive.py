@@ -21,6 +21,7 @@ the one the log names, dropped otherwise.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 
@@ -41,12 +42,15 @@ from ..crypto import (
     unlock,
 )
 from ..events import (
+    ROLLED_BACK,
     SYSTEM,
     Actor,
+    CommitWitness,
     CompactionGap,
     ControlEvent,
     Envelope,
     LogCompacted,
+    LogDamaged,
     LogTailTruncated,
     MailboxCreated,
     MailboxDeleted,
@@ -54,6 +58,8 @@ from ..events import (
     MailboxKeyRewrapped,
     MailboxStatus,
     MailboxUpdated,
+    MessageLogAnchored,
+    MessagesCommitted,
     MessagesExpunged,
     MessageStored,
     decode_control_event,
@@ -85,11 +91,14 @@ from ._common import (
     MessageTooLarge,
     NoSuchMailbox,
     StoreConfig,
+    WitnessedCopy,
     wrap_id,
 )
 from .intake import MessageWriter, Target
 from .keyforge import KeyForge
 from .projection import ControlState, MailboxInfo, MessageIndex, StoredMessage
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CONTROL_LOG_ID",
@@ -140,7 +149,7 @@ class Archive:
             if recovery is not None:
                 await archive._note_recovery("control", recovery)
             for info in list(archive.state.mailboxes.values()):
-                await archive._open_mailbox(info)
+                await archive._open_mailbox(info, control_cut=recovery is not None)
         except BaseException:
             data.unlock()
             raise
@@ -153,34 +162,120 @@ class Archive:
         self.control.log.close()
         self.data.unlock()
 
-    async def _open_mailbox(self, info: MailboxInfo) -> MailboxState:
+    async def _open_mailbox(self, info: MailboxInfo, *, control_cut: bool) -> MailboxState:
+        """Open one mailbox log against the control log's witness of what was acknowledged
+        (SPEC.md 6.3): damage at its end is moved aside and recorded, commits that were
+        never witnessed are rolled back, a log that predates witnesses is anchored."""
         mailbox_id = info.mailbox_id
         index = MessageIndex(expunged=set(self.state.expunged.get(mailbox_id, ())))
         box = MailboxState(info=info, index=index)
         self._mailboxes[mailbox_id] = box
+        witnesses = self.state.witnessed.get(mailbox_id)
         try:
             await self._settle_staged_key(info)
-            key_bytes = await trio.to_thread.run_sync(self.data.read_key_file, mailbox_id)
-            box.public_key = MailboxPublicKey.from_key_file(decode_key_file(key_bytes))
+            box.public_key = await self._checked_public_key(info)
             log, records, recovery = await trio.to_thread.run_sync(
                 lambda: SegmentLog.open(
                     self.data.mailbox_log_dir(mailbox_id),
                     bytes.fromhex(mailbox_id),
                     segment_bytes=self.config.segment_bytes,
                     cuts=self.state.cuts.get(mailbox_id, {}),
+                    acknowledged=self.state.acknowledged.get(mailbox_id),
                 )
             )
         except FileNotFoundError as exc:
-            box.damaged = f"missing file {Path(exc.filename or '').name!s}"
-            return box
-        except (LogCorrupt, KeyFileCorrupt) as exc:
-            box.damaged = str(exc)
-            return box
+            return self._mark_damaged(box, f"missing file {Path(exc.filename or '').name!s}")
+        except (LogCorrupt, KeyFileCorrupt, ArchiveError) as exc:
+            return self._mark_damaged(box, str(exc))
         box.writer = LogWriter(log, self.commit_group)
         _fold_messages(index, records)
-        if recovery is not None:
+        if recovery is not None and recovery.damage:
+            await self._note_damage(box, recovery)
+        elif recovery is not None:
             await self._note_recovery(mailbox_id, recovery)
+        if witnesses is None:
+            await self.append_control(
+                MessageLogAnchored(
+                    at=now(), mailbox_id=mailbox_id, seq=log.next_seq - 1, chain=log.chain
+                )
+            )
+            return box
+        unwitnessed = [m for m in index.messages.values() if m.message_id not in witnesses]
+        if not unwitnessed:
+            return box
+        if control_cut:
+            # The control log lost its own tail: a witness may have been in it. Keeping
+            # a message twice is better than losing one that was acknowledged.
+            await self._witness_now(box, unwitnessed, records)
+        else:
+            await self._expunge_ids(box, [m.message_id for m in unwitnessed], ROLLED_BACK)
         return box
+
+    async def _checked_public_key(self, info: MailboxInfo) -> MailboxPublicKey:
+        """The mailbox's public key, from a key file that must be the one the control log
+        names: a swapped file would seal new mail to someone else's key."""
+        key_bytes = await trio.to_thread.run_sync(self.data.read_key_file, info.mailbox_id)
+        key = decode_key_file(key_bytes)
+        if key.key_id.hex() != info.key_id or wrap_id(key_bytes) != info.wrap_id:
+            raise ArchiveError("key file is not the one the control log names")
+        return MailboxPublicKey.from_key_file(key)
+
+    def _mark_damaged(self, box: MailboxState, why: str) -> MailboxState:
+        box.damaged = why
+        logger.error("event=mailbox-damaged mailbox=%s reason=%r", box.info.mailbox_id, why)
+        return box
+
+    async def _note_damage(self, box: MailboxState, recovery: Recovery) -> None:
+        mailbox_id = box.info.mailbox_id
+        witnesses = self.state.witnessed.get(mailbox_id, {})
+        lost = tuple(
+            sorted(
+                m
+                for m, (seq, _chain) in witnesses.items()
+                if seq >= recovery.first_lost_seq and m not in box.index.expunged
+            )
+        )
+        moved = ""
+        if recovery.moved_to is not None:
+            moved = str(recovery.moved_to.relative_to(self.data.root))
+        logger.error(
+            "event=log-damaged mailbox=%s segment=%s offset=%d lost_messages=%d moved_to=%s "
+            "reason=%r",
+            mailbox_id,
+            recovery.path.name,
+            recovery.offset,
+            len(lost),
+            moved or "-",
+            recovery.damage,
+        )
+        await self.append_control(
+            LogDamaged(
+                at=now(),
+                mailbox_id=mailbox_id,
+                segment=recovery.path.name,
+                offset=recovery.offset,
+                dropped_bytes=recovery.dropped_bytes,
+                first_lost_seq=recovery.first_lost_seq,
+                chain=recovery.chain,
+                lost_message_ids=lost,
+                moved_to=moved,
+                reason=recovery.damage,
+            )
+        )
+
+    async def _witness_now(
+        self, box: MailboxState, messages: list[StoredMessage], records: list[LogRecord]
+    ) -> None:
+        chains = {r.seq: r.chain for r in records if r.kind == RecordKind.EVENT}
+        await self.append_control(
+            MessagesCommitted(
+                at=now(),
+                commits=tuple(
+                    CommitWitness(box.info.mailbox_id, m.message_id, m.seq, chains[m.seq])
+                    for m in messages
+                ),
+            )
+        )
 
     async def _settle_staged_key(self, info: MailboxInfo) -> None:
         staged = await trio.to_thread.run_sync(self.data.staged_key_file, info.mailbox_id)
@@ -269,6 +364,7 @@ class Archive:
             description=description,
             key_id=key.key_id.hex(),
             wrap_id=wrap_id(key_bytes),
+            witnessed=True,
         )
         await self.append_control(event)
         info = self.state.mailboxes[mailbox_id]
@@ -355,29 +451,41 @@ class Archive:
             )
             key_bytes = encode_key_file(key)
             new_key_id = key.key_id.hex()
-            lost = [m for m in box.index.messages.values() if m.key_id != new_key_id]
-            await self._replace_key(
-                box,
-                key_bytes,
-                MailboxKeyReset(
-                    at=now(),
-                    actor=actor,
-                    mailbox_id=box.info.mailbox_id,
-                    old_key_id=box.info.key_id,
-                    key_id=new_key_id,
-                    wrap_id=wrap_id(key_bytes),
-                    unreadable_messages=len(lost),
-                    unreadable_bytes=sum(m.size for m in lost),
-                ),
-            )
-            box.public_key = MailboxPublicKey.from_key_file(key)
+            # Messages sealed to the old key that are past their witness are counted below;
+            # those not yet there are refused at it (SPEC.md 6.5).
+            box.resetting = True
+            try:
+                while box.witnessing:
+                    await box.witnesses_idle.wait()
+                lost = [m for m in box.index.messages.values() if m.key_id != new_key_id]
+                await self._replace_key(
+                    box,
+                    key_bytes,
+                    MailboxKeyReset(
+                        at=now(),
+                        actor=actor,
+                        mailbox_id=box.info.mailbox_id,
+                        old_key_id=box.info.key_id,
+                        key_id=new_key_id,
+                        wrap_id=wrap_id(key_bytes),
+                        unreadable_messages=len(lost),
+                        unreadable_bytes=sum(m.size for m in lost),
+                    ),
+                )
+                box.public_key = MailboxPublicKey.from_key_file(key)
+            finally:
+                box.resetting = False
         return new_password, len(lost)
 
     async def _read_key(self, box: MailboxState) -> KeyFile:
         if box.damaged is not None:
             raise MailboxUnavailable(f"mailbox {box.info.mailbox_id} is damaged: {box.damaged}")
         key_bytes = await trio.to_thread.run_sync(self.data.read_key_file, box.info.mailbox_id)
-        return decode_key_file(key_bytes)
+        key = decode_key_file(key_bytes)
+        if wrap_id(key_bytes) != box.info.wrap_id:
+            self._mark_damaged(box, "key file is not the one the control log names")
+            raise MailboxUnavailable(f"mailbox {box.info.mailbox_id} is damaged: {box.damaged}")
+        return key
 
     async def _replace_key(self, box: MailboxState, key_bytes: bytes, event: ControlEvent) -> None:
         mailbox_id = box.info.mailbox_id
@@ -458,24 +566,76 @@ class Archive:
             raise ArchiveError("a message needs at least one mailbox")
         return MessageWriter(self, targets, source_key)
 
+    async def witness(self, copies: Sequence[WitnessedCopy]) -> None:
+        """The commit point of a message (SPEC.md 6.2): its commit records are durable in
+        every mailbox; append their witness to the control log, durably, then serve them.
+        A mailbox whose key was reset meanwhile refuses (the copy is sealed to the retired
+        key): every copy is rolled back and MailboxUnavailable raised."""
+        for copy in copies:
+            box = copy.box
+            if box.resetting or copy.stored.key_id != box.info.key_id:
+                await self.roll_back(copies)
+                raise MailboxUnavailable(
+                    f"mailbox {box.info.mailbox_id}: its key was reset while the message "
+                    "was on its way; try again"
+                )
+        event = MessagesCommitted(
+            at=now(),
+            commits=tuple(
+                CommitWitness(c.box.info.mailbox_id, c.stored.message_id, c.stored.seq, c.chain)
+                for c in copies
+            ),
+        )
+        for copy in copies:
+            copy.box.witnessing += 1
+        try:
+            await self.append_control(event)
+        except LogWriteError:
+            await self.roll_back(copies)
+            raise
+        finally:
+            for copy in copies:
+                copy.box.witnessing -= 1
+                if copy.box.witnessing == 0:
+                    copy.box.witnesses_idle.set()
+                    copy.box.witnesses_idle = trio.Event()
+        for copy in copies:
+            copy.box.index.messages[copy.stored.message_id] = copy.stored
+            if copy.source_key:
+                copy.box.index.sources.add(copy.source_key)
+
+    async def roll_back(self, copies: Sequence[WitnessedCopy]) -> None:
+        """Expunge commit records that will never be witnessed (best effort: a copy left
+        unrolled is rolled back when the log is next opened)."""
+        for copy in copies:
+            try:
+                await self._expunge_ids(copy.box, [copy.stored.message_id], ROLLED_BACK)
+            except LogWriteError:
+                continue
+
     async def expunge(
         self, mailbox_id: str, message_ids: Sequence[str], *, actor: Actor = SYSTEM
     ) -> int:
         """Delete messages: durable before this returns, not served from then on."""
         box = self._box(mailbox_id)
-        present = [
-            box.index.messages[m] for m in dict.fromkeys(message_ids) if m in box.index.messages
-        ]
-        if not present:
+        present = [m for m in dict.fromkeys(message_ids) if m in box.index.messages]
+        return await self._expunge_ids(box, present, actor=actor)
+
+    async def _expunge_ids(
+        self, box: MailboxState, message_ids: list[str], reason: str = "", actor: Actor = SYSTEM
+    ) -> int:
+        if not message_ids:
             return 0
-        ids = tuple(m.message_id for m in present)
+        ids = tuple(message_ids)
+        size = sum(m.size for i in ids if (m := box.index.messages.get(i)) is not None)
         await self.append_control(
             MessagesExpunged(
                 at=now(),
                 actor=actor,
                 mailbox_id=box.info.mailbox_id,
                 message_ids=ids,
-                bytes=sum(m.size for m in present),
+                bytes=size,
+                reason=reason,
             )
         )
         box.index.expunge(ids)
@@ -552,11 +712,6 @@ class Archive:
             bytes.fromhex(stored.message_id),
             sealed_of(event),
         )
-
-    def _publish(self, box: MailboxState, stored: StoredMessage, source_key: str = "") -> None:
-        box.index.messages[stored.message_id] = stored
-        if source_key:
-            box.index.sources.add(source_key)
 
     # -- compaction ----------------------------------------------------------------------------
 

@@ -12,7 +12,13 @@ from ..crypto import MailboxPublicKey, MessageSealer
 from ..events import Envelope, MessageStored, encode_envelope, encode_event, now
 from ..ids import new_message_id
 from ..log import AppendItem, Location, LogWriteError, LogWriter, RecordKind, encode_chunk_body
-from ._common import MAX_ENVELOPE_BYTES, ArchiveError, MailboxState, MessageTooLarge
+from ._common import (
+    MAX_ENVELOPE_BYTES,
+    ArchiveError,
+    MailboxState,
+    MessageTooLarge,
+    WitnessedCopy,
+)
 from .projection import StoredMessage
 
 if TYPE_CHECKING:
@@ -142,12 +148,16 @@ class MessageWriter:
             target.box.inflight.pop(id(self), None)
 
     async def _commit(self, meta: bytes) -> dict[str, str]:
-        stored: dict[str, StoredMessage] = {}
+        """Commit records in every mailbox (in parallel), then one witness in the control
+        log naming every copy: the commit point. A crash before the witness leaves commit
+        records that the next open rolls back in every mailbox, so a message is stored in
+        all of its mailboxes or in none (SPEC.md 6.2)."""
+        copies: dict[str, tuple[StoredMessage, bytes]] = {}
         failures: list[BaseException] = []
 
         async def commit_one(target: Target) -> None:
             try:
-                stored[target.box.info.mailbox_id] = await self._commit_one(target, meta)
+                copies[target.box.info.mailbox_id] = await self._commit_one(target, meta)
             except LogWriteError as exc:
                 failures.append(exc)
 
@@ -157,15 +167,18 @@ class MessageWriter:
             async with trio.open_nursery() as nursery:
                 for target in self._targets:
                     nursery.start_soon(commit_one, target)
+        witnessed = [
+            WitnessedCopy(t.box, *copies[t.box.info.mailbox_id], self.source_key)
+            for t in self._targets
+            if t.box.info.mailbox_id in copies
+        ]
         if failures:
-            for mailbox_id, message in stored.items():
-                await self._archive.expunge(mailbox_id, [message.message_id])
+            await self._archive.roll_back(witnessed)
             raise LogWriteError(f"message not stored: {failures[0]}") from failures[0]
-        for target in self._targets:
-            self._archive._publish(target.box, stored[target.box.info.mailbox_id], self.source_key)
+        await self._archive.witness(witnessed)
         return {t.box.info.mailbox_id: t.message_id for t in self._targets}
 
-    async def _commit_one(self, target: Target, meta: bytes) -> StoredMessage:
+    async def _commit_one(self, target: Target, meta: bytes) -> tuple[StoredMessage, bytes]:
         sealer = target.sealer
         assert sealer is not None
         items: list[AppendItem] = []
@@ -200,9 +213,12 @@ class MessageWriter:
             return encode_event(event)
 
         items.append((RecordKind.EVENT, commit_body))
-        *finals, commit = await target.writer.append(items, durable=True, epoch=target.epoch)
+        locations, chains = await target.writer.append_chained(
+            items, durable=True, epoch=target.epoch
+        )
+        *finals, commit = locations
         chunks = [*target.chunks, *finals]
-        return StoredMessage.of(commit.seq, commit, chunks, built[0])
+        return StoredMessage.of(commit.seq, commit, chunks, built[0]), chains[-1]
 
     async def abort(self) -> None:
         """Give the message up; its chunks already written become orphans for compaction."""

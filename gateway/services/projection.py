@@ -13,6 +13,7 @@ from datetime import datetime
 from ..events import (
     ControlEvent,
     LogCompacted,
+    LogDamaged,
     LogTailTruncated,
     MailboxCreated,
     MailboxDeleted,
@@ -21,6 +22,8 @@ from ..events import (
     MailboxStatus,
     MailboxUpdated,
     MessageAccepted,
+    MessageLogAnchored,
+    MessagesCommitted,
     MessagesExpunged,
     MessageStored,
     Pop3ProxySessionEnded,
@@ -60,6 +63,16 @@ class ControlState:
     last_retrieval: dict[str, datetime] = field(default_factory=dict)
     truncations: int = 0
     events: int = 0
+    # Commit witnesses (SPEC.md 6.2). Per mailbox whose commits are witnessed: every
+    # witnessed message id -> (seq, chain) of its commit record, and the high-water mark
+    # (seq, chain) up to which its log holds acknowledged records. A mailbox missing from
+    # ``witnessed`` predates witnesses and has not been anchored yet.
+    witnessed: dict[str, dict[str, tuple[int, bytes]]] = field(default_factory=dict)
+    acknowledged: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    # Per mailbox anchored when it predated witnesses: (seq, chain) of its log's end then.
+    anchors: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    # Damage found at open, per mailbox, oldest first: the alarm an operator sees.
+    damage: dict[str, list[LogDamaged]] = field(default_factory=dict)
 
     def apply(self, event: ControlEvent) -> None:
         """Fold one event. Events that do not fit the state (an update of an unknown mailbox)
@@ -79,6 +92,8 @@ class ControlState:
                     updated_at=event.at,
                 )
                 self.deleted.discard(event.mailbox_id)
+                if event.witnessed:
+                    self.witnessed[event.mailbox_id] = {}
             case MailboxUpdated():
                 if box := self.mailboxes.get(event.mailbox_id):
                     box.name, box.description = event.name, event.description
@@ -95,6 +110,10 @@ class ControlState:
                 self.cuts.pop(event.mailbox_id, None)
                 self.last_delivery.pop(event.mailbox_id, None)
                 self.last_retrieval.pop(event.mailbox_id, None)
+                self.witnessed.pop(event.mailbox_id, None)
+                self.acknowledged.pop(event.mailbox_id, None)
+                self.anchors.pop(event.mailbox_id, None)
+                self.damage.pop(event.mailbox_id, None)
                 self.deleted.add(event.mailbox_id)
             case MessagesExpunged():
                 self.expunged.setdefault(event.mailbox_id, set()).update(event.message_ids)
@@ -103,6 +122,31 @@ class ControlState:
                 self.cuts.setdefault(event.mailbox_id, {})[event.segment] = event.generation
             case LogTailTruncated():
                 self.truncations += 1
+            case MessagesCommitted():
+                for commit in event.commits:
+                    witnesses = self.witnessed.get(commit.mailbox_id)
+                    if witnesses is None:
+                        continue
+                    witnesses[commit.message_id] = (commit.seq, commit.chain)
+                    mark = self.acknowledged.get(commit.mailbox_id)
+                    if mark is None or commit.seq > mark[0]:
+                        self.acknowledged[commit.mailbox_id] = (commit.seq, commit.chain)
+            case MessageLogAnchored():
+                if event.mailbox_id in self.mailboxes:
+                    self.witnessed.setdefault(event.mailbox_id, {})
+                    self.anchors[event.mailbox_id] = (event.seq, event.chain)
+                    if event.seq >= 0:
+                        self.acknowledged[event.mailbox_id] = (event.seq, event.chain)
+            case LogDamaged():
+                self.damage.setdefault(event.mailbox_id, []).append(event)
+                witnesses = self.witnessed.get(event.mailbox_id, {})
+                for message_id, (seq, _chain) in list(witnesses.items()):
+                    if seq >= event.first_lost_seq:
+                        del witnesses[message_id]
+                if event.first_lost_seq > 0:
+                    self.acknowledged[event.mailbox_id] = (event.first_lost_seq - 1, event.chain)
+                else:
+                    self.acknowledged.pop(event.mailbox_id, None)
             case MessageAccepted():
                 for mailbox_id in event.mailbox_ids:
                     self.last_delivery[mailbox_id] = event.at
