@@ -7,9 +7,14 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 
 from gateway.client import AdminClient, TrustSettings, connect
 from gateway.protocols import admin as api
+from gateway.protocols.admin import ApiError, ErrorCode
+from gateway.services.accounts import Accounts, Principal
+from gateway.services.admin import AdminService
+from gateway.services.archive import Archive
 
 from .gateway_helpers import Running
 
@@ -104,3 +109,51 @@ async def test_logout_on_the_same_connection_keeps_it_open(running: Running) -> 
         session = await client.request(api.Login(password=running.admin_password))
         assert isinstance(session, api.Session)
         assert isinstance(await client.request(api.MailboxList()), api.Mailboxes)
+
+
+# -- item 23: mailbox.passwd is an unthrottled password oracle ------------------------------
+
+
+async def test_mailbox_passwd_is_not_a_fast_password_oracle(
+    archive: Archive, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Any API token holder could try mailbox passwords through ``mailbox.passwd`` as fast as
+    Argon2id runs: a wrong old password was answered at once, without limit."""
+    service = AdminService(
+        archive,
+        Accounts(archive.data, archive.config.kdf),
+        "localhost",
+        failure_delay=2.0,
+        max_failures=10,
+    )
+    target, password = await archive.create_mailbox("Target", "")
+    other, other_password = await archive.create_mailbox("Other", "")
+    thief = Principal(kind="token", name="stolen", token_id="00" * 8)
+
+    async def passwd(mailbox_id: str, old_password: str) -> api.Reply:
+        request = api.MailboxPasswd(mailbox=mailbox_id, old_password=old_password)
+        return await service.handle(request, thief, "192.0.2.7")
+
+    for attempt in range(10):
+        started = trio.current_time()
+        with pytest.raises(ApiError) as wrong:
+            await passwd(target.mailbox_id, f"guess number {attempt}")
+        assert wrong.value.code == ErrorCode.WRONG_PASSWORD
+        assert trio.current_time() - started >= 2.0  # the POP3 login's failure delay
+
+    # Locked out now, even with the right password (Argon2id does not even run).
+    started = trio.current_time()
+    with pytest.raises(ApiError) as locked:
+        await passwd(target.mailbox_id, password)
+    assert locked.value.code == ErrorCode.THROTTLED
+    assert locked.value.retry_after is not None and 50 < locked.value.retry_after <= 60
+    assert trio.current_time() - started >= 2.0
+    # Per mailbox: another mailbox is not locked.
+    changed = await passwd(other.mailbox_id, other_password)
+    assert isinstance(changed, api.MailboxPasswordChanged)
+
+    # After the lockout the right password works; one more failure would double it.
+    await trio.sleep(60)
+    changed = await passwd(target.mailbox_id, password)
+    assert isinstance(changed, api.MailboxPasswordChanged)
+    await archive.unlock(target.mailbox_id, changed.password)

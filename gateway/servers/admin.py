@@ -108,6 +108,11 @@ class AdminServer:
     connections: int = 0
     _assets: dict[str, bytes] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # mailbox.passwd checks a mailbox password: the POP3 login's delay and lockout.
+        pop3 = self.config.pop3
+        self.service.throttle_passwd(pop3.failure_delay, pop3.max_failures)
+
     async def handle(self, stream: trio.abc.Stream, listener: object, peer: str) -> None:
         raw = b""
         with trio.move_on_after(HEAD_TIMEOUT):
