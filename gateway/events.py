@@ -279,8 +279,9 @@ class MessageRef(msgspec.Struct, frozen=True):
 
 
 class Pop3SessionEnded(Event, frozen=True, kw_only=True):
-    """One POP3 session, at its end: what was retrieved (RETR, in order) and what its QUIT
-    deleted (empty unless the deletions became durable)."""
+    """One POP3 session, at its end: what was retrieved (RETR, or a TOP that sent the whole
+    message, in order) and what its QUIT deleted (empty unless the deletions became
+    durable)."""
 
     session_id: str
     listener: str

@@ -438,9 +438,11 @@ class _Session:
             # dot with the last (a message under 256 KiB is a single write).
             out = self.conn.send_stream_start(Reply(True, f"{found.size} octets"))
             piece: bytes | None = first
+            sent = 0
             while piece is not None:
                 if cutter is not None:
                     piece = cutter.feed(piece)
+                sent += len(piece)
                 out += self.conn.send_stream_data(piece)
                 if cutter is not None and cutter.done:
                     break
@@ -451,7 +453,8 @@ class _Session:
                     await self._send(out)
                     out = b""
             await self._send(out + self.conn.send_stream_end())
-        if top is None:
+        # A TOP that sent all of it is a retrieval too: fetchmail downloads with TOP n 99999999.
+        if top is None or sent == found.size:
             self.retrieved.append(MessageRef(found.message_id, found.size))
 
     async def _update(self) -> Reply:
