@@ -28,16 +28,25 @@ class InvalidId(ValueError):
     """A mailbox or message id that is not 32 hex characters."""
 
 
-def parse_mailbox_id(text: str) -> str:
+def parse_mailbox_id(text: str, *, domain: str | None = None) -> str:
     """Accept a mailbox id or its address ``mbx-<id>@<domain>``, in any case; return the
-    canonical lowercase id. Anything else raises InvalidId, whose message is safe to show."""
+    canonical lowercase id. With ``domain`` (the gateway's mail domain), an address in any
+    other domain is refused: a login names this gateway's mailboxes only. Anything else
+    raises InvalidId, whose message is safe to show."""
     if not isinstance(text, str) or len(text) > 320:
         raise InvalidId("a mailbox id is 32 hexadecimal characters")
     match = _ADDRESS.fullmatch(text)
+    if match and domain is not None and not _same_domain(match.group(2), domain):
+        raise InvalidId(f"not a mailbox address of {domain}")
     candidate = (match.group(1) if match else text).lower()
     if not _HEX32.fullmatch(candidate) or candidate == "0" * 32:
         raise InvalidId("a mailbox id is 32 hexadecimal characters")
     return candidate
+
+
+def _same_domain(given: str, domain: str) -> bool:
+    # ASCII case only: a Unicode case mapping must not make another domain this one.
+    return given.isascii() and given.lower() == domain.lower()
 
 
 def parse_message_id(text: str) -> str:

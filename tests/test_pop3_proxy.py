@@ -136,7 +136,7 @@ async def test_retrieved_messages_are_stored_once(tmp_path: Path, kind: str) -> 
 async def test_refusals(tmp_path: Path) -> None:
     async with proxy_setup(tmp_path) as setup:
         assert setup.gateway.pop3_server is not None
-        setup.gateway.pop3_server.by_address.max_failures = 100
+        setup.gateway.pop3_server.proxy_logins.by_address.max_failures = 100
 
         def attempt(user: str, password: str) -> str:
             client = setup.client()

@@ -4,13 +4,16 @@ RFC 2449, RFC 2595 STLS, RFC 5034 AUTH PLAIN), driven by the sans-IO machine.
 Theory of operation
 -------------------
 The machine answers everything that needs no mailbox (and refuses credentials in the clear);
-this driver decides the rest. A login names a mailbox by id or address; the password opens
-its private key (Argon2id in a worker thread, at most ``pop3.max_unlocks`` at once). A failed
-login is answered ``failure_delay`` seconds after it arrived, whether the mailbox exists or
-not, and failures in a row lock out the client address and the username for a while; the
-reply never tells which part was wrong. Then the maildrop is locked (one session per
-mailbox: a second gets ``[IN-USE]``) and the message list is fixed: the mailbox as it was at
-login, less messages sealed to a key a reset retired (they can never be read).
+this driver decides the rest. A login names a mailbox by id or by its address in the
+gateway's mail domain; the password opens its private key (Argon2id in a worker thread, at
+most ``pop3.max_unlocks`` at once, in the order of ``services.throttle.UnlockQueue``: clients
+that logged in to the mailbox from their address before go first). A failed login is answered
+``failure_delay`` seconds after it arrived, whether the mailbox exists or not, and failures in
+a row lock out the client address and the mailbox (``services.throttle.LoginGuard``: not for
+the clients trusted for it) for a while; the reply never tells which part was wrong. Then the
+maildrop is locked (one session per mailbox: a second gets ``[IN-USE]``) and the message list
+is fixed: the mailbox as it was at login, less messages sealed to a key a reset retired (they
+can never be read).
 
 Sizes in STAT and LIST are the stored octet counts, which RETR sends exactly (before
 dot-stuffing); UIDL is the message id. RETR and TOP decrypt piece by piece (at most 256 KiB)
@@ -62,7 +65,7 @@ from ..protocols.pop3 import (
 from ..services.archive import Archive, ArchiveError
 from ..services.projection import StoredMessage
 from ..services.routing import ProxyLogin, RoutingError, parse_proxy_login
-from ..services.throttle import LoginThrottle
+from ..services.throttle import LoginGuard, UnlockQueue
 from ..tls import TLSContextHolder, describe_tls
 from .limits import SessionLimiter
 from .pop3_proxy import RELAYED, POP3Relay, ProxyRefused, StoreFailed, open_relay
@@ -97,9 +100,9 @@ class POP3Server:
 
     def __post_init__(self) -> None:
         pop3 = self.config.pop3
-        self.by_address = LoginThrottle(max_failures=pop3.max_failures, lockout=60.0)
-        self.by_username = LoginThrottle(max_failures=pop3.max_failures, lockout=60.0)
-        self.unlocks = trio.CapacityLimiter(pop3.max_unlocks)
+        self.logins = LoginGuard(max_failures=pop3.max_failures)  # retrieval logins
+        self.proxy_logins = LoginGuard(max_failures=pop3.max_failures)  # POP3 proxy logins
+        self.unlocks = UnlockQueue(pop3.max_unlocks)
 
     async def handle(self, stream: trio.abc.Stream, listener: ListenerConfig, peer: str) -> None:
         if not self.limiter.try_acquire(peer):
@@ -285,34 +288,39 @@ class _Session:
     # -- login ---------------------------------------------------------------------------------
 
     async def _login(self, event: Login) -> Reply:
-        server = self.server
+        server, logins = self.server, self.server.logins
         arrived = trio.current_time()
+        domain = self.config.mail_domain
         try:
-            proxy = parse_proxy_login(event.username)
+            proxy = parse_proxy_login(event.username, domain=domain)
         except RoutingError as exc:
+            server.proxy_logins.failed(self.peer, "")
             await self._login_audit(event, "", False, f"malformed proxy login: {exc}")
             await trio.sleep_until(arrived + self.config.pop3.failure_delay)
             return LOGIN_FAILED
         if proxy is not None:
             return await self._proxy_login(event, proxy, arrived)
-        username = event.username.strip().lower()
         try:
-            mailbox_id = parse_mailbox_id(username)
+            # The mailbox, however spelled (id or address, any case): the throttles' key.
+            mailbox_id = parse_mailbox_id(event.username.strip(), domain=domain)
         except InvalidId:
             mailbox_id = ""
-        if server.by_address.wait(self.peer) or server.by_username.wait(username):
+        counted = self._counted(mailbox_id)
+        if logins.locked(self.peer, counted):
             await self._login_audit(event, mailbox_id, False, "throttled")
             await trio.sleep_until(arrived + self.config.pop3.failure_delay)
             return THROTTLED
-        key, reason = await self._unlock(mailbox_id, event.password)
+        trusted = logins.trusted(self.peer, counted)
+        if counted:
+            key, reason = await self._unlock(counted, event.password, trusted=trusted)
+        else:  # no such mailbox: said the same way, and no unlock queued
+            key, reason = None, "wrong credentials" if mailbox_id else "not a mailbox id"
         if key is None:
-            server.by_address.failed(self.peer)
-            server.by_username.failed(username)
+            logins.failed(self.peer, counted)
             await self._login_audit(event, mailbox_id, False, reason)
             await trio.sleep_until(arrived + self.config.pop3.failure_delay)
             return UNAVAILABLE if reason == "mailbox damaged" else LOGIN_FAILED
-        server.by_address.succeeded(self.peer)
-        server.by_username.succeeded(username)
+        logins.succeeded(self.peer, mailbox_id)
         if mailbox_id in server.locked:
             await self._login_audit(event, mailbox_id, False, "in use")
             return IN_USE
@@ -325,9 +333,9 @@ class _Session:
         return Reply(True, f"maildrop has {count} messages ({size} octets)")
 
     async def _proxy_login(self, event: Login, proxy: ProxyLogin, arrived: float) -> Reply:
-        server = self.server
-        key = event.username.lower()
-        if server.by_address.wait(self.peer) or server.by_username.wait(key):
+        logins = self.server.proxy_logins
+        counted = self._counted(proxy.mailbox_id)
+        if logins.locked(self.peer, counted):
             await self._login_audit(event, proxy.mailbox_id, False, "throttled")
             await trio.sleep_until(arrived + self.config.pop3.failure_delay)
             return THROTTLED
@@ -342,14 +350,12 @@ class _Session:
             )
         except ProxyRefused as exc:
             if exc.reply.code == "AUTH":
-                server.by_address.failed(self.peer)
-                server.by_username.failed(key)
+                logins.failed(self.peer, counted)
             await self._login_audit(event, proxy.mailbox_id, False, f"proxy: {exc.reason}")
             if exc.reply is LOGIN_FAILED:
                 await trio.sleep_until(arrived + self.config.pop3.failure_delay)
             return exc.reply
-        server.by_address.succeeded(self.peer)
-        server.by_username.succeeded(key)
+        logins.succeeded(self.peer, proxy.mailbox_id)
         self.proxy, self.mailbox_id = proxy, proxy.mailbox_id
         self.relay = POP3Relay(
             self.conn, self._send, upstream, self.archive, proxy, self.peer, self.tls
@@ -357,11 +363,24 @@ class _Session:
         await self._login_audit(event, proxy.mailbox_id, True, f"proxy to {proxy.target}")
         return Reply(True, f"logged in to {proxy.target}")
 
-    async def _unlock(self, mailbox_id: str, password: str) -> tuple[MailboxPrivateKey | None, str]:
+    def _counted(self, mailbox_id: str) -> str:
+        """The throttles' key for a login naming ``mailbox_id``: the id if the mailbox
+        exists, else "" (counted against the address only, so guessing ids cannot grow the
+        throttle)."""
         if not mailbox_id:
-            return None, "not a mailbox id"
+            return ""
         try:
-            key = await self.archive.unlock(mailbox_id, password, limiter=self.server.unlocks)
+            self.archive.mailbox(mailbox_id)
+        except ArchiveError:
+            return ""
+        return mailbox_id
+
+    async def _unlock(
+        self, mailbox_id: str, password: str, *, trusted: bool
+    ) -> tuple[MailboxPrivateKey | None, str]:
+        try:
+            async with self.server.unlocks.slot(trusted=trusted):
+                key = await self.archive.unlock(mailbox_id, password)
         except CryptoError:  # WrongPassword, or a key file that does not check out
             return None, "wrong credentials"
         except ValueError:  # a password the KDF refuses (over 1024 bytes)

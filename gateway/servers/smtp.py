@@ -66,7 +66,7 @@ from ..services.archive import Archive, ArchiveError
 from ..services.intake import MessageWriter
 from ..services.journal import check_recipient, received_header
 from ..services.routing import RoutingError, parse_proxy_login
-from ..services.throttle import LoginThrottle
+from ..services.throttle import LoginGuard
 from ..tls import TLSContextHolder, describe_tls
 from .limits import SessionLimiter
 from .smtp_proxy import UPSTREAM_LOST, ProxyRefused, SMTPRelay, open_relay
@@ -95,9 +95,7 @@ class SMTPServer:
         self.archive = archive
         self.tls = tls
         self.limiter = limiter
-        smtp = config.smtp
-        self.by_address = LoginThrottle(max_failures=smtp.max_auth_failures, lockout=60.0)
-        self.by_username = LoginThrottle(max_failures=smtp.max_auth_failures, lockout=60.0)
+        self.logins = LoginGuard(max_failures=config.smtp.max_auth_failures)  # proxy logins
 
     async def handle(self, stream: trio.abc.Stream, listener: ListenerConfig, peer: str) -> None:
         session_id = secrets.token_hex(6)
@@ -295,17 +293,19 @@ class _Session:
         server, delay = self.server, self.config.smtp.auth_failure_delay
         arrived = trio.current_time()
         try:
-            login = parse_proxy_login(event.username)
+            login = parse_proxy_login(event.username, domain=self.config.mail_domain)
         except RoutingError as exc:
             login, reason = None, f"malformed proxy login: {exc}"
         else:
             reason = "not a proxy login"
         if login is None:
+            server.logins.failed(self.peer, "")
             await self._login_audit(event, "", "", False, reason)
             await trio.sleep_until(arrived + delay)
             return replies.AUTH_FAILED
-        key = event.username.lower()
-        if server.by_address.wait(self.peer) or server.by_username.wait(key):
+        # The mailbox, however spelled, if it exists (else the address alone counts).
+        key = login.mailbox_id if self._exists(login.mailbox_id) else ""
+        if server.logins.locked(self.peer, key):
             await self._login_audit(event, login.mailbox_id, login.target, False, "throttled")
             await trio.sleep_until(arrived + delay)
             return THROTTLED
@@ -315,18 +315,23 @@ class _Session:
             )
         except ProxyRefused as exc:
             if exc.credentials:
-                server.by_address.failed(self.peer)
-                server.by_username.failed(key)
+                server.logins.failed(self.peer, key)
                 await trio.sleep_until(arrived + delay)
             await self._login_audit(
                 event, login.mailbox_id, login.target, False, f"proxy: {exc.reason}"
             )
             return exc.reply
-        server.by_address.succeeded(self.peer)
-        server.by_username.succeeded(key)
+        server.logins.succeeded(self.peer, login.mailbox_id)
         self.relay = SMTPRelay(upstream, self.archive, login, self.peer, self.tls, self.helo)
         await self._login_audit(event, login.mailbox_id, login.target, True, "")
         return reply
+
+    def _exists(self, mailbox_id: str) -> bool:
+        try:
+            self.archive.mailbox(mailbox_id)
+        except ArchiveError:
+            return False
+        return True
 
     async def _login_audit(
         self, event: Authenticate, mailbox_id: str, target: str, success: bool, reason: str

@@ -75,9 +75,10 @@ class ProxyLogin:
         return host if self.port is None else f"{host}:{self.port}"
 
 
-def parse_proxy_login(login: str) -> ProxyLogin | None:
+def parse_proxy_login(login: str, *, domain: str | None = None) -> ProxyLogin | None:
     """The parts of a proxy login, or None if ``login`` has no ``%`` (a plain mailbox login).
-    Raises RoutingError for a login that has the form but not valid parts."""
+    With ``domain``, a mailbox address must be in it (``ids.parse_mailbox_id``). Raises
+    RoutingError for a login that has the form but not valid parts."""
     if "%" not in login:
         return None
     head, _, mailbox = login.rpartition("%")
@@ -87,7 +88,7 @@ def parse_proxy_login(login: str) -> ProxyLogin | None:
     if not remote_user or any(ord(c) < 0x21 or c == "\x7f" for c in remote_user):
         raise RoutingError("the remote username is empty or holds spaces or control characters")
     try:
-        mailbox_id = parse_mailbox_id(mailbox)
+        mailbox_id = parse_mailbox_id(mailbox, domain=domain)
     except InvalidId as exc:
         raise RoutingError(str(exc)) from None
     host, port = _parse_target(target)
