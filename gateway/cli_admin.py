@@ -7,8 +7,11 @@ store plus the data folder's self-signed certificate, or ``--fingerprint``. Who 
 ``GATEWAY_TOKEN``, else ``GATEWAY_ADMIN_PASSWORD``, else a prompt on the terminal.
 
 Output is a table for people, or JSON (``--json``: one object per reply, one line per audit
-record). Exit codes: 0 done; 2 usage or configuration error; 3 the gateway cannot be reached;
-4 login refused; 5 the gateway refused the operation (the error code and message are printed).
+record). A table never prints a control or bidirectional formatting character, whatever the
+gateway sends (old data, another server): each is shown escaped (``\\x1b``, ``\\u202e``), so
+a mailbox name cannot forge a row or hide its own text. Exit codes: 0 done; 2 usage or
+configuration error; 3 the gateway cannot be reached; 4 login refused; 5 the gateway refused
+the operation (the error code and message are printed).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import msgspec
 import trio
 
+from ._text import escape_unsafe
 from .client import AdminClient, ClientError, TrustSettings, connect
 from .config import ConfigError, Protocol, load_config
 from .protocols import admin as api
@@ -52,6 +56,7 @@ def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         ("show", "one mailbox"),
         ("suspend", "stop accepting mail (retrieval goes on)"),
         ("activate", "accept mail again"),
+        ("purge-unreadable", "expunge the messages a reset made unreadable (retired key)"),
     ]:
         verbs.add_parser(verb, parents=[common], help=text).add_argument("mailbox")
     create = verbs.add_parser("create", parents=[common], help="a new mailbox")
@@ -207,6 +212,8 @@ def _request(args: argparse.Namespace) -> api.Request | None:
             return api.MailboxReset(mailbox=args.mailbox, confirm=True)
         case "mailbox", "delete":
             return api.MailboxDelete(mailbox=args.mailbox, purge=args.purge)
+        case "mailbox", "purge-unreadable":
+            return api.MailboxPurgeUnreadable(mailbox=args.mailbox)
         case "admin", "passwd":
             lines = _stdin_lines(2, ["old admin password: ", "new admin password: "])
             if len(lines) != 2:
@@ -236,14 +243,14 @@ async def _run(
         try:
             await client.request(login)
         except ApiError as exc:
-            print(f"gateway: login refused: {exc.message}", file=sys.stderr)
+            print(escape_unsafe(f"gateway: login refused: {exc.message}"), file=sys.stderr)
             return EXIT_LOGIN
         try:
             if request is None:
                 return await _tail(client, args)
             reply = await client.request(request)
         except ApiError as exc:
-            print(f"gateway: {exc.code}: {exc.message}", file=sys.stderr)
+            print(escape_unsafe(f"gateway: {exc.code}: {exc.message}"), file=sys.stderr)
             return EXIT_REFUSED
         _print(reply, args.json)
         return EXIT_OK
@@ -269,9 +276,11 @@ async def _tail(client: AdminClient, args: argparse.Namespace) -> int:
             if args.json:
                 print(msgspec.json.encode(item).decode(), flush=True)
             else:
-                print(_audit_line(item), flush=True)
+                print(escape_unsafe(_audit_line(item)), flush=True)
     if client.closed is not None:
-        print(f"gateway: the gateway closed the feed: {client.closed}", file=sys.stderr)
+        print(
+            escape_unsafe(f"gateway: the gateway closed the feed: {client.closed}"), file=sys.stderr
+        )
         return EXIT_UNREACHABLE
     return EXIT_OK
 
@@ -309,7 +318,16 @@ def _print(reply: api.Reply, as_json: bool) -> None:
 
 def _mailbox_rows(boxes: tuple[api.MailboxView, ...]) -> None:
     _table(
-        ["id", "name", "status", "messages", "bytes", "last delivery", "last retrieval"],
+        [
+            "id",
+            "name",
+            "status",
+            "messages",
+            "bytes",
+            "unreadable",
+            "last delivery",
+            "last retrieval",
+        ],
         [
             [
                 m.mailbox_id,
@@ -317,6 +335,9 @@ def _mailbox_rows(boxes: tuple[api.MailboxView, ...]) -> None:
                 m.status + (" (damaged)" if m.damaged else ""),
                 str(m.messages),
                 str(m.bytes),
+                f"{m.unreadable_messages} ({m.unreadable_bytes} bytes)"
+                if m.unreadable_messages
+                else "-",
                 _when(m.last_delivery),
                 _when(m.last_retrieval),
             ]
@@ -327,21 +348,27 @@ def _mailbox_rows(boxes: tuple[api.MailboxView, ...]) -> None:
 
 def _mailbox_detail(box: api.MailboxView) -> None:
     for key, value in msgspec.to_builtins(box).items():
-        print(f"{key + ':':<16} {'' if value is None else value}")
+        _line(f"{key + ':':<16} {'' if value is None else value}")
 
 
 def _when(moment: datetime | None) -> str:
     return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M")
 
 
+def _line(text: str) -> None:
+    """One line of a table or listing: nothing in it can move the cursor or reorder text."""
+    print(escape_unsafe(text))
+
+
 def _table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=False)]
-    for row in [header, *rows]:
+    cells = [[escape_unsafe(cell) for cell in row] for row in [header, *rows]]
+    widths = [max(len(c) for c in column) for column in zip(*cells, strict=True)]
+    for row in cells:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
 def _once(label: str, secret: str) -> None:
-    print(f"{label} (shown once, store it now): {secret}")
+    _line(f"{label} (shown once, store it now): {secret}")
 
 
 def _print_created(reply: Any) -> None:
@@ -351,24 +378,24 @@ def _print_created(reply: Any) -> None:
 
 def _print_reset(reply: Any) -> None:
     _mailbox_detail(reply.mailbox)
-    print(f"WARNING: {reply.warning}")
+    _line(f"WARNING: {reply.warning}")
     _once("password", reply.password)
 
 
 def _print_token(reply: Any) -> None:
-    print(f"token {reply.info.token_id} {reply.info.name!r}")
+    _line(f"token {reply.info.token_id} {reply.info.name!r}")
     _once("token", reply.token)
 
 
 def _print_status(reply: Any) -> None:
-    print(f"gateway {reply.version} on {reply.hostname}, up {reply.uptime_seconds:.0f} s")
+    _line(f"gateway {reply.version} on {reply.hostname}, up {reply.uptime_seconds:.0f} s")
     if reply.certificate is not None:
         cert = reply.certificate
-        print(
+        _line(
             f"certificate: {cert.subject}, expires {_when(cert.expires_at)}, sha256 {cert.sha256}"
         )
-    print(f"sessions: {reply.sessions}, admin connections: {reply.admin_connections}")
-    print(f"storage: {reply.storage_bytes} bytes used, {reply.disk_free_bytes} bytes free")
+    _line(f"sessions: {reply.sessions}, admin connections: {reply.admin_connections}")
+    _line(f"storage: {reply.storage_bytes} bytes used, {reply.disk_free_bytes} bytes free")
     _table(
         ["listener", "protocol", "address", "port", "tls"],
         [[x.name, x.protocol, x.address, str(x.port), x.tls] for x in reply.listeners],
@@ -383,8 +410,12 @@ _PRINTERS: dict[type, Callable[[Any], None]] = {
     api.MailboxCreated: _print_created,
     api.MailboxPasswordChanged: _print_created,
     api.MailboxPasswordReset: _print_reset,
-    api.MailboxDeleted: lambda r: print(
+    api.MailboxDeleted: lambda r: _line(
         f"deleted {r.mailbox_id} ({r.purged_messages} messages purged)"
+    ),
+    api.MailboxUnreadablePurged: lambda r: print(
+        f"purged {r.purged_messages} unreadable messages ({r.purged_bytes} bytes) "
+        f"from {r.mailbox.mailbox_id}; {r.mailbox.messages} readable messages left"
     ),
     api.StatusReply: _print_status,
     api.TokenCreated: _print_token,

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 import pytest
 import trio
 import trio.testing
 
+from gateway import cli_admin
+from gateway._text import first_unsafe
 from gateway.client import AdminClient, TrustSettings, connect
 from gateway.protocols import admin as api
 from gateway.protocols.admin import ApiError, ErrorCode
+from gateway.services._common import InvalidValue
 from gateway.services.accounts import Accounts, Principal
 from gateway.services.admin import AdminService
 from gateway.services.archive import Archive
@@ -157,3 +161,89 @@ async def test_mailbox_passwd_is_not_a_fast_password_oracle(
     changed = await passwd(target.mailbox_id, password)
     assert isinstance(changed, api.MailboxPasswordChanged)
     await archive.unlock(target.mailbox_id, changed.password)
+
+
+# -- item 12: mailbox names that spoof the command line's table -----------------------------
+
+SPOOFING = [
+    "\n",  # a forged table row
+    "\r",  # overwrites the line
+    "\x1b",  # ESC: terminal control sequences
+    "\x7f",  # DEL
+    "\x85",  # NEL, a C1 line break
+    "\x9b",  # CSI, the C1 form of ESC [
+    "\u202e",  # RIGHT-TO-LEFT OVERRIDE: "Trojan Source", CVE-2021-42574
+    "\u202a",
+    "\u2066",
+    "\u2069",
+    "\u200f",  # RIGHT-TO-LEFT MARK
+    "\u061c",  # ARABIC LETTER MARK
+    "\u2028",  # LINE SEPARATOR
+    "\u2029",  # PARAGRAPH SEPARATOR
+]
+
+
+@pytest.mark.parametrize("char", SPOOFING, ids=[f"U+{ord(c):04X}" for c in SPOOFING])
+async def test_mailbox_name_with_spoofing_characters_is_refused(
+    archive: Archive, char: str
+) -> None:
+    """A name such as ``"ok\\n<id>  CEO  active ..."`` or ``"\\u202etxt.exe"`` forged rows and
+    reordered text in ``gateway mailbox list``."""
+    with pytest.raises(InvalidValue, match="must not contain"):
+        await archive.create_mailbox(f"Sales{char}EU")
+    with pytest.raises(InvalidValue, match="must not contain"):
+        await archive.create_mailbox("Sales", f"journal{char}copy" if char not in "\n" else "\r")
+    info, _password = await archive.create_mailbox("Sales", "journal")
+    with pytest.raises(InvalidValue, match="must not contain"):
+        await archive.update_mailbox(info.mailbox_id, name=f"Sales{char}")
+    assert archive.mailbox(info.mailbox_id).name == "Sales"
+
+
+async def test_names_take_no_tab_and_descriptions_keep_tabs_and_newlines(
+    archive: Archive,
+) -> None:
+    with pytest.raises(InvalidValue):
+        await archive.create_mailbox("Sales\tEU")
+    info, _password = await archive.create_mailbox(
+        "Ventes \u00e9t\u00e9 \u65e5\u672c \U0001f4e7", "line one\n\tline two"
+    )
+    assert archive.mailbox(info.mailbox_id).description == "line one\n\tline two"
+
+
+async def test_spoofing_name_through_the_api_is_invalid(running: Running) -> None:
+    async with admin(running) as client:
+        for name in ("a\nb", "\u202eevil", "x\x85y"):
+            with pytest.raises(ApiError) as refused:
+                await client.request(api.MailboxCreate(name=name))
+            assert refused.value.code == ErrorCode.INVALID
+
+
+def test_cli_table_never_prints_raw_controls_even_from_old_data(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Data stored before the check (or sent by another server) is shown escaped: one
+    mailbox is one line, and nothing in it reaches the terminal as a control."""
+    moment = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+    forged = "Legal\n" + "f" * 32 + "  CEO private  active\x1b[2J\u202eexe.txt\x85\x7f\u2028"
+    view = api.MailboxView(
+        mailbox_id="e" * 32,
+        address=f"mbx-{'e' * 32}@localhost",
+        name=forged,
+        description="two\nlines\tand\u202e",
+        status="active",
+        messages=1,
+        bytes=10,
+        created_at=moment,
+        updated_at=moment,
+    )
+    cli_admin._print(api.Mailboxes(mailboxes=(view,)), as_json=False)
+    table = capsys.readouterr().out
+    assert len(table.splitlines()) == 2  # the header and one row
+    cli_admin._print(api.Mailbox(mailbox=view), as_json=False)
+    detail = capsys.readouterr().out
+    assert len(detail.splitlines()) == len(api.MailboxView.__struct_fields__)
+    for output in (table, detail):
+        body = output.replace("\n", "")  # the line ends print itself adds
+        assert first_unsafe(body) is None, repr(body)
+    assert "Legal\\x0a" in table and "\\u202eexe.txt" in table
+    assert "two\\x0alines\\x09and\\u202e" in detail

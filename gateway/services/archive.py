@@ -852,8 +852,17 @@ def _open_or_create(
 
 
 def _check_text(what: str, value: str, limit: int) -> str:
+    """A mailbox name or description (SPEC.md 10): no controls (C0, DEL, C1), no line or
+    paragraph separators, no bidirectional formatting controls, which would let it forge
+    lines and cells wherever it is shown; a description may hold tabs and newlines."""
+    from .._text import first_unsafe  # noqa: PLC0415 - kept beside its one use
+
     if not isinstance(value, str) or len(value) > limit:
         raise InvalidValue(f"{what} must be text of at most {limit} characters")
-    if any(ord(c) < 0x20 and c not in "\t\n" for c in value):
-        raise InvalidValue(f"{what} must not contain control characters")
+    bad = first_unsafe(value, allowed="\t\n" if what == "description" else "")
+    if bad is not None:
+        raise InvalidValue(
+            f"{what} must not contain control, line-separator or bidirectional formatting "
+            f"characters (U+{ord(bad):04X})"
+        )
     return value
