@@ -255,8 +255,9 @@ def _verify_mailbox(
                     mid_bytes_to_chunks.pop(seq, None)
                 continue
             _check_commit(report, box_id, record, event, mid_bytes_to_chunks, issued_keys)
-            report.messages += 1
-            report.message_bytes += event.size
+            if _acknowledged(state, box_id, record.seq, event.message_id):
+                report.messages += 1
+                report.message_bytes += event.size
     unexpunged = removed_ids - expunged
     if unexpunged:
         report.problems.append(
@@ -361,6 +362,16 @@ def _check_witnesses(
             "acknowledged (a commit in progress, or a crash before its witness); the gateway "
             "rolls it back when it next opens the log"
         )
+
+
+def _acknowledged(state: ControlState, box_id: str, seq: int, message_id: str) -> bool:
+    """Whether a commit record counts as a stored message: witnessed, or part of a log that
+    predates witnesses (up to its anchor, or wholly when never anchored)."""
+    witnesses = state.witnessed.get(box_id)
+    if witnesses is None or message_id in witnesses:
+        return True
+    anchor = state.anchors.get(box_id)
+    return anchor is not None and seq <= anchor[0]
 
 
 def _report_damage(report: Report, control_seq: int, event: LogDamaged) -> None:
@@ -469,6 +480,8 @@ def _open_every_message(
             if not isinstance(event, MessageStored):
                 continue
             parts = [bodies.pop(seq, b"") for seq in event.chunk_seqs]
+            if not _acknowledged(state, box_id, record.seq, event.message_id):
+                continue  # never acknowledged: noted by the log check, never opened
             if event.message_id in expunged or event.key_id != key.key_id.hex():
                 if event.key_id != key.key_id.hex() and event.message_id not in expunged:
                     report.notes.append(
