@@ -30,6 +30,7 @@ from trio_websocket import (
 from ._groups import leaves
 from .protocols import admin as api
 from .protocols.admin import ApiError
+from .tls import use_aead_only
 
 __all__ = ["AdminClient", "ClientError", "TrustSettings", "connect"]
 
@@ -46,13 +47,13 @@ class TrustSettings:
     fingerprint: str | None = None  # hex SHA-256 of the certificate (DER); ":" allowed
 
     def context(self) -> ssl.SSLContext:
+        """TLS 1.2 or later, AEAD suites only (as the gateway's listeners)."""
         if self.fingerprint is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context = use_aead_only(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE  # the fingerprint is checked instead
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
             return context
-        context = ssl.create_default_context()  # the system store ...
+        context = use_aead_only(ssl.create_default_context())  # the system store ...
         if self.cafile is not None:
             context.load_verify_locations(cafile=self.cafile)  # ... and this certificate
         return context

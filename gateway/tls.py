@@ -3,6 +3,12 @@ folder), and server SSL contexts that SIGHUP can replace without dropping sessio
 
 A :class:`TLSContextHolder` is what listeners hold; each new handshake uses its ``context``,
 so reloading swaps the context for new connections while established ones keep theirs.
+
+Every context the gateway makes, server or client (:func:`server_context`, the admin command
+line's, the proxies' toward upstream), speaks TLS 1.2 or 1.3 with AEAD suites only
+(:func:`use_aead_only`): TLS 1.3's suites all are; for TLS 1.2 that means ECDHE or DHE with
+AES-GCM or ChaCha20-Poly1305. The CBC suites OpenSSL would otherwise still offer in TLS 1.2
+are MAC-then-encrypt, the construction behind Lucky Thirteen and the padding oracles.
 """
 
 from __future__ import annotations
@@ -19,13 +25,22 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 __all__ = [
+    "AEAD_CIPHERS",
     "TLSContextHolder",
     "certificate_summary",
     "make_self_signed",
     "server_context",
+    "use_aead_only",
 ]
 
 SELF_SIGNED_DAYS = 3650
+
+# TLS 1.2 suites (OpenSSL syntax): forward-secret key exchange, AEAD only, as Mozilla's
+# "intermediate" profile. TLS 1.3 suites are set apart by OpenSSL and are all AEAD.
+AEAD_CIPHERS = (
+    "@SECLEVEL=2:ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"  # key exchange + AEAD
+    ":!aNULL:!eNULL:!aDSS"  # never anonymous, never unencrypted, no DSA
+)
 
 
 def make_self_signed(hostname: str) -> tuple[bytes, bytes]:
@@ -67,11 +82,17 @@ def certificate_summary(cert_path: Path) -> tuple[str, str, datetime.datetime]:
     return cert.subject.rfc4514_string(), fingerprint, cert.not_valid_after_utc
 
 
-def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
-    """TLS 1.2 and 1.3 only (RFC 8996 retired the older ones), the platform's default ciphers,
-    no compression, no renegotiation."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+def use_aead_only(context: ssl.SSLContext) -> ssl.SSLContext:
+    """TLS 1.2 or later (RFC 8996 retired the older ones) with AEAD suites only (see the
+    module docstring), for a server or a client context; returns ``context``."""
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(AEAD_CIPHERS)
+    return context
+
+
+def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
+    """TLS 1.2 and 1.3 only, AEAD suites only, no compression, no renegotiation."""
+    context = use_aead_only(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     context.load_cert_chain(cert_path, key_path)
     return context

@@ -30,6 +30,7 @@ from ..protocols.pop3 import (
     format_command,
 )
 from ..services.routing import RoutingError, TargetPolicy
+from ..tls import use_aead_only
 
 __all__ = ["POP3Upstream", "SMTPUpstream", "UpstreamError", "open_upstream"]
 
@@ -86,14 +87,13 @@ async def open_upstream(
 
 @functools.lru_cache(maxsize=8)
 def client_context(cafiles: tuple[str, ...] = (), *, verify: bool = True) -> ssl.SSLContext:
-    """TLS toward upstream: the system trust store plus ``cafiles``, TLS 1.2 or later, the
-    host name checked; ``verify=False`` only for a configured per-target exception. Made once
-    per process and setting (loading the system store takes tens of milliseconds), then
-    shared by every connection."""
-    context = ssl.create_default_context()
+    """TLS toward upstream: the system trust store plus ``cafiles``, TLS 1.2 or later with
+    AEAD suites only, the host name checked; ``verify=False`` only for a configured per-target
+    exception. Made once per process and setting (loading the system store takes tens of
+    milliseconds), then shared by every connection."""
+    context = use_aead_only(ssl.create_default_context())
     for cafile in cafiles:
         context.load_verify_locations(cafile=cafile)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
