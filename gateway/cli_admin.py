@@ -413,7 +413,7 @@ _PRINTERS: dict[type, Callable[[Any], None]] = {
     api.MailboxDeleted: lambda r: _line(
         f"deleted {r.mailbox_id} ({r.purged_messages} messages purged)"
     ),
-    api.MailboxUnreadablePurged: lambda r: print(
+    api.MailboxUnreadablePurged: lambda r: _line(
         f"purged {r.purged_messages} unreadable messages ({r.purged_bytes} bytes) "
         f"from {r.mailbox.mailbox_id}; {r.mailbox.messages} readable messages left"
     ),

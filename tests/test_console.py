@@ -170,19 +170,41 @@ def _scenario(page: Page, url: str, password: str, smtp_port: int) -> None:
     assert second_password != first_password
     expect(_audit_rows(page, "MailboxKeyReset")).to_have_count(1)
 
-    # Delete: refused while messages remain, done with purge.
+    # The message sealed to the retired key: not counted as readable (POP3 does not list
+    # it), shown apart as unreadable.
+    expect(row.get_by_test_id("cell-messages")).to_have_text("0")
+    expect(row.get_by_test_id("cell-unreadable")).to_have_text("+1 unreadable")
+
+    # Delete: refused while messages remain (the unreadable one too).
     row.get_by_test_id("action-delete").click()
     dialog = page.get_by_test_id("dialog-delete")
     expect(dialog.get_by_test_id("delete-active-note")).to_be_hidden()
+    expect(dialog).to_contain_text("Also purge the 1 stored message")
+    expect(dialog).to_contain_text("1 of them unreadable")
     dialog.get_by_test_id("delete-submit").click()
     expect(dialog.get_by_test_id("dialog-error")).to_contain_text("purge")
-    expect(dialog).to_contain_text("Also purge the 1 stored message")
-    dialog.get_by_test_id("delete-purge").check()
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+
+    # Purge the unreadable messages: confirmed, then gone from the row and audited.
+    row.get_by_test_id("action-purge-unreadable").click()
+    expect(page.get_by_test_id("dialog-confirm")).to_contain_text("nobody can ever read them")
+    page.get_by_test_id("confirm-submit").click()
+    expect(
+        page.get_by_test_id("notice").filter(has_text="Purged 1 unreadable message")
+    ).to_be_visible()
+    expect(row.get_by_test_id("cell-unreadable")).to_have_count(0)
+    expect(row.get_by_test_id("action-purge-unreadable")).to_have_count(0)
+    expect(_audit_rows(page, "MessagesExpunged")).to_have_count(1)
+
+    # Delete: nothing left to purge.
+    row.get_by_test_id("action-delete").click()
+    expect(dialog).to_contain_text("Also purge the 0 stored messages")
     dialog.get_by_test_id("delete-submit").click()
     expect(dialog).to_be_hidden()
     expect(page.get_by_test_id("mailbox-row")).to_have_count(0)
     expect(page.get_by_test_id("mailbox-empty")).to_be_visible()
-    expect(page.get_by_test_id("notice").filter(has_text="purged 1 message")).to_be_visible()
+    expect(page.get_by_test_id("notice").filter(has_text="Deleted mailbox")).to_be_visible()
     expect(_audit_rows(page, "MailboxDeleted")).to_have_count(1)
 
     # An API token from the settings: shown once, listed, revoked.

@@ -44,8 +44,10 @@ __all__ = [
     "MailboxPasswd",
     "MailboxPasswordChanged",
     "MailboxPasswordReset",
+    "MailboxPurgeUnreadable",
     "MailboxReset",
     "MailboxSuspend",
+    "MailboxUnreadablePurged",
     "MailboxUpdate",
     "MailboxView",
     "Mailboxes",
@@ -153,6 +155,12 @@ class MailboxDelete(_Request, frozen=True, kw_only=True, tag="mailbox.delete"):
     purge: bool = False
 
 
+class MailboxPurgeUnreadable(_Request, frozen=True, kw_only=True, tag="mailbox.purge-unreadable"):
+    """Expunge every message sealed to a key a reset retired (nobody can ever read them)."""
+
+    mailbox: str
+
+
 class Status(_Request, frozen=True, kw_only=True, tag="status"):
     pass
 
@@ -202,6 +210,7 @@ Request = (
     | MailboxPasswd
     | MailboxReset
     | MailboxDelete
+    | MailboxPurgeUnreadable
     | Status
     | AdminPasswd
     | TokenCreate
@@ -227,6 +236,7 @@ class MailboxView(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     description: str
     status: str  # "active" or "suspended"
+    # Readable: sealed to the mailbox's current key, what POP3 serves.
     messages: int
     bytes: int  # plaintext octets, as POP3 counts them
     created_at: datetime
@@ -234,6 +244,9 @@ class MailboxView(msgspec.Struct, frozen=True, kw_only=True):
     last_delivery: datetime | None = None
     last_retrieval: datetime | None = None
     damaged: str | None = None  # why the mailbox cannot be served, if it cannot
+    # Sealed to a key a reset retired: unreadable by anyone, kept until purged.
+    unreadable_messages: int = 0
+    unreadable_bytes: int = 0
 
 
 class ListenerView(msgspec.Struct, frozen=True, kw_only=True):
@@ -300,6 +313,12 @@ class MailboxPasswordReset(_Reply, frozen=True, kw_only=True, tag="mailbox.passw
 class MailboxDeleted(_Reply, frozen=True, kw_only=True, tag="mailbox.deleted"):
     mailbox_id: str
     purged_messages: int
+
+
+class MailboxUnreadablePurged(_Reply, frozen=True, kw_only=True, tag="mailbox.unreadable-purged"):
+    mailbox: MailboxView
+    purged_messages: int
+    purged_bytes: int
 
 
 class StatusReply(_Reply, frozen=True, kw_only=True, tag="status"):
@@ -369,6 +388,7 @@ Reply = (
     | MailboxPasswordChanged
     | MailboxPasswordReset
     | MailboxDeleted
+    | MailboxUnreadablePurged
     | StatusReply
     | TokenCreated
     | Tokens

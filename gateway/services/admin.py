@@ -41,10 +41,10 @@ from ._common import (
 )
 from .accounts import Accounts, LoginRefused, Principal, StoredToken
 from .archive import Archive
-from .projection import MailboxInfo
+from .projection import MailboxInfo, StoredMessage
 from .throttle import LoginThrottle
 
-__all__ = ["MIN_PASSWORD", "AdminService", "mailbox_view"]
+__all__ = ["MIN_PASSWORD", "AdminService", "mailbox_view", "unreadable_messages"]
 
 logger = logging.getLogger("gateway")
 
@@ -52,12 +52,20 @@ MIN_PASSWORD = 12  # characters, for passwords an admin chooses (generated ones 
 
 RESET_WARNING = (
     "The mailbox has a new key. {what} stored before the reset can never be decrypted "
-    "again, by anyone; they stay in the log until deleted."
+    "again, by anyone; they stay in the log until purged (mailbox.purge-unreadable)."
 )
 
 
+def unreadable_messages(archive: Archive, mailbox_id: str) -> list[StoredMessage]:
+    """The mailbox's messages sealed to a key a reset retired: nobody can ever read them, and
+    POP3 leaves them out."""
+    current = archive.mailbox(mailbox_id).key_id
+    return [m for m in archive.messages(mailbox_id) if m.key_id != current]
+
+
 def mailbox_view(archive: Archive, info: MailboxInfo, domain: str) -> api.MailboxView:
-    messages = archive.messages(info.mailbox_id)
+    messages = [m for m in archive.messages(info.mailbox_id) if m.key_id == info.key_id]
+    unreadable = unreadable_messages(archive, info.mailbox_id)
     state = archive.state
     return api.MailboxView(
         mailbox_id=info.mailbox_id,
@@ -72,6 +80,8 @@ def mailbox_view(archive: Archive, info: MailboxInfo, domain: str) -> api.Mailbo
         last_delivery=state.last_delivery.get(info.mailbox_id),
         last_retrieval=state.last_retrieval.get(info.mailbox_id),
         damaged=archive.damaged(info.mailbox_id),
+        unreadable_messages=len(unreadable),
+        unreadable_bytes=sum(m.size for m in unreadable),
     )
 
 
@@ -209,6 +219,8 @@ class AdminService:
                 return await self._mailbox_reset(request, actor)
             case api.MailboxDelete():
                 return await self._mailbox_delete(request, actor)
+            case api.MailboxPurgeUnreadable():
+                return await self._mailbox_purge_unreadable(request, actor)
             case api.AdminPasswd():
                 return await self._admin_passwd(request, actor)
             case api.TokenCreate():
@@ -316,6 +328,20 @@ class AdminService:
             request.mailbox, purge=request.purge, actor=actor
         )
         return api.MailboxDeleted(id=request.id, mailbox_id=mailbox_id, purged_messages=purged)
+
+    async def _mailbox_purge_unreadable(
+        self, request: api.MailboxPurgeUnreadable, actor: Actor
+    ) -> api.Reply:
+        """Expunge what a reset made unreadable (MessagesExpunged, the admin as actor)."""
+        mailbox_id = self.archive.mailbox(request.mailbox).mailbox_id
+        lost = unreadable_messages(self.archive, mailbox_id)
+        purged = await self.archive.expunge(mailbox_id, [m.message_id for m in lost], actor=actor)
+        return api.MailboxUnreadablePurged(
+            id=request.id,
+            mailbox=self._view(self.archive.mailbox(mailbox_id)),
+            purged_messages=purged,
+            purged_bytes=sum(m.size for m in lost) if purged else 0,
+        )
 
     async def _admin_passwd(self, request: api.AdminPasswd, actor: Actor) -> api.Reply:
         if not await self.accounts.change_password(request.old_password, request.new_password):

@@ -415,6 +415,7 @@ function mailboxRow(mailbox) {
   const suspended = mailbox.status === "suspended";
   const lastDelivery = parseTime(mailbox.last_delivery);
   const lastRetrieval = parseTime(mailbox.last_retrieval);
+  const unreadable = mailbox.unreadable_messages ?? 0;
   const statusCell = el("td", {},
     el("span", { className: `badge ${mailbox.status}`, testid: "cell-status" }, mailbox.status));
   if (mailbox.damaged) {
@@ -443,7 +444,15 @@ function mailboxRow(mailbox) {
       ? el("div", { className: "muted small clip", title: mailbox.description }, mailbox.description)
       : null),
   statusCell,
-  el("td", { className: "num", testid: "cell-messages" }, mailbox.messages.toLocaleString()),
+  el("td", { className: "num" },
+    el("span", { testid: "cell-messages" }, mailbox.messages.toLocaleString()),
+    unreadable
+      ? el("div", {
+        className: "badge unreadable", testid: "cell-unreadable",
+        title: `${unreadable.toLocaleString()} messages (${mailbox.unreadable_bytes.toLocaleString()} bytes) `
+          + "sealed to a key a password reset retired: nobody can read them",
+      }, `+${unreadable.toLocaleString()} unreadable`)
+      : null),
   el("td", { className: "num", title: `${mailbox.bytes.toLocaleString()} bytes`, testid: "cell-bytes" },
     formatBytes(mailbox.bytes)),
   el("td", { title: formatDateTime(lastDelivery), testid: "cell-delivery" }, formatAgo(lastDelivery)),
@@ -455,6 +464,10 @@ function mailboxRow(mailbox) {
       : action("action-suspend", "Suspend", (m) => setMailboxStatus(m, "suspend")),
     action("action-passwd", "Password", openMailboxPasswd, { title: "Change the password (the old one is needed)" }),
     action("action-reset", "Reset", openMailboxReset, { title: "Reset the password: stored messages become unreadable" }),
+    unreadable
+      ? action("action-purge-unreadable", "Purge unreadable", purgeUnreadable,
+        { title: "Delete the messages a reset made unreadable", className: "small danger-text" })
+      : null,
     action("action-delete", "Delete", openMailboxDelete, { className: "small danger-text" })));
 }
 
@@ -745,8 +758,12 @@ function afterMailboxReset(reply) {
 function openMailboxDelete(mailbox) {
   openDialog("dialog-delete", mailbox, (dialog) => {
     setRole(dialog, "subject", describeMailbox(mailbox));
-    setRole(dialog, "purge-label", `Also purge the ${plural(mailbox.messages, "stored message")} `
-      + `(${formatBytes(mailbox.bytes)}); without it, a mailbox with messages is not deleted`);
+    const unreadable = mailbox.unreadable_messages ?? 0;
+    const count = mailbox.messages + unreadable;
+    const bytes = mailbox.bytes + (mailbox.unreadable_bytes ?? 0);
+    setRole(dialog, "purge-label", `Also purge the ${plural(count, "stored message")} `
+      + `(${formatBytes(bytes)}${unreadable ? `, ${unreadable.toLocaleString()} of them unreadable` : ""}); `
+      + "without it, a mailbox with messages is not deleted");
     show($("delete-active-note"), mailbox.status !== "suspended");
   });
 }
@@ -761,6 +778,23 @@ function afterMailboxDelete(reply, mailbox) {
   dropMailbox(reply.mailbox_id);
   const purged = reply.purged_messages ? `, purged ${plural(reply.purged_messages, "message")}` : "";
   notify(`Deleted mailbox “${mailbox.name}”${purged}`);
+}
+
+function purgeUnreadable(mailbox) {
+  const count = plural(mailbox.unreadable_messages, "unreadable message");
+  confirmAction({
+    title: "Purge unreadable messages",
+    text: `Delete the ${count} (${formatBytes(mailbox.unreadable_bytes)}) of “${mailbox.name}”: `
+      + "they were sealed to a key a password reset retired, so nobody can ever read them. "
+      + "Readable messages are not touched.",
+    button: "Purge unreadable messages",
+    run: async () => {
+      const reply = await state.connection.request("mailbox.purge-unreadable", { mailbox: mailbox.mailbox_id });
+      upsertMailbox(reply.mailbox);
+      notify(`Purged ${plural(reply.purged_messages, "unreadable message")} `
+        + `(${formatBytes(reply.purged_bytes)}) from “${reply.mailbox.name}”`);
+    },
+  });
 }
 
 // -- settings --------------------------------------------------------------------------------
