@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from gateway.config import Config, KdfSettings
+from gateway.config import Config, KdfSettings, ProxyConfig
 from gateway.servers.gateway import Gateway, Listening
 
 from .gateway_helpers import make_config
@@ -79,6 +79,7 @@ class Served:
     gateway: Gateway
     port: int
     context: ssl.SSLContext
+    ports: dict[str, int]
 
 
 @asynccontextmanager
@@ -86,9 +87,9 @@ async def serve(tmp_path: Path, config: Config) -> AsyncIterator[Served]:
     gateway = Gateway(config, environ={})
     async with trio.open_nursery() as nursery:
         listening: list[Listening] = await nursery.start(gateway.run)
-        port = next(item.port for item in listening if item.name == "pop3s")
+        ports = {item.name: item.port for item in listening}
         cafile = tmp_path / "data" / "tls" / "cert.pem"
-        yield Served(gateway, port, ssl.create_default_context(cafile=str(cafile)))
+        yield Served(gateway, ports["pop3s"], ssl.create_default_context(cafile=str(cafile)), ports)
         gateway.request_shutdown()
 
 
@@ -160,7 +161,7 @@ async def test_journal_address_lockout_does_not_lock_the_archive_out(tmp_path: P
 # Argon2id costing tens of milliseconds (the tests' usual parameters cost microseconds, and a
 # queue of them would not show); guessers get no lockout, so the unlock order alone must
 # keep the archive's login quick.
-LEVER_KDF = KdfSettings(memory_kib=64 * 1024, iterations=1, lanes=1)
+LEVER_KDF = KdfSettings(memory_kib=32 * 1024, iterations=2, lanes=1)
 GUESSERS = 40
 # The issue's own target for the archive's login while the attack runs (it measured 5.5 s);
 # generous against a loaded 2-core machine, where the login itself takes about 0.1 s.
@@ -214,3 +215,37 @@ async def test_argon2id_lever_guesses_from_rotating_addresses_do_not_starve_the_
             attack.cancel_scope.cancel()
         assert max(times) < LOGIN_UNDER_ATTACK, times
         assert still_queued  # the attack was still going on while the archive logged in
+
+
+# -- item 10: the proxy as a port scanner ---------------------------------------------------
+
+
+async def test_pop3_proxy_as_a_port_scanner_gets_one_reply_and_is_throttled(
+    tmp_path: Path,
+) -> None:
+    """Proxy logins to denied or unreachable targets were neither delayed nor throttled, and
+    the reply told open ports from closed ones ("cannot connect", "not trusted", ...)."""
+    config = attack_config(tmp_path)
+    config = msgspec.structs.replace(config, proxy=ProxyConfig(allow=("127.0.0.0/8",)))
+    async with serve(tmp_path, config) as served:
+        archive = served.gateway.archive
+        assert archive is not None
+        info, _password = await archive.create_mailbox("copies")
+        with trio.socket.socket() as probe:  # a port nobody listens on
+            await probe.bind(("127.0.0.1", 0))
+            closed = probe.getsockname()[1]
+        targets = [
+            "10.1.2.3",  # denied by the policy
+            f"[::127.0.0.1]:{served.ports['pop3s']}",  # IPv4-compatible loopback: denied
+            f"127.0.0.1:{closed}",  # closed
+            f"127.0.0.1:{served.ports['pop3s']}",  # open, TLS, a certificate nobody trusts
+            f"127.0.0.1:{served.ports['smtp']}",  # open, no TLS
+        ]
+        async with POP3Client.connect(served.port, served.context, "127.0.6.2") as client:
+            for n in range(2):
+                for target in targets:
+                    reply = await client.login(f"user{n}%{target}%{info.mailbox_id}", "pw")
+                    assert reply == "-ERR [SYS/TEMP] proxy target unavailable", target
+            # Ten failures from this address (make_config: pop3.max_failures 10).
+            reply = await client.login(f"user%{targets[2]}%{info.mailbox_id}", "pw")
+            assert reply == "-ERR [AUTH] too many failed logins, try again later"

@@ -101,6 +101,28 @@ def test_default_policy_denies_internal_addresses() -> None:
         policy.check("target", address)
 
 
+def test_ipv4_compatible_loopback_is_denied_like_the_other_loopback_forms() -> None:
+    """[::127.0.0.1] (IPv4-compatible, deprecated) reached loopback: only ::/128 and ::1/128
+    were denied. Every IPv6 form that carries an IPv4 address is checked as that address
+    too, so a deny list written before (only 127.0.0.0/8) refuses them as well."""
+    login = parse_proxy_login(f"user%[::127.0.0.1]:25%{'a' * 32}")
+    assert login is not None
+    for policy in (TargetPolicy.build(), TargetPolicy.build(deny=["127.0.0.0/8", "10.0.0.0/8"])):
+        for address in (
+            login.host,
+            "::127.0.0.2",
+            "::10.1.2.3",
+            "::ffff:127.0.0.1",  # IPv4-mapped
+            "2002:7f00:1::1",  # 6to4 around 127.0.0.1
+            "2002:a01:203::1",  # 6to4 around 10.1.2.3
+        ):
+            with pytest.raises(RoutingError):
+                policy.check("target", address)
+    with pytest.raises(RoutingError):
+        TargetPolicy.build().check("target", "64:ff9b:1::a01:203")  # local-use NAT64
+    TargetPolicy.build().check("target", "2002:cb00:7107::1")  # 6to4 around 203.0.113.7
+
+
 def test_allow_wins_over_deny_and_names_are_checked_before_dns() -> None:
     policy = TargetPolicy.build(
         allow=["127.0.0.1/32", "mail.internal"], deny=["127.0.0.0/8", "evil.example"]

@@ -402,24 +402,37 @@ async def test_wrong_password_unknown_mailbox_and_plain_logins(tmp_path: Path) -
         assert "wrong" not in setup.control_raw().decode("latin-1").split("SmtpLogin")[1]
 
 
-async def test_target_failures(tmp_path: Path) -> None:
+UNAVAILABLE = (454, b"4.7.0 Proxy target unavailable")
+
+
+async def test_proxy_as_a_port_scanner_gets_one_reply_and_is_throttled(tmp_path: Path) -> None:
+    """Proxy logins to denied or unreachable targets were answered at once, never throttled,
+    and the reply told a closed port from an open one. Now every target failure gets the same
+    reply after the failure delay and counts as a failed login; the reason is audited."""
     async with proxy_setup(tmp_path) as setup:
-        attempt = setup.try_login
-        denied = await trio.to_thread.run_sync(attempt, f"alice%10.1.2.3%{setup.mailbox_id}")
-        assert denied == (550, b"5.7.1 Proxy target not allowed")
         with trio.socket.socket() as probe:  # a port nobody listens on
             await probe.bind(("127.0.0.1", 0))
             closed = probe.getsockname()[1]
-        code, text = await trio.to_thread.run_sync(
-            attempt, f"alice%127.0.0.1:{closed}%{setup.mailbox_id}"
-        )
-        assert code == 454 and text.startswith(b"4.7.0 Upstream: cannot connect")
-        # The gateway's own SMTPS listener: its self-signed certificate is not trusted.
-        code, text = await trio.to_thread.run_sync(
-            attempt, f"alice%127.0.0.1:{setup.ports['smtps']}%{setup.mailbox_id}"
-        )
-        assert code == 554 and b"not trusted" in text
-        assert setup.target.sessions == 0
+        targets = {
+            "10.1.2.3": "denied",  # the policy refuses it
+            "[::127.0.0.1]": "denied",  # IPv4-compatible loopback
+            f"127.0.0.1:{closed}": "cannot connect",  # closed
+            f"127.0.0.1:{setup.ports['smtps']}": "not trusted",  # open, TLS, unknown CA
+            f"127.0.0.1:{setup.target_ports['starttls']}": "TLS handshake",  # open, no TLS
+        }
+        for target in targets:
+            reply = await trio.to_thread.run_sync(
+                setup.try_login, f"alice%{target}%{setup.mailbox_id}"
+            )
+            assert reply == UNAVAILABLE, target
+        reasons = [e["reason"] for e in setup.control() if e["type"] == "SmtpLogin"]
+        # smtplib tries PLAIN then LOGIN: each target twice.
+        for reason, expected in zip(reasons[::2], targets.values(), strict=True):
+            assert expected in str(reason), reason
+        assert setup.target.logins == []
+        # Ten failures from this address (make_config: max_auth_failures 10): locked out.
+        reply = await trio.to_thread.run_sync(setup.try_login, setup.login())
+        assert reply == (454, b"4.7.0 Too many failed logins, try again later")
 
 
 async def test_slow_content_is_not_held_back(tmp_path: Path) -> None:
@@ -489,9 +502,10 @@ async def test_target_with_no_usable_auth_mechanism(tmp_path: Path) -> None:
     async with proxy_setup(tmp_path) as setup:
         setup.target.rewrite = {b"AUTH PLAIN LOGIN\r\n": b"AUTH CRAM-MD5\r\n"}
 
-        code, text = await trio.to_thread.run_sync(setup.try_login, setup.login())
-        assert code == 554 and b"neither AUTH PLAIN nor AUTH LOGIN" in text  # permanent
+        assert await trio.to_thread.run_sync(setup.try_login, setup.login()) == UNAVAILABLE
         assert setup.target.logins == []
+        reasons = {e["reason"] for e in setup.control() if e["type"] == "SmtpLogin"}
+        assert reasons == {"proxy: permanent: 127.0.0.1 offers neither AUTH PLAIN nor AUTH LOGIN"}
 
 
 async def test_target_without_starttls_never_gets_the_password(
@@ -512,8 +526,10 @@ async def test_target_without_starttls_never_gets_the_password(
     port = listeners[0].socket.getsockname()[1]
     async with proxy_setup(tmp_path) as setup:
         login = f"alice%127.0.0.1:{port}%{setup.mailbox_id}"
-        code, text = await trio.to_thread.run_sync(setup.try_login, login, PASSWORD, "smtp")
-        assert code == 554 and b"does not offer STARTTLS" in text
+        reply = await trio.to_thread.run_sync(setup.try_login, login, PASSWORD, "smtp")
+        assert reply == UNAVAILABLE
+        reasons = {e["reason"] for e in setup.control() if e["type"] == "SmtpLogin"}
+        assert all("does not offer STARTTLS" in str(reason) for reason in reasons)
         await trio.sleep(0.1)
         assert bytes(received).startswith(b"EHLO ")
         assert b"AUTH" not in bytes(received) and PASSWORD.encode() not in bytes(received)

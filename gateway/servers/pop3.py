@@ -349,11 +349,11 @@ class _Session:
                 auth_failed=LOGIN_FAILED,
             )
         except ProxyRefused as exc:
-            if exc.reply.code == "AUTH":
-                logins.failed(self.peer, counted)
+            # Every refusal counts and waits, a target that cannot be reached too: the proxy
+            # is no faster a port scanner than a password guesser.
+            logins.failed(self.peer, counted)
             await self._login_audit(event, proxy.mailbox_id, False, f"proxy: {exc.reason}")
-            if exc.reply is LOGIN_FAILED:
-                await trio.sleep_until(arrived + self.config.pop3.failure_delay)
+            await trio.sleep_until(arrived + self.config.pop3.failure_delay)
             return exc.reply
         logins.succeeded(self.peer, proxy.mailbox_id)
         self.proxy, self.mailbox_id = proxy, proxy.mailbox_id

@@ -59,6 +59,9 @@ logger = logging.getLogger("gateway.pop3")
 
 RELAYED = (Stat, List, Uidl, Retr, Top, Dele, Rset, Noop, Quit)
 ARCHIVE_UNAVAILABLE = Reply(False, "archive mailbox unavailable, message not retrieved", "SYS/TEMP")
+# One reply for every way the target cannot be used before it judged the credentials (see
+# smtp_proxy.TARGET_UNAVAILABLE): the proxy must not tell open ports from closed ones.
+TARGET_UNAVAILABLE = Reply(False, "proxy target unavailable", "SYS/TEMP")
 DEFAULT_PORTS = {TLSMode.IMPLICIT: 995, TLSMode.STARTTLS: 110}
 UIDL_LISTING_LIMIT = 8 * 1024 * 1024  # a larger listing (~200,000 messages) is not kept
 
@@ -131,19 +134,13 @@ async def open_relay(
     except TargetRefused as exc:
         if exc.kind is Refusal.MAILBOX:
             raise ProxyRefused(auth_failed, exc.reason) from None
-        if exc.kind is Refusal.DENIED:
-            reply = Reply(False, "proxy target not allowed", "SYS/PERM")
-        else:
-            code = "SYS/TEMP" if exc.kind is Refusal.TEMPORARY else "SYS/PERM"
-            reply = Reply(False, safe_text(f"upstream: {exc.reason}"), code)
-        raise ProxyRefused(reply, exc.reason) from None
+        raise ProxyRefused(TARGET_UNAVAILABLE, f"{exc.kind}: {exc.reason}") from None
     try:
         reply = await upstream.login(login.remote_user, password)
     except UpstreamError as exc:
         await upstream.aclose()
-        text = safe_text(f"upstream: {exc}")
-        code = "SYS/TEMP" if exc.temporary else "SYS/PERM"
-        raise ProxyRefused(Reply(False, text, code), str(exc)) from None
+        kind = "temporary" if exc.temporary else "permanent"
+        raise ProxyRefused(TARGET_UNAVAILABLE, f"{kind}: {exc}") from None
     except BaseException:
         await upstream.aclose()
         raise

@@ -314,9 +314,10 @@ class _Session:
                 self.config, self.archive, self.listener, login, event.password
             )
         except ProxyRefused as exc:
-            if exc.credentials:
-                server.logins.failed(self.peer, key)
-                await trio.sleep_until(arrived + delay)
+            # Every refusal counts and waits, a target that cannot be reached too: the proxy
+            # is no faster a port scanner than a password guesser.
+            server.logins.failed(self.peer, key)
+            await trio.sleep_until(arrived + delay)
             await self._login_audit(
                 event, login.mailbox_id, login.target, False, f"proxy: {exc.reason}"
             )

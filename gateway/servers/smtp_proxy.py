@@ -66,7 +66,11 @@ logger = logging.getLogger("gateway.smtp")
 # AUTH belongs); a target on port 25 is named with ":25".
 DEFAULT_PORTS: Final = {TLSMode.IMPLICIT: 465, TLSMode.STARTTLS: 587}
 
-TARGET_DENIED: Final = Reply(550, "5.7.1", ("Proxy target not allowed",))
+# One reply for every way the target cannot be used before it judged the credentials:
+# denied by the policy, unresolvable, closed, filtered, not TLS, an untrusted certificate, no
+# STARTTLS or AUTH, a broken login exchange. Telling them apart would make the proxy a port
+# scanner (open or closed, TLS or not); the reason is in the log and the SmtpLogin record.
+TARGET_UNAVAILABLE: Final = Reply(454, "4.7.0", ("Proxy target unavailable",))
 UPSTREAM_LOST: Final = Reply(421, "4.4.2", ("Connection to the target lost, closing connection",))
 STORE_FAILED_CUT: Final = Reply(
     421, "4.3.0", ("Archive copy failed; the message was not relayed, closing connection",)
@@ -84,13 +88,12 @@ TARGET_CUT: Final = Reply(
 
 class ProxyRefused(Exception):
     """The proxy login cannot go on; ``reply`` answers the AUTH, ``reason`` is for the log
-    and the audit record; ``credentials`` says whether it counts as a failed login."""
+    and the audit record. Every one counts as a failed login."""
 
-    def __init__(self, reply: Reply, reason: str, *, credentials: bool) -> None:
+    def __init__(self, reply: Reply, reason: str) -> None:
         super().__init__(reason)
         self.reply = reply
         self.reason = reason
-        self.credentials = credentials
 
 
 async def open_relay(
@@ -120,23 +123,15 @@ async def open_relay(
             config, archive, login, default_port=DEFAULT_PORTS[listener.tls], start=start
         )
     except TargetRefused as exc:
-        match exc.kind:
-            case Refusal.MAILBOX:
-                raise ProxyRefused(replies.AUTH_FAILED, exc.reason, credentials=True) from None
-            case Refusal.DENIED:
-                raise ProxyRefused(TARGET_DENIED, exc.reason, credentials=False) from None
-            case Refusal.TEMPORARY:
-                reply = Reply(454, "4.7.0", (safe_text(f"Upstream: {exc.reason}"),))
-            case Refusal.PERMANENT:
-                reply = Reply(554, "5.7.0", (safe_text(f"Upstream: {exc.reason}"),))
-        raise ProxyRefused(reply, exc.reason, credentials=False) from None
+        if exc.kind is Refusal.MAILBOX:
+            raise ProxyRefused(replies.AUTH_FAILED, exc.reason) from None
+        raise ProxyRefused(TARGET_UNAVAILABLE, f"{exc.kind}: {exc.reason}") from None
     try:
         reply = await upstream.authenticate(login.remote_user, password)
     except UpstreamError as exc:
         await upstream.aclose()
-        text = (safe_text(f"Upstream: {exc}"),)
-        reply = Reply(454, "4.7.0", text) if exc.temporary else Reply(554, "5.7.0", text)
-        raise ProxyRefused(reply, str(exc), credentials=False) from None
+        kind = "temporary" if exc.temporary else "permanent"
+        raise ProxyRefused(TARGET_UNAVAILABLE, f"{kind}: {exc}") from None
     except BaseException:
         await upstream.aclose()
         raise
@@ -145,7 +140,7 @@ async def open_relay(
         if not 400 <= reply.code <= 599:
             reply = replies.AUTH_FAILED
         # The provider's own refusal (535 5.7.8, 454 4.7.0...) reaches the client.
-        raise ProxyRefused(reply, "upstream login failed", credentials=reply.code >= 500)
+        raise ProxyRefused(reply, "upstream login failed")
     return upstream, reply
 
 

@@ -32,7 +32,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # What the gateway refuses to reach unless the configuration allows it: loopback, private
 # and shared address space, link-local (cloud metadata services live there), multicast,
-# unspecified and reserved ranges, and IPv6's equivalents (RFC 6890).
+# unspecified and reserved ranges, and IPv6's equivalents (RFC 6890), with the IPv6 forms that
+# carry an IPv4 address: IPv4-mapped, IPv4-compatible (::a.b.c.d, deprecated by RFC 4291
+# §2.5.5.1; [::127.0.0.1] reaches loopback), and the NAT64 prefixes (RFC 6052, RFC 8215).
 DEFAULT_DENY: tuple[str, ...] = (
     "0.0.0.0/8",
     "10.0.0.0/8",
@@ -46,8 +48,10 @@ DEFAULT_DENY: tuple[str, ...] = (
     "224.0.0.0/3",
     "::/128",
     "::1/128",
+    "::/96",
     "::ffff:0:0/96",
     "64:ff9b::/96",
+    "64:ff9b:1::/48",
     "fc00::/7",
     "fe80::/10",
     "ff00::/8",
@@ -165,13 +169,21 @@ class TargetPolicy:
         ip = _address(address)
         if any(ip in network for network in self.allow_networks if ip.version == network.version):
             return
-        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-        for candidate in (ip, mapped):
-            if candidate is None:
-                continue
+        for candidate in (ip, *_embedded_ipv4(ip)):
             for network in self.deny_networks:
                 if candidate.version == network.version and candidate in network:
                     raise RoutingError(f"target {host} ({address}) is in denied network {network}")
+
+
+def _embedded_ipv4(ip: IPAddress) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries, each checked like the IPv4 address itself:
+    IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d) and 6to4 (2002:aabb:ccdd::)."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    found = [ip.ipv4_mapped, ip.sixtofour]
+    if int(ip) >> 32 == 0:  # ::/96
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return [address for address in found if address is not None]
 
 
 def _address(text: str) -> IPAddress:
