@@ -90,6 +90,14 @@ def _serve(config_path: Path | None, data_dir: Path | None) -> int:
     except ConfigError as exc:
         logger.error("event=config-error reason=%r", str(exc))
         return EXIT_USAGE
+    if config.store.kdf.insecure_fast_for_tests:
+        logger.warning(
+            "event=insecure-kdf memory_kib=%d iterations=%d reason=%r",
+            config.store.kdf.memory_kib,
+            config.store.kdf.iterations,
+            "store.kdf.insecure_fast_for_tests is set: Argon2id may be cheap enough to "
+            "brute-force mailbox passwords; for test suites only",
+        )
     failures: list[BaseException] = []
     try:
         trio.run(_serve_async, config)

@@ -135,9 +135,17 @@ class AdminConfig(_Section, frozen=True, kw_only=True):
 
 
 class KdfSettings(_Section, frozen=True, kw_only=True):
+    # Argon2id for new key wraps and the admin password's hash: at least 19 MiB and 2 passes,
+    # at most 1 GiB, 16 passes, 16 lanes (SPEC.md 5.1).
     memory_kib: int = 65536
     iterations: int = 3
     lanes: int = 4
+    # For test suites only: lets memory_kib and iterations go below the floor (down to
+    # RFC 9106's minimum) so tests run fast. Logged as a warning at start; never in production.
+    insecure_fast_for_tests: bool = False
+
+    def params(self) -> KdfParams:
+        return KdfParams(memory_kib=self.memory_kib, iterations=self.iterations, lanes=self.lanes)
 
 
 class StoreSettings(_Section, frozen=True, kw_only=True):
@@ -171,10 +179,9 @@ class Config(_Section, frozen=True, kw_only=True):
     store: StoreSettings = StoreSettings()
 
     def store_config(self) -> StoreConfig:
-        kdf = self.store.kdf
         return StoreConfig(
             segment_bytes=self.store.segment_bytes,
-            kdf=KdfParams(memory_kib=kdf.memory_kib, iterations=kdf.iterations, lanes=kdf.lanes),
+            kdf=self.store.kdf.params(),
             max_message_bytes=self.smtp.max_message_size,
             compaction_grace=self.store.compaction_grace,
             maintenance_interval=self.store.maintenance_interval,
@@ -244,3 +251,11 @@ def _check(config: Config, path: Path | None) -> None:
         raise ConfigError(f"{where}: smtp.max_recipients must be at least 100 (RFC 5321 4.5.3.1.8)")
     if config.smtp.max_message_size < 64 * 1024:
         raise ConfigError(f"{where}: smtp.max_message_size must be at least 65536")
+    kdf = config.store.kdf
+    try:
+        if kdf.insecure_fast_for_tests:
+            kdf.params().validate()  # the ceiling still holds
+        else:
+            kdf.params().validate_for_production()
+    except ValueError as exc:
+        raise ConfigError(f"{where}: store.kdf: {exc}") from None

@@ -293,11 +293,11 @@ def test_longest_password() -> None:
     [
         KdfParams(memory_kib=7, iterations=1, lanes=1),
         KdfParams(memory_kib=31, iterations=1, lanes=4),
-        KdfParams(memory_kib=4 * 1024 * 1024 + 1, iterations=1, lanes=1),
+        KdfParams(memory_kib=1024 * 1024 + 1, iterations=1, lanes=1),
         KdfParams(memory_kib=1024, iterations=0, lanes=1),
-        KdfParams(memory_kib=1024, iterations=65, lanes=1),
+        KdfParams(memory_kib=1024, iterations=17, lanes=1),
         KdfParams(memory_kib=1024, iterations=1, lanes=0),
-        KdfParams(memory_kib=1024, iterations=1, lanes=65),
+        KdfParams(memory_kib=1024, iterations=1, lanes=17),
         KdfParams(memory_kib=1024, iterations=True, lanes=1),
     ],
 )
@@ -312,8 +312,8 @@ def test_bad_kdf_params_are_refused(kdf: KdfParams, key_file: KeyFile) -> None:
 
 def test_kdf_bounds_are_inclusive() -> None:
     KdfParams(memory_kib=8, iterations=1, lanes=1).validate()
-    KdfParams(memory_kib=4 * 1024 * 1024, iterations=64, lanes=64).validate()
-    KdfParams(memory_kib=8 * 64, iterations=1, lanes=64).validate()
+    KdfParams(memory_kib=1024 * 1024, iterations=16, lanes=16).validate()
+    KdfParams(memory_kib=8 * 16, iterations=1, lanes=16).validate()
 
 
 @pytest.mark.parametrize("mailbox_id", [b"", bytes(15), bytes(17), "a1" * 16])

@@ -100,7 +100,7 @@ async def test_100_mib_message_in_and_out_with_bounded_memory(tmp_path: Path) ->
         f'[[listeners]]\nname = "pop3s"\nprotocol = "pop3"\nport = {ports["pop3s"]}\n'
         'tls = "implicit"\n'
         f"[store.kdf]\nmemory_kib = {FAST.memory_kib}\niterations = {FAST.iterations}\n"
-        f"lanes = {FAST.lanes}\n"
+        f"lanes = {FAST.lanes}\ninsecure_fast_for_tests = true\n"
         f"[smtp]\nmax_message_size = {2 * SIZE}\n"
     )
     env = {**os.environ, "GATEWAY_ADMIN_PASSWORD": "a long admin password"}

@@ -36,6 +36,7 @@ segment_bytes = 262144
 memory_kib = 64
 iterations = 1
 lanes = 1
+insecure_fast_for_tests = true
 """
 
 

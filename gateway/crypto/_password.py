@@ -47,6 +47,13 @@ class PasswordHash(msgspec.Struct, frozen=True, kw_only=True):
     digest: bytes
     kdf: KdfParams
 
+    def validate(self) -> None:
+        """Raise ValueError unless sizes and KDF parameters are in range (a hash read from a
+        file is checked before its Argon2id parameters are ever used)."""
+        if len(self.salt) != _SALT_SIZE or len(self.digest) != _HASH_SIZE:
+            raise ValueError(f"salt and digest must be {_SALT_SIZE} and {_HASH_SIZE} bytes")
+        self.kdf.validate()
+
 
 def _argon2(password: str, salt: bytes, kdf: KdfParams) -> bytes:
     kdf.validate()

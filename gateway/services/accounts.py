@@ -117,9 +117,17 @@ class Accounts:
         raw = await trio.to_thread.run_sync(self.data.read_admin_credentials)
         if raw is not None:
             try:
-                self._credentials = _decoder.decode(raw)
+                credentials = _decoder.decode(raw)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise ValueError(f"{self.data.admin_path}: unreadable: {exc}") from None
+            try:
+                credentials.password.validate()
+            except ValueError as exc:
+                # Before any Argon2id: a file asking for 4 GiB must not get it.
+                raise ValueError(
+                    f"{self.data.admin_path}: refused as damaged or tampered with: {exc}"
+                ) from None
+            self._credentials = credentials
             return False, None
         if initial_password is not None and len(initial_password) < 12:
             raise ValueError("the first admin password must be at least 12 characters")

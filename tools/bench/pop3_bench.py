@@ -244,7 +244,11 @@ def run_dovecot(folder: Path, args: argparse.Namespace, corpus: Corpus) -> Resul
 def pop3_gateway(folder: Path, args: argparse.Namespace) -> AbstractContextManager[GatewayProcess]:
     """The gateway under test: SMTP (to fill it), POP3S and the admin listener (a context
     manager, from :func:`_common.gateway_process`)."""
-    kdf = "[store.kdf]\nmemory_kib = 64\niterations = 1\nlanes = 1\n" if args.fast_kdf else ""
+    kdf = (
+        "[store.kdf]\nmemory_kib = 64\niterations = 1\nlanes = 1\ninsecure_fast_for_tests = true\n"
+        if args.fast_kdf
+        else ""
+    )
     sessions = max(20, args.mailboxes + 1)
     return gateway_process(
         folder,
