@@ -1,4 +1,4 @@
-"""Command line: ``gateway serve`` and ``gateway verify``.
+"""Command line: ``gateway serve``, ``gateway verify`` and ``gateway backup``.
 
 Exit codes (SPEC.md, "Command line"): 0 success, 1 verification found problems, 2 usage or
 configuration error, 3 the data folder is in use or cannot be opened.
@@ -18,7 +18,7 @@ from . import __version__
 from ._groups import leaves
 from .cli_admin import ADMIN_COMMANDS, add_admin_commands, run_admin_command
 from .config import Config, ConfigError, load_config
-from .log import DataDirLocked, LogCorrupt
+from .log import DataDir, DataDirLocked, LogCorrupt
 from .servers.gateway import Gateway, StartupError
 from .verify import print_report, verify_data_dir
 
@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         "--mailbox",
         help="also decrypt and check every message of this mailbox (password on stdin)",
     )
+    backup = commands.add_parser(
+        "backup", help="copy the data folder consistently while the gateway runs, then verify"
+    )
+    backup.add_argument("destination", type=Path, help="a folder that does not exist yet")
+    backup.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     add_admin_commands(commands)
     return parser
 
@@ -62,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args.config, args.data_dir)
     if args.command == "verify":
         return _verify(args.data_dir, args.mailbox)
+    if args.command == "backup":
+        return _backup(args.data_dir, args.destination)
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
 
 
@@ -82,6 +89,19 @@ def _verify(data_dir: Path, mailbox: str | None) -> int:
         print(file=sys.stderr)
     print_report(report)
     return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def _backup(data_dir: Path, destination: Path) -> int:
+    if not (data_dir / "control").is_dir():
+        logger.error("event=backup-failed reason=%r", f"{data_dir} is not a data folder")
+        return EXIT_USAGE
+    try:
+        copied = DataDir(data_dir).copy_to(destination)
+    except OSError as exc:
+        logger.error("event=backup-failed reason=%r", str(exc))
+        return EXIT_UNAVAILABLE
+    logger.info("event=backup-copied destination=%s bytes=%d", destination, copied)
+    return _verify(destination, None)
 
 
 def _serve(config_path: Path | None, data_dir: Path | None) -> int:

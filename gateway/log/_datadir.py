@@ -168,6 +168,21 @@ class DataDir:
             os.rmdir(directory)
         fsync_dir(self.mailboxes_dir)
 
+    def copy_to(self, destination: Path) -> int:
+        """A consistent copy of the folder while a gateway writes to it (SPEC.md 7): the
+        control log is copied whole first, and only then is the rest listed and copied, so
+        every commit the copied control log witnesses is in the copied mailbox logs. A file
+        compaction deletes meanwhile is skipped (the copied control log cannot need it
+        within the grace period). Files are fsynced; returns the bytes copied."""
+        destination.mkdir(mode=0o700, parents=True, exist_ok=False)
+        copied = _copy_tree(self.control_dir, destination / self.control_dir.name)
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if entry.name in (self.control_dir.name, "gateway.lock"):
+                continue
+            copied += _copy_tree(Path(entry.path), destination / entry.name)
+        fsync_dir(destination)
+        return copied
+
     @staticmethod
     def _write_new(path: Path, data: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -177,3 +192,37 @@ class DataDir:
         finally:
             os.close(fd)
         fsync_dir(path.parent)
+
+
+def _copy_tree(source: Path, destination: Path) -> int:
+    """Copy a file, or a folder depth first, listing each folder as it is reached."""
+    if not source.is_dir():
+        return _copy_file(source, destination)
+    destination.mkdir(mode=0o700)
+    copied = 0
+    for entry in sorted(os.scandir(source), key=lambda e: e.name):
+        copied += _copy_tree(Path(entry.path), destination / entry.name)
+    fsync_dir(destination)
+    return copied
+
+
+def _copy_file(source: Path, destination: Path) -> int:
+    try:
+        src = os.open(source, os.O_RDONLY)
+    except FileNotFoundError:
+        return 0  # removed meanwhile (a superseded segment whose grace ended)
+    try:
+        dst = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            copied = 0
+            while block := os.read(src, 1 << 20):
+                write_all(dst, block)
+                copied += len(block)
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+        stat = os.fstat(src)
+        os.utime(destination, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    finally:
+        os.close(src)
+    return copied
