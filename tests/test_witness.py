@@ -366,7 +366,8 @@ async def test_damage_found_on_open_is_recorded_once_with_what_was_lost(tmp_path
     assert (data / damage.moved_to).read_bytes() == bytes(raw[offset:])
     assert oct((data / damage.moved_to).stat().st_mode & 0o777) == oct(0o600)
     archive = await Archive.open(data, CONFIG)
-    try:  # the mailbox goes on taking mail after its end was moved aside
+    try:  # the mailbox goes on taking mail after its end was moved aside, flagged
+        assert "1 acknowledged message(s) lost" in (archive.damage_report(box) or "")
         writer = archive.begin_message([box])
         await writer.write(b"after the damage\r\n")
         await writer.commit(Envelope(received_at=now(), origin="journal"))

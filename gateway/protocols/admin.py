@@ -243,7 +243,9 @@ class MailboxView(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime
     last_delivery: datetime | None = None
     last_retrieval: datetime | None = None
-    damaged: str | None = None  # why the mailbox cannot be served, if it cannot
+    # Why the mailbox is flagged: it cannot be served, or damage at its log's end lost
+    # acknowledged messages (LogDamaged, on record for good; SPEC.md 6.3).
+    damaged: str | None = None
     # Sealed to a key a reset retired: unreadable by anyone, kept until purged.
     unreadable_messages: int = 0
     unreadable_bytes: int = 0

@@ -79,7 +79,7 @@ def mailbox_view(archive: Archive, info: MailboxInfo, domain: str) -> api.Mailbo
         updated_at=info.updated_at,
         last_delivery=state.last_delivery.get(info.mailbox_id),
         last_retrieval=state.last_retrieval.get(info.mailbox_id),
-        damaged=archive.damaged(info.mailbox_id),
+        damaged=archive.damage_report(info.mailbox_id),
         unreadable_messages=len(unreadable),
         unreadable_bytes=sum(m.size for m in unreadable),
     )

@@ -316,7 +316,23 @@ class Archive:
         return self._box(mailbox_id).info
 
     def damaged(self, mailbox_id: str) -> str | None:
+        """Why the mailbox cannot take mail or be served, if it cannot."""
         return self._box(mailbox_id).damaged
+
+    def damage_report(self, mailbox_id: str) -> str | None:
+        """Why the mailbox is flagged damaged: it cannot be served, or damage found at its
+        log's end lost acknowledged messages (``LogDamaged``, kept on record for good)."""
+        box = self._box(mailbox_id)
+        if box.damaged is not None:
+            return box.damaged
+        found = self.state.damage.get(box.info.mailbox_id)
+        if not found:
+            return None
+        lost = sum(len(d.lost_message_ids) for d in found)
+        return (
+            f"damage found at the end of its log {len(found)} time(s), {lost} acknowledged "
+            f"message(s) lost; the bytes are kept in {found[-1].moved_to or '(nothing left)'}"
+        )
 
     def _box(self, mailbox_id: str) -> MailboxState:
         try:
