@@ -19,6 +19,7 @@ import msgspec
 from .crypto import KdfParams
 from .services.archive import StoreConfig
 from .services.routing import DEFAULT_DENY, TargetPolicy
+from .services.source_keys import default_secret_path
 
 __all__ = [
     "AdminConfig",
@@ -119,6 +120,9 @@ class ProxyConfig(_Section, frozen=True, kw_only=True):
     # The SMTP target's reply to the end of a message: RFC 5321 §4.5.3.2.6 asks for 10
     # minutes (a client that gives up sooner causes duplicate deliveries).
     final_reply_timeout: float = 600.0
+    # The POP3 proxy's source-key secret (services.source_keys): outside the data folder.
+    # Empty: <data_dir>-secret/source-key, beside the data folder. Made on the first start.
+    source_key_secret_file: str = ""
 
 
 class AdminConfig(_Section, frozen=True, kw_only=True):
@@ -177,6 +181,12 @@ class Config(_Section, frozen=True, kw_only=True):
     proxy: ProxyConfig = ProxyConfig()
     admin: AdminConfig = AdminConfig()
     store: StoreSettings = StoreSettings()
+
+    def source_key_path(self) -> Path:
+        """Where the POP3 proxy's source-key secret lives (SPEC.md 5.5)."""
+        if self.proxy.source_key_secret_file:
+            return Path(self.proxy.source_key_secret_file)
+        return default_secret_path(self.data_dir)
 
     def store_config(self) -> StoreConfig:
         return StoreConfig(
@@ -251,6 +261,11 @@ def _check(config: Config, path: Path | None) -> None:
         raise ConfigError(f"{where}: smtp.max_recipients must be at least 100 (RFC 5321 4.5.3.1.8)")
     if config.smtp.max_message_size < 64 * 1024:
         raise ConfigError(f"{where}: smtp.max_message_size must be at least 65536")
+    if config.source_key_path().resolve().is_relative_to(Path(config.data_dir).resolve()):
+        raise ConfigError(
+            f"{where}: proxy.source_key_secret_file must be outside the data folder "
+            "(a copy of the data folder alone must not confirm guesses: SPEC.md 5.5)"
+        )
     kdf = config.store.kdf
     try:
         if kdf.insecure_fast_for_tests:

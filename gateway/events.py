@@ -453,8 +453,10 @@ class MessageStored(Event, frozen=True, kw_only=True):
     wrapped_key: bytes  # HPKE-sealed data key
     envelope: bytes  # sealed Envelope, see gateway.crypto
     chunk_seqs: tuple[int, ...]
-    # A copy the POP3 proxy made: hex of SHA-256(target NUL remote user NUL upstream UIDL),
-    # so the same upstream message is stored once. Empty for everything else.
+    # A copy the POP3 proxy made: hex HMAC-SHA256 under the gateway's source-key secret of
+    # (mailbox id, target, remote user, upstream UIDL), so the same upstream message is stored
+    # once (services.source_keys; copies from before the secret: the unkeyed SHA-256 of
+    # target NUL remote user NUL UIDL). Empty for everything else.
     source_key: str = ""
 
 

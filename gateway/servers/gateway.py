@@ -31,6 +31,7 @@ from ..services.admin import AdminService
 from ..services.archive import Archive
 from ..services.audit import AuditHub
 from ..services.keyforge import KeyForge
+from ..services.source_keys import SourceKeyError, SourceKeys, load_source_keys
 from ..tls import TLSContextHolder, make_self_signed
 from .admin import AdminServer
 from .limits import SessionLimiter
@@ -82,6 +83,7 @@ class Gateway:
         self.hub: AuditHub | None = None
         self.pop3_server: POP3Server | None = None
         self.tls: TLSContextHolder | None = None
+        self.source_keys: SourceKeys | None = None  # the POP3 proxy's (SPEC.md 5.5)
         self.limiter = SessionLimiter(config.smtp.max_sessions, config.smtp.max_sessions_per_client)
         self.pop3_limiter = SessionLimiter(
             config.pop3.max_sessions, config.pop3.max_sessions_per_client
@@ -110,6 +112,12 @@ class Gateway:
         self.archive = archive
         try:
             self.tls = await trio.to_thread.run_sync(self._load_tls, archive)
+            try:
+                self.source_keys = await trio.to_thread.run_sync(
+                    load_source_keys, config.source_key_path()
+                )
+            except SourceKeyError as exc:
+                raise StartupError(str(exc)) from None
             hub = self.hub = AuditHub(archive, queue_size=config.admin.audit_queue)
             await archive.append_control(GatewayStarted(at=now(), version=__version__))
             self.accounts = await self._load_accounts(archive)
@@ -181,7 +189,10 @@ class Gateway:
         assert self.accounts is not None
         limiter = self.limiter
         smtp = SMTPServer(self.config, self.archive, self.tls, limiter)
-        pop3 = self.pop3_server = POP3Server(self.config, self.archive, self.tls, self.pop3_limiter)
+        assert self.source_keys is not None
+        pop3 = self.pop3_server = POP3Server(
+            self.config, self.archive, self.tls, self.pop3_limiter, source_keys=self.source_keys
+        )
         service = AdminService(self.archive, self.accounts, self.config.mail_domain)
         admin = AdminServer(self, service, self.accounts, hub, self.config)
         handlers: dict[Protocol, Handler] = {

@@ -65,6 +65,7 @@ from ..protocols.pop3 import (
 from ..services.archive import Archive, ArchiveError
 from ..services.projection import StoredMessage
 from ..services.routing import ProxyLogin, RoutingError, parse_proxy_login
+from ..services.source_keys import SourceKeys
 from ..services.throttle import LoginGuard, UnlockQueue
 from ..tls import TLSContextHolder, describe_tls
 from .limits import SessionLimiter
@@ -97,6 +98,7 @@ class POP3Server:
     tls: TLSContextHolder
     limiter: SessionLimiter
     locked: set[str] = field(default_factory=set)  # maildrops in use
+    source_keys: SourceKeys = field(kw_only=True)  # the POP3 proxy's dedupe keys (SPEC.md 5.5)
 
     def __post_init__(self) -> None:
         pop3 = self.config.pop3
@@ -358,7 +360,14 @@ class _Session:
         logins.succeeded(self.peer, proxy.mailbox_id)
         self.proxy, self.mailbox_id = proxy, proxy.mailbox_id
         self.relay = POP3Relay(
-            self.conn, self._send, upstream, self.archive, proxy, self.peer, self.tls
+            self.conn,
+            self._send,
+            upstream,
+            self.archive,
+            proxy,
+            self.peer,
+            self.tls,
+            source_keys=self.server.source_keys,
         )
         await self._login_audit(event, proxy.mailbox_id, True, f"proxy to {proxy.target}")
         return Reply(True, f"logged in to {proxy.target}")

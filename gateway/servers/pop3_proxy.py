@@ -22,7 +22,6 @@ before its RETR ended). TOP output is relayed, never stored.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -50,6 +49,7 @@ from ..protocols.pop3 import (
 from ..services.archive import Archive, ArchiveError
 from ..services.intake import MessageWriter
 from ..services.routing import ProxyLogin
+from ..services.source_keys import SourceKeys, legacy_source_key
 from .proxy import Refusal, Runs, TargetRefused, reach_target, safe_text
 from .upstream import POP3Upstream, UpstreamError
 
@@ -102,8 +102,11 @@ def parse_uidl_listing(listing: bytes) -> dict[int, str]:
     return uidls
 
 
-def source_key(login: ProxyLogin, uidl: str) -> str:
-    return hashlib.sha256(f"{login.target}\0{login.remote_user}\0{uidl}".encode()).hexdigest()
+def source_key(keys: SourceKeys, login: ProxyLogin, uidl: str) -> tuple[str, str]:
+    """(the key a new copy is stored under: HMAC under the gateway's secret, the unkeyed key
+    copies stored before the secret carry); see services.source_keys and SPEC.md 5.5."""
+    keyed = keys.key(login.mailbox_id, login.target, login.remote_user, uidl)
+    return keyed, legacy_source_key(login.target, login.remote_user, uidl)
 
 
 async def open_relay(
@@ -164,6 +167,7 @@ class POP3Relay:
     stored: list[MessageRef] = field(default_factory=list)
     _uidl_map: dict[int, str] | None = field(default=None, init=False)  # None: not asked yet
     _uidl_each: bool = field(default=False, init=False)  # the listing was too large
+    source_keys: SourceKeys = field(kw_only=True)
 
     async def handle(self, event: Event) -> None:
         """Answer one client command with the upstream's answer. Raises UpstreamError,
@@ -208,10 +212,10 @@ class POP3Relay:
     async def _retrieve(self, msg: int) -> None:
         up = self.upstream
         uidl = await self._uidl(msg)
-        key = source_key(self.login, uidl) if uidl else ""
+        key, legacy = source_key(self.source_keys, self.login, uidl) if uidl else ("", "")
         mailbox_id = self.login.mailbox_id
         writer: MessageWriter | None = None
-        if not (key and self.archive.has_source(mailbox_id, key)):
+        if not (key and any(self.archive.has_source(mailbox_id, k) for k in (key, legacy))):
             try:  # before RETR goes upstream: a mailbox that cannot take it is refused
                 writer = self.archive.begin_message([mailbox_id], key)
             except ArchiveError as exc:
