@@ -60,6 +60,13 @@ def test_golden_v1_verifies_and_reads_back(tmp_path: Path) -> None:
             await archive.aclose()
 
     trio.run(read_all)
+    # Opening it anchored its logs (they predate commit witnesses): from now on they are
+    # held to that anchor, and verify still accounts for every message.
+    assert any("predates commit witnesses" in note for note in report.notes)
+    anchored = verify_data_dir(data, mailbox_id=box, password=manifest["password"])
+    assert anchored.ok, [str(p) for p in anchored.problems]
+    assert anchored.opened_messages == kept
+    assert not any("predates commit witnesses" in note for note in anchored.notes)
 
 
 def test_golden_v1_bytes_are_unchanged() -> None:
