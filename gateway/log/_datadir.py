@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..ids import parse_mailbox_id
-from ._files import DataDirLocked, fsync_dir, write_all
+from ._files import DataDirLocked, fsync_dir, write_all, write_new_file
 from ._segment_log import SegmentLog
 
 
@@ -84,7 +84,7 @@ class DataDir:
         directory = self.mailbox_dir(mailbox_id)
         directory.mkdir(mode=0o700)
         fsync_dir(self.mailboxes_dir)
-        self._write_new(directory / "key", key_file)
+        write_new_file(directory / "key", key_file)
         return SegmentLog.create(directory / "log", log_id, segment_bytes=segment_bytes)
 
     def read_key_file(self, mailbox_id: str) -> bytes:
@@ -95,7 +95,7 @@ class DataDir:
         staged = self.key_path(mailbox_id).with_name("key.new")
         with contextlib.suppress(FileNotFoundError):
             staged.unlink()
-        self._write_new(staged, key_file)
+        write_new_file(staged, key_file)
 
     def commit_key_file(self, mailbox_id: str) -> None:
         """Second half, once the control log records the change: rename over the old."""
@@ -132,7 +132,7 @@ class DataDir:
         staged = path.with_name("credentials.new")
         with contextlib.suppress(FileNotFoundError):
             staged.unlink()
-        self._write_new(staged, data)
+        write_new_file(staged, data)
         os.replace(staged, path)
         fsync_dir(path.parent)
 
@@ -153,7 +153,7 @@ class DataDir:
         for path, data in ((key, key_pem), (cert, cert_pem)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            self._write_new(path, data)
+            write_new_file(path, data)
         return cert, key
 
     def remove_mailbox(self, mailbox_id: str) -> None:
@@ -183,15 +183,6 @@ class DataDir:
         fsync_dir(destination)
         return copied
 
-    @staticmethod
-    def _write_new(path: Path, data: bytes) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(path.parent)
 
 
 def _copy_tree(source: Path, destination: Path) -> int:

@@ -126,6 +126,18 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
+def write_new_file(path: Path, data: bytes) -> None:
+    """Create ``path`` (0600, it must not exist) holding ``data``, durably: the file and its
+    folder are fsynced."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(path.parent)
+
+
 @dataclass(slots=True)
 class SegmentFiles:
     """Which segment files make up a log, given the compactions the control log confirms."""

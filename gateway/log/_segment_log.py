@@ -39,6 +39,7 @@ from ._files import (
     fsync_dir,
     segment_name,
     write_all,
+    write_new_file,
 )
 from ._framing import (
     RECORD_OVERHEAD,
@@ -524,12 +525,8 @@ def _move_aside(path: Path, offset: int) -> Path:
     with open(path, "rb") as src:
         src.seek(offset)
         data = src.read()
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    fsync_dir(folder)
+    with contextlib.suppress(FileNotFoundError):
+        target.unlink()  # a move an earlier open began and a crash cut short
+    write_new_file(target, data)
     fsync_dir(path.parent)
     return target
