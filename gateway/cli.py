@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TextIO
 
 import trio
 
@@ -20,6 +23,7 @@ from .cli_admin import ADMIN_COMMANDS, add_admin_commands, run_admin_command
 from .config import Config, ConfigError, load_config
 from .log import DataDir, DataDirLocked, LogCorrupt
 from .servers.gateway import Gateway, StartupError
+from .services.accounts import write_initial_password
 from .verify import print_report, verify_data_dir
 
 __all__ = ["main"]
@@ -128,21 +132,57 @@ def _serve(config_path: Path | None, data_dir: Path | None) -> int:
     return EXIT_UNAVAILABLE if failures else EXIT_OK
 
 
-def _announce_admin_password(password: str) -> None:
-    """The first admin password, on the terminal and nowhere else (never a log line)."""
-    print(
-        "\n"
-        "  The admin account has been created. Its password is shown this once:\n"
-        f"\n      {password}\n\n"
-        "  Log in to the console (https://<host>:8450/) or the command line with it, then\n"
-        "  change it with `gateway admin passwd`. Only its Argon2id hash is stored.\n",
-        file=sys.stdout,
-        flush=True,
-    )
+# Set by systemd for the processes of a unit: standard output is the journal then.
+SERVICE_MANAGER_VARIABLES = ("INVOCATION_ID", "JOURNAL_STREAM", "NOTIFY_SOCKET")
+
+
+def admin_password_announcer(
+    data_dir: Path,
+    environ: Mapping[str, str] | None = None,
+    stdout: TextIO | None = None,
+) -> Callable[[str], None]:
+    """Where a generated first admin password goes (SPEC.md 13.2): on the terminal, if
+    standard output is one and no service manager runs the gateway; otherwise (systemd, a
+    pipe, a file: a journal or a log, kept and readable by others) into a mode 0600 file in
+    the data folder, of which only the path is logged."""
+    environ = os.environ if environ is None else environ
+
+    def announce(password: str) -> None:
+        out = sys.stdout if stdout is None else stdout
+        managed = any(name in environ for name in SERVICE_MANAGER_VARIABLES)
+        if out.isatty() and not managed:
+            print(
+                "\n"
+                "  The admin account has been created. Its password is shown this once:\n"
+                f"\n      {password}\n\n"
+                "  Log in to the console (https://<host>:8450/) or the command line with it,\n"
+                "  then change it with `gateway admin passwd`. Only its Argon2id hash is stored.\n",
+                file=out,
+                flush=True,
+            )
+            return
+        try:
+            path = write_initial_password(data_dir, password)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot write the generated admin password to {data_dir}: {exc}; remove "
+                f"{data_dir / 'admin' / 'credentials'} and start again with "
+                "admin.password_file or GATEWAY_ADMIN_PASSWORD"
+            ) from None
+        logger.warning(
+            "event=admin-password-file path=%s reason=%r",
+            path,
+            "the generated first admin password is in this file (mode 0600), not in the log; "
+            "log in with it and change it (gateway admin passwd): the first login deletes it",
+        )
+
+    return announce
 
 
 async def _serve_async(config: Config) -> None:
-    gateway = Gateway(config, announce_admin_password=_announce_admin_password)
+    gateway = Gateway(
+        config, announce_admin_password=admin_password_announcer(Path(config.data_dir))
+    )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 

@@ -127,7 +127,8 @@ class ProxyConfig(_Section, frozen=True, kw_only=True):
 
 class AdminConfig(_Section, frozen=True, kw_only=True):
     # First start only: the admin password is read from this file (GATEWAY_ADMIN_PASSWORD
-    # wins over it); without either, a random one is printed once on the terminal.
+    # wins over it); without either, a random one is shown once: on the terminal, or (under
+    # systemd, or without a terminal) in <data_dir>/admin/initial-password (SPEC.md 13.2).
     password_file: str = ""
     # Browser origins allowed besides https://<hostname|localhost|127.0.0.1>:<port>.
     allowed_origins: tuple[str, ...] = ()

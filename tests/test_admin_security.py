@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from gateway import cli_admin
+from gateway import cli, cli_admin
 from gateway._text import first_unsafe
 from gateway.client import AdminClient, TrustSettings, connect
 from gateway.protocols import admin as api
 from gateway.protocols.admin import ApiError, ErrorCode
+from gateway.servers.gateway import Gateway, Listening
 from gateway.services._common import InvalidValue
 from gateway.services.accounts import Accounts, Principal
 from gateway.services.admin import AdminService
 from gateway.services.archive import Archive
 
-from .gateway_helpers import Running
+from .gateway_helpers import Running, make_config
 
 
 @asynccontextmanager
@@ -247,3 +252,86 @@ def test_cli_table_never_prints_raw_controls_even_from_old_data(
         assert first_unsafe(body) is None, repr(body)
     assert "Legal\\x0a" in table and "\\u202eexe.txt" in table
     assert "two\\x0alines\\x09and\\u202e" in detail
+
+
+# -- item 24: the generated first admin password goes to the journal ------------------------
+
+PASSWORD = "k7m2q-9xw4t-abcde-fghij-kmnpq-rstuv"
+
+
+class Output(io.StringIO):
+    """Standard output that is, or is not, a terminal."""
+
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize(
+    ("environ", "tty"),
+    [
+        ({"INVOCATION_ID": "5e1f00d5"}, True),
+        ({"JOURNAL_STREAM": "8:12345"}, True),
+        ({"NOTIFY_SOCKET": "/run/systemd/notify"}, True),
+        ({}, False),  # a pipe or a file: docker logs, nohup.out, a log collector
+    ],
+    ids=["INVOCATION_ID", "JOURNAL_STREAM", "NOTIFY_SOCKET", "not-a-terminal"],
+)
+def test_generated_admin_password_stays_out_of_the_journal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, environ: dict[str, str], tty: bool
+) -> None:
+    """Under the shipped systemd unit, standard output is the journal: the password printed
+    "once" was kept there for anyone in group adm or systemd-journal to read."""
+    out = Output(tty)
+    with caplog.at_level(logging.DEBUG, logger="gateway"):
+        cli.admin_password_announcer(tmp_path, environ, out)(PASSWORD)
+    assert PASSWORD not in out.getvalue()
+    assert PASSWORD not in caplog.text
+    path = tmp_path / "admin" / "initial-password"
+    assert path.read_text() == PASSWORD + "\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert f"path={path}" in caplog.text  # where it is, never what it is
+
+
+def test_generated_admin_password_on_a_terminal_is_printed_not_filed(tmp_path: Path) -> None:
+    out = Output(tty=True)
+    cli.admin_password_announcer(tmp_path, {}, out)(PASSWORD)
+    assert PASSWORD in out.getvalue()
+    assert not (tmp_path / "admin" / "initial-password").exists()
+
+
+def test_initial_password_file_never_follows_a_planted_symlink(tmp_path: Path) -> None:
+    """A link left at the file's path must not make the gateway write the password through
+    it (to a world-readable place) or over another file."""
+    target = tmp_path / "elsewhere"
+    target.write_text("untouched\n")
+    (tmp_path / "admin").mkdir()
+    (tmp_path / "admin" / "initial-password").symlink_to(target)
+    cli.admin_password_announcer(tmp_path, {"INVOCATION_ID": "1"}, Output(False))(PASSWORD)
+    path = tmp_path / "admin" / "initial-password"
+    assert not path.is_symlink() and path.read_text() == PASSWORD + "\n"
+    assert target.read_text() == "untouched\n"
+
+
+async def test_first_admin_login_deletes_the_initial_password_file(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    data = tmp_path / "data"
+    announce = cli.admin_password_announcer(data, {"INVOCATION_ID": "1"}, Output(False))
+    gateway = Gateway(make_config(data), environ={}, announce_admin_password=announce)
+    listening: list[Listening] = await nursery.start(gateway.run)
+    assert gateway.accounts is not None
+    gateway.accounts.failure_delay = 0.01
+    path = data / "admin" / "initial-password"
+    password = path.read_text().strip()
+    url = f"wss://localhost:{next(x.port for x in listening if x.name == 'admin')}/api"
+    async with connect(url, TrustSettings(cafile=str(data / "tls" / "cert.pem"))) as client:
+        with pytest.raises(ApiError):
+            await client.request(api.Login(password="not the password at all"))
+        assert path.exists()  # a failed login proves nothing
+        await client.request(api.Login(password=password))
+        assert not path.exists()
+    gateway.request_shutdown()

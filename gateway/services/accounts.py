@@ -5,8 +5,11 @@ Theory of operation
 One admin account, whose password is kept as an Argon2id hash in ``<data>/admin/credentials``
 (SPEC.md 13.2), beside the API tokens' SHA-256 digests. On first start the account is made
 with a password from ``GATEWAY_ADMIN_PASSWORD``, a file the config names, or a fresh random one
-that the caller prints once. The file holds no secret anyone can use: a hash to guess against
-(Argon2id makes that slow) and digests of 256-bit random tokens (which cannot be guessed).
+that the caller shows once: on a terminal, or where standard output would reach a journal or a
+log, in ``<data>/admin/initial-password`` (:func:`write_initial_password`, mode 0600), which
+the first successful password login (or password change) deletes. The credentials file holds
+no secret anyone can use: a hash to guess against (Argon2id makes that slow) and digests of
+256-bit random tokens (which cannot be guessed).
 
 Logging in with the password returns a session token: random, kept only in memory (as its
 digest), valid for ``session_ttl`` seconds, gone on restart. API tokens are for scripts: made
@@ -24,10 +27,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import math
+import os
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import msgspec
 import trio
@@ -42,9 +48,42 @@ __all__ = [
     "LoginRefused",
     "Principal",
     "StoredToken",
+    "initial_password_path",
+    "write_initial_password",
 ]
 
+logger = logging.getLogger("gateway")
+
 _FILE_VERSION = 1
+
+
+def initial_password_path(data_root: Path) -> Path:
+    """Where a generated first admin password is left when no terminal can show it."""
+    return data_root / "admin" / "initial-password"
+
+
+def write_initial_password(data_root: Path, password: str) -> Path:
+    """Write the generated first admin password to a new file only the gateway's user can
+    read (created exclusively, mode 0600, never through a symlink), durably; returns its
+    path. A file left by an earlier first start (whose account is gone) is replaced."""
+    path = initial_password_path(data_root)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        path.unlink()
+        fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(password.encode() + b"\n")
+        file.flush()
+        os.fsync(file.fileno())
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    return path
 
 
 class StoredToken(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,6 +143,7 @@ class Accounts:
     # Set (and replaced) whenever a credential may have ended: a logout, a revoked token, a
     # password change. Connections wait on it to cut off what their login was allowed.
     _changed: trio.Event = field(default_factory=trio.Event)
+    _initial_password_gone: bool = False  # initial-password removed (or never there)
 
     def __post_init__(self) -> None:
         self._throttle = LoginThrottle(max_failures=self.max_failures)
@@ -170,7 +210,23 @@ class Accounts:
         if not await trio.to_thread.run_sync(check_password, password, stored):
             raise await self._failed(address, "wrong password")
         self._throttle.succeeded(address)
+        await self._remove_initial_password("the first admin login")
         return self._new_session()
+
+    async def _remove_initial_password(self, why: str) -> None:
+        """The admin has the password now: the file that carried it goes."""
+        if self._initial_password_gone:
+            return
+        self._initial_password_gone = True
+        path = initial_password_path(self.data.root)
+        try:
+            await trio.to_thread.run_sync(path.unlink)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            logger.error("event=admin-password-file-not-removed path=%s reason=%r", path, str(exc))
+            return
+        logger.info("event=admin-password-file-removed path=%s after=%r", path, why)
 
     def _new_session(self) -> tuple[Principal, str]:
         token = "gws_" + _b64(secrets.token_bytes(32))
@@ -272,6 +328,7 @@ class Accounts:
             await self._save(_Credentials(password=digest, tokens=list(current.tokens)))
             self._sessions.clear()
             self._credentials_changed()
+        await self._remove_initial_password("an admin password change")
         return True
 
     async def create_token(self, name: str, expires_in_days: int | None) -> tuple[str, StoredToken]:
