@@ -52,7 +52,9 @@ MIN_PASSWORD = 12  # characters, for passwords an admin chooses (generated ones 
 
 RESET_WARNING = (
     "The mailbox has a new key. {what} stored before the reset can never be decrypted "
-    "again, by anyone; they stay in the log until purged (mailbox.purge-unreadable)."
+    "again from this data folder (only a backup copy of the old key file, with the old "
+    "password, still opens them); they stay in the log until purged "
+    "(mailbox.purge-unreadable)."
 )
 
 
