@@ -34,6 +34,7 @@ __all__ = [
     "ApiTokenRevoked",
     "CommitWitness",
     "CompactionGap",
+    "ConnectionsSummarized",
     "ControlEvent",
     "DeliveryRefused",
     "Envelope",
@@ -59,6 +60,7 @@ __all__ = [
     "Pop3Login",
     "Pop3ProxySessionEnded",
     "Pop3SessionEnded",
+    "RefusalCount",
     "SmtpLogin",
     "SmtpProxySessionEnded",
     "SmtpSessionEnded",
@@ -407,6 +409,32 @@ class AdminRequestFailed(Event, frozen=True, kw_only=True):
     message: str
 
 
+# -- traffic not recorded one by one (SPEC.md 4.1, 12.1) -----------------------------------
+
+
+class RefusalCount(msgspec.Struct, frozen=True):
+    """How many refusals a session (or a summary) gave with one reply."""
+
+    stage: str  # "rcpt", "data"
+    code: int
+    enhanced: str
+    count: int
+
+
+class ConnectionsSummarized(Event, frozen=True, kw_only=True):
+    """What one listener did over ``seconds`` up to ``at`` without a record of its own:
+    connections refused at accept (the session limits), and sessions folded in here instead
+    of their own session record once such quiet sessions came faster than the audit rate. At
+    most one per listener a minute, so hostile traffic cannot grow the control log faster."""
+
+    listener: str
+    seconds: float
+    refused: int = 0  # connections refused at accept
+    sessions: int = 0  # quiet sessions folded in (no message, no login attempt)
+    clients: int = 0  # distinct client addresses among all of them (counted up to 10,000)
+    refusals: tuple[RefusalCount, ...] = ()  # refusals within the folded sessions
+
+
 ControlEvent = (
     MailboxCreated
     | MailboxUpdated
@@ -435,6 +463,7 @@ ControlEvent = (
     | ApiTokenCreated
     | ApiTokenRevoked
     | AdminRequestFailed
+    | ConnectionsSummarized
 )
 
 
@@ -534,6 +563,7 @@ _KNOWN_TAGS = frozenset(
         ApiTokenCreated,
         ApiTokenRevoked,
         AdminRequestFailed,
+        ConnectionsSummarized,
         MessageStored,
     )
 )

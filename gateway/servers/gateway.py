@@ -10,6 +10,12 @@ nursery so that shutdown can stop accepting first: on :meth:`request_shutdown` (
 SIGINT) the listening sockets close, sessions get ``shutdown_grace`` seconds to finish, the
 rest are cancelled, and ``GatewayStopped`` is appended to the control log before the process
 exits 0. :meth:`request_reload` (SIGHUP) loads the certificate again; sessions keep theirs.
+
+Connections count against their protocol's limits (``servers.limits``) from the moment they
+are accepted, before any TLS handshake: one over a limit is answered at once (a plain
+listener's protocol reply; nothing on an implicit-TLS listener, which has no reply before its
+handshake) and closed, and only counted (``ConnectionsSummarized``, once a minute at most).
+The limits are lowered at start-up if together they would not fit the process's descriptors.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ import trio
 from .. import __version__
 from ..config import Config, ListenerConfig, Protocol, TLSMode
 from ..events import AdminAccountCreated, GatewayStarted, GatewayStopped, now
+from ..log import LogWriteError
+from ..protocols import pop3 as pop3_protocol
+from ..protocols import smtp as smtp_protocol
 from ..services.accounts import Accounts
 from ..services.admin import AdminService
 from ..services.archive import Archive
@@ -34,9 +43,19 @@ from ..services.keyforge import KeyForge
 from ..services.source_keys import SourceKeyError, SourceKeys, load_source_keys
 from ..tls import TLSContextHolder, make_self_signed
 from .admin import AdminServer
-from .limits import SessionLimiter
+from .limits import (
+    FD_RESERVE,
+    SUMMARY_INTERVAL,
+    SessionLimiter,
+    TrafficTally,
+    descriptor_limit,
+    descriptors_in_use,
+    fit_to_descriptors,
+)
 from .notify import SystemdNotifier
+from .pop3 import TOO_MANY_SESSIONS as POP3_TOO_MANY_SESSIONS
 from .pop3 import POP3Server
+from .smtp import TOO_MANY_SESSIONS as SMTP_TOO_MANY_SESSIONS
 from .smtp import SMTPServer
 
 __all__ = ["Gateway", "Listening", "SessionLimiter", "StartupError"]
@@ -46,6 +65,15 @@ logger = logging.getLogger("gateway")
 # A TLS handshake on the implicit-TLS ports must finish within this; a client that opens a
 # connection and says nothing must not hold a session slot for long.
 HANDSHAKE_TIMEOUT = 30.0
+# The refusal of a connection over the limits is written within this, or not at all.
+REFUSAL_TIMEOUT = 1.0
+# Descriptors a connection may take: the client's, and an upstream's for a proxy session.
+DESCRIPTORS_PER_CONNECTION = {Protocol.SMTP: 2, Protocol.POP3: 2, Protocol.ADMIN: 1}
+# What a plain listener says to a connection over the limits before closing it.
+BUSY_REPLY = {
+    Protocol.SMTP: smtp_protocol.format_reply(SMTP_TOO_MANY_SESSIONS),
+    Protocol.POP3: pop3_protocol.format_reply(POP3_TOO_MANY_SESSIONS),
+}
 
 
 class StartupError(Exception):
@@ -88,6 +116,16 @@ class Gateway:
         self.pop3_limiter = SessionLimiter(
             config.pop3.max_sessions, config.pop3.max_sessions_per_client
         )
+        # The admin listener: its websocket connections (admin.max_connections) and as many
+        # again for the console's page loads; one address may take half.
+        admin = config.admin.max_connections
+        self.admin_limiter = SessionLimiter(2 * admin, admin)
+        self.limiters = {
+            Protocol.SMTP: self.limiter,
+            Protocol.POP3: self.pop3_limiter,
+            Protocol.ADMIN: self.admin_limiter,
+        }
+        self.tally = TrafficTally()
         self.listening: list[Listening] = []
         self.notifier = SystemdNotifier.from_environment()
         self._stop = trio.Event()
@@ -128,12 +166,54 @@ class Gateway:
                 nursery.start_soon(self._maintenance, archive)
                 nursery.start_soon(self.notifier.watchdog)
                 nursery.start_soon(hub.run)
+                nursery.start_soon(self._summaries, archive)
+                self._fit_descriptors()
                 await self._serve(hub, task_status)
                 nursery.cancel_scope.cancel()
+            await self._summarize(archive)
             await archive.append_control(GatewayStopped(at=now(), reason="shutdown"))
         finally:
             self.notifier.close()
             await archive.aclose()
+
+    def _fit_descriptors(self) -> None:
+        """Lower the session limits if together they would not fit the descriptors left
+        (less FD_RESERVE): then no listener's connections can starve the others'."""
+        available = descriptor_limit() - descriptors_in_use() - FD_RESERVE
+        limiters = {
+            str(protocol): (limiter, DESCRIPTORS_PER_CONNECTION[protocol])
+            for protocol, limiter in self.limiters.items()
+            if any(listener.protocol == protocol for listener in self.config.listeners)
+        }
+        for name, (configured, total) in fit_to_descriptors(limiters, available).items():
+            logger.warning(
+                "event=session-limit-lowered protocol=%s configured=%d limit=%d "
+                "reason='too few file descriptors (raise LimitNOFILE)'",
+                name,
+                configured,
+                total,
+            )
+
+    async def _summaries(self, archive: Archive) -> None:
+        while True:
+            await trio.sleep(SUMMARY_INTERVAL)
+            await self._summarize(archive)
+
+    async def _summarize(self, archive: Archive) -> None:
+        for summary in self.tally.take():
+            logger.info(
+                "event=connections-summarized listener=%s seconds=%.0f refused=%d sessions=%d "
+                "clients=%d",
+                summary.listener,
+                summary.seconds,
+                summary.refused,
+                summary.sessions,
+                summary.clients,
+            )
+            try:
+                await archive.append_control(summary, durable=False)
+            except LogWriteError as exc:
+                logger.error("event=audit-write-failed reason=%r", str(exc))
 
     async def _load_accounts(self, archive: Archive) -> Accounts:
         config = self.config
@@ -225,7 +305,7 @@ class Gateway:
                 item.tls,
             )
         try:
-            await self._run_sessions(bound, limiter, handlers, task_status)
+            await self._run_sessions(bound, handlers, task_status)
         finally:
             for _cfg, sockets in bound:
                 for sock in sockets:
@@ -234,7 +314,6 @@ class Gateway:
     async def _run_sessions(
         self,
         bound: list[tuple[ListenerConfig, list[trio.SocketListener]]],
-        limiter: SessionLimiter,
         handlers: dict[Protocol, Handler],
         task_status: trio.TaskStatus[list[Listening]],
     ) -> None:
@@ -300,6 +379,8 @@ class Gateway:
         handler: Handler,
         sessions: trio.Nursery,
     ) -> None:
+        limiter = self.limiters[cfg.protocol]
+        busy = BUSY_REPLY.get(cfg.protocol, b"") if cfg.tls != TLSMode.IMPLICIT else b""
         while True:
             try:
                 stream = await listener.accept()
@@ -311,10 +392,20 @@ class Gateway:
                     continue
                 raise
             peer = _peer_address(stream)
-            sessions.start_soon(self._session, stream, cfg, handler, peer)
+            # Counted from accept, before any handshake: an idle connection holds a slot.
+            if not limiter.try_acquire(peer):
+                self.tally.refused(cfg.name, peer)
+                await _refuse(stream, busy)
+                continue
+            sessions.start_soon(self._session, stream, cfg, handler, peer, limiter)
 
     async def _session(
-        self, stream: trio.SocketStream, cfg: ListenerConfig, handler: Handler, peer: str
+        self,
+        stream: trio.SocketStream,
+        cfg: ListenerConfig,
+        handler: Handler,
+        peer: str,
+        limiter: SessionLimiter,
     ) -> None:
         wrapped: trio.abc.Stream = stream
         try:
@@ -335,6 +426,7 @@ class Gateway:
             # One bad session never takes the server down.
             logger.exception("event=session-failed listener=%s client=%s", cfg.name, peer)
         finally:
+            limiter.release(peer)
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await trio.aclose_forcefully(wrapped)
@@ -357,6 +449,19 @@ async def _bind(listener: ListenerConfig) -> list[trio.SocketListener]:
             f"listener {listener.name}: cannot listen on {listener.address}:{listener.port}: "
             f"{exc.strerror or exc}"
         ) from None
+
+
+async def _refuse(stream: trio.SocketStream, reply: bytes) -> None:
+    """Say ``reply`` (if any) and close. A fresh socket's send buffer is empty, so this does
+    not block the accept loop; it is bounded all the same."""
+    try:
+        if reply:
+            with trio.move_on_after(REFUSAL_TIMEOUT):
+                await stream.send_all(reply)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 def _peer_address(stream: trio.SocketStream) -> str:

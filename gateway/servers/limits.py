@@ -1,10 +1,53 @@
-"""Limits on sessions: how many at once in all, and from one client address."""
+"""Limits on connections: how many at once in all and from one client address, counted from
+accept (before any TLS handshake), and how many file descriptors they may take together.
+
+Theory of operation
+-------------------
+Each listener protocol has one :class:`SessionLimiter` (SMTP's three listeners share one,
+POP3's two another, the admin listener its own). The gateway's accept loop takes a slot for a
+connection the moment it accepts it, before the TLS handshake of an implicit-TLS listener, and
+gives it back when the connection closes: a client that opens connections and never speaks
+holds a slot like any other, for at most the handshake timeout. A connection over a limit is
+refused at once (see ``gateway.Gateway._accept``).
+
+The limits together must fit the process's descriptors, or one listener's connections could
+take every descriptor and leave the others unable to accept at all. :func:`fit_to_descriptors`
+lowers them (in proportion) until every connection can have its descriptors (two for SMTP and
+POP3: the proxies hold an upstream connection) with ``FD_RESERVE`` left over for what is not a
+connection.
+
+Connections refused at accept leave no record each (a flood of them would grow the control log
+as fast as it arrives): :class:`TrafficTally` counts them per listener, and the gateway writes
+one ``ConnectionsSummarized`` per listener at most every ``SUMMARY_INTERVAL`` seconds.
+"""
 
 from __future__ import annotations
 
+import os
+import resource
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["SessionLimiter"]
+import trio
+
+from ..events import ConnectionsSummarized, RefusalCount, now
+
+__all__ = [
+    "FD_RESERVE",
+    "SUMMARY_INTERVAL",
+    "SessionLimiter",
+    "TrafficTally",
+    "descriptor_limit",
+    "descriptors_in_use",
+    "fit_to_descriptors",
+    "refusal_counts",
+]
+
+# Descriptors kept for what is not a client connection: log segments opened to be read
+# (retrieval, compaction, verify), mailboxes created after start (each log keeps its tail
+# open), the certificate, a hot backup, worker threads' files.
+FD_RESERVE = 256
 
 
 @dataclass(slots=True)
@@ -30,3 +73,109 @@ class SessionLimiter:
             self.by_client[client] = left
         else:
             del self.by_client[client]
+
+
+def descriptor_limit() -> int:
+    """The process's open-file limit, raised to its hard limit first (a service manager's
+    soft default of 1024 is far below what 700 sessions need)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def descriptors_in_use() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # less the one listdir itself opened
+    except OSError:
+        return 64  # no /proc: a guess at what start-up opened
+
+
+def fit_to_descriptors(
+    limiters: Mapping[str, tuple[SessionLimiter, int]], available: int
+) -> dict[str, tuple[int, int]]:
+    """Lower the limiters' totals (and per-client limits with them) in proportion until
+    ``sum(total * descriptors per connection)`` fits ``available``; each keeps at least one.
+    Returns what changed: name -> (configured total, new total)."""
+    needed = sum(limiter.total * each for limiter, each in limiters.values())
+    if needed <= available:
+        return {}
+    share = max(available, 0) / needed
+    changed = {}
+    for name, (limiter, _each) in limiters.items():
+        total = max(1, int(limiter.total * share))
+        changed[name] = (limiter.total, total)
+        limiter.total = total
+        limiter.per_client = min(limiter.per_client, total)
+    return changed
+
+
+# A listener's traffic without records of its own is summed up at most this often.
+SUMMARY_INTERVAL = 60.0
+# Distinct client addresses a summary counts; beyond, its ``clients`` is a lower bound.
+MAX_COUNTED_CLIENTS = 10_000
+
+
+@dataclass(slots=True)
+class _Tally:
+    since: float
+    refused: int = 0
+    sessions: int = 0
+    clients: set[str] = field(default_factory=set)
+    refusals: Counter[tuple[str, int, str]] = field(default_factory=Counter)
+
+
+class TrafficTally:
+    """What listeners did without a record of their own (connections refused at accept,
+    quiet sessions folded in), summed up per listener for ``ConnectionsSummarized``."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, _Tally] = {}
+
+    def _tally(self, listener: str, client: str) -> _Tally:
+        tally = self._listeners.get(listener)
+        if tally is None:
+            tally = self._listeners[listener] = _Tally(trio.current_time())
+        if len(tally.clients) < MAX_COUNTED_CLIENTS:
+            tally.clients.add(client)
+        return tally
+
+    def refused(self, listener: str, client: str) -> None:
+        self._tally(listener, client).refused += 1
+
+    def folded(
+        self, listener: str, client: str, refusals: Mapping[tuple[str, int, str], int]
+    ) -> None:
+        tally = self._tally(listener, client)
+        tally.sessions += 1
+        tally.refusals.update(refusals)
+
+    def take(self) -> list[ConnectionsSummarized]:
+        """One summary per listener with anything to say, and a fresh start."""
+        moment = trio.current_time()
+        summaries = [
+            ConnectionsSummarized(
+                at=now(),
+                listener=listener,
+                seconds=round(moment - tally.since, 3),
+                refused=tally.refused,
+                sessions=tally.sessions,
+                clients=len(tally.clients),
+                refusals=refusal_counts(tally.refusals),
+            )
+            for listener, tally in self._listeners.items()
+        ]
+        self._listeners.clear()
+        return summaries
+
+
+def refusal_counts(refusals: Mapping[tuple[str, int, str], int]) -> tuple[RefusalCount, ...]:
+    return tuple(
+        RefusalCount(stage=stage, code=code, enhanced=enhanced, count=count)
+        for (stage, code, enhanced), count in sorted(refusals.items())
+    )

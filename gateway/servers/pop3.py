@@ -59,7 +59,6 @@ from ..protocols.pop3 import (
     Top,
     TopCutter,
     Uidl,
-    format_reply,
     replies,
 )
 from ..services.archive import Archive, ArchiveError
@@ -107,14 +106,9 @@ class POP3Server:
         self.unlocks = UnlockQueue(pop3.max_unlocks)
 
     async def handle(self, stream: trio.abc.Stream, listener: ListenerConfig, peer: str) -> None:
-        if not self.limiter.try_acquire(peer):
-            with trio.move_on_after(5):
-                await stream.send_all(format_reply(TOO_MANY_SESSIONS))
-            return
-        try:
-            await _Session(self, stream, listener, peer).run()
-        finally:
-            self.limiter.release(peer)
+        """One session; the gateway's accept loop counted it in ``limiter`` already (and
+        refused it with TOO_MANY_SESSIONS if over the limits)."""
+        await _Session(self, stream, listener, peer).run()
 
 
 class _Session:

@@ -59,7 +59,6 @@ from ..protocols.smtp import (
     SMTPSettings,
     StartData,
     StartTLS,
-    format_reply,
     replies,
 )
 from ..services.archive import Archive, ArchiveError
@@ -98,26 +97,9 @@ class SMTPServer:
         self.logins = LoginGuard(max_failures=config.smtp.max_auth_failures)  # proxy logins
 
     async def handle(self, stream: trio.abc.Stream, listener: ListenerConfig, peer: str) -> None:
-        session_id = secrets.token_hex(6)
-        if not self.limiter.try_acquire(peer):
-            await stream.send_all(format_reply(TOO_MANY_SESSIONS))
-            await self.archive.append_control(
-                DeliveryRefused(
-                    at=now(),
-                    actor=Actor(kind="smtp", address=peer),
-                    session_id=session_id,
-                    client_address=peer,
-                    stage="session",
-                    code=421,
-                    enhanced="4.7.0",
-                ),
-                durable=False,
-            )
-            return
-        try:
-            await _Session(self, stream, listener, peer, session_id).run()
-        finally:
-            self.limiter.release(peer)
+        """One session; the gateway's accept loop counted it in ``limiter`` already (and
+        refused it with TOO_MANY_SESSIONS if over the limits)."""
+        await _Session(self, stream, listener, peer, secrets.token_hex(6)).run()
 
 
 class _Session:
