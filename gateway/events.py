@@ -261,6 +261,8 @@ class SmtpSessionEnded(Event, frozen=True, kw_only=True):
     rejected: int = 0  # recipients and messages refused
     outcome: str = ""  # "quit", "closed", "timeout", "too-many-errors", "shutdown", ...
     seconds: float = 0.0
+    # The refusals of ``rejected`` by stage and reply (one DeliveryRefused each before).
+    refusals: tuple[RefusalCount, ...] = ()
 
 
 class Pop3Login(Event, frozen=True, kw_only=True):

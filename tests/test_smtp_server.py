@@ -208,7 +208,9 @@ async def test_smtputf8_bdat_binary_and_pipelining(running: Running) -> None:
 
 
 async def test_many_recipients_and_the_limit(tmp_path: Path, nursery: trio.Nursery) -> None:
-    gateway = Gateway(make_config(tmp_path / "data", max_recipients=100))
+    # 75 unknown recipients: more refusals than the default bad command budget allows.
+    config = make_config(tmp_path / "data", max_recipients=100, bad_command_budget=100)
+    gateway = Gateway(config)
     listening: list[Listening] = await nursery.start(gateway.run)
     assert gateway.archive is not None
     port = next(item.port for item in listening if item.name == "smtp")

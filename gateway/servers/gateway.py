@@ -46,6 +46,7 @@ from .admin import AdminServer
 from .limits import (
     FD_RESERVE,
     SUMMARY_INTERVAL,
+    AuditRate,
     SessionLimiter,
     TrafficTally,
     descriptor_limit,
@@ -126,6 +127,7 @@ class Gateway:
             Protocol.ADMIN: self.admin_limiter,
         }
         self.tally = TrafficTally()
+        self.quiet = AuditRate()  # quiet sessions' own records, SMTP and POP3 together
         self.listening: list[Listening] = []
         self.notifier = SystemdNotifier.from_environment()
         self._stop = trio.Event()
@@ -268,10 +270,18 @@ class Gateway:
         assert self.tls is not None
         assert self.accounts is not None
         limiter = self.limiter
-        smtp = SMTPServer(self.config, self.archive, self.tls, limiter)
+        smtp = SMTPServer(
+            self.config, self.archive, self.tls, limiter, tally=self.tally, quiet=self.quiet
+        )
         assert self.source_keys is not None
         pop3 = self.pop3_server = POP3Server(
-            self.config, self.archive, self.tls, self.pop3_limiter, source_keys=self.source_keys
+            self.config,
+            self.archive,
+            self.tls,
+            self.pop3_limiter,
+            source_keys=self.source_keys,
+            tally=self.tally,
+            quiet=self.quiet,
         )
         service = AdminService(self.archive, self.accounts, self.config.mail_domain)
         admin = AdminServer(self, service, self.accounts, hub, self.config)

@@ -18,7 +18,11 @@ connection.
 
 Connections refused at accept leave no record each (a flood of them would grow the control log
 as fast as it arrives): :class:`TrafficTally` counts them per listener, and the gateway writes
-one ``ConnectionsSummarized`` per listener at most every ``SUMMARY_INTERVAL`` seconds.
+one ``ConnectionsSummarized`` per listener at most every ``SUMMARY_INTERVAL`` seconds. So are
+*quiet* sessions (no message stored, no login tried: nothing but refusals and noise) once they
+end faster than :class:`AuditRate` allows: their own records come at most ``QUIET_RATE`` a
+second after a burst of ``QUIET_BURST``, the rest are folded into the summary. Together the
+control log grows by a bounded amount a second under hostile traffic, whatever its rate.
 """
 
 from __future__ import annotations
@@ -35,7 +39,10 @@ from ..events import ConnectionsSummarized, RefusalCount, now
 
 __all__ = [
     "FD_RESERVE",
+    "QUIET_BURST",
+    "QUIET_RATE",
     "SUMMARY_INTERVAL",
+    "AuditRate",
     "SessionLimiter",
     "TrafficTally",
     "descriptor_limit",
@@ -113,6 +120,34 @@ def fit_to_descriptors(
         limiter.total = total
         limiter.per_client = min(limiter.per_client, total)
     return changed
+
+
+# Quiet sessions recorded one by one: a burst of this many, then this many a second. A
+# monitoring probe or a client's occasional empty session always fits.
+QUIET_BURST = 60
+QUIET_RATE = 1.0
+
+
+@dataclass(slots=True)
+class AuditRate:
+    """A token bucket: whether a quiet session gets its own record now."""
+
+    rate: float = QUIET_RATE
+    burst: float = QUIET_BURST
+    _tokens: float | None = None
+    _at: float = 0.0
+
+    def allow(self) -> bool:
+        moment = trio.current_time()
+        if self._tokens is None:
+            self._tokens = self.burst
+        else:
+            self._tokens = min(self.burst, self._tokens + (moment - self._at) * self.rate)
+        self._at = moment
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
 
 
 # A listener's traffic without records of its own is summed up at most this often.

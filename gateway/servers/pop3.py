@@ -21,7 +21,9 @@ and stream through the machine's dot-stuffer, so a session holds one piece at a 
 only marks; QUIT in TRANSACTION appends ``MessagesExpunged`` and waits for it to be durable
 before +OK (RFC 1939 §6); a session that ends any other way deletes nothing. Each login
 attempt is a ``Pop3Login`` event, each session ends with ``Pop3SessionEnded`` (what was
-retrieved and deleted, by id and size).
+retrieved and deleted, by id and size), but for a session that tried no login, once such
+sessions come faster than the audit rate: it is counted in the listener's
+``ConnectionsSummarized`` instead (``servers.limits``).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ from ..services.routing import ProxyLogin, RoutingError, parse_proxy_login
 from ..services.source_keys import SourceKeys
 from ..services.throttle import LoginGuard, UnlockQueue
 from ..tls import TLSContextHolder, describe_tls
-from .limits import SessionLimiter
+from .limits import AuditRate, SessionLimiter, TrafficTally
 from .pop3_proxy import RELAYED, POP3Relay, ProxyRefused, StoreFailed, open_relay
 from .upstream import UpstreamError
 
@@ -98,6 +100,9 @@ class POP3Server:
     limiter: SessionLimiter
     locked: set[str] = field(default_factory=set)  # maildrops in use
     source_keys: SourceKeys = field(kw_only=True)  # the POP3 proxy's dedupe keys (SPEC.md 5.5)
+    # Where quiet sessions over the audit rate are counted (the gateway's, shared).
+    tally: TrafficTally = field(default_factory=TrafficTally, kw_only=True)
+    quiet: AuditRate = field(default_factory=AuditRate, kw_only=True)
 
     def __post_init__(self) -> None:
         pop3 = self.config.pop3
@@ -133,6 +138,7 @@ class _Session:
         self.proxy: ProxyLogin | None = None
         self.relay: POP3Relay | None = None
         self.outcome = "closed"
+        self.login_attempted = False  # a Pop3Login was written: the session is never folded
         self.started = time.monotonic()
         self.conn = ServerConnection(
             POP3Settings(
@@ -286,6 +292,7 @@ class _Session:
     async def _login(self, event: Login) -> Reply:
         server, logins = self.server, self.server.logins
         arrived = trio.current_time()
+        self.login_attempted = True
         domain = self.config.mail_domain
         try:
             proxy = parse_proxy_login(event.username, domain=domain)
@@ -503,6 +510,12 @@ class _Session:
 
     async def _audit_session(self) -> None:
         seconds = round(time.monotonic() - self.started, 3)
+        server = self.server
+        if not self.login_attempted and not server.quiet.allow():
+            # No login tried: nothing to audit but that it happened, which the listener's
+            # ConnectionsSummarized counts once such sessions come faster than the rate.
+            server.tally.folded(self.listener.name, self.peer, {})
+            return
         logger.info(
             "event=pop3-session-ended session=%s client=%s mailbox=%s retrieved=%d deleted=%d "
             "outcome=%s seconds=%.3f",

@@ -11,9 +11,12 @@ machine queues are written before the session waits for more input, so pipelined
 (RFC 2920) cost one write per batch.
 
 Timeouts follow RFC 5321 §4.5.3.2: ``command_timeout`` waiting for a command,
-``data_timeout`` while message content streams in. Each session ends with one
-``SmtpSessionEnded`` audit event; each stored message gets ``MessageAccepted``; each refusal
-``DeliveryRefused``. None of them holds an address or a byte of content.
+``data_timeout`` while message content streams in. Each stored message gets
+``MessageAccepted``; refusals are counted, by stage and reply, into the session's one
+``SmtpSessionEnded`` (a refused recipient also spends the machine's bad command budget, so a
+client guessing recipients is cut off). A quiet session (no message, no AUTH) over the audit
+rate is folded into the listener's ``ConnectionsSummarized`` instead (``servers.limits``).
+None of them holds an address or a byte of content.
 
 A session without AUTH is journal intake. AUTH (offered only under TLS) with a proxy login
 ``remote_user%target%mailbox_id`` turns the session into a recording proxy session
@@ -27,13 +30,13 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import Counter
 
 import trio
 
 from ..config import Config, ListenerConfig, TLSMode
 from ..events import (
     Actor,
-    DeliveryRefused,
     Envelope,
     MessageAccepted,
     SmtpLogin,
@@ -67,7 +70,7 @@ from ..services.journal import check_recipient, received_header
 from ..services.routing import RoutingError, parse_proxy_login
 from ..services.throttle import LoginGuard
 from ..tls import TLSContextHolder, describe_tls
-from .limits import SessionLimiter
+from .limits import AuditRate, SessionLimiter, TrafficTally, refusal_counts
 from .smtp_proxy import UPSTREAM_LOST, ProxyRefused, SMTPRelay, open_relay
 from .upstream import UpstreamError
 
@@ -89,12 +92,18 @@ class SMTPServer:
         archive: Archive,
         tls: TLSContextHolder,
         limiter: SessionLimiter,
+        *,
+        tally: TrafficTally | None = None,
+        quiet: AuditRate | None = None,
     ) -> None:
         self.config = config
         self.archive = archive
         self.tls = tls
         self.limiter = limiter
         self.logins = LoginGuard(max_failures=config.smtp.max_auth_failures)  # proxy logins
+        # Where quiet sessions over the audit rate are counted (the gateway's, shared).
+        self.tally = tally if tally is not None else TrafficTally()
+        self.quiet = quiet if quiet is not None else AuditRate()
 
     async def handle(self, stream: trio.abc.Stream, listener: ListenerConfig, peer: str) -> None:
         """One session; the gateway's accept loop counted it in ``limiter`` already (and
@@ -134,6 +143,8 @@ class _Session:
         self.messages = 0
         self.bytes = 0
         self.rejected = 0
+        self.refusals: Counter[tuple[str, int, str]] = Counter()  # (stage, code, enhanced)
+        self.login_attempted = False
         self.outcome = "closed"
         self.started = time.monotonic()
         smtp = self.config.smtp
@@ -274,6 +285,7 @@ class _Session:
         """AUTH: a proxy login opens the relay; anything else fails like bad credentials."""
         server, delay = self.server, self.config.smtp.auth_failure_delay
         arrived = trio.current_time()
+        self.login_attempted = True  # the session has an SmtpLogin: never folded away
         try:
             login = parse_proxy_login(event.username, domain=self.config.mail_domain)
         except RoutingError as exc:
@@ -363,7 +375,7 @@ class _Session:
                 decision.code,
                 decision.enhanced,
             )
-            await self._refused("rcpt", decision.code, decision.enhanced)
+            self._refused("rcpt", decision.code, decision.enhanced)
         return Reply(decision.code, decision.enhanced, (decision.text,))
 
     async def _start_data(self) -> None:
@@ -406,7 +418,7 @@ class _Session:
         writer, self.writer = self.writer, None
         if writer is None:
             self.rejected += 1
-            await self._refused("data", 451, "4.3.0")
+            self._refused("data", 451, "4.3.0")
             return replies.LOCAL_ERROR
         size = writer.size
         try:
@@ -414,7 +426,7 @@ class _Session:
         except (LogWriteError, ArchiveError) as exc:
             logger.warning("event=store-failed session=%s reason=%r", self.session_id, str(exc))
             self.rejected += 1
-            await self._refused("data", 452, "4.3.1")
+            self._refused("data", 452, "4.3.1")
             return replies.INSUFFICIENT_STORAGE
         self.messages += 1
         self.bytes += size
@@ -476,24 +488,19 @@ class _Session:
             tls=self.tls,
         )
 
-    async def _refused(self, stage: str, code: int, enhanced: str) -> None:
-        await self.archive.append_control(
-            DeliveryRefused(
-                at=now(),
-                actor=self.actor,
-                session_id=self.session_id,
-                client_address=self.peer,
-                stage=stage,
-                code=code,
-                enhanced=enhanced,
-            ),
-            durable=False,
-        )
+    def _refused(self, stage: str, code: int, enhanced: str) -> None:
+        """Counted for the session's record: one record per refusal let a client grow the
+        control log by 227 octets with each 40-octet RCPT line."""
+        self.refusals[(stage, code, enhanced)] += 1
 
     async def _audit_session(self) -> None:
         seconds = time.monotonic() - self.started
         if self.relay is not None:
             await self._audit_proxy_session(self.relay, seconds)
+            return
+        server = self.server
+        if not (self.messages or self.login_attempted) and not server.quiet.allow():
+            server.tally.folded(self.listener.name, self.peer, self.refusals)
             return
         logger.info(
             "event=smtp-session session=%s listener=%s client=%s tls=%r messages=%d bytes=%d "
@@ -522,6 +529,7 @@ class _Session:
                 rejected=self.rejected,
                 outcome=self.outcome,
                 seconds=round(seconds, 3),
+                refusals=refusal_counts(self.refusals),
             ),
             durable=False,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 
 import pytest
@@ -11,17 +12,19 @@ from gateway.protocols.smtp import (
     BodyData,
     CloseReason,
     ConnectionClosed,
+    Event,
     Hello,
     MailFrom,
     MessageAborted,
     RcptTo,
+    Reply,
     ServerConnection,
     StartData,
     StartTLS,
     replies,
 )
 
-from .helpers import TLS, drive, run_all_ways, settings
+from .helpers import TLS, accept_all, drive, run_all_ways, settings
 
 EHLO = b"EHLO client.test\r\n"
 ENVELOPE = b"MAIL FROM:<a@example.org>\r\nRCPT TO:<j@mx.test>\r\nDATA\r\n"
@@ -196,3 +199,29 @@ def test_unicode_case_mapping_bdat_last_smuggling() -> None:
     )
     assert t.replies[-2:] == [replies.SYNTAX_BDAT, replies.OK]
     assert not any(isinstance(e, StartData) for e in t.events)
+
+
+def _refuse_recipients(event: Event) -> Reply:
+    return replies.UNKNOWN_RECIPIENT if isinstance(event, RcptTo) else accept_all(event)
+
+
+def test_refused_recipient_flood_spends_the_bad_command_budget() -> None:
+    """One connection sent 20,000 refused RCPTs: none counted against the budget, and the
+    session stayed open. A recipient refused with 5xx now spends a unit."""
+    flood = b"MAIL FROM:<a@example.org>\r\n" + b"RCPT TO:<nobody@mx.test>\r\n" * 100
+    t = run_all_ways(
+        [EHLO, flood], settings(bad_command_budget=20), _refuse_recipients, bytewise=False
+    )
+    assert t.codes == [220, 250, 250] + [550] * 20 + [421]
+    assert t.replies[-1] == replies.TOO_MANY_ERRORS
+    assert t.merged[-1] == ConnectionClosed(CloseReason.TOO_MANY_ERRORS, replies.TOO_MANY_ERRORS)
+    assert sum(isinstance(e, RcptTo) for e in t.events) == 21
+
+
+def test_refused_recipients_of_an_authenticated_session_are_its_targets_business() -> None:
+    # A proxy session relays its target's refusals: the budget is for guessers, not users.
+    config = settings(tls_active=True, starttls_offered=False, auth_offered=True)
+    auth = b"AUTH PLAIN " + base64.b64encode(b"\0user\0password") + b"\r\n"
+    flood = b"MAIL FROM:<a@example.org>\r\n" + b"RCPT TO:<nobody@mx.test>\r\n" * 30
+    t = run_all_ways([EHLO, auth, flood, b"NOOP\r\n"], config, _refuse_recipients, bytewise=False)
+    assert t.codes == [220, 250, 235, 250] + [550] * 30 + [250]

@@ -159,6 +159,12 @@ class ServerConnection(Session):
             self._authenticated = True
         if reply.code == 421:  # RFC 5321 §3.8: the server closes after a 421
             self._close(CloseReason.LOCAL, reply)
+        elif isinstance(event, RcptTo) and reply.code >= 500 and not self._authenticated:
+            # A recipient refused for good spends the budget like a bad command: a client
+            # that tries recipient after recipient is guessing (Postfix counts them too).
+            # An authenticated (proxy) session's refusals are its target's business.
+            if not self._spend():
+                self._reply(reply)
         else:
             self._reply(reply)
         return self.data_to_send()

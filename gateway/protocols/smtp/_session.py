@@ -337,12 +337,17 @@ class Session:
 
     def _refuse(self, reply: Reply) -> None:
         """Queue an error reply, or close with 421 once the bad command budget is spent."""
-        if reply.code in BUDGETED_CODES:
-            self._errors += 1
-            if self._errors > self.config.bad_command_budget:
-                self._close(CloseReason.TOO_MANY_ERRORS, R.TOO_MANY_ERRORS)
-                return
+        if reply.code in BUDGETED_CODES and self._spend():
+            return
         self._reply(reply)
+
+    def _spend(self) -> bool:
+        """Spend one unit of the bad command budget; past it, close with 421 (True)."""
+        self._errors += 1
+        if self._errors > self.config.bad_command_budget:
+            self._close(CloseReason.TOO_MANY_ERRORS, R.TOO_MANY_ERRORS)
+            return True
+        return False
 
     def _decide(self, event: Event, state: State) -> None:
         self._state = state
