@@ -269,16 +269,12 @@ class Gateway:
         assert self.archive is not None
         assert self.tls is not None
         assert self.accounts is not None
-        limiter = self.limiter
-        smtp = SMTPServer(
-            self.config, self.archive, self.tls, limiter, tally=self.tally, quiet=self.quiet
-        )
+        smtp = SMTPServer(self.config, self.archive, self.tls, tally=self.tally, quiet=self.quiet)
         assert self.source_keys is not None
         pop3 = self.pop3_server = POP3Server(
             self.config,
             self.archive,
             self.tls,
-            self.pop3_limiter,
             source_keys=self.source_keys,
             tally=self.tally,
             quiet=self.quiet,

@@ -69,7 +69,7 @@ from ..services.routing import ProxyLogin, RoutingError, parse_proxy_login
 from ..services.source_keys import SourceKeys
 from ..services.throttle import LoginGuard, UnlockQueue
 from ..tls import TLSContextHolder, describe_tls
-from .limits import AuditRate, SessionLimiter, TrafficTally
+from .limits import AuditRate, TrafficTally
 from .pop3_proxy import RELAYED, POP3Relay, ProxyRefused, StoreFailed, open_relay
 from .upstream import UpstreamError
 
@@ -97,7 +97,6 @@ class POP3Server:
     config: Config
     archive: Archive
     tls: TLSContextHolder
-    limiter: SessionLimiter
     locked: set[str] = field(default_factory=set)  # maildrops in use
     source_keys: SourceKeys = field(kw_only=True)  # the POP3 proxy's dedupe keys (SPEC.md 5.5)
     # Where quiet sessions over the audit rate are counted (the gateway's, shared).
@@ -111,8 +110,8 @@ class POP3Server:
         self.unlocks = UnlockQueue(pop3.max_unlocks)
 
     async def handle(self, stream: trio.abc.Stream, listener: ListenerConfig, peer: str) -> None:
-        """One session; the gateway's accept loop counted it in ``limiter`` already (and
-        refused it with TOO_MANY_SESSIONS if over the limits)."""
+        """One session; the gateway's accept loop counted it against the session limits
+        already (and refused it with TOO_MANY_SESSIONS if over them)."""
         await _Session(self, stream, listener, peer).run()
 
 

@@ -70,7 +70,7 @@ from ..services.journal import check_recipient, received_header
 from ..services.routing import RoutingError, parse_proxy_login
 from ..services.throttle import LoginGuard
 from ..tls import TLSContextHolder, describe_tls
-from .limits import AuditRate, SessionLimiter, TrafficTally, refusal_counts
+from .limits import AuditRate, TrafficTally, refusal_counts
 from .smtp_proxy import UPSTREAM_LOST, ProxyRefused, SMTPRelay, open_relay
 from .upstream import UpstreamError
 
@@ -91,7 +91,6 @@ class SMTPServer:
         config: Config,
         archive: Archive,
         tls: TLSContextHolder,
-        limiter: SessionLimiter,
         *,
         tally: TrafficTally | None = None,
         quiet: AuditRate | None = None,
@@ -99,15 +98,14 @@ class SMTPServer:
         self.config = config
         self.archive = archive
         self.tls = tls
-        self.limiter = limiter
         self.logins = LoginGuard(max_failures=config.smtp.max_auth_failures)  # proxy logins
         # Where quiet sessions over the audit rate are counted (the gateway's, shared).
         self.tally = tally if tally is not None else TrafficTally()
         self.quiet = quiet if quiet is not None else AuditRate()
 
     async def handle(self, stream: trio.abc.Stream, listener: ListenerConfig, peer: str) -> None:
-        """One session; the gateway's accept loop counted it in ``limiter`` already (and
-        refused it with TOO_MANY_SESSIONS if over the limits)."""
+        """One session; the gateway's accept loop counted it against the session limits
+        already (and refused it with TOO_MANY_SESSIONS if over them)."""
         await _Session(self, stream, listener, peer, secrets.token_hex(6)).run()
 
 
