@@ -47,7 +47,7 @@ from ..protocols.pop3 import (
     Uidl,
 )
 from ..services.archive import Archive, ArchiveError
-from ..services.intake import MessageWriter
+from ..services.writer import MessageWriter
 from ..services.routing import ProxyLogin
 from ..services.source_keys import SourceKeys, legacy_source_key
 from .proxy import Refusal, Runs, TargetRefused, reach_target, safe_text

@@ -65,7 +65,7 @@ from ..protocols.smtp import (
     replies,
 )
 from ..services.archive import Archive, ArchiveError
-from ..services.intake import MessageWriter
+from ..services.writer import MessageWriter
 from ..services.journal import check_recipient, received_header
 from ..services.routing import RoutingError, parse_proxy_login
 from ..services.throttle import LoginGuard

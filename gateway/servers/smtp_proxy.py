@@ -53,7 +53,7 @@ from ..protocols.smtp import (
     replies,
 )
 from ..services.archive import Archive, ArchiveError
-from ..services.intake import MessageWriter
+from ..services.writer import MessageWriter
 from ..services.routing import ProxyLogin
 from .proxy import Refusal, Runs, TargetRefused, reach_target, safe_text
 from .upstream import SMTPUpstream, UpstreamError

@@ -68,7 +68,7 @@ from ..events import (
     encode_event,
     now,
 )
-from ..ids import new_mailbox_id, parse_mailbox_id
+from ..ids import new_mailbox_id, new_message_id, parse_mailbox_id, parse_message_id
 from ..log import (
     DataDir,
     Location,
@@ -94,9 +94,10 @@ from ._common import (
     WitnessedCopy,
     wrap_id,
 )
-from .intake import MessageWriter, Target
+from .intake import PendingMessage
 from .keyforge import KeyForge
 from .projection import ControlState, MailboxInfo, MessageIndex, StoredMessage
+from .writer import MessageWriter, SealTarget
 
 logger = logging.getLogger(__name__)
 
@@ -564,23 +565,50 @@ class Archive:
         return source_key in self._box(mailbox_id).index.sources
 
     def begin_message(self, mailbox_ids: Sequence[str], source_key: str = "") -> MessageWriter:
-        """Start writing one message to one or more mailboxes (sealed once per mailbox);
-        ``source_key`` marks a proxy copy (see ``MessageStored.source_key``)."""
+        """Start writing one message to one or more mailboxes (sealed once per mailbox, in
+        this process); ``source_key`` marks a proxy copy (see ``MessageStored.source_key``)."""
+        boxes = self.accepting(mailbox_ids)
+        forge = self.key_forge
         targets = []
-        seen = set()
+        for box in boxes:
+            assert box.public_key is not None
+            mailbox_bytes = bytes.fromhex(box.info.mailbox_id)
+            prepared = forge.take(box.public_key, mailbox_bytes) if forge else None
+            message_id = prepared.message_id.hex() if prepared else new_message_id()
+            targets.append(SealTarget(box.info.mailbox_id, box.public_key, message_id, prepared))
+        pending = self.begin_pending(
+            [b.info.mailbox_id for b in boxes], [t.message_id for t in targets], source_key
+        )
+        return MessageWriter(
+            targets, pending, max_bytes=self.config.max_message_bytes, source_key=source_key
+        )
+
+    def accepting(self, mailbox_ids: Sequence[str]) -> list[MailboxState]:
+        """The mailboxes a message may go to, each once. Raises MailboxUnavailable for a
+        suspended or damaged one, NoSuchMailbox, or ArchiveError for none at all."""
+        boxes: dict[str, MailboxState] = {}
         for mailbox_id in mailbox_ids:
             box = self._box(mailbox_id)
-            if box.info.mailbox_id in seen:
-                continue
-            seen.add(box.info.mailbox_id)
             if box.info.status != MailboxStatus.ACTIVE:
                 raise MailboxUnavailable(f"mailbox {box.info.mailbox_id} is suspended")
             if box.writer is None or box.public_key is None:
                 raise MailboxUnavailable(f"mailbox {box.info.mailbox_id} is damaged: {box.damaged}")
-            targets.append(Target(box, box.writer, box.public_key))
-        if not targets:
+            boxes.setdefault(box.info.mailbox_id, box)
+        if not boxes:
             raise ArchiveError("a message needs at least one mailbox")
-        return MessageWriter(self, targets, source_key)
+        return list(boxes.values())
+
+    def begin_pending(
+        self, mailbox_ids: Sequence[str], message_ids: Sequence[str], source_key: str = ""
+    ) -> PendingMessage:
+        """The journal's half of a message whose sealing happens elsewhere (a protocol
+        worker): one message id per mailbox, chosen by the sealing side."""
+        boxes = self.accepting(mailbox_ids)
+        if len(boxes) != len(message_ids) or len(set(message_ids)) != len(message_ids):
+            raise ArchiveError("one distinct message id per mailbox")
+        for message_id in message_ids:
+            parse_message_id(message_id)
+        return PendingMessage(self, boxes, message_ids, source_key)
 
     async def witness(self, copies: Sequence[WitnessedCopy]) -> None:
         """The commit point of a message (SPEC.md 6.2): its commit records are durable in

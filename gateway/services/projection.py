@@ -120,10 +120,10 @@ class ControlState:
             case LogCompacted():
                 self.compactions.setdefault(event.mailbox_id, []).append(event)
                 self.cuts.setdefault(event.mailbox_id, {})[event.segment] = event.generation
-                witnesses = self.witnessed.get(event.mailbox_id, {})
+                vouched = self.witnessed.get(event.mailbox_id, {})
                 for message_id in event.message_ids:
                     # Gone from the log by record: nothing left for a witness to vouch for.
-                    witnesses.pop(message_id, None)
+                    vouched.pop(message_id, None)
             case LogTailTruncated():
                 self.truncations += 1
             case MessagesCommitted():
