@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,3 +249,40 @@ async def test_pop3_proxy_as_a_port_scanner_gets_one_reply_and_is_throttled(
             # Ten failures from this address (make_config: pop3.max_failures 10).
             reply = await client.login(f"user%{targets[2]}%{info.mailbox_id}", "pw")
             assert reply == "-ERR [AUTH] too many failed logins, try again later"
+
+
+async def test_session_flood_from_rotating_addresses_does_not_lock_the_archive_out(
+    tmp_path: Path,
+) -> None:
+    """Idle connections from rotating addresses can fill POP3's session limit (the per-address
+    limit does not stop them); a reserve of it is kept for clients that logged in from their
+    address before, so the archive still gets in."""
+    config = attack_config(tmp_path, max_sessions=5, max_sessions_per_client=5)
+    async with serve(tmp_path, config) as served, AsyncExitStack() as idle:
+        archive = served.gateway.archive
+        assert archive is not None
+        info, password = await archive.create_mailbox("journal")
+        assert (
+            await login_once(served.port, served.context, info.mailbox_id, password)
+        ).startswith("+OK")
+        with trio.fail_after(5):  # that session's slot is back once it has ended
+            while served.gateway.pop3_limiter.active:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        for n in range(4):  # all but the reserve (a tenth of 5: one)
+            await idle.enter_async_context(await raw_connect(served.port, f"127.0.12.{n + 2}"))
+        async with await raw_connect(served.port, "127.0.12.9") as over:
+            with trio.fail_after(5):
+                assert await over.receive_some(100) == b""  # closed at once
+        reply = await login_once(served.port, served.context, info.mailbox_id, password)
+        assert reply.startswith("+OK maildrop"), reply
+
+
+async def raw_connect(port: int, source: str) -> trio.SocketStream:
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    try:
+        await sock.bind((source, 0))
+        await sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)

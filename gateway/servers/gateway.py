@@ -46,6 +46,7 @@ from .admin import AdminServer
 from .limits import (
     FD_RESERVE,
     SUMMARY_INTERVAL,
+    TRUSTED_RESERVE,
     AuditRate,
     SessionLimiter,
     TrafficTally,
@@ -115,7 +116,12 @@ class Gateway:
         self.source_keys: SourceKeys | None = None  # the POP3 proxy's (SPEC.md 5.5)
         self.limiter = SessionLimiter(config.smtp.max_sessions, config.smtp.max_sessions_per_client)
         self.pop3_limiter = SessionLimiter(
-            config.pop3.max_sessions, config.pop3.max_sessions_per_client
+            config.pop3.max_sessions,
+            config.pop3.max_sessions_per_client,
+            reserve=min(
+                max(1, int(config.pop3.max_sessions * TRUSTED_RESERVE)),
+                config.pop3.max_sessions - 1,
+            ),
         )
         # The admin listener: its websocket connections (admin.max_connections) and as many
         # again for the console's page loads; one address may take half.
@@ -127,6 +133,8 @@ class Gateway:
             Protocol.ADMIN: self.admin_limiter,
         }
         self.tally = TrafficTally()
+        # Whether a client address may use its protocol's reserve of sessions.
+        self.trusted: dict[Protocol, Callable[[str], bool]] = {}
         self.quiet = AuditRate()  # quiet sessions' own records, SMTP and POP3 together
         self.listening: list[Listening] = []
         self.notifier = SystemdNotifier.from_environment()
@@ -279,6 +287,9 @@ class Gateway:
             tally=self.tally,
             quiet=self.quiet,
         )
+        self.trusted[Protocol.POP3] = lambda peer: (
+            pop3.logins.trust.known(peer) or pop3.proxy_logins.trust.known(peer)
+        )
         service = AdminService(self.archive, self.accounts, self.config.mail_domain)
         admin = AdminServer(self, service, self.accounts, hub, self.config)
         handlers: dict[Protocol, Handler] = {
@@ -386,6 +397,7 @@ class Gateway:
         sessions: trio.Nursery,
     ) -> None:
         limiter = self.limiters[cfg.protocol]
+        trusted = self.trusted.get(cfg.protocol, _nobody)
         busy = BUSY_REPLY.get(cfg.protocol, b"") if cfg.tls != TLSMode.IMPLICIT else b""
         while True:
             try:
@@ -399,7 +411,7 @@ class Gateway:
                 raise
             peer = _peer_address(stream)
             # Counted from accept, before any handshake: an idle connection holds a slot.
-            if not limiter.try_acquire(peer):
+            if not limiter.try_acquire(peer, trusted=trusted(peer)):
                 self.tally.refused(cfg.name, peer)
                 await _refuse(stream, busy)
                 continue
@@ -455,6 +467,10 @@ async def _bind(listener: ListenerConfig) -> list[trio.SocketListener]:
             f"listener {listener.name}: cannot listen on {listener.address}:{listener.port}: "
             f"{exc.strerror or exc}"
         ) from None
+
+
+def _nobody(_peer: str) -> bool:
+    return False
 
 
 async def _refuse(stream: trio.SocketStream, reply: bytes) -> None:

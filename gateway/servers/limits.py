@@ -42,6 +42,7 @@ __all__ = [
     "QUIET_BURST",
     "QUIET_RATE",
     "SUMMARY_INTERVAL",
+    "TRUSTED_RESERVE",
     "AuditRate",
     "SessionLimiter",
     "TrafficTally",
@@ -57,17 +58,26 @@ __all__ = [
 FD_RESERVE = 256
 
 
+# The part of POP3's sessions kept for clients that logged in from their address within the
+# trust window (services.throttle): guessers on rotating addresses can fill the rest of the
+# sessions, never the archive's way in.
+TRUSTED_RESERVE = 0.1
+
+
 @dataclass(slots=True)
 class SessionLimiter:
-    """At most ``total`` sessions at once, at most ``per_client`` from one address."""
+    """At most ``total`` sessions at once, at most ``per_client`` from one address; the last
+    ``reserve`` of the total only for clients the caller says are trusted."""
 
     total: int
     per_client: int
+    reserve: int = 0
     active: int = 0
     by_client: dict[str, int] = field(default_factory=dict)
 
-    def try_acquire(self, client: str) -> bool:
-        if self.active >= self.total or self.by_client.get(client, 0) >= self.per_client:
+    def try_acquire(self, client: str, *, trusted: bool = False) -> bool:
+        limit = self.total if trusted else self.total - self.reserve
+        if self.active >= limit or self.by_client.get(client, 0) >= self.per_client:
             return False
         self.active += 1
         self.by_client[client] = self.by_client.get(client, 0) + 1
@@ -119,6 +129,7 @@ def fit_to_descriptors(
         changed[name] = (limiter.total, total)
         limiter.total = total
         limiter.per_client = min(limiter.per_client, total)
+        limiter.reserve = min(limiter.reserve, total - 1)
     return changed
 
 

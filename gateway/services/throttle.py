@@ -114,16 +114,28 @@ class TrustedClients:
     window: float = TRUST_WINDOW
     max_pairs: int = MAX_TRUSTED
     _pairs: OrderedDict[tuple[str, str], float] = field(default_factory=OrderedDict)
+    _addresses: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
     def succeeded(self, address: str, mailbox_id: str) -> None:
+        moment = trio.current_time()
         pair = (address, mailbox_id)
-        self._pairs[pair] = trio.current_time()
+        self._pairs[pair] = moment
         self._pairs.move_to_end(pair)
+        self._addresses[address] = moment
+        self._addresses.move_to_end(address)
         while len(self._pairs) > self.max_pairs:
             self._pairs.popitem(last=False)
+        while len(self._addresses) > self.max_pairs:
+            self._addresses.popitem(last=False)
 
     def trusted(self, address: str, mailbox_id: str) -> bool:
         at = self._pairs.get((address, mailbox_id))
+        return at is not None and trio.current_time() - at <= self.window
+
+    def known(self, address: str) -> bool:
+        """Whether ``address`` logged in to any mailbox within the window (the session
+        limits keep a reserve of slots for such clients)."""
+        at = self._addresses.get(address)
         return at is not None and trio.current_time() - at <= self.window
 
 
