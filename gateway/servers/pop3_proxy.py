@@ -47,9 +47,9 @@ from ..protocols.pop3 import (
     Uidl,
 )
 from ..services.archive import Archive, ArchiveError
-from ..services.writer import MessageWriter
 from ..services.routing import ProxyLogin
 from ..services.source_keys import SourceKeys, legacy_source_key
+from ..services.writer import MessageWriter
 from .proxy import Refusal, Runs, TargetRefused, reach_target, safe_text
 from .upstream import POP3Upstream, UpstreamError
 

@@ -65,10 +65,10 @@ from ..protocols.smtp import (
     replies,
 )
 from ..services.archive import Archive, ArchiveError
-from ..services.writer import MessageWriter
 from ..services.journal import check_recipient, received_header
 from ..services.routing import RoutingError, parse_proxy_login
 from ..services.throttle import LoginGuard
+from ..services.writer import MessageWriter
 from ..tls import TLSContextHolder, describe_tls
 from .limits import AuditRate, TrafficTally, refusal_counts
 from .smtp_proxy import UPSTREAM_LOST, ProxyRefused, SMTPRelay, open_relay

@@ -53,8 +53,8 @@ from ..protocols.smtp import (
     replies,
 )
 from ..services.archive import Archive, ArchiveError
-from ..services.writer import MessageWriter
 from ..services.routing import ProxyLogin
+from ..services.writer import MessageWriter
 from .proxy import Refusal, Runs, TargetRefused, reach_target, safe_text
 from .upstream import SMTPUpstream, UpstreamError
 
