@@ -184,7 +184,6 @@ class DataDir:
         return copied
 
 
-
 def _copy_tree(source: Path, destination: Path) -> int:
     """Copy a file, or a folder depth first, listing each folder as it is reached."""
     if not source.is_dir():
