@@ -30,7 +30,7 @@ from ._framing import (
     encode_chunk_body,
     genesis_chain,
 )
-from ._scan import iter_log
+from ._scan import RecordReader, iter_log
 from ._segment_log import SegmentLog
 from ._writer import CommitGroup, LogWriter, StaleEpoch
 
@@ -50,6 +50,7 @@ __all__ = [
     "LogWriteError",
     "LogWriter",
     "RecordKind",
+    "RecordReader",
     "Recovery",
     "SegmentLog",
     "StaleEpoch",

@@ -15,6 +15,7 @@ from ._framing import (
     SEGMENT_HEADER_SIZE,
     FramingError,
     Gap,
+    RecordHeader,
     RecordKind,
     SegmentHeader,
     chain_next,
@@ -254,3 +255,33 @@ def scan_segment_header(path: Path) -> SegmentHeader:
             return decode_segment_header(f.read(SEGMENT_HEADER_SIZE))
         except FramingError as exc:
             raise LogCorrupt(path, 0, str(exc)) from None
+
+
+class RecordReader:
+    """Reads single records of one log by file name and offset, read-only, from any process
+    (a protocol worker serving messages the journal listed). Each record's CRC is checked;
+    the chain is verify's job. Descriptors are kept open until :meth:`close`: a segment file
+    superseded by compaction stays readable through them, and stays on disk for the grace
+    period anyway."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._fds: dict[str, int] = {}
+
+    def read(self, file: str, offset: int, size: int) -> tuple[RecordHeader, bytes]:
+        if "/" in file or not file.endswith(".seg"):
+            raise LogCorrupt(self.directory, offset, f"not a segment file name: {file!r}")
+        fd = self._fds.get(file)
+        if fd is None:
+            fd = self._fds[file] = os.open(self.directory / file, os.O_RDONLY)
+        data = read_exact(fd, size, offset)
+        try:
+            header, body, _chain = verify_record(data)
+        except FramingError as exc:
+            raise LogCorrupt(self.directory / file, offset, str(exc)) from None
+        return header, bytes(body)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

@@ -179,6 +179,11 @@ class SegmentLog:
     def generation(self, segment: int) -> int:
         return self._files[segment][0]
 
+    def file_name(self, segment: int) -> str:
+        """The name of the file that holds a segment now (compaction may change it; the
+        superseded file stays for the grace period)."""
+        return self._files[segment][1].name
+
     def _start_segment(self, first_seq: int) -> None:
         if self._tail_fd is not None:
             os.fdatasync(self._tail_fd)

@@ -41,6 +41,7 @@ from ..services.archive import Archive
 from ..services.audit import AuditHub
 from ..services.keyforge import KeyForge
 from ..services.source_keys import SourceKeyError, SourceKeys, load_source_keys
+from ..store import Journal, StoreClient
 from ..tls import TLSContextHolder, make_self_signed
 from .admin import AdminServer
 from .limits import (
@@ -109,6 +110,8 @@ class Gateway:
         self.environ = os.environ if environ is None else environ
         self.announce_admin_password = announce_admin_password
         self.archive: Archive | None = None
+        self.journal: Journal | None = None
+        self.store: StoreClient | None = None  # the protocol servers' view of the archive
         self.accounts: Accounts | None = None
         self.hub: AuditHub | None = None
         self.pop3_server: POP3Server | None = None
@@ -173,6 +176,8 @@ class Gateway:
                 forge = KeyForge()
                 await nursery.start(forge.run)
                 archive.key_forge = forge
+                self.store = await self._connect_worker(nursery, archive)
+                self.store.key_forge = forge
                 nursery.start_soon(self._maintenance, archive)
                 nursery.start_soon(self.notifier.watchdog)
                 nursery.start_soon(hub.run)
@@ -185,6 +190,17 @@ class Gateway:
         finally:
             self.notifier.close()
             await archive.aclose()
+
+    async def _connect_worker(self, nursery: trio.Nursery, archive: Archive) -> StoreClient:
+        """The journal and this process's protocol servers, joined by a socket pair: one
+        process runs the same seam as a journal and its workers do (SPEC.md 16)."""
+        journal_end, worker_end = trio.socket.socketpair()
+        self.journal = Journal(archive)
+        nursery.start_soon(self.journal.serve, trio.SocketStream(journal_end))
+        store = StoreClient(trio.SocketStream(worker_end), Path(self.config.data_dir), "worker")
+        await store.connect()
+        nursery.start_soon(store.run)
+        return store
 
     def _fit_descriptors(self) -> None:
         """Lower the session limits if together they would not fit the descriptors left
@@ -277,11 +293,12 @@ class Gateway:
         assert self.archive is not None
         assert self.tls is not None
         assert self.accounts is not None
-        smtp = SMTPServer(self.config, self.archive, self.tls, tally=self.tally, quiet=self.quiet)
+        assert self.store is not None
+        smtp = SMTPServer(self.config, self.store, self.tls, tally=self.tally, quiet=self.quiet)
         assert self.source_keys is not None
         pop3 = self.pop3_server = POP3Server(
             self.config,
-            self.archive,
+            self.store,
             self.tls,
             source_keys=self.source_keys,
             tally=self.tally,

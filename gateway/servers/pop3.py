@@ -63,11 +63,11 @@ from ..protocols.pop3 import (
     Uidl,
     replies,
 )
-from ..services.archive import Archive, ArchiveError
-from ..services.projection import StoredMessage
+from ..services.archive import ArchiveError
 from ..services.routing import ProxyLogin, RoutingError, parse_proxy_login
 from ..services.source_keys import SourceKeys
 from ..services.throttle import LoginGuard, UnlockQueue
+from ..store import MessageEntry, StoreClient
 from ..tls import TLSContextHolder, describe_tls
 from .limits import AuditRate, TrafficTally
 from .pop3_proxy import RELAYED, POP3Relay, ProxyRefused, StoreFailed, open_relay
@@ -95,9 +95,8 @@ TIMEOUT = Reply(False, "autologout: idle for too long")
 @dataclass(eq=False)
 class POP3Server:
     config: Config
-    archive: Archive
+    store: StoreClient
     tls: TLSContextHolder
-    locked: set[str] = field(default_factory=set)  # maildrops in use
     source_keys: SourceKeys = field(kw_only=True)  # the POP3 proxy's dedupe keys (SPEC.md 5.5)
     # Where quiet sessions over the audit rate are counted (the gateway's, shared).
     tally: TrafficTally = field(default_factory=TrafficTally, kw_only=True)
@@ -120,7 +119,7 @@ class _Session:
         self, server: POP3Server, stream: trio.abc.Stream, listener: ListenerConfig, peer: str
     ) -> None:
         self.server = server
-        self.archive = server.archive
+        self.store = server.store
         self.config = server.config
         self.stream = stream
         self.listener = listener
@@ -130,7 +129,7 @@ class _Session:
         self.tls = describe_tls(stream)
         self.mailbox_id = ""
         self.key: MailboxPrivateKey | None = None
-        self.messages: list[StoredMessage] = []
+        self.messages: list[MessageEntry] = []
         self.deleted: set[int] = set()  # message numbers marked by DELE
         self.retrieved: list[MessageRef] = []
         self.expunged: list[MessageRef] = []
@@ -166,7 +165,8 @@ class _Session:
             self.outcome = "dropped"
         finally:
             if self.mailbox_id and self.key is not None:
-                self.server.locked.discard(self.mailbox_id)
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self.store.unlock_maildrop(self.mailbox_id)
             if self.relay is not None:
                 # Without the client's QUIT, upstream gets none either: nothing is deleted.
                 await self.relay.upstream.aclose()
@@ -323,13 +323,13 @@ class _Session:
             await trio.sleep_until(arrived + self.config.pop3.failure_delay)
             return UNAVAILABLE if reason == "mailbox damaged" else LOGIN_FAILED
         logins.succeeded(self.peer, mailbox_id)
-        if mailbox_id in server.locked:
+        if not await self.store.lock_maildrop(mailbox_id):  # across every worker
             await self._login_audit(event, mailbox_id, False, "in use")
             return IN_USE
-        server.locked.add(mailbox_id)
         self.mailbox_id, self.key = mailbox_id, key
-        current = self.archive.mailbox(mailbox_id).key_id
-        self.messages = [m for m in self.archive.messages(mailbox_id) if m.key_id == current]
+        current = self.store.mailbox(mailbox_id).key_id
+        listed = await self.store.messages(mailbox_id)
+        self.messages = [m for m in listed if m.key_id == current]
         await self._login_audit(event, mailbox_id, True, "")
         count, size = self._totals()
         return Reply(True, f"maildrop has {count} messages ({size} octets)")
@@ -344,7 +344,7 @@ class _Session:
         try:
             upstream = await open_relay(
                 self.config,
-                self.archive,
+                self.store,
                 self.listener,
                 proxy,
                 event.password,
@@ -363,7 +363,7 @@ class _Session:
             self.conn,
             self._send,
             upstream,
-            self.archive,
+            self.store,
             proxy,
             self.peer,
             self.tls,
@@ -379,7 +379,7 @@ class _Session:
         if not mailbox_id:
             return ""
         try:
-            self.archive.mailbox(mailbox_id)
+            self.store.mailbox(mailbox_id)
         except ArchiveError:
             return ""
         return mailbox_id
@@ -389,7 +389,7 @@ class _Session:
     ) -> tuple[MailboxPrivateKey | None, str]:
         try:
             async with self.server.unlocks.slot(trusted=trusted):
-                key = await self.archive.unlock(mailbox_id, password)
+                key = await self.store.unlock(mailbox_id, password)
         except CryptoError:  # WrongPassword, or a key file that does not check out
             return None, "wrong credentials"
         except ValueError:  # a password the KDF refuses (over 1024 bytes)
@@ -427,14 +427,14 @@ class _Session:
 
     # -- the maildrop ----------------------------------------------------------------------------
 
-    def _live(self) -> list[tuple[int, StoredMessage]]:
+    def _live(self) -> list[tuple[int, MessageEntry]]:
         return [(n, m) for n, m in enumerate(self.messages, 1) if n not in self.deleted]
 
     def _totals(self) -> tuple[int, int]:
         live = self._live()
         return len(live), sum(m.size for _n, m in live)
 
-    def _message(self, msg: int) -> StoredMessage | Reply:
+    def _message(self, msg: int) -> MessageEntry | Reply:
         if not 1 <= msg <= len(self.messages):
             return NO_SUCH_MESSAGE
         if msg in self.deleted:
@@ -448,7 +448,7 @@ class _Session:
             return
         assert self.key is not None
         cutter = TopCutter(top) if top is not None else None
-        pieces = self.archive.read_message(self.mailbox_id, found.message_id, self.key)
+        pieces = self.store.read_message(self.mailbox_id, found.message_id, self.key)
         async with aclosing(pieces):
             try:
                 first = await anext(pieces, b"")
@@ -490,7 +490,7 @@ class _Session:
         marked = [self.messages[n - 1] for n in sorted(self.deleted)]
         if marked:
             try:
-                await self.archive.expunge(
+                await self.store.expunge(
                     self.mailbox_id, [m.message_id for m in marked], actor=self.actor
                 )
             except (LogWriteError, ArchiveError, OSError) as exc:
@@ -564,6 +564,6 @@ class _Session:
 
     async def _append(self, event: Pop3Login | Pop3SessionEnded | Pop3ProxySessionEnded) -> None:
         try:
-            await self.archive.append_control(event, durable=False)
+            await self.store.append_control(event, durable=False)
         except LogWriteError as exc:
             logger.error("event=audit-write-failed reason=%r", str(exc))

@@ -46,10 +46,11 @@ from ..protocols.pop3 import (
     Top,
     Uidl,
 )
-from ..services.archive import Archive, ArchiveError
+from ..services.archive import ArchiveError
 from ..services.routing import ProxyLogin
 from ..services.source_keys import SourceKeys, legacy_source_key
 from ..services.writer import MessageWriter
+from ..store import StoreClient
 from .proxy import Refusal, Runs, TargetRefused, reach_target, safe_text
 from .upstream import POP3Upstream, UpstreamError
 
@@ -111,7 +112,7 @@ def source_key(keys: SourceKeys, login: ProxyLogin, uidl: str) -> tuple[str, str
 
 async def open_relay(
     config: Config,
-    archive: Archive,
+    store: StoreClient,
     listener: ListenerConfig,
     login: ProxyLogin,
     password: str,
@@ -132,7 +133,7 @@ async def open_relay(
 
     try:
         upstream = await reach_target(
-            config, archive, login, default_port=DEFAULT_PORTS[listener.tls], start=start
+            config, store, login, default_port=DEFAULT_PORTS[listener.tls], start=start
         )
     except TargetRefused as exc:
         if exc.kind is Refusal.MAILBOX:
@@ -159,7 +160,7 @@ class POP3Relay:
     conn: ServerConnection
     send: Callable[[bytes], Awaitable[None]]
     upstream: POP3Upstream
-    archive: Archive
+    store: StoreClient
     login: ProxyLogin
     client_address: str
     client_tls: str
@@ -215,9 +216,9 @@ class POP3Relay:
         key, legacy = source_key(self.source_keys, self.login, uidl) if uidl else ("", "")
         mailbox_id = self.login.mailbox_id
         writer: MessageWriter | None = None
-        if not (key and any(self.archive.has_source(mailbox_id, k) for k in (key, legacy))):
+        if not (key and await self.store.has_source(mailbox_id, key, legacy)):
             try:  # before RETR goes upstream: a mailbox that cannot take it is refused
-                writer = self.archive.begin_message([mailbox_id], key)
+                writer = self.store.begin_message([mailbox_id], key)
             except ArchiveError as exc:
                 logger.warning("event=pop3-proxy-archive-unavailable reason=%r", str(exc))
                 await self.send(self.conn.send(ARCHIVE_UNAVAILABLE))

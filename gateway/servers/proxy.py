@@ -13,8 +13,9 @@ import trio
 
 from ..config import Config
 from ..events import MailboxStatus
-from ..services.archive import Archive, ArchiveError
+from ..services.archive import ArchiveError
 from ..services.routing import ProxyLogin, RoutingError, TargetPolicy
+from ..store import StoreClient
 from .upstream import UpstreamError, client_context, open_upstream
 
 __all__ = [
@@ -78,7 +79,7 @@ class TargetRefused(Exception):
 
 async def reach_target(
     config: Config,
-    archive: Archive,
+    store: StoreClient,
     login: ProxyLogin,
     *,
     default_port: int,
@@ -88,10 +89,10 @@ async def reach_target(
     the policy and hand the connection to ``start`` (the protocol's TLS and greeting), whose
     UpstreamError becomes a TargetRefused too."""
     try:
-        info = archive.mailbox(login.mailbox_id)
+        info = store.mailbox(login.mailbox_id)
     except ArchiveError:
         raise TargetRefused(Refusal.MAILBOX, "no such mailbox") from None
-    if info.status != MailboxStatus.ACTIVE or archive.damaged(info.mailbox_id):
+    if info.status != MailboxStatus.ACTIVE or store.damaged(info.mailbox_id):
         raise TargetRefused(Refusal.MAILBOX, "mailbox not active")
     proxy = config.proxy
     policy = TargetPolicy.build(proxy.allow, proxy.deny)

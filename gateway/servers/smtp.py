@@ -64,11 +64,12 @@ from ..protocols.smtp import (
     StartTLS,
     replies,
 )
-from ..services.archive import Archive, ArchiveError
+from ..services.archive import ArchiveError
 from ..services.journal import check_recipient, received_header
 from ..services.routing import RoutingError, parse_proxy_login
 from ..services.throttle import LoginGuard
 from ..services.writer import MessageWriter
+from ..store import StoreClient
 from ..tls import TLSContextHolder, describe_tls
 from .limits import AuditRate, TrafficTally, refusal_counts
 from .smtp_proxy import UPSTREAM_LOST, ProxyRefused, SMTPRelay, open_relay
@@ -89,14 +90,14 @@ class SMTPServer:
     def __init__(
         self,
         config: Config,
-        archive: Archive,
+        store: StoreClient,
         tls: TLSContextHolder,
         *,
         tally: TrafficTally | None = None,
         quiet: AuditRate | None = None,
     ) -> None:
         self.config = config
-        self.archive = archive
+        self.store = store
         self.tls = tls
         self.logins = LoginGuard(max_failures=config.smtp.max_auth_failures)  # proxy logins
         # Where quiet sessions over the audit rate are counted (the gateway's, shared).
@@ -119,7 +120,7 @@ class _Session:
         session_id: str,
     ) -> None:
         self.server = server
-        self.archive = server.archive
+        self.store = server.store
         self.config = server.config
         self.stream = stream
         self.listener = listener
@@ -303,7 +304,7 @@ class _Session:
             return THROTTLED
         try:
             upstream, reply = await open_relay(
-                self.config, self.archive, self.listener, login, event.password
+                self.config, self.store, self.listener, login, event.password
             )
         except ProxyRefused as exc:
             # Every refusal counts and waits, a target that cannot be reached too: the proxy
@@ -315,13 +316,13 @@ class _Session:
             )
             return exc.reply
         server.logins.succeeded(self.peer, login.mailbox_id)
-        self.relay = SMTPRelay(upstream, self.archive, login, self.peer, self.tls, self.helo)
+        self.relay = SMTPRelay(upstream, self.store, login, self.peer, self.tls, self.helo)
         await self._login_audit(event, login.mailbox_id, login.target, True, "")
         return reply
 
     def _exists(self, mailbox_id: str) -> bool:
         try:
-            self.archive.mailbox(mailbox_id)
+            self.store.mailbox(mailbox_id)
         except ArchiveError:
             return False
         return True
@@ -338,7 +339,7 @@ class _Session:
             success,
             reason,
         )
-        await self.archive.append_control(
+        await self.store.append_control(
             SmtpLogin(
                 at=now(),
                 actor=self.actor,
@@ -358,7 +359,7 @@ class _Session:
         self.recipients, self.recipient_addresses = [], []
 
     async def _recipient(self, address: str) -> Reply:
-        decision = check_recipient(self.archive, self.config.mail_domain, address)
+        decision = check_recipient(self.store, self.config.mail_domain, address)
         if decision.accepted:
             assert decision.mailbox_id is not None
             if decision.mailbox_id not in self.recipients:
@@ -380,7 +381,7 @@ class _Session:
         self.in_data = True
         self.writer_failed = False
         try:
-            self.writer = self.archive.begin_message(self.recipients)
+            self.writer = self.store.begin_message(self.recipients)
         except ArchiveError:
             # A mailbox was suspended or deleted since RCPT: the content is read and dropped,
             # and the sender gets a temporary error at the end.
@@ -436,7 +437,7 @@ class _Session:
             len(ids),
             ",".join(ids.values()),
         )
-        await self.archive.append_control(
+        await self.store.append_control(
             MessageAccepted(
                 at=now(),
                 actor=self.actor,
@@ -513,7 +514,7 @@ class _Session:
             self.outcome,
             seconds,
         )
-        await self.archive.append_control(
+        await self.store.append_control(
             SmtpSessionEnded(
                 at=now(),
                 actor=self.actor,
@@ -548,7 +549,7 @@ class _Session:
             self.outcome,
             seconds,
         )
-        await self.archive.append_control(
+        await self.store.append_control(
             SmtpProxySessionEnded(
                 at=now(),
                 actor=self.actor,

@@ -52,9 +52,10 @@ from ..protocols.smtp import (
     format_rcpt,
     replies,
 )
-from ..services.archive import Archive, ArchiveError
+from ..services.archive import ArchiveError
 from ..services.routing import ProxyLogin
 from ..services.writer import MessageWriter
+from ..store import StoreClient
 from .proxy import Refusal, Runs, TargetRefused, reach_target, safe_text
 from .upstream import SMTPUpstream, UpstreamError
 
@@ -98,7 +99,7 @@ class ProxyRefused(Exception):
 
 async def open_relay(
     config: Config,
-    archive: Archive,
+    store: StoreClient,
     listener: ListenerConfig,
     login: ProxyLogin,
     password: str,
@@ -120,7 +121,7 @@ async def open_relay(
 
     try:
         upstream = await reach_target(
-            config, archive, login, default_port=DEFAULT_PORTS[listener.tls], start=start
+            config, store, login, default_port=DEFAULT_PORTS[listener.tls], start=start
         )
     except TargetRefused as exc:
         if exc.kind is Refusal.MAILBOX:
@@ -176,7 +177,7 @@ class SMTPRelay:
     every message it accepts. Methods raise UpstreamError when the target fails."""
 
     upstream: SMTPUpstream
-    archive: Archive
+    store: StoreClient
     login: ProxyLogin
     client_address: str
     client_tls: str
@@ -236,7 +237,7 @@ class SMTPRelay:
         self._refusal, self._stuffer = None, None
         self._held = Runs()
         try:
-            self._writer = self.archive.begin_message([self.login.mailbox_id])
+            self._writer = self.store.begin_message([self.login.mailbox_id])
         except ArchiveError as exc:
             logger.warning("event=smtp-proxy-archive-unavailable reason=%r", str(exc))
             self._refusal = ARCHIVE_UNAVAILABLE

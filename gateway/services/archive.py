@@ -22,7 +22,7 @@ the one the log names, dropped otherwise.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -129,6 +129,9 @@ class Archive:
         # Set by whoever runs a KeyForge next to the archive (the server, the benchmark).
         self.key_forge: KeyForge | None = None
         self.recoveries: list[Recovery] = []
+        # Told the id of every mailbox whose state changed (created, updated, new key,
+        # damaged, deleted): the journal pushes it to the protocol workers. Must not block.
+        self.mailbox_listeners: list[Callable[[str], None]] = []
 
     # -- open and close ------------------------------------------------------------------------
 
@@ -224,7 +227,12 @@ class Archive:
     def _mark_damaged(self, box: MailboxState, why: str) -> MailboxState:
         box.damaged = why
         logger.error("event=mailbox-damaged mailbox=%s reason=%r", box.info.mailbox_id, why)
+        self._notify(box.info.mailbox_id)
         return box
+
+    def _notify(self, mailbox_id: str) -> None:
+        for listener in self.mailbox_listeners:
+            listener(mailbox_id)
 
     async def _note_damage(self, box: MailboxState, recovery: Recovery) -> None:
         mailbox_id = box.info.mailbox_id
@@ -307,6 +315,8 @@ class Archive:
         round of the group commit makes it durable with everything else."""
         await self.control.append([(RecordKind.EVENT, encode_event(event))], durable=durable)
         self.state.apply(event)
+        if isinstance(event, _MAILBOX_CHANGES):
+            self._notify(event.mailbox_id)
 
     # -- mailboxes -----------------------------------------------------------------------------
 
@@ -334,6 +344,24 @@ class Archive:
             f"damage found at the end of its log {len(found)} time(s), {lost} acknowledged "
             f"message(s) lost; the bytes are kept in {found[-1].moved_to or '(nothing left)'}"
         )
+
+    def public_key(self, mailbox_id: str) -> MailboxPublicKey | None:
+        """The key new mail for the mailbox is sealed to (None while it is damaged)."""
+        return self._box(mailbox_id).public_key
+
+    async def key_file(self, mailbox_id: str) -> bytes:
+        """The mailbox's key file, checked against the control log (for a login elsewhere:
+        the password never comes here). Raises MailboxUnavailable when it is damaged."""
+        box = self._box(mailbox_id)
+        await self._read_key(box)
+        return await trio.to_thread.run_sync(self.data.read_key_file, box.info.mailbox_id)
+
+    def record_file(self, mailbox_id: str, location: Location) -> str:
+        """The name of the segment file that holds a record, in the mailbox's log folder."""
+        box = self._box(mailbox_id)
+        if box.writer is None:
+            raise MailboxUnavailable(f"mailbox {box.info.mailbox_id} is damaged: {box.damaged}")
+        return box.writer.log.file_name(location.segment)
 
     def _box(self, mailbox_id: str) -> MailboxState:
         try:
@@ -391,6 +419,7 @@ class Archive:
             writer=LogWriter(log, self.commit_group),
             public_key=MailboxPublicKey.from_key_file(key),
         )
+        self._notify(mailbox_id)
         return info, password
 
     async def update_mailbox(
@@ -492,6 +521,7 @@ class Archive:
                 box.public_key = MailboxPublicKey.from_key_file(key)
             finally:
                 box.resetting = False
+            self._notify(box.info.mailbox_id)
         return new_password, len(lost)
 
     async def _read_key(self, box: MailboxState) -> KeyFile:
@@ -864,6 +894,16 @@ class Archive:
             log.remove_retired, cuts, self.config.compaction_grace
         )
         return len(removed)
+
+
+_MAILBOX_CHANGES = (
+    MailboxCreated,
+    MailboxUpdated,
+    MailboxKeyRewrapped,
+    MailboxKeyReset,
+    MailboxDeleted,
+    LogDamaged,
+)
 
 
 def sealed_of(event: MessageStored) -> SealedMessage:

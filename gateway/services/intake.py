@@ -74,6 +74,10 @@ class PendingMessage:
     async def abort(self) -> None:
         self._finish()
 
+    def discard(self) -> None:
+        """:meth:`abort`, for a sealing side that is gone (its connection ended)."""
+        self._finish()
+
     def _target(self, mailbox_id: str) -> Target:
         if self._done:
             raise ArchiveError("message already committed or aborted")

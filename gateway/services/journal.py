@@ -11,9 +11,10 @@ from __future__ import annotations
 import email.utils
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from ..ids import InvalidId, parse_mailbox_id
-from .archive import Archive, NoSuchMailbox
+from .archive import NoSuchMailbox
 from .projection import MailboxInfo
 
 __all__ = ["RecipientDecision", "check_recipient", "received_header"]
@@ -31,7 +32,15 @@ class RecipientDecision:
         return self.mailbox_id is not None
 
 
-def check_recipient(archive: Archive, mail_domain: str, address: str) -> RecipientDecision:
+class Mailboxes(Protocol):
+    """Where recipients are looked up: the archive, or a worker's view of it."""
+
+    def mailbox(self, mailbox_id: str) -> MailboxInfo: ...
+
+    def damaged(self, mailbox_id: str) -> str | None: ...
+
+
+def check_recipient(archive: Mailboxes, mail_domain: str, address: str) -> RecipientDecision:
     """Accept an Active mailbox's address; a Suspended one is a temporary failure (the sender
     keeps the message and retries), anything else is unknown."""
     local, at, domain = address.rpartition("@")

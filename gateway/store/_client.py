@@ -1,0 +1,461 @@
+"""A protocol worker's side of the seam: the store as the SMTP and POP3 servers see it, over
+one journal connection (SPEC.md 16).
+
+Theory of operation
+-------------------
+:class:`StoreClient` sends requests and matches replies by id; one reader task takes every
+frame the journal sends, wakes the request it answers or folds a pushed mailbox change into
+the worker's view of the mailboxes. Sealing happens here (``services.writer``) with the
+public key the view carries; opening happens here too, with a private key that never leaves
+this process: the key file comes from the journal, the password from the client, and the
+sealed records are read straight from the segment files the journal named
+(``log.RecordReader``). If the journal connection is lost, every request fails at once with
+LogWriteError, so nothing is acknowledged that the journal did not make durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import trio
+
+from ..crypto import (
+    MailboxPrivateKey,
+    MailboxPublicKey,
+    MessageOpener,
+    decode_key_file,
+    unlock,
+)
+from ..events import (
+    SYSTEM,
+    Actor,
+    ControlEvent,
+    Envelope,
+    MailboxStatus,
+    MessageStored,
+    decode_envelope,
+    decode_message_event,
+    encode_event,
+)
+from ..ids import new_message_id, parse_mailbox_id
+from ..log import LogCorrupt, LogWriteError, RecordReader, decode_chunk_body
+from ..services.archive import (
+    ArchiveError,
+    MailboxUnavailable,
+    MessageTooLarge,
+    NoSuchMailbox,
+    sealed_of,
+)
+from ..services.keyforge import KeyForge
+from ..services.projection import MailboxInfo
+from ..services.writer import MessageWriter, SealedCopy, SealTarget
+from ._wire import (
+    PROTOCOL_VERSION,
+    Abort,
+    Append,
+    Audit,
+    Commit,
+    CopyWire,
+    Done,
+    Expunge,
+    Failed,
+    FrameError,
+    GetKeyFile,
+    HasSource,
+    Hello,
+    KeyFileBytes,
+    ListMessages,
+    Lock,
+    MailboxChanged,
+    MailboxGone,
+    MailboxView,
+    MessageEntry,
+    MessageList,
+    ToJournal,
+    ToWorker,
+    Unlock,
+    Welcome,
+    WorkerFrames,
+    encode_frame,
+)
+
+__all__ = ["StoreClient", "StoreLimits"]
+
+logger = logging.getLogger("gateway.worker")
+
+_ERRORS: dict[str, type[Exception]] = {
+    "MailboxUnavailable": MailboxUnavailable,
+    "MessageTooLarge": MessageTooLarge,
+    "NoSuchMailbox": NoSuchMailbox,
+    "LogWriteError": LogWriteError,
+    "StaleEpoch": LogWriteError,
+    "ArchiveError": ArchiveError,
+}
+_actor_encoder = msgspec.msgpack.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    max_message_bytes: int
+
+
+@dataclass(slots=True)
+class _Mailbox:
+    view: MailboxView
+    info: MailboxInfo
+    public_key: MailboxPublicKey | None
+
+
+class StoreClient:
+    """The store over one journal connection. Use :meth:`connect`, then run :meth:`run` in
+    a nursery for as long as the worker serves."""
+
+    def __init__(self, stream: trio.abc.Stream, data_dir: Path, name: str) -> None:
+        self._stream = stream
+        self._data_dir = data_dir
+        self.name = name
+        self._decoder = WorkerFrames()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, trio.MemorySendChannel[ToWorker]] = {}
+        self._send_lock = trio.Lock()
+        self._mailboxes: dict[str, _Mailbox] = {}
+        self._listed: dict[str, dict[str, MessageEntry]] = {}
+        self._readers: dict[str, RecordReader] = {}
+        self._broken: str | None = None
+        self.config = StoreLimits(0)
+        # Set by whoever runs a KeyForge beside this worker: prepared data keys (SPEC.md 5.4).
+        self.key_forge: KeyForge | None = None
+
+    # -- the connection -------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Say hello and take the journal's view of the mailboxes."""
+        await self._stream.send_all(
+            encode_frame(Hello(id=0, version=PROTOCOL_VERSION, worker=self.name))
+        )
+        while True:
+            data = await self._stream.receive_some(1 << 20)
+            if not data:
+                raise LogWriteError("the journal closed the connection before its welcome")
+            frames = self._decoder.feed(data)
+            if frames:
+                break
+        welcome, *rest = frames
+        if isinstance(welcome, Failed):
+            raise LogWriteError(f"the journal refused this worker: {welcome.message}")
+        if not isinstance(welcome, Welcome) or welcome.version != PROTOCOL_VERSION:
+            raise LogWriteError("the journal speaks another protocol version")
+        self.config = StoreLimits(welcome.max_message_bytes)
+        for view in welcome.mailboxes:
+            self._take_view(view)
+        for frame in rest:
+            self._dispatch(frame)
+
+    async def run(self) -> None:
+        """Read the journal's frames until the connection ends; then every request fails."""
+        try:
+            while True:
+                data = await self._stream.receive_some(1 << 20)
+                if not data:
+                    break
+                for frame in self._decoder.feed(data):
+                    self._dispatch(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, FrameError) as exc:
+            logger.error("event=worker-journal-lost worker=%s reason=%r", self.name, str(exc))
+        finally:
+            self._fail_all("the journal connection is lost")
+            await trio.aclose_forcefully(self._stream)
+
+    def _fail_all(self, why: str) -> None:
+        self._broken = why
+        for channel in self._waiting.values():
+            channel.close()
+        self._waiting.clear()
+
+    async def aclose(self) -> None:
+        self._fail_all("the worker is closing")
+        for reader in self._readers.values():
+            reader.close()
+        await self._stream.aclose()
+
+    def _dispatch(self, frame: ToWorker) -> None:
+        match frame:
+            case MailboxChanged():
+                self._take_view(frame.mailbox)
+            case MailboxGone():
+                self._mailboxes.pop(frame.mailbox_id, None)
+            case _:
+                channel = self._waiting.pop(frame.id, None)
+                if channel is not None:
+                    channel.send_nowait(frame)
+
+    async def _call(self, frame: ToJournal) -> ToWorker:
+        if self._broken is not None:
+            raise LogWriteError(self._broken)
+        send, receive = trio.open_memory_channel[ToWorker](1)
+        self._waiting[frame.id] = send
+        try:
+            async with self._send_lock:
+                await self._stream.send_all(encode_frame(frame))
+            try:
+                reply = await receive.receive()
+            except trio.EndOfChannel:
+                raise LogWriteError(self._broken or "the journal connection is lost") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise LogWriteError(f"the journal connection is lost: {exc}") from None
+        finally:
+            self._waiting.pop(frame.id, None)
+        if isinstance(reply, Failed):
+            raise _ERRORS.get(reply.code, ArchiveError)(reply.message)
+        return reply
+
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    # -- mailboxes ------------------------------------------------------------------------------
+
+    def _take_view(self, view: MailboxView) -> None:
+        known = self._mailboxes.get(view.mailbox_id)
+        if known is not None and known.view.public_key == view.public_key:
+            public_key = known.public_key
+        else:
+            public_key = MailboxPublicKey(view.public_key) if view.public_key else None
+        info = MailboxInfo(
+            mailbox_id=view.mailbox_id,
+            name=view.name,
+            description="",
+            status=MailboxStatus(view.status),
+            key_id=view.key_id,
+            wrap_id=view.wrap_id,
+            created_at=view.created_at,
+            updated_at=view.updated_at,
+        )
+        self._mailboxes[view.mailbox_id] = _Mailbox(view, info, public_key)
+
+    def _box(self, mailbox_id: str) -> _Mailbox:
+        try:
+            canonical = parse_mailbox_id(mailbox_id)
+        except ValueError as exc:
+            raise NoSuchMailbox(str(exc)) from None
+        box = self._mailboxes.get(canonical)
+        if box is None:
+            raise NoSuchMailbox(f"no mailbox {canonical}")
+        return box
+
+    def mailbox(self, mailbox_id: str) -> MailboxInfo:
+        return self._box(mailbox_id).info
+
+    def damaged(self, mailbox_id: str) -> str | None:
+        return self._box(mailbox_id).view.damaged
+
+    def mailboxes(self) -> list[MailboxInfo]:
+        return sorted((b.info for b in self._mailboxes.values()), key=lambda m: m.created_at)
+
+    # -- messages in ----------------------------------------------------------------------------
+
+    def begin_message(self, mailbox_ids: Sequence[str], source_key: str = "") -> MessageWriter:
+        """Start sealing one message to one or more mailboxes; the journal appends and
+        commits it. Raises MailboxUnavailable or NoSuchMailbox at once, as the view has it
+        (the journal checks again)."""
+        targets: dict[str, SealTarget] = {}
+        for mailbox_id in mailbox_ids:
+            box = self._box(mailbox_id)
+            canonical = box.info.mailbox_id
+            if box.info.status != MailboxStatus.ACTIVE:
+                raise MailboxUnavailable(f"mailbox {canonical} is suspended")
+            if box.view.damaged is not None or box.public_key is None:
+                raise MailboxUnavailable(f"mailbox {canonical} is damaged: {box.view.damaged}")
+            if canonical not in targets:
+                forge = self.key_forge
+                prepared = forge.take(box.public_key, bytes.fromhex(canonical)) if forge else None
+                message_id = prepared.message_id.hex() if prepared else new_message_id()
+                targets[canonical] = SealTarget(canonical, box.public_key, message_id, prepared)
+        if not targets:
+            raise ArchiveError("a message needs at least one mailbox")
+        sink = _RemoteMessage(self, list(targets.values()), source_key)
+        return MessageWriter(
+            list(targets.values()),
+            sink,
+            max_bytes=self.config.max_message_bytes,
+            source_key=source_key,
+        )
+
+    async def has_source(self, mailbox_id: str, *source_keys: str) -> bool:
+        reply = await self._call(
+            HasSource(id=self._next_id(), mailbox_id=mailbox_id, source_keys=list(source_keys))
+        )
+        return isinstance(reply, Done) and bool(reply.value)
+
+    async def append_control(self, event: ControlEvent, *, durable: bool = False) -> None:
+        """Append an audit event (the journal refuses any other kind)."""
+        del durable  # audit events acknowledge nothing: never waited on
+        await self._call(Audit(id=self._next_id(), event=encode_event(event)))
+
+    # -- messages out ---------------------------------------------------------------------------
+
+    async def messages(self, mailbox_id: str) -> list[MessageEntry]:
+        """The mailbox's messages now, oldest first (remembered for :meth:`read_message`)."""
+        canonical = self._box(mailbox_id).info.mailbox_id
+        reply = await self._call(ListMessages(id=self._next_id(), mailbox_id=canonical))
+        assert isinstance(reply, MessageList)
+        self._listed[canonical] = {m.message_id: m for m in reply.messages}
+        return reply.messages
+
+    async def lock_maildrop(self, mailbox_id: str) -> bool:
+        reply = await self._call(Lock(id=self._next_id(), mailbox_id=mailbox_id))
+        return isinstance(reply, Done) and bool(reply.value)
+
+    async def unlock_maildrop(self, mailbox_id: str) -> None:
+        self._listed.pop(mailbox_id, None)
+        await self._call(Unlock(id=self._next_id(), mailbox_id=mailbox_id))
+
+    async def expunge(
+        self, mailbox_id: str, message_ids: Sequence[str], *, actor: Actor = SYSTEM
+    ) -> int:
+        reply = await self._call(
+            Expunge(
+                id=self._next_id(),
+                mailbox_id=mailbox_id,
+                message_ids=list(message_ids),
+                actor=_actor_encoder.encode(actor),
+            )
+        )
+        assert isinstance(reply, Done)
+        return reply.value
+
+    async def unlock(
+        self, mailbox_id: str, password: str, *, limiter: trio.CapacityLimiter | None = None
+    ) -> MailboxPrivateKey:
+        """Open the mailbox's private key here (Argon2id in a thread of this process; the
+        key never leaves it). Raises crypto.WrongPassword."""
+        box = self._box(mailbox_id)
+        reply = await self._call(GetKeyFile(id=self._next_id(), mailbox_id=box.info.mailbox_id))
+        assert isinstance(reply, KeyFileBytes)
+        key = decode_key_file(reply.data)
+        return await trio.to_thread.run_sync(
+            unlock, key, bytes.fromhex(box.info.mailbox_id), password, limiter=limiter
+        )
+
+    async def read_message(
+        self, mailbox_id: str, message_id: str, key: MailboxPrivateKey
+    ) -> AsyncGenerator[bytes, None]:
+        """Decrypt one message of the last listing piece by piece (each at most 256 KiB),
+        reading its records from the segment files. Raises crypto.MessageCorrupt on any
+        tampering, LogCorrupt on a damaged record."""
+        entry, reader = self._listed_entry(mailbox_id, message_id)
+        opener = await trio.to_thread.run_sync(self._opener, reader, entry, mailbox_id, key)
+        mid = bytes.fromhex(entry.message_id)
+
+        def open_one(index: int) -> bytes:
+            at = entry.chunks[index]
+            _header, body = reader.read(at.file, at.offset, at.size)
+            chunk_mid, chunk_index, ciphertext = decode_chunk_body(body)
+            if chunk_mid != mid or chunk_index != index:
+                raise LogCorrupt(reader.directory / at.file, at.offset, "chunk record mismatch")
+            return opener.open_chunk(bytes(ciphertext))
+
+        for index in range(len(entry.chunks)):
+            yield await trio.to_thread.run_sync(open_one, index)
+        opener.finish()
+
+    async def read_envelope(
+        self, mailbox_id: str, message_id: str, key: MailboxPrivateKey
+    ) -> Envelope:
+        entry, reader = self._listed_entry(mailbox_id, message_id)
+        opener = await trio.to_thread.run_sync(self._opener, reader, entry, mailbox_id, key)
+        return decode_envelope(opener.meta())
+
+    def _listed_entry(self, mailbox_id: str, message_id: str) -> tuple[MessageEntry, RecordReader]:
+        canonical = self._box(mailbox_id).info.mailbox_id
+        entry = self._listed.get(canonical, {}).get(message_id)
+        if entry is None:
+            raise ArchiveError(f"no message {message_id} in mailbox {canonical}")
+        reader = self._readers.get(canonical)
+        if reader is None:
+            directory = self._data_dir / "mailboxes" / canonical / "log"
+            reader = self._readers[canonical] = RecordReader(directory)
+        return entry, reader
+
+    @staticmethod
+    def _opener(
+        reader: RecordReader, entry: MessageEntry, mailbox_id: str, key: MailboxPrivateKey
+    ) -> MessageOpener:
+        at = entry.commit
+        _header, body = reader.read(at.file, at.offset, at.size)
+        event = decode_message_event(body)
+        if not isinstance(event, MessageStored) or event.message_id != entry.message_id:
+            raise LogCorrupt(reader.directory / at.file, at.offset, "commit record mismatch")
+        return MessageOpener(
+            key,
+            bytes.fromhex(parse_mailbox_id(mailbox_id)),
+            bytes.fromhex(entry.message_id),
+            sealed_of(event),
+        )
+
+
+class _RemoteMessage:
+    """The journal's half of one message, over the connection (an ``IntakeSink``): the
+    first frame begins the message there."""
+
+    _tokens = itertools.count(1)
+
+    def __init__(self, client: StoreClient, targets: list[SealTarget], source_key: str) -> None:
+        self._client = client
+        self._token = next(self._tokens)
+        self._mailbox_ids = [t.mailbox_id for t in targets]
+        self._message_ids = [t.message_id for t in targets]
+        self._source_key = source_key
+        self._begun = False
+
+    async def append_chunks(self, mailbox_id: str, chunks: list[bytes]) -> None:
+        client = self._client
+        await client._call(
+            Append(
+                id=client._next_id(),
+                token=self._token,
+                mailbox_ids=self._mailbox_ids,
+                message_ids=self._message_ids,
+                source_key=self._source_key,
+                mailbox_id=mailbox_id,
+                chunks=chunks,
+            )
+        )
+        self._begun = True
+
+    async def commit(self, copies: Sequence[SealedCopy]) -> None:
+        client = self._client
+        await client._call(
+            Commit(
+                id=client._next_id(),
+                token=self._token,
+                mailbox_ids=self._mailbox_ids,
+                message_ids=self._message_ids,
+                source_key=self._source_key,
+                copies=[
+                    CopyWire(
+                        c.mailbox_id,
+                        c.message_id,
+                        c.size,
+                        c.sealed_size,
+                        c.key_id,
+                        c.wrapped_key,
+                        c.envelope,
+                        c.last_chunk,
+                    )
+                    for c in copies
+                ],
+            )
+        )
+
+    async def abort(self) -> None:
+        if not self._begun:
+            return  # the journal never heard of it
+        client = self._client
+        with contextlib.suppress(LogWriteError):  # gone: the journal dropped it with us
+            await client._call(Abort(id=client._next_id(), token=self._token))

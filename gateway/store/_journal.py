@@ -1,0 +1,335 @@
+"""The journal's side of the seam: it serves protocol workers' connections against the
+archive (SPEC.md 16).
+
+Theory of operation
+-------------------
+One :class:`Journal` per archive. Each worker connection gets a task that reads frames and
+a task per request (a worker's sessions ask concurrently), and one writer task that sends
+replies and pushed mailbox changes in order. A frame that does not decode, or exceeds the
+frame limit, ends the connection: it can never write a record. What a worker may ask is
+narrow: append sealed chunks to a message it began, commit it, expunge, take a maildrop
+lock, append an *audit* event. Everything it leaves behind when its connection ends (a
+message half written, a maildrop lock) is released at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import msgspec
+import trio
+
+from ..crypto import CryptoError
+from ..events import (
+    Actor,
+    DeliveryRefused,
+    MessageAccepted,
+    Pop3Login,
+    Pop3ProxySessionEnded,
+    Pop3SessionEnded,
+    SmtpLogin,
+    SmtpProxySessionEnded,
+    SmtpSessionEnded,
+    decode_control_event,
+)
+from ..ids import InvalidId
+from ..log import Location, LogCorrupt, LogWriteError
+from ..services.archive import (
+    Archive,
+    ArchiveError,
+    MailboxUnavailable,
+    MessageTooLarge,
+    NoSuchMailbox,
+)
+from ..services.intake import PendingMessage
+from ..services.writer import SealedCopy
+from ._wire import (
+    PROTOCOL_VERSION,
+    Abort,
+    Append,
+    Audit,
+    Commit,
+    Done,
+    Expunge,
+    Failed,
+    FrameError,
+    GetKeyFile,
+    HasSource,
+    Hello,
+    JournalFrames,
+    KeyFileBytes,
+    ListMessages,
+    Lock,
+    MailboxChanged,
+    MailboxGone,
+    MailboxView,
+    MessageEntry,
+    MessageList,
+    RecordAt,
+    ToJournal,
+    ToWorker,
+    Unlock,
+    Welcome,
+    encode_frame,
+)
+
+__all__ = ["AUDIT_EVENTS", "Journal"]
+
+logger = logging.getLogger("gateway.journal")
+
+# The only control events a worker may append: audit records that acknowledge nothing.
+AUDIT_EVENTS = (
+    SmtpSessionEnded,
+    MessageAccepted,
+    DeliveryRefused,
+    Pop3Login,
+    Pop3SessionEnded,
+    Pop3ProxySessionEnded,
+    SmtpLogin,
+    SmtpProxySessionEnded,
+)
+# Replies and pushes waiting for a slow worker; one that falls this far behind is cut off.
+OUTBOX = 10_000
+_actor_decoder = msgspec.msgpack.Decoder(Actor)
+
+
+@dataclass(eq=False)
+class _Connection:
+    name: str
+    outbox: trio.MemorySendChannel[ToWorker]
+    pending: dict[int, PendingMessage] = field(default_factory=dict)
+    locks: set[str] = field(default_factory=set)
+
+    def send(self, frame: ToWorker) -> None:
+        try:
+            self.outbox.send_nowait(frame)
+        except trio.WouldBlock:
+            logger.error("event=journal-worker-behind worker=%s", self.name)
+            self.outbox.close()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+
+class Journal:
+    """Serves worker connections against one archive."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self._connections: set[_Connection] = set()
+        self._locks: dict[str, _Connection] = {}
+        archive.mailbox_listeners.append(self._mailbox_changed)
+
+    @property
+    def locked_maildrops(self) -> frozenset[str]:
+        """Mailboxes a POP3 session holds now, on any worker."""
+        return frozenset(self._locks)
+
+    def view(self, mailbox_id: str) -> MailboxView:
+        archive = self.archive
+        info = archive.mailbox(mailbox_id)
+        public_key = archive.public_key(mailbox_id)
+        return MailboxView(
+            mailbox_id=info.mailbox_id,
+            name=info.name,
+            status=str(info.status),
+            key_id=info.key_id,
+            wrap_id=info.wrap_id,
+            created_at=info.created_at,
+            updated_at=info.updated_at,
+            public_key=public_key.public_bytes if public_key is not None else b"",
+            damaged=archive.damaged(mailbox_id),
+        )
+
+    def _mailbox_changed(self, mailbox_id: str) -> None:
+        try:
+            frame: ToWorker = MailboxChanged(mailbox=self.view(mailbox_id))
+        except NoSuchMailbox:
+            frame = MailboxGone(mailbox_id=mailbox_id)
+        for connection in self._connections:
+            connection.send(frame)
+
+    async def serve(self, stream: trio.abc.Stream) -> None:
+        """Serve one worker until it hangs up (or breaks the protocol)."""
+        try:
+            await self._serve(stream)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _serve(self, stream: trio.abc.Stream) -> None:
+        decoder = JournalFrames()
+        hello = await _first_frame(stream, decoder)
+        if hello is None:
+            return
+        send, receive = trio.open_memory_channel[ToWorker](OUTBOX)
+        connection = _Connection(hello.worker, send)
+        connection.send(
+            Welcome(
+                id=hello.id,
+                version=PROTOCOL_VERSION,
+                mailboxes=[self.view(m.mailbox_id) for m in self.archive.mailboxes()],
+                max_message_bytes=self.archive.config.max_message_bytes,
+            )
+        )
+        self._connections.add(connection)
+        logger.info("event=journal-worker-connected worker=%s", connection.name)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_write_frames, stream, receive, nursery.cancel_scope)
+                while True:
+                    data = await stream.receive_some(1 << 20)
+                    if not data:
+                        break
+                    for frame in decoder.feed(data):
+                        nursery.start_soon(self._answer, connection, frame)
+                nursery.cancel_scope.cancel()
+        except FrameError as exc:
+            logger.error("event=journal-bad-frame worker=%s reason=%r", connection.name, str(exc))
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            self._connections.discard(connection)
+            self._release(connection)
+            logger.info("event=journal-worker-gone worker=%s", connection.name)
+
+    def _release(self, connection: _Connection) -> None:
+        for pending in connection.pending.values():
+            pending.discard()
+        connection.pending.clear()
+        for mailbox_id in connection.locks:
+            if self._locks.get(mailbox_id) is connection:
+                del self._locks[mailbox_id]
+        connection.locks.clear()
+
+    async def _answer(self, connection: _Connection, frame: ToJournal) -> None:
+        try:
+            reply = await self._handle(connection, frame)
+        except (MailboxUnavailable, MessageTooLarge, NoSuchMailbox, LogWriteError) as exc:
+            reply = Failed(id=frame.id, code=type(exc).__name__, message=str(exc))
+        except (ArchiveError, LogCorrupt, CryptoError, InvalidId, ValueError) as exc:
+            reply = Failed(id=frame.id, code="ArchiveError", message=str(exc))
+        connection.send(reply)
+
+    async def _handle(self, connection: _Connection, frame: ToJournal) -> ToWorker:
+        archive = self.archive
+        match frame:
+            case Append():
+                pending = self._pending(connection, frame)
+                await pending.append_chunks(frame.mailbox_id, frame.chunks)
+                return Done(id=frame.id)
+            case Commit():
+                pending = self._pending(connection, frame)
+                connection.pending.pop(frame.token, None)
+                await pending.commit(
+                    [SealedCopy(*msgspec.structs.astuple(c)) for c in frame.copies]
+                )
+                return Done(id=frame.id)
+            case Abort():
+                dropped = connection.pending.pop(frame.token, None)
+                if dropped is not None:
+                    await dropped.abort()
+                return Done(id=frame.id)
+            case ListMessages():
+                return MessageList(id=frame.id, messages=self._entries(frame.mailbox_id))
+            case HasSource():
+                found = any(archive.has_source(frame.mailbox_id, k) for k in frame.source_keys)
+                return Done(id=frame.id, value=int(found))
+            case GetKeyFile():
+                return KeyFileBytes(id=frame.id, data=await archive.key_file(frame.mailbox_id))
+            case Expunge():
+                actor = _actor_decoder.decode(frame.actor)
+                count = await archive.expunge(frame.mailbox_id, frame.message_ids, actor=actor)
+                return Done(id=frame.id, value=count)
+            case Lock():
+                mailbox_id = archive.mailbox(frame.mailbox_id).mailbox_id
+                holder = self._locks.setdefault(mailbox_id, connection)
+                if holder is not connection or mailbox_id in connection.locks:
+                    return Done(id=frame.id, value=0)
+                connection.locks.add(mailbox_id)
+                return Done(id=frame.id, value=1)
+            case Unlock():
+                mailbox_id = archive.mailbox(frame.mailbox_id).mailbox_id
+                if mailbox_id in connection.locks:
+                    connection.locks.discard(mailbox_id)
+                    self._locks.pop(mailbox_id, None)
+                return Done(id=frame.id)
+            case Audit():
+                event = decode_control_event(frame.event)
+                if not isinstance(event, AUDIT_EVENTS):
+                    raise ArchiveError("a worker appends audit events only")
+                await archive.append_control(event, durable=False)
+                return Done(id=frame.id)
+            case Hello():
+                raise ArchiveError("hello twice")
+
+    def _pending(self, connection: _Connection, frame: Append | Commit) -> PendingMessage:
+        pending = connection.pending.get(frame.token)
+        if pending is None:
+            pending = self.archive.begin_pending(
+                frame.mailbox_ids, frame.message_ids, frame.source_key
+            )
+            connection.pending[frame.token] = pending
+        return pending
+
+    def _entries(self, mailbox_id: str) -> list[MessageEntry]:
+        archive = self.archive
+
+        def at(location: Location) -> RecordAt:
+            file = archive.record_file(mailbox_id, location)
+            return RecordAt(file, location.offset, location.size, location.seq)
+
+        return [
+            MessageEntry(
+                m.message_id, m.seq, m.size, m.key_id, at(m.commit), [at(c) for c in m.chunks]
+            )
+            for m in archive.messages(mailbox_id)
+        ]
+
+
+async def _first_frame(stream: trio.abc.Stream, decoder: JournalFrames) -> Hello | None:
+    with trio.move_on_after(30):
+        while True:
+            data = await stream.receive_some(1 << 16)
+            if not data:
+                return None
+            try:
+                frames = decoder.feed(data)
+            except FrameError as exc:
+                logger.error("event=journal-bad-frame worker=? reason=%r", str(exc))
+                return None
+            if frames:
+                hello = frames[0]
+                if not isinstance(hello, Hello) or hello.version != PROTOCOL_VERSION or frames[1:]:
+                    logger.error("event=journal-bad-hello frame=%r", type(hello).__name__)
+                    await stream.send_all(
+                        encode_frame(
+                            Failed(
+                                id=hello.id,
+                                code="ArchiveError",
+                                message=f"journal protocol version {PROTOCOL_VERSION} expected",
+                            )
+                        )
+                    )
+                    return None
+                return hello
+    return None
+
+
+async def _write_frames(
+    stream: trio.abc.Stream,
+    frames: trio.MemoryReceiveChannel[ToWorker],
+    scope: trio.CancelScope,
+) -> None:
+    try:
+        async with frames:
+            async for frame in frames:
+                out = [encode_frame(frame)]
+                while True:  # whatever else is ready goes in the same write
+                    try:
+                        out.append(encode_frame(frames.receive_nowait()))
+                    except trio.WouldBlock:
+                        break
+                await stream.send_all(b"".join(out))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    scope.cancel()  # the worker is gone, or fell too far behind: end the connection
