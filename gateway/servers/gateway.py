@@ -1,40 +1,41 @@
-"""The gateway process: the archive, the key forge, maintenance and every listener, in one
-trio nursery.
+"""The gateway's processes: the journal (the archive, its maintenance, the admin API and the
+workers' connections), the protocol workers (SMTP and POP3 listeners, TLS, sealing and
+opening), or both in one process (SPEC.md 12.1, 16).
 
 Theory of operation
 -------------------
-:meth:`Gateway.run` opens the data folder (recovering it), loads or makes the certificate,
-binds every configured listener (a listener that cannot bind stops start-up with a message
-naming its address), then tells systemd READY=1 and serves. Sessions run in their own
-nursery so that shutdown can stop accepting first: on :meth:`request_shutdown` (SIGTERM,
-SIGINT) the listening sockets close, sessions get ``shutdown_grace`` seconds to finish, the
-rest are cancelled, and ``GatewayStopped`` is appended to the control log before the process
-exits 0. :meth:`request_reload` (SIGHUP) loads the certificate again; sessions keep theirs.
+:meth:`Gateway.run` in role ``all`` (one process) or ``journal`` opens the data folder
+(recovering it), loads or makes the certificate and the proxy's source-key secret, and binds
+its listeners (a listener that cannot bind stops start-up with a message naming its
+address); in role ``worker`` it takes the listening sockets the supervisor bound and the
+journal's connection instead. Then it tells systemd (or the supervisor) it is ready and
+serves. Sessions run in their own nursery so that shutdown can stop accepting first: on
+:meth:`request_shutdown` (SIGTERM, SIGINT) the listening sockets close, sessions get
+``shutdown_grace`` seconds to finish, the rest are cancelled, and the journal appends
+``GatewayStopped`` before the process exits 0. :meth:`request_reload` (SIGHUP) loads the
+certificate again; sessions keep theirs. A worker whose journal connection is lost stops at
+once (nothing more can be acknowledged) and its supervisor starts another.
 
-Connections count against their protocol's limits (``servers.limits``) from the moment they
-are accepted, before any TLS handshake: one over a limit is answered at once (a plain
-listener's protocol reply; nothing on an implicit-TLS listener, which has no reply before its
-handshake) and closed, and only counted (``ConnectionsSummarized``, once a minute at most).
-The limits are lowered at start-up if together they would not fit the process's descriptors.
+Connections count against their protocol's limits from accept (``servers.listeners``). The
+limits are lowered at start-up if together they would not fit the process's descriptors.
 """
 
 from __future__ import annotations
 
-import errno
+import contextlib
+import enum
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+import socket
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import trio
 
 from .. import __version__
-from ..config import Config, ListenerConfig, Protocol, TLSMode
+from ..config import Config, Protocol
 from ..events import AdminAccountCreated, GatewayStarted, GatewayStopped, now
 from ..log import LogWriteError
-from ..protocols import pop3 as pop3_protocol
-from ..protocols import smtp as smtp_protocol
 from ..services.accounts import Accounts
 from ..services.admin import AdminService
 from ..services.archive import Archive
@@ -55,44 +56,36 @@ from .limits import (
     descriptors_in_use,
     fit_to_descriptors,
 )
+from .listeners import (
+    DESCRIPTORS_PER_CONNECTION,
+    Acceptor,
+    Bound,
+    Handler,
+    Listening,
+    StartupError,
+    adopt,
+    bind,
+)
 from .notify import SystemdNotifier
-from .pop3 import TOO_MANY_SESSIONS as POP3_TOO_MANY_SESSIONS
 from .pop3 import POP3Server
-from .smtp import TOO_MANY_SESSIONS as SMTP_TOO_MANY_SESSIONS
 from .smtp import SMTPServer
 
-__all__ = ["Gateway", "Listening", "SessionLimiter", "StartupError"]
+__all__ = ["Gateway", "JournalLost", "Listening", "Role", "SessionLimiter", "StartupError"]
 
 logger = logging.getLogger("gateway")
 
-# A TLS handshake on the implicit-TLS ports must finish within this; a client that opens a
-# connection and says nothing must not hold a session slot for long.
-HANDSHAKE_TIMEOUT = 30.0
-# The refusal of a connection over the limits is written within this, or not at all.
-REFUSAL_TIMEOUT = 1.0
-# Descriptors a connection may take: the client's, and an upstream's for a proxy session.
-DESCRIPTORS_PER_CONNECTION = {Protocol.SMTP: 2, Protocol.POP3: 2, Protocol.ADMIN: 1}
-# What a plain listener says to a connection over the limits before closing it.
-BUSY_REPLY = {
-    Protocol.SMTP: smtp_protocol.format_reply(SMTP_TOO_MANY_SESSIONS),
-    Protocol.POP3: pop3_protocol.format_reply(POP3_TOO_MANY_SESSIONS),
-}
+# How long a starting worker keeps trying to reach its journal.
+JOURNAL_CONNECT_TIMEOUT = 30.0
 
 
-class StartupError(Exception):
-    """Start-up cannot go on; the message says what to fix."""
+class Role(enum.StrEnum):
+    ALL = "all"  # one process: the journal and the protocol servers, joined by a socket pair
+    JOURNAL = "journal"
+    WORKER = "worker"
 
 
-@dataclass(frozen=True, slots=True)
-class Listening:
-    name: str
-    protocol: Protocol
-    address: str
-    port: int
-    tls: TLSMode
-
-
-Handler = Callable[[trio.abc.Stream, ListenerConfig, str], Awaitable[None]]
+class JournalLost(Exception):
+    """A worker's journal connection ended: it can acknowledge nothing more."""
 
 
 class Gateway:
@@ -102,11 +95,23 @@ class Gateway:
         *,
         environ: Mapping[str, str] | None = None,
         announce_admin_password: Callable[[str], None] | None = None,
+        role: Role = Role.ALL,
+        journal_socket: Path | None = None,
+        inherited: Mapping[str, Sequence[int]] | None = None,
+        name: str = "gateway",
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         """``environ`` (default: the process's) may hold GATEWAY_ADMIN_PASSWORD for the first
         start; ``announce_admin_password`` is handed a generated first admin password, once
-        (the command line prints it; it is never logged)."""
+        (the command line prints it; it is never logged). A journal serves workers on
+        ``journal_socket``, where a worker reaches it; a worker serves the listening sockets
+        ``inherited`` (listener name -> descriptors). ``on_ready`` is called once serving."""
         self.config = config
+        self.role = role
+        self.journal_socket = journal_socket
+        self.inherited = inherited
+        self.name = name
+        self.on_ready = on_ready
         self.environ = os.environ if environ is None else environ
         self.announce_admin_password = announce_admin_password
         self.archive: Archive | None = None
@@ -136,8 +141,9 @@ class Gateway:
             Protocol.ADMIN: self.admin_limiter,
         }
         self.tally = TrafficTally()
+        self.acceptor = Acceptor(self.limiters, self.tally, self._tls)
         # Whether a client address may use its protocol's reserve of sessions.
-        self.trusted: dict[Protocol, Callable[[str], bool]] = {}
+        self.trusted = self.acceptor.trusted
         self.quiet = AuditRate()  # quiet sessions' own records, SMTP and POP3 together
         self.listening: list[Listening] = []
         self.notifier = SystemdNotifier.from_environment()
@@ -147,7 +153,11 @@ class Gateway:
 
     @property
     def sessions_active(self) -> int:
-        return self.limiter.active + self.pop3_limiter.active
+        return self.acceptor.sessions_active
+
+    def _tls(self) -> TLSContextHolder:
+        assert self.tls is not None
+        return self.tls
 
     def request_shutdown(self) -> None:
         self._stop.set()
@@ -158,46 +168,94 @@ class Gateway:
     async def run(
         self, *, task_status: trio.TaskStatus[list[Listening]] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        try:
+            if self.role == Role.WORKER:
+                await self._run_worker(task_status)
+            else:
+                await self._run_journal(task_status)
+        finally:
+            self.notifier.close()
+
+    async def _run_journal(self, task_status: trio.TaskStatus[list[Listening]]) -> None:
         config = self.config
         archive = await Archive.open(Path(config.data_dir), config.store_config())
         self.archive = archive
         try:
             self.tls = await trio.to_thread.run_sync(self._load_tls, archive)
-            try:
-                self.source_keys = await trio.to_thread.run_sync(
-                    load_source_keys, config.source_key_path()
-                )
-            except SourceKeyError as exc:
-                raise StartupError(str(exc)) from None
+            await self._load_source_keys()
             hub = self.hub = AuditHub(archive, queue_size=config.admin.audit_queue)
             await archive.append_control(GatewayStarted(at=now(), version=__version__))
             self.accounts = await self._load_accounts(archive)
+            journal = self.journal = Journal(archive)
             async with trio.open_nursery() as nursery:
-                forge = KeyForge()
-                await nursery.start(forge.run)
-                archive.key_forge = forge
-                self.store = await self._connect_worker(nursery, archive)
-                self.store.key_forge = forge
+                if self.role == Role.ALL:
+                    forge = KeyForge()
+                    await nursery.start(forge.run)
+                    archive.key_forge = forge
+                    self.store = await self._join(nursery, journal)
+                    self.store.key_forge = forge
+                else:
+                    assert self.journal_socket is not None
+                    await nursery.start(_serve_workers, journal, self.journal_socket)
                 nursery.start_soon(self._maintenance, archive)
                 nursery.start_soon(self.notifier.watchdog)
                 nursery.start_soon(hub.run)
                 nursery.start_soon(self._summaries, archive)
                 self._fit_descriptors()
-                await self._serve(hub, task_status)
+                await self._serve(task_status)
                 nursery.cancel_scope.cancel()
             await self._summarize(archive)
             await archive.append_control(GatewayStopped(at=now(), reason="shutdown"))
         finally:
-            self.notifier.close()
             await archive.aclose()
 
-    async def _connect_worker(self, nursery: trio.Nursery, archive: Archive) -> StoreClient:
+    async def _run_worker(self, task_status: trio.TaskStatus[list[Listening]]) -> None:
+        """A protocol worker: the journal bound the data folder; this process only reads the
+        certificate and the source-key secret it made, and asks the journal for the rest."""
+        config = self.config
+        data = Path(config.data_dir)
+        self.tls = await trio.to_thread.run_sync(self._load_tls, None)
+        await self._load_source_keys()
+        assert self.journal_socket is not None
+        stream = await _connect(self.journal_socket)
+        store = self.store = StoreClient(stream, data, self.name)
+        try:
+            await store.connect()
+        except (LogWriteError, OSError) as exc:
+            await trio.aclose_forcefully(stream)
+            raise JournalLost(str(exc)) from None
+        lost = False
+        async with trio.open_nursery() as nursery:
+
+            async def follow_journal() -> None:
+                nonlocal lost
+                await store.run()
+                lost = True
+                nursery.cancel_scope.cancel()  # acknowledge nothing more: stop at once
+
+            nursery.start_soon(follow_journal)
+            nursery.start_soon(self._summaries, store)
+            self._fit_descriptors()
+            await self._serve(task_status)
+            await self._summarize(store)
+            nursery.cancel_scope.cancel()
+        if lost:
+            raise JournalLost("the journal connection was lost")
+
+    async def _load_source_keys(self) -> None:
+        try:
+            self.source_keys = await trio.to_thread.run_sync(
+                load_source_keys, self.config.source_key_path()
+            )
+        except SourceKeyError as exc:
+            raise StartupError(str(exc)) from None
+
+    async def _join(self, nursery: trio.Nursery, journal: Journal) -> StoreClient:
         """The journal and this process's protocol servers, joined by a socket pair: one
         process runs the same seam as a journal and its workers do (SPEC.md 16)."""
         journal_end, worker_end = trio.socket.socketpair()
-        self.journal = Journal(archive)
-        nursery.start_soon(self.journal.serve, trio.SocketStream(journal_end))
-        store = StoreClient(trio.SocketStream(worker_end), Path(self.config.data_dir), "worker")
+        nursery.start_soon(journal.serve, trio.SocketStream(journal_end))
+        store = StoreClient(trio.SocketStream(worker_end), Path(self.config.data_dir), self.name)
         await store.connect()
         nursery.start_soon(store.run)
         return store
@@ -206,10 +264,16 @@ class Gateway:
         """Lower the session limits if together they would not fit the descriptors left
         (less FD_RESERVE): then no listener's connections can starve the others'."""
         available = descriptor_limit() - descriptors_in_use() - FD_RESERVE
+        served = {
+            Role.ALL: set(Protocol),
+            Role.JOURNAL: {Protocol.ADMIN},
+            Role.WORKER: {Protocol.SMTP, Protocol.POP3},
+        }[self.role]
         limiters = {
             str(protocol): (limiter, DESCRIPTORS_PER_CONNECTION[protocol])
             for protocol, limiter in self.limiters.items()
-            if any(listener.protocol == protocol for listener in self.config.listeners)
+            if protocol in served
+            and any(listener.protocol == protocol for listener in self.config.listeners)
         }
         for name, (configured, total) in fit_to_descriptors(limiters, available).items():
             logger.warning(
@@ -220,12 +284,12 @@ class Gateway:
                 total,
             )
 
-    async def _summaries(self, archive: Archive) -> None:
+    async def _summaries(self, sink: Archive | StoreClient) -> None:
         while True:
             await trio.sleep(SUMMARY_INTERVAL)
-            await self._summarize(archive)
+            await self._summarize(sink)
 
-    async def _summarize(self, archive: Archive) -> None:
+    async def _summarize(self, sink: Archive | StoreClient) -> None:
         for summary in self.tally.take():
             logger.info(
                 "event=connections-summarized listener=%s seconds=%.0f refused=%d sessions=%d "
@@ -237,7 +301,7 @@ class Gateway:
                 summary.clients,
             )
             try:
-                await archive.append_control(summary, durable=False)
+                await sink.append_control(summary, durable=False)
             except LogWriteError as exc:
                 logger.error("event=audit-write-failed reason=%r", str(exc))
 
@@ -266,14 +330,19 @@ class Gateway:
             self.announce_admin_password(generated)
         return accounts
 
-    def _load_tls(self, archive: Archive) -> TLSContextHolder:
+    def _load_tls(self, archive: Archive | None) -> TLSContextHolder:
+        """The configured certificate, or the data folder's own (made by the journal on its
+        first start; a worker, ``archive`` None, only reads it)."""
         tls = self.config.tls
         if tls.certificate:
             cert, key = Path(tls.certificate), Path(tls.key)
-        else:
+        elif archive is not None:
             cert, key = archive.data.read_or_create_tls(
                 lambda: make_self_signed(self.config.hostname)
             )
+        else:
+            folder = Path(self.config.data_dir) / "tls"
+            cert, key = folder / "cert.pem", folder / "key.pem"
         try:
             holder = TLSContextHolder(cert, key)
         except (OSError, ValueError) as exc:
@@ -289,46 +358,22 @@ class Gateway:
         )
         return holder
 
-    async def _serve(self, hub: AuditHub, task_status: trio.TaskStatus[list[Listening]]) -> None:
-        assert self.archive is not None
-        assert self.tls is not None
-        assert self.accounts is not None
-        assert self.store is not None
-        smtp = SMTPServer(self.config, self.store, self.tls, tally=self.tally, quiet=self.quiet)
-        assert self.source_keys is not None
-        pop3 = self.pop3_server = POP3Server(
-            self.config,
-            self.store,
-            self.tls,
-            source_keys=self.source_keys,
-            tally=self.tally,
-            quiet=self.quiet,
-        )
-        self.trusted[Protocol.POP3] = lambda peer: (
-            pop3.logins.trust.known(peer) or pop3.proxy_logins.trust.known(peer)
-        )
-        service = AdminService(self.archive, self.accounts, self.config.mail_domain)
-        admin = AdminServer(self, service, self.accounts, hub, self.config)
-        handlers: dict[Protocol, Handler] = {
-            Protocol.SMTP: smtp.handle,
-            Protocol.POP3: pop3.handle,
-            Protocol.ADMIN: admin.handle,
-        }
-        bound: list[tuple[ListenerConfig, list[trio.SocketListener]]] = []
-        try:
-            for listener in self.config.listeners:
-                bound.append((listener, await _bind(listener)))
-        except BaseException:
-            for _listener, sockets in bound:
-                for sock in sockets:
-                    await sock.aclose()
-            raise
-        self.listening = [
-            Listening(cfg.name, cfg.protocol, str(host), int(port), cfg.tls)
-            for cfg, sockets in bound
-            for sock in sockets
-            for host, port in [sock.socket.getsockname()[:2]]
-        ]
+    async def _serve(self, task_status: trio.TaskStatus[list[Listening]]) -> None:
+        handlers: dict[Protocol, Handler] = {}
+        if self.role != Role.JOURNAL:
+            handlers.update(self._protocol_handlers())
+        if self.role != Role.WORKER:
+            assert self.archive is not None and self.accounts is not None
+            assert self.hub is not None
+            service = AdminService(self.archive, self.accounts, self.config.mail_domain)
+            admin = AdminServer(self, service, self.accounts, self.hub, self.config)
+            handlers[Protocol.ADMIN] = admin.handle
+        configs = [cfg for cfg in self.config.listeners if cfg.protocol in handlers]
+        if self.inherited is not None:
+            bound = [adopt(cfg, self.inherited.get(cfg.name, ())) for cfg in configs]
+        else:
+            bound = await bind(configs)
+        self.listening = [item for b in bound for item in b.listening()]
         for item in self.listening:
             logger.info(
                 "event=listening name=%s protocol=%s address=%s port=%d tls=%s",
@@ -341,32 +386,53 @@ class Gateway:
         try:
             await self._run_sessions(bound, handlers, task_status)
         finally:
-            for _cfg, sockets in bound:
-                for sock in sockets:
-                    sock.socket.close()
+            for listener in bound:
+                listener.close()
+
+    def _protocol_handlers(self) -> dict[Protocol, Handler]:
+        assert self.store is not None and self.tls is not None
+        assert self.source_keys is not None
+        smtp = SMTPServer(self.config, self.store, self.tls, tally=self.tally, quiet=self.quiet)
+        pop3 = self.pop3_server = POP3Server(
+            self.config,
+            self.store,
+            self.tls,
+            source_keys=self.source_keys,
+            tally=self.tally,
+            quiet=self.quiet,
+        )
+        self.trusted[Protocol.POP3] = lambda peer: (
+            pop3.logins.trust.known(peer) or pop3.proxy_logins.trust.known(peer)
+        )
+        return {Protocol.SMTP: smtp.handle, Protocol.POP3: pop3.handle}
 
     async def _run_sessions(
         self,
-        bound: list[tuple[ListenerConfig, list[trio.SocketListener]]],
+        bound: list[Bound],
         handlers: dict[Protocol, Handler],
         task_status: trio.TaskStatus[list[Listening]],
     ) -> None:
         async with trio.open_nursery() as sessions:
             async with trio.open_nursery() as accepting:
-                for cfg, sockets in bound:
-                    for sock in sockets:
+                for item in bound:
+                    for sock in item.sockets:
                         accepting.start_soon(
-                            self._accept, sock, cfg, handlers[cfg.protocol], sessions
+                            self.acceptor.accept,
+                            sock,
+                            item.config,
+                            handlers[item.config.protocol],
+                            sessions,
                         )
                 self.notifier.notify("READY=1", f"STATUS=serving {len(self.listening)} listeners")
+                if self.on_ready is not None:
+                    self.on_ready()
                 task_status.started(self.listening)
                 await self._wait_for_signals()
                 self.notifier.notify("STOPPING=1")
                 logger.info("event=stopping sessions=%d", self.sessions_active)
                 accepting.cancel_scope.cancel()
-            for _cfg, sockets in bound:
-                for sock in sockets:
-                    sock.socket.close()  # stop accepting: new clients get "connection refused"
+            for listener in bound:
+                listener.close()  # stop accepting: new clients get "connection refused"
             # Let sessions finish what they are doing, then cut the rest off.
             sessions.cancel_scope.deadline = trio.current_time() + self.config.shutdown_grace
 
@@ -406,66 +472,6 @@ class Gateway:
             )
         self.notifier.notify("READY=1")
 
-    async def _accept(
-        self,
-        listener: trio.SocketListener,
-        cfg: ListenerConfig,
-        handler: Handler,
-        sessions: trio.Nursery,
-    ) -> None:
-        limiter = self.limiters[cfg.protocol]
-        trusted = self.trusted.get(cfg.protocol, _nobody)
-        busy = BUSY_REPLY.get(cfg.protocol, b"") if cfg.tls != TLSMode.IMPLICIT else b""
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # Out of descriptors: wait rather than spin (trio's serve_listeners does too).
-                    logger.error("event=accept-failed reason=%r", os.strerror(exc.errno))
-                    await trio.sleep(0.1)
-                    continue
-                raise
-            peer = _peer_address(stream)
-            # Counted from accept, before any handshake: an idle connection holds a slot.
-            if not limiter.try_acquire(peer, trusted=trusted(peer)):
-                self.tally.refused(cfg.name, peer)
-                await _refuse(stream, busy)
-                continue
-            sessions.start_soon(self._session, stream, cfg, handler, peer, limiter)
-
-    async def _session(
-        self,
-        stream: trio.SocketStream,
-        cfg: ListenerConfig,
-        handler: Handler,
-        peer: str,
-        limiter: SessionLimiter,
-    ) -> None:
-        wrapped: trio.abc.Stream = stream
-        try:
-            if cfg.tls == TLSMode.IMPLICIT:
-                assert self.tls is not None
-                ssl_stream = trio.SSLStream(stream, self.tls.context, server_side=True)
-                with trio.move_on_after(HANDSHAKE_TIMEOUT):
-                    await ssl_stream.do_handshake()
-                    wrapped = ssl_stream
-                if wrapped is stream:
-                    return
-            await handler(wrapped, cfg, peer)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            logger.info(
-                "event=session-dropped listener=%s client=%s reason=%r", cfg.name, peer, str(exc)
-            )
-        except Exception:
-            # One bad session never takes the server down.
-            logger.exception("event=session-failed listener=%s client=%s", cfg.name, peer)
-        finally:
-            limiter.release(peer)
-            with trio.move_on_after(1) as cleanup:
-                cleanup.shield = True
-                await trio.aclose_forcefully(wrapped)
-
     async def _maintenance(self, archive: Archive) -> None:
         while True:
             await trio.sleep(archive.config.maintenance_interval)
@@ -476,36 +482,53 @@ class Gateway:
                 )
 
 
-async def _bind(listener: ListenerConfig) -> list[trio.SocketListener]:
+async def _serve_workers(
+    journal: Journal, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Accept protocol workers on a Unix socket only this user can reach (0600, and the
+    peer's uid checked), each served by the journal until it hangs up."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        return await trio.open_tcp_listeners(listener.port, host=listener.address, backlog=None)
-    except OSError as exc:
-        raise StartupError(
-            f"listener {listener.name}: cannot listen on {listener.address}:{listener.port}: "
-            f"{exc.strerror or exc}"
-        ) from None
-
-
-def _nobody(_peer: str) -> bool:
-    return False
-
-
-async def _refuse(stream: trio.SocketStream, reply: bytes) -> None:
-    """Say ``reply`` (if any) and close. A fresh socket's send buffer is empty, so this does
-    not block the accept loop; it is bounded all the same."""
-    try:
-        if reply:
-            with trio.move_on_after(REFUSAL_TIMEOUT):
-                await stream.send_all(reply)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        pass
+        old = os.umask(0o177)
+        try:
+            await sock.bind(str(path))
+        finally:
+            os.umask(old)
+        sock.listen(64)
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            while True:
+                conn, _ = await sock.accept()
+                uid = _peer_uid(conn)
+                if uid != os.getuid():
+                    logger.error("event=journal-refused-peer uid=%s", uid)
+                    conn.close()
+                    continue
+                nursery.start_soon(journal.serve, trio.SocketStream(conn))
     finally:
-        await trio.aclose_forcefully(stream)
+        sock.close()
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
-def _peer_address(stream: trio.SocketStream) -> str:
-    try:
-        peer = stream.socket.getpeername()
-    except OSError:
-        return "unknown"
-    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+async def _connect(path: Path) -> trio.SocketStream:
+    """Reach the journal, waiting for it to listen (it starts first, but may be restarting)."""
+    deadline = trio.current_time() + JOURNAL_CONNECT_TIMEOUT
+    while True:
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await sock.connect(str(path))
+        except OSError as exc:
+            sock.close()
+            if trio.current_time() > deadline:
+                raise JournalLost(f"cannot reach the journal at {path}: {exc.strerror}") from None
+            await trio.sleep(0.1)
+            continue
+        return trio.SocketStream(sock)
+
+
+def _peer_uid(conn: trio.socket.SocketType) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    return int.from_bytes(creds[4:8], "little")

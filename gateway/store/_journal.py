@@ -23,6 +23,7 @@ import trio
 from ..crypto import CryptoError
 from ..events import (
     Actor,
+    ConnectionsSummarized,
     DeliveryRefused,
     MessageAccepted,
     Pop3Login,
@@ -88,6 +89,7 @@ AUDIT_EVENTS = (
     Pop3ProxySessionEnded,
     SmtpLogin,
     SmtpProxySessionEnded,
+    ConnectionsSummarized,
 )
 # Replies and pushes waiting for a slow worker; one that falls this far behind is cut off.
 OUTBOX = 10_000
