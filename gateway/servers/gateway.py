@@ -363,7 +363,8 @@ class Gateway:
         if self.role != Role.JOURNAL:
             handlers.update(self._protocol_handlers())
         if self.role != Role.WORKER:
-            assert self.archive is not None and self.accounts is not None
+            assert self.archive is not None
+            assert self.accounts is not None
             assert self.hub is not None
             service = AdminService(self.archive, self.accounts, self.config.mail_domain)
             admin = AdminServer(self, service, self.accounts, self.hub, self.config)
@@ -390,7 +391,8 @@ class Gateway:
                 listener.close()
 
     def _protocol_handlers(self) -> dict[Protocol, Handler]:
-        assert self.store is not None and self.tls is not None
+        assert self.store is not None
+        assert self.tls is not None
         assert self.source_keys is not None
         smtp = SMTPServer(self.config, self.store, self.tls, tally=self.tally, quiet=self.quiet)
         pop3 = self.pop3_server = POP3Server(
@@ -488,7 +490,7 @@ async def _serve_workers(
     """Accept protocol workers on a Unix socket only this user can reach (0600, and the
     peer's uid checked), each served by the journal until it hangs up."""
     with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+        os.unlink(path)  # a socket a killed journal left behind  # noqa: ASYNC240
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         old = os.umask(0o177)
@@ -510,7 +512,7 @@ async def _serve_workers(
     finally:
         sock.close()
         with contextlib.suppress(OSError):
-            path.unlink()
+            os.unlink(path)  # noqa: ASYNC240
 
 
 async def _connect(path: Path) -> trio.SocketStream:
