@@ -490,7 +490,7 @@ async def _serve_workers(
     """Accept protocol workers on a Unix socket only this user can reach (0600, and the
     peer's uid checked), each served by the journal until it hangs up."""
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # a socket a killed journal left behind  # noqa: ASYNC240
+        os.unlink(path)  # a socket a killed journal left behind
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         old = os.umask(0o177)
@@ -512,7 +512,7 @@ async def _serve_workers(
     finally:
         sock.close()
         with contextlib.suppress(OSError):
-            os.unlink(path)  # noqa: ASYNC240
+            os.unlink(path)
 
 
 async def _connect(path: Path) -> trio.SocketStream:
