@@ -22,7 +22,8 @@ from ._groups import leaves
 from .cli_admin import ADMIN_COMMANDS, add_admin_commands, run_admin_command
 from .config import Config, ConfigError, load_config
 from .log import DataDir, DataDirLocked, LogCorrupt
-from .servers.gateway import Gateway, StartupError
+from .servers.gateway import Gateway, JournalLost, Role, StartupError
+from .servers.supervisor import LIFELINE_FD, READY_FD, Supervisor, tell_ready, watch_lifeline
 from .services.accounts import write_initial_password
 from .verify import print_report, verify_data_dir
 
@@ -30,6 +31,7 @@ __all__ = ["main"]
 
 DEFAULT_DATA_DIR = Path("var")
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_TEMPFAIL = 75  # a worker that lost its journal: its supervisor starts another
 
 logger = logging.getLogger("gateway")
 
@@ -42,6 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", type=Path, help="TOML configuration (default: embedded)")
     serve.add_argument("--data-dir", type=Path, help="data folder (overrides the config's)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="protocol worker processes (default [server] workers: one per usable core; "
+        "0: everything in one process)",
+    )
+    # What the supervisor runs its children with (SPEC.md 16.1); not for people.
+    serve.add_argument("--role", choices=[Role.JOURNAL, Role.WORKER], help=argparse.SUPPRESS)
+    serve.add_argument("--journal-socket", type=Path, help=argparse.SUPPRESS)
+    serve.add_argument("--name", default="worker", help=argparse.SUPPRESS)
+    serve.add_argument("--listen", action="append", default=[], help=argparse.SUPPRESS)
 
     verify = commands.add_parser(
         "verify", help="check every log of a data folder (read-only, safe while serving)"
@@ -68,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
     if args.command == "serve":
-        return _serve(args.config, args.data_dir)
+        return _serve(args)
     if args.command == "verify":
         return _verify(args.data_dir, args.mailbox)
     if args.command == "backup":
@@ -108,9 +121,9 @@ def _backup(data_dir: Path, destination: Path) -> int:
     return _verify(destination, None)
 
 
-def _serve(config_path: Path | None, data_dir: Path | None) -> int:
+def _serve(args: argparse.Namespace) -> int:
     try:
-        config = load_config(config_path, data_dir=data_dir)
+        config = load_config(args.config, data_dir=args.data_dir)
     except ConfigError as exc:
         logger.error("event=config-error reason=%r", str(exc))
         return EXIT_USAGE
@@ -122,14 +135,67 @@ def _serve(config_path: Path | None, data_dir: Path | None) -> int:
             "store.kdf.insecure_fast_for_tests is set: Argon2id may be cheap enough to "
             "brute-force mailbox passwords; for test suites only",
         )
+    workers = args.workers if args.workers is not None else config.server.worker_count()
     failures: list[BaseException] = []
+    lost: list[BaseException] = []
     try:
-        trio.run(_serve_async, config)
-    except* (StartupError, DataDirLocked, LogCorrupt) as group:
+        if args.role is not None:
+            trio.run(_serve_child, config, args)
+        elif workers == 0:
+            gateway = Gateway(
+                config, announce_admin_password=admin_password_announcer(Path(config.data_dir))
+            )
+            trio.run(_serve_async, gateway)
+        else:
+            trio.run(_supervise, config, _child_command(config, args), workers)
+    except* JournalLost as group:
+        lost.extend(leaves(group))
+    except* (StartupError, DataDirLocked, LogCorrupt, trio.TooSlowError) as group:
         failures.extend(leaves(group))
+    for failure in lost:
+        logger.error("event=journal-lost reason=%r", str(failure))
     for failure in failures:
-        logger.error("event=start-failed reason=%r", str(failure))
+        logger.error("event=start-failed reason=%r", str(failure) or type(failure).__name__)
+    if lost:
+        return EXIT_TEMPFAIL
     return EXIT_UNAVAILABLE if failures else EXIT_OK
+
+
+async def _serve_child(config: Config, args: argparse.Namespace) -> None:
+    """A journal or a protocol worker under a supervisor."""
+    name = "journal" if args.role == Role.JOURNAL else args.name
+    for handler in logging.getLogger().handlers:  # whose line it is, in a shared log
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {name} %(message)s"))
+    lifeline = os.environ.get(LIFELINE_FD)
+    if lifeline is not None:
+        watch_lifeline(int(lifeline))
+    ready = os.environ.get(READY_FD)
+    inherited = {}
+    for spec in args.listen:
+        name, _, fds = spec.partition("=")
+        inherited[name] = [int(fd) for fd in fds.split(",") if fd]
+    gateway = Gateway(
+        config,
+        announce_admin_password=admin_password_announcer(Path(config.data_dir)),
+        role=Role(args.role),
+        journal_socket=args.journal_socket,
+        inherited=inherited if args.role == Role.WORKER else None,
+        name=args.name,
+        on_ready=(lambda: tell_ready(int(ready))) if ready is not None else None,
+    )
+    await _serve_async(gateway)
+
+
+def _child_command(config: Config, args: argparse.Namespace) -> list[str]:
+    """How the supervisor runs its children: this configuration, absolute paths."""
+    command = [sys.executable, "-m", "gateway", "serve"]
+    if args.config is not None:
+        command += ["--config", str(args.config.resolve())]
+    return [*command, "--data-dir", str(Path(config.data_dir).resolve())]
+
+
+async def _supervise(config: Config, command: list[str], workers: int) -> None:
+    await _serve_async(Supervisor(config, command, workers))
 
 
 # Set by systemd for the processes of a unit: standard output is the journal then.
@@ -179,10 +245,7 @@ def admin_password_announcer(
     return announce
 
 
-async def _serve_async(config: Config) -> None:
-    gateway = Gateway(
-        config, announce_admin_password=admin_password_announcer(Path(config.data_dir))
-    )
+async def _serve_async(gateway: Gateway | Supervisor) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 

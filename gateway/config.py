@@ -10,6 +10,7 @@ back to a default.
 from __future__ import annotations
 
 import enum
+import os
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -170,6 +171,17 @@ DEFAULT_LISTENERS = (
 )
 
 
+class ServerConfig(_Section, frozen=True, kw_only=True):
+    # Protocol worker processes (SPEC.md 16): "auto" is one per usable core; 0 runs the
+    # journal and the protocol servers in one process.
+    workers: int | Literal["auto"] = "auto"
+
+    def worker_count(self) -> int:
+        if self.workers == "auto":
+            return len(os.sched_getaffinity(0))
+        return self.workers
+
+
 class Config(_Section, frozen=True, kw_only=True):
     data_dir: str = "var"
     mail_domain: str = "localhost"
@@ -182,6 +194,7 @@ class Config(_Section, frozen=True, kw_only=True):
     proxy: ProxyConfig = ProxyConfig()
     admin: AdminConfig = AdminConfig()
     store: StoreSettings = StoreSettings()
+    server: ServerConfig = ServerConfig()
 
     def source_key_path(self) -> Path:
         """Where the POP3 proxy's source-key secret lives (SPEC.md 5.5)."""
@@ -262,6 +275,8 @@ def _check(config: Config, path: Path | None) -> None:
         raise ConfigError(f"{where}: smtp.max_recipients must be at least 100 (RFC 5321 4.5.3.1.8)")
     if config.smtp.max_message_size < 64 * 1024:
         raise ConfigError(f"{where}: smtp.max_message_size must be at least 65536")
+    if config.server.workers != "auto" and not 0 <= config.server.workers <= 256:
+        raise ConfigError(f"{where}: server.workers must be 0 to 256")
     if config.source_key_path().resolve().is_relative_to(Path(config.data_dir).resolve()):
         raise ConfigError(
             f"{where}: proxy.source_key_secret_file must be outside the data folder "

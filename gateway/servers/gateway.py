@@ -34,8 +34,8 @@ import trio
 
 from .. import __version__
 from ..config import Config, Protocol
-from ..events import AdminAccountCreated, GatewayStarted, GatewayStopped, now
-from ..log import LogWriteError
+from ..events import GatewayStarted, GatewayStopped, now
+from ..log import DataDirLocked, LogWriteError
 from ..services.accounts import Accounts
 from ..services.admin import AdminService
 from ..services.archive import Archive
@@ -76,6 +76,8 @@ logger = logging.getLogger("gateway")
 
 # How long a starting worker keeps trying to reach its journal.
 JOURNAL_CONNECT_TIMEOUT = 30.0
+# How long a starting journal waits for the data folder's lock (see _open_archive).
+LOCK_WAIT = 5.0
 
 
 class Role(enum.StrEnum):
@@ -178,7 +180,7 @@ class Gateway:
 
     async def _run_journal(self, task_status: trio.TaskStatus[list[Listening]]) -> None:
         config = self.config
-        archive = await Archive.open(Path(config.data_dir), config.store_config())
+        archive = await self._open_archive()
         self.archive = archive
         try:
             self.tls = await trio.to_thread.run_sync(self._load_tls, archive)
@@ -208,6 +210,20 @@ class Gateway:
             await archive.append_control(GatewayStopped(at=now(), reason="shutdown"))
         finally:
             await archive.aclose()
+
+    async def _open_archive(self) -> Archive:
+        """Open the data folder. A journal its supervisor restarts may find the one before
+        it still letting go of the folder (it exits at once when its lifeline ends, but not
+        in no time): it waits a few seconds for the lock before it gives up."""
+        config = self.config
+        deadline = trio.current_time() + (LOCK_WAIT if self.role == Role.JOURNAL else 0)
+        while True:
+            try:
+                return await Archive.open(Path(config.data_dir), config.store_config())
+            except DataDirLocked:
+                if trio.current_time() >= deadline:
+                    raise
+                await trio.sleep(0.1)
 
     async def _run_worker(self, task_status: trio.TaskStatus[list[Listening]]) -> None:
         """A protocol worker: the journal bound the data folder; this process only reads the
@@ -308,7 +324,11 @@ class Gateway:
     async def _load_accounts(self, archive: Archive) -> Accounts:
         config = self.config
         accounts = Accounts(
-            archive.data, archive.config.kdf, session_ttl=config.admin.session_hours * 3600
+            archive.data,
+            archive.config.kdf,
+            archive.state.admin,
+            archive.append_control,
+            session_ttl=config.admin.session_hours * 3600,
         )
         password, source = self.environ.get("GATEWAY_ADMIN_PASSWORD"), "environment"
         if password is None and config.admin.password_file:
@@ -319,13 +339,9 @@ class Gateway:
                 raise StartupError(f"admin.password_file {path}: {exc.strerror}") from None
             password, source = text.strip("\r\n"), "file"
         try:
-            created, generated = await accounts.load_or_create(password)
+            _created, generated = await accounts.load_or_create(password, source)
         except ValueError as exc:
             raise StartupError(str(exc)) from None
-        if created:
-            source = "generated" if generated is not None else source
-            await archive.append_control(AdminAccountCreated(at=now(), source=source))
-            logger.info("event=admin-account-created source=%s", source)
         if generated is not None and self.announce_admin_password is not None:
             self.announce_admin_password(generated)
         return accounts
@@ -430,6 +446,11 @@ class Gateway:
                     self.on_ready()
                 task_status.started(self.listening)
                 await self._wait_for_signals()
+                if self.role == Role.JOURNAL and self.journal is not None:
+                    # SIGTERM may reach every process at once (a terminal's ^C, systemd's
+                    # control group): the workers drain first, still committing through us.
+                    with trio.move_on_after(self.config.shutdown_grace + 5):
+                        await self.journal.wait_for_workers_gone()
                 self.notifier.notify("STOPPING=1")
                 logger.info("event=stopping sessions=%d", self.sessions_active)
                 accepting.cancel_scope.cancel()

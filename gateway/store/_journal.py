@@ -120,7 +120,17 @@ class Journal:
         self.archive = archive
         self._connections: set[_Connection] = set()
         self._locks: dict[str, _Connection] = {}
+        self._changed = trio.Event()  # set (and renewed) whenever a worker leaves
         archive.mailbox_listeners.append(self._mailbox_changed)
+
+    @property
+    def workers(self) -> int:
+        """Worker connections now."""
+        return len(self._connections)
+
+    async def wait_for_workers_gone(self) -> None:
+        while self._connections:
+            await self._changed.wait()
 
     @property
     def locked_maildrops(self) -> frozenset[str]:
@@ -192,6 +202,8 @@ class Journal:
         finally:
             self._connections.discard(connection)
             self._release(connection)
+            self._changed.set()
+            self._changed = trio.Event()
             logger.info("event=journal-worker-gone worker=%s", connection.name)
 
     def _release(self, connection: _Connection) -> None:
