@@ -232,7 +232,7 @@ def admin_password_announcer(
         except OSError as exc:
             raise StartupError(
                 f"cannot write the generated admin password to {data_dir}: {exc}; remove "
-                f"{data_dir / 'admin' / 'credentials'} and start again with "
+                f"{data_dir / 'admin' / 'password'} and start again with "
                 "admin.password_file or GATEWAY_ADMIN_PASSWORD"
             ) from None
         logger.warning(

@@ -27,10 +27,14 @@ __all__ = [
     "ROLLED_BACK",
     "Actor",
     "AdminAccountCreated",
+    "AdminCredentialsMigrated",
     "AdminLogin",
     "AdminPasswordChanged",
     "AdminRequestFailed",
+    "AdminSessionEnded",
+    "AdminSessionStarted",
     "ApiTokenCreated",
+    "ApiTokenRecord",
     "ApiTokenRevoked",
     "CommitWitness",
     "CompactionGap",
@@ -369,13 +373,23 @@ class DeliveryRefused(Event, frozen=True, kw_only=True):
 
 
 # -- admin API (SPEC.md 13): who did what from where; never a password, token or hash ------
+#
+# The admin account, its tokens and its sessions are projections of these events (SPEC.md
+# 13.2). The control log is published to audit subscribers, so what lets anyone log in stays
+# out of it: the password's Argon2id hash is kept in <data>/admin/password under the
+# ``credential_id`` named here, and a token's ``digest`` is keyed with the token key in
+# <data>/admin/token-key (useless without it, and no way back to a 256-bit secret with it).
 
 
 class AdminAccountCreated(Event, frozen=True, kw_only=True):
-    """The admin account was set up on first start; ``source`` says where its password came
-    from: ``generated`` (printed once on the terminal), ``environment`` or ``file``."""
+    """The admin account was set up (on first start, or again when its password's verifier
+    was gone); ``source`` says where its password came from: ``generated`` (printed once on
+    the terminal), ``environment`` or ``file``. Every API token and session ends."""
 
     source: str
+    # The verifier of its password in <data>/admin/password: a random id, no function of the
+    # password. Empty in logs from before it (the hash was in <data>/admin/credentials).
+    credential_id: str = ""
 
 
 class AdminLogin(Event, frozen=True, kw_only=True):
@@ -388,17 +402,58 @@ class AdminLogin(Event, frozen=True, kw_only=True):
 
 
 class AdminPasswordChanged(Event, frozen=True, kw_only=True):
-    pass
+    """The admin password changed: every session ends."""
+
+    credential_id: str = ""  # the new password's verifier (empty before verifiers had ids)
 
 
 class ApiTokenCreated(Event, frozen=True, kw_only=True):
     token_id: str
     name: str
     expires_at: datetime | None = None
+    # HMAC-SHA256 under the token key of the token's secret (SPEC.md 13.2); empty in logs
+    # from before it (those tokens were checked against <data>/admin/credentials).
+    digest: bytes = b""
 
 
 class ApiTokenRevoked(Event, frozen=True, kw_only=True):
     token_id: str
+
+
+class ApiTokenRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """An API token as ``AdminCredentialsMigrated`` carries it."""
+
+    token_id: str
+    name: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    digest: bytes  # keyed, as in ApiTokenCreated
+
+
+class AdminCredentialsMigrated(Event, frozen=True, kw_only=True):
+    """The ``<data>/admin/credentials`` file of an earlier version, taken into the log on the
+    first start after an upgrade: the password's hash moved to the verifier ``credential_id``
+    and ``tokens`` are every API token the file held (they replace what earlier events said:
+    the file was the truth). Every session ends."""
+
+    credential_id: str
+    tokens: tuple[ApiTokenRecord, ...] = ()
+
+
+class AdminSessionStarted(Event, frozen=True, kw_only=True):
+    """A password login opened a session: its token works until ``expires_at``, a logout
+    (``AdminSessionEnded``) or a change of the password it was opened with (``credential_id``),
+    across restarts."""
+
+    session_id: str
+    expires_at: datetime
+    credential_id: str
+    digest: bytes  # keyed, as in ApiTokenCreated
+
+
+class AdminSessionEnded(Event, frozen=True, kw_only=True):
+    session_id: str
+    reason: str = ""  # "logout"
 
 
 class AdminRequestFailed(Event, frozen=True, kw_only=True):
@@ -466,6 +521,9 @@ ControlEvent = (
     | ApiTokenRevoked
     | AdminRequestFailed
     | ConnectionsSummarized
+    | AdminCredentialsMigrated
+    | AdminSessionStarted
+    | AdminSessionEnded
 )
 
 
@@ -566,6 +624,9 @@ _KNOWN_TAGS = frozenset(
         ApiTokenRevoked,
         AdminRequestFailed,
         ConnectionsSummarized,
+        AdminCredentialsMigrated,
+        AdminSessionStarted,
+        AdminSessionEnded,
         MessageStored,
     )
 )

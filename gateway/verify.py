@@ -9,6 +9,7 @@ What is checked (SPEC.md, "gateway verify"):
   whose sizes add up; every key id a message was sealed with is one the control log issued;
   each mailbox's key file is the one the control log names; every mailbox folder belongs to a
   mailbox the control log created;
+* the admin password's verifier is the one the control log names (by id);
 * with a mailbox's password: every message opens, every chunk authenticates, and size and
   SHA-256 of the plaintext match the sealed envelope.
 
@@ -49,8 +50,9 @@ from .log import (
     iter_log,
     segment_name,
 )
+from .services.admin_credentials import verifier_credential_id
 from .services.archive import CONTROL_LOG_ID, sealed_of, wrap_id
-from .services.projection import ControlState
+from .services.projection import AdminState, ControlState
 
 __all__ = ["Problem", "Report", "print_report", "verify_data_dir"]
 
@@ -138,9 +140,31 @@ def verify_data_dir(
             continue
         _verify_mailbox(report, data, state, box_id, key_ids.get(box_id, set()), progress)
 
+    _verify_admin(report, data, state.admin)
     if mailbox_id is not None:
         _open_every_message(report, data, state, mailbox_id, password or "", progress)
     return report
+
+
+def _verify_admin(report: Report, data: DataDir, admin: AdminState) -> None:
+    """The admin password's verifier is the one the control log names. Only its id is read
+    and reported: never the hash, the token key, a digest or a token."""
+    if not admin.credential_id:
+        return  # no account, or one still in an earlier version's credentials file
+    # Read twice: a password change renames password.new over password meanwhile.
+    for _ in range(2):
+        for raw in (data.read_admin_password(), data.staged_admin_password()):
+            if raw is not None and verifier_credential_id(raw) == admin.credential_id:
+                return
+    report.problems.append(
+        Problem(
+            "admin",
+            f"the admin password's verifier {admin.credential_id}, which the control log "
+            "names, is not there (SPEC.md 13.2: missing, the next start sets a new admin "
+            "password and ends every API token and session; another, it refuses to start)",
+            str(data.admin_password_path),
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True)

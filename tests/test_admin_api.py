@@ -221,10 +221,13 @@ async def test_logins_tokens_and_expiry(running: Running) -> None:
         tokens = await client.request(api.TokenList())
         assert isinstance(tokens, api.Tokens)
         assert [t.name for t in tokens.tokens] == ["backup script"]
-        # The file keeps only a digest of the token.
-        credentials = running.archive.data.admin_path.read_bytes()
-        assert created.token.split("_", 2)[2].encode() not in credentials
-        assert running.admin_password.encode() not in credentials
+        # Neither the control log nor the admin files keep a token or the password.
+        await running.archive.control.append([], durable=True)
+        kept = b"".join(r.body for r in iter_log(running.archive.data.control_dir, CONTROL_LOG_ID))
+        kept += b"".join(p.read_bytes() for p in running.archive.data.admin_dir.iterdir())
+        for secret in (created.token, session.token):
+            assert secret.split("_", 2)[2].encode() not in kept
+        assert running.admin_password.encode() not in kept
 
     # The API token and the session token both log in from another connection.
     async with admin(running, login=False) as other:
@@ -397,7 +400,12 @@ async def test_audit_feed_history_then_live_with_filters(running: Running) -> No
                 history.append(item)
         assert [r.seq for r in history] == list(range(len(history)))
         types = [r.event["type"] for r in history if r.event]
-        assert types[:3] == ["GatewayStarted", "AdminAccountCreated", "AdminLogin"]
+        assert types[:4] == [
+            "GatewayStarted",
+            "AdminAccountCreated",
+            "AdminSessionStarted",
+            "AdminLogin",
+        ]
         assert "MailboxCreated" in types
         await _control_chain_check(history, running)
 

@@ -130,7 +130,7 @@ async def test_mailbox_passwd_is_not_a_fast_password_oracle(
     Argon2id runs: a wrong old password was answered at once, without limit."""
     service = AdminService(
         archive,
-        Accounts(archive.data, archive.config.kdf),
+        Accounts(archive.data, archive.config.kdf, archive.state.admin, archive.append_control),
         "localhost",
         failure_delay=2.0,
         max_failures=10,

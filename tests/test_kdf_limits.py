@@ -1,6 +1,6 @@
 """Argon2id cost limits (issue 12, item 25): a floor for new wraps in production, enforced by
 the configuration, and a ceiling enforced everywhere, key files and the credentials file
-included, before Argon2id runs (SPEC.md 5.1 and 10)."""
+and the admin password's verifier included, before Argon2id runs (SPEC.md 5.1 and 10)."""
 
 from __future__ import annotations
 
@@ -68,12 +68,16 @@ def test_tampered_key_file_cannot_make_argon2id_take_4_gib(
         unlock(key_file, MAILBOX, PASSWORD)
 
 
+def _accounts(archive: Archive) -> Accounts:
+    return Accounts(archive.data, FAST, archive.state.admin, archive.append_control)
+
+
 @pytest.mark.parametrize("greedy", GREEDY)
 async def test_tampered_credentials_file_cannot_make_argon2id_take_4_gib(
     archive: Archive, greedy: KdfParams, no_argon2: None
 ) -> None:
-    """The same through ``<data>/admin/credentials``: refused at start, before any login."""
-    accounts = Accounts(archive.data, FAST)
+    """The same through an earlier version's ``<data>/admin/credentials``, which the first
+    start migrates: refused at start, before any login."""
     raw = archive.data.admin_path
     stored = {
         "version": 1,
@@ -83,7 +87,22 @@ async def test_tampered_credentials_file_cannot_make_argon2id_take_4_gib(
     raw.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     raw.write_bytes(msgspec.msgpack.encode(stored))
     with pytest.raises(ValueError, match="tampered"):
-        await accounts.load_or_create(None)
+        await _accounts(archive).load_or_create(None)
+    assert archive.state.admin.created_at is None  # nothing migrated
+
+
+@pytest.mark.parametrize("greedy", GREEDY)
+async def test_tampered_password_verifier_cannot_make_argon2id_take_4_gib(
+    archive: Archive, greedy: KdfParams
+) -> None:
+    """And through ``<data>/admin/password``, the verifier the control log names."""
+    await _accounts(archive).load_or_create("a first admin password")
+    path = archive.data.admin_password_path
+    verifier = msgspec.msgpack.decode(path.read_bytes())
+    verifier["password"]["kdf"] = msgspec.to_builtins(greedy)
+    path.write_bytes(msgspec.msgpack.encode(verifier))
+    with pytest.raises(ValueError, match="tampered"):
+        await _accounts(archive).load_or_create(None)
 
 
 def write_config(tmp_path: Path, kdf: str) -> Path:

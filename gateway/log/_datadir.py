@@ -4,6 +4,8 @@
 <data>/control/<seq>.seg          the control log
 <data>/mailboxes/<id>/key         the mailbox key file (replaced atomically)
 <data>/mailboxes/<id>/log/<seq>.seg
+<data>/admin/password             the admin password's verifier (replaced two-phase)
+<data>/admin/token-key            the key of the admin token digests
 """
 
 from __future__ import annotations
@@ -113,28 +115,81 @@ class DataDir:
         with contextlib.suppress(FileNotFoundError):
             self.key_path(mailbox_id).with_name("key.new").unlink()
 
+    # -- the admin account's private files (SPEC.md 2, 13.2) -----------------------------------
+
+    @property
+    def admin_dir(self) -> Path:
+        return self.root / "admin"
+
+    @property
+    def admin_password_path(self) -> Path:
+        """The admin password's verifier (the one the control log names)."""
+        return self.admin_dir / "password"
+
+    def read_admin_password(self) -> bytes | None:
+        try:
+            return self.admin_password_path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def stage_admin_password(self, data: bytes) -> None:
+        """First half of a password change: the new verifier beside the old one, durable."""
+        self.admin_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _stage(self.admin_password_path, data)
+
+    def staged_admin_password(self) -> bytes | None:
+        try:
+            return _staged(self.admin_password_path).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def commit_admin_password(self) -> None:
+        """Second half, once the control log names the new verifier: rename over the old."""
+        os.replace(_staged(self.admin_password_path), self.admin_password_path)
+        fsync_dir(self.admin_dir)
+
+    def discard_staged_admin_password(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            _staged(self.admin_password_path).unlink()
+
+    @property
+    def admin_token_key_path(self) -> Path:
+        return self.admin_dir / "token-key"
+
+    def read_or_create_admin_token_key(self, make: Callable[[], bytes]) -> tuple[bytes, bool]:
+        """The key of the token digests the control log records, made once with ``make``
+        and kept; returns (key, whether it was made now)."""
+        path = self.admin_token_key_path
+        try:
+            return path.read_bytes(), False
+        except FileNotFoundError:
+            pass
+        self.admin_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = make()
+        _stage(path, key)
+        os.replace(_staged(path), path)
+        fsync_dir(self.admin_dir)
+        return key, True
+
     @property
     def admin_path(self) -> Path:
-        return self.root / "admin" / "credentials"
+        """Where versions before the admin account was a projection of the control log kept
+        it (password hash and token digests): read once to migrate it, then removed."""
+        return self.admin_dir / "credentials"
 
     def read_admin_credentials(self) -> bytes | None:
-        """The admin account's file (SPEC.md 2), or None before the first start made it."""
+        """The earlier versions' admin account file (SPEC.md 13.2), or None."""
         try:
             return self.admin_path.read_bytes()
         except FileNotFoundError:
             return None
 
-    def write_admin_credentials(self, data: bytes) -> None:
-        """Replace the admin account's file atomically and durably (temporary file, fsync,
-        rename, fsync of the folder): a crash leaves the old file or the new, never a mix."""
-        path = self.admin_path
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        staged = path.with_name("credentials.new")
-        with contextlib.suppress(FileNotFoundError):
-            staged.unlink()
-        write_new_file(staged, data)
-        os.replace(staged, path)
-        fsync_dir(path.parent)
+    def remove_admin_credentials(self) -> None:
+        """Remove the earlier versions' file (and a replacement of it cut short), durably."""
+        for path in (self.admin_path, self.admin_path.with_name("credentials.new")):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        fsync_dir(self.admin_dir)
 
     @property
     def tls_dir(self) -> Path:
@@ -182,6 +237,17 @@ class DataDir:
             copied += _copy_tree(Path(entry.path), destination / entry.name)
         fsync_dir(destination)
         return copied
+
+
+def _staged(path: Path) -> Path:
+    return path.with_name(path.name + ".new")
+
+
+def _stage(path: Path, data: bytes) -> None:
+    staged = _staged(path)
+    with contextlib.suppress(FileNotFoundError):
+        staged.unlink()
+    write_new_file(staged, data)
 
 
 def _copy_tree(source: Path, destination: Path) -> int:

@@ -40,6 +40,7 @@ from .. import __version__
 from ..config import Config
 from ..events import now
 from ..ids import parse_mailbox_id
+from ..log import LogWriteError
 from ..protocols import admin as api
 from ..protocols.admin import ApiError, ErrorCode
 from ..services.accounts import Accounts, Principal
@@ -334,7 +335,10 @@ class _Connection:
                 principal = self.principal
                 self._logged_in(None)
                 self._end_subscriptions()
-                server.accounts.logout(principal)
+                try:
+                    await server.accounts.logout(principal, self.peer)
+                except LogWriteError as exc:
+                    raise ApiError(ErrorCode.UNAVAILABLE, f"logout not recorded: {exc}") from None
                 return api.Done(id=request.id)
             case api.Status():
                 return await server.status(request.id)

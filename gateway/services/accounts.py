@@ -2,19 +2,36 @@
 
 Theory of operation
 -------------------
-One admin account, whose password is kept as an Argon2id hash in ``<data>/admin/credentials``
-(SPEC.md 13.2), beside the API tokens' SHA-256 digests. On first start the account is made
-with a password from ``GATEWAY_ADMIN_PASSWORD``, a file the config names, or a fresh random one
-that the caller shows once: on a terminal, or where standard output would reach a journal or a
-log, in ``<data>/admin/initial-password`` (:func:`write_initial_password`, mode 0600), which
-the first successful password login (or password change) deletes. The credentials file holds
-no secret anyone can use: a hash to guess against (Argon2id makes that slow) and digests of
-256-bit random tokens (which cannot be guessed).
+The admin account, its password changes, its API tokens and its sessions are facts in the
+control log (SPEC.md 4.1, 13.2), folded into :class:`~.projection.AdminState` by the
+``ControlState.apply`` that replays the log at start and that ``gateway verify`` runs: a
+session outlives a restart, a revoked token stays revoked and a logout stays a logout
+because the log says so. Every change is appended (durably) before it counts.
 
-Logging in with the password returns a session token: random, kept only in memory (as its
-digest), valid for ``session_ttl`` seconds, gone on restart. API tokens are for scripts: made
-and revoked through the API, optionally expiring, and survive restarts. A token is
-``gwt_<16 hex id>_<43 base64url secret>``; the id finds it, the secret proves it.
+The control log is kept forever and published to every audit subscriber, record bytes and
+all, so nothing in it logs anyone in or helps guess a password:
+
+* The admin password's Argon2id hash lives in ``<data>/admin/password`` (mode 0600) under a
+  random ``credential_id`` the log names (``AdminAccountCreated``, ``AdminPasswordChanged``).
+  A change is two-phase like a mailbox key change: the new file is staged beside the old,
+  the event appended, the file renamed; :meth:`Accounts.load_or_create` settles a crash in
+  between by the id the log names. Only the current hash exists; an append-only log could
+  never forget an old one.
+* A token is ``gwt_`` (API) or ``gws_`` (session) + ``<16 hex id>_<43 base64url secret>``
+  (256 random bits). The log records its id, expiry and a digest keyed with the token key
+  ``<data>/admin/token-key`` (32 random bytes, 0600): without the key a digest confirms
+  nothing, and with it a 256-bit secret still cannot be found.
+
+An ``<data>/admin/credentials`` file of an earlier version is taken into the log on the first
+start (``AdminCredentialsMigrated``: the hash moves to ``<data>/admin/password``, the tokens'
+SHA-256 digests are keyed, which the digest's definition allows) and then removed.
+
+On first start the account is made with a password from ``GATEWAY_ADMIN_PASSWORD``, a file the
+config names, or a fresh random one that the caller shows once: on a terminal, or where
+standard output would reach a journal or a log, in ``<data>/admin/initial-password``
+(:func:`write_initial_password`, mode 0600), which the first successful password login (or
+password change) deletes. The same happens when the verifier the log names is missing: that
+is how an operator resets a forgotten admin password (every token and session ends).
 
 Failed logins are answered slowly (``failure_delay``) and counted per client address: after
 ``max_failures`` in a row an address is refused outright for a lockout that doubles with
@@ -24,37 +41,62 @@ per million tries even before Argon2id. Every attempt is audited by the caller.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import logging
 import math
 import os
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import msgspec
 import trio
 
 from ..crypto import KdfParams, PasswordHash, check_password, generate_password, hash_password
-from ..events import now
-from ..log import DataDir
+from ..events import (
+    Actor,
+    AdminAccountCreated,
+    AdminCredentialsMigrated,
+    AdminPasswordChanged,
+    AdminSessionEnded,
+    AdminSessionStarted,
+    ApiTokenCreated,
+    ApiTokenRecord,
+    ApiTokenRevoked,
+    ControlEvent,
+    now,
+)
+from ..log import DataDir, LogWriteError
+from .admin_credentials import (
+    API,
+    SESSION,
+    TOKEN_KEY_BYTES,
+    decode_legacy_credentials,
+    decode_verifier,
+    encode_verifier,
+    new_id,
+    new_secret,
+    secret_sha256,
+    token_digest,
+    verifier_credential_id,
+)
+from .projection import AdminState, ApiToken
 from .throttle import LoginThrottle
 
 __all__ = [
     "Accounts",
     "LoginRefused",
     "Principal",
-    "StoredToken",
     "initial_password_path",
     "write_initial_password",
 ]
 
 logger = logging.getLogger("gateway")
 
-_FILE_VERSION = 1
+MIN_PASSWORD = 12
+
+Append = Callable[[ControlEvent], Awaitable[None]]
 
 
 def initial_password_path(data_root: Path) -> Path:
@@ -86,24 +128,6 @@ def write_initial_password(data_root: Path, password: str) -> Path:
     return path
 
 
-class StoredToken(msgspec.Struct, frozen=True, kw_only=True):
-    token_id: str
-    name: str
-    digest: bytes  # SHA-256 of the secret part
-    created_at: datetime
-    expires_at: datetime | None = None
-
-
-class _Credentials(msgspec.Struct, kw_only=True):
-    version: int = _FILE_VERSION
-    password: PasswordHash
-    tokens: list[StoredToken] = msgspec.field(default_factory=list)
-
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(_Credentials)
-
-
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who a connection is logged in as: the admin (by password or session token) or an API
@@ -112,7 +136,7 @@ class Principal:
     kind: str  # "admin" or "token"
     name: str  # "admin", or the token's name
     token_id: str = ""  # the API token's id
-    session_digest: bytes = b""  # the session token's digest
+    session_id: str = ""  # the session's id (a password login, or its session token)
     expires_at: datetime | None = None
 
     @property
@@ -131,13 +155,18 @@ class LoginRefused(Exception):
 
 @dataclass(slots=True)
 class Accounts:
+    """The admin account over its projection ``state`` (folded by whoever owns the control
+    log) and ``append``, which appends an event durably and folds it."""
+
     data: DataDir
     kdf: KdfParams
+    state: AdminState
+    append: Append
     session_ttl: float = 8 * 3600.0
     failure_delay: float = 1.0
     max_failures: int = 5
-    _credentials: _Credentials | None = None
-    _sessions: dict[bytes, Principal] = field(default_factory=dict)
+    _key: bytes = field(default=b"", repr=False)
+    _password: PasswordHash | None = field(default=None, repr=False)
     _throttle: LoginThrottle = field(default_factory=LoginThrottle)
     _lock: trio.Lock = field(default_factory=trio.Lock)
     # Set (and replaced) whenever a credential may have ended: a logout, a revoked token, a
@@ -150,42 +179,129 @@ class Accounts:
 
     # -- the account ---------------------------------------------------------------------------
 
-    async def load_or_create(self, initial_password: str | None) -> tuple[bool, str | None]:
-        """Load the account, or make it on first start: with ``initial_password`` if given,
-        else with a generated one. Returns (created, the generated password for the caller
-        to print once, or None)."""
-        raw = await trio.to_thread.run_sync(self.data.read_admin_credentials)
-        if raw is not None:
-            try:
-                credentials = _decoder.decode(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise ValueError(f"{self.data.admin_path}: unreadable: {exc}") from None
-            try:
-                credentials.password.validate()
-            except ValueError as exc:
-                # Before any Argon2id: a file asking for 4 GiB must not get it.
-                raise ValueError(
-                    f"{self.data.admin_path}: refused as damaged or tampered with: {exc}"
-                ) from None
-            self._credentials = credentials
+    async def load_or_create(
+        self, initial_password: str | None, source: str = "environment"
+    ) -> tuple[bool, str | None]:
+        """Load the account, after settling a password change cut short and migrating an
+        earlier version's credentials file; or make it (first start, or its verifier gone):
+        with ``initial_password`` if given (``source``: where it came from), else with a
+        generated one. Returns (created, the generated password for the caller to print
+        once, or None). Raises ValueError for a damaged or foreign file."""
+        await self._load_token_key()
+        await trio.to_thread.run_sync(self._settle_staged)
+        state = self.state
+        legacy = await trio.to_thread.run_sync(self.data.read_admin_credentials)
+        if legacy is not None and state.credential_id:
+            # Migrated already (a start cut short before the file went): the log decides.
+            await trio.to_thread.run_sync(self.data.remove_admin_credentials)
+            legacy = None
+        if legacy is not None:
+            await self._migrate(legacy)
             return False, None
-        if initial_password is not None and len(initial_password) < 12:
-            raise ValueError("the first admin password must be at least 12 characters")
+        if state.credential_id:
+            raw = await trio.to_thread.run_sync(self.data.read_admin_password)
+            if raw is not None:
+                path = self.data.admin_password_path
+                self._password = decode_verifier(path, raw, state.credential_id)
+                return False, None
+        if state.created_at is not None:
+            gone = self.data.admin_password_path if state.credential_id else self.data.admin_path
+            logger.warning(
+                "event=admin-account-recreated reason=%r",
+                f"the admin password's verifier {gone} is missing: a new admin password is "
+                "set, every API token and session ends",
+            )
+        return await self._create(initial_password, source)
+
+    async def _load_token_key(self) -> None:
+        key, made = await trio.to_thread.run_sync(
+            self.data.read_or_create_admin_token_key, lambda: secrets.token_bytes(TOKEN_KEY_BYTES)
+        )
+        if len(key) != TOKEN_KEY_BYTES:
+            raise ValueError(
+                f"{self.data.admin_token_key_path}: not a token key ({len(key)} bytes, not "
+                f"{TOKEN_KEY_BYTES}); remove it to make a new one (every API token and admin "
+                "session then has to be made again)"
+            )
+        keyed = [t for t in self.state.tokens.values() if t.digest]
+        if made and (keyed or self.state.sessions):
+            logger.warning(
+                "event=admin-token-key-created path=%s reason=%r",
+                self.data.admin_token_key_path,
+                f"the token key was missing: {len(keyed)} API token(s) and every admin session "
+                "made before no longer log in; revoke them and make new ones",
+            )
+        self._key = key
+
+    def _settle_staged(self) -> None:
+        """A password change (or migration, or first start) cut short: the staged verifier
+        is taken if the log names it, dropped otherwise."""
+        staged = self.data.staged_admin_password()
+        if staged is None:
+            return
+        named = verifier_credential_id(staged)
+        if named and named == self.state.credential_id:
+            self.data.commit_admin_password()
+        else:
+            self.data.discard_staged_admin_password()
+
+    async def _create(self, initial_password: str | None, source: str) -> tuple[bool, str | None]:
+        if initial_password is not None and len(initial_password) < MIN_PASSWORD:
+            raise ValueError(f"the first admin password must be at least {MIN_PASSWORD} characters")
         password = generate_password() if initial_password is None else initial_password
         digest = await trio.to_thread.run_sync(hash_password, password, self.kdf)
-        await self._save(_Credentials(password=digest))
+        credential_id = new_id()
+        event = AdminAccountCreated(
+            at=now(),
+            source="generated" if initial_password is None else source,
+            credential_id=credential_id,
+        )
+        await self._replace_password(credential_id, digest, event)
+        logger.info("event=admin-account-created source=%s", event.source)
         return True, password if initial_password is None else None
 
-    async def _save(self, credentials: _Credentials) -> None:
-        data = _encoder.encode(credentials)
-        await trio.to_thread.run_sync(self.data.write_admin_credentials, data)
-        self._credentials = credentials
+    async def _migrate(self, raw: bytes) -> None:
+        """Take an earlier version's ``<data>/admin/credentials`` into the log, then remove it."""
+        path = self.data.admin_path
+        password, legacy = decode_legacy_credentials(path, raw)
+        credential_id = new_id()
+        tokens = tuple(
+            ApiTokenRecord(
+                token_id=token.token_id,
+                name=token.name,
+                created_at=token.created_at,
+                expires_at=token.expires_at,
+                digest=token_digest(self._key, API, token.token_id, token.digest),
+            )
+            for token in legacy
+        )
+        event = AdminCredentialsMigrated(at=now(), credential_id=credential_id, tokens=tokens)
+        await self._replace_password(credential_id, password, event)
+        await trio.to_thread.run_sync(self.data.remove_admin_credentials)
+        logger.info("event=admin-credentials-migrated tokens=%d removed=%s", len(tokens), path.name)
+
+    async def _replace_password(
+        self, credential_id: str, password: PasswordHash, event: ControlEvent
+    ) -> None:
+        """Two-phase: stage the verifier, append ``event`` (which names it), commit. A crash
+        (or an append whose outcome is unknown) leaves the staged file for the next start to
+        settle by what the log says."""
+        verifier = encode_verifier(credential_id, password)
+        await trio.to_thread.run_sync(self.data.stage_admin_password, verifier)
+        with trio.CancelScope(shield=True):  # one durable append and one rename
+            try:
+                await self.append(event)
+            except LogWriteError:
+                await trio.to_thread.run_sync(self.data.discard_staged_admin_password)
+                raise
+            self._password = password  # the log names it now: it is the password
+            await trio.to_thread.run_sync(self.data.commit_admin_password)
 
     @property
-    def credentials(self) -> _Credentials:
-        if self._credentials is None:
+    def password(self) -> PasswordHash:
+        if self._password is None:
             raise RuntimeError("accounts not loaded")
-        return self._credentials
+        return self._password
 
     # -- logging in ----------------------------------------------------------------------------
 
@@ -203,15 +319,15 @@ class Accounts:
         return LoginRefused(reason)
 
     async def login_password(self, password: str, address: str) -> tuple[Principal, str]:
-        """Check the admin password; returns the principal and a new session token. Raises
-        LoginRefused (after ``failure_delay``)."""
+        """Check the admin password; returns the principal and a new session token (its
+        session durable in the control log). Raises LoginRefused (after ``failure_delay``)."""
         self._check_throttle(address)
-        stored = self.credentials.password
+        stored, credential_id = self.password, self.state.credential_id
         if not await trio.to_thread.run_sync(check_password, password, stored):
             raise await self._failed(address, "wrong password")
         self._throttle.succeeded(address)
         await self._remove_initial_password("the first admin login")
-        return self._new_session()
+        return await self._new_session(credential_id, address)
 
     async def _remove_initial_password(self, why: str) -> None:
         """The admin has the password now: the file that carried it goes."""
@@ -228,24 +344,24 @@ class Accounts:
             return
         logger.info("event=admin-password-file-removed path=%s after=%r", path, why)
 
-    def _new_session(self) -> tuple[Principal, str]:
-        token = "gws_" + _b64(secrets.token_bytes(32))
-        digest = hashlib.sha256(token.encode()).digest()
-        principal = Principal(
-            kind="admin",
-            name="admin",
-            session_digest=digest,
-            expires_at=now() + timedelta(seconds=self.session_ttl),
+    async def _new_session(self, credential_id: str, address: str) -> tuple[Principal, str]:
+        session_id, secret = new_id(), new_secret()
+        started = now()
+        expires = started + timedelta(seconds=self.session_ttl)
+        await self.append(
+            AdminSessionStarted(
+                at=started,
+                actor=Actor(kind="admin", name="admin", address=address),
+                session_id=session_id,
+                expires_at=expires,
+                credential_id=credential_id,
+                digest=token_digest(self._key, SESSION, session_id, secret_sha256(secret)),
+            )
         )
-        self._expire_sessions()
-        self._sessions[digest] = principal
-        return principal, token
-
-    def _expire_sessions(self) -> None:
-        moment = now()
-        for digest, principal in list(self._sessions.items()):
-            if principal.expires_at is not None and principal.expires_at <= moment:
-                del self._sessions[digest]
+        if session_id not in self.state.sessions:
+            raise LoginRefused("the admin password changed during the login")
+        principal = Principal(kind="admin", name="admin", session_id=session_id, expires_at=expires)
+        return principal, f"{SESSION}_{session_id}_{secret}"
 
     async def login_token(self, token: str, address: str) -> Principal:
         """A session token or an API token. Raises LoginRefused."""
@@ -257,42 +373,54 @@ class Accounts:
         return principal
 
     def _lookup(self, token: str) -> Principal | None:
-        if token.startswith("gws_"):
-            self._expire_sessions()
-            return self._sessions.get(hashlib.sha256(token.encode()).digest())
         parts = token.split("_", 2)  # the secret is base64url: it may hold "_" itself
-        if len(parts) != 3 or parts[0] != "gwt":
+        if len(parts) != 3:
             return None
-        _prefix, token_id, secret = parts
-        for stored in self.credentials.tokens:
-            if stored.token_id == token_id:
-                digest = hashlib.sha256(secret.encode()).digest()
-                if not hmac.compare_digest(digest, stored.digest):
-                    return None
-                if stored.expires_at is not None and stored.expires_at <= now():
-                    return None
-                return Principal(
-                    kind="token",
-                    name=stored.name,
-                    token_id=stored.token_id,
-                    expires_at=stored.expires_at,
-                )
-        return None
+        kind, token_id, secret = parts
+        stored: ApiToken | None = None
+        if kind == SESSION:
+            session = self.state.sessions.get(token_id)
+            digest, expires = (session.digest, session.expires_at) if session else (b"", None)
+        elif kind == API:
+            stored = self.state.tokens.get(token_id)
+            digest, expires = (stored.digest, stored.expires_at) if stored else (b"", None)
+        else:
+            return None
+        # A token recorded without a digest (before its migration) has nothing to match.
+        expected = token_digest(self._key, kind, token_id, secret_sha256(secret))
+        if not digest or not hmac.compare_digest(expected, digest):
+            return None
+        if expires is not None and expires <= now():
+            return None
+        if stored is None:
+            return Principal(kind="admin", name="admin", session_id=token_id, expires_at=expires)
+        return Principal(kind="token", name=stored.name, token_id=token_id, expires_at=expires)
 
     def still_valid(self, principal: Principal) -> bool:
         """Whether a connection logged in as ``principal`` may go on (not expired, revoked
         or logged out)."""
         if principal.expires_at is not None and principal.expires_at <= now():
             return False
-        if principal.session_digest:
-            return principal.session_digest in self._sessions
+        if principal.session_id:
+            return principal.session_id in self.state.sessions
         if principal.kind == "token":
-            return any(t.token_id == principal.token_id for t in self.credentials.tokens)
+            return principal.token_id in self.state.tokens
         return True
 
-    def logout(self, principal: Principal) -> None:
-        if self._sessions.pop(principal.session_digest, None) is not None:
-            self._credentials_changed()
+    async def logout(self, principal: Principal, address: str) -> None:
+        """End ``principal``'s session, durably (an API token is only revoked, never logged
+        out). Raises LogWriteError if the end could not be recorded."""
+        if principal.session_id not in self.state.sessions:
+            return
+        await self.append(
+            AdminSessionEnded(
+                at=now(),
+                actor=Actor(kind="admin", name="admin", address=address),
+                session_id=principal.session_id,
+                reason="logout",
+            )
+        )
+        self._credentials_changed()
 
     async def wait_ended(self, principal: Principal) -> None:
         """Return as soon as ``principal`` may no longer be used: it expired, its token was
@@ -314,60 +442,53 @@ class Accounts:
 
     # -- changes -------------------------------------------------------------------------------
 
-    async def change_password(self, old_password: str, new_password: str) -> bool:
+    async def change_password(self, old_password: str, new_password: str, actor: Actor) -> bool:
         """Returns False (after ``failure_delay``) if ``old_password`` is wrong. Every session
-        token ends: whoever had one logs in again with the new password."""
-        if len(new_password) < 12:
-            raise ValueError("the new admin password must be at least 12 characters")
+        ends (``AdminPasswordChanged``): whoever had one logs in again with the new password."""
+        if len(new_password) < MIN_PASSWORD:
+            raise ValueError(f"the new admin password must be at least {MIN_PASSWORD} characters")
         async with self._lock:
-            current = self.credentials
-            if not await trio.to_thread.run_sync(check_password, old_password, current.password):
+            if not await trio.to_thread.run_sync(check_password, old_password, self.password):
                 await trio.sleep(self.failure_delay)
                 return False
             digest = await trio.to_thread.run_sync(hash_password, new_password, self.kdf)
-            await self._save(_Credentials(password=digest, tokens=list(current.tokens)))
-            self._sessions.clear()
+            credential_id = new_id()
+            event = AdminPasswordChanged(at=now(), actor=actor, credential_id=credential_id)
+            await self._replace_password(credential_id, digest, event)
             self._credentials_changed()
         await self._remove_initial_password("an admin password change")
         return True
 
-    async def create_token(self, name: str, expires_in_days: int | None) -> tuple[str, StoredToken]:
+    async def create_token(
+        self, name: str, expires_in_days: int | None, actor: Actor
+    ) -> tuple[str, ApiToken]:
         if not name or len(name) > 100 or not name.isprintable():
             raise ValueError("a token name is 1 to 100 printable characters")
         if expires_in_days is not None and not 1 <= expires_in_days <= 3650:
             raise ValueError("expires_in_days must be 1 to 3650")
-        token_id = secrets.token_hex(8)
-        secret = _b64(secrets.token_bytes(32))
+        token_id, secret = new_id(), new_secret()
         created = now()
-        stored = StoredToken(
-            token_id=token_id,
-            name=name,
-            digest=hashlib.sha256(secret.encode()).digest(),
-            created_at=created,
-            expires_at=None
-            if expires_in_days is None
-            else created + timedelta(days=expires_in_days),
-        )
-        async with self._lock:
-            current = self.credentials
-            await self._save(
-                _Credentials(password=current.password, tokens=[*current.tokens, stored])
+        await self.append(
+            ApiTokenCreated(
+                at=created,
+                actor=actor,
+                token_id=token_id,
+                name=name,
+                expires_at=None
+                if expires_in_days is None
+                else created + timedelta(days=expires_in_days),
+                digest=token_digest(self._key, API, token_id, secret_sha256(secret)),
             )
-        return f"gwt_{token_id}_{secret}", stored
+        )
+        return f"{API}_{token_id}_{secret}", self.state.tokens[token_id]
 
-    def tokens(self) -> list[StoredToken]:
-        return list(self.credentials.tokens)
+    def tokens(self) -> list[ApiToken]:
+        return sorted(self.state.tokens.values(), key=lambda t: t.created_at)
 
-    async def revoke_token(self, token_id: str) -> bool:
+    async def revoke_token(self, token_id: str, actor: Actor) -> bool:
         async with self._lock:
-            current = self.credentials
-            kept = [t for t in current.tokens if t.token_id != token_id]
-            if len(kept) == len(current.tokens):
+            if token_id not in self.state.tokens:
                 return False
-            await self._save(_Credentials(password=current.password, tokens=kept))
+            await self.append(ApiTokenRevoked(at=now(), actor=actor, token_id=token_id))
             self._credentials_changed()
         return True
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

@@ -2,7 +2,8 @@
 outcome to a typed reply and an audit record. No sockets here (``servers.admin`` drives it).
 
 Every successful change is its own control-log event with the admin (or token) as actor and
-the client address (MailboxCreated, MailboxUpdated, ApiTokenCreated, ...); every refused
+the client address (MailboxCreated, MailboxUpdated, ApiTokenCreated, ...; the account's own
+events are appended by ``accounts``); every refused
 request is an ``AdminRequestFailed`` event with the error given; every login attempt an
 ``AdminLogin`` event. Passwords and tokens appear in replies only, never in an event or a log
 line.
@@ -22,10 +23,7 @@ from ..crypto import WrongPassword
 from ..events import (
     Actor,
     AdminLogin,
-    AdminPasswordChanged,
     AdminRequestFailed,
-    ApiTokenCreated,
-    ApiTokenRevoked,
     MailboxStatus,
     now,
 )
@@ -39,9 +37,9 @@ from ._common import (
     MailboxUnavailable,
     NoSuchMailbox,
 )
-from .accounts import Accounts, LoginRefused, Principal, StoredToken
+from .accounts import Accounts, LoginRefused, Principal
 from .archive import Archive
-from .projection import MailboxInfo, StoredMessage
+from .projection import ApiToken, MailboxInfo, StoredMessage
 from .throttle import LoginThrottle
 
 __all__ = ["MIN_PASSWORD", "AdminService", "mailbox_view", "unreadable_messages"]
@@ -134,7 +132,7 @@ class AdminService:
             else:
                 assert request.token is not None
                 principal = await self.accounts.login_token(request.token, address)
-                method = "session" if principal.session_digest else "token"
+                method = "session" if principal.session_id else "token"
                 reply = api.Session(
                     id=request.id, actor=principal.label, expires_at=principal.expires_at
                 )
@@ -154,6 +152,8 @@ class AdminService:
                     ErrorCode.THROTTLED, exc.reason, retry_after=exc.retry_after
                 ) from None
             raise ApiError(ErrorCode.BAD_CREDENTIALS, "login failed") from None
+        except LogWriteError as exc:  # the session could not be recorded: no session
+            raise ApiError(ErrorCode.UNAVAILABLE, str(exc)) from None
         await self._audit(
             AdminLogin(at=now(), actor=actor_of(principal, address), method=method, success=True)
         )
@@ -346,21 +346,15 @@ class AdminService:
         )
 
     async def _admin_passwd(self, request: api.AdminPasswd, actor: Actor) -> api.Reply:
-        if not await self.accounts.change_password(request.old_password, request.new_password):
+        if not await self.accounts.change_password(
+            request.old_password, request.new_password, actor
+        ):
             raise ApiError(ErrorCode.BAD_CREDENTIALS, "the old admin password is wrong")
-        await self.archive.append_control(AdminPasswordChanged(at=now(), actor=actor))
         return api.Done(id=request.id)
 
     async def _token_create(self, request: api.TokenCreate, actor: Actor) -> api.Reply:
-        token, stored = await self.accounts.create_token(request.name, request.expires_in_days)
-        await self.archive.append_control(
-            ApiTokenCreated(
-                at=now(),
-                actor=actor,
-                token_id=stored.token_id,
-                name=stored.name,
-                expires_at=stored.expires_at,
-            )
+        token, stored = await self.accounts.create_token(
+            request.name, request.expires_in_days, actor
         )
         return api.TokenCreated(id=request.id, token=token, info=_token_view(stored))
 
@@ -369,11 +363,8 @@ class AdminService:
         return api.Tokens(id=request.id, tokens=views)
 
     async def _token_revoke(self, request: api.TokenRevoke, actor: Actor) -> api.Reply:
-        if not await self.accounts.revoke_token(request.token_id):
+        if not await self.accounts.revoke_token(request.token_id, actor):
             raise ApiError(ErrorCode.NO_SUCH_TOKEN, f"no token {request.token_id}")
-        await self.archive.append_control(
-            ApiTokenRevoked(at=now(), actor=actor, token_id=request.token_id)
-        )
         return api.Done(id=request.id)
 
 
@@ -382,7 +373,7 @@ def _check_chosen_password(password: str | None) -> None:
         raise InvalidValue(f"a chosen password must be at least {MIN_PASSWORD} characters")
 
 
-def _token_view(stored: StoredToken) -> api.TokenView:
+def _token_view(stored: ApiToken) -> api.TokenView:
     return api.TokenView(
         token_id=stored.token_id,
         name=stored.name,

@@ -11,6 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from ..events import (
+    AdminAccountCreated,
+    AdminCredentialsMigrated,
+    AdminPasswordChanged,
+    AdminSessionEnded,
+    AdminSessionStarted,
+    ApiTokenCreated,
+    ApiTokenRevoked,
     ControlEvent,
     LogCompacted,
     LogDamaged,
@@ -32,7 +39,15 @@ from ..events import (
 )
 from ..log import Location
 
-__all__ = ["ControlState", "MailboxInfo", "MessageIndex", "StoredMessage"]
+__all__ = [
+    "AdminSession",
+    "AdminState",
+    "ApiToken",
+    "ControlState",
+    "MailboxInfo",
+    "MessageIndex",
+    "StoredMessage",
+]
 
 
 @dataclass(slots=True)
@@ -48,8 +63,82 @@ class MailboxInfo:
 
 
 @dataclass(slots=True)
+class ApiToken:
+    token_id: str
+    name: str
+    created_at: datetime
+    expires_at: datetime | None
+    # Keyed with the token key (SPEC.md 13.2). Empty for a token recorded before digests
+    # were: it logs nothing in until the migration of <data>/admin/credentials names it.
+    digest: bytes
+
+
+@dataclass(slots=True)
+class AdminSession:
+    session_id: str
+    started_at: datetime
+    expires_at: datetime
+    digest: bytes
+
+
+@dataclass(slots=True)
+class AdminState:
+    """The admin account, its API tokens and its open sessions (SPEC.md 13.2). No secret:
+    the password's verifier is the file the log names by ``credential_id``, and the digests
+    are useless without the token key."""
+
+    created_at: datetime | None = None  # None: no account yet
+    # The current password's verifier in <data>/admin/password; empty while the account is
+    # still the one in <data>/admin/credentials of an earlier version.
+    credential_id: str = ""
+    tokens: dict[str, ApiToken] = field(default_factory=dict)
+    sessions: dict[str, AdminSession] = field(default_factory=dict)
+
+    def apply(self, event: ControlEvent) -> None:
+        match event:
+            case AdminAccountCreated():
+                self.created_at, self.credential_id = event.at, event.credential_id
+                self.tokens.clear()
+                self.sessions.clear()
+            case AdminPasswordChanged():
+                self.credential_id = event.credential_id
+                self.sessions.clear()
+            case AdminCredentialsMigrated():
+                self.created_at = self.created_at or event.at
+                self.credential_id = event.credential_id
+                self.tokens.clear()
+                for token in event.tokens:
+                    self.tokens[token.token_id] = ApiToken(
+                        token.token_id, token.name, token.created_at, token.expires_at, token.digest
+                    )
+                self.sessions.clear()
+            case ApiTokenCreated():
+                self.tokens[event.token_id] = ApiToken(
+                    event.token_id, event.name, event.at, event.expires_at, event.digest
+                )
+            case ApiTokenRevoked():
+                self.tokens.pop(event.token_id, None)
+            case AdminSessionStarted():
+                # Expired sessions go as new ones come: the state stays as small as the
+                # sessions open within one session lifetime.
+                for session_id, session in list(self.sessions.items()):
+                    if session.expires_at <= event.at:
+                        del self.sessions[session_id]
+                # A session opened with a password changed meanwhile never starts.
+                if event.credential_id == self.credential_id:
+                    self.sessions[event.session_id] = AdminSession(
+                        event.session_id, event.at, event.expires_at, event.digest
+                    )
+            case AdminSessionEnded():
+                self.sessions.pop(event.session_id, None)
+            case _:
+                pass
+
+
+@dataclass(slots=True)
 class ControlState:
-    """Mailboxes, expunged message ids and compaction cuts, from the control log."""
+    """Mailboxes, expunged message ids and compaction cuts, the admin account, from the
+    control log."""
 
     mailboxes: dict[str, MailboxInfo] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
@@ -73,6 +162,7 @@ class ControlState:
     anchors: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     # Damage found at open, per mailbox, oldest first: the alarm an operator sees.
     damage: dict[str, list[LogDamaged]] = field(default_factory=dict)
+    admin: AdminState = field(default_factory=AdminState)
 
     def apply(self, event: ControlEvent) -> None:
         """Fold one event. Events that do not fit the state (an update of an unknown mailbox)
@@ -160,6 +250,16 @@ class ControlState:
             case Pop3SessionEnded():
                 if event.retrieved and event.mailbox_id in self.mailboxes:
                     self.last_retrieval[event.mailbox_id] = event.at
+            case (
+                AdminAccountCreated()
+                | AdminPasswordChanged()
+                | AdminCredentialsMigrated()
+                | ApiTokenCreated()
+                | ApiTokenRevoked()
+                | AdminSessionStarted()
+                | AdminSessionEnded()
+            ):
+                self.admin.apply(event)
             case _:
                 pass
 

@@ -38,7 +38,8 @@ const EVENT_GROUPS = [
   ["Mailbox changes", ["MailboxCreated", "MailboxUpdated", "MailboxDeleted", "MailboxKeyReset",
     "MailboxKeyRewrapped", "MessagesExpunged"]],
   ["Admin activity", ["AdminLogin", "AdminRequestFailed", "AdminPasswordChanged",
-    "AdminAccountCreated", "ApiTokenCreated", "ApiTokenRevoked"]],
+    "AdminAccountCreated", "ApiTokenCreated", "ApiTokenRevoked", "AdminSessionStarted",
+    "AdminSessionEnded", "AdminCredentialsMigrated"]],
   ["Gateway and storage", ["GatewayStarted", "GatewayStopped", "LogCompacted",
     "LogTailTruncated"]],
 ];
@@ -1117,6 +1118,12 @@ function summarize(event) {
       return `token “${e.name}” (${e.token_id})`;
     case "ApiTokenRevoked":
       return `token ${e.token_id} revoked`;
+    case "AdminSessionStarted":
+      return `session ${e.session_id} until ${e.expires_at}`;
+    case "AdminSessionEnded":
+      return `session ${e.session_id} ended${e.reason ? ` (${e.reason})` : ""}`;
+    case "AdminCredentialsMigrated":
+      return `admin account taken into the log (${plural(e.tokens.length, "API token")})`;
     case "AdminRequestFailed":
       return `${e.op} refused: ${e.message}`;
     default:
