@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from .tlsstream import is_tls
+
 __all__ = [
     "AEAD_CIPHERS",
     "TLSContextHolder",
@@ -116,7 +118,7 @@ class TLSContextHolder:
 def describe_tls(stream: trio.abc.Stream) -> str:
     """``"TLSv1.3 TLS_AES_256_GCM_SHA384"`` for a TLS stream, ``""`` for a plain one: what
     the audit events and the Received field record."""
-    if not isinstance(stream, trio.SSLStream):
+    if not is_tls(stream):
         return ""
     try:
         version = stream.version()

@@ -69,6 +69,7 @@ from ..services.source_keys import SourceKeys
 from ..services.throttle import LoginGuard, UnlockQueue
 from ..store import MessageEntry, StoreClient
 from ..tls import TLSContextHolder, describe_tls
+from ..tlsstream import wrap_server
 from .limits import AuditRate, TrafficTally
 from .pop3_proxy import RELAYED, POP3Relay, ProxyRefused, StoreFailed, open_relay
 from .upstream import UpstreamError
@@ -251,7 +252,7 @@ class _Session:
             await self.stream.send_all(data)
 
     async def _start_tls(self) -> None:
-        ssl_stream = trio.SSLStream(self.stream, self.server.tls.context, server_side=True)
+        ssl_stream = wrap_server(self.stream, self.server.tls.context)
         with trio.fail_after(HANDSHAKE_TIMEOUT):
             await ssl_stream.do_handshake()
         self.stream = ssl_stream

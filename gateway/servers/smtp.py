@@ -71,6 +71,7 @@ from ..services.throttle import LoginGuard
 from ..services.writer import MessageWriter
 from ..store import StoreClient
 from ..tls import TLSContextHolder, describe_tls
+from ..tlsstream import wrap_server
 from .limits import AuditRate, TrafficTally, refusal_counts
 from .smtp_proxy import UPSTREAM_LOST, ProxyRefused, SMTPRelay, open_relay
 from .upstream import UpstreamError
@@ -460,7 +461,7 @@ class _Session:
         self._reset_transaction()
 
     async def _start_tls(self) -> None:
-        ssl_stream = trio.SSLStream(self.stream, self.server.tls.context, server_side=True)
+        ssl_stream = wrap_server(self.stream, self.server.tls.context)
         with trio.fail_after(HANDSHAKE_TIMEOUT):
             await ssl_stream.do_handshake()
         self.stream = ssl_stream
