@@ -33,6 +33,7 @@ from ..config import Config, ListenerConfig, TLSMode
 from ..events import Envelope, MessageRef, now
 from ..log import LogWriteError
 from ..protocols.pop3 import (
+    UIDL_LISTING_LIMIT,
     Dele,
     Event,
     List,
@@ -54,7 +55,14 @@ from ..store import StoreClient
 from .proxy import Refusal, Runs, TargetRefused, reach_target, safe_text
 from .upstream import POP3Upstream, UpstreamError
 
-__all__ = ["RELAYED", "POP3Relay", "ProxyRefused", "StoreFailed", "open_relay"]
+__all__ = [
+    "RELAYED",
+    "UIDL_LISTING_LIMIT",
+    "POP3Relay",
+    "ProxyRefused",
+    "StoreFailed",
+    "open_relay",
+]
 
 logger = logging.getLogger("gateway.pop3")
 
@@ -64,7 +72,6 @@ ARCHIVE_UNAVAILABLE = Reply(False, "archive mailbox unavailable, message not ret
 # smtp_proxy.TARGET_UNAVAILABLE): the proxy must not tell open ports from closed ones.
 TARGET_UNAVAILABLE = Reply(False, "proxy target unavailable", "SYS/TEMP")
 DEFAULT_PORTS = {TLSMode.IMPLICIT: 995, TLSMode.STARTTLS: 110}
-UIDL_LISTING_LIMIT = 8 * 1024 * 1024  # a larger listing (~200,000 messages) is not kept
 
 
 class ProxyRefused(Exception):
@@ -90,17 +97,6 @@ async def batched(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             yield run
     if last := runs.take():
         yield last
-
-
-def parse_uidl_listing(listing: bytes) -> dict[int, str]:
-    """``n uid`` lines (RFC 1939 §7: uid is 1-70 printable octets 0x21-0x7E); a line that is
-    not of this form is left out, so its message is stored without a key."""
-    uidls: dict[int, str] = {}
-    for line in listing.decode("ascii", "replace").splitlines():
-        fields = line.split()
-        if len(fields) == 2 and fields[0].isdigit() and fields[1].isascii():
-            uidls[int(fields[0])] = fields[1]
-    return uidls
 
 
 def source_key(keys: SourceKeys, login: ProxyLogin, uidl: str) -> tuple[str, str]:
@@ -252,24 +248,12 @@ class POP3Relay:
         the first RETR (numbers and UIDLs do not change within a session, RFC 1939 §7); with
         ``UIDL n`` per message where the listing is too large to keep."""
         if self._uidl_map is None:
-            self._uidl_map = await self._uidl_listing()
+            # Over UIDL_LISTING_LIMIT (8 MiB, ~200,000 messages) a listing is not kept.
+            listing = await self.upstream.uidls(limit=UIDL_LISTING_LIMIT)
+            self._uidl_map, self._uidl_each = listing.uidls, not listing.complete
         if not self._uidl_each:
             return self._uidl_map.get(msg, "")
-        reply = await self.upstream.command("UIDL", str(msg))
-        return parse_uidl_listing(reply.text.encode()).get(msg, "") if reply.ok else ""
-
-    async def _uidl_listing(self) -> dict[int, str]:
-        reply, body = await self.upstream.multiline("UIDL")
-        pieces: list[bytes] = []
-        size = 0
-        async for piece in body:  # read to its end whatever its size
-            size += len(piece)
-            if size <= UIDL_LISTING_LIMIT:
-                pieces.append(piece)
-        self._uidl_each = size > UIDL_LISTING_LIMIT
-        if self._uidl_each or not reply.ok:
-            return {}
-        return parse_uidl_listing(b"".join(pieces))
+        return (await self.upstream.uidls(msg)).uidls.get(msg, "")
 
     def _envelope(self, uidl: str) -> Envelope:
         return Envelope(

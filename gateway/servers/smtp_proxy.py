@@ -42,14 +42,14 @@ from ..events import Envelope, MessageRef, now
 from ..log import LogWriteError
 from ..protocols.smtp import (
     AbortReason,
+    BodyData,
     BodyType,
-    DotStuffer,
+    EndOfMessage,
     MailFrom,
+    RcptTo,
     Reply,
-    format_bdat,
-    format_command,
-    format_mail,
-    format_rcpt,
+    Reset,
+    StartData,
     replies,
 )
 from ..services.archive import ArchiveError
@@ -189,7 +189,7 @@ class SMTPRelay:
     _mail: MailFrom | None = None
     _recipients: list[str] = field(default_factory=list)
     _writer: MessageWriter | None = None
-    _stuffer: DotStuffer | None = None  # DATA upstream; None: BDAT upstream
+    _data = False  # the content goes upstream as DATA (354 read); False: as BDAT
     _refusal: Reply | None = None  # the content's final answer, decided before its end
     _cut = False  # the upstream connection was cut on purpose: nothing more goes there
     _held: Runs = field(default_factory=Runs)  # content not yet sent upstream
@@ -208,8 +208,8 @@ class SMTPRelay:
             return Reply(555, "5.5.4", (safe_text(f"{missing} is not supported by the target"),))
         body = event.body if up.offers("8BITMIME") or up.offers("BINARYMIME") else None
         size = event.size if up.offers("SIZE") else None
-        line = format_mail(event.address, size=size, body=body, smtputf8=event.smtputf8)
-        reply = _answer(await up.command(line), _ONLY_250)
+        command = MailFrom(event.address, size=size, body=body, smtputf8=event.smtputf8)
+        reply = _answer(await up.command(command), _ONLY_250)
         if reply.is_success:
             self._mail, self._recipients = event, []
         return reply
@@ -227,14 +227,14 @@ class SMTPRelay:
         return ""
 
     async def rcpt(self, address: str) -> Reply:
-        reply = _answer(await self.upstream.command(format_rcpt(address)), _RCPT_OK)
+        reply = _answer(await self.upstream.command(RcptTo(address)), _RCPT_OK)
         if reply.is_success:
             self._recipients.append(address)
         return reply
 
     async def start_content(self, *, bdat: bool) -> None:
         """The client began the content (after its DATA got 354, or with its first BDAT)."""
-        self._refusal, self._stuffer = None, None
+        self._refusal, self._data = None, False
         self._held = Runs()
         try:
             self._writer = self.store.begin_message([self.login.mailbox_id])
@@ -243,10 +243,11 @@ class SMTPRelay:
             self._refusal = ARCHIVE_UNAVAILABLE
             return
         if bdat and self.upstream.offers("CHUNKING"):
+            await self.upstream.send(StartData(chunked=True))
             return
-        reply = await self.upstream.command(format_command("DATA"))
+        reply = await self.upstream.command(StartData())
         if reply.code == 354:
-            self._stuffer = DotStuffer()
+            self._data = True
         else:
             self._refusal = _failure(reply)
 
@@ -267,20 +268,16 @@ class SMTPRelay:
                 self._refusal = _failure(reply)
 
     async def _forward(self, data: bytes, *, last: bool) -> Reply | None:
-        """A run of content upstream in one write: re-stuffed DATA content (with the
-        end-of-data line if ``last``) or one BDAT chunk; the upstream's reply where one is
-        due (after a BDAT, or after the end of the DATA content: waited for up to the
-        upstream's ``final_timeout``)."""
+        """A run of content upstream in one write (the client machine re-stuffs DATA
+        content, with the end-of-data line if ``last``, or makes it one BDAT chunk); the
+        upstream's reply where one is due (after a BDAT, or after the end of the content:
+        waited for up to the upstream's ``final_timeout``)."""
         up = self.upstream
-        if self._stuffer is None:
-            wire = format_bdat(len(data), last=last) + data
-        else:
-            wire = self._stuffer.feed(data) + (self._stuffer.end() if last else b"")
-        await up.send(wire)
+        await up.send(EndOfMessage(data) if last else BodyData(data))
         if last:
             self._verdict_due = True  # the whole message is there: the target may accept it
             return await up.reply(up.final_timeout)
-        return await up.reply() if self._stuffer is None else None
+        return await up.reply() if up.reply_due else None
 
     async def complete(self) -> Reply:
         """The client ended the content: the upstream's verdict, after the copy is durable."""
@@ -288,7 +285,7 @@ class SMTPRelay:
             return await self._complete()
         finally:
             await self._drop_writer()
-            self._mail, self._recipients, self._stuffer = None, [], None
+            self._mail, self._recipients, self._data = None, [], False
 
     async def _complete(self) -> Reply:
         if self._refusal is not None:
@@ -348,7 +345,7 @@ class SMTPRelay:
     async def abort(self, reason: AbortReason) -> None:
         """The client's transaction ended without a message (RSET, EHLO, size limit, EOF)."""
         in_content = self._writer is not None or self._refusal is not None
-        data_open = in_content and self._stuffer is not None and self._refusal is None
+        data_open = in_content and self._data and self._refusal is None
         await self._drop_writer()
         if self._cut:
             pass
@@ -362,7 +359,7 @@ class SMTPRelay:
         self._mail, self._recipients, self._refusal = None, [], None
 
     async def _reset(self) -> None:
-        await self.upstream.command(format_command("RSET"))
+        await self.upstream.command(Reset())
 
     async def _drop_writer(self) -> None:
         writer, self._writer = self._writer, None

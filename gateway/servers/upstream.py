@@ -1,8 +1,15 @@
 """Connections to the proxies' upstream servers: resolve, check every address against the
 target policy, connect to an address that passed, and speak TLS with the certificate checked.
-The client roles on top (:class:`POP3Upstream`, :class:`SMTPUpstream`) read replies with the
-protocol machines' own reply readers and log in only once TLS is up, so a password never
-crosses an unencrypted link (SPEC.md 15.1).
+
+The client roles on top (:class:`POP3Upstream`, :class:`SMTPUpstream`) are trio drivers of the
+protocols' client machines (``protocols.pop3.ClientConnection``,
+``protocols.smtp.ClientConnection``): they write what ``send()`` and ``data_to_send()`` give,
+feed what the server sends to ``receive_data()``, run the TLS handshake when the machine says
+so, and time every step. Everything about the protocol (greetings, EHLO and CAPA, STARTTLS and
+STLS with their injection check, the choice of AUTH mechanism and its challenges, listings) is
+the machines'; their errors become :class:`UpstreamError`. Credentials go only over TLS: the
+machines refuse to send them in the clear, and ``start`` brings TLS up first (SPEC.md 15.1,
+15.2).
 """
 
 from __future__ import annotations
@@ -11,35 +18,26 @@ import functools
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import trio
 
-from ..protocols import smtp
-from ..protocols._sasl import encode, plain_response
-from ..protocols.pop3 import (
-    COMMAND_LINE_LIMIT,
-    NEED_DATA,
-    BodyData,
-    BodyEnd,
-    ConnectionClosed,
-    Continuation,
-    ProtocolError,
-    Reply,
-    ReplyReader,
-    format_command,
-)
+from ..protocols import pop3, smtp
 from ..services.routing import RoutingError, TargetPolicy
 from ..tls import use_aead_only
 
-__all__ = ["POP3Upstream", "SMTPUpstream", "UpstreamError", "open_upstream"]
+__all__ = ["POP3Upstream", "SMTPUpstream", "UpstreamError", "open_upstream", "wrap_tls"]
 
 RECEIVE_SIZE = 64 * 1024
 
 
-class _Reader(Protocol):
+class _Machine(Protocol):
+    """What the driver needs of either client machine."""
+
     def receive_data(self, data: bytes) -> None: ...
     def next_event(self) -> object: ...
+    def data_to_send(self) -> bytes: ...
+    def tls_started(self) -> None: ...
 
 
 class UpstreamError(Exception):
@@ -100,21 +98,37 @@ def client_context(cafiles: tuple[str, ...] = (), *, verify: bool = True) -> ssl
     return context
 
 
+def wrap_tls(
+    stream: trio.abc.Stream, context: ssl.SSLContext, server_hostname: str
+) -> trio.SSLStream[trio.abc.Stream]:
+    """The one place the upstream side makes a TLS client stream (the handshake is the
+    caller's)."""
+    return trio.SSLStream(stream, context, server_hostname=server_hostname)
+
+
+_REMOTE_ERRORS = (pop3.RemoteProtocolError, smtp.RemoteProtocolError)
+
+
 @dataclass(eq=False)
 class _Upstream:
-    """What both client roles share: TLS toward ``server_name``, timed reads into the
-    protocol's reply reader and timed writes, every failure an UpstreamError."""
+    """What both client roles share: TLS toward ``server_name``, timed reads into the client
+    machine and timed writes of what it gives, every failure an UpstreamError."""
 
     stream: trio.abc.Stream
     server_name: str
     timeout: float
     tls: str = field(default="", init=False)
+    _NEED_DATA: ClassVar[object]
 
-    def _reader(self) -> _Reader:
+    @property
+    def _conn(self) -> _Machine:
         raise NotImplementedError
 
+    def _error(self, exc: pop3.RemoteProtocolError | smtp.RemoteProtocolError) -> UpstreamError:
+        return UpstreamError(f"{self.server_name} {exc}", temporary=exc.temporary)
+
     async def _handshake(self, context: ssl.SSLContext) -> None:
-        ssl_stream = trio.SSLStream(self.stream, context, server_hostname=self.server_name)
+        ssl_stream = wrap_tls(self.stream, context, self.server_name)
         try:
             with trio.fail_after(self.timeout):
                 await ssl_stream.do_handshake()
@@ -130,15 +144,23 @@ class _Upstream:
             raise UpstreamError(f"TLS handshake with {self.server_name} failed: {cause}") from None
         self.stream = ssl_stream
         self.tls = f"{ssl_stream.version()} {(ssl_stream.cipher() or ('',))[0]}".strip()
+        try:
+            self._conn.tls_started()
+        except _REMOTE_ERRORS as exc:
+            raise self._error(exc) from None
 
     async def _event(self, read_timeout: float | None = None) -> object:
-        reader = self._reader()
+        """The machine's next event, reading as long as it needs data and writing what it
+        answers by itself on the way."""
+        conn = self._conn
         while True:
             try:
-                event = reader.next_event()
-            except (ProtocolError, smtp.ProtocolError) as exc:
-                raise UpstreamError(f"{self.server_name} broke the protocol: {exc}") from None
-            if event is not NEED_DATA and event is not smtp.NEED_DATA:
+                event = conn.next_event()
+            except _REMOTE_ERRORS as exc:
+                raise self._error(exc) from None
+            if out := conn.data_to_send():
+                await self._write(out)
+            if event is not self._NEED_DATA:
                 return event
             try:
                 with trio.fail_after(read_timeout or self.timeout):
@@ -147,9 +169,12 @@ class _Upstream:
                 raise UpstreamError(f"{self.server_name} did not answer in time") from None
             except (trio.BrokenResourceError, OSError) as exc:
                 raise UpstreamError(f"connection to {self.server_name} lost: {exc}") from None
-            reader.receive_data(bytes(data))
+            try:
+                conn.receive_data(bytes(data))
+            except _REMOTE_ERRORS as exc:
+                raise self._error(exc) from None
 
-    async def _send(self, data: bytes) -> None:
+    async def _write(self, data: bytes) -> None:
         try:
             with trio.fail_after(self.timeout):
                 await self.stream.send_all(data)
@@ -166,10 +191,12 @@ class _Upstream:
 class POP3Upstream(_Upstream):
     """One POP3 session with an upstream server, in the client role."""
 
-    reader: ReplyReader = field(default_factory=ReplyReader)
+    conn: pop3.ClientConnection = field(default_factory=pop3.ClientConnection)
+    _NEED_DATA: ClassVar[object] = pop3.NEED_DATA
 
-    def _reader(self) -> _Reader:
-        return self.reader
+    @property
+    def _conn(self) -> _Machine:
+        return self.conn
 
     @classmethod
     async def start(
@@ -194,112 +221,99 @@ class POP3Upstream(_Upstream):
     async def _open(self, context: ssl.SSLContext, implicit_tls: bool) -> None:
         if implicit_tls:
             await self._handshake(context)
-        greeting = await self._reply()
-        if not greeting.ok:
-            raise UpstreamError(f"{self.server_name} refused the session: {greeting.text}")
+        await self._event()  # the greeting (the machine refuses a -ERR)
         if implicit_tls:
             return
-        if "STLS" not in await self.capabilities():
-            raise UpstreamError(
-                f"{self.server_name} does not offer STLS; the password is not sent in the clear",
-                temporary=False,
-            )
-        reply = await self.command("STLS")
-        if not reply.ok:
-            raise UpstreamError(f"{self.server_name} refused STLS: {reply.text}")
-        self.reader = ReplyReader()  # nothing read in the clear carries over (RFC 2595)
-        await self._handshake(context)
+        await self._request(pop3.Capa())
+        if not isinstance(await self._request(pop3.StartTLS()), pop3.StartTLS):
+            raise UpstreamError(f"{self.server_name} sent an unexpected response")
+        await self._handshake(context)  # STLS went only where CAPA listed it
 
-    async def _reply(self) -> Reply:
-        event = await self._event()
-        if isinstance(event, ConnectionClosed):
-            raise UpstreamError(f"{self.server_name} closed the connection")
-        if not isinstance(event, Reply):
+    async def _request(self, command: pop3.Event) -> object:
+        try:
+            data = self.conn.send(command)
+        except _REMOTE_ERRORS as exc:
+            raise self._error(exc) from None
+        await self._write(data)
+        return await self._event()
+
+    async def _reply(self, command: pop3.Event) -> pop3.Reply:
+        event = await self._request(command)
+        if not isinstance(event, pop3.Reply):
             raise UpstreamError(f"{self.server_name} sent an unexpected response")
         return event
 
-    async def command(self, verb: str, *args: str) -> Reply:
-        """A single-line command and its status line."""
-        return await self._exchange(format_command(verb, *args))
+    async def command(self, command: pop3.Event | str, *args: str) -> pop3.Reply:
+        """A single-line command (an event such as ``Stat()``, or its words: ``"DELE", "3"``)
+        and its status line."""
+        if isinstance(command, str):
+            command = pop3.client_command(command, *args)
+        return await self._reply(command)
 
-    async def _exchange(self, line: bytes) -> Reply:
-        self.reader.expect()
-        await self._send(line)
-        return await self._reply()
-
-    async def multiline(self, verb: str, *args: str) -> tuple[Reply, AsyncIterator[bytes]]:
+    async def multiline(
+        self, command: pop3.Event | str, *args: str
+    ) -> tuple[pop3.Reply, AsyncIterator[bytes]]:
         """A multi-line command: its status line and, if +OK, its dot-unstuffed body in
         pieces (iterate it to the end before the next command)."""
-        self.reader.expect(multiline=True)
-        await self._send(format_command(verb, *args))
-        reply = await self._reply()
-        return reply, self._body() if reply.ok else _empty()
+        if isinstance(command, str):
+            command = pop3.client_command(command, *args)
+        reply = await self._reply(command)
+        return reply, self._body() if self.conn.reply_due else _empty()
 
     async def _body(self) -> AsyncIterator[bytes]:
         while True:
             event = await self._event()
-            if isinstance(event, BodyData):
+            if type(event) is pop3.BodyData:
                 yield event.data
-            elif isinstance(event, BodyEnd):
+            elif type(event) is pop3.BodyEnd:
                 return
             else:
                 raise UpstreamError(f"{self.server_name} broke off a multi-line response")
 
     async def capabilities(self) -> dict[str, list[str]]:
-        reply, body = await self.multiline("CAPA")
-        capabilities: dict[str, list[str]] = {}
-        text = b"".join([piece async for piece in body]).decode("utf-8", "replace")
-        if reply.ok:
-            for line in text.splitlines():
-                if words := line.split():
-                    capabilities[_keyword(words[0])] = words[1:]
-        return capabilities
+        event = await self._request(pop3.Capa())
+        assert isinstance(event, pop3.Capabilities)
+        return {name: list(args) for name, args in event.capabilities.items()}
 
-    async def login(self, username: str, password: str) -> Reply:
+    async def uidls(
+        self, msg: int | None = None, *, limit: int = pop3.UIDL_LISTING_LIMIT
+    ) -> pop3.UidlListing:
+        """The server's UIDLs, parsed: the listing (kept up to ``limit`` octets; over it,
+        ``complete`` is False), or ``UIDL msg``."""
+        event = await self._request(pop3.FetchUidls(msg, limit))
+        assert isinstance(event, pop3.UidlListing)
+        return event
+
+    async def login(self, username: str, password: str) -> pop3.Reply:
         """USER/PASS, or AUTH PLAIN where the server refuses USER or the credentials do not
-        fit USER and PASS lines (a space in the username, a line break, over 255 octets).
-        Only ever called on a TLS session (``start`` saw to it)."""
+        fit USER and PASS lines (the machine's choice). Only ever on a TLS session."""
         if not self.tls:
             raise UpstreamError("refusing to send credentials without TLS", temporary=False)
-        try:
-            lines = format_command("USER", username), format_command("PASS", password)
-        except ValueError:  # SASL carries them whatever they hold
-            return await self._auth_plain(plain_response(username, password))
-        if not (await self._exchange(lines[0])).ok:
-            return await self._auth_plain(plain_response(username, password))
-        return await self._exchange(lines[1])
-
-    async def _auth_plain(self, response: str) -> Reply:
-        """AUTH PLAIN with the response on the command line where it fits in 255 octets,
-        else after the server's "+" (RFC 5034 §4)."""
-        self.reader.expect()
-        line = f"AUTH PLAIN {response}\r\n".encode()
-        initial = len(line) <= COMMAND_LINE_LIMIT
-        await self._send(line if initial else b"AUTH PLAIN\r\n")
-        event = await self._event()
-        if isinstance(event, Continuation) and not initial:
-            await self._send(response.encode() + b"\r\n")
-            event = await self._event()
-        if isinstance(event, Continuation):  # a challenge where none belongs: cancel
-            await self._send(b"*\r\n")
-            return await self._reply()
-        if isinstance(event, Reply):
-            return event
-        raise UpstreamError(f"{self.server_name} sent an unexpected response to AUTH")
+        return await self._reply(pop3.Login(username, password, "USER"))
 
 
 @dataclass(eq=False)
 class SMTPUpstream(_Upstream):
     """One SMTP session with an upstream server, in the client role (the recording SMTP
-    proxy): EHLO, STARTTLS unless the TLS is implicit, EHLO again, AUTH; then whatever
-    commands and content the relay sends, one reply at a time."""
+    proxy): EHLO, STARTTLS unless the TLS is implicit, EHLO again, AUTH; then the commands
+    and content the relay sends, one reply at a time."""
 
-    reader: smtp.ReplyReader = field(default_factory=smtp.ReplyReader)
-    extensions: dict[str, str] = field(default_factory=dict)  # EHLO keyword -> parameters
+    conn: smtp.ClientConnection = field(default_factory=smtp.ClientConnection)
     final_timeout: float = 600.0  # for the reply to the end of a message
+    _NEED_DATA: ClassVar[object] = smtp.NEED_DATA
 
-    def _reader(self) -> _Reader:
-        return self.reader
+    @property
+    def _conn(self) -> _Machine:
+        return self.conn
+
+    @property
+    def extensions(self) -> dict[str, str]:
+        """EHLO keyword -> parameters, from the EHLO under TLS."""
+        return self.conn.extensions
+
+    @property
+    def reply_due(self) -> bool:
+        return self.conn.reply_due
 
     @classmethod
     async def start(
@@ -326,42 +340,18 @@ class SMTPUpstream(_Upstream):
     async def _open(self, context: ssl.SSLContext, implicit_tls: bool, helo: str) -> None:
         if implicit_tls:
             await self._handshake(context)
-        greeting = await self.reply()
-        if greeting.code != 220:
-            raise UpstreamError(
-                f"{self.server_name} refused the session: {greeting.code} {greeting.text}",
-                temporary=greeting.code < 500,
-            )
-        await self._ehlo(helo)
+        await self.reply()  # the greeting (the machine refuses anything but 220)
+        await self.command(smtp.Hello("EHLO", helo))
         if implicit_tls:
             return
-        if "STARTTLS" not in self.extensions:
-            raise UpstreamError(
-                f"{self.server_name} does not offer STARTTLS; "
-                "the password is not sent in the clear",
-                temporary=False,
-            )
-        reply = await self.command(smtp.format_command("STARTTLS"))
-        if reply.code != 220:
-            raise UpstreamError(f"{self.server_name} refused STARTTLS: {reply.code} {reply.text}")
-        if self.reader.discard_buffered():
-            # RFC 3207 §5: what came with the 220 was sent in the clear; never act on it.
-            raise UpstreamError(f"{self.server_name} sent data after its STARTTLS reply")
-        self.reader = smtp.ReplyReader()
+        await self.send(smtp.StartTLS())  # refused unless EHLO listed STARTTLS
+        if not isinstance(await self._event(), smtp.StartTLS):  # the 220, else refused
+            raise UpstreamError(f"{self.server_name} sent an unexpected response")
         await self._handshake(context)
-        await self._ehlo(helo)
-
-    async def _ehlo(self, helo: str) -> None:
-        reply = await self.command(smtp.format_command("EHLO", helo))
-        if reply.code != 250:
-            raise UpstreamError(f"{self.server_name} refused EHLO: {reply.code} {reply.text}")
-        self.extensions = {}
-        for line in reply.lines[1:]:
-            keyword, _, params = line.partition(" ")
-            self.extensions[_keyword(keyword)] = params
+        await self.command(smtp.Hello("EHLO", helo))
 
     def offers(self, keyword: str) -> bool:
-        return keyword in self.extensions
+        return self.conn.offers(keyword)
 
     async def reply(self, read_timeout: float | None = None) -> smtp.Reply:
         event = await self._event(read_timeout)
@@ -369,52 +359,41 @@ class SMTPUpstream(_Upstream):
             raise UpstreamError(f"{self.server_name} closed the connection")
         return event
 
-    async def command(self, line: bytes) -> smtp.Reply:
-        """One command line (from the smtp writers) and its reply."""
-        await self._send(line)
+    async def command(self, command: smtp.Event) -> smtp.Reply:
+        """One command (``MailFrom(...)``, ``Reset()``...) and its reply."""
+        await self.send(command)
         return await self.reply()
 
-    async def send(self, data: bytes) -> None:
-        """Message content, already in its wire form."""
-        await self._send(data)
+    async def send(self, command: smtp.Event) -> None:
+        """A command or a piece of content, without reading a reply (``reply_due`` says
+        whether one is due)."""
+        try:
+            data = self.conn.send(command)
+        except _REMOTE_ERRORS as exc:
+            raise self._error(exc) from None
+        if data:
+            await self._write(data)
 
     async def authenticate(self, username: str, password: str) -> smtp.Reply:
         """AUTH PLAIN, or LOGIN where the server offers only that (RFC 4954); the server's
         final reply. Only ever called on a TLS session (``start`` saw to it)."""
         if not self.tls:
             raise UpstreamError("refusing to send credentials without TLS", temporary=False)
-        mechanisms = [_keyword(m) for m in self.extensions.get("AUTH", "").split()]
-        if "PLAIN" in mechanisms:
-            response = plain_response(username, password)
-            reply = await self.command(smtp.format_command("AUTH", f"PLAIN {response}"))
-        elif "LOGIN" in mechanisms:
-            reply = await self.command(smtp.format_command("AUTH", "LOGIN"))
-            for answer in (username, password):
-                if reply.code != 334:
-                    break
-                reply = await self.command(smtp.format_command(encode(answer)))
-        else:
-            raise UpstreamError(
-                f"{self.server_name} offers neither AUTH PLAIN nor AUTH LOGIN", temporary=False
-            )
-        if reply.code == 334:  # a challenge where none belongs: give up the exchange
-            reply = await self.command(smtp.format_command("*"))
-        return reply
+        try:
+            mechanism = self.conn.choose_mechanism()
+        except _REMOTE_ERRORS as exc:
+            raise self._error(exc) from None
+        return await self.command(smtp.Authenticate(mechanism, username, password))
 
     async def quit(self) -> None:
         """QUIT, its reply awaited briefly, and the connection closed whatever happens."""
         try:
             with trio.move_on_after(min(self.timeout, 5.0)):
-                await self.command(smtp.format_command("QUIT"))
-        except UpstreamError:
-            pass
+                await self.command(smtp.Quit())
+        except (UpstreamError, smtp.LocalProtocolError):
+            pass  # QUIT cannot go now (inside DATA content): closing is enough
         finally:
             await self.aclose()
-
-
-def _keyword(word: str) -> str:
-    """A capability or mechanism name, upper-cased in ASCII only (as ``ascii_upper``)."""
-    return word.upper() if word.isascii() else word
 
 
 async def _empty() -> AsyncIterator[bytes]:

@@ -2,35 +2,42 @@
 a sans-IO state machine, in the manner of h11 and of the SMTP machine beside it.
 
 The server role is :class:`ServerConnection` (theory of operation in ``_connection.py``).
-The client role has the reply reader (:class:`ReplyReader`) and command writers, for the
-POP3 proxy to build on.
+The client role (the recording proxy's upstream side, SPEC.md 15.2) is
+:class:`ClientConnection` (``_client.py``), built on the reply reader (:class:`ReplyReader`)
+and the command writers, speaking the same events the other way.
 
 Modules: ``_events`` (replies, events, sentinels, settings and limits), ``_state`` (states
 and allowed commands as data), ``_readers`` (lines and replies), ``_writers`` (replies,
-dot-stuffing, commands), ``_replies`` (the machine's own replies), ``_util`` (errors) and
-``_connection`` (the server machine).
+dot-stuffing, commands), ``_replies`` (the machine's own replies), ``_util`` (errors),
+``_connection`` (the server machine) and ``_client`` (the client machine).
 """
 
 from __future__ import annotations
 
 from .._sasl import plain_response as auth_plain_response
 from . import _replies as replies
+from ._client import ClientConnection
 from ._connection import ConnectionStatistics, ServerConnection, parse_number
 from ._events import (
     AUTH_LINE_LIMIT,
     BODY_PIECE_SIZE,
+    CAPA_SIZE_LIMIT,
     COMMAND_LINE_LIMIT,
     DEFAULT_BAD_COMMAND_BUDGET,
     NEED_DATA,
     PAUSED,
     REPLY_LINE_LIMIT,
+    UIDL_LISTING_LIMIT,
     BodyData,
     BodyEnd,
+    Capa,
+    Capabilities,
     CloseReason,
     ConnectionClosed,
     Continuation,
     Dele,
     Event,
+    FetchUidls,
     List,
     Login,
     Noop,
@@ -44,24 +51,37 @@ from ._events import (
     Stat,
     Top,
     Uidl,
+    UidlListing,
 )
-from ._readers import LineReader, ReplyReader, parse_status_line
-from ._state import ALLOWED, State
+from ._readers import (
+    LineReader,
+    ReplyReader,
+    parse_capabilities,
+    parse_status_line,
+    parse_uidl_listing,
+)
+from ._state import ALLOWED, ClientState, State
 from ._top import TopCutter
 from ._util import LocalProtocolError, ProtocolError, RemoteProtocolError
-from ._writers import DotStuffer, format_command, format_lines, format_reply
+from ._writers import DotStuffer, client_command, format_command, format_lines, format_reply
 
 __all__ = [
     "ALLOWED",
     "AUTH_LINE_LIMIT",
     "BODY_PIECE_SIZE",
+    "CAPA_SIZE_LIMIT",
     "COMMAND_LINE_LIMIT",
     "DEFAULT_BAD_COMMAND_BUDGET",
     "NEED_DATA",
     "PAUSED",
     "REPLY_LINE_LIMIT",
+    "UIDL_LISTING_LIMIT",
     "BodyData",
     "BodyEnd",
+    "Capa",
+    "Capabilities",
+    "ClientConnection",
+    "ClientState",
     "CloseReason",
     "ConnectionClosed",
     "ConnectionStatistics",
@@ -69,6 +89,7 @@ __all__ = [
     "Dele",
     "DotStuffer",
     "Event",
+    "FetchUidls",
     "LineReader",
     "List",
     "LocalProtocolError",
@@ -90,11 +111,15 @@ __all__ = [
     "Top",
     "TopCutter",
     "Uidl",
+    "UidlListing",
     "auth_plain_response",
+    "client_command",
     "format_command",
     "format_lines",
     "format_reply",
+    "parse_capabilities",
     "parse_number",
     "parse_status_line",
+    "parse_uidl_listing",
     "replies",
 ]

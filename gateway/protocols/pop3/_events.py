@@ -9,7 +9,13 @@ Server events come in three kinds:
 * :class:`StartTLS`, which pauses it until ``tls_started()``;
 * :class:`ConnectionClosed`, the last event, repeated forever.
 
-The client-role reply reader returns :class:`Reply`, :class:`Continuation`,
+The client role (``_client.py``) speaks the same vocabulary the other way, as h11 does: it
+``send()``s :class:`Stat`, :class:`List`, :class:`Uidl`, :class:`Retr`, :class:`Top`,
+:class:`Dele`, :class:`Rset`, :class:`Noop`, :class:`Quit`, :class:`StartTLS` and
+:class:`Login` as commands, plus :class:`Capa` and :class:`FetchUidls`, which have no server
+event, and gets back :class:`Reply`, :class:`BodyData` and :class:`BodyEnd` (a relayed
+multi-line body), :class:`Capabilities`, :class:`UidlListing`, :class:`StartTLS` and
+:class:`ConnectionClosed`. Its reply reader returns :class:`Reply`, :class:`Continuation`,
 :class:`BodyData` and :class:`BodyEnd`.
 """
 
@@ -23,18 +29,23 @@ from typing import Final
 __all__ = [
     "AUTH_LINE_LIMIT",
     "BODY_PIECE_SIZE",
+    "CAPA_SIZE_LIMIT",
     "COMMAND_LINE_LIMIT",
     "DEFAULT_BAD_COMMAND_BUDGET",
     "NEED_DATA",
     "PAUSED",
     "REPLY_LINE_LIMIT",
+    "UIDL_LISTING_LIMIT",
     "BodyData",
     "BodyEnd",
+    "Capa",
+    "Capabilities",
     "CloseReason",
     "ConnectionClosed",
     "Continuation",
     "Dele",
     "Event",
+    "FetchUidls",
     "List",
     "Login",
     "Noop",
@@ -48,6 +59,7 @@ __all__ = [
     "Stat",
     "Top",
     "Uidl",
+    "UidlListing",
 ]
 
 # RFC 2449 §4: a command line is at most 255 octets including the CRLF.
@@ -61,6 +73,13 @@ AUTH_LINE_LIMIT: Final = 2048
 DEFAULT_BAD_COMMAND_BUDGET: Final = 10
 # Largest BodyData piece the client reader returns, so its buffer stays bounded.
 BODY_PIECE_SIZE: Final = 65536
+# Client role. RFC 2449 §5 sets no bound on a CAPA listing; real ones are a dozen short lines
+# (Dovecot's is under 200 octets), so a larger one is refused rather than held.
+CAPA_SIZE_LIMIT: Final = 64 * 1024
+# Client role: a UIDL listing (RFC 1939 §7: "n uid" per message, uid 1-70 octets) is kept
+# to map message numbers to UIDLs only up to this size (about 200,000 messages); a larger
+# one is read to its end and dropped, and each message's UIDL asked with "UIDL n" instead.
+UIDL_LISTING_LIMIT: Final = 8 * 1024 * 1024
 
 
 class Sentinel(enum.Enum):
@@ -233,3 +252,42 @@ class BodyData(Event):
 @dataclass(frozen=True, slots=True)
 class BodyEnd(Event):
     """Client role: the ``.`` CRLF that ends a multi-line response."""
+
+
+# -- client-role commands and events with no server counterpart ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Capa(Event):
+    """Client role: CAPA (RFC 2449 §5); the answer is one :class:`Capabilities` event."""
+
+
+@dataclass(frozen=True, slots=True)
+class FetchUidls(Event):
+    """Client role: UIDL for the client itself, parsed (where :class:`Uidl` relays the
+    listing as a body): ``msg`` None asks for the listing, kept up to ``limit`` octets;
+    ``msg`` n sends ``UIDL n``. The answer is one :class:`UidlListing` event."""
+
+    msg: int | None = None
+    limit: int = UIDL_LISTING_LIMIT
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities(Event):
+    """Client role: the answer to CAPA. ``capabilities`` maps each (upper-cased) capability
+    to its arguments; empty when the server answered -ERR (RFC 2449 §5: a server without
+    CAPA)."""
+
+    reply: Reply
+    capabilities: dict[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class UidlListing(Event):
+    """Client role: the answer to :class:`FetchUidls`: message number -> UIDL, for the
+    lines of the form ``n uid`` (RFC 1939 §7; any other line is left out, so its message has
+    no UIDL). ``complete`` is False when a listing over its limit was read and dropped."""
+
+    reply: Reply
+    uidls: dict[int, str]
+    complete: bool = True

@@ -7,6 +7,7 @@ the same result however the input was split, down to one byte at a time.
 from __future__ import annotations
 
 import enum
+import re
 from collections import deque
 from typing import Final, Literal
 
@@ -25,11 +26,23 @@ from ._events import (
 )
 from ._util import RemoteProtocolError
 
-__all__ = ["TOO_LONG", "LineReader", "ReplyReader", "TooLong", "parse_status_line"]
+__all__ = [
+    "TOO_LONG",
+    "LineReader",
+    "ReplyReader",
+    "TooLong",
+    "parse_capabilities",
+    "parse_status_line",
+    "parse_uidl_listing",
+]
 
 CR: Final = 0x0D
 LF: Final = 0x0A
 DOT: Final = 0x2E
+# RFC 1939 §7: "n uid", uid 1-70 octets 0x21-0x7E. The 70 is not enforced: a longer uid
+# still names one message, and only its HMAC is kept (SPEC.md 5.5).
+_NUMBER: Final = re.compile(rb"[0-9]{1,9}\Z")
+_UID: Final = re.compile(rb"[\x21-\x7e]+\Z")
 
 
 class TooLong(enum.Enum):
@@ -191,3 +204,24 @@ class ReplyReader:
         piece = bytes(buf[:n])
         del buf[:n]
         return BodyData(piece)
+
+
+def parse_uidl_listing(listing: bytes) -> dict[int, str]:
+    """``n uid`` lines (RFC 1939 §7) to {n: uid}; a line of any other form is left out, so
+    its message has no UIDL (and a proxy stores it without a key)."""
+    uidls: dict[int, str] = {}
+    for line in listing.split(b"\n"):
+        fields = line.split()
+        if len(fields) == 2 and _NUMBER.match(fields[0]) and _UID.match(fields[1]):
+            uidls[int(fields[0])] = fields[1].decode("ascii")
+    return uidls
+
+
+def parse_capabilities(listing: bytes) -> dict[str, tuple[str, ...]]:
+    """RFC 2449 §5: one capability a line (upper-cased in ASCII), its arguments after it."""
+    capabilities: dict[str, tuple[str, ...]] = {}
+    for line in listing.decode("utf-8", "replace").splitlines():
+        if words := line.split():
+            name = words[0].upper() if words[0].isascii() else words[0]
+            capabilities[name] = tuple(words[1:])
+    return capabilities

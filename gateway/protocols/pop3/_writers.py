@@ -4,11 +4,29 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Final
 
 from .._dotstuff import DotStuffer
-from ._events import COMMAND_LINE_LIMIT, Reply
+from ._events import (
+    COMMAND_LINE_LIMIT,
+    Capa,
+    Dele,
+    Event,
+    List,
+    Noop,
+    Quit,
+    Reply,
+    Retr,
+    Rset,
+    StartTLS,
+    Stat,
+    Top,
+    Uidl,
+)
 
-__all__ = ["DotStuffer", "format_command", "format_reply"]
+__all__ = ["DotStuffer", "client_command", "format_command", "format_reply"]
+
+_DIGITS: Final = re.compile(r"[0-9]{1,9}\Z")  # a message number, as the server role reads it
 
 
 def format_reply(reply: Reply) -> bytes:
@@ -45,3 +63,29 @@ def format_command(verb: str, *args: str) -> bytes:
     if len(line) > COMMAND_LINE_LIMIT:
         raise ValueError(f"command line of {len(line)} octets > {COMMAND_LINE_LIMIT}")
     return line
+
+
+def client_command(verb: str, *args: str) -> Event:
+    """The client-role command a user would type as words (``"RETR", "1"``); ValueError if
+    it is none the client role sends that way."""
+    verb = verb.upper()
+    simple = {"STAT": Stat, "RSET": Rset, "NOOP": Noop, "QUIT": Quit, "CAPA": Capa}
+    if verb in simple and not args:
+        return simple[verb]()
+    if verb == "STLS" and not args:
+        return StartTLS()
+    numbers = [_number(arg) for arg in args]
+    if verb in ("LIST", "UIDL") and len(numbers) <= 1:
+        msg = numbers[0] if numbers else None
+        return List(msg) if verb == "LIST" else Uidl(msg)
+    if verb in ("RETR", "DELE") and len(numbers) == 1:
+        return Retr(numbers[0]) if verb == "RETR" else Dele(numbers[0])
+    if verb == "TOP" and len(numbers) == 2:
+        return Top(numbers[0], numbers[1])
+    raise ValueError(f"{verb} with {len(args)} arguments is no client command")
+
+
+def _number(arg: str) -> int:
+    if not _DIGITS.match(arg):
+        raise ValueError("a message number is 1 to 9 ASCII digits")
+    return int(arg)

@@ -1,21 +1,23 @@
 """SMTP (RFC 5321 and its extensions) as a sans-IO state machine, in the manner of h11.
 
 The server role is :class:`ServerConnection`; see ``_connection.py`` for its theory of
-operation and SPEC.md section 12 for the replies and limits. The client role has its reply
-reader (:class:`ReplyReader`) and command writers so far; the proxy's client machine will be
-built from them and from the same readers.
+operation and SPEC.md section 12 for the replies and limits. The client role (the recording
+proxy's upstream side, SPEC.md 15.2) is :class:`ClientConnection`, built on the reply reader
+(:class:`ReplyReader`) and the command writers, speaking the same events the other way; see
+``_client.py``.
 
 Modules, h11's split: ``_events`` (replies, events, sentinels), ``_state`` (states and the
 transition table as data), ``_readers`` (bytes to lines, content and replies), ``_writers``
 (replies, commands and content to bytes), ``_syntax`` (addresses and parameters),
 ``_replies`` (the reply catalogue), ``_settings`` (settings and limits), ``_util`` (errors),
-``_session`` (session state and the command interpreter) and ``_connection`` (the server
-machine's API and reading loop).
+``_session`` (session state and the command interpreter), ``_connection`` (the server
+machine's API and reading loop) and ``_client`` (the client machine).
 """
 
 from __future__ import annotations
 
 from . import _replies as replies
+from ._client import ClientConnection
 from ._connection import ConnectionStatistics, ServerConnection
 from ._events import (
     NEED_DATA,
@@ -26,6 +28,7 @@ from ._events import (
     BodyType,
     CloseReason,
     ConnectionClosed,
+    EndOfMessage,
     Event,
     Hello,
     MailFrom,
@@ -34,6 +37,7 @@ from ._events import (
     Quit,
     RcptTo,
     Reply,
+    Reset,
     Sentinel,
     StartData,
     StartTLS,
@@ -50,9 +54,10 @@ from ._settings import (
     PATH_LIMIT,
     REPLY_LINE_LIMIT,
     REPLY_LINES_LIMIT,
+    REPLY_SIZE_LIMIT,
     SMTPSettings,
 )
-from ._state import State
+from ._state import ClientState, State
 from ._util import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._writers import (
     DotStuffer,
@@ -75,14 +80,18 @@ __all__ = [
     "PAUSED",
     "REPLY_LINES_LIMIT",
     "REPLY_LINE_LIMIT",
+    "REPLY_SIZE_LIMIT",
     "AbortReason",
     "Authenticate",
     "BodyData",
     "BodyType",
+    "ClientConnection",
+    "ClientState",
     "CloseReason",
     "ConnectionClosed",
     "ConnectionStatistics",
     "DotStuffer",
+    "EndOfMessage",
     "Event",
     "Hello",
     "LocalProtocolError",
@@ -95,6 +104,7 @@ __all__ = [
     "RemoteProtocolError",
     "Reply",
     "ReplyReader",
+    "Reset",
     "SMTPSettings",
     "Sentinel",
     "ServerConnection",

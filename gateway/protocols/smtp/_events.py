@@ -12,6 +12,13 @@ Events come in three kinds:
 * information, already answered by the machine itself: :class:`Hello`, :class:`StartData`,
   :class:`BodyData`, :class:`MessageAborted`, :class:`Quit`, :class:`ConnectionClosed`.
 
+The client role (``_client.py``) speaks the same vocabulary the other way, as h11 does: it
+``send()``s :class:`Hello`, :class:`StartTLS`, :class:`Authenticate`, :class:`MailFrom`,
+:class:`RcptTo`, :class:`StartData`, :class:`BodyData` and :class:`Quit` as commands, plus the
+two that have no server event (:class:`Reset`, :class:`EndOfMessage`), and gets back
+:class:`Reply`, :class:`StartTLS` (the 220 to STARTTLS: run the handshake) and
+:class:`ConnectionClosed`.
+
 Every :class:`MailFrom` the driver accepts is followed by exactly one :class:`MessageComplete`
 or :class:`MessageAborted`, so a driver can tie its per-message resources to that pair.
 """
@@ -32,6 +39,7 @@ __all__ = [
     "BodyType",
     "CloseReason",
     "ConnectionClosed",
+    "EndOfMessage",
     "Event",
     "Hello",
     "MailFrom",
@@ -40,6 +48,7 @@ __all__ = [
     "Quit",
     "RcptTo",
     "Reply",
+    "Reset",
     "Sentinel",
     "StartData",
     "StartTLS",
@@ -212,3 +221,21 @@ class ConnectionClosed(Event):
 
     reason: CloseReason
     reply: Reply | None = None
+
+
+# -- client-role commands with no server event ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reset(Event):
+    """Client role: RSET (RFC 5321 §4.1.1.5), which ends any transaction. (The server role
+    answers RSET by itself: a transaction it ends comes out as MessageAborted(RESET).)"""
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfMessage(Event):
+    """Client role: the last of the content and its end, in one write: for DATA ``data``
+    dot-stuffed and CRLF "." CRLF, for BDAT one ``BDAT n LAST`` chunk (RFC 3030 §2). The reply
+    is the server's verdict on the message."""
+
+    data: bytes = b""

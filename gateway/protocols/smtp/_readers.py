@@ -19,7 +19,7 @@ from typing import Final, Literal, NamedTuple
 
 from . import _replies as R
 from ._events import NEED_DATA, CloseReason, ConnectionClosed, Reply, Sentinel
-from ._settings import BODY_PIECE_SIZE, REPLY_LINE_LIMIT, REPLY_LINES_LIMIT
+from ._settings import BODY_PIECE_SIZE, REPLY_LINE_LIMIT, REPLY_LINES_LIMIT, REPLY_SIZE_LIMIT
 from ._util import LocalProtocolError, RemoteProtocolError
 
 __all__ = ["TOO_LONG", "ChunkReader", "DataReader", "Line", "LineReader", "ReplyReader"]
@@ -203,23 +203,29 @@ _ENHANCED_PREFIX: Final = re.compile(r"([245]\.[0-9]{1,3}\.[0-9]{1,3})(?: |\Z)")
 
 
 class ReplyReader:
-    """Client role: a server's bytes to :class:`Reply` events (for the coming proxy, whose
-    client machine will wrap this as the server machine wraps the command reader).
+    """Client role: a server's bytes to :class:`Reply` events; the client machine
+    (``_client.py``) wraps it as the server machine wraps the command reader.
 
     ``next_event()`` returns a Reply, NEED_DATA, or ``ConnectionClosed(EOF)`` once the server
     closed between replies; a malformed or oversized reply raises RemoteProtocolError. After
-    the 220 that answers STARTTLS, call :meth:`discard_buffered`: bytes that arrived with it
+    the 220 that answers STARTTLS, :attr:`buffered` must be 0: bytes that arrived with it
     were sent in the clear and must not be read as coming from the TLS session (the
-    response-injection twin of CVE-2011-0411)."""
+    response-injection twin of CVE-2011-0411; the client machine refuses them)."""
 
     def __init__(
-        self, *, max_line_length: int = REPLY_LINE_LIMIT, max_lines: int = REPLY_LINES_LIMIT
+        self,
+        *,
+        max_line_length: int = REPLY_LINE_LIMIT,
+        max_lines: int = REPLY_LINES_LIMIT,
+        max_size: int = REPLY_SIZE_LIMIT,
     ) -> None:
         self._buffer = bytearray()
         self._reader = LineReader(max_line_length)
         self._max_lines = max_lines
+        self._max_size = max_size
         self._code: int | None = None
         self._texts: list[str] = []
+        self._size = 0
         self._eof = False
 
     def receive_data(self, data: bytes) -> None:
@@ -250,6 +256,7 @@ class ReplyReader:
                 if self._buffer or self._texts:
                     raise RemoteProtocolError("connection closed inside a reply")
                 return ConnectionClosed(CloseReason.EOF)
+            self._size += len(line.content) + 2
             reply = self._add(line.content.decode("utf-8", "replace"))
             if reply is not None:
                 return reply
@@ -266,8 +273,10 @@ class ReplyReader:
         if match.group(2) == "-":
             if len(self._texts) >= self._max_lines:
                 raise RemoteProtocolError("reply has too many lines")
+            if self._size > self._max_size:
+                raise RemoteProtocolError("reply too large")
             return None
-        texts, self._texts, self._code = self._texts, [], None
+        texts, self._texts, self._code, self._size = self._texts, [], None, 0
         enhanced: str | None = None
         prefix = _ENHANCED_PREFIX.match(texts[0])
         if prefix is not None and prefix.group(1)[0] == str(code)[0]:

@@ -22,6 +22,7 @@ __all__ = [
     "PATH_LIMIT",
     "REPLY_LINES_LIMIT",
     "REPLY_LINE_LIMIT",
+    "REPLY_SIZE_LIMIT",
     "RFC_COMMAND_LINE_LIMIT",
     "RFC_TEXT_LINE_LIMIT",
     "SMTPSettings",
@@ -64,9 +65,13 @@ BDAT_SIZE_DIGITS: Final = 20
 
 # Client role. RFC 5321 §4.5.3.1.5 allows 512 octets a reply line; foreign servers send longer
 # (long EHLO keywords, verbose 5xx texts). A multi-line reply of more lines than an EHLO list
-# could ever have is an attack or a desynchronized stream.
+# could ever have is an attack or a desynchronized stream: REPLY_LINES_LIMIT is also the bound
+# on EHLO lines (one per extension, RFC 5321 §4.1.1.1; real servers list 10 to 20). A whole
+# reply is bounded apart from its lines (RFC 5321 sets no limit; Postfix's longest EHLO answer
+# is under 400 octets), so the reader never holds more than REPLY_SIZE_LIMIT of reply text.
 REPLY_LINE_LIMIT: Final = 4096
 REPLY_LINES_LIMIT: Final = 100
+REPLY_SIZE_LIMIT: Final = 64 * 1024
 
 _HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?\Z|\[[0-9A-Fa-f:.]+\]\Z")
 

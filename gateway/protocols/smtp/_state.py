@@ -8,6 +8,10 @@ A session is in exactly one :class:`State`. In the command states a line reader 
 command missing from the row gets ``SEQUENCE_REPLIES.get((state, verb), BAD_SEQUENCE)``
 (RFC 5321 §4.1.4 and §3.3 for the order of commands, RFC 3030 §2 for BDAT, RFC 3207 §4.2
 for STARTTLS).
+
+The client role has its own table at the end (h11 keeps both roles in one ``_state.py``):
+``CLIENT_COMMANDS[state]`` are the commands its ``send()`` takes, ``CLIENT_TRANSITIONS`` where
+the reply to each leads.
 """
 
 from __future__ import annotations
@@ -16,19 +20,38 @@ import enum
 from typing import Final
 
 from . import _replies as R
-from ._events import Authenticate, Event, MailFrom, MessageComplete, RcptTo, Reply
+from ._events import (
+    Authenticate,
+    BodyData,
+    EndOfMessage,
+    Event,
+    Hello,
+    MailFrom,
+    MessageComplete,
+    Quit,
+    RcptTo,
+    Reply,
+    Reset,
+    StartData,
+    StartTLS,
+)
 
 __all__ = [
     "ALLOWED_BEFORE_STARTTLS",
     "BUDGETED_CODES",
+    "CLIENT_COMMANDS",
+    "CLIENT_TRANSITIONS",
     "COMMAND_STATES",
     "DECISION_SUCCESS",
     "FORBIDDEN_COMMANDS",
     "KNOWN_COMMANDS",
+    "MUST_SUCCEED",
     "SEQUENCE_REPLIES",
     "TRANSACTION_STATES",
     "TRANSITIONS",
     "UNIMPLEMENTED_COMMANDS",
+    "ClientState",
+    "Greeting",
     "State",
 ]
 
@@ -150,4 +173,78 @@ DECISION_SUCCESS: Final[dict[type[Event], frozenset[int]]] = {
     MailFrom: frozenset({250}),
     RcptTo: frozenset({250, 251}),
     MessageComplete: frozenset({250}),
+}
+
+
+# -- the client role (``_client.py``) ----------------------------------------------------------
+
+
+class ClientState(enum.Enum):
+    """Where a client session is, as the replies it has read have settled it. The client is
+    lock-step: a command is sent only once the reply to the one before it was read (DATA
+    content, which gets no reply per piece, excepted)."""
+
+    GREETING = "GREETING"  # connected: the server's greeting is due (RFC 5321 §3.1)
+    HELLO = "HELLO"  # greeted, or TLS just started (RFC 3207 §4.2): EHLO next
+    READY = "READY"  # EHLO answered, no transaction
+    MAIL = "MAIL"  # MAIL FROM accepted
+    RCPT = "RCPT"  # at least one RCPT TO accepted
+    DATA = "DATA"  # DATA answered 354: content, dot-stuffed, until EndOfMessage
+    BDAT = "BDAT"  # content as BDAT chunks (RFC 3030)
+    FAILED = "FAILED"  # a BDAT chunk refused: no more chunks (RFC 3030 §2), RSET or QUIT
+    TLS_HANDSHAKE = "TLS_HANDSHAKE"  # 220 to STARTTLS read: handshake, then tls_started()
+    CLOSED = "CLOSED"  # QUIT answered, the server closed, or it broke the protocol
+
+
+class Greeting(Event):
+    """The reply the client waits for before sending anything; not a command it sends."""
+
+    __slots__ = ()
+
+
+C = ClientState
+
+# The commands ``send()`` takes in each state; any other raises LocalProtocolError.
+CLIENT_COMMANDS: Final[dict[ClientState, frozenset[type[Event]]]] = {
+    C.GREETING: frozenset(),
+    C.HELLO: frozenset({Hello, Quit}),
+    C.READY: frozenset({Hello, StartTLS, Authenticate, MailFrom, Reset, Quit}),
+    C.MAIL: frozenset({RcptTo, Reset, Quit}),
+    C.RCPT: frozenset({RcptTo, StartData, Reset, Quit}),
+    # QUIT or RSET inside DATA content would be read as content: the only way out is the end.
+    C.DATA: frozenset({BodyData, EndOfMessage}),
+    C.BDAT: frozenset({BodyData, EndOfMessage, Reset, Quit}),
+    C.FAILED: frozenset({Reset, Quit}),
+    C.TLS_HANDSHAKE: frozenset(),
+    C.CLOSED: frozenset(),
+}
+
+_ANY: Final = frozenset(range(200, 600))
+
+# The reply to a command: (the codes that are success, the state success leads to, the
+# state a failure leads to or None to stay). RFC 5321 §4.1.1.4: the reply to the end of
+# the content ends the transaction whatever it says; RFC 3030 §2: after a refused chunk no
+# more chunks are sent. A BodyData gets a reply only as a BDAT chunk.
+CLIENT_TRANSITIONS: Final[
+    dict[type[Event], tuple[frozenset[int], ClientState, ClientState | None]]
+] = {
+    Greeting: (frozenset({220}), C.HELLO, None),
+    Hello: (frozenset({250}), C.READY, None),
+    StartTLS: (frozenset({220}), C.TLS_HANDSHAKE, None),
+    Authenticate: (frozenset({235}), C.READY, None),  # RFC 4954 §6
+    MailFrom: (frozenset({250}), C.MAIL, None),
+    RcptTo: (frozenset({250, 251}), C.RCPT, None),
+    StartData: (frozenset({354}), C.DATA, None),
+    BodyData: (frozenset({250}), C.BDAT, C.FAILED),
+    EndOfMessage: (_ANY, C.READY, None),
+    Reset: (_ANY, C.READY, None),
+    Quit: (_ANY, C.CLOSED, None),
+}
+
+# Replies without which the session cannot go on: a refusal raises RemoteProtocolError with
+# this text; ``temporary`` is False only for a 5xx greeting (RFC 5321 §3.1: 554, no service).
+MUST_SUCCEED: Final[dict[type[Event], str]] = {
+    Greeting: "refused the session",
+    Hello: "refused EHLO",
+    StartTLS: "refused STARTTLS",
 }

@@ -1,8 +1,8 @@
 """Writers: replies (server role) and commands and DATA content (client role) to bytes.
 
 The server machine formats every reply it queues with :func:`format_reply`. The command
-helpers and :class:`DotStuffer` are for the coming proxy's client machine (and for the tests,
-which use them to speak to the server machine as a real client would).
+helpers and :class:`DotStuffer` are the client machine's (``_client.py``), and the tests use
+them to speak to the server machine as a real client would.
 """
 
 from __future__ import annotations
