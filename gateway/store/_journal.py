@@ -170,9 +170,10 @@ class Journal:
 
     async def _serve(self, stream: trio.abc.Stream) -> None:
         decoder = JournalFrames()
-        hello = await _first_frame(stream, decoder)
-        if hello is None:
+        first = await _first_frames(stream, decoder)
+        if first is None:
             return
+        hello, *pipelined = first
         send, receive = trio.open_memory_channel[ToWorker](OUTBOX)
         connection = _Connection(hello.worker, send)
         connection.send(
@@ -188,6 +189,8 @@ class Journal:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_write_frames, stream, receive, nursery.cancel_scope)
+                for frame in pipelined:
+                    nursery.start_soon(self._answer, connection, frame)
                 while True:
                     data = await stream.receive_some(1 << 20)
                     if not data:
@@ -300,7 +303,11 @@ class Journal:
         ]
 
 
-async def _first_frame(stream: trio.abc.Stream, decoder: JournalFrames) -> Hello | None:
+async def _first_frames(
+    stream: trio.abc.Stream, decoder: JournalFrames
+) -> tuple[Hello, *tuple[ToJournal, ...]] | None:
+    """The worker's hello (and whatever it sent after it at once), or None: nothing, or not
+    a hello of this version within 30 s."""
     with trio.move_on_after(30):
         while True:
             data = await stream.receive_some(1 << 16)
@@ -312,8 +319,8 @@ async def _first_frame(stream: trio.abc.Stream, decoder: JournalFrames) -> Hello
                 logger.error("event=journal-bad-frame worker=? reason=%r", str(exc))
                 return None
             if frames:
-                hello = frames[0]
-                if not isinstance(hello, Hello) or hello.version != PROTOCOL_VERSION or frames[1:]:
+                hello, *rest = frames
+                if not isinstance(hello, Hello) or hello.version != PROTOCOL_VERSION:
                     logger.error("event=journal-bad-hello frame=%r", type(hello).__name__)
                     await stream.send_all(
                         encode_frame(
@@ -325,7 +332,7 @@ async def _first_frame(stream: trio.abc.Stream, decoder: JournalFrames) -> Hello
                         )
                     )
                     return None
-                return hello
+                return (hello, *rest)
     return None
 
 

@@ -1,0 +1,402 @@
+"""A gateway of a supervisor, one journal and protocol workers, as `gateway serve` runs it
+(SPEC.md 16), against smtplib and poplib: load spread over workers, a maildrop locked across
+them, kill -9 of a worker, of the journal and of the supervisor, SIGHUP, SIGTERM, and bad
+frames on the journal's socket."""
+
+from __future__ import annotations
+
+import os
+import poplib
+import re
+import signal
+import smtplib
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import pytest
+import trio
+
+from gateway.events import MailboxDeleted, now
+from gateway.services.archive import Archive, StoreConfig
+from gateway.verify import verify_data_dir
+
+from .conftest import FAST_KDF
+from .gateway_helpers import strip_received
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = """
+data_dir = "{data}"
+shutdown_grace = 5.0
+[[listeners]]
+name = "smtp"
+protocol = "smtp"
+port = 0
+[[listeners]]
+name = "pop3"
+protocol = "pop3"
+port = 0
+[[listeners]]
+name = "admin"
+protocol = "admin"
+port = 0
+tls = "implicit"
+[store]
+segment_bytes = 262144
+[store.kdf]
+memory_kib = 64
+iterations = 1
+lanes = 1
+insecure_fast_for_tests = true
+"""
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[str]
+    ports: dict[str, int]
+    lines: list[str] = field(default_factory=list)
+
+    def children(self) -> dict[str, int]:
+        """The supervisor's children now: name (journal, worker-N) -> pid."""
+        found = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) != self.process.pid:
+                continue
+            if b"journal" in args and b"--role" in args:
+                found["journal"] = int(entry.name)
+            elif b"--name" in args:
+                found[args[args.index(b"--name") + 1].decode()] = int(entry.name)
+        return found
+
+    def journal_socket(self) -> Path:
+        pid = self.children()["journal"]
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return Path(args[args.index(b"--journal-socket") + 1].decode())
+
+    def wait_for_line(self, pattern: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if re.search(pattern, line):
+                    return line
+            time.sleep(0.05)
+        raise AssertionError(f"no log line matching {pattern!r}:\n" + "".join(self.lines[-40:]))
+
+
+@contextmanager
+def serve(tmp_path: Path, workers: int = 2) -> Iterator[Served]:
+    config = tmp_path / "gateway.toml"
+    config.write_text(CONFIG.format(data=tmp_path / "data"))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--config",
+            str(config),
+            "--workers",
+            str(workers),
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "GATEWAY_ADMIN_PASSWORD": "an admin password for tests"},
+    )
+    served = Served(process, {})
+    assert process.stderr is not None
+    reader = threading.Thread(target=lambda: served.lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        served.wait_for_line(r"event=supervisor-ready")
+        for line in served.lines:
+            match = re.search(r"event=listening name=(\w+) .* port=(\d+)", line)
+            if match:
+                served.ports.setdefault(match.group(1), int(match.group(2)))
+        yield served
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        reader.join(timeout=10)
+        process.stderr.close()
+
+
+async def create_mailbox(data: Path) -> tuple[str, str]:
+    archive = await Archive.open(data, StoreConfig(kdf=FAST_KDF))
+    try:
+        info, password = await archive.create_mailbox("workers")
+        return info.mailbox_id, password
+    finally:
+        await archive.aclose()
+
+
+def insecure() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def send(port: int, mailbox_id: str, body: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as smtp:
+        smtp.sendmail("a@example.com", [f"mbx-{mailbox_id}@localhost"], body)
+
+
+def retrieve(port: int, mailbox_id: str, password: str, *, delete: bool = False) -> list[bytes]:
+    pop = poplib.POP3("127.0.0.1", port, timeout=20)
+    try:
+        pop.stls(context=insecure())
+        pop.user(mailbox_id)
+        pop.pass_(password)
+        count, _size = pop.stat()
+        bodies = []
+        for n in range(1, count + 1):
+            _resp, lines, _octets = pop.retr(n)
+            bodies.append(b"\r\n".join(lines) + b"\r\n")
+            if delete:
+                pop.dele(n)
+        return bodies
+    finally:
+        pop.quit()
+
+
+def test_two_workers_share_the_load_and_the_journal_keeps_it(tmp_path: Path) -> None:
+    mailbox_id, password = trio.run(create_mailbox, tmp_path / "data")
+    sent = [b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n) for n in range(60)]
+    with serve(tmp_path) as served:
+        threads = [
+            threading.Thread(target=send, args=(served.ports["smtp"], mailbox_id, body))
+            for body in sent
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        stored = retrieve(served.ports["pop3"], mailbox_id, password)
+        assert sorted(strip_received(b) for b in stored) == sorted(sent)
+        by_worker = {
+            name: sum(1 for line in served.lines if name in line and "smtp-message-stored" in line)
+            for name in ("worker-1", "worker-2")
+        }
+        assert sum(by_worker.values()) == len(sent)
+        assert all(by_worker.values()), f"one worker took every session: {by_worker}"
+    assert served.process.returncode == 0
+    report = verify_data_dir(tmp_path / "data")
+    assert report.ok and report.messages == len(sent), report.problems
+
+
+def test_a_maildrop_is_locked_across_workers(tmp_path: Path) -> None:
+    mailbox_id, password = trio.run(create_mailbox, tmp_path / "data")
+    with serve(tmp_path) as served:
+        sessions = []
+        try:
+            for _ in range(6):
+                pop = poplib.POP3("127.0.0.1", served.ports["pop3"], timeout=20)
+                pop.stls(context=insecure())
+                pop.user(mailbox_id)
+                try:
+                    pop.pass_(password)
+                    sessions.append(("ok", pop))
+                except poplib.error_proto as exc:
+                    sessions.append((exc.args[0].decode(), pop))
+            outcomes = [outcome for outcome, _pop in sessions]
+            assert outcomes.count("ok") == 1, outcomes
+            assert all("[IN-USE]" in o for o in outcomes if o != "ok"), outcomes
+        finally:
+            for _outcome, pop in sessions:
+                pop.quit()
+        served.wait_for_line(r"worker-\d event=")  # both workers logged their sessions
+
+
+def test_kill_9_of_a_worker_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    mailbox_id, password = trio.run(create_mailbox, data)
+    acknowledged: set[bytes] = set()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(n: int, port: int) -> None:
+        sent = 0
+        while not stop.is_set():
+            body = b"Subject: %d-%d\r\n\r\n" % (n, sent) + b"x" * (500 + 300 * (sent % 5)) + b"\r\n"
+            try:
+                send(port, mailbox_id, body)
+            except (smtplib.SMTPException, OSError):
+                continue  # its worker died under it: try again
+            with lock:
+                acknowledged.add(body)
+            sent += 1
+
+    with serve(tmp_path) as served:
+        threads = [
+            threading.Thread(target=client, args=(n, served.ports["smtp"])) for n in range(20)
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+        before = served.children()
+        assert "worker-1" in before, "".join(served.lines[-30:])
+        victim = before["worker-1"]
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        while True:
+            now_children = served.children()
+            replacement = now_children.get("worker-1")
+            if replacement is not None and replacement != victim:
+                break
+            assert time.monotonic() - killed_at < 1.0, "no replacement within 1 s"
+            time.sleep(0.02)
+        assert now_children["worker-2"] == before["worker-2"], "the other worker kept serving"
+        time.sleep(1.5)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        stored = {strip_received(b) for b in retrieve(served.ports["pop3"], mailbox_id, password)}
+    missing = acknowledged - stored
+    assert acknowledged and not missing, f"{len(missing)} acknowledged messages lost"
+    assert verify_data_dir(data).ok
+
+
+def test_kill_9_of_the_journal_stops_acknowledging_and_comes_back(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    mailbox_id, password = trio.run(create_mailbox, data)
+    acknowledged: list[bytes] = []
+    with serve(tmp_path) as served:
+        for n in range(10):
+            body = b"Subject: before %d\r\n\r\nx\r\n" % n
+            send(served.ports["smtp"], mailbox_id, body)
+            acknowledged.append(body)
+        journal = served.children()["journal"]
+        # A session open on a worker when the journal dies can acknowledge nothing more.
+        smtp = smtplib.SMTP("127.0.0.1", served.ports["smtp"], timeout=20)
+        smtp.ehlo()
+        os.kill(journal, signal.SIGKILL)
+        with pytest.raises((smtplib.SMTPException, OSError)):
+            smtp.sendmail("a@example.com", [f"mbx-{mailbox_id}@localhost"], b"lost\r\n")
+        smtp.close()
+        deadline = time.monotonic() + 30
+        while True:  # the journal and its workers come back
+            try:
+                body = b"Subject: after\r\n\r\nx\r\n"
+                send(served.ports["smtp"], mailbox_id, body)
+                acknowledged.append(body)
+                break
+            except (smtplib.SMTPException, OSError):
+                assert time.monotonic() < deadline, "the gateway did not come back"
+                time.sleep(0.2)
+        assert served.children()["journal"] != journal
+        stored = [strip_received(b) for b in retrieve(served.ports["pop3"], mailbox_id, password)]
+        assert sorted(stored) == sorted(acknowledged)
+    assert served.process.returncode == 0
+    assert verify_data_dir(data).ok
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_kill_9_of_the_supervisor_leaves_no_orphans(tmp_path: Path) -> None:
+    trio.run(create_mailbox, tmp_path / "data")
+    with serve(tmp_path) as served:
+        children = served.children()
+        assert set(children) == {"journal", "worker-1", "worker-2"}
+        served.process.kill()
+        served.process.wait()
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in children.values()):
+            assert time.monotonic() < deadline, "children outlived the supervisor"
+            time.sleep(0.05)
+        assert port_is_free(served.ports["smtp"]) and port_is_free(served.ports["pop3"])
+        assert port_is_free(served.ports["admin"])
+
+
+def test_sighup_reloads_every_child_and_sigterm_drains(tmp_path: Path) -> None:
+    trio.run(create_mailbox, tmp_path / "data")
+    with serve(tmp_path) as served:
+        served.process.send_signal(signal.SIGHUP)
+        for name in ("journal", "worker-1", "worker-2"):
+            served.wait_for_line(rf"{name} event=reloaded")
+        started = time.monotonic()
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=30) == 0
+        assert time.monotonic() - started < 15
+    assert verify_data_dir(tmp_path / "data").ok
+
+
+def frame(body: bytes) -> bytes:
+    return struct.pack("<I", len(body)) + body
+
+
+def test_bad_frames_on_the_journal_socket_are_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    mailbox_id, _password = trio.run(create_mailbox, data)
+    encoder = msgspec.msgpack.Encoder()
+    with serve(tmp_path) as served:
+        path = served.journal_socket()
+        assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+
+        def talk(*payloads: bytes) -> bytes:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(10)
+                sock.connect(str(path))
+                for payload in payloads:
+                    sock.sendall(payload)
+                received = b""
+                while chunk := sock.recv(65536):
+                    received += chunk
+                return received
+
+        assert talk(b"\x00garbage that is not a frame at all") == b""
+        served.wait_for_line(r"journal event=journal-bad")
+        assert talk(struct.pack("<I", 1 << 30)) == b""  # a length over the limit
+        hello = encoder.encode({"op": "hello", "id": 1, "version": 1, "worker": "intruder"})
+        forged = encoder.encode(
+            {
+                "op": "audit",
+                "id": 2,
+                "event": encoder.encode(
+                    MailboxDeleted(at=now(), mailbox_id=mailbox_id, purged_messages=0)
+                ),
+            }
+        )
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(path))
+            sock.sendall(frame(hello) + frame(forged))
+            received = b""
+            while b"audit events only" not in received:
+                chunk = sock.recv(65536)
+                assert chunk, "the journal closed before refusing the forged event"
+                received += chunk
+        stored = b"x"
+        send(served.ports["smtp"], mailbox_id, b"Subject: still served\r\n\r\n" + stored + b"\r\n")
+    report = verify_data_dir(data)
+    assert report.ok and report.mailboxes == 1 and report.messages == 1
