@@ -518,7 +518,9 @@ async def test_slow_subscriber_is_dropped_while_intake_runs(running: Running) ->
     finally:
         await trio.aclose_forcefully(stream)
     stored = len(running.archive.messages(created.mailbox.mailbox_id))
-    assert stored == len(sent) and len(sent) > 200
+    # Each message is at least two control records (its witness, MessageAccepted): the
+    # subscriber's 200 fell behind within about 100 messages, and intake went on past them.
+    assert stored == len(sent) and len(sent) > 100
 
 
 async def test_rapid_resubscribing_keeps_the_connection(running: Running) -> None:
