@@ -225,6 +225,10 @@ class Journal:
             reply = Failed(id=frame.id, code=type(exc).__name__, message=str(exc))
         except (ArchiveError, LogCorrupt, CryptoError, InvalidId, ValueError) as exc:
             reply = Failed(id=frame.id, code="ArchiveError", message=str(exc))
+        except Exception:
+            # One bad request never takes the journal or the worker's connection down.
+            logger.exception("event=journal-request-failed worker=%s", connection.name)
+            reply = Failed(id=frame.id, code="ArchiveError", message="internal error")
         connection.send(reply)
 
     async def _handle(self, connection: _Connection, frame: ToJournal) -> ToWorker:

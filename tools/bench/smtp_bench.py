@@ -17,6 +17,8 @@ messages over the wall time smtp-source took.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import re
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -131,7 +134,8 @@ def smtp_source(port: int, messages: int, sessions: int, size: int, recipient: s
 # -- the gateway --------------------------------------------------------------------------
 
 
-def run_gateway(folder: Path, args: argparse.Namespace) -> Result:
+def run_gateway(folder: Path, args: argparse.Namespace, workers: int | None = None) -> Result:
+    """``gateway serve`` with ``workers`` protocol workers (None: its default)."""
     data = folder / "gateway"
 
     async def create() -> str:
@@ -145,6 +149,7 @@ def run_gateway(folder: Path, args: argparse.Namespace) -> Result:
     config = folder / "gateway.toml"
     config.write_text(
         f'data_dir = "{data}"\n[[listeners]]\nname = "smtp"\nprotocol = "smtp"\nport = 0\n'
+        + (f"[server]\nworkers = {workers}\n" if workers is not None else "")
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
@@ -270,25 +275,37 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=10 * 1024)
     parser.add_argument("--dir", type=Path, default=None, help="where the data goes (default /tmp)")
     parser.add_argument("--only", action="append", help="gateway, postfix or aiosmtpd")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        action="append",
+        help="run the gateway with this many protocol workers (repeat for several runs; "
+        "default: its own default, one per core)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if shutil.which("smtp-source") is None:
         raise SystemExit(
             "smtp-source is missing: install Debian's postfix (tests/peers/install.sh)"
         )
-    runners = {"gateway": run_gateway, "postfix": run_postfix, "aiosmtpd": run_aiosmtpd}
+    runners: dict[str, Callable[[Path, argparse.Namespace], Result]] = {}
+    for workers in args.workers or [None]:
+        label = "gateway" if workers is None else f"gateway w={workers}"
+        runners[label] = functools.partial(run_gateway, workers=workers)
+    runners |= {"postfix": run_postfix, "aiosmtpd": run_aiosmtpd}
     results = []
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="smtp_bench-") as temp:
         # Postfix's own user must reach its queue there (else it goes to /tmp: see
         # tests/peers/README.md), so that every server writes to the same disk.
         Path(temp).chmod(0o755)
         for name, runner in runners.items():
-            if args.only and name not in args.only:
+            if args.only and name.split()[0] not in args.only:
                 continue
-            folder = Path(temp) / name
+            folder = Path(temp) / name.replace(" ", "-")
             folder.mkdir()
             print(f"running {name} ...", file=sys.stderr, flush=True)
-            results.append(runner(folder, args))
+            result = runner(folder, args)
+            results.append(dataclasses.replace(result, name=name) if "w=" in name else result)
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
         return 0
@@ -306,11 +323,17 @@ def main() -> int:
             f"{r.cpu_s:>8.2f}{r.peak_rss_mib:>14.1f}{r.stored:>8}"
         )
     by_name = {r.name: r for r in results}
-    gateway = by_name.get("gateway")
+    for gateway in (r for r in results if r.name.startswith("gateway")):
+        per_message = 1000 * gateway.cpu_s / max(1, gateway.messages)
+        print(f"{gateway.name}: {per_message:.2f} ms CPU per message")
+        for other in ("postfix smtpd", "aiosmtpd+fsync"):
+            if other in by_name:
+                ratio = gateway.messages_per_s / by_name[other].messages_per_s
+                print(f"{gateway.name} / {other}: {ratio:.2f}x messages/s")
     for other in ("postfix smtpd", "aiosmtpd+fsync"):
-        if gateway and other in by_name:
-            ratio = gateway.messages_per_s / by_name[other].messages_per_s
-            print(f"gateway / {other}: {ratio:.2f}x messages/s")
+        if other in by_name:
+            peer = by_name[other]
+            print(f"{other}: {1000 * peer.cpu_s / max(1, peer.messages):.2f} ms CPU per message")
     return 0
 
 
