@@ -49,6 +49,7 @@ def start_gateway(config: Path) -> tuple[subprocess.Popen[str], int, list[str]]:
     )
     assert process.stderr is not None
     lines: list[str] = []
+    port = 0
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         line = process.stderr.readline()
@@ -57,9 +58,11 @@ def start_gateway(config: Path) -> tuple[subprocess.Popen[str], int, list[str]]:
         lines.append(line)
         match = re.search(r"event=listening name=smtp .* port=(\d+)", line)
         if match:
+            port = port or int(match.group(1))  # the supervisor's, first
+        if port and "event=supervisor-ready" in line:  # the journal and every worker serve
             # Keep draining stderr so the server never blocks on a full pipe.
             threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()  # type: ignore[arg-type]
-            return process, int(match.group(1)), lines
+            return process, port, lines
     process.kill()
     raise AssertionError("gateway did not start:\n" + "".join(lines))
 
