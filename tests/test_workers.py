@@ -269,7 +269,7 @@ def test_kill_9_of_a_worker_loses_nothing_acknowledged(tmp_path: Path) -> None:
                 break
             assert time.monotonic() - killed_at < 1.0, "no replacement within 1 s"
             time.sleep(0.02)
-        assert now_children["worker-2"] == before["worker-2"], "the other worker kept serving"
+        assert now_children.get("worker-2") == before["worker-2"], "".join(served.lines[-60:])
         time.sleep(1.5)
         stop.set()
         for thread in threads:

@@ -327,7 +327,7 @@ async def test_two_instances_defer_then_deliver(sink: Sink, ca_file: Path, tmp_p
     def scenario() -> tuple[list[int], str]:
         with private_postfix(tmp_path, name="front", relay_port=back_port, tls="may") as front:
             front.sendmail("local@example.com", ["far@example.net"], message)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 30
             while not front.queue_ids_deferred():
                 assert time.monotonic() < deadline, front.log_text()
                 time.sleep(0.05)
