@@ -37,6 +37,7 @@ Run ``python tools/bench/pop3_bench.py --help``; tools/bench/README.md explains 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import secrets
 import shutil
@@ -241,7 +242,9 @@ def run_dovecot(folder: Path, args: argparse.Namespace, corpus: Corpus) -> Resul
 # -- the gateway ---------------------------------------------------------------------------
 
 
-def pop3_gateway(folder: Path, args: argparse.Namespace) -> AbstractContextManager[GatewayProcess]:
+def pop3_gateway(
+    folder: Path, args: argparse.Namespace, workers: int | None = None
+) -> AbstractContextManager[GatewayProcess]:
     """The gateway under test: SMTP (to fill it), POP3S and the admin listener (a context
     manager, from :func:`_common.gateway_process`)."""
     kdf = (
@@ -254,7 +257,8 @@ def pop3_gateway(folder: Path, args: argparse.Namespace) -> AbstractContextManag
         folder,
         {"smtp": ("smtp", "starttls"), "pop3s": ("pop3", "implicit")},
         f"[pop3]\nmax_sessions_per_client = {sessions}\n"
-        f"[smtp]\nmax_sessions_per_client = {max(50, args.mailboxes)}\n{kdf}",
+        f"[smtp]\nmax_sessions_per_client = {max(50, args.mailboxes)}\n{kdf}"
+        + (f"[server]\nworkers = {workers}\n" if workers is not None else ""),
     )
 
 
@@ -264,9 +268,11 @@ def fill(port: int, mailbox_id: str, numbers: list[int], corpus: Corpus) -> None
             client.sendmail("bench@example.com", [f"mbx-{mailbox_id}@localhost"], corpus.message(n))
 
 
-def run_gateway(folder: Path, args: argparse.Namespace, corpus: Corpus) -> Result:
+def run_gateway(
+    folder: Path, args: argparse.Namespace, corpus: Corpus, workers: int | None = None
+) -> Result:
     layout = spread(args.messages, args.mailboxes)
-    with pop3_gateway(folder, args) as gateway:
+    with pop3_gateway(folder, args, workers) as gateway:
         accounts = [create_mailbox(gateway, f"bench{m}") for m in range(args.mailboxes)]
         with ThreadPoolExecutor(args.mailboxes) as pool:
             filled = [
@@ -288,7 +294,7 @@ def run_gateway(folder: Path, args: argparse.Namespace, corpus: Corpus) -> Resul
                 raise ProtocolError(f"gateway: message {n} differs from what was sent")
 
         target = Target(
-            name="gateway",
+            name="gateway" if workers is None else f"gateway w={workers}",
             host="127.0.0.1",
             port=gateway.ports["pop3s"],
             context=ssl.create_default_context(cafile=str(gateway.cert_file)),
@@ -323,10 +329,12 @@ def render(results: list[Result]) -> str:
         split = ", ".join(f"{k} {v:.2f}" for k, v in r.notes["cpu_by_process_sampled"].items())
         lines.append(f"{r.server}: {r.tls}; server CPU s by process (sampled): {split}")
     by_name = {r.server: r for r in results}
-    if "gateway" in by_name and "dovecot" in by_name:
-        g, d = by_name["gateway"], by_name["dovecot"]
+    d = by_name.get("dovecot")
+    for g in (r for r in results if r.server.startswith("gateway")):
+        if d is None:
+            break
         lines.append(
-            f"gateway / dovecot: {g.messages_per_s / d.messages_per_s:.2f}x messages/s, "
+            f"{g.server} / dovecot: {g.messages_per_s / d.messages_per_s:.2f}x messages/s, "
             f"{g.mb_per_s / d.mb_per_s:.2f}x MB/s, "
             f"{g.server_cpu_s / d.server_cpu_s:.2f}x server CPU seconds"
         )
@@ -352,6 +360,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="gateway mailboxes with the smallest Argon2id (logins then cost nothing)",
     )
     parser.add_argument("--dir", default=None, help="folder for the data (default: /tmp)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        action="append",
+        help="run the gateway with this many protocol workers (repeatable; default: its own)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON (the table to stderr)")
     args = parser.parse_args(argv)
     if args.mailboxes < 1 or args.messages < args.mailboxes:
@@ -364,14 +378,19 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("dovecot") is None and shutil.which("dovecot", path="/usr/sbin") is None:
         raise SystemExit("dovecot is missing: run tests/peers/install.sh (as root)")
     corpus = Corpus(args.size)
-    runners = {"dovecot": run_dovecot, "gateway": run_gateway}
+    runners: dict[str, Callable[[Path, argparse.Namespace, Corpus], Result]] = {
+        "dovecot": run_dovecot
+    }
+    for workers in args.workers or [None]:
+        label = "gateway" if workers is None else f"gateway w={workers}"
+        runners[label] = functools.partial(run_gateway, workers=workers)
     results = []
     base = Path(args.dir) if args.dir else None
     with tempfile.TemporaryDirectory(prefix="pop3_bench-", dir=base) as temp:
         for name, runner in runners.items():
-            if args.only and name not in args.only:
+            if args.only and name.split()[0] not in args.only:
                 continue
-            folder = Path(temp) / name
+            folder = Path(temp) / name.replace(" ", "-")
             folder.mkdir()
             print(f"running {name} ...", file=sys.stderr, flush=True)
             results.append(runner(folder, args, corpus))
