@@ -293,9 +293,17 @@ class StoreClient:
         return isinstance(reply, Done) and bool(reply.value)
 
     async def append_control(self, event: ControlEvent, *, durable: bool = False) -> None:
-        """Append an audit event (the journal refuses any other kind)."""
-        del durable  # audit events acknowledge nothing: never waited on
-        await self._call(Audit(id=self._next_id(), event=encode_event(event)))
+        """Send an audit event (the journal refuses any other kind). Audit events
+        acknowledge nothing, so nothing waits for them: the frame carries id 0 and the
+        journal answers it only in its log if it refuses it."""
+        del durable
+        if self._broken is not None:
+            raise LogWriteError(self._broken)
+        try:
+            async with self._send_lock:
+                await self._stream.send_all(encode_frame(Audit(id=0, event=encode_event(event))))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise LogWriteError(f"the journal connection is lost: {exc}") from None
 
     # -- messages out ---------------------------------------------------------------------------
 

@@ -229,6 +229,15 @@ class Journal:
             # One bad request never takes the journal or the worker's connection down.
             logger.exception("event=journal-request-failed worker=%s", connection.name)
             reply = Failed(id=frame.id, code="ArchiveError", message="internal error")
+        if frame.id == 0:  # sent without waiting for an answer (audit events)
+            if isinstance(reply, Failed):
+                logger.error(
+                    "event=journal-refused worker=%s op=%s reason=%r",
+                    connection.name,
+                    type(frame).__name__.lower(),
+                    reply.message,
+                )
+            return
         connection.send(reply)
 
     async def _handle(self, connection: _Connection, frame: ToJournal) -> ToWorker:
