@@ -22,11 +22,9 @@ limits are lowered at start-up if together they would not fit the process's desc
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import os
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -45,6 +43,7 @@ from ..services.source_keys import SourceKeyError, SourceKeys, load_source_keys
 from ..store import Journal, StoreClient
 from ..tls import TLSContextHolder, make_self_signed
 from .admin import AdminServer
+from .journal_socket import JournalLost, connect_journal, serve_workers
 from .limits import (
     FD_RESERVE,
     SUMMARY_INTERVAL,
@@ -74,8 +73,6 @@ __all__ = ["Gateway", "JournalLost", "Listening", "Role", "SessionLimiter", "Sta
 
 logger = logging.getLogger("gateway")
 
-# How long a starting worker keeps trying to reach its journal.
-JOURNAL_CONNECT_TIMEOUT = 30.0
 # How long a starting journal waits for the data folder's lock (see _open_archive).
 LOCK_WAIT = 5.0
 
@@ -84,10 +81,6 @@ class Role(enum.StrEnum):
     ALL = "all"  # one process: the journal and the protocol servers, joined by a socket pair
     JOURNAL = "journal"
     WORKER = "worker"
-
-
-class JournalLost(Exception):
-    """A worker's journal connection ended: it can acknowledge nothing more."""
 
 
 class Gateway:
@@ -198,7 +191,7 @@ class Gateway:
                     self.store.key_forge = forge
                 else:
                     assert self.journal_socket is not None
-                    await nursery.start(_serve_workers, journal, self.journal_socket)
+                    await nursery.start(serve_workers, journal, self.journal_socket)
                 nursery.start_soon(self._maintenance, archive)
                 nursery.start_soon(self.notifier.watchdog)
                 nursery.start_soon(hub.run)
@@ -233,7 +226,7 @@ class Gateway:
         self.tls = await trio.to_thread.run_sync(self._load_tls, None)
         await self._load_source_keys()
         assert self.journal_socket is not None
-        stream = await _connect(self.journal_socket)
+        stream = await connect_journal(self.journal_socket)
         store = self.store = StoreClient(stream, data, self.name)
         try:
             await store.connect()
@@ -503,55 +496,3 @@ class Gateway:
                 logger.info(
                     "event=compacted reclaimed_bytes=%d files_deleted=%d", reclaimed, deleted
                 )
-
-
-async def _serve_workers(
-    journal: Journal, path: Path, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Accept protocol workers on a Unix socket only this user can reach (0600, and the
-    peer's uid checked), each served by the journal until it hangs up."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # a socket a killed journal left behind
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        old = os.umask(0o177)
-        try:
-            await sock.bind(str(path))
-        finally:
-            os.umask(old)
-        sock.listen(64)
-        task_status.started()
-        async with trio.open_nursery() as nursery:
-            while True:
-                conn, _ = await sock.accept()
-                uid = _peer_uid(conn)
-                if uid != os.getuid():
-                    logger.error("event=journal-refused-peer uid=%s", uid)
-                    conn.close()
-                    continue
-                nursery.start_soon(journal.serve, trio.SocketStream(conn))
-    finally:
-        sock.close()
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-
-
-async def _connect(path: Path) -> trio.SocketStream:
-    """Reach the journal, waiting for it to listen (it starts first, but may be restarting)."""
-    deadline = trio.current_time() + JOURNAL_CONNECT_TIMEOUT
-    while True:
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            await sock.connect(str(path))
-        except OSError as exc:
-            sock.close()
-            if trio.current_time() > deadline:
-                raise JournalLost(f"cannot reach the journal at {path}: {exc.strerror}") from None
-            await trio.sleep(0.1)
-            continue
-        return trio.SocketStream(sock)
-
-
-def _peer_uid(conn: trio.socket.SocketType) -> int:
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-    return int.from_bytes(creds[4:8], "little")
