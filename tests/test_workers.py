@@ -144,6 +144,15 @@ def serve(tmp_path: Path, workers: int = 2) -> Iterator[Served]:
         process.stderr.close()
 
 
+@contextmanager
+def stopping(stop: threading.Event) -> Iterator[None]:
+    """Client threads stop whatever happens to the test (else pytest never exits)."""
+    try:
+        yield
+    finally:
+        stop.set()
+
+
 async def create_mailbox(data: Path) -> tuple[str, str]:
     archive = await Archive.open(data, StoreConfig(kdf=FAST_KDF))
     try:
@@ -250,9 +259,10 @@ def test_kill_9_of_a_worker_loses_nothing_acknowledged(tmp_path: Path) -> None:
                 acknowledged.add(body)
             sent += 1
 
-    with serve(tmp_path) as served:
+    with serve(tmp_path) as served, stopping(stop):
         threads = [
-            threading.Thread(target=client, args=(n, served.ports["smtp"])) for n in range(20)
+            threading.Thread(target=client, args=(n, served.ports["smtp"]), daemon=True)
+            for n in range(20)
         ]
         for thread in threads:
             thread.start()

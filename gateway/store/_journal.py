@@ -165,6 +165,9 @@ class Journal:
         """Serve one worker until it hangs up (or breaks the protocol)."""
         try:
             await self._serve(stream)
+        except Exception:
+            # One worker's connection never takes the journal down.
+            logger.exception("event=journal-connection-failed")
         finally:
             await trio.aclose_forcefully(stream)
 
