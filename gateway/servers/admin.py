@@ -46,6 +46,7 @@ from ..protocols.admin import ApiError, ErrorCode
 from ..services.accounts import Accounts, Principal
 from ..services.admin import AdminService, mailbox_view
 from ..services.audit import AuditHub, AuditRecord, Subscription
+from ..tlsstream import is_tls
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -459,7 +460,7 @@ async def _respond(
 
 
 def _local_port(stream: trio.abc.Stream) -> int:
-    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    inner = stream.transport_stream if is_tls(stream) else stream
     if isinstance(inner, trio.SocketStream):
         port: int = inner.socket.getsockname()[1]
         return port

@@ -22,6 +22,7 @@ from ..config import ListenerConfig, Protocol, TLSMode
 from ..protocols import pop3 as pop3_protocol
 from ..protocols import smtp as smtp_protocol
 from ..tls import TLSContextHolder
+from ..tlsstream import wrap_server
 from .limits import SessionLimiter, TrafficTally
 from .pop3 import TOO_MANY_SESSIONS as POP3_TOO_MANY_SESSIONS
 from .smtp import TOO_MANY_SESSIONS as SMTP_TOO_MANY_SESSIONS
@@ -175,7 +176,7 @@ class Acceptor:
         wrapped: trio.abc.Stream = stream
         try:
             if cfg.tls == TLSMode.IMPLICIT:
-                ssl_stream = trio.SSLStream(stream, self.tls().context, server_side=True)
+                ssl_stream = wrap_server(stream, self.tls().context)
                 with trio.move_on_after(HANDSHAKE_TIMEOUT):
                     await ssl_stream.do_handshake()
                     wrapped = ssl_stream

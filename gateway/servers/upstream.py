@@ -25,6 +25,7 @@ import trio
 from ..protocols import pop3, smtp
 from ..services.routing import RoutingError, TargetPolicy
 from ..tls import use_aead_only
+from ..tlsstream import TLSStream, wrap_client
 
 __all__ = ["POP3Upstream", "SMTPUpstream", "UpstreamError", "open_upstream", "wrap_tls"]
 
@@ -98,12 +99,10 @@ def client_context(cafiles: tuple[str, ...] = (), *, verify: bool = True) -> ssl
     return context
 
 
-def wrap_tls(
-    stream: trio.abc.Stream, context: ssl.SSLContext, server_hostname: str
-) -> trio.SSLStream[trio.abc.Stream]:
+def wrap_tls(stream: trio.abc.Stream, context: ssl.SSLContext, server_hostname: str) -> TLSStream:
     """The one place the upstream side makes a TLS client stream (the handshake is the
     caller's)."""
-    return trio.SSLStream(stream, context, server_hostname=server_hostname)
+    return wrap_client(stream, context, server_hostname)
 
 
 _REMOTE_ERRORS = (pop3.RemoteProtocolError, smtp.RemoteProtocolError)

@@ -218,6 +218,8 @@ class ControlState:
                 self.truncations += 1
             case MessagesCommitted():
                 for commit in event.commits:
+                    if commit.mailbox_id in self.mailboxes:  # the commit point is the delivery
+                        self.last_delivery[commit.mailbox_id] = event.at
                     witnesses = self.witnessed.get(commit.mailbox_id)
                     if witnesses is None:
                         continue
