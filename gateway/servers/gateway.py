@@ -65,7 +65,7 @@ from .listeners import (
     adopt,
     bind,
 )
-from .notify import SystemdNotifier
+from .notify import SystemdNotifier, wait_any
 from .pop3 import POP3Server
 from .smtp import SMTPServer
 
@@ -454,18 +454,7 @@ class Gateway:
 
     async def _wait_for_signals(self) -> None:
         while True:
-            async with trio.open_nursery() as waiters:
-
-                async def stop() -> None:
-                    await self._stop.wait()
-                    waiters.cancel_scope.cancel()
-
-                async def reload() -> None:
-                    await self._reload_requested.wait()
-                    waiters.cancel_scope.cancel()
-
-                waiters.start_soon(stop)
-                waiters.start_soon(reload)
+            await wait_any(self._stop, self._reload_requested)
             if self._stop.is_set():
                 return
             self._reload_requested = trio.Event()

@@ -11,7 +11,7 @@ import time
 
 import trio
 
-__all__ = ["SystemdNotifier"]
+__all__ = ["SystemdNotifier", "wait_any"]
 
 logger = logging.getLogger("gateway")
 
@@ -68,3 +68,15 @@ class SystemdNotifier:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+
+
+async def wait_any(*events: trio.Event) -> None:
+    """Return once any of ``events`` is set (a stop or a reload, whichever comes first)."""
+    async with trio.open_nursery() as waiters:
+
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            waiters.cancel_scope.cancel()
+
+        for event in events:
+            waiters.start_soon(wait, event)

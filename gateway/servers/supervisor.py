@@ -33,7 +33,7 @@ import trio
 
 from ..config import Config, Protocol
 from .listeners import Bound, StartupError, bind
-from .notify import SystemdNotifier
+from .notify import SystemdNotifier, wait_any
 
 __all__ = ["LIFELINE_FD", "READY_FD", "Supervisor"]
 
@@ -158,18 +158,7 @@ class Supervisor:
 
     async def _wait_for_signals(self) -> None:
         while not self._stop.is_set():
-            async with trio.open_nursery() as waiters:
-
-                async def stop() -> None:
-                    await self._stop.wait()
-                    waiters.cancel_scope.cancel()
-
-                async def reload() -> None:
-                    await self._reload.wait()
-                    waiters.cancel_scope.cancel()
-
-                waiters.start_soon(stop)
-                waiters.start_soon(reload)
+            await wait_any(self._stop, self._reload)
             if self._reload.is_set():
                 self._reload = trio.Event()
                 self.notifier.reloading()
