@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
 from ..crypto import KdfParams, MailboxPublicKey
+from ..ids import parse_mailbox_id
 from ..log import DEFAULT_SEGMENT_BYTES, LogWriter
 from .projection import MailboxInfo, MessageIndex, StoredMessage
 
@@ -21,8 +24,11 @@ __all__ = [
     "NoSuchMailbox",
     "StoreConfig",
     "WitnessedCopy",
+    "find_mailbox",
     "wrap_id",
 ]
+
+T = TypeVar("T")
 
 CONTROL_LOG_ID = bytes(16)
 DEFAULT_MAX_MESSAGE_BYTES = 100 * 1024 * 1024
@@ -66,6 +72,19 @@ class StoreConfig:
     compaction_grace: float = 12 * 3600.0
     # How often the server compacts and deletes expired segment files.
     maintenance_interval: float = 600.0
+
+
+def find_mailbox(boxes: Mapping[str, T], mailbox_id: str) -> T:
+    """The entry of a mailbox, by its id in any accepted spelling (ids.parse_mailbox_id).
+    Raises NoSuchMailbox, whose message is safe to show."""
+    try:
+        canonical = parse_mailbox_id(mailbox_id)
+    except ValueError as exc:
+        raise NoSuchMailbox(str(exc)) from None
+    box = boxes.get(canonical)
+    if box is None:
+        raise NoSuchMailbox(f"no mailbox {canonical}")
+    return box
 
 
 def wrap_id(key_file: bytes) -> str:

@@ -68,7 +68,7 @@ from ..events import (
     encode_event,
     now,
 )
-from ..ids import new_mailbox_id, new_message_id, parse_mailbox_id, parse_message_id
+from ..ids import new_mailbox_id, new_message_id, parse_message_id
 from ..log import (
     DataDir,
     Location,
@@ -92,6 +92,7 @@ from ._common import (
     NoSuchMailbox,
     StoreConfig,
     WitnessedCopy,
+    find_mailbox,
     wrap_id,
 )
 from .intake import PendingMessage
@@ -112,6 +113,7 @@ __all__ = [
     "MessageWriter",
     "NoSuchMailbox",
     "StoreConfig",
+    "find_mailbox",
     "sealed_of",
     "wrap_id",
 ]
@@ -364,14 +366,7 @@ class Archive:
         return box.writer.log.file_name(location.segment)
 
     def _box(self, mailbox_id: str) -> MailboxState:
-        try:
-            canonical = parse_mailbox_id(mailbox_id)
-        except ValueError as exc:
-            raise NoSuchMailbox(str(exc)) from None
-        box = self._mailboxes.get(canonical)
-        if box is None:
-            raise NoSuchMailbox(f"no mailbox {canonical}")
-        return box
+        return find_mailbox(self._mailboxes, mailbox_id)
 
     async def create_mailbox(
         self,

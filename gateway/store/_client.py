@@ -50,6 +50,7 @@ from ..services.archive import (
     MailboxUnavailable,
     MessageTooLarge,
     NoSuchMailbox,
+    find_mailbox,
     sealed_of,
 )
 from ..services.keyforge import KeyForge
@@ -239,14 +240,7 @@ class StoreClient:
         self._mailboxes[view.mailbox_id] = _Mailbox(view, info, public_key)
 
     def _box(self, mailbox_id: str) -> _Mailbox:
-        try:
-            canonical = parse_mailbox_id(mailbox_id)
-        except ValueError as exc:
-            raise NoSuchMailbox(str(exc)) from None
-        box = self._mailboxes.get(canonical)
-        if box is None:
-            raise NoSuchMailbox(f"no mailbox {canonical}")
-        return box
+        return find_mailbox(self._mailboxes, mailbox_id)
 
     def mailbox(self, mailbox_id: str) -> MailboxInfo:
         return self._box(mailbox_id).info
