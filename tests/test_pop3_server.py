@@ -158,12 +158,17 @@ async def test_wrong_credentials_all_look_alike(running: Running) -> None:
     assert await trio.to_thread.run_sync(attempt, second, first_password) == answers[0]
     assert await trio.to_thread.run_sync(attempt, second, second_password) == "+OK"
 
-    events = [
-        msgspec.msgpack.decode(r.body)
-        for r in iter_log(running.archive.data.control_dir, CONTROL_LOG_ID)
-    ]
-    logins = [e for e in events if e["type"] == "Pop3Login"]
-    assert [e["success"] for e in logins] == [False] * 5 + [True]
+    def logins() -> list[bool]:
+        events = [
+            msgspec.msgpack.decode(r.body)
+            for r in iter_log(running.archive.data.control_dir, CONTROL_LOG_ID)
+        ]
+        return [e["success"] for e in events if e["type"] == "Pop3Login"]
+
+    with trio.fail_after(10):  # audit records go to the journal without being waited for
+        while len(logins()) < 6:  # noqa: ASYNC110 - the log has no event to wait on
+            await trio.sleep(0.05)
+    assert logins() == [False] * 5 + [True]
     raw = b"".join(r.body for r in iter_log(running.archive.data.control_dir, CONTROL_LOG_ID))
     assert first_password.encode() not in raw and b"not the password" not in raw
 

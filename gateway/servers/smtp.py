@@ -449,6 +449,7 @@ class _Session:
                 size=size,
             ),
             durable=False,
+            wait=False,  # nothing to wait for on the way to the 250
         )
         stored = ",".join(ids.values())
         return Reply(250, "2.0.0", (f"Ok: stored as {stored}",))

@@ -286,16 +286,25 @@ class StoreClient:
         )
         return isinstance(reply, Done) and bool(reply.value)
 
-    async def append_control(self, event: ControlEvent, *, durable: bool = False) -> None:
-        """Send an audit event (the journal refuses any other kind). Audit events
-        acknowledge nothing, so nothing waits for them: the frame carries id 0 and the
-        journal answers it only in its log if it refuses it."""
+    async def append_control(
+        self, event: ControlEvent, *, durable: bool = False, wait: bool = True
+    ) -> None:
+        """Append an audit event (the journal refuses any other kind). Audit events
+        acknowledge nothing and are never fsynced on their own; with ``wait`` this returns
+        once the journal wrote it (a session's records are in the log in order before the
+        session ends). ``wait=False`` sends it with id 0 and returns at once (the journal
+        answers it only in its log if it refuses it): for a record on the path to a reply,
+        such as MessageAccepted before the 250."""
         del durable
+        frame = Audit(id=self._next_id() if wait else 0, event=encode_event(event))
+        if wait:
+            await self._call(frame)
+            return
         if self._broken is not None:
             raise LogWriteError(self._broken)
         try:
             async with self._send_lock:
-                await self._stream.send_all(encode_frame(Audit(id=0, event=encode_event(event))))
+                await self._stream.send_all(encode_frame(frame))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise LogWriteError(f"the journal connection is lost: {exc}") from None
 
