@@ -33,7 +33,7 @@ import trio
 from .. import __version__
 from ..config import Config, Protocol
 from ..events import GatewayStarted, GatewayStopped, now
-from ..log import DataDirLocked, LogWriteError
+from ..log import DataDir, DataDirLocked, LogWriteError
 from ..services.accounts import Accounts
 from ..services.admin import AdminService
 from ..services.archive import Archive
@@ -350,7 +350,7 @@ class Gateway:
                 lambda: make_self_signed(self.config.hostname)
             )
         else:
-            folder = Path(self.config.data_dir) / "tls"
+            folder = DataDir(Path(self.config.data_dir)).tls_dir
             cert, key = folder / "cert.pem", folder / "key.pem"
         try:
             holder = TLSContextHolder(cert, key)
@@ -383,16 +383,7 @@ class Gateway:
             bound = [adopt(cfg, self.inherited.get(cfg.name, ())) for cfg in configs]
         else:
             bound = await bind(configs)
-        self.listening = [item for b in bound for item in b.listening()]
-        for item in self.listening:
-            logger.info(
-                "event=listening name=%s protocol=%s address=%s port=%d tls=%s",
-                item.name,
-                item.protocol,
-                item.address,
-                item.port,
-                item.tls,
-            )
+        self.listening = [item for b in bound for item in b.announce()]
         try:
             await self._run_sessions(bound, handlers, task_status)
         finally:

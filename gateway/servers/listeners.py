@@ -84,6 +84,20 @@ class Bound:
             for host, port in [sock.socket.getsockname()[:2]]
         ]
 
+    def announce(self) -> list[Listening]:
+        """Log where it listens (tests and the benchmarks read these lines); return it."""
+        items = self.listening()
+        for item in items:
+            logger.info(
+                "event=listening name=%s protocol=%s address=%s port=%d tls=%s",
+                item.name,
+                item.protocol,
+                item.address,
+                item.port,
+                item.tls,
+            )
+        return items
+
     def close(self) -> None:
         for sock in self.sockets:
             sock.socket.close()

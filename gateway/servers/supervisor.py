@@ -92,15 +92,7 @@ class Supervisor:
                 [cfg for cfg in self.config.listeners if cfg.protocol != Protocol.ADMIN]
             )
             for bound in self.listening:
-                for item in bound.listening():
-                    logger.info(
-                        "event=listening name=%s protocol=%s address=%s port=%d tls=%s",
-                        item.name,
-                        item.protocol,
-                        item.address,
-                        item.port,
-                        item.tls,
-                    )
+                bound.announce()
             inherited = [
                 f"{b.config.name}={','.join(str(s.socket.fileno()) for s in b.sockets)}"
                 for b in self.listening

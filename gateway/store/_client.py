@@ -44,7 +44,7 @@ from ..events import (
     encode_event,
 )
 from ..ids import new_message_id, parse_mailbox_id
-from ..log import LogCorrupt, LogWriteError, RecordReader, decode_chunk_body
+from ..log import DataDir, LogCorrupt, LogWriteError, RecordReader, decode_chunk_body
 from ..services.archive import (
     ArchiveError,
     MailboxUnavailable,
@@ -389,7 +389,7 @@ class StoreClient:
             raise ArchiveError(f"no message {message_id} in mailbox {canonical}")
         reader = self._readers.get(canonical)
         if reader is None:
-            directory = self._data_dir / "mailboxes" / canonical / "log"
+            directory = DataDir(self._data_dir).mailbox_log_dir(canonical)
             reader = self._readers[canonical] = RecordReader(directory)
         return entry, reader
 
