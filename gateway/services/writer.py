@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol, TypeVar
 
+import msgspec
 import trio
 
 from ..crypto import MailboxPublicKey, MessageSealer, PreparedKey
@@ -33,10 +34,10 @@ T = TypeVar("T")
 THREAD_THRESHOLD = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class SealedCopy:
+class SealedCopy(msgspec.Struct, frozen=True, array_like=True):
     """One mailbox's copy, sealed: what its commit record needs besides its chunks.
-    ``last_chunk`` is None when the final chunk was already written (prepared)."""
+    ``last_chunk`` is None when the final chunk was already written (prepared). The journal
+    protocol carries it as it is (SPEC.md 16.2)."""
 
     mailbox_id: str
     message_id: str

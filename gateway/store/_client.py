@@ -62,7 +62,6 @@ from ._wire import (
     Append,
     Audit,
     Commit,
-    CopyWire,
     Done,
     Expunge,
     Failed,
@@ -448,19 +447,7 @@ class _RemoteMessage:
                 mailbox_ids=self._mailbox_ids,
                 message_ids=self._message_ids,
                 source_key=self._source_key,
-                copies=[
-                    CopyWire(
-                        c.mailbox_id,
-                        c.message_id,
-                        c.size,
-                        c.sealed_size,
-                        c.key_id,
-                        c.wrapped_key,
-                        c.envelope,
-                        c.last_chunk,
-                    )
-                    for c in copies
-                ],
+                copies=list(copies),
             )
         )
 

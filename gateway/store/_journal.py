@@ -44,7 +44,6 @@ from ..services.archive import (
     NoSuchMailbox,
 )
 from ..services.intake import PendingMessage
-from ..services.writer import SealedCopy
 from ._wire import (
     PROTOCOL_VERSION,
     Abort,
@@ -253,9 +252,7 @@ class Journal:
             case Commit():
                 pending = self._pending(connection, frame)
                 connection.pending.pop(frame.token, None)
-                await pending.commit(
-                    [SealedCopy(*msgspec.structs.astuple(c)) for c in frame.copies]
-                )
+                await pending.commit(frame.copies)
                 return Done(id=frame.id)
             case Abort():
                 dropped = connection.pending.pop(frame.token, None)

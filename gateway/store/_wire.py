@@ -16,6 +16,8 @@ from typing import Any
 
 import msgspec
 
+from ..services.writer import SealedCopy
+
 __all__ = [
     "MAX_FRAME",
     "PROTOCOL_VERSION",
@@ -23,7 +25,6 @@ __all__ = [
     "Append",
     "Audit",
     "Commit",
-    "CopyWire",
     "Done",
     "Expunge",
     "Failed",
@@ -100,19 +101,6 @@ class MessageEntry(msgspec.Struct, frozen=True, array_like=True):
     chunks: list[RecordAt]
 
 
-class CopyWire(msgspec.Struct, frozen=True, array_like=True):
-    """One mailbox's sealed copy at commit (``services.writer.SealedCopy``)."""
-
-    mailbox_id: str
-    message_id: str
-    size: int
-    sealed_size: int
-    key_id: str
-    wrapped_key: bytes
-    envelope: bytes
-    last_chunk: bytes | None
-
-
 # -- worker to journal -------------------------------------------------------------------------
 
 
@@ -151,7 +139,7 @@ class Commit(_Frame, frozen=True, kw_only=True):
     mailbox_ids: list[str]
     message_ids: list[str]
     source_key: str = ""
-    copies: list[CopyWire]
+    copies: list[SealedCopy]
 
 
 class Abort(_Frame, frozen=True, kw_only=True):
