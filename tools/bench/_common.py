@@ -1,6 +1,7 @@
-"""What the POP3 and proxy benchmarks share: the messages, the CPU of a process tree read from
-/proc, a POP3 client over TLS, and a ``gateway serve`` process with mailboxes made through
-the admin API. See tools/bench/README.md for what each number means.
+"""What the POP3, proxy and idle benchmarks share: the messages, the CPU and memory of a
+process tree read from /proc, which part each gateway process plays, pinning process trees to
+CPUs (``taskset``), a POP3 client over TLS, and a ``gateway serve`` process with mailboxes
+made through the admin API. See tools/bench/README.md for what each number means.
 
 The benchmarks run as scripts (``python tools/bench/NAME.py``), so this folder is on
 ``sys.path`` and they ``import _common``; this module puts the repository root there too, for
@@ -10,9 +11,11 @@ The benchmarks run as scripts (``python tools/bench/NAME.py``), so this folder i
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import random
+import re
 import resource
 import secrets
 import signal
@@ -22,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -165,15 +168,168 @@ def settle(root: int, transient: tuple[str, ...], timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+def command_line(pid: int) -> list[str]:
+    """The arguments of a process ([] once it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+
+
+def gateway_role(argv: list[str]) -> str | None:
+    """The part a gateway process plays, from its command line (SPEC.md 16.1): ``journal``,
+    the worker's name (``worker-1``), ``keyforge`` (the key forge's child, 5.4), ``gateway``
+    (the supervisor, or with ``--workers 0`` everything in one process); None for another
+    program."""
+    if "gateway.services._keyforge_worker" in argv:
+        return "keyforge"
+    if "gateway" not in argv or "serve" not in argv:
+        return None
+    if "--role" in argv[:-1]:
+        role = argv[argv.index("--role") + 1]
+        if role == "worker" and "--name" in argv[:-1]:
+            return argv[argv.index("--name") + 1]
+        return role
+    return "gateway"
+
+
+def process_name(pid: int, title: str, root: int) -> str:
+    """What to call a process of a tree: ``main`` for the root, a gateway process's role,
+    else the last part of its title (Dovecot's ``dovecot-NAME/pop3``, Postfix's daemons)."""
+    if pid == root:
+        return "main"
+    role = gateway_role(command_line(pid))
+    return role if role is not None else title.rsplit("/", 1)[-1] or title
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One process's memory, in bytes, from /proc/PID/status and smaps_rollup."""
+
+    pid: int
+    name: str  # process_name(), with the root called by its gateway role if it has one
+    rss: int  # VmRSS: resident now, shared pages (libraries) counted in every process
+    hwm: int  # VmHWM: the largest VmRSS since the process started
+    pss: int  # Pss: resident with each shared page divided among the processes sharing it
+
+
+def _status_kib(text: str, key: str) -> int:
+    for line in text.splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def tree_memory(root: int) -> list[Memory]:
+    """The memory of ``root`` and each live descendant, the root first."""
+    out = []
+    for pid, (title, _, _) in sorted(process_tree(root).items(), key=lambda p: p[0] != root):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        try:
+            pss = _status_kib(Path(f"/proc/{pid}/smaps_rollup").read_text(), "Pss")
+        except OSError:
+            pss = 0
+        name = process_name(pid, title, root)
+        if pid == root:
+            name = gateway_role(command_line(pid)) or name
+        out.append(
+            Memory(
+                pid,
+                name,
+                _status_kib(status, "VmRSS") * KIB,
+                _status_kib(status, "VmHWM") * KIB,
+                pss * KIB,
+            )
+        )
+    if len(out) > 1 and out[0].name == "gateway" and any(m.name == "journal" for m in out):
+        out[0] = dataclasses.replace(out[0], name="supervisor")
+    return out
+
+
+def tree_rss(root: int) -> int:
+    """Bytes resident in the whole tree now: the sum of every process's VmRSS (cheap enough
+    to sample every 50 ms: /proc/PID/status only)."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            total += _status_kib(Path(f"/proc/{pid}/status").read_text(), "VmRSS") * KIB
+        except OSError:
+            continue  # gone meanwhile
+    return total
+
+
+# -- CPU affinity --------------------------------------------------------------------------
+
+
+def cpu_list(cpus: Collection[int]) -> str:
+    """``taskset -c``'s form of a set of CPUs: "0,1"."""
+    return ",".join(str(cpu) for cpu in sorted(cpus))
+
+
+def tree_tasks(root: int, *, tree: bool = True) -> list[int]:
+    """Every thread (task id) of every live process of the tree (of ``root`` alone unless
+    ``tree``)."""
+    tasks = []
+    for pid in process_tree(root) if tree else [root]:
+        try:
+            tasks += [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+        except OSError:
+            continue  # gone meanwhile
+    return tasks
+
+
+def tree_affinity(root: int, *, tree: bool = True) -> set[frozenset[int]]:
+    """The distinct CPU sets the threads of the tree (or of ``root`` alone) may run on."""
+    seen = set()
+    for task in tree_tasks(root, tree=tree):
+        try:
+            seen.add(frozenset(os.sched_getaffinity(task)))
+        except OSError:
+            continue  # gone meanwhile
+    return seen
+
+
+def describe_affinity(root: int, *, tree: bool = True) -> str:
+    """The CPUs the tree's threads may run on: "0", "0,1", or "0 / 1" when they differ."""
+    return " / ".join(sorted(cpu_list(s) for s in tree_affinity(root, tree=tree))) or "-"
+
+
+def pin(root: int, cpus: Collection[int], *, tree: bool = True) -> int:
+    """Pin every thread of ``root`` (and, with ``tree``, of each live descendant) to ``cpus``
+    with ``taskset -a -p -c``; processes and threads made later inherit it from their parent.
+    Repeated until every thread is pinned (one started meanwhile by a thread not yet pinned
+    is caught by the next round). Returns how many threads are pinned."""
+    wanted = frozenset(cpus)
+    for _ in range(10):
+        for pid in process_tree(root) if tree else [root]:
+            subprocess.run(
+                ["taskset", "-a", "-p", "-c", cpu_list(wanted), str(pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,  # a process that ended meanwhile; the check below decides
+            )
+        if tree_affinity(root, tree=tree) == {wanted}:
+            return len(tree_tasks(root, tree=tree))
+        time.sleep(0.05)
+    raise SystemExit(f"could not pin process {root} to CPUs {cpu_list(wanted)}")
+
+
 class ServiceSampler:
     """Approximate CPU per command name (Dovecot titles its processes by service, Postfix's
-    are named by daemon), sampled every 50 ms: a process's CPU after its last sample is not
-    seen. The root process is called ``main``."""
+    are named by daemon, a gateway's by role), sampled every 50 ms: a process's CPU after its
+    last sample is not seen. The root process is called ``main``. With ``rss``, also the
+    largest sum of VmRSS over the tree at any one sample (``rss_peak``, bytes)."""
 
-    def __init__(self, root: int) -> None:
+    def __init__(self, root: int, *, rss: bool = False) -> None:
         self.root = root
         self.first: dict[int, float] = {}  # CPU at the start; 0 for processes born later
         self.last: dict[int, tuple[str, float]] = {}
+        self.rss = rss
+        self.rss_peak = 0
         self._started = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -181,8 +337,10 @@ class ServiceSampler:
     def sample(self) -> None:
         for pid, (title, own, _) in process_tree(self.root).items():
             self.first.setdefault(pid, 0.0 if self._started else own)
-            name = "main" if pid == self.root else title.rsplit("/", 1)[-1] or title
+            name = self.last[pid][0] if pid in self.last else process_name(pid, title, self.root)
             self.last[pid] = (name, own)
+        if self.rss:
+            self.rss_peak = max(self.rss_peak, tree_rss(self.root))
         self._started = True
 
     def _run(self) -> None:
@@ -290,6 +448,12 @@ class GatewayProcess:
     def pid(self) -> int:
         return self.process.pid
 
+    def workers(self) -> int:
+        """How many protocol workers it runs (0: everything in one process), from its log."""
+        text = self.log.read_text(errors="replace")
+        found = re.search(r"event=supervisor-ready workers=(\d+)", text)
+        return int(found.group(1)) if found else 0
+
     @property
     def cert_file(self) -> Path:
         """Its self-signed certificate (names localhost and 127.0.0.1): the file to trust."""
@@ -322,11 +486,15 @@ def gateway_process(
     settings: str = "",
     *,
     profile: Path | None = None,
+    cpus: Collection[int] | None = None,
 ) -> Iterator[GatewayProcess]:
     """``python -m gateway serve`` with data in ``folder / "data"``, until the block ends
     (SIGTERM, then SIGKILL after 60 s). ``listeners``: name -> (protocol, tls), each on a free
     port of 127.0.0.1, plus ``admin``; ``settings``: more TOML after them. ``profile``: run it
-    under cProfile, the stats written there on exit (the trio thread only)."""
+    under cProfile, the stats written there on exit (the trio thread only). ``cpus``: start it
+    under ``taskset -c`` with these CPUs (``[server] workers = "auto"`` counts them). The
+    block starts once every listener answers and, with protocol workers, once the supervisor
+    logged ``event=supervisor-ready`` (the journal and every worker serve)."""
     data = folder / "data"
     ports = {name: free_port() for name in (*listeners, "admin")}
     kinds = {**listeners, "admin": ("admin", "implicit")}
@@ -344,9 +512,11 @@ def gateway_process(
     env["GATEWAY_ADMIN_PASSWORD"] = secrets.token_urlsafe(18)
     log_path = folder / "gateway.log"
     runner = ["-m", "cProfile", "-o", str(profile)] if profile else []
+    taskset = ["taskset", "-c", cpu_list(cpus)] if cpus else []
+    argv = [*taskset, sys.executable, *runner, "-m", "gateway", "serve", "--config", str(config)]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, *runner, "-m", "gateway", "serve", "--config", str(config)],
+            argv,
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -362,6 +532,7 @@ def gateway_process(
                     f"the gateway's {name} listener did not come up:\n"
                     + log_path.read_text(errors="replace")[-3000:]
                 ) from None
+        _wait_until_ready(process, log_path)
         yield GatewayProcess(process, data, ports, env, log_path, config)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -370,6 +541,23 @@ def gateway_process(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _wait_until_ready(process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """With a supervisor (it logs ``event=child-started`` for the journal before the journal
+    listens), wait for its ``event=supervisor-ready``: every worker then serves."""
+    deadline = time.monotonic() + 60
+    while "event=child-started" in (text := log_path.read_text(errors="replace")):
+        if "event=supervisor-ready" in text:
+            return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the gateway's workers did not start:\n{text[-3000:]}")
+        time.sleep(0.05)
+
+
+def workers_setting(workers: int | None) -> str:
+    """The TOML that runs ``workers`` protocol workers (None: the gateway's default)."""
+    return f"[server]\nworkers = {workers}\n" if workers is not None else ""
 
 
 def create_mailbox(gateway: GatewayProcess, name: str) -> tuple[str, str]:
