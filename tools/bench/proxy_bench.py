@@ -4,11 +4,22 @@ in one run; the difference is the proxy hop.
 
 Theory of operation
 -------------------
-One ``python -m gateway serve`` runs throughout with an implicit-TLS SMTP listener
-(``smtps``), a POP3S listener and the admin listener; ``[proxy] allow`` admits loopback and
-``ca_files`` trusts the CA the peers' certificates come from. Its mailboxes (one per client
-session and protocol) are made with ``gateway mailbox create --json`` (the admin API). Each
-scenario gets fresh peers, all on 127.0.0.2 with certificates from that CA:
+Per protocol, a direct scenario, then one proxy scenario per ``--workers N`` (labelled
+``w=N``; without ``--workers``, the gateway's default, one worker per CPU it starts with),
+each with a fresh ``python -m gateway serve`` (``[server] workers = N``) with an
+implicit-TLS SMTP listener (``smtps``), a POP3S listener and the admin listener; ``[proxy]
+allow`` admits loopback and ``ca_files`` trusts the CA the peers' certificates come from.
+Its mailboxes (one per client session) are made with ``gateway mailbox create --json`` (the
+admin API). Each scenario gets fresh peers, all on 127.0.0.2 with certificates from that CA.
+
+Pinning (``--pin``, on by default with two CPUs or more): this process pins itself (every
+client thread) to the second CPU it may use before anything starts, so the peers it starts
+inherit it, and pins each peer's tree there again after it starts (``taskset -a -p -c``
+on every process); the gateway starts under ``taskset -c`` with all of this process's
+original CPUs (so ``workers = "auto"`` counts them all) and its whole tree (supervisor,
+journal, workers) is moved to the first CPU once it serves. Direct: client and provider
+share one CPU; proxy: the same, and the gateway has a CPU of its own. Each scenario records
+the CPUs every tree's threads may use, before and after its window (they must not change).
 
 ``smtp-direct`` / ``smtp-proxy``
     A private Postfix submission server with SASL through Dovecot
@@ -33,8 +44,11 @@ last QUIT is answered (TLS handshakes and logins included). Messages/s is messag
 time; MB/s decimal megabytes of message octets. Latencies are per message, over all sessions;
 "added" is the proxy scenario's median (p99) minus the direct scenario's. CPU seconds are
 those of each process tree over the same window, read from /proc as tools/bench/_common.py
-explains: the gateway (with its key forge child), the peers (Postfix's master and the
-submission server's Dovecot, or the POP3 Dovecot), and this process (the client).
+explains: the gateway (supervisor, journal, workers; with ``--workers 0`` one process and its
+key forge child), the peers (Postfix's master and the submission server's Dovecot, or the
+POP3 Dovecot), and this process (the client). The gateway's memory: the sum of VmRSS over
+its tree just before the window (idle, its mailboxes made) and the largest such sum sampled
+every 50 ms in the window (peak).
 
 Checks, after each window (so they cost it nothing): every session's replies were positive
 and every RETR gave the stored octets (SHA-256 per message, against the message and, for the
@@ -51,6 +65,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import smtplib
@@ -78,26 +93,33 @@ from _common import (
     ProtocolError,
     ServiceSampler,
     Session,
+    cpu_list,
     create_mailbox,
+    describe_affinity,
     gateway_process,
     mailbox_counts,
     own_cpu,
     percentile,
+    pin,
     settle,
     spread,
     tree_cpu,
+    tree_memory,
+    tree_rss,
     tree_system_cpu,
+    workers_setting,
 )
 
 from tests.peers.dovecot import DovecotInstance, private_dovecot
 from tests.peers.submission import SubmissionInstance, private_submission
 
 TARGET_RATIO = 0.70  # the issue's target: a proxy keeps at least 70 % of the direct rate
+TARGET_ADDED_P99_MS = 5.0  # ... and adds less than 5 ms to the p99 latency
+MIB = 1024 * KIB
 SENDER = "sender@example.com"
 RECIPIENT = "archive@example.net"
 READY_TIMEOUT = 60.0  # seconds the session threads wait for each other
 DRAIN_TIMEOUT = 120.0  # seconds Postfix gets to log every message as sent
-KEYFORGE = "keyforge"  # the gateway's only child: python -m gateway.services._keyforge_worker
 # The two parts of a message's latency, as the notes name them.
 PHASES = {"smtp": ("mail_rcpt", "data_to_reply"), "pop3": ("retr_to_status", "status_to_end")}
 DOVECOT_TRANSIENT = ("/pop3", "/pop3-login")  # per-session processes, reaped after QUIT
@@ -215,15 +237,61 @@ def pop3_session(
     return result
 
 
+# -- CPUs ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """Who runs on which CPUs. ``start``: this process's CPUs when it began, which the
+    gateway starts with (``[server] workers = "auto"`` counts them); with pinning on, the
+    gateway's whole tree is then moved to ``gateway`` and this process (every client thread)
+    and the peers to ``others``."""
+
+    start: frozenset[int]
+    gateway: frozenset[int] | None = None
+    others: frozenset[int] | None = None
+
+    @property
+    def on(self) -> bool:
+        return self.gateway is not None
+
+    def describe(self) -> str:
+        if self.gateway is None or self.others is None:
+            return f"pinning: off (client, gateway and peers share CPUs {cpu_list(self.start)})"
+        return (
+            f"pinning (taskset): the gateway's tree (supervisor, journal, workers) on CPU "
+            f"{cpu_list(self.gateway)}; the client (this process) and the peers (Postfix and "
+            f"its Dovecot, or Dovecot) on CPU {cpu_list(self.others)}, in the direct scenarios "
+            "as in the proxy ones"
+        )
+
+
+def decide_pinning(wanted: bool | None) -> Pinning:
+    """``--pin``: None (on with two CPUs or more), True or False. Pins this process."""
+    start = frozenset(os.sched_getaffinity(0))
+    if wanted is None:
+        wanted = len(start) >= 2
+    if not wanted:
+        return Pinning(start)
+    if len(start) < 2:
+        raise SystemExit("--pin needs at least two CPUs")
+    first, second = sorted(start)[:2]
+    pinning = Pinning(start, frozenset({first}), frozenset({second}))
+    assert pinning.others is not None
+    pin(os.getpid(), pinning.others, tree=False)  # threads started later inherit it
+    return pinning
+
+
 # -- one measured window -------------------------------------------------------------------
 
 
 @dataclass
 class Result:
-    scenario: str  # smtp-direct, smtp-proxy, pop3-direct, pop3-proxy
+    scenario: str  # smtp-direct, smtp-proxy w=N, pop3-direct, pop3-proxy w=N
     messages: int
     size: int
     sessions: int
+    workers: int | None = None  # the gateway's protocol workers (proxy scenarios)
     seconds: float = 0.0
     messages_per_s: float = 0.0
     mb_per_s: float = 0.0
@@ -235,14 +303,18 @@ class Result:
     added_ms_median: float | None = None  # proxy: its median minus the direct median
     added_ms_p99: float | None = None  # proxy: its p99 minus the direct p99
     rate_ratio: float | None = None  # proxy: its messages/s over the direct messages/s
-    gateway_cpu_s: float = 0.0
-    gateway_cpu_ms_per_msg: float = 0.0
+    gateway_cpu_s: float | None = None  # None: no gateway ran (direct)
+    gateway_cpu_ms_per_msg: float | None = None
+    gateway_rss_idle_mib: float | None = None  # sum of VmRSS over its tree before the window
+    gateway_rss_peak_mib: float | None = None  # the largest such sum sampled in the window
     peer_cpu_s: float = 0.0
     peer_cpu_ms_per_msg: float = 0.0
     client_cpu_s: float = 0.0
+    client_cpu_ms_per_msg: float = 0.0
     login_ms_mean: float = 0.0
     login_ms_max: float = 0.0
     tls: str = ""
+    cpus: dict[str, str] = field(default_factory=dict)  # tree -> CPUs its threads may use
     notes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -256,22 +328,40 @@ Run = Callable[[int, threading.Barrier], SessionResult]
 @contextmanager
 def samplers(roots: dict[str, int]) -> Iterator[dict[str, ServiceSampler]]:
     with ExitStack() as stack:
-        yield {name: stack.enter_context(ServiceSampler(pid)) for name, pid in roots.items()}
+        yield {
+            name: stack.enter_context(ServiceSampler(pid, rss=name == "gateway"))
+            for name, pid in roots.items()
+        }
+
+
+def affinities(roots: dict[str, int]) -> dict[str, str]:
+    """The CPUs each tree's threads (and this process's, ``client``) may run on."""
+    cpus = {name: describe_affinity(pid) for name, pid in roots.items()}
+    return cpus | {"client": describe_affinity(os.getpid(), tree=False)}
 
 
 def measure(
     scenario: str,
     args: argparse.Namespace,
     run: Run,
-    gateway: GatewayProcess,
+    gateway: GatewayProcess | None,
     peers: dict[str, int],
+    pinning: Pinning,
 ) -> tuple[Result, list[SessionResult]]:
     """Run ``args.sessions`` sessions at once (``run(index, barrier)`` each, in threads) and
-    measure the window. ``peers``: name -> root pid of each peer's process tree."""
+    measure the window. ``peers``: name -> root pid of each peer's process tree, pinned to
+    ``pinning.others`` first; ``gateway``: None in the direct scenarios."""
+    if pinning.others is not None:
+        for pid in peers.values():
+            pin(pid, pinning.others)
     sessions = args.sessions
     ready = threading.Barrier(sessions + 1)
-    roots = {"gateway": gateway.pid, **peers}
+    roots = ({"gateway": gateway.pid} if gateway else {}) | peers
     result = Result(scenario, args.messages, args.size, sessions)
+    if gateway is not None:
+        result.workers = gateway.workers()
+        result.gateway_rss_idle_mib = tree_rss(gateway.pid) / MIB
+    cpus_before = affinities(roots)
     with ThreadPoolExecutor(sessions) as pool, samplers(roots) as sampled:
         futures = [pool.submit(run, index, ready) for index in range(sessions)]
         cpu_before = {name: tree_cpu(pid) for name, pid in roots.items()}
@@ -285,10 +375,13 @@ def measure(
             raise SystemExit(f"{scenario}: a session failed: {exc!r}") from exc
         result.seconds = time.perf_counter() - started
         client_after = own_cpu()
+        result.cpus = affinities(roots)  # the processes started in the window too
         for pid in peers.values():
             settle(pid, DOVECOT_TRANSIENT)
         cpu_after = {name: tree_cpu(pid) for name, pid in roots.items()}
         sys_after = {name: tree_system_cpu(pid) for name, pid in roots.items()}
+    if result.cpus != cpus_before:
+        raise SystemExit(f"{scenario}: CPUs changed in the window: {cpus_before} -> {result.cpus}")
     received = sum(s.messages for s in done)
     if received != args.messages:
         raise SystemExit(f"{scenario}: {received} messages of {args.messages}")
@@ -306,11 +399,17 @@ def measure(
         result.notes[f"{name}_ms_median"] = round(statistics.median(phase), 3)
         result.notes[f"{name}_ms_p99"] = round(percentile(phase, 0.99), 3)
     used = {name: cpu_after[name] - cpu_before[name] for name in roots}
-    result.gateway_cpu_s = used["gateway"]
-    result.gateway_cpu_ms_per_msg = used["gateway"] * 1000 / received
+    if gateway is not None:
+        result.gateway_cpu_s = used["gateway"]
+        result.gateway_cpu_ms_per_msg = used["gateway"] * 1000 / received
+        result.gateway_rss_peak_mib = sampled["gateway"].rss_peak / MIB
+        result.notes["gateway_vmhwm_sum_mib"] = round(
+            sum(m.hwm for m in tree_memory(gateway.pid)) / MIB, 1
+        )
     result.peer_cpu_s = sum(used[name] for name in peers)
     result.peer_cpu_ms_per_msg = result.peer_cpu_s * 1000 / received
     result.client_cpu_s = client_after - client_before
+    result.client_cpu_ms_per_msg = result.client_cpu_s * 1000 / received
     logins = [s.login_s * 1000 for s in done]
     result.login_ms_mean = statistics.fmean(logins)
     result.login_ms_max = max(logins)
@@ -320,7 +419,7 @@ def measure(
         name: round(sys_after[name] - sys_before[name], 2) for name in roots
     }
     result.notes["cpu_s_by_process_sampled"] = {
-        f"{tree}:{KEYFORGE if (tree, name) == ('gateway', 'python') else name}": value
+        f"{tree}:{name}": value
         for tree, sampler in sampled.items()
         for name, value in sampler.by_service().items()
         if value > 0
@@ -340,45 +439,45 @@ def compare(direct: Result, proxy: Result) -> None:
 @dataclass(frozen=True)
 class GatewaySide:
     process: GatewayProcess
-    mailboxes: dict[str, list[tuple[str, str]]]  # protocol -> (id, password) per session
+    protocol: str
+    mailboxes: list[tuple[str, str]]  # (id, password), one per session
+
+    @property
+    def label(self) -> str:
+        return f"w={self.process.workers()}"
 
     def context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.process.cert_file))
 
-    def endpoint(
-        self, protocol: str, listener: str, users: dict[str, str], host: str, port: int
-    ) -> Endpoint:
+    def endpoint(self, listener: str, users: dict[str, str], host: str, port: int) -> Endpoint:
         """Proxy logins: ``user%host:port%mailbox`` with the upstream password."""
         logins = [
             (f"{user}%{host}:{port}%{mailbox_id}", password)
-            for (user, password), (mailbox_id, _) in zip(
-                users.items(), self.mailboxes[protocol], strict=True
-            )
+            for (user, password), (mailbox_id, _) in zip(users.items(), self.mailboxes, strict=True)
         ]
         return Endpoint("127.0.0.1", self.process.ports[listener], self.context(), logins)
 
-    def counts(self, protocol: str) -> list[tuple[int, int]]:
+    def counts(self) -> list[tuple[int, int]]:
         everything = mailbox_counts(self.process)
-        return [everything[mailbox_id] for mailbox_id, _ in self.mailboxes[protocol]]
+        return [everything[mailbox_id] for mailbox_id, _ in self.mailboxes]
 
     def check_growth(
         self,
         scenario: str,
-        protocol: str,
         before: list[tuple[int, int]],
         layout: list[list[int]],
         corpus: Corpus,
     ) -> dict[str, Any]:
         """Each mailbox grew by its session's messages and octets; the first and the last
         copy of the first mailbox are the messages relayed, byte for byte."""
-        after = self.counts(protocol)
+        after = self.counts()
         for k, ((m0, b0), (m1, b1), numbers) in enumerate(zip(before, after, layout, strict=True)):
             if (m1 - m0, b1 - b0) != (len(numbers), len(numbers) * corpus.size):
                 raise SystemExit(
                     f"{scenario}: gateway mailbox {k} grew by {m1 - m0} messages and "
                     f"{b1 - b0} octets, expected {len(numbers)} and {len(numbers) * corpus.size}"
                 )
-        mailbox_id, password = self.mailboxes[protocol][0]
+        mailbox_id, password = self.mailboxes[0]
         session = Session("127.0.0.1", self.process.ports["pop3s"], self.context())
         try:
             session.line()
@@ -398,12 +497,46 @@ class GatewaySide:
         }
 
 
-def gateway_settings(args: argparse.Namespace, ca_file: Path) -> str:
-    return (
+@contextmanager
+def proxy_gateway(
+    folder: Path,
+    args: argparse.Namespace,
+    protocol: str,
+    workers: int | None,
+    pinning: Pinning,
+) -> Iterator[GatewaySide]:
+    """A fresh ``gateway serve`` for one proxy scenario (``workers`` protocol workers, None:
+    its default) with ``args.sessions`` mailboxes, its tree pinned to ``pinning.gateway``
+    once every process serves; stopped when the block ends."""
+    ca_file = folder / "ca.pem"
+    label = "default" if workers is None else str(workers)
+    home = folder / f"gateway-{protocol}-w{label}"
+    home.mkdir()
+    settings = (
         f"[smtp]\nmax_sessions_per_client = {max(50, args.sessions + 1)}\n"
         f"[pop3]\nmax_sessions_per_client = {max(20, args.sessions + 1)}\n"
         f'[proxy]\nallow = ["127.0.0.0/8"]\nca_files = ["{ca_file}"]\n'
-    )
+    ) + workers_setting(workers)
+    profile = args.profile_gateway
+    if profile is not None:
+        profile = profile.resolve().with_name(f"{profile.stem}.{protocol}-w{label}{profile.suffix}")
+    with gateway_process(
+        home,
+        {"smtps": ("smtp", "implicit"), "pop3s": ("pop3", "implicit")},
+        settings,
+        profile=profile,
+        cpus=pinning.start if pinning.on else None,
+    ) as gateway:
+        with ThreadPoolExecutor(4) as pool:
+            made = [
+                pool.submit(create_mailbox, gateway, f"{protocol}-proxy-{k}")
+                for k in range(args.sessions)
+            ]
+            mailboxes = [future.result() for future in made]
+        if pinning.gateway is not None:
+            pin(gateway.pid, pinning.gateway)
+        time.sleep(1)  # what the start and the mailboxes left to do (Argon2id, key forge)
+        yield GatewaySide(gateway, protocol, mailboxes)
 
 
 # -- SMTP: Postfix submission --------------------------------------------------------------
@@ -417,50 +550,48 @@ def postfix_roots(submission: SubmissionInstance) -> dict[str, int]:
     return {"postfix": postfix, "dovecot-auth": dovecot}
 
 
-def run_smtp(
-    folder: Path, args: argparse.Namespace, corpus: Corpus, ca: trustme.CA, side: GatewaySide
-) -> list[Result]:
-    layout = spread(args.messages, args.sessions)
-    users = {f"bench{k}": secrets.token_urlsafe(12) for k in range(args.sessions)}
-    results = []
-    for scenario in ("smtp-direct", "smtp-proxy"):
-        print(f"running {scenario} ...", file=sys.stderr, flush=True)
-        with private_submission(
-            folder, users=users, deliver="discard", ca=ca, name=scenario
-        ) as submission:
-            if scenario == "smtp-direct":
-                endpoint = Endpoint(
-                    submission.host,
-                    submission.smtps_port,
-                    submission.ssl_context(),
-                    list(users.items()),
-                )
-            else:
-                endpoint = side.endpoint(
-                    "smtp", "smtps", users, submission.host, submission.smtps_port
-                )
-                before = side.counts("smtp")
+def smtp_scenario(
+    folder: Path,
+    args: argparse.Namespace,
+    corpus: Corpus,
+    ca: trustme.CA,
+    users: dict[str, str],
+    layout: list[list[int]],
+    side: GatewaySide | None,
+    pinning: Pinning,
+) -> Result:
+    scenario = "smtp-direct" if side is None else f"smtp-proxy {side.label}"
+    print(f"running {scenario} ...", file=sys.stderr, flush=True)
+    name = scenario.replace(" ", "-").replace("=", "")
+    with private_submission(folder, users=users, deliver="discard", ca=ca, name=name) as submission:
+        if side is None:
+            endpoint = Endpoint(
+                submission.host,
+                submission.smtps_port,
+                submission.ssl_context(),
+                list(users.items()),
+            )
+        else:
+            endpoint = side.endpoint("smtps", users, submission.host, submission.smtps_port)
+            before = side.counts()
 
-            def run(
-                index: int, ready: threading.Barrier, endpoint: Endpoint = endpoint
-            ) -> SessionResult:
-                return smtp_session(endpoint, index, layout[index], corpus, ready)
+        def run(index: int, ready: threading.Barrier) -> SessionResult:
+            return smtp_session(endpoint, index, layout[index], corpus, ready)
 
-            roots = postfix_roots(submission)
-            result, _ = measure(scenario, args, run, side.process, roots)
-            drained = time.perf_counter()
-            submission.wait_for_sent(args.messages, DRAIN_TIMEOUT)
-            submission.wait_until_queue_empty(DRAIN_TIMEOUT)
-            result.notes["postfix_drain_s"] = round(time.perf_counter() - drained, 2)
-            sent = submission.sent_count()
-            if sent != args.messages:
-                raise SystemExit(f"{scenario}: Postfix logged {sent} sent, not {args.messages}")
-            result.notes["postfix_sent"] = sent
-            if scenario == "smtp-proxy":
-                result.notes |= side.check_growth(scenario, "smtp", before, layout, corpus)
-        results.append(result)
-    compare(*results)
-    return results
+        roots = postfix_roots(submission)
+        gateway = side.process if side else None
+        result, _ = measure(scenario, args, run, gateway, roots, pinning)
+        drained = time.perf_counter()
+        submission.wait_for_sent(args.messages, DRAIN_TIMEOUT)
+        submission.wait_until_queue_empty(DRAIN_TIMEOUT)
+        result.notes["postfix_drain_s"] = round(time.perf_counter() - drained, 2)
+        sent = submission.sent_count()
+        if sent != args.messages:
+            raise SystemExit(f"{scenario}: Postfix logged {sent} sent, not {args.messages}")
+        result.notes["postfix_sent"] = sent
+        if side is not None:
+            result.notes |= side.check_growth(scenario, before, layout, corpus)
+    return result
 
 
 # -- POP3: Dovecot -------------------------------------------------------------------------
@@ -478,50 +609,82 @@ def fill_dovecot(dovecot: DovecotInstance, layout: list[list[int]], corpus: Corp
             future.result()
 
 
-def run_pop3(
-    folder: Path, args: argparse.Namespace, corpus: Corpus, ca: trustme.CA, side: GatewaySide
+def pop3_scenario(
+    folder: Path,
+    args: argparse.Namespace,
+    corpus: Corpus,
+    ca: trustme.CA,
+    users: dict[str, str],
+    layout: list[list[int]],
+    side: GatewaySide | None,
+    pinning: Pinning,
+    served: dict[int, bytes],
+) -> Result:
+    """``served``: message n -> SHA-256 of what Dovecot served directly (filled by the
+    direct scenario, checked against by the proxy ones)."""
+    scenario = "pop3-direct" if side is None else f"pop3-proxy {side.label}"
+    print(f"running {scenario} ...", file=sys.stderr, flush=True)
+    expected = {n: hashlib.sha256(corpus.message(n)).digest() for n in range(args.messages)}
+    name = scenario.replace(" ", "-").replace("=", "")
+    with private_dovecot(folder, users=users, ca=ca, name=name) as dovecot:
+        fill_dovecot(dovecot, layout, corpus)
+        if side is None:
+            endpoint = Endpoint(
+                dovecot.host,
+                dovecot.pop3s_port,
+                ssl.create_default_context(cafile=str(dovecot.ca_file)),
+                list(users.items()),
+            )
+        else:
+            endpoint = side.endpoint("pop3s", users, dovecot.host, dovecot.pop3s_port)
+            before = side.counts()
+
+        def run(index: int, ready: threading.Barrier) -> SessionResult:
+            return pop3_session(endpoint, index, layout[index], ready)
+
+        master = dovecot.master_pid()
+        assert master is not None
+        gateway = side.process if side else None
+        result, done = measure(scenario, args, run, gateway, {"dovecot": master}, pinning)
+        digests = {n: digest for s in done for n, digest in s.digests.items()}
+        wrong = sorted(n for n, digest in digests.items() if digest != expected[n])
+        if wrong:
+            raise SystemExit(f"{scenario}: messages {wrong[:10]} differ from those stored")
+        if served and digests != served:
+            raise SystemExit(f"{scenario}: not the octets Dovecot served directly")
+        served |= digests
+        if any(dovecot.stored(user) for user in users):
+            raise SystemExit(f"{scenario}: files left in the Maildirs after QUIT")
+        if side is not None:
+            result.notes |= side.check_growth(scenario, before, layout, corpus)
+    return result
+
+
+def run_protocol(
+    protocol: str,
+    folder: Path,
+    args: argparse.Namespace,
+    corpus: Corpus,
+    ca: trustme.CA,
+    pinning: Pinning,
 ) -> list[Result]:
+    """The direct scenario, then one proxy scenario per ``--workers`` (a fresh gateway
+    each), each compared with the direct one."""
     layout = spread(args.messages, args.sessions)
     users = {f"bench{k}": secrets.token_urlsafe(12) for k in range(args.sessions)}
-    expected = {n: hashlib.sha256(corpus.message(n)).digest() for n in range(args.messages)}
-    results = []
-    served: dict[int, bytes] = {}  # what Dovecot served directly
-    for scenario in ("pop3-direct", "pop3-proxy"):
-        print(f"running {scenario} ...", file=sys.stderr, flush=True)
-        with private_dovecot(folder, users=users, ca=ca, name=scenario) as dovecot:
-            fill_dovecot(dovecot, layout, corpus)
-            if scenario == "pop3-direct":
-                endpoint = Endpoint(
-                    dovecot.host,
-                    dovecot.pop3s_port,
-                    ssl.create_default_context(cafile=str(dovecot.ca_file)),
-                    list(users.items()),
-                )
-            else:
-                endpoint = side.endpoint("pop3", "pop3s", users, dovecot.host, dovecot.pop3s_port)
-                before = side.counts("pop3")
+    served: dict[int, bytes] = {}
 
-            def run(
-                index: int, ready: threading.Barrier, endpoint: Endpoint = endpoint
-            ) -> SessionResult:
-                return pop3_session(endpoint, index, layout[index], ready)
+    def scenario(side: GatewaySide | None) -> Result:
+        if protocol == "smtp":
+            return smtp_scenario(folder, args, corpus, ca, users, layout, side, pinning)
+        return pop3_scenario(folder, args, corpus, ca, users, layout, side, pinning, served)
 
-            master = dovecot.master_pid()
-            assert master is not None
-            result, done = measure(scenario, args, run, side.process, {"dovecot": master})
-            digests = {n: digest for s in done for n, digest in s.digests.items()}
-            wrong = sorted(n for n, digest in digests.items() if digest != expected[n])
-            if wrong:
-                raise SystemExit(f"{scenario}: messages {wrong[:10]} differ from those stored")
-            if served and digests != served:
-                raise SystemExit(f"{scenario}: not the octets Dovecot served directly")
-            served = digests
-            if any(dovecot.stored(user) for user in users):
-                raise SystemExit(f"{scenario}: files left in the Maildirs after QUIT")
-            if scenario == "pop3-proxy":
-                result.notes |= side.check_growth(scenario, "pop3", before, layout, corpus)
-        results.append(result)
-    compare(*results)
+    direct = scenario(None)
+    results = [direct]
+    for workers in args.workers or [None]:
+        with proxy_gateway(folder, args, protocol, workers, pinning) as side:
+            results.append(scenario(side))
+        compare(direct, results[-1])
     return results
 
 
@@ -532,68 +695,86 @@ def _opt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def render(results: list[Result]) -> str:
+def verdicts(r: Result) -> tuple[bool, bool]:
+    """(rate at least TARGET_RATIO of the direct one, added p99 under TARGET_ADDED_P99_MS)."""
+    assert r.rate_ratio is not None
+    assert r.added_ms_p99 is not None
+    return r.rate_ratio >= TARGET_RATIO, r.added_ms_p99 < TARGET_ADDED_P99_MS
+
+
+def render(results: list[Result], pinning: Pinning) -> str:
     columns: list[tuple[str, str, Callable[[Result], str]]] = [
-        ("scenario", "<11", lambda r: r.scenario),
+        ("scenario", "<16", lambda r: r.scenario),
         ("msgs", ">5", lambda r: str(r.messages)),
         ("wall s", ">6", lambda r: f"{r.seconds:.2f}"),
         ("msg/s", ">6", lambda r: f"{r.messages_per_s:.0f}"),
-        ("MB/s", ">5", lambda r: f"{r.mb_per_s:.1f}"),
+        ("ratio", ">5", lambda r: _opt(r.rate_ratio, ".2f")),
         ("p50 ms", ">6", lambda r: f"{r.latency_ms_median:.2f}"),
         ("p99 ms", ">6", lambda r: f"{r.latency_ms_p99:.2f}"),
         ("+p50 ms", ">7", lambda r: _opt(r.added_ms_median, "+.2f")),
         ("+p99 ms", ">7", lambda r: _opt(r.added_ms_p99, "+.2f")),
-        ("ratio", ">5", lambda r: _opt(r.rate_ratio, ".2f")),
-        ("gw CPU s", ">8", lambda r: f"{r.gateway_cpu_s:.2f}"),
-        ("peer CPU s", ">10", lambda r: f"{r.peer_cpu_s:.2f}"),
-        ("client CPU s", ">12", lambda r: f"{r.client_cpu_s:.2f}"),
+        ("gw ms/msg", ">9", lambda r: _opt(r.gateway_cpu_ms_per_msg, ".2f")),
+        ("peer ms/msg", ">11", lambda r: f"{r.peer_cpu_ms_per_msg:.2f}"),
+        ("client ms/msg", ">13", lambda r: f"{r.client_cpu_ms_per_msg:.2f}"),
         ("login ms", ">8", lambda r: f"{r.login_ms_mean:.0f}"),
+        ("gw RSS idle", ">11", lambda r: _opt(r.gateway_rss_idle_mib, ".1f")),
+        ("gw RSS peak", ">11", lambda r: _opt(r.gateway_rss_peak_mib, ".1f")),
     ]
-    lines = ["  ".join(f"{title:{spec}}" for title, spec, _ in columns)]
+    lines = [pinning.describe(), ""]
+    lines += ["  ".join(f"{title:{spec}}" for title, spec, _ in columns)]
     lines += ["  ".join(f"{get(r):{spec}}" for _, spec, get in columns) for r in results]
+    lines.append("(CPU: ms per message of each process tree; RSS: MiB, sum of VmRSS over the tree)")
     for r in results:
+        cpus = ", ".join(f"{name} {cpus}" for name, cpus in r.cpus.items())
         split = ", ".join(f"{k} {v:.2f}" for k, v in r.notes["cpu_s_by_process_sampled"].items())
-        lines.append(f"{r.scenario}: {r.tls}; CPU s by process (sampled): {split}")
-    by_name = {r.scenario: r for r in results}
+        lines.append(f"{r.scenario}: CPUs {cpus}; {r.tls}; CPU s by process (sampled): {split}")
     for protocol, names in PHASES.items():
-        pair = [by_name.get(f"{protocol}-{path}") for path in ("direct", "proxy")]
-        if None in pair:
-            continue
-        parts = ", ".join(
-            name + " " + " -> ".join(f"{r.notes[f'{name}_ms_median']:.2f}" for r in pair if r)
-            for name in names
-        )
-        lines.append(f"{protocol} latency by part, median ms (direct -> proxy): {parts}")
+        direct = next((r for r in results if r.scenario == f"{protocol}-direct"), None)
+        for proxy in (r for r in results if r.scenario.startswith(f"{protocol}-proxy")):
+            assert direct is not None
+            parts = ", ".join(
+                f"{name} {direct.notes[f'{name}_ms_median']:.2f} -> "
+                f"{proxy.notes[f'{name}_ms_median']:.2f}"
+                for name in names
+            )
+            lines.append(f"{proxy.scenario} latency by part, median ms (direct -> proxy): {parts}")
     for r in results:
-        if r.rate_ratio is None:
+        if r.rate_ratio is None or r.added_ms_p99 is None:
             continue
-        verdict = "met" if r.rate_ratio >= TARGET_RATIO else "NOT met"
+        rate_met, latency_met = verdicts(r)
         lines.append(
-            f"{r.protocol} proxy: {r.rate_ratio:.0%} of the direct rate (target >= "
-            f"{TARGET_RATIO:.0%}: {verdict}); gateway CPU {r.gateway_cpu_ms_per_msg:.2f} ms/msg"
+            f"{r.scenario}: {r.rate_ratio:.0%} of the direct rate (target >= "
+            f"{TARGET_RATIO:.0%}: {'met' if rate_met else 'NOT met'}); added p99 "
+            f"{r.added_ms_p99:+.2f} ms (target < {TARGET_ADDED_P99_MS:.0f} ms: "
+            f"{'met' if latency_met else 'NOT met'}); gateway CPU "
+            f"{r.gateway_cpu_ms_per_msg or 0:.2f} ms/msg, peers {r.peer_cpu_ms_per_msg:.2f}"
         )
     return "\n".join(lines)
 
 
 def summary(results: list[Result]) -> dict[str, Any]:
-    return {
-        r.protocol: {
+    out = {}
+    for r in results:
+        if r.rate_ratio is None:
+            continue
+        rate_met, latency_met = verdicts(r)
+        out[r.scenario] = {
             "rate_ratio": r.rate_ratio,
             "target_ratio": TARGET_RATIO,
-            "target_met": r.rate_ratio >= TARGET_RATIO,
+            "target_met": rate_met,
             "added_ms_median": r.added_ms_median,
             "added_ms_p99": r.added_ms_p99,
+            "target_added_ms_p99": TARGET_ADDED_P99_MS,
+            "latency_target_met": latency_met,
         }
-        for r in results
-        if r.rate_ratio is not None
-    }
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="The recording proxies against going straight: SMTP submission to "
         "Postfix and POP3 retrieval from Dovecot, each directly and through the gateway; "
-        "messages/s, latency per message and CPU."
+        "messages/s, latency per message, CPU and the gateway's memory."
     )
     parser.add_argument("--messages", type=int, default=2000, help="messages per scenario")
     parser.add_argument("--size", type=int, default=50 * KIB, help="octets per message")
@@ -605,11 +786,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only", action="append", choices=["smtp", "pop3"], help="one protocol (repeatable)"
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        action="append",
+        help="a proxy scenario with a gateway of this many protocol workers (repeatable; "
+        "default: the gateway's own, one per CPU it starts with)",
+    )
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pin the gateway to one CPU and the client and peers to another (default: on "
+        "with two CPUs or more)",
+    )
+    parser.add_argument(
         "--profile-gateway",
         type=Path,
         default=None,
         metavar="FILE",
-        help="run the gateway under cProfile (trio thread only), the stats written to FILE",
+        help="run the gateway's first process under cProfile (trio thread only; with "
+        "--workers 0 that is the whole gateway, else the supervisor), the stats written to "
+        "FILE with .PROTOCOL-wN before its suffix",
     )
     parser.add_argument("--dir", default=None, help="folder for the data (default: /tmp)")
     parser.add_argument("--json", action="store_true", help="print JSON (the table to stderr)")
@@ -623,9 +820,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for tool in ("dovecot", "postfix"):
+    for tool in ("dovecot", "postfix", "taskset"):
         if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin") is None:
             raise SystemExit(f"{tool} is missing: run tests/peers/install.sh (as root)")
+    pinning = decide_pinning(args.pin)
+    print(pinning.describe(), file=sys.stderr, flush=True)
     protocols = args.only or ["smtp", "pop3"]
     corpus = Corpus(args.size, label="proxy")
     ca = trustme.CA()
@@ -634,32 +833,23 @@ def main(argv: list[str] | None = None) -> int:
     begun = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="proxy_bench-", dir=base) as temp:
         folder = Path(temp)
-        ca_file = folder / "ca.pem"
-        ca.cert_pem.write_to_path(str(ca_file))
-        (folder / "gateway").mkdir()
-        with gateway_process(
-            folder / "gateway",
-            {"smtps": ("smtp", "implicit"), "pop3s": ("pop3", "implicit")},
-            gateway_settings(args, ca_file),
-            profile=args.profile_gateway.resolve() if args.profile_gateway else None,
-        ) as gateway:
-            with ThreadPoolExecutor(4) as pool:
-                made = {
-                    protocol: [
-                        pool.submit(create_mailbox, gateway, f"{protocol}-proxy-{k}")
-                        for k in range(args.sessions)
-                    ]
-                    for protocol in protocols
-                }
-                side = GatewaySide(gateway, {p: [f.result() for f in fs] for p, fs in made.items()})
-            for protocol in protocols:
-                runner = run_smtp if protocol == "smtp" else run_pop3
-                results += runner(folder, args, corpus, ca, side)
+        ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+        for protocol in protocols:
+            results += run_protocol(protocol, folder, args, corpus, ca, pinning)
     elapsed = time.perf_counter() - begun
-    table = render(results) + f"\nwhole run: {elapsed:.0f} s"
+    table = render(results, pinning) + f"\nwhole run: {elapsed:.0f} s"
     if args.json:
         print(table, file=sys.stderr)
-        report = {"results": [asdict(r) for r in results], "summary": summary(results)}
+        report = {
+            "pinning": {
+                "on": pinning.on,
+                "start": sorted(pinning.start),
+                "gateway": sorted(pinning.gateway or ()),
+                "client_and_peers": sorted(pinning.others or ()),
+            },
+            "results": [asdict(r) for r in results],
+            "summary": summary(results),
+        }
         print(json.dumps(report, indent=2))
     else:
         print(table)
