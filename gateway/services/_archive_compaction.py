@@ -1,0 +1,120 @@
+"""Compaction: reclaiming the bytes of expunged messages, and of messages whose commit never
+came, from a mailbox's sealed segments (SPEC.md 6.4).
+
+Theory of operation
+-------------------
+A segment (never the one being written) is planned in a worker thread: which records stay
+(those of served messages, and every chunk from the first sequence number a message still
+being written may use) and which go. It is rewritten when at least ``min_gain`` of it can
+go, removed when all of it can. Each cut is recorded in the control log (``LogCompacted``,
+with the chain values) before the segment file is replaced, so verify can follow the chain
+across it; the replaced file stays for ``StoreConfig.compaction_grace`` (a hot copy or a
+protocol worker may still be reading it) and is deleted by a later pass.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from ..events import CompactionGap, LogCompacted, MessageStored, decode_message_event, now
+from ..log import LogCorrupt, LogRecord, LogWriteError, RecordKind, SegmentLog
+from ._archive_core import ArchiveCore
+from ._common import MailboxState, NoSuchMailbox
+
+__all__ = ["compact", "maintain", "remove_retired"]
+
+
+async def compact(core: ArchiveCore, mailbox_id: str, *, min_gain: float) -> int:
+    box = core.box(mailbox_id)
+    if box.writer is None:
+        return 0
+    log = box.writer.log
+    reclaimed = 0
+    async with box.lock:
+        for segment in log.segments[:-1]:
+            reclaimed += await _compact_segment(core, box, log, segment, min_gain)
+    return reclaimed
+
+
+async def remove_retired(core: ArchiveCore, mailbox_id: str) -> int:
+    box = core.box(mailbox_id)
+    if box.writer is None:
+        return 0
+    log = box.writer.log
+    cuts = dict(core.state.cuts.get(box.info.mailbox_id, {}))
+    removed = await trio.to_thread.run_sync(log.remove_retired, cuts, core.config.compaction_grace)
+    return len(removed)
+
+
+async def maintain(core: ArchiveCore) -> tuple[int, int]:
+    reclaimed = deleted = 0
+    for info in list(core.state.mailboxes.values()):
+        try:
+            reclaimed += await compact(core, info.mailbox_id, min_gain=0.5)
+            deleted += await remove_retired(core, info.mailbox_id)
+        except (NoSuchMailbox, LogCorrupt, LogWriteError, OSError):
+            continue
+    return reclaimed, deleted
+
+
+async def _compact_segment(
+    core: ArchiveCore, box: MailboxState, log: SegmentLog, segment: int, min_gain: float
+) -> int:
+    live: set[int] = set()
+    for message in box.index.messages.values():
+        live.add(message.seq)
+        live.update(location.seq for location in message.chunks)
+    # Chunks of messages still being written have no commit yet: keep everything from
+    # the first sequence number any of them may have used.
+    inflight_from = min(box.inflight.values(), default=None)
+    expunged = box.index.expunged
+    dropped_ids: set[str] = set()
+
+    def keep(record: LogRecord) -> bool:
+        if record.seq in live:
+            return True
+        if record.kind == RecordKind.CHUNK:
+            return inflight_from is not None and record.seq >= inflight_from
+        event = decode_message_event(record.body)
+        if isinstance(event, MessageStored) and event.message_id in expunged:
+            dropped_ids.add(event.message_id)
+            return False
+        return True  # an event this version does not know: never drop it
+
+    try:
+        plan = await trio.to_thread.run_sync(log.plan_compaction, segment, keep)
+    except LogWriteError:
+        # No room for the compacted copy (a full disk): removals need none, so carry on
+        # with the other segments.
+        return 0
+    if plan is None:
+        return 0
+    if plan.new_path is not None and plan.dropped_bytes < min_gain * plan.bytes_before:
+        await trio.to_thread.run_sync(log.discard_compaction, plan)
+        return 0
+    try:
+        await core.append_control(
+            LogCompacted(
+                at=now(),
+                mailbox_id=box.info.mailbox_id,
+                segment=segment,
+                generation=plan.generation,
+                gaps=tuple(CompactionGap(g.first_seq, g.last_seq, c) for g, c in plan.gaps),
+                removed_segment=plan.new_path is None,
+                message_ids=tuple(sorted(dropped_ids)),
+                bytes_before=plan.bytes_before,
+                bytes_after=plan.bytes_after,
+            )
+        )
+    except BaseException:
+        await trio.to_thread.run_sync(log.discard_compaction, plan)
+        raise
+    async with box.io_lock:
+        await trio.to_thread.run_sync(log.apply_compaction, plan)
+        for message in box.index.messages.values():
+            message.commit = plan.moved.get(message.seq, message.commit)
+            message.chunks = [plan.moved.get(c.seq, c) for c in message.chunks]
+    for gap, _chain in plan.gaps:
+        for seq in range(gap.first_seq, gap.last_seq + 1):
+            box.index.pending_chunks.pop(seq, None)
+    return plan.bytes_before - plan.bytes_after

@@ -1,0 +1,123 @@
+"""What every part of the archive works on: the data folder, the control log and its
+projection, and the live state of each open mailbox.
+
+Theory of operation
+-------------------
+:class:`ArchiveCore` is the archive's shared state and the few operations every part of it
+needs: find a mailbox, append a control event (durable before the state changes, so the state
+is always a projection of what is on disk), tell listeners a mailbox changed, flag a mailbox
+damaged, and expunge. The parts that use it (``_archive_recovery``, ``_archive_keys``,
+``_archive_reads``, ``_archive_compaction``) are functions over it; :class:`archive.Archive`
+is the facade the rest of the gateway calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ..events import (
+    SYSTEM,
+    Actor,
+    ControlEvent,
+    LogDamaged,
+    MailboxCreated,
+    MailboxDeleted,
+    MailboxKeyReset,
+    MailboxKeyRewrapped,
+    MailboxUpdated,
+    MessagesExpunged,
+    encode_event,
+    now,
+)
+from ..log import DataDir, LogWriter, RecordKind, Recovery
+from ._common import MailboxState, MailboxUnavailable, StoreConfig, find_mailbox
+from .projection import ControlState
+
+__all__ = ["ArchiveCore"]
+
+logger = logging.getLogger("gateway.services.archive")
+
+# Control events after which the journal pushes the mailbox's view to the protocol workers.
+_MAILBOX_CHANGES = (
+    MailboxCreated,
+    MailboxUpdated,
+    MailboxKeyRewrapped,
+    MailboxKeyReset,
+    MailboxDeleted,
+    LogDamaged,
+)
+
+
+class ArchiveCore:
+    def __init__(self, data: DataDir, config: StoreConfig, control: LogWriter) -> None:
+        self.data = data
+        self.config = config
+        self.control = control
+        # One group commit for every log of this archive (SPEC.md 6.1).
+        self.commit_group = control.group
+        self.state = ControlState()
+        self.boxes: dict[str, MailboxState] = {}
+        self.recoveries: list[Recovery] = []
+        # Told the id of every mailbox whose state changed (created, updated, new key,
+        # damaged, deleted): the journal pushes it to the protocol workers. Must not block.
+        self.mailbox_listeners: list[Callable[[str], None]] = []
+
+    def box(self, mailbox_id: str) -> MailboxState:
+        """A mailbox's live state, by its id in any accepted spelling. Raises NoSuchMailbox."""
+        return find_mailbox(self.boxes, mailbox_id)
+
+    def close(self) -> None:
+        """Close every log and release the data folder."""
+        for box in self.boxes.values():
+            if box.writer is not None:
+                box.writer.log.close()
+        self.control.log.close()
+        self.data.unlock()
+
+    async def append_control(self, event: ControlEvent, *, durable: bool = True) -> None:
+        """Append an event to the control log and fold it into the state. ``durable=False``
+        (audit records that acknowledge nothing) returns once written; the next durable
+        round of the group commit makes it durable with everything else."""
+        await self.control.append([(RecordKind.EVENT, encode_event(event))], durable=durable)
+        self.state.apply(event)
+        if isinstance(event, _MAILBOX_CHANGES):
+            self.notify(event.mailbox_id)
+
+    def notify(self, mailbox_id: str) -> None:
+        for listener in self.mailbox_listeners:
+            listener(mailbox_id)
+
+    def mark_damaged(self, box: MailboxState, why: str) -> MailboxState:
+        """Take the mailbox out of service (no mail in, none served) until it is repaired."""
+        box.damaged = why
+        logger.error("event=mailbox-damaged mailbox=%s reason=%r", box.info.mailbox_id, why)
+        self.notify(box.info.mailbox_id)
+        return box
+
+    @staticmethod
+    def unavailable(box: MailboxState) -> MailboxUnavailable:
+        """The error for a damaged mailbox asked to serve."""
+        return MailboxUnavailable(f"mailbox {box.info.mailbox_id} is damaged: {box.damaged}")
+
+    async def expunge_ids(
+        self, box: MailboxState, message_ids: list[str], reason: str = "", actor: Actor = SYSTEM
+    ) -> int:
+        """Expunge these messages of the mailbox: durable in the control log, then no longer
+        served. Returns how many."""
+        if not message_ids:
+            return 0
+        ids = tuple(message_ids)
+        size = sum(m.size for i in ids if (m := box.index.messages.get(i)) is not None)
+        await self.append_control(
+            MessagesExpunged(
+                at=now(),
+                actor=actor,
+                mailbox_id=box.info.mailbox_id,
+                message_ids=ids,
+                bytes=size,
+                reason=reason,
+            )
+        )
+        box.index.expunge(ids)
+        return len(ids)
