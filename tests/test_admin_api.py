@@ -19,12 +19,12 @@ from trio_websocket import ConnectionClosed, wrap_client_stream
 from gateway.client import AdminClient, ClientError, TrustSettings, connect
 from gateway.config import AdminConfig
 from gateway.crypto import WrongPassword
-from gateway.log import RecordKind, iter_log
+from gateway.log import RecordKind
 from gateway.log._framing import encode_record_parts, genesis_chain
 from gateway.protocols import admin as api
 from gateway.protocols.admin import ApiError, ErrorCode
 from gateway.servers.gateway import Gateway, Listening
-from gateway.services._common import CONTROL_LOG_ID
+from gateway.services.archive import CONTROL_LOG_ID
 
 from .gateway_helpers import Running, make_config
 
@@ -168,7 +168,7 @@ async def test_status(running: Running) -> None:
         assert status.admin_connections == 1
         assert status.uptime_seconds >= 0
         assert [m.name for m in status.mailboxes] == ["A"]
-        assert status.control_seq == running.archive.control.log.next_seq
+        assert status.control_seq == running.archive.next_control_seq
 
 
 async def test_protocol_errors_are_replies(running: Running) -> None:
@@ -222,8 +222,8 @@ async def test_logins_tokens_and_expiry(running: Running) -> None:
         assert isinstance(tokens, api.Tokens)
         assert [t.name for t in tokens.tokens] == ["backup script"]
         # Neither the control log nor the admin files keep a token or the password.
-        await running.archive.control.append([], durable=True)
-        kept = b"".join(r.body for r in iter_log(running.archive.data.control_dir, CONTROL_LOG_ID))
+        await running.archive.sync_control()
+        kept = b"".join(r.body for r in running.archive.read_control())
         kept += b"".join(p.read_bytes() for p in running.archive.data.admin_dir.iterdir())
         for secret in (created.token, session.token):
             assert secret.split("_", 2)[2].encode() not in kept
@@ -276,15 +276,12 @@ async def test_failed_logins_are_throttled_and_audited(running: Running) -> None
             await client.request(api.Login(password=running.admin_password))
         assert throttled.value.code == ErrorCode.THROTTLED
         assert throttled.value.retry_after is not None and throttled.value.retry_after > 20
-    await running.archive.control.append([], durable=True)
-    events = [
-        msgspec.msgpack.decode(r.body)
-        for r in iter_log(running.archive.data.control_dir, CONTROL_LOG_ID)
-    ]
+    await running.archive.sync_control()
+    events = [msgspec.msgpack.decode(r.body) for r in running.archive.read_control()]
     failures = [e for e in events if e["type"] == "AdminLogin" and not e["success"]]
     assert len(failures) == 6
     assert all(e["actor"]["address"] == "127.0.0.1" for e in failures)
-    raw = b"".join(r.body for r in iter_log(running.archive.data.control_dir, CONTROL_LOG_ID))
+    raw = b"".join(r.body for r in running.archive.read_control())
     assert b"guess guess" not in raw and running.admin_password.encode() not in raw
 
 
@@ -376,7 +373,7 @@ async def _control_chain_check(records: list[api.Audit], running: Running) -> No
     """Recompute the chain from the records' bytes as a remote auditor would."""
     chain = genesis_chain(CONTROL_LOG_ID)
     by_seq = {r.seq: r for r in records}
-    for record in iter_log(running.archive.data.control_dir, CONTROL_LOG_ID):
+    for record in running.archive.read_control():
         if record.seq in by_seq:
             audit = by_seq[record.seq]
             _h, _t, expected = encode_record_parts(RecordKind.EVENT, audit.seq, audit.record, chain)

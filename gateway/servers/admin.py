@@ -24,12 +24,9 @@ request it is serving), so a feed never outlives the login that opened it.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import h11
@@ -207,9 +204,7 @@ class AdminServer:
         if gateway.tls is not None:
             subject, sha256, expires = gateway.tls.summary()
             certificate = api.CertificateView(subject=subject, sha256=sha256, expires_at=expires)
-        root = archive.data.root
-        storage = await trio.to_thread.run_sync(_tree_size, root)
-        free = (await trio.to_thread.run_sync(shutil.disk_usage, root)).free
+        storage = await archive.storage_usage()
         return api.StatusReply(
             id=request_id,
             version=__version__,
@@ -230,9 +225,9 @@ class AdminServer:
             certificate=certificate,
             sessions=gateway.sessions_active,
             admin_connections=self.connections,
-            storage_bytes=storage,
-            disk_free_bytes=free,
-            control_seq=archive.control.log.next_seq,
+            storage_bytes=storage.used_bytes,
+            disk_free_bytes=storage.free_bytes,
+            control_seq=archive.next_control_seq,
             mailboxes=tuple(
                 mailbox_view(archive, info, self.config.mail_domain) for info in archive.mailboxes()
             ),
@@ -465,14 +460,3 @@ def _local_port(stream: trio.abc.Stream) -> int:
         port: int = inner.socket.getsockname()[1]
         return port
     return 0
-
-
-def _tree_size(root: Path) -> int:
-    total = 0
-    for directory, _dirs, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(directory, name)).st_size
-            except OSError:
-                continue
-    return total

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The hub is the control log writer's observer (``LogWriter.observer``): after every round of
+The hub is the control log's observer (``Archive.observe_control``): after every round of
 the group commit it is handed the round's records with their chain values, in order, in the
 trio thread, and fans them out to each subscription's bounded queue with ``send_nowait``. It
 never waits: a subscription whose queue is full is dropped with a reason (its reader closes
@@ -15,8 +15,8 @@ and while anyone is subscribed :meth:`AuditHub.run` forces such a round within
 still take back (which would look like tampering when the sequence number is reused).
 
 A subscriber first registers (so nothing published from then on is missed), then reads the
-history below the registration point from the files (``iter_log`` with ``from_seq``, in a
-worker thread, in batches), then drains its queue: every record exactly once, in order.
+history below the registration point from the files (``Archive.read_control``, in a worker
+thread, in batches), then drains its queue: every record exactly once, in order.
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ import msgspec
 import trio
 
 from ..events import decode_control_event
-from ..log import LogRecord, RecordKind, iter_log
-from ._common import CONTROL_LOG_ID
+from ..log import LogRecord, RecordKind
 from .archive import Archive
 
 __all__ = ["AuditHub", "AuditRecord", "Subscription"]
@@ -119,8 +118,8 @@ class AuditHub:
     _flush_wanted: trio.Event = field(default_factory=trio.Event)
 
     def __post_init__(self) -> None:
-        self.next_seq = self.archive.control.log.next_seq
-        self.archive.control.observer = self._observe
+        self.next_seq = self.archive.next_control_seq
+        self.archive.observe_control(self._observe)
 
     def _observe(self, records: list[LogRecord], durable: bool) -> None:
         self._pending.extend(r for r in records if r.kind == RecordKind.EVENT)
@@ -147,7 +146,7 @@ class AuditHub:
             self._flush_wanted = trio.Event()
             await trio.sleep(self.flush_after)
             if self._pending and self._subscriptions:
-                await self.archive.control.append([], durable=True)
+                await self.archive.sync_control()
 
     @property
     def subscribers(self) -> int:
@@ -174,9 +173,7 @@ class AuditHub:
     ) -> AsyncGenerator[list[AuditRecord], None]:
         """The control log's event records from ``from_seq`` below ``until_seq``, read from
         the files in batches. Raises LogCorrupt if the log does not check out."""
-        records = iter_log(
-            self.archive.data.control_dir, CONTROL_LOG_ID, from_seq=from_seq, tail_ok=True
-        )
+        records = self.archive.read_control(from_seq)
 
         def next_batch() -> list[AuditRecord]:
             batch = []
