@@ -109,11 +109,12 @@ def _verify(data_dir: Path, mailbox: str | None) -> int:
 
 
 def _backup(data_dir: Path, destination: Path) -> int:
-    if not (data_dir / "control").is_dir():
+    data = DataDir(data_dir)
+    if not data.control_dir.is_dir():
         logger.error("event=backup-failed reason=%r", f"{data_dir} is not a data folder")
         return EXIT_USAGE
     try:
-        copied = DataDir(data_dir).copy_to(destination)
+        copied = data.copy_to(destination)
     except OSError as exc:
         logger.error("event=backup-failed reason=%r", str(exc))
         return EXIT_UNAVAILABLE
@@ -232,7 +233,7 @@ def admin_password_announcer(
         except OSError as exc:
             raise StartupError(
                 f"cannot write the generated admin password to {data_dir}: {exc}; remove "
-                f"{data_dir / 'admin' / 'password'} and start again with "
+                f"{DataDir(data_dir).admin_password_path} and start again with "
                 "admin.password_file or GATEWAY_ADMIN_PASSWORD"
             ) from None
         logger.warning(

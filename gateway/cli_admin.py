@@ -31,6 +31,7 @@ import trio
 from ._text import escape_unsafe
 from .client import AdminClient, ClientError, TrustSettings, connect
 from .config import ConfigError, Protocol, load_config
+from .log import DataDir
 from .protocols import admin as api
 from .protocols.admin import ApiError
 
@@ -151,7 +152,7 @@ def _target(args: argparse.Namespace) -> tuple[str, TrustSettings]:
         return url, TrustSettings(fingerprint=args.fingerprint)
     if config.tls.certificate:
         return url, TrustSettings(cafile=config.tls.certificate)
-    generated = Path(config.data_dir) / "tls" / "cert.pem"
+    generated = DataDir(Path(config.data_dir)).tls_dir / "cert.pem"
     return url, TrustSettings(cafile=str(generated) if generated.exists() else None)
 
 
