@@ -362,6 +362,7 @@ def measure(
         result.workers = gateway.workers()
         result.gateway_rss_idle_mib = tree_rss(gateway.pid) / MIB
     cpus_before = affinities(roots)
+    result.notes["load_average_1min_before"] = round(os.getloadavg()[0], 2)
     with ThreadPoolExecutor(sessions) as pool, samplers(roots) as sampled:
         futures = [pool.submit(run, index, ready) for index in range(sessions)]
         cpu_before = {name: tree_cpu(pid) for name, pid in roots.items()}
@@ -415,6 +416,11 @@ def measure(
     result.login_ms_max = max(logins)
     result.tls = done[0].tls
     result.notes["cpu_s_by_tree"] = {name: round(value, 2) for name, value in used.items()}
+    # How busy each side kept its CPUs: CPU seconds over wall seconds (1.0 = one CPU).
+    result.notes["cpus_busy"] = {
+        "gateway": round(used.get("gateway", 0.0) / result.seconds, 2),
+        "client_and_peers": round((result.client_cpu_s + result.peer_cpu_s) / result.seconds, 2),
+    }
     result.notes["system_cpu_s_by_tree"] = {
         name: round(sys_after[name] - sys_before[name], 2) for name in roots
     }
@@ -727,7 +733,13 @@ def render(results: list[Result], pinning: Pinning) -> str:
     for r in results:
         cpus = ", ".join(f"{name} {cpus}" for name, cpus in r.cpus.items())
         split = ", ".join(f"{k} {v:.2f}" for k, v in r.notes["cpu_s_by_process_sampled"].items())
-        lines.append(f"{r.scenario}: CPUs {cpus}; {r.tls}; CPU s by process (sampled): {split}")
+        busy = r.notes["cpus_busy"]
+        lines.append(
+            f"{r.scenario}: CPUs {cpus}; CPUs busy: gateway {busy['gateway']:.2f}, client and "
+            f"peers {busy['client_and_peers']:.2f}; load average before "
+            f"{r.notes['load_average_1min_before']:.2f}; {r.tls}; CPU s by process (sampled): "
+            f"{split}"
+        )
     for protocol, names in PHASES.items():
         direct = next((r for r in results if r.scenario == f"{protocol}-direct"), None)
         for proxy in (r for r in results if r.scenario.startswith(f"{protocol}-proxy")):
