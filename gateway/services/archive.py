@@ -14,11 +14,11 @@ the fdatasync that makes the whole message durable; :meth:`Archive.witness` then
 in the control log, which is what makes it exist. A message whose commit never became
 durable or witnessed is invisible: its chunks are orphans that compaction reclaims.
 
-:class:`Archive` is the facade; the work is done in private modules over the shared
-:class:`ArchiveCore` (``_archive_core``): recovery on open (``_archive_recovery``), the
-two-phase key changes and unlocking (``_archive_keys``), reading messages back
-(``_archive_reads``) and compaction (``_archive_compaction``). Mailbox lifecycle and the
-commit point of a message are here.
+The :class:`Archive` facade is all the rest of the gateway sees. The work is done by private
+modules over one shared :class:`ArchiveCore` (``_archive_core``): recovery on open
+(``_archive_recovery``), mailbox lifecycle (``_archive_mailboxes``), keys and their two-phase
+changes (``_archive_keys``), the commit point (``_archive_commits``), reading messages back
+(``_archive_reads``) and compaction (``_archive_compaction``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import shutil
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -64,6 +65,9 @@ from .keyforge import KeyForge
 from .projection import ControlState, MailboxInfo, StoredMessage
 from .writer import MessageWriter, SealTarget
 
+if TYPE_CHECKING:
+    from ..config import Config
+
 __all__ = [
     "CONTROL_LOG_ID",
     "Archive",
@@ -78,6 +82,7 @@ __all__ = [
     "StoreConfig",
     "find_mailbox",
     "sealed_of",
+    "store_config",
     "wrap_id",
 ]
 
@@ -92,13 +97,33 @@ class StorageUsage:
     free_bytes: int  # left on its file system
 
 
+def store_config(config: Config) -> StoreConfig:
+    """The archive's settings from the gateway's configuration."""
+    return StoreConfig(
+        segment_bytes=config.store.segment_bytes,
+        kdf=config.store.kdf.params(),
+        max_message_bytes=config.smtp.max_message_size,
+        compaction_grace=config.store.compaction_grace,
+        maintenance_interval=config.store.maintenance_interval,
+    )
+
+
 class Archive:
     def __init__(self, core: ArchiveCore) -> None:
         self._core = core
+        self.data: DataDir = core.data  # the data folder's paths and whole-file operations
+        self.config: StoreConfig = core.config
+        self.state: ControlState = core.state  # read only: change it through the archive
+        self.control: LogWriter = core.control
+        # One group commit for every log of this archive (SPEC.md 6.1).
+        self.commit_group: CommitGroup = core.commit_group
+        # Told the id of every mailbox whose state changed (created, updated, new key,
+        # damaged, deleted): the journal pushes it to the protocol workers. Must not block.
+        self.mailbox_listeners: list[Callable[[str], None]] = core.mailbox_listeners
         # Set by whoever runs a KeyForge next to the archive (the server, the benchmark).
         self.key_forge: KeyForge | None = None
 
-    # -- open and close ------------------------------------------------------------------------
+    # -- open and close ----------------------------------------------------------------------------
 
     @classmethod
     async def open(cls, root: Path, config: StoreConfig | None = None) -> Archive:
@@ -110,36 +135,7 @@ class Archive:
     async def aclose(self) -> None:
         self._core.close()
 
-    # -- what the archive is made of -----------------------------------------------------------
-
-    @property
-    def data(self) -> DataDir:
-        """The data folder's paths and whole-file operations."""
-        return self._core.data
-
-    @property
-    def config(self) -> StoreConfig:
-        return self._core.config
-
-    @property
-    def state(self) -> ControlState:
-        """The control log's projection (read only: change it through the archive)."""
-        return self._core.state
-
-    @property
-    def control(self) -> LogWriter:
-        return self._core.control
-
-    @property
-    def commit_group(self) -> CommitGroup:
-        """One group commit for every log of this archive (SPEC.md 6.1)."""
-        return self._core.commit_group
-
-    @property
-    def mailbox_listeners(self) -> list[Callable[[str], None]]:
-        """Told the id of every mailbox whose state changed (created, updated, new key,
-        damaged, deleted): the journal pushes it to the protocol workers. Must not block."""
-        return self._core.mailbox_listeners
+    # -- the data folder ---------------------------------------------------------------------------
 
     async def storage_usage(self) -> StorageUsage:
         """The bytes under the data folder and the bytes free beside it (admin ``status``)."""
@@ -148,7 +144,7 @@ class Archive:
         free = (await trio.to_thread.run_sync(shutil.disk_usage, root)).free
         return StorageUsage(used, free)
 
-    # -- the control log -----------------------------------------------------------------------
+    # -- the control log ---------------------------------------------------------------------------
 
     async def append_control(self, event: ControlEvent, *, durable: bool = True) -> None:
         """Append an event to the control log and fold it into the state. ``durable=False``
@@ -177,7 +173,7 @@ class Archive:
             self._core.data.control_dir, CONTROL_LOG_ID, from_seq=from_seq, tail_ok=True
         )
 
-    # -- mailboxes -----------------------------------------------------------------------------
+    # -- mailboxes ---------------------------------------------------------------------------------
 
     def mailboxes(self) -> list[MailboxInfo]:
         return sorted(self._core.state.mailboxes.values(), key=lambda m: m.created_at)
@@ -258,7 +254,7 @@ class Archive:
             self._core, mailbox_id, purge=purge, actor=actor
         )
 
-    # -- keys (SPEC.md 5, 6.5) -----------------------------------------------------------------
+    # -- keys (SPEC.md 5, 6.5) ---------------------------------------------------------------------
 
     async def key_file(self, mailbox_id: str) -> bytes:
         """The mailbox's key file, checked against the control log (for a login elsewhere:
@@ -293,7 +289,7 @@ class Archive:
         message stored so far becomes unreadable, forever; returns (password, how many)."""
         return await _archive_keys.reset_password(self._core, mailbox_id, new_password, actor=actor)
 
-    # -- messages in ---------------------------------------------------------------------------
+    # -- messages in -------------------------------------------------------------------------------
 
     def messages(self, mailbox_id: str) -> list[StoredMessage]:
         """The mailbox's messages now, oldest first."""
@@ -359,7 +355,7 @@ class Archive:
         present = [m for m in dict.fromkeys(message_ids) if m in box.index.messages]
         return await self._core.expunge_ids(box, present, actor=actor)
 
-    # -- messages out --------------------------------------------------------------------------
+    # -- messages out ------------------------------------------------------------------------------
 
     def read_message(
         self, mailbox_id: str, message_id: str, key: MailboxPrivateKey
@@ -373,7 +369,7 @@ class Archive:
     ) -> Envelope:
         return await _archive_reads.read_envelope(self._core, mailbox_id, message_id, key)
 
-    # -- compaction (SPEC.md 6.4) --------------------------------------------------------------
+    # -- compaction (SPEC.md 6.4) ------------------------------------------------------------------
 
     async def compact(self, mailbox_id: str, *, min_gain: float = 0.5) -> int:
         """Reclaim the bytes of expunged messages, and of messages whose commit never came,
