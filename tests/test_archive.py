@@ -7,17 +7,20 @@ import os
 import random
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 
+from gateway.config import Config
 from gateway.crypto import MailboxPrivateKey, MessageCorrupt, WrongPassword
-from gateway.events import Envelope, MailboxStatus, now
+from gateway.events import Envelope, MailboxCreated, MailboxStatus, decode_control_event, now
 from gateway.services.archive import (
     Archive,
     ArchiveError,
     MailboxUnavailable,
     NoSuchMailbox,
     StoreConfig,
+    store_config,
 )
 from gateway.verify import verify_data_dir
 
@@ -353,3 +356,31 @@ async def test_verify_locates_a_flipped_byte_in_a_mailbox_log(
     problem = report.problems[0]
     assert problem.where == info.mailbox_id and problem.path == str(seg)
     assert problem.offset is not None and problem.offset <= 200
+
+
+async def test_control_log_and_storage_through_the_facade(archive: Archive) -> None:
+    """What the audit feed and the admin status read, through the archive's public names."""
+    seen: list[tuple[list[int], bool]] = []
+    archive.observe_control(
+        lambda records, durable: seen.append(([r.seq for r in records], durable))
+    )
+    first = archive.next_control_seq
+    info, _password = await archive.create_mailbox("Journal")
+    await archive.sync_control()
+    assert archive.next_control_seq > first
+    assert any(first in seqs and durable for seqs, durable in seen)
+    records = await trio.to_thread.run_sync(lambda: list(archive.read_control(first)))
+    assert [r.seq for r in records] == list(range(first, archive.next_control_seq))
+    event = decode_control_event(records[0].body)
+    assert isinstance(event, MailboxCreated) and event.mailbox_id == info.mailbox_id
+    usage = await archive.storage_usage()
+    assert usage.used_bytes > 0 and usage.free_bytes > 0
+
+
+def test_store_config_follows_the_configuration() -> None:
+    config = msgspec.convert(
+        {"smtp": {"max_message_size": 1 << 20}, "store": {"segment_bytes": 1 << 22}}, Config
+    )
+    settings = store_config(config)
+    assert (settings.segment_bytes, settings.max_message_bytes) == (1 << 22, 1 << 20)
+    assert settings.kdf == config.store.kdf.params()
