@@ -32,16 +32,18 @@ from ._framing import (
 )
 from ._scan import RecordReader, iter_log
 from ._segment_log import SegmentLog
-from ._writer import CommitGroup, LogWriter, StaleEpoch
+from ._writer import LINGER, CommitGroup, Dependent, LogWriter, StaleEpoch, Written
 
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
+    "LINGER",
     "REMOVED",
     "AppendItem",
     "CommitGroup",
     "Compaction",
     "DataDir",
     "DataDirLocked",
+    "Dependent",
     "FramingError",
     "Gap",
     "Location",
@@ -54,6 +56,7 @@ __all__ = [
     "Recovery",
     "SegmentLog",
     "StaleEpoch",
+    "Written",
     "decode_chunk_body",
     "decode_gap",
     "encode_chunk_body",

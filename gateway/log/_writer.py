@@ -11,6 +11,19 @@ and steps down. While a round is on disk, new tickets pile up and become the nex
 under load the number of fsyncs per second stays flat while the records per fsync grow (the
 classic group commit of databases), across mailboxes as well as within one.
 
+A record may depend on records of other logs (a message's witness in the control log on its
+commit records in the mailbox logs, SPEC.md 6.2): :meth:`CommitGroup.append_then` queues them
+together and the round writes them in two phases, in the same worker thread: first every log's
+ordinary batch, fdatasynced; then the dependent records, built from the chain values just
+written (so they can name them) and fdatasynced in turn. A dependent record is never written
+unless every record it depends on is durable, and costs no thread hand-off of its own.
+
+A record that acknowledges nothing (an audit record) may be appended *lazily*: it does not
+start a round of its own but rides with the next one somebody else leads, and leads one itself
+only if none came within :data:`LINGER` seconds. Under load that takes most audit records out
+of the rounds (each round costs a thread hand-off); when idle they reach the disk a few
+milliseconds later.
+
 A leader flushes one round, then the next waiter takes over: no session does other sessions'
 I/O for long. A cancelled appender whose ticket is still queued withdraws it; once taken into
 a round, the record is written (a client that gave up may find its message stored, never a
@@ -33,7 +46,9 @@ import trio
 from ._files import AppendItem, Location, LogRecord, LogWriteError
 from ._segment_log import SegmentLog
 
-__all__ = ["CommitGroup", "LogWriter", "Observer", "StaleEpoch"]
+__all__ = ["LINGER", "CommitGroup", "Dependent", "LogWriter", "Observer", "StaleEpoch", "Written"]
+
+LINGER = 0.005  # seconds a lazy append waits for a round to ride with before leading one
 
 # Told of every round of records written to a log, in order, with each record's chain value,
 # and whether the round ended with an fdatasync of that log (``durable``). Runs in the trio
@@ -45,6 +60,13 @@ class StaleEpoch(LogWriteError):
     """The records this commit depends on were lost in a failed batch."""
 
 
+# Where an append's records went and each one's chain value.
+Written = tuple[list[Location], list[bytes]]
+# Builds the records that depend on others from where those went; runs in the worker thread
+# that writes them, so it must be quick and touch nothing the trio thread changes.
+Dependent = Callable[[list[Written]], Sequence[AppendItem]]
+
+
 @dataclass(eq=False, slots=True)
 class _Ticket:
     items: Sequence[AppendItem]
@@ -54,6 +76,8 @@ class _Ticket:
     locations: list[Location] = field(default_factory=list)
     chains: list[bytes] = field(default_factory=list)
     error: LogWriteError | None = None
+    after: list[_Ticket] | None = None  # tickets that must be durable first (same round)
+    build: Dependent | None = None  # makes ``items`` from theirs, in the worker thread
 
 
 class CommitGroup:
@@ -71,13 +95,45 @@ class CommitGroup:
         self._flushed = trio.Event()
         self.rounds = 0
 
-    async def wait_for(self, writer: LogWriter, ticket: _Ticket) -> None:
+    async def wait_for(self, writer: LogWriter, ticket: _Ticket, *, lazy: bool = False) -> None:
         self._dirty[writer] = None
+        if lazy:
+            with trio.move_on_after(LINGER):
+                while not ticket.finished:
+                    await self._flushed.wait()
         while not ticket.finished:
             if self._flushing:
                 await self._flushed.wait()
             else:
                 await self._lead()
+
+    async def append_then(
+        self,
+        first: Sequence[tuple[LogWriter, Sequence[AppendItem], int | None]],
+        then: LogWriter,
+        build: Dependent,
+    ) -> tuple[list[Written | LogWriteError], Written | LogWriteError]:
+        """Append each of ``first`` durably (a writer, its records and the epoch they
+        depend on, as :meth:`LogWriter.append`), then, in the same round and only if all of
+        them are durable, the records ``build`` makes from where they went, durably to
+        ``then``. Returns each one's outcome: where its records went, or why they were not
+        written (the dependent's when any of ``first`` failed)."""
+        tickets = [_Ticket(items, True, epoch) for _writer, items, epoch in first]
+        final = _Ticket((), True, None, after=tickets, build=build)
+        queued = [*zip([w for w, _i, _e in first], tickets, strict=True), (then, final)]
+        for writer, ticket in queued:
+            writer.enqueue(ticket)
+            self._dirty[writer] = None
+        try:
+            await self.wait_for(then, final)
+        except trio.Cancelled:
+            for writer, ticket in queued:
+                writer.withdraw(ticket)
+            raise
+        return [t.error or (t.locations, t.chains) for t in tickets], final.error or (
+            final.locations,
+            final.chains,
+        )
 
     async def _lead(self) -> None:
         self._flushing = True
@@ -89,9 +145,12 @@ class CommitGroup:
                     work.append((writer, live))
             self._dirty.clear()
             if work:
-                results = await trio.to_thread.run_sync(_write_round, work)
-                for (writer, tickets), result in zip(work, results, strict=True):
+                done = await trio.to_thread.run_sync(_write_round, work)
+                for writer, tickets, result in done:
                     writer.finish_batch(tickets, result)
+                for _writer, tickets in work:
+                    for ticket in tickets:
+                        ticket.finished = True  # dependents refused before their phase
                 self.rounds += 1
         finally:
             self._flushing = False
@@ -107,8 +166,47 @@ class _RoundResult:
     error: LogWriteError | None = None
 
 
-def _write_round(work: list[tuple[LogWriter, list[_Ticket]]]) -> list[_RoundResult]:
-    """In a worker thread: write every log's batch, then make the ones that need it durable."""
+_Batch = tuple["LogWriter", list[_Ticket]]
+_NOT_WRITTEN = LogWriteError("a record it depends on was not written")
+
+
+def _write_round(work: list[_Batch]) -> list[tuple[LogWriter, list[_Ticket], _RoundResult]]:
+    """In a worker thread: every log's ordinary batch, written and made durable where that
+    is needed; then the records that depend on them, likewise."""
+    first = [(w, [t for t in ts if t.after is None]) for w, ts in work]
+    first = [(w, ts) for w, ts in first if ts]
+    done = [(w, ts, r) for (w, ts), r in zip(first, _write_phase(first), strict=True)]
+    written: dict[int, Written | LogWriteError] = {}
+    for _writer, tickets, result in done:
+        start = 0
+        for ticket in tickets:
+            end = start + len(ticket.items)
+            written[id(ticket)] = result.error or (
+                result.locations[start:end],
+                result.chains[start:end],
+            )
+            start = end
+    second: list[_Batch] = []
+    for writer, tickets in work:
+        ready = []
+        for ticket in tickets:
+            if ticket.after is None or ticket.build is None:
+                continue
+            deps = [written.get(id(t)) or t.error or _NOT_WRITTEN for t in ticket.after]
+            failed = [d for d in deps if isinstance(d, LogWriteError)]
+            if failed:
+                ticket.error = failed[0]
+                continue
+            ticket.items = ticket.build([d for d in deps if not isinstance(d, LogWriteError)])
+            ready.append(ticket)
+        if ready:
+            second.append((writer, ready))
+    done += [(w, ts, r) for (w, ts), r in zip(second, _write_phase(second), strict=True)]
+    return done
+
+
+def _write_phase(work: list[_Batch]) -> list[_RoundResult]:
+    """Write every log's batch, then make the ones that need it durable."""
     results: list[_RoundResult] = []
     for writer, tickets in work:
         items = [item for ticket in tickets for item in ticket.items]
@@ -169,22 +267,39 @@ class LogWriter:
         locations, _chains = await self.append_chained(items, durable=durable, epoch=epoch)
         return locations
 
+    async def append_lazily(self, items: Sequence[AppendItem]) -> None:
+        """Append records that acknowledge nothing (not durable), riding with the next round
+        another appender leads; returns once they are written, at most about :data:`LINGER`
+        seconds later than :meth:`append` would."""
+        await self.append_chained(items, durable=False, lazy=True)
+
     async def append_chained(
-        self, items: Sequence[AppendItem], *, durable: bool = True, epoch: int | None = None
+        self,
+        items: Sequence[AppendItem],
+        *,
+        durable: bool = True,
+        epoch: int | None = None,
+        lazy: bool = False,
     ) -> tuple[list[Location], list[bytes]]:
         """:meth:`append`, also returning each record's chain value."""
         ticket = _Ticket(items, durable, epoch)
-        self._queue.append(ticket)
+        self.enqueue(ticket)
         try:
-            await self.group.wait_for(self, ticket)
+            await self.group.wait_for(self, ticket, lazy=lazy and not durable)
         except trio.Cancelled:
-            # Not yet taken into a batch: withdraw it, so "cancelled" means "not written".
-            if ticket in self._queue:
-                self._queue.remove(ticket)
+            self.withdraw(ticket)
             raise
         if ticket.error is not None:
             raise ticket.error
         return ticket.locations, ticket.chains
+
+    def enqueue(self, ticket: _Ticket) -> None:
+        self._queue.append(ticket)
+
+    def withdraw(self, ticket: _Ticket) -> None:
+        """Not yet taken into a batch: withdraw it, so "cancelled" means "not written"."""
+        if ticket in self._queue:
+            self._queue.remove(ticket)
 
     def take_batch(self) -> list[_Ticket]:
         """The queued tickets to write now; those whose epoch is stale fail at once."""

@@ -2,26 +2,38 @@
 
 Theory of operation
 -------------------
-A message's commit records are made durable in each of its mailboxes by
-:class:`intake.PendingMessage`; it exists once the control log holds their witness
-(``MessagesCommitted``, SPEC.md 6.2), appended durably here, and only then is it served. A
-copy whose witness will never come (a failed append, a key reset on the way) is rolled back:
-expunged, with reason ``ROLLED_BACK``. A roll-back that cannot be written is done on the next
-open instead, since recovery rolls back every commit the control log does not witness.
+A message's commit records (built by :class:`intake.PendingMessage`) are made durable in each
+of its mailboxes, then their witness (``MessagesCommitted``, SPEC.md 6.2) in the control log,
+both in one round of the group commit (``CommitGroup.append_then``: the witness is built in
+the round's thread from the chain values just written). The message exists once the witness
+is durable, and only then is it served. A copy whose witness will never come (another copy's
+append failed) is rolled back: expunged, with reason ``ROLLED_BACK``; a copy sealed to a key
+being reset is refused before anything is written. A roll-back that cannot be written is done
+on the next open instead, since recovery rolls back every commit the control log does not
+witness.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import trio
 
-from ..events import ROLLED_BACK, CommitWitness, MailboxStatus, MessagesCommitted, now
-from ..log import LogWriteError
+from ..events import (
+    ROLLED_BACK,
+    CommitWitness,
+    MailboxStatus,
+    MessagesCommitted,
+    encode_event,
+    now,
+)
+from ..log import AppendItem, Location, LogWriteError, LogWriter, RecordKind, Written
 from ._archive_core import ArchiveCore
 from ._common import ArchiveError, MailboxState, MailboxUnavailable, WitnessedCopy
+from .projection import StoredMessage
 
-__all__ = ["accepting", "roll_back", "witness"]
+__all__ = ["CopyCommit", "accepting", "commit", "roll_back"]
 
 
 def accepting(core: ArchiveCore, mailbox_ids: Sequence[str]) -> list[MailboxState]:
@@ -38,29 +50,57 @@ def accepting(core: ArchiveCore, mailbox_ids: Sequence[str]) -> list[MailboxStat
     return list(boxes.values())
 
 
-async def witness(core: ArchiveCore, copies: Sequence[WitnessedCopy]) -> None:
+@dataclass(slots=True)
+class CopyCommit:
+    """One mailbox's copy of a message, ready to commit: its last records (ending with its
+    commit record), the epoch its earlier chunks were written in, and how its index entry
+    is made from where those records went."""
+
+    box: MailboxState
+    writer: LogWriter
+    message_id: str
+    key_id: str
+    items: Sequence[AppendItem]
+    epoch: int
+    stored: Callable[[list[Location]], StoredMessage]
+    source_key: str = ""
+
+
+async def commit(core: ArchiveCore, copies: Sequence[CopyCommit]) -> None:
+    """Each copy's commit records, durable in its mailbox, then their witness, durable in
+    the control log, in one round of the group commit; then the copies are served. A copy
+    sealed to a key that is being reset is refused before anything is written; if any
+    append fails, the copies that did become durable are rolled back and LogWriteError (or
+    MailboxUnavailable) is raised."""
     for copy in copies:
         box = copy.box
-        if box.resetting or copy.stored.key_id != box.info.key_id:
-            await roll_back(core, copies)
+        if box.resetting or copy.key_id != box.info.key_id:
             raise MailboxUnavailable(
                 f"mailbox {box.info.mailbox_id}: its key was reset while the message "
                 "was on its way; try again"
             )
-    event = MessagesCommitted(
-        at=now(),
-        commits=tuple(
-            CommitWitness(c.box.info.mailbox_id, c.stored.message_id, c.stored.seq, c.chain)
-            for c in copies
-        ),
-    )
+    built: list[MessagesCommitted] = []
+
+    def witness(written: list[Written]) -> list[AppendItem]:
+        # In the round's worker thread, once every commit record is durable.
+        event = MessagesCommitted(
+            at=now(),
+            commits=tuple(
+                CommitWitness(c.box.info.mailbox_id, c.message_id, locations[-1].seq, chains[-1])
+                for c, (locations, chains) in zip(copies, written, strict=True)
+            ),
+        )
+        built.append(event)
+        return [(RecordKind.EVENT, encode_event(event))]
+
     for copy in copies:
         copy.box.witnessing += 1
     try:
-        await core.append_control(event)
-    except LogWriteError:
-        await roll_back(core, copies)
-        raise
+        outcomes, witnessed = await core.commit_group.append_then(
+            [(copy.writer, copy.items, copy.epoch) for copy in copies],
+            core.control,
+            witness,
+        )
     finally:
         # A key reset waits for the witnesses in flight (SPEC.md 6.5).
         for copy in copies:
@@ -68,10 +108,19 @@ async def witness(core: ArchiveCore, copies: Sequence[WitnessedCopy]) -> None:
             if copy.box.witnessing == 0:
                 copy.box.witnesses_idle.set()
                 copy.box.witnesses_idle = trio.Event()
-    for copy in copies:
-        copy.box.index.messages[copy.stored.message_id] = copy.stored
-        if copy.source_key:
-            copy.box.index.sources.add(copy.source_key)
+    durable = [
+        WitnessedCopy(c.box, c.stored(o[0]), o[1][-1], c.source_key)
+        for c, o in zip(copies, outcomes, strict=True)
+        if not isinstance(o, LogWriteError)
+    ]
+    if isinstance(witnessed, LogWriteError):
+        await roll_back(core, durable)
+        raise LogWriteError(f"message not stored: {witnessed}") from witnessed
+    core.applied(built[0])
+    for done in durable:
+        done.box.index.messages[done.stored.message_id] = done.stored
+        if done.source_key:
+            done.box.index.sources.add(done.source_key)
 
 
 async def roll_back(core: ArchiveCore, copies: Sequence[WitnessedCopy]) -> None:

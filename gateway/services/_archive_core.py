@@ -79,7 +79,15 @@ class ArchiveCore:
         """Append an event to the control log and fold it into the state. ``durable=False``
         (audit records that acknowledge nothing) returns once written; the next durable
         round of the group commit makes it durable with everything else."""
-        await self.control.append([(RecordKind.EVENT, encode_event(event))], durable=durable)
+        items = [(RecordKind.EVENT, encode_event(event))]
+        if durable:
+            await self.control.append(items)
+        else:
+            await self.control.append_lazily(items)
+        self.applied(event)
+
+    def applied(self, event: ControlEvent) -> None:
+        """Fold an event now in the control log into the state."""
         self.state.apply(event)
         if isinstance(event, _MAILBOX_CHANGES):
             self.notify(event.mailbox_id)

@@ -10,9 +10,10 @@ worker threads; the trio loop only routes.
 
 A message is written as it arrives: its sealed chunks go to the mailbox log as they fill (no
 fsync of their own), and :meth:`MessageWriter.commit` appends the commit record and waits for
-the fdatasync that makes the whole message durable; :meth:`Archive.witness` then records it
-in the control log, which is what makes it exist. A message whose commit never became
-durable or witnessed is invisible: its chunks are orphans that compaction reclaims.
+the fdatasync that makes the whole message durable and, in the same round, its witness in the
+control log, which is what makes it exist (:meth:`Archive.commit`). A message whose commit
+never became durable or witnessed is invisible: its chunks are orphans that compaction
+reclaims.
 
 The :class:`Archive` facade is all the rest of the gateway sees. The work is done by private
 modules over one shared :class:`ArchiveCore` (``_archive_core``): recovery on open
@@ -43,6 +44,7 @@ from . import (
     _archive_mailboxes,
     _archive_reads,
 )
+from ._archive_commits import CopyCommit
 from ._archive_core import ArchiveCore
 from ._archive_reads import sealed_of
 from ._archive_recovery import open_core
@@ -56,7 +58,6 @@ from ._common import (
     MessageTooLarge,
     NoSuchMailbox,
     StoreConfig,
-    WitnessedCopy,
     find_mailbox,
     wrap_id,
 )
@@ -335,17 +336,13 @@ class Archive:
             parse_message_id(message_id)
         return PendingMessage(self, boxes, message_ids, source_key)
 
-    async def witness(self, copies: Sequence[WitnessedCopy]) -> None:
-        """The commit point of a message (SPEC.md 6.2): its commit records are durable in
-        every mailbox; append their witness to the control log, durably, then serve them.
-        A mailbox whose key was reset meanwhile refuses (the copy is sealed to the retired
-        key): every copy is rolled back and MailboxUnavailable raised."""
-        await _archive_commits.witness(self._core, copies)
-
-    async def roll_back(self, copies: Sequence[WitnessedCopy]) -> None:
-        """Expunge commit records that will never be witnessed (best effort: a copy left
-        unrolled is rolled back when the log is next opened)."""
-        await _archive_commits.roll_back(self._core, copies)
+    async def commit(self, copies: Sequence[CopyCommit]) -> None:
+        """The commit point of a message (SPEC.md 6.2): each copy's commit records durable in
+        its mailbox, then their witness durable in the control log, in one round; then the
+        copies are served. A mailbox whose key is being reset refuses (the copy is sealed to
+        the retired key) with MailboxUnavailable; a failed append rolls back the copies that
+        were written and raises LogWriteError."""
+        await _archive_commits.commit(self._core, copies)
 
     async def expunge(
         self, mailbox_id: str, message_ids: Sequence[str], *, actor: Actor = SYSTEM

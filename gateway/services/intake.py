@@ -8,11 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import trio
-
 from ..events import MessageStored, encode_event, now
-from ..log import AppendItem, Location, LogWriteError, LogWriter, RecordKind, encode_chunk_body
-from ._common import ArchiveError, MailboxState, WitnessedCopy
+from ..log import AppendItem, Location, LogWriter, RecordKind, encode_chunk_body
+from ._archive_commits import CopyCommit
+from ._common import ArchiveError, MailboxState
 from .projection import StoredMessage
 from .writer import SealedCopy
 
@@ -92,10 +91,10 @@ class PendingMessage:
             target.box.inflight.pop(id(self), None)
 
     async def commit(self, copies: Sequence[SealedCopy]) -> None:
-        """Commit records in every mailbox (in parallel), then one witness in the control
-        log naming every copy: the commit point. A crash before the witness leaves commit
-        records that the next open rolls back in every mailbox, so a message is stored in
-        all of its mailboxes or in none (SPEC.md 6.2).
+        """Commit records in every mailbox, then one witness in the control log naming every
+        copy: the commit point, in one round of the group commit. A crash before the witness
+        leaves commit records that the next open rolls back in every mailbox, so a message
+        is stored in all of its mailboxes or in none (SPEC.md 6.2).
 
         If any mailbox fails, the copies that did become durable are rolled back and
         LogWriteError is raised: the sender gets a temporary error and nothing is visible."""
@@ -111,34 +110,13 @@ class PendingMessage:
             self._finish()
 
     async def _commit(self, copies: dict[str, SealedCopy]) -> None:
-        committed: dict[str, tuple[StoredMessage, bytes]] = {}
-        failures: list[BaseException] = []
+        await self._archive.commit(
+            [self._copy(target, copies[mailbox_id]) for mailbox_id, target in self._targets.items()]
+        )
 
-        async def commit_one(target: Target) -> None:
-            try:
-                mailbox_id = target.box.info.mailbox_id
-                committed[mailbox_id] = await self._commit_one(target, copies[mailbox_id])
-            except LogWriteError as exc:
-                failures.append(exc)
-
-        targets = list(self._targets.values())
-        if len(targets) == 1:
-            await commit_one(targets[0])  # the common case: no task to spawn
-        else:
-            async with trio.open_nursery() as nursery:
-                for target in targets:
-                    nursery.start_soon(commit_one, target)
-        witnessed = [
-            WitnessedCopy(t.box, *committed[t.box.info.mailbox_id], self.source_key)
-            for t in targets
-            if t.box.info.mailbox_id in committed
-        ]
-        if failures:
-            await self._archive.roll_back(witnessed)
-            raise LogWriteError(f"message not stored: {failures[0]}") from failures[0]
-        await self._archive.witness(witnessed)
-
-    async def _commit_one(self, target: Target, copy: SealedCopy) -> tuple[StoredMessage, bytes]:
+    def _copy(self, target: Target, copy: SealedCopy) -> CopyCommit:
+        """The copy's last records: its final chunk, if the sealer kept one back, and its
+        commit record, built when its sequence number is known (in the writing thread)."""
         items: list[AppendItem] = []
         if copy.last_chunk is not None:
             mid = bytes.fromhex(target.message_id)
@@ -166,10 +144,18 @@ class PendingMessage:
             built.append(event)
             return encode_event(event)
 
+        def stored(locations: list[Location]) -> StoredMessage:
+            *finals, commit = locations
+            return StoredMessage.of(commit.seq, commit, [*target.chunks, *finals], built[0])
+
         items.append((RecordKind.EVENT, commit_body))
-        locations, chains = await target.writer.append_chained(
-            items, durable=True, epoch=target.epoch
+        return CopyCommit(
+            target.box,
+            target.writer,
+            target.message_id,
+            copy.key_id,
+            items,
+            target.epoch,
+            stored,
+            self.source_key,
         )
-        *finals, commit = locations
-        chunks = [*target.chunks, *finals]
-        return StoredMessage.of(commit.seq, commit, chunks, built[0]), chains[-1]
