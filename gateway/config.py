@@ -10,19 +10,20 @@ back to a default.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
+import re
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 
 from .crypto import KdfParams
-from .services.archive import StoreConfig
-from .services.routing import DEFAULT_DENY, TargetPolicy
-from .services.source_keys import default_secret_path
 
 __all__ = [
+    "DEFAULT_DENY",
     "AdminConfig",
     "Config",
     "ConfigError",
@@ -34,8 +35,40 @@ __all__ = [
     "StoreSettings",
     "TLSConfig",
     "TLSMode",
+    "default_source_key_path",
     "load_config",
+    "split_targets",
 ]
+
+
+# What the gateway refuses to reach unless the configuration allows it: loopback, private
+# and shared address space, link-local (cloud metadata services live there), multicast,
+# unspecified and reserved ranges, and IPv6's equivalents (RFC 6890), with the IPv6 forms that
+# carry an IPv4 address: IPv4-mapped, IPv4-compatible (::a.b.c.d, deprecated by RFC 4291
+# §2.5.5.1; [::127.0.0.1] reaches loopback), and the NAT64 prefixes (RFC 6052, RFC 8215).
+DEFAULT_DENY: tuple[str, ...] = (
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/3",
+    "::/128",
+    "::1/128",
+    "::/96",
+    "::ffff:0:0/96",
+    "64:ff9b::/96",
+    "64:ff9b:1::/48",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+)
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 class ConfigError(Exception):
@@ -200,16 +233,32 @@ class Config(_Section, frozen=True, kw_only=True):
         """Where the POP3 proxy's source-key secret lives (SPEC.md 5.5)."""
         if self.proxy.source_key_secret_file:
             return Path(self.proxy.source_key_secret_file)
-        return default_secret_path(self.data_dir)
+        return default_source_key_path(self.data_dir)
 
-    def store_config(self) -> StoreConfig:
-        return StoreConfig(
-            segment_bytes=self.store.segment_bytes,
-            kdf=self.store.kdf.params(),
-            max_message_bytes=self.smtp.max_message_size,
-            compaction_grace=self.store.compaction_grace,
-            maintenance_interval=self.store.maintenance_interval,
-        )
+
+def default_source_key_path(data_dir: str | Path) -> Path:
+    """``source-key`` in the folder ``<data folder>-secret`` beside the data folder (for a
+    data folder ``/var/lib/gateway``: ``/var/lib/gateway-secret/source-key``)."""
+    data = Path(data_dir).resolve()
+    return data.parent / f"{data.name}-secret" / "source-key"
+
+
+def split_targets(
+    entries: Iterable[str],
+) -> tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], frozenset[str]]:
+    """A ``proxy.allow`` or ``proxy.deny`` list: its networks (CIDR) and its host names
+    (lowercase, without a final dot). Raises ValueError naming a bad entry."""
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    hosts: set[str] = set()
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            name = entry.rstrip(".").lower()
+            if not name or not all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
+                raise ValueError(f"{entry!r} is neither a network nor a host name") from None
+            hosts.add(name)
+    return tuple(networks), frozenset(hosts)
 
 
 def load_config(path: Path | None, *, data_dir: Path | None = None) -> Config:
@@ -260,7 +309,8 @@ def _check(config: Config, path: Path | None) -> None:
     if config.smtp.max_auth_failures < 1:
         raise ConfigError(f"{where}: smtp.max_auth_failures must be at least 1")
     try:
-        TargetPolicy.build(config.proxy.allow, config.proxy.deny)
+        split_targets(config.proxy.allow)
+        split_targets(config.proxy.deny)
     except ValueError as exc:
         raise ConfigError(f"{where}: proxy.allow / proxy.deny: {exc}") from None
     if not 1 <= config.admin.max_connections <= 10_000:

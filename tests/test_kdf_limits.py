@@ -22,7 +22,7 @@ from gateway.crypto import (
     unlock,
 )
 from gateway.services.accounts import Accounts
-from gateway.services.archive import Archive
+from gateway.services.archive import Archive, store_config
 
 FAST = KdfParams(memory_kib=64, iterations=1, lanes=1)
 MAILBOX = bytes.fromhex("c3" * 16)
@@ -148,7 +148,7 @@ def test_configuration_refuses_argon2id_above_the_ceiling(
 
 def test_floor_and_ceiling_are_inclusive(tmp_path: Path) -> None:
     low = load_config(write_config(tmp_path, "memory_kib = 19456\niterations = 2\nlanes = 1"))
-    assert low.store_config().kdf == KdfParams(memory_kib=19456, iterations=2, lanes=1)
+    assert store_config(low).kdf == KdfParams(memory_kib=19456, iterations=2, lanes=1)
     high = "memory_kib = 1048576\niterations = 16\nlanes = 16"
     assert load_config(write_config(tmp_path, high)).store.kdf.lanes == 16
 
@@ -159,7 +159,7 @@ def test_the_test_only_escape_allows_fast_argon2id_and_is_logged(
     path = write_config(
         tmp_path, "memory_kib = 64\niterations = 1\nlanes = 1\ninsecure_fast_for_tests = true"
     )
-    assert load_config(path).store_config().kdf == FAST
+    assert store_config(load_config(path)).kdf == FAST
     served = []
     monkeypatch.setattr("gateway.cli.trio.run", lambda *args: served.append(args))
     with caplog.at_level(logging.WARNING, logger="gateway"):

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 import trio
 
-from gateway.config import ConfigError, ProxyConfig, load_config
+from gateway.config import ConfigError, ProxyConfig, default_source_key_path, load_config
 from gateway.events import Envelope, MessageStored, decode_message_event, now
 from gateway.log import RecordKind, iter_log
 from gateway.servers.gateway import Gateway, Listening, StartupError
@@ -23,7 +23,6 @@ from gateway.services.source_keys import (
     SECRET_BYTES,
     SourceKeyError,
     SourceKeys,
-    default_secret_path,
     legacy_source_key,
     load_source_keys,
 )
@@ -69,7 +68,7 @@ def test_keys_need_the_secret_and_differ_per_mailbox() -> None:
 def test_the_default_secret_lives_beside_the_data_folder(tmp_path: Path) -> None:
     config = make_config(tmp_path / "data")
     assert config.source_key_path() == tmp_path / "data-secret" / "source-key"
-    assert default_secret_path("/var/lib/gateway") == Path("/var/lib/gateway-secret/source-key")
+    assert default_source_key_path("/var/lib/gateway") == Path("/var/lib/gateway-secret/source-key")
     inside = tmp_path / "inside.toml"
     inside.write_text(
         f'data_dir = "{tmp_path / "data"}"\n'

@@ -36,7 +36,7 @@ from ..events import GatewayStarted, GatewayStopped, now
 from ..log import DataDir, DataDirLocked, LogWriteError
 from ..services.accounts import Accounts
 from ..services.admin import AdminService
-from ..services.archive import Archive
+from ..services.archive import Archive, store_config
 from ..services.audit import AuditHub
 from ..services.keyforge import KeyForge
 from ..services.source_keys import SourceKeyError, SourceKeys, load_source_keys
@@ -212,7 +212,7 @@ class Gateway:
         deadline = trio.current_time() + (LOCK_WAIT if self.role == Role.JOURNAL else 0)
         while True:
             try:
-                return await Archive.open(Path(config.data_dir), config.store_config())
+                return await Archive.open(Path(config.data_dir), store_config(config))
             except DataDirLocked:
                 if trio.current_time() >= deadline:
                     raise

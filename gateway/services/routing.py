@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..config import DEFAULT_DENY, split_targets
 from ..ids import InvalidId, parse_mailbox_id
 
 __all__ = [
@@ -29,33 +30,6 @@ __all__ = [
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# What the gateway refuses to reach unless the configuration allows it: loopback, private
-# and shared address space, link-local (cloud metadata services live there), multicast,
-# unspecified and reserved ranges, and IPv6's equivalents (RFC 6890), with the IPv6 forms that
-# carry an IPv4 address: IPv4-mapped, IPv4-compatible (::a.b.c.d, deprecated by RFC 4291
-# §2.5.5.1; [::127.0.0.1] reaches loopback), and the NAT64 prefixes (RFC 6052, RFC 8215).
-DEFAULT_DENY: tuple[str, ...] = (
-    "0.0.0.0/8",
-    "10.0.0.0/8",
-    "100.64.0.0/10",
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "172.16.0.0/12",
-    "192.0.0.0/24",
-    "192.168.0.0/16",
-    "198.18.0.0/15",
-    "224.0.0.0/3",
-    "::/128",
-    "::1/128",
-    "::/96",
-    "::ffff:0:0/96",
-    "64:ff9b::/96",
-    "64:ff9b:1::/48",
-    "fc00::/7",
-    "fe80::/10",
-    "ff00::/8",
-)
 
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _PORT = re.compile(r"[0-9]{1,5}")
@@ -151,8 +125,8 @@ class TargetPolicy:
     @classmethod
     def build(cls, allow: Iterable[str] = (), deny: Iterable[str] = DEFAULT_DENY) -> TargetPolicy:
         """From configuration strings. Raises ValueError naming a bad entry."""
-        allow_networks, allow_hosts = _split(allow)
-        deny_networks, deny_hosts = _split(deny)
+        allow_networks, allow_hosts = split_targets(allow)
+        deny_networks, deny_hosts = split_targets(deny)
         return cls(allow_networks, deny_networks, allow_hosts, deny_hosts)
 
     def check_name(self, host: str) -> None:
@@ -191,17 +165,3 @@ def _address(text: str) -> IPAddress:
         return ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone index
     except ValueError:
         raise RoutingError(f"{text!r} is not an IP address") from None
-
-
-def _split(entries: Iterable[str]) -> tuple[tuple[IPNetwork, ...], frozenset[str]]:
-    networks: list[IPNetwork] = []
-    hosts: set[str] = set()
-    for entry in entries:
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            name = entry.rstrip(".").lower()
-            if not name or not all(_LABEL.fullmatch(label) for label in name.split(".")):
-                raise ValueError(f"{entry!r} is neither a network nor a host name") from None
-            hosts.add(name)
-    return tuple(networks), frozenset(hosts)

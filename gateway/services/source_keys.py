@@ -43,7 +43,6 @@ __all__ = [
     "SECRET_BYTES",
     "SourceKeyError",
     "SourceKeys",
-    "default_secret_path",
     "legacy_source_key",
     "load_source_keys",
 ]
@@ -73,13 +72,6 @@ class SourceKeys:
 def legacy_source_key(target: str, remote_user: str, uidl: str) -> str:
     """The unkeyed key of copies stored before the secret existed; only ever looked up."""
     return hashlib.sha256(f"{target}\0{remote_user}\0{uidl}".encode()).hexdigest()
-
-
-def default_secret_path(data_dir: str | Path) -> Path:
-    """``source-key`` in the folder ``<data folder>-secret`` beside the data folder (for a
-    data folder ``/var/lib/gateway``: ``/var/lib/gateway-secret/source-key``)."""
-    data = Path(data_dir).resolve()
-    return data.parent / f"{data.name}-secret" / "source-key"
 
 
 def load_source_keys(path: Path) -> SourceKeys:
