@@ -183,6 +183,7 @@ async def _serve_child(config: Config, args: argparse.Namespace) -> None:
         inherited=inherited if args.role == Role.WORKER else None,
         name=args.name,
         on_ready=(lambda: tell_ready(int(ready))) if ready is not None else None,
+        shared_listeners=args.role == Role.WORKER and (args.workers or 0) > 1,
     )
     await _serve_async(gateway)
 

@@ -217,6 +217,39 @@ def test_two_workers_share_the_load_and_the_journal_keeps_it(tmp_path: Path) -> 
     assert report.ok and report.messages == len(sent), report.problems
 
 
+def connections_by_worker(served: Served, port: int) -> dict[str, int]:
+    """How many established connections to local ``port`` each worker holds (its open
+    descriptors against /proc/net/tcp)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":  # ESTABLISHED
+            inodes.add(fields[9])
+    held = {}
+    for name, pid in served.children().items():
+        fds = Path(f"/proc/{pid}/fd")
+        links = [os.readlink(fd) for fd in fds.iterdir()]
+        held[name] = sum(1 for link in links if link[8:-1] in inodes and "socket:" in link)
+    return held
+
+
+def test_a_burst_of_connections_is_spread_over_the_workers(tmp_path: Path) -> None:
+    """Every waiting worker is woken by a new connection; the first to accept would take a
+    whole burst. A worker already serving waits a moment, so the idle one takes it."""
+    with serve(tmp_path) as served:
+        port = served.ports["smtp"]
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(8)]
+        try:
+            for client in clients:
+                assert client.recv(512).startswith(b"220 ")
+            held = connections_by_worker(served, port)
+        finally:
+            for client in clients:
+                client.close()
+    assert held.get("journal", 0) == 0 and sum(held.values()) == 8, held
+    assert min(held["worker-1"], held["worker-2"]) >= 2, held
+
+
 def test_a_maildrop_is_locked_across_workers(tmp_path: Path) -> None:
     mailbox_id, password = trio.run(create_mailbox, tmp_path / "data")
     with serve(tmp_path) as served:

@@ -95,12 +95,14 @@ class Gateway:
         inherited: Mapping[str, Sequence[int]] | None = None,
         name: str = "gateway",
         on_ready: Callable[[], None] | None = None,
+        shared_listeners: bool = False,
     ) -> None:
         """``environ`` (default: the process's) may hold GATEWAY_ADMIN_PASSWORD for the first
         start; ``announce_admin_password`` is handed a generated first admin password, once
         (the command line prints it; it is never logged). A journal serves workers on
         ``journal_socket``, where a worker reaches it; a worker serves the listening sockets
-        ``inherited`` (listener name -> descriptors). ``on_ready`` is called once serving."""
+        ``inherited`` (listener name -> descriptors), ``shared_listeners`` if other workers
+        accept on them too. ``on_ready`` is called once serving."""
         self.config = config
         self.role = role
         self.journal_socket = journal_socket
@@ -136,7 +138,9 @@ class Gateway:
             Protocol.ADMIN: self.admin_limiter,
         }
         self.tally = TrafficTally()
-        self.acceptor = Acceptor(self.limiters, self.tally, self._tls)
+        # With other workers on the same listening sockets, a busy worker lets an idle one
+        # take a new connection first.
+        self.acceptor = Acceptor(self.limiters, self.tally, self._tls, spread=shared_listeners)
         # Whether a client address may use its protocol's reserve of sessions.
         self.trusted = self.acceptor.trusted
         self.quiet = AuditRate()  # quiet sessions' own records, SMTP and POP3 together

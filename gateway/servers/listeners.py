@@ -43,6 +43,11 @@ logger = logging.getLogger("gateway")
 # A TLS handshake on the implicit-TLS ports must finish within this; a client that opens a
 # connection and says nothing must not hold a session slot for long.
 HANDSHAKE_TIMEOUT = 30.0
+# Workers sharing a listening socket: a worker already serving sessions waits this long per
+# session (at most SPREAD_MAX) once a connection is waiting, so an idler worker, woken by the
+# same connection, takes it first (SPEC.md 16.1).
+SPREAD_DELAY = 0.0002
+SPREAD_MAX = 0.001
 # The refusal of a connection over the limits is written within this, or not at all.
 REFUSAL_TIMEOUT = 1.0
 # Descriptors a connection may take: the client's, and an upstream's for a proxy session.
@@ -142,6 +147,8 @@ class Acceptor:
     tally: TrafficTally
     tls: Callable[[], TLSContextHolder]
     trusted: dict[Protocol, Callable[[str], bool]] = field(default_factory=dict)
+    # Other processes accept on the same sockets: defer to idler ones (SPREAD_DELAY).
+    spread: bool = False
 
     @property
     def sessions_active(self) -> int:
@@ -162,6 +169,9 @@ class Acceptor:
         trusted = self.trusted.get(cfg.protocol, _nobody)
         busy = BUSY_REPLY.get(cfg.protocol, b"") if cfg.tls != TLSMode.IMPLICIT else b""
         while True:
+            if self.spread and (active := self.sessions_active):
+                await trio.lowlevel.wait_readable(listener.socket)
+                await trio.sleep(min(SPREAD_DELAY * active, SPREAD_MAX))
             try:
                 stream = await listener.accept()
             except OSError as exc:

@@ -113,6 +113,8 @@ class Supervisor:
                         "worker",
                         "--name",
                         f"worker-{n}",
+                        "--workers",
+                        str(self.workers),
                         "--journal-socket",
                         str(socket_path),
                         *[arg for spec in inherited for arg in ("--listen", spec)],
