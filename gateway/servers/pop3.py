@@ -72,6 +72,7 @@ from ..tls import TLSContextHolder, describe_tls
 from ..tlsstream import wrap_server
 from .limits import AuditRate, TrafficTally
 from .pop3_proxy import RELAYED, POP3Relay, ProxyRefused, StoreFailed, open_relay
+from .timeouts import ReadTimer
 from .upstream import UpstreamError
 
 __all__ = ["POP3Server"]
@@ -139,6 +140,7 @@ class _Session:
         self.outcome = "closed"
         self.login_attempted = False  # a Pop3Login was written: the session is never folded
         self.started = time.monotonic()
+        self.reads = ReadTimer()
         self.conn = ServerConnection(
             POP3Settings(
                 hostname=self.config.hostname,
@@ -151,7 +153,8 @@ class _Session:
     async def run(self) -> None:
         try:
             await self.stream.send_all(self.conn.greeting())
-            await self._loop()
+            with self.reads.running():
+                await self._loop()
         except trio.TooSlowError:
             self.outcome = "timeout"
             with trio.move_on_after(5):
@@ -182,9 +185,8 @@ class _Session:
             if pending:
                 await self.stream.send_all(pending)
             if event is NEED_DATA:
-                with trio.fail_after(self.config.pop3.idle_timeout):
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                conn.receive_data(bytes(data))
+                timeout = self.config.pop3.idle_timeout
+                conn.receive_data(await self.reads.receive(self.stream, RECEIVE_SIZE, timeout))
                 continue
             if event is PAUSED:  # pragma: no cover - every pause is answered below
                 raise RuntimeError("POP3 machine paused with no decision pending")

@@ -74,6 +74,7 @@ from ..tls import TLSContextHolder, describe_tls
 from ..tlsstream import wrap_server
 from .limits import AuditRate, TrafficTally, refusal_counts
 from .smtp_proxy import UPSTREAM_LOST, ProxyRefused, SMTPRelay, open_relay
+from .timeouts import ReadTimer
 from .upstream import UpstreamError
 
 __all__ = ["SMTPServer"]
@@ -147,6 +148,7 @@ class _Session:
         self.login_attempted = False
         self.outcome = "closed"
         self.started = time.monotonic()
+        self.reads = ReadTimer()
         smtp = self.config.smtp
         self.conn = ServerConnection(
             SMTPSettings(
@@ -165,7 +167,8 @@ class _Session:
     async def run(self) -> None:
         try:
             await self.stream.send_all(self.conn.greeting())
-            await self._loop()
+            with self.reads.running():
+                await self._loop()
         except trio.TooSlowError:
             self.outcome = "timeout"
             with trio.move_on_after(5):
@@ -199,9 +202,7 @@ class _Session:
                     if self.in_data
                     else self.config.smtp.command_timeout
                 )
-                with trio.fail_after(timeout):
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                conn.receive_data(bytes(data))
+                conn.receive_data(await self.reads.receive(self.stream, RECEIVE_SIZE, timeout))
                 continue
             if pending:
                 await self.stream.send_all(pending)
