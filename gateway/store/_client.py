@@ -89,6 +89,9 @@ __all__ = ["StoreClient", "StoreLimits"]
 
 logger = logging.getLogger("gateway.worker")
 
+# A message of at most this many octets is read and opened in one hand-off to a thread.
+READ_AT_ONCE = 1 << 20
+
 _ERRORS: dict[str, type[Exception]] = {
     "MailboxUnavailable": MailboxUnavailable,
     "MessageTooLarge": MessageTooLarge,
@@ -356,13 +359,13 @@ class StoreClient:
         self, mailbox_id: str, message_id: str, key: MailboxPrivateKey
     ) -> AsyncGenerator[bytes, None]:
         """Decrypt one message of the last listing piece by piece (each at most 256 KiB),
-        reading its records from the segment files. Raises crypto.MessageCorrupt on any
+        reading its records from the segment files (a message of up to READ_AT_ONCE octets in
+        one go). Raises crypto.MessageCorrupt on any
         tampering, LogCorrupt on a damaged record."""
         entry, reader = self._listed_entry(mailbox_id, message_id)
-        opener = await trio.to_thread.run_sync(self._opener, reader, entry, mailbox_id, key)
         mid = bytes.fromhex(entry.message_id)
 
-        def open_one(index: int) -> bytes:
+        def open_one(opener: MessageOpener, index: int) -> bytes:
             at = entry.chunks[index]
             _header, body = reader.read(at.file, at.offset, at.size)
             chunk_mid, chunk_index, ciphertext = decode_chunk_body(body)
@@ -370,8 +373,20 @@ class StoreClient:
                 raise LogCorrupt(reader.directory / at.file, at.offset, "chunk record mismatch")
             return opener.open_chunk(bytes(ciphertext))
 
+        if entry.size <= READ_AT_ONCE:
+            # Most mail: one hand-off to a thread for the whole message, not one per piece.
+            def open_all() -> list[bytes]:
+                opener = self._opener(reader, entry, mailbox_id, key)
+                pieces = [open_one(opener, index) for index in range(len(entry.chunks))]
+                opener.finish()
+                return pieces
+
+            for piece in await trio.to_thread.run_sync(open_all):
+                yield piece
+            return
+        opener = await trio.to_thread.run_sync(self._opener, reader, entry, mailbox_id, key)
         for index in range(len(entry.chunks)):
-            yield await trio.to_thread.run_sync(open_one, index)
+            yield await trio.to_thread.run_sync(open_one, opener, index)
         opener.finish()
 
     async def read_envelope(
