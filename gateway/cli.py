@@ -23,6 +23,7 @@ from .cli_admin import ADMIN_COMMANDS, add_admin_commands, run_admin_command
 from .config import Config, ConfigError, load_config
 from .log import DataDir, DataDirLocked, LogCorrupt
 from .servers.gateway import Gateway, JournalLost, Role, StartupError
+from .servers.load import LOAD_FD, WorkerLoads
 from .servers.supervisor import LIFELINE_FD, READY_FD, Supervisor, tell_ready, watch_lifeline
 from .services.accounts import write_initial_password
 from .verify import print_report, verify_data_dir
@@ -183,7 +184,7 @@ async def _serve_child(config: Config, args: argparse.Namespace) -> None:
         inherited=inherited if args.role == Role.WORKER else None,
         name=args.name,
         on_ready=(lambda: tell_ready(int(ready))) if ready is not None else None,
-        shared_listeners=args.role == Role.WORKER and (args.workers or 0) > 1,
+        loads=WorkerLoads.inherited(os.environ[LOAD_FD]) if LOAD_FD in os.environ else None,
     )
     await _serve_async(gateway)
 

@@ -27,6 +27,7 @@ import pytest
 import trio
 
 from gateway.events import MailboxDeleted, now
+from gateway.servers.load import GONE, WorkerLoads
 from gateway.services.archive import Archive, StoreConfig
 from gateway.verify import verify_data_dir
 
@@ -235,7 +236,8 @@ def connections_by_worker(served: Served, port: int) -> dict[str, int]:
 
 def test_a_burst_of_connections_is_spread_over_the_workers(tmp_path: Path) -> None:
     """Every waiting worker is woken by a new connection; the first to accept would take a
-    whole burst. A worker already serving waits a moment, so the idle one takes it."""
+    whole burst (8/0 before). A worker serving more sessions than another leaves a waiting
+    connection to it for a moment (servers/load.py)."""
     with serve(tmp_path) as served:
         port = served.ports["smtp"]
         clients = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(8)]
@@ -247,7 +249,24 @@ def test_a_burst_of_connections_is_spread_over_the_workers(tmp_path: Path) -> No
             for client in clients:
                 client.close()
     assert held.get("journal", 0) == 0 and sum(held.values()) == 8, held
-    assert min(held["worker-1"], held["worker-2"]) >= 2, held
+    assert min(held["worker-1"], held["worker-2"]) >= 3, held
+
+
+def test_worker_loads_are_shared_and_a_gone_worker_is_never_waited_for() -> None:
+    supervisor = WorkerLoads.create(3)
+    try:
+        workers = [WorkerLoads.inherited(supervisor.spec(slot)) for slot in range(3)]
+        assert not workers[0].busier(5)  # nobody else is running yet
+        workers[1].publish(2)
+        assert workers[0].busier(3) and not workers[0].busier(2)
+        workers[2].publish(0)
+        assert workers[0].busier(1) and not workers[2].busier(0)
+        supervisor.set(2, GONE)  # worker 3 died: not counted until its replacement serves
+        assert not workers[0].busier(2) and workers[0].busier(3)
+        with pytest.raises(ValueError, match="slot 3 of 3"):
+            WorkerLoads.inherited(f"{supervisor.fd},3,3")
+    finally:
+        supervisor.close()
 
 
 def test_a_maildrop_is_locked_across_workers(tmp_path: Path) -> None:

@@ -65,6 +65,7 @@ from .listeners import (
     adopt,
     bind,
 )
+from .load import WorkerLoads
 from .notify import SystemdNotifier, wait_any
 from .pop3 import POP3Server
 from .smtp import SMTPServer
@@ -95,14 +96,14 @@ class Gateway:
         inherited: Mapping[str, Sequence[int]] | None = None,
         name: str = "gateway",
         on_ready: Callable[[], None] | None = None,
-        shared_listeners: bool = False,
+        loads: WorkerLoads | None = None,
     ) -> None:
         """``environ`` (default: the process's) may hold GATEWAY_ADMIN_PASSWORD for the first
         start; ``announce_admin_password`` is handed a generated first admin password, once
         (the command line prints it; it is never logged). A journal serves workers on
         ``journal_socket``, where a worker reaches it; a worker serves the listening sockets
-        ``inherited`` (listener name -> descriptors), ``shared_listeners`` if other workers
-        accept on them too. ``on_ready`` is called once serving."""
+        ``inherited`` (listener name -> descriptors), sharing them with the other workers
+        whose sessions ``loads`` counts. ``on_ready`` is called once serving."""
         self.config = config
         self.role = role
         self.journal_socket = journal_socket
@@ -138,9 +139,9 @@ class Gateway:
             Protocol.ADMIN: self.admin_limiter,
         }
         self.tally = TrafficTally()
-        # With other workers on the same listening sockets, a busy worker lets an idle one
-        # take a new connection first.
-        self.acceptor = Acceptor(self.limiters, self.tally, self._tls, spread=shared_listeners)
+        # With other workers on the same listening sockets, a busier worker lets a less
+        # busy one take a new connection first.
+        self.acceptor = Acceptor(self.limiters, self.tally, self._tls, loads=loads)
         # Whether a client address may use its protocol's reserve of sessions.
         self.trusted = self.acceptor.trusted
         self.quiet = AuditRate()  # quiet sessions' own records, SMTP and POP3 together

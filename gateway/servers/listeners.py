@@ -24,6 +24,7 @@ from ..protocols import smtp as smtp_protocol
 from ..tls import TLSContextHolder
 from ..tlsstream import wrap_server
 from .limits import SessionLimiter, TrafficTally
+from .load import DEFER, WorkerLoads
 from .pop3 import TOO_MANY_SESSIONS as POP3_TOO_MANY_SESSIONS
 from .smtp import TOO_MANY_SESSIONS as SMTP_TOO_MANY_SESSIONS
 
@@ -43,11 +44,6 @@ logger = logging.getLogger("gateway")
 # A TLS handshake on the implicit-TLS ports must finish within this; a client that opens a
 # connection and says nothing must not hold a session slot for long.
 HANDSHAKE_TIMEOUT = 30.0
-# Workers sharing a listening socket: a worker already serving sessions waits this long per
-# session (at most SPREAD_MAX) once a connection is waiting, so an idler worker, woken by the
-# same connection, takes it first (SPEC.md 16.1).
-SPREAD_DELAY = 0.0002
-SPREAD_MAX = 0.001
 # The refusal of a connection over the limits is written within this, or not at all.
 REFUSAL_TIMEOUT = 1.0
 # Descriptors a connection may take: the client's, and an upstream's for a proxy session.
@@ -147,8 +143,8 @@ class Acceptor:
     tally: TrafficTally
     tls: Callable[[], TLSContextHolder]
     trusted: dict[Protocol, Callable[[str], bool]] = field(default_factory=dict)
-    # Other processes accept on the same sockets: defer to idler ones (SPREAD_DELAY).
-    spread: bool = False
+    # The sessions of every worker accepting on the same sockets: a busier one defers.
+    loads: WorkerLoads | None = None
 
     @property
     def sessions_active(self) -> int:
@@ -168,10 +164,13 @@ class Acceptor:
         limiter = self.limiters[cfg.protocol]
         trusted = self.trusted.get(cfg.protocol, _nobody)
         busy = BUSY_REPLY.get(cfg.protocol, b"") if cfg.tls != TLSMode.IMPLICIT else b""
+        self._publish()  # serving from now on
         while True:
-            if self.spread and (active := self.sessions_active):
+            if self.loads is not None and self.loads.busier(self.sessions_active):
+                # Another worker serves fewer sessions: once a connection waits, leave it to
+                # that one for a moment (servers/load.py).
                 await trio.lowlevel.wait_readable(listener.socket)
-                await trio.sleep(min(SPREAD_DELAY * active, SPREAD_MAX))
+                await trio.sleep(DEFER)
             try:
                 stream = await listener.accept()
             except OSError as exc:
@@ -187,7 +186,12 @@ class Acceptor:
                 self.tally.refused(cfg.name, peer)
                 await _refuse(stream, busy)
                 continue
+            self._publish()
             sessions.start_soon(self._session, stream, cfg, handler, peer, limiter)
+
+    def _publish(self) -> None:
+        if self.loads is not None:
+            self.loads.publish(self.sessions_active)
 
     async def _session(
         self,
@@ -216,6 +220,7 @@ class Acceptor:
             logger.exception("event=session-failed listener=%s client=%s", cfg.name, peer)
         finally:
             limiter.release(peer)
+            self._publish()
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await trio.aclose_forcefully(wrapped)

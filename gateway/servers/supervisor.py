@@ -33,6 +33,7 @@ import trio
 
 from ..config import Config, Protocol
 from .listeners import Bound, StartupError, bind
+from .load import GONE, LOAD_FD, WorkerLoads
 from .notify import SystemdNotifier, wait_any
 
 __all__ = ["LIFELINE_FD", "READY_FD", "Supervisor"]
@@ -58,6 +59,7 @@ class _Child:
     started_at: float = 0.0
     backoff: float = FIRST_BACKOFF
     stopping: bool = False
+    slot: int | None = None  # a worker's in the shared session counts (servers/load.py)
     served: bool = False  # it said it served, at least once
     ready: trio.Event = field(default_factory=trio.Event)
 
@@ -87,6 +89,7 @@ class Supervisor:
         runtime = Path(tempfile.mkdtemp(prefix="gateway-"))  # 0700: the journal's socket
         socket_path = runtime / "journal.sock"
         lifeline_read, lifeline_write = os.pipe()
+        self.loads = WorkerLoads.create(self.workers)
         try:
             self.listening = await bind(
                 [cfg for cfg in self.config.listeners if cfg.protocol != Protocol.ADMIN]
@@ -113,8 +116,6 @@ class Supervisor:
                         "worker",
                         "--name",
                         f"worker-{n}",
-                        "--workers",
-                        str(self.workers),
                         "--journal-socket",
                         str(socket_path),
                         *[arg for spec in inherited for arg in ("--listen", spec)],
@@ -122,6 +123,8 @@ class Supervisor:
                 )
                 for n in range(1, self.workers + 1)
             ]
+            for slot, worker in enumerate(workers):
+                worker.slot = slot
             self._children = [journal, *workers]
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._keep, journal, lifeline_read, [], nursery)
@@ -144,6 +147,7 @@ class Supervisor:
                 bound.close()
             os.close(lifeline_write)
             os.close(lifeline_read)
+            self.loads.close()
             with contextlib.suppress(OSError):
                 os.unlink(socket_path)
             with contextlib.suppress(OSError):
@@ -202,10 +206,12 @@ class Supervisor:
                 if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
             }
             env[READY_FD], env[LIFELINE_FD] = str(ready_write), str(lifeline)
+            pass_fds = [ready_write, lifeline, *listen_fds]
+            if child.slot is not None:
+                env[LOAD_FD] = self.loads.spec(child.slot)
+                pass_fds.append(self.loads.fd)
             try:
-                process = await trio.lowlevel.open_process(
-                    child.argv, env=env, pass_fds=[ready_write, lifeline, *listen_fds]
-                )
+                process = await trio.lowlevel.open_process(child.argv, env=env, pass_fds=pass_fds)
             finally:
                 os.close(ready_write)
             child.process, child.started_at = process, trio.current_time()
@@ -216,6 +222,8 @@ class Supervisor:
                 started = True
                 task_status.started()
             code = await process.wait()
+            if child.slot is not None:
+                self.loads.set(child.slot, GONE)  # nobody waits for a worker that is gone
             if child.stopping or self._stop.is_set():
                 return
             if not child.served:
