@@ -6,11 +6,11 @@ the same result however the input was split, down to one byte at a time.
 
 from __future__ import annotations
 
-import enum
 import re
 from collections import deque
 from typing import Final, Literal
 
+from .._lines import CR, DOT, LF, TOO_LONG, LineSplitter, TooLong
 from ._events import (
     BODY_PIECE_SIZE,
     NEED_DATA,
@@ -36,53 +36,21 @@ __all__ = [
     "parse_uidl_listing",
 ]
 
-CR: Final = 0x0D
-LF: Final = 0x0A
-DOT: Final = 0x2E
 # RFC 1939 §7: "n uid", uid 1-70 octets 0x21-0x7E. The 70 is not enforced: a longer uid
 # still names one message, and only its HMAC is kept (SPEC.md 5.5).
 _NUMBER: Final = re.compile(rb"[0-9]{1,9}\Z")
 _UID: Final = re.compile(rb"[\x21-\x7e]+\Z")
 
 
-class TooLong(enum.Enum):
-    TOO_LONG = "TOO_LONG"
-
-
-TOO_LONG: Final = TooLong.TOO_LONG
-
-
-class LineReader:
+class LineReader(LineSplitter):
     """Lines of at most ``limit`` octets counting the line ending, returned without it (CRLF
-    or a bare LF: command lines carry no content, so a lenient end is harmless). A longer
-    line is reported once as TOO_LONG as soon as ``limit`` octets without LF are buffered,
-    then skipped up to its LF without being buffered."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._skipping = False
+    or a bare LF: command lines carry no content, so a lenient end is harmless); an overlong
+    line is TOO_LONG once, then skipped (``protocols/_lines.py``)."""
 
     def read(self, buf: bytearray) -> bytes | Literal[TooLong.TOO_LONG] | None:
-        if self._skipping:
-            end = buf.find(b"\n")
-            if end < 0:
-                del buf[:]
-                return None
-            del buf[: end + 1]
-            self._skipping = False
-        end = buf.find(b"\n", 0, self.limit)
-        if end < 0:
-            if len(buf) < self.limit:
-                return None
-            end = buf.find(b"\n", self.limit)
-            if end < 0:
-                del buf[:]
-                self._skipping = True
-            else:
-                del buf[: end + 1]
-            return TOO_LONG
-        line = bytes(buf[:end])
-        del buf[: end + 1]
+        line = self.take(buf)
+        if line is None or line is TOO_LONG:
+            return line
         return line[:-1] if line.endswith(b"\r") else line
 
 

@@ -1,36 +1,25 @@
-"""Errors, split as h11's ``_util.py`` splits them (and as the SMTP machine does).
-
-:class:`LocalProtocolError`: the driver broke the machine's contract (``send()`` with nothing
-to answer, a single-line +OK to RETR); nothing changed. :class:`RemoteProtocolError`: the
-peer broke the protocol; ``reply`` is the ``-ERR`` that answers it. The server machine catches
-these itself (its driver never sees one); the client machine (``_client.py``) and its reply
-reader raise them with ``reply=None`` and ``temporary`` saying whether a later try may help.
-"""
+"""The POP3 machine's errors: the shared ones of ``protocols/_errors.py`` (h11's split into
+Local and Remote; read that module for what each means), with a POP3 :class:`Reply` (an
+``-ERR``) as the reply that answers a remote error. They are the POP3 machine's own classes,
+so ``except pop3.RemoteProtocolError`` never catches an SMTP error."""
 
 from __future__ import annotations
 
+from .. import _errors
 from ._events import Reply
 
 __all__ = ["LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
 
 
-class ProtocolError(Exception):
-    def __init__(self, message: str, reply: Reply | None = None, *, temporary: bool = True) -> None:
-        if type(self) is ProtocolError:
-            raise TypeError("instantiate LocalProtocolError or RemoteProtocolError")
-        super().__init__(message)
-        self.reply = reply
-        self.temporary = temporary
+class ProtocolError(_errors.ProtocolError[Reply]):
+    """Base of the POP3 machine's errors; never raised itself."""
 
 
-class LocalProtocolError(ProtocolError):
-    """The driver used the machine wrongly; nothing changed."""
+class LocalProtocolError(ProtocolError, _errors.LocalProtocolError[Reply]):
+    """The driver used a POP3 machine wrongly (a single-line +OK to RETR...); nothing
+    changed."""
 
 
-class RemoteProtocolError(ProtocolError):
-    """The peer broke the protocol, or (client role) cannot serve the session. Server role:
-    ``reply`` answers it. Client role: ``reply`` is None and ``temporary`` says what to do:
-    True, close and try again later; False, this server cannot be used as it is (it offers
-    no TLS or no usable login, or refused the session for good), so retrying will not help.
-    The message is a predicate about the server ("refused STARTTLS: ..."), safe to log and
-    to show (never a password)."""
+class RemoteProtocolError(ProtocolError, _errors.RemoteProtocolError[Reply]):
+    """The POP3 peer broke the protocol; ``reply`` is the ``-ERR`` that answers it (server
+    role) or None and ``temporary`` says whether to try again (client role)."""

@@ -17,6 +17,7 @@ import enum
 import re
 from typing import Final, Literal, NamedTuple
 
+from .._lines import CR, DOT, LF, TOO_LONG, LineSplitter, TooLong
 from . import _replies as R
 from ._events import NEED_DATA, CloseReason, ConnectionClosed, Reply, Sentinel
 from ._settings import BODY_PIECE_SIZE, REPLY_LINE_LIMIT, REPLY_LINES_LIMIT, REPLY_SIZE_LIMIT
@@ -24,17 +25,7 @@ from ._util import LocalProtocolError, RemoteProtocolError
 
 __all__ = ["TOO_LONG", "ChunkReader", "DataReader", "Line", "LineReader", "ReplyReader"]
 
-CR: Final = 0x0D
-LF: Final = 0x0A
-DOT: Final = 0x2E
 _BARE_LF: Final = re.compile(rb"(?<!\r)\n")
-
-
-class _TooLong(enum.Enum):
-    TOO_LONG = "TOO_LONG"
-
-
-TOO_LONG: Final = _TooLong.TOO_LONG
 
 
 class Line(NamedTuple):
@@ -42,39 +33,18 @@ class Line(NamedTuple):
     bare_lf: bool  # ended by LF alone, not CRLF
 
 
-class LineReader:
+class LineReader(LineSplitter):
     """Lines of at most ``limit`` octets counting the line ending (RFC 5321 §4.5.3.1.4
-    counts the CRLF). A longer line is reported once as TOO_LONG as soon as ``limit`` octets
-    without LF are buffered, then skipped up to its LF without being buffered."""
+    counts the CRLF), each with whether a bare LF ended it; an overlong line is TOO_LONG
+    once, then skipped (``protocols/_lines.py``)."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._skipping = False
-
-    def read(self, buf: bytearray) -> Line | Literal[_TooLong.TOO_LONG] | None:
-        if self._skipping:
-            end = buf.find(b"\n")
-            if end < 0:
-                del buf[:]
-                return None
-            del buf[: end + 1]
-            self._skipping = False
-        end = buf.find(b"\n", 0, self.limit)
-        if end < 0:
-            if len(buf) < self.limit:
-                return None
-            end = buf.find(b"\n", self.limit)
-            if end < 0:
-                del buf[:]
-                self._skipping = True
-            else:
-                del buf[: end + 1]
-            return TOO_LONG
-        content = bytes(buf[:end])
-        del buf[: end + 1]
-        if content.endswith(b"\r"):
-            return Line(content[:-1], bare_lf=False)
-        return Line(content, bare_lf=True)
+    def read(self, buf: bytearray) -> Line | Literal[TooLong.TOO_LONG] | None:
+        line = self.take(buf)
+        if line is None or line is TOO_LONG:
+            return line
+        if line.endswith(b"\r"):
+            return Line(line[:-1], bare_lf=False)
+        return Line(line, bare_lf=True)
 
 
 class _LineStart(enum.Enum):
