@@ -143,3 +143,21 @@ async def test_a_lazy_record_alone_is_written_after_the_linger(tmp_path: Path) -
     assert trio.current_time() - started >= LINGER
     assert control.group.rounds == 1
     assert bodies(control) == [b"audit"]
+
+
+async def test_a_dependent_record_that_cannot_be_built_is_refused_not_hung(
+    tmp_path: Path,
+) -> None:
+    a, control = writers(tmp_path, "a", "control")
+
+    def broken(_written: list[Written]) -> list[AppendItem]:
+        raise ValueError("no witness today")
+
+    with trio.fail_after(5):
+        outcomes, final = await control.group.append_then(
+            [(a, [(RecordKind.EVENT, b"a1")], None)], control, broken
+        )
+        assert not isinstance(outcomes[0], LogWriteError)
+        assert isinstance(final, LogWriteError) and "no witness today" in str(final)
+        await control.append([(RecordKind.EVENT, b"after")])  # the group goes on
+    assert bodies(control) == [b"after"]

@@ -197,7 +197,11 @@ def _write_round(work: list[_Batch]) -> list[tuple[LogWriter, list[_Ticket], _Ro
             if failed:
                 ticket.error = failed[0]
                 continue
-            ticket.items = ticket.build([d for d in deps if not isinstance(d, LogWriteError)])
+            try:
+                ticket.items = ticket.build([d for d in deps if not isinstance(d, LogWriteError)])
+            except Exception as exc:  # a record that cannot be built is not written
+                ticket.error = LogWriteError(f"a dependent record could not be built: {exc!r}")
+                continue
             ready.append(ticket)
         if ready:
             second.append((writer, ready))

@@ -96,11 +96,14 @@ async def commit(core: ArchiveCore, copies: Sequence[CopyCommit]) -> None:
     for copy in copies:
         copy.box.witnessing += 1
     try:
-        outcomes, witnessed = await core.commit_group.append_then(
-            [(copy.writer, copy.items, copy.epoch) for copy in copies],
-            core.control,
-            witness,
-        )
+        # Shielded: once queued, the round decides; a cancelled caller must not leave a
+        # witnessed message out of the index until the next open.
+        with trio.CancelScope(shield=True):
+            outcomes, witnessed = await core.commit_group.append_then(
+                [(copy.writer, copy.items, copy.epoch) for copy in copies],
+                core.control,
+                witness,
+            )
     finally:
         # A key reset waits for the witnesses in flight (SPEC.md 6.5).
         for copy in copies:
