@@ -359,7 +359,8 @@ class _Session:
             logins.failed(self.peer, counted)
             await self._login_audit(event, proxy.mailbox_id, False, f"proxy: {exc.reason}")
             await trio.sleep_until(arrived + self.config.pop3.failure_delay)
-            return exc.reply
+            refusal: Reply = exc.reply
+            return refusal
         logins.succeeded(self.peer, proxy.mailbox_id)
         self.proxy, self.mailbox_id = proxy, proxy.mailbox_id
         self.relay = POP3Relay(

@@ -52,8 +52,9 @@ from ..services.routing import ProxyLogin
 from ..services.source_keys import SourceKeys, legacy_source_key
 from ..services.writer import MessageWriter
 from ..store import StoreClient
-from .proxy import Refusal, Runs, TargetRefused, reach_target, safe_text
-from .upstream import POP3Upstream, UpstreamError
+from . import proxy
+from .proxy import ProxyRefused, Runs, safe_text
+from .upstream import POP3Upstream
 
 __all__ = [
     "RELAYED",
@@ -72,16 +73,6 @@ ARCHIVE_UNAVAILABLE = Reply(False, "archive mailbox unavailable, message not ret
 # smtp_proxy.TARGET_UNAVAILABLE): the proxy must not tell open ports from closed ones.
 TARGET_UNAVAILABLE = Reply(False, "proxy target unavailable", "SYS/TEMP")
 DEFAULT_PORTS = {TLSMode.IMPLICIT: 995, TLSMode.STARTTLS: 110}
-
-
-class ProxyRefused(Exception):
-    """The proxy login cannot go on; ``reply`` is what the client gets, ``reason`` what the
-    log and the audit record say."""
-
-    def __init__(self, reply: Reply, reason: str) -> None:
-        super().__init__(reason)
-        self.reply = reply
-        self.reason = reason
 
 
 class StoreFailed(Exception):
@@ -116,9 +107,10 @@ async def open_relay(
     auth_failed: Reply,
 ) -> POP3Upstream:
     """Check the mailbox, connect and log in upstream. Raises ProxyRefused."""
-    implicit = listener.tls == TLSMode.IMPLICIT
 
-    async def start(tcp: trio.SocketStream, context: ssl.SSLContext) -> POP3Upstream:
+    async def start(
+        tcp: trio.SocketStream, context: ssl.SSLContext, implicit: bool
+    ) -> POP3Upstream:
         return await POP3Upstream.start(
             tcp,
             login.host,
@@ -127,23 +119,17 @@ async def open_relay(
             io_timeout=config.proxy.upstream_timeout,
         )
 
-    try:
-        upstream = await reach_target(
-            config, store, login, default_port=DEFAULT_PORTS[listener.tls], start=start
-        )
-    except TargetRefused as exc:
-        if exc.kind is Refusal.MAILBOX:
-            raise ProxyRefused(auth_failed, exc.reason) from None
-        raise ProxyRefused(TARGET_UNAVAILABLE, f"{exc.kind}: {exc.reason}") from None
-    try:
-        reply = await upstream.login(login.remote_user, password)
-    except UpstreamError as exc:
-        await upstream.aclose()
-        kind = "temporary" if exc.temporary else "permanent"
-        raise ProxyRefused(TARGET_UNAVAILABLE, f"{kind}: {exc}") from None
-    except BaseException:
-        await upstream.aclose()
-        raise
+    upstream, reply = await proxy.open_relay(
+        config,
+        store,
+        listener,
+        login,
+        default_ports=DEFAULT_PORTS,
+        start=start,
+        log_in=lambda upstream: upstream.login(login.remote_user, password),
+        refused=auth_failed,
+        unavailable=TARGET_UNAVAILABLE,
+    )
     if not reply.ok:
         await upstream.aclose()
         text = safe_text(f"upstream login failed: {reply.text}")

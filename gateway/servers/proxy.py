@@ -1,17 +1,16 @@
 """What the two recording proxies share: from a parsed proxy login to a TLS connection with
-the target, every refusal a :class:`TargetRefused` whose ``kind`` each protocol turns into
-its own reply (SPEC.md 15.1 and 15.2)."""
+the target and on to the upstream login (:func:`open_relay`), every refusal a
+:class:`ProxyRefused` carrying the protocol's own reply (SPEC.md 15.1 to 15.4)."""
 
 from __future__ import annotations
 
-import enum
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
-from ..config import Config
+from ..config import Config, ListenerConfig, TLSMode
 from ..events import MailboxStatus
 from ..services.archive import ArchiveError
 from ..services.routing import ProxyLogin, RoutingError, TargetPolicy
@@ -21,14 +20,19 @@ from .upstream import UpstreamError, client_context, open_upstream
 __all__ = [
     "RUN_SECONDS",
     "RUN_SIZE",
-    "Refusal",
+    "ProxyRefused",
     "Runs",
-    "TargetRefused",
-    "reach_target",
+    "open_relay",
     "safe_text",
 ]
 
-U = TypeVar("U")
+
+class _Upstream(Protocol):
+    async def aclose(self) -> None: ...
+
+
+U = TypeVar("U", bound=_Upstream)
+R = TypeVar("R")
 
 RUN_SIZE = 32 * 1024  # message octets relayed and stored in one write
 RUN_SECONDS = 0.2  # ...or fewer, once the first of them has waited this long
@@ -60,53 +64,73 @@ class Runs:
         return run
 
 
-class Refusal(enum.StrEnum):
-    MAILBOX = "mailbox"  # no such gateway mailbox, or not active: said like bad credentials
-    DENIED = "denied"  # the target policy refuses every address of the target
-    TEMPORARY = "temporary"  # cannot resolve, connect, handshake, or lost: try later
-    PERMANENT = "permanent"  # untrusted certificate, no STARTTLS/STLS: trying again won't help
+class ProxyRefused(Exception):
+    """The proxy login cannot go on; ``reply`` (the protocol's own ``Reply``) is what the
+    client gets, ``reason`` what the log and the audit record say (safe to show, never a
+    password). Every one counts as a failed login."""
 
-
-class TargetRefused(Exception):
-    """The proxy cannot reach the target. ``reason`` is for the log and the audit record and
-    safe to show the client (never a password)."""
-
-    def __init__(self, kind: Refusal, reason: str) -> None:
+    def __init__(self, reply: Any, reason: str) -> None:
         super().__init__(reason)
-        self.kind = kind
+        self.reply = reply
         self.reason = reason
 
 
-async def reach_target(
+async def open_relay(
     config: Config,
     store: StoreClient,
+    listener: ListenerConfig,
     login: ProxyLogin,
     *,
-    default_port: int,
-    start: Callable[[trio.SocketStream, ssl.SSLContext], Awaitable[U]],
-) -> U:
+    default_ports: dict[TLSMode, int],
+    start: Callable[[trio.SocketStream, ssl.SSLContext, bool], Awaitable[U]],
+    log_in: Callable[[U], Awaitable[R]],
+    refused: Any,
+    unavailable: Any,
+) -> tuple[U, R]:
     """Check the gateway mailbox (it must exist and be active), connect to the target under
-    the policy and hand the connection to ``start`` (the protocol's TLS and greeting), whose
-    UpstreamError becomes a TargetRefused too."""
+    the policy, hand the connection to ``start`` (the protocol's TLS, implicit when the
+    client came in on an implicit-TLS listener, and greeting) and log in upstream
+    (``log_in``): the upstream and its answer to the login, which the caller judges.
+
+    A mailbox that cannot take copies is refused with ``refused`` (said like bad
+    credentials); every way the target cannot be used before it judged the credentials with
+    ``unavailable``: one reply for all, or the proxy would be a port scanner (open or closed,
+    TLS or not); the reason says which (``denied``, ``temporary`` or ``permanent``: whether
+    trying again may help). Raises ProxyRefused."""
     try:
         info = store.mailbox(login.mailbox_id)
     except ArchiveError:
-        raise TargetRefused(Refusal.MAILBOX, "no such mailbox") from None
+        raise ProxyRefused(refused, "no such mailbox") from None
     if info.status != MailboxStatus.ACTIVE or store.damaged(info.mailbox_id):
-        raise TargetRefused(Refusal.MAILBOX, "mailbox not active")
+        raise ProxyRefused(refused, "mailbox not active")
     proxy = config.proxy
     policy = TargetPolicy.build(proxy.allow, proxy.deny)
     try:
         tcp = await open_upstream(
-            login.host, login.port or default_port, policy, connect_timeout=proxy.connect_timeout
+            login.host,
+            login.port or default_ports[listener.tls],
+            policy,
+            connect_timeout=proxy.connect_timeout,
         )
         context = client_context(proxy.ca_files, verify=login.host not in proxy.insecure_targets)
-        return await start(tcp, context)
+        upstream = await start(tcp, context, listener.tls == TLSMode.IMPLICIT)
     except RoutingError as exc:
-        raise TargetRefused(Refusal.DENIED, str(exc)) from None
+        raise ProxyRefused(unavailable, f"denied: {exc}") from None
     except UpstreamError as exc:
-        kind = Refusal.TEMPORARY if exc.temporary else Refusal.PERMANENT
-        raise TargetRefused(kind, str(exc)) from None
+        raise ProxyRefused(unavailable, _unavailable(exc)) from None
+    try:
+        reply = await log_in(upstream)
+    except UpstreamError as exc:
+        await upstream.aclose()
+        raise ProxyRefused(unavailable, _unavailable(exc)) from None
+    except BaseException:
+        await upstream.aclose()
+        raise
+    return upstream, reply
+
+
+def _unavailable(exc: UpstreamError) -> str:
+    return f"{'temporary' if exc.temporary else 'permanent'}: {exc}"
 
 
 def safe_text(text: str, limit: int = 400) -> str:

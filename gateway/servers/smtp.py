@@ -316,7 +316,8 @@ class _Session:
             await self._login_audit(
                 event, login.mailbox_id, login.target, False, f"proxy: {exc.reason}"
             )
-            return exc.reply
+            refusal: Reply = exc.reply
+            return refusal
         server.logins.succeeded(self.peer, login.mailbox_id)
         self.relay = SMTPRelay(upstream, self.store, login, self.peer, self.tls, self.helo)
         await self._login_audit(event, login.mailbox_id, login.target, True, "")

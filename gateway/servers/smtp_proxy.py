@@ -56,8 +56,9 @@ from ..services.archive import ArchiveError
 from ..services.routing import ProxyLogin
 from ..services.writer import MessageWriter
 from ..store import StoreClient
-from .proxy import Refusal, Runs, TargetRefused, reach_target, safe_text
-from .upstream import SMTPUpstream, UpstreamError
+from . import proxy
+from .proxy import ProxyRefused, Runs, safe_text
+from .upstream import SMTPUpstream
 
 __all__ = ["DEFAULT_PORTS", "ProxyRefused", "SMTPRelay", "open_relay"]
 
@@ -87,16 +88,6 @@ TARGET_CUT: Final = Reply(
 )
 
 
-class ProxyRefused(Exception):
-    """The proxy login cannot go on; ``reply`` answers the AUTH, ``reason`` is for the log
-    and the audit record. Every one counts as a failed login."""
-
-    def __init__(self, reply: Reply, reason: str) -> None:
-        super().__init__(reason)
-        self.reply = reply
-        self.reason = reason
-
-
 async def open_relay(
     config: Config,
     store: StoreClient,
@@ -106,9 +97,10 @@ async def open_relay(
 ) -> tuple[SMTPUpstream, Reply]:
     """Check the mailbox, connect and authenticate upstream: the session and the upstream's
     235. Raises ProxyRefused."""
-    implicit = listener.tls == TLSMode.IMPLICIT
 
-    async def start(tcp: trio.SocketStream, context: ssl.SSLContext) -> SMTPUpstream:
+    async def start(
+        tcp: trio.SocketStream, context: ssl.SSLContext, implicit: bool
+    ) -> SMTPUpstream:
         return await SMTPUpstream.start(
             tcp,
             login.host,
@@ -119,23 +111,17 @@ async def open_relay(
             helo=config.hostname,
         )
 
-    try:
-        upstream = await reach_target(
-            config, store, login, default_port=DEFAULT_PORTS[listener.tls], start=start
-        )
-    except TargetRefused as exc:
-        if exc.kind is Refusal.MAILBOX:
-            raise ProxyRefused(replies.AUTH_FAILED, exc.reason) from None
-        raise ProxyRefused(TARGET_UNAVAILABLE, f"{exc.kind}: {exc.reason}") from None
-    try:
-        reply = await upstream.authenticate(login.remote_user, password)
-    except UpstreamError as exc:
-        await upstream.aclose()
-        kind = "temporary" if exc.temporary else "permanent"
-        raise ProxyRefused(TARGET_UNAVAILABLE, f"{kind}: {exc}") from None
-    except BaseException:
-        await upstream.aclose()
-        raise
+    upstream, reply = await proxy.open_relay(
+        config,
+        store,
+        listener,
+        login,
+        default_ports=DEFAULT_PORTS,
+        start=start,
+        log_in=lambda upstream: upstream.authenticate(login.remote_user, password),
+        refused=replies.AUTH_FAILED,
+        unavailable=TARGET_UNAVAILABLE,
+    )
     if reply.code != 235:
         await upstream.quit()
         if not 400 <= reply.code <= 599:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
@@ -126,6 +126,15 @@ class _Upstream:
     def _error(self, exc: pop3.RemoteProtocolError | smtp.RemoteProtocolError) -> UpstreamError:
         return UpstreamError(f"{self.server_name} {exc}", temporary=exc.temporary)
 
+    async def _opened(self, opening: Coroutine[object, object, None]) -> None:
+        """Await ``opening`` (the protocol's TLS and greeting); on any error the connection
+        is closed."""
+        try:
+            await opening
+        except BaseException:
+            await trio.aclose_forcefully(self.stream)
+            raise
+
     async def _handshake(self, context: ssl.SSLContext) -> None:
         ssl_stream = wrap_tls(self.stream, context, self.server_name)
         try:
@@ -210,11 +219,7 @@ class POP3Upstream(_Upstream):
         """TLS (implicit, or STLS after the greeting: refused if not offered), greeting read.
         Raises UpstreamError; on error the connection is closed."""
         session = cls(tcp, server_name, io_timeout)
-        try:
-            await session._open(context, implicit_tls)
-        except BaseException:
-            await trio.aclose_forcefully(session.stream)
-            raise
+        await session._opened(session._open(context, implicit_tls))
         return session
 
     async def _open(self, context: ssl.SSLContext, implicit_tls: bool) -> None:
@@ -329,11 +334,7 @@ class SMTPUpstream(_Upstream):
         """TLS (implicit, or STARTTLS: refused if not offered) and EHLO. Raises
         UpstreamError; on error the connection is closed."""
         session = cls(tcp, server_name, io_timeout, final_timeout=final_timeout)
-        try:
-            await session._open(context, implicit_tls, helo)
-        except BaseException:
-            await trio.aclose_forcefully(session.stream)
-            raise
+        await session._opened(session._open(context, implicit_tls, helo))
         return session
 
     async def _open(self, context: ssl.SSLContext, implicit_tls: bool, helo: str) -> None:
