@@ -62,3 +62,75 @@ def test_each_protocol_has_its_own_errors_on_the_shared_ones(module: ModuleType)
     assert issubclass(local, _errors.LocalProtocolError)
     other = pop3 if module is smtp else smtp
     assert not isinstance(error, other.RemoteProtocolError)
+
+
+# -- the machine scaffolding (protocols/_machine.py), the same contract in every machine --------
+
+
+def servers() -> list[tuple[ModuleType, smtp.ServerConnection | pop3.ServerConnection]]:
+    smtp_settings = smtp.SMTPSettings(hostname="mx.example")
+    pop3_settings = pop3.POP3Settings("pop.example", tls_active=False, stls_offered=True)
+    return [
+        (smtp, smtp.ServerConnection(smtp_settings)),
+        (pop3, pop3.ServerConnection(pop3_settings)),
+    ]
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_a_server_machine_needs_its_greeting_and_refuses_bytes_after_eof(index: int) -> None:
+    module, conn = servers()[index]
+    with pytest.raises(module.LocalProtocolError, match="greeting"):
+        conn.next_event()
+    conn.greeting()
+    assert conn.next_event() is module.NEED_DATA
+    conn.receive_data(b"")
+    conn.receive_data(b"")  # EOF again is harmless
+    with pytest.raises(module.LocalProtocolError, match="after EOF"):
+        conn.receive_data(b"x")
+    closed = conn.next_event()
+    assert closed == module.ConnectionClosed(module.CloseReason.EOF)
+    assert conn.next_event() == closed  # forever
+    with pytest.raises(module.LocalProtocolError, match="no decision"):
+        conn.send(module.replies.SHUTTING_DOWN)
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_a_server_machine_closes_locally_once(index: int) -> None:
+    module, conn = servers()[index]
+    conn.greeting()
+    first = conn.close()
+    assert first
+    assert conn.close() == b""
+    assert conn.next_event() == module.ConnectionClosed(
+        module.CloseReason.LOCAL, module.replies.SHUTTING_DOWN
+    )
+    conn.receive_data(b"QUIT\r\n")  # dropped: the session is over
+    assert conn.statistics().discarded == 6
+
+
+@pytest.mark.parametrize("module", [smtp, pop3])
+def test_a_client_machine_refuses_what_its_state_does_not_take(module: ModuleType) -> None:
+    conn = module.ClientConnection()
+    assert conn.reply_due  # the greeting
+    with pytest.raises(module.LocalProtocolError, match="cannot be sent in GREETING"):
+        conn.send(module.Quit())
+    assert conn.next_event() is module.NEED_DATA
+    conn.receive_data(b"")
+    with pytest.raises(module.RemoteProtocolError, match="closed the connection"):
+        conn.next_event()
+    assert conn.state is module.ClientState.CLOSED
+    assert conn.next_event() == module.ConnectionClosed(module.CloseReason.EOF)
+    with pytest.raises(module.LocalProtocolError, match="waiting for its handshake"):
+        conn.tls_started()
+
+
+@pytest.mark.parametrize("module", [smtp, pop3])
+def test_a_client_machine_starts_implicit_tls_only_before_any_byte(module: ModuleType) -> None:
+    conn = module.ClientConnection()
+    conn.tls_started()
+    assert conn.tls_active
+    late = module.ClientConnection()
+    late.receive_data(b"+")
+    with pytest.raises(module.LocalProtocolError):
+        late.tls_started()
+    assert not late.tls_active

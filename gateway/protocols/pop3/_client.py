@@ -47,6 +47,7 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
+from .._machine import ClientMachine
 from .._sasl import plain_response
 from ._events import (
     CAPA_SIZE_LIMIT,
@@ -94,66 +95,47 @@ ClientEvent = Reply | BodyData | BodyEnd | Capabilities | UidlListing | StartTLS
 _CANCEL: Final = b"*\r\n"  # RFC 5034 §4
 
 
-class ClientConnection:
+class ClientConnection(ClientMachine[ClientState, Event, ReplyReader]):
     """One POP3 client session; see the module docstring."""
 
+    _local_error = LocalProtocolError
+    _remote_error = RemoteProtocolError
+    _GREETING = ClientState.GREETING
+    _TLS_HANDSHAKE = ClientState.TLS_HANDSHAKE
+    _CLOSED = ClientState.CLOSED
+    _COMMANDS = CLIENT_COMMANDS
+    _TLS_COMMAND = "STLS"
+    _ANSWER = "response"
+
     def __init__(self) -> None:
-        self._reader = ReplyReader()
-        self._state = ClientState.GREETING
-        self._pending: Event | None = Greeting()  # the command whose response is due
+        # The reader, the state, TLS, what was received and what goes out by itself: the
+        # scaffolding's (``protocols/_machine.py``). The greeting is the first response due.
+        super().__init__(Greeting())
         self._relaying = False  # inside a relayed multi-line body
         self._collect: list[bytes] | None = None  # a CAPA or UIDL listing being read
         self._collected = 0  # its octets so far (kept or not)
         self._status: Reply | None = None  # the status line of the listing
         self._capabilities: dict[str, tuple[str, ...]] | None = None
-        self._tls = False
-        self._received = False
         self._login_step = ""  # "USER", "PASS", "PLAIN", "PLAIN+" (response after "+"), "*"
         self._pass_line = b""
         self._plain = ""
-        self._outgoing = bytearray()
         self._closed = CloseReason.EOF
 
+    def _new_reader(self) -> ReplyReader:
+        return ReplyReader()
+
     # -- what the driver reads ------------------------------------------------------------
-
-    @property
-    def state(self) -> ClientState:
-        return self._state
-
-    @property
-    def tls_active(self) -> bool:
-        return self._tls
 
     @property
     def capabilities(self) -> dict[str, tuple[str, ...]] | None:
         """From the last CAPA in this TLS state; None if none was asked."""
         return None if self._capabilities is None else dict(self._capabilities)
 
-    @property
-    def reply_due(self) -> bool:
-        return self._pending is not None
-
-    @property
-    def buffered(self) -> int:
-        return self._reader.buffered
-
     # -- bytes in ---------------------------------------------------------------------------
-
-    def receive_data(self, data: bytes) -> None:
-        """Buffer what the server sent; ``b""`` means it closed its side."""
-        if data:
-            self._received = True
-        try:
-            self._reader.receive_data(data)
-        except RemoteProtocolError as exc:
-            raise self._fail(f"broke the protocol: {exc}") from None
 
     def next_event(self) -> ClientEvent | Literal[Sentinel.NEED_DATA]:
         if self._relaying:  # the hot path: a message body on its way through
-            try:
-                event = self._reader.next_event()
-            except RemoteProtocolError as exc:
-                raise self._fail(f"broke the protocol: {exc}") from None
+            event: Event | Reply | Literal[Sentinel.NEED_DATA] = self._read()
             if type(event) is BodyEnd:
                 self._relaying = False
                 self._pending = None
@@ -161,16 +143,11 @@ class ClientConnection:
         while True:
             if self._state is ClientState.CLOSED:
                 return ConnectionClosed(self._closed)
-            try:
-                event = self._reader.next_event()
-            except RemoteProtocolError as exc:
-                raise self._fail(f"broke the protocol: {exc}") from None
+            event = self._read()
             if event is NEED_DATA:
                 return NEED_DATA
             if isinstance(event, ConnectionClosed):
-                self._state = ClientState.CLOSED
-                if self._pending is not None:
-                    raise RemoteProtocolError("closed the connection")
+                self._closed_by_server()
                 return event
             if isinstance(event, Continuation):
                 self._continuation()
@@ -184,11 +161,6 @@ class ClientConnection:
             answer = self._answer(event)
             if answer is not None:
                 return answer
-
-    def _fail(self, message: str, *, temporary: bool = True) -> RemoteProtocolError:
-        self._state = ClientState.CLOSED
-        self._end_login()
-        return RemoteProtocolError(message, temporary=temporary)
 
     def _answer(self, reply: Reply) -> ClientEvent | None:
         command = self._pending
@@ -299,25 +271,14 @@ class ClientConnection:
     def _end_login(self) -> None:
         self._pass_line, self._plain, self._login_step = b"", "", ""  # not kept past it
 
-    # -- bytes out --------------------------------------------------------------------------
+    _forget = _end_login  # the session failed: the same
 
-    def data_to_send(self) -> bytes:
-        """What the machine sent by itself inside a login; write it after every
-        ``next_event()``."""
-        if not self._outgoing:
-            return b""
-        out = bytes(self._outgoing)
-        del self._outgoing[:]
-        return out
+    # -- bytes out --------------------------------------------------------------------------
 
     def send(self, command: Event) -> bytes:
         """The bytes of ``command``. Raises LocalProtocolError where the command cannot be
         sent now (nothing changes), RemoteProtocolError where the server cannot take it."""
-        state = self._state
-        if type(command) not in CLIENT_COMMANDS[state]:
-            raise LocalProtocolError(f"{type(command).__name__} cannot be sent in {state.name}")
-        if self._pending is not None:
-            raise LocalProtocolError(f"the response to {type(self._pending).__name__} is due")
+        self._check_send(command)
         if isinstance(command, Login):
             data = self._login(command)
         else:
@@ -334,15 +295,7 @@ class ClientConnection:
             case Stat() | Rset() | Noop() | Quit() | Capa():
                 return format_command(type(command).__name__.upper())
             case StartTLS():
-                if self._tls:
-                    raise LocalProtocolError("TLS is already active")
-                if self._capabilities is None:
-                    raise LocalProtocolError("STLS only after CAPA listed it")
-                if "STLS" not in self._capabilities:
-                    raise RemoteProtocolError(
-                        "does not offer STLS; the password is not sent in the clear",
-                        temporary=False,
-                    )
+                self._check_upgrade()
                 return format_command("STLS")
             case List(msg=msg) | Uidl(msg=msg) | FetchUidls(msg=msg):
                 verb = "LIST" if isinstance(command, List) else "UIDL"
@@ -371,22 +324,14 @@ class ClientConnection:
                 return user
         return self._auth_plain()
 
-    # -- TLS --------------------------------------------------------------------------------
+    # -- TLS (``tls_started()`` is the scaffolding's) ----------------------------------------
 
-    def _check_cleartext(self) -> None:
-        if self._reader.buffered:
-            raise self._fail("sent data after its STLS reply")
+    def _offers_tls(self) -> bool:
+        if self._capabilities is None:
+            raise LocalProtocolError("STLS only after CAPA listed it")
+        return "STLS" in self._capabilities
 
-    def tls_started(self) -> None:
-        """The TLS handshake is done: for implicit TLS before any byte was received, or
-        after STLS's +OK. The capabilities learnt in the clear are forgotten (RFC 2595 §4)."""
-        if self._state is ClientState.GREETING and not self._received and not self._tls:
-            self._tls = True
-            return
-        if self._state is not ClientState.TLS_HANDSHAKE:
-            raise LocalProtocolError("no STLS is waiting for its handshake")
-        self._check_cleartext()
-        self._reader = ReplyReader()
-        self._tls = True
+    def _tls_reset(self) -> None:
+        """RFC 2595 §4: the capabilities learnt in the clear are forgotten."""
         self._capabilities = None
         self._state = ClientState.AUTHORIZATION

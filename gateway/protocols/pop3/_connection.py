@@ -26,11 +26,11 @@ the TLS session (the CVE-2011-0411 injection). USER, PASS, AUTH and APOP are ref
 from __future__ import annotations
 
 import re
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from .._machine import ServerMachine
 from .._sasl import SaslError, decode_plain
 from . import _replies as R
 from ._events import (
@@ -78,7 +78,7 @@ _KEYWORD: Final = re.compile(rb"[A-Za-z]{3,4}\Z")
 # §7 lets a password hold spaces: PASS takes the rest of the line).
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
-NextEvent = Event | Literal[Sentinel.NEED_DATA, Sentinel.PAUSED]
+NextSentinel = Literal[Sentinel.NEED_DATA, Sentinel.PAUSED]
 
 
 def parse_number(raw: bytes, *, minimum: int = 1) -> int:
@@ -106,26 +106,27 @@ class ConnectionStatistics:
     discarded: int  # octets dropped after STLS or after the end
 
 
-class ServerConnection:
+class ServerConnection(ServerMachine[State, Event, Reply, CloseReason, NextSentinel]):
     """One POP3 server session; see the module docstring."""
 
+    _local_error = LocalProtocolError
+    _TLS_HANDSHAKE = State.TLS_HANDSHAKE
+    _CLOSED = State.CLOSED
+    _EOF = CloseReason.EOF
+    _LOCAL = CloseReason.LOCAL
+    _NEED_DATA = NEED_DATA
+    _PAUSED = PAUSED
+
     def __init__(self, settings: POP3Settings) -> None:
+        super().__init__()  # buffers, events, the pending decision, EOF, budget, discards
         self.settings = settings
         self._state = State.AUTHORIZATION
-        self._greeted = False
+        self._greeting_sent = False
         self._tls_active = settings.tls_active
-        self._buffer = bytearray()
         self._lines = LineReader(settings.max_line_length)
-        self._outgoing = bytearray()
-        self._events: deque[Event] = deque()
-        self._pending: Event | None = None
         self._stuffer: DotStuffer | None = None
         self._user: str | None = None
         self._auth_waiting = False  # "+ " sent, the PLAIN response line is next
-        self._errors = 0
-        self._discarded = 0
-        self._eof = False
-        self._closed: ConnectionClosed | None = None
 
     # -- the driver's API ------------------------------------------------------------------
 
@@ -143,46 +144,18 @@ class ServerConnection:
         )
 
     def greeting(self) -> bytes:
-        if self._greeted:
+        if self._greeting_sent:
             raise LocalProtocolError("the greeting was already sent")
-        self._greeted = True
+        self._greeting_sent = True
         return format_reply(R.greeting(self.settings.hostname))
 
-    def receive_data(self, data: bytes) -> None:
-        """Buffer received bytes; ``b""`` means the client closed its side."""
-        if self._eof:
-            if data:
-                raise LocalProtocolError("received data after EOF")
-            return
-        if not data:
-            self._eof = True
-        elif self._state in (State.TLS_HANDSHAKE, State.CLOSED):
-            self._discarded += len(data)
-        else:
-            self._buffer += data
+    # -- the scaffolding's hooks (``protocols/_machine.py``) ----------------------------------
 
-    def next_event(self) -> NextEvent:
-        if not self._greeted:
-            raise LocalProtocolError("send greeting() first")
-        if self._events:
-            return self._events.popleft()
-        if self._closed is not None:
-            return self._closed
-        if self._state is State.TLS_HANDSHAKE and self._eof:
-            self._close(CloseReason.EOF, None)
-            return self._events.popleft()
-        if self._pending is not None or self._stuffer is not None:
-            return PAUSED
-        if self._state is State.TLS_HANDSHAKE:
-            return PAUSED
-        while not self._events and self._step():
-            pass
-        return self._events.popleft() if self._events else NEED_DATA
+    def _greeted(self) -> bool:
+        return self._greeting_sent
 
-    def data_to_send(self) -> bytes:
-        out = bytes(self._outgoing)
-        del self._outgoing[:]
-        return out
+    def _paused(self) -> bool:
+        return self._stuffer is not None or super()._paused()
 
     def send(self, reply: Reply) -> bytes:
         """Answer the pending decision with one status line."""
@@ -248,20 +221,12 @@ class ServerConnection:
             raise LocalProtocolError("a closing reply is -ERR")
         if self._stuffer is not None:
             raise LocalProtocolError("finish the multi-line response first")
-        if self._closed is None:
-            self._events.clear()
-            self._pending = None
-            self._close(CloseReason.LOCAL, reply)
-        return self.data_to_send()
+        return self._close_locally(reply)
 
     # -- answering ----------------------------------------------------------------------------
 
     def _take_pending(self, *, multiline: bool, ok: bool) -> Event:
-        event = self._pending
-        if event is None or self._closed is not None or self._stuffer is not None:
-            raise LocalProtocolError("no decision is waiting for a reply")
-        if self._events:
-            raise LocalProtocolError("next_event() has not returned the decision yet")
+        event = self._decision(busy=self._stuffer is not None)
         if multiline and not (ok and needs_multiline(event)):
             raise LocalProtocolError(f"{type(event).__name__} takes no multi-line answer")
         if not multiline and ok and needs_multiline(event):
@@ -307,10 +272,7 @@ class ServerConnection:
         self._lines.limit = limit
         line = self._lines.read(self._buffer)
         if line is None:
-            if self._eof:
-                self._close(CloseReason.EOF, None)
-                return True
-            return False
+            return self._no_line()
         try:
             self._line(line)
         except RemoteProtocolError as exc:

@@ -46,6 +46,7 @@ from collections import deque
 from typing import Literal
 
 from .._dotstuff import DotStuffer
+from .._machine import ClientMachine
 from .._sasl import encode, plain_response
 from ._events import (
     NEED_DATA,
@@ -84,28 +85,33 @@ def keyword(word: str) -> str:
     return word.upper() if word.isascii() else word
 
 
-class ClientConnection:
+class ClientConnection(ClientMachine[ClientState, Event, ReplyReader]):
     """One SMTP client session; see the module docstring."""
 
+    _local_error = LocalProtocolError
+    _remote_error = RemoteProtocolError
+    _GREETING = ClientState.GREETING
+    _TLS_HANDSHAKE = ClientState.TLS_HANDSHAKE
+    _CLOSED = ClientState.CLOSED
+    _COMMANDS = CLIENT_COMMANDS
+    _TLS_COMMAND = "STARTTLS"
+    _ANSWER = "reply"
+
     def __init__(self) -> None:
-        self._reader = ReplyReader()
-        self._state = ClientState.GREETING
-        self._pending: Event | None = Greeting()  # the command whose reply is due
+        # The reader, the state, TLS, what was received and what goes out by itself: the
+        # scaffolding's (``protocols/_machine.py``). The greeting is the first reply due.
+        super().__init__(Greeting())
         self._extensions: dict[str, str] = {}
-        self._tls = False
         self._authenticated = False
-        self._received = False  # any byte received: implicit TLS must start before
         self._sasl: deque[bytes] = deque()  # responses for the coming 334s
         self._cancelled = False  # "*" sent: only the final reply may come
         self._stuffer: DotStuffer | None = None
-        self._outgoing = bytearray()
         self._closed = CloseReason.EOF  # why the session ended, once CLOSED
 
-    # -- what the driver reads ------------------------------------------------------------
+    def _new_reader(self) -> ReplyReader:
+        return ReplyReader()
 
-    @property
-    def state(self) -> ClientState:
-        return self._state
+    # -- what the driver reads ------------------------------------------------------------
 
     @property
     def extensions(self) -> dict[str, str]:
@@ -113,21 +119,8 @@ class ClientConnection:
         return dict(self._extensions)
 
     @property
-    def tls_active(self) -> bool:
-        return self._tls
-
-    @property
     def authenticated(self) -> bool:
         return self._authenticated
-
-    @property
-    def reply_due(self) -> bool:
-        """A reply is due before the next command (``next_event()`` will return it)."""
-        return self._pending is not None
-
-    @property
-    def buffered(self) -> int:
-        return self._reader.buffered
 
     def offers(self, name: str) -> bool:
         return keyword(name) in self._extensions
@@ -144,27 +137,15 @@ class ClientConnection:
 
     # -- bytes in ---------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
-        """Buffer what the server sent; ``b""`` means it closed its side."""
-        if data:
-            self._received = True
-        self._reader.receive_data(data)
-
     def next_event(self) -> ClientEvent | Literal[Sentinel.NEED_DATA]:
         while True:
             if self._state is ClientState.CLOSED:
                 return ConnectionClosed(self._closed)
-            try:
-                event = self._reader.next_event()
-            except RemoteProtocolError as exc:
-                self._state = ClientState.CLOSED
-                raise RemoteProtocolError(f"broke the protocol: {exc}") from None
+            event: Reply | ConnectionClosed | Literal[Sentinel.NEED_DATA] = self._read()
             if event is NEED_DATA:
                 return NEED_DATA
             if isinstance(event, ConnectionClosed):
-                self._state = ClientState.CLOSED
-                if self._pending is not None:
-                    raise RemoteProtocolError("closed the connection")
+                self._closed_by_server()
                 return event
             answer = self._answer(event)
             if answer is not None:
@@ -173,8 +154,7 @@ class ClientConnection:
     def _answer(self, reply: Reply) -> ClientEvent | None:
         command = self._pending
         if command is None:
-            self._state = ClientState.CLOSED
-            raise RemoteProtocolError(f"sent a reply to no command: {reply.code}")
+            raise self._fail(f"sent a reply to no command: {reply.code}")
         if reply.code == 334 and isinstance(command, Authenticate):
             self._challenge()
             return None
@@ -183,9 +163,8 @@ class ClientConnection:
         if reply.code not in success:
             text = MUST_SUCCEED.get(type(command))
             if text is not None:
-                self._state = ClientState.CLOSED
                 temporary = reply.code < 500 or not isinstance(command, Greeting)
-                raise RemoteProtocolError(f"{text}: {reply.code} {reply.text}", temporary=temporary)
+                raise self._fail(f"{text}: {reply.code} {reply.text}", temporary=temporary)
             if failed is not None:
                 self._state = failed
             self._end_auth()
@@ -199,7 +178,7 @@ class ClientConnection:
             self._authenticated = True
             self._end_auth()
         elif isinstance(command, StartTLS):
-            self._check_cleartext("STARTTLS")
+            self._check_cleartext()
             return StartTLS()
         return reply
 
@@ -207,8 +186,7 @@ class ClientConnection:
         """A 334 inside AUTH: the next response, or "*" once there is none (a challenge
         where none belongs); a server that challenges after "*" is out of step."""
         if self._cancelled:
-            self._state = ClientState.CLOSED
-            raise RemoteProtocolError("broke the protocol: a challenge after the cancel")
+            raise self._fail("broke the protocol: a challenge after the cancel")
         if self._sasl:
             self._outgoing += self._sasl.popleft()
         else:
@@ -219,30 +197,15 @@ class ClientConnection:
         self._sasl.clear()  # the password is not kept past its exchange
         self._cancelled = False
 
-    def _check_cleartext(self, command: str) -> None:
-        if self._reader.buffered:
-            self._state = ClientState.CLOSED
-            raise RemoteProtocolError(f"sent data after its {command} reply")
+    _forget = _end_auth  # the session failed: the same
 
     # -- bytes out --------------------------------------------------------------------------
-
-    def data_to_send(self) -> bytes:
-        """What the machine answered by itself (SASL responses); write it after every
-        ``next_event()``."""
-        if not self._outgoing:
-            return b""
-        out = bytes(self._outgoing)
-        del self._outgoing[:]
-        return out
 
     def send(self, command: Event) -> bytes:
         """The bytes of ``command``. Raises LocalProtocolError where the command cannot be
         sent now (nothing changes), RemoteProtocolError where the server cannot take it."""
+        self._check_send(command)
         state = self._state
-        if type(command) not in CLIENT_COMMANDS[state]:
-            raise LocalProtocolError(f"{type(command).__name__} cannot be sent in {state.name}")
-        if self._pending is not None:
-            raise LocalProtocolError(f"the reply to {type(self._pending).__name__} is due")
         try:
             data = self._format(command)
         except ValueError as exc:
@@ -260,13 +223,7 @@ class ClientConnection:
             case Hello(kind=kind, domain=domain):
                 return format_command(kind, domain)
             case StartTLS():
-                if self._tls:
-                    raise LocalProtocolError("TLS is already active")
-                if not self.offers("STARTTLS"):
-                    raise RemoteProtocolError(
-                        "does not offer STARTTLS; the password is not sent in the clear",
-                        temporary=False,
-                    )
+                self._check_upgrade()
                 return format_command("STARTTLS")
             case Authenticate():
                 return self._auth(command)
@@ -333,20 +290,13 @@ class ClientConnection:
         if command.body is not None and not (binary or self.offers("8BITMIME")):
             raise LocalProtocolError("BODY= without 8BITMIME (RFC 6152)")
 
-    # -- TLS --------------------------------------------------------------------------------
+    # -- TLS (``tls_started()`` is the scaffolding's) ----------------------------------------
 
-    def tls_started(self) -> None:
-        """The TLS handshake is done: for implicit TLS before any byte was received, or
-        after STARTTLS's 220. Everything learnt in the clear is forgotten (RFC 3207 §4.2):
-        EHLO again."""
-        if self._state is ClientState.GREETING and not self._received and not self._tls:
-            self._tls = True
-            return
-        if self._state is not ClientState.TLS_HANDSHAKE:
-            raise LocalProtocolError("no STARTTLS is waiting for its handshake")
-        self._check_cleartext("STARTTLS")
-        self._reader = ReplyReader()
-        self._tls = True
+    def _offers_tls(self) -> bool:
+        return self.offers("STARTTLS")
+
+    def _tls_reset(self) -> None:
+        """RFC 3207 §4.2: the EHLO keywords learnt in the clear are forgotten; EHLO again."""
         self._extensions = {}
         self._state = ClientState.HELLO
 

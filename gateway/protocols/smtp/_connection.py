@@ -27,23 +27,18 @@ the session back to just after the greeting; the client must EHLO again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from . import _replies as R
 from ._events import (
-    NEED_DATA,
-    PAUSED,
     AbortReason,
     Authenticate,
     BodyData,
     CloseReason,
-    Event,
     Hello,
     MailFrom,
     MessageComplete,
     RcptTo,
     Reply,
-    Sentinel,
 )
 from ._readers import TOO_LONG, LineReader
 from ._session import Session, TLSInfo
@@ -62,9 +57,6 @@ class ConnectionStatistics:
     events: int  # events decided but not yet returned
     errors: int  # spent bad command budget
     discarded: int  # octets dropped: after STARTTLS, oversized or refused content
-
-
-NextEvent = Event | Literal[Sentinel.NEED_DATA, Sentinel.PAUSED]
 
 
 class ServerConnection(Session):
@@ -106,42 +98,14 @@ class ServerConnection(Session):
         self._state = State.GREETED
         return format_reply(R.greeting(self.config.hostname))
 
-    def receive_data(self, data: bytes) -> None:
-        """Buffer received bytes; ``b""`` means the client closed its side."""
-        if self._eof:
-            if data:
-                raise LocalProtocolError("received data after EOF")
-            return
-        if not data:
-            self._eof = True
-        elif self._state in (State.TLS_HANDSHAKE, State.CLOSED):
-            self._discarded += len(data)  # cleartext after STARTTLS, or a dead session
-        else:
-            self._buffer += data
+    # -- the scaffolding's hooks (``protocols/_machine.py``) ----------------------------------
 
-    def next_event(self) -> NextEvent:
-        if self._state is State.CONNECTED:
-            raise LocalProtocolError("send greeting() first")
-        if self._events:
-            return self._events.popleft()
-        if self._closed is not None:
-            return self._closed
-        if self._state is State.TLS_HANDSHAKE and self._eof:
-            self._close(CloseReason.EOF, None)
-            return self._events.popleft()
-        if self._pending is not None or self._state is State.TLS_HANDSHAKE:
-            return PAUSED
-        while not self._events and self._step():
-            pass
-        return self._events.popleft() if self._events else NEED_DATA
+    def _greeted(self) -> bool:
+        return self._state is not State.CONNECTED
 
     def send(self, reply: Reply) -> bytes:
         """Answer the pending decision; returns the queued replies followed by this one."""
-        event = self._pending
-        if event is None or self._closed is not None:
-            raise LocalProtocolError("no decision is waiting for a reply")
-        if self._events:
-            raise LocalProtocolError("next_event() has not returned the decision yet")
+        event = self._decision()
         success = DECISION_SUCCESS[type(event)]
         if reply.code not in success and not 400 <= reply.code <= 599:
             raise LocalProtocolError(f"{reply.code} cannot answer {type(event).__name__}")
@@ -169,11 +133,6 @@ class ServerConnection(Session):
             self._reply(reply)
         return self.data_to_send()
 
-    def data_to_send(self) -> bytes:
-        out = bytes(self._outgoing)
-        del self._outgoing[:]
-        return out
-
     def tls_started(self, version: str, cipher: str) -> None:
         """The TLS handshake is done: after STARTTLS, or (in CONNECTED) for implicit TLS."""
         if self._state is State.CONNECTED:
@@ -193,11 +152,7 @@ class ServerConnection(Session):
         ``reply``. ``next_event()`` then returns ConnectionClosed(LOCAL)."""
         if not 400 <= reply.code <= 599:
             raise LocalProtocolError("a closing reply is 4xx or 5xx")
-        if self._closed is None:
-            self._events.clear()
-            self._pending = None
-            self._close(CloseReason.LOCAL, reply)
-        return self.data_to_send()
+        return self._close_locally(reply)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -206,10 +161,7 @@ class ServerConnection(Session):
         if self._state in COMMAND_STATES:
             line = self._lines.read(self._buffer)
             if line is None:
-                if self._eof:
-                    self._close(CloseReason.EOF, None)
-                    return True
-                return False
+                return self._no_line()
             if line is TOO_LONG:
                 self._refuse(R.LINE_TOO_LONG)
             else:
@@ -226,10 +178,7 @@ class ServerConnection(Session):
     def _read_sasl(self) -> bool:
         line = self._lines.read(self._buffer)
         if line is None:
-            if self._eof:
-                self._close(CloseReason.EOF, None)
-                return True
-            return False
+            return self._no_line()
         if line is TOO_LONG:
             self._state = State.READY
             self._refuse(R.AUTH_LINE_TOO_LONG)  # RFC 4954 §4: 500 5.5.6
@@ -253,19 +202,14 @@ class ServerConnection(Session):
             else:
                 self._decide(MessageComplete(), State.READY)
         elif len(self._buffer) == before:
-            if not self._eof:
-                return False
-            self._close(CloseReason.EOF, None)
+            return self._no_line()
         return True
 
     def _read_chunk(self) -> bool:
         if self._chunk.remaining:
             data = self._chunk.read(self._buffer)
             if not data:
-                if not self._eof:
-                    return False
-                self._close(CloseReason.EOF, None)
-                return True
+                return self._no_line()
             if self._chunk_refusal is None:
                 self._take_content(data)
             else:

@@ -14,11 +14,11 @@ be read as commands.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from .._machine import ServerMachine
 from .._sasl import (
     LOGIN_PASSWORD_CHALLENGE,
     LOGIN_USERNAME_CHALLENGE,
@@ -28,6 +28,8 @@ from .._sasl import (
 )
 from . import _replies as R
 from ._events import (
+    NEED_DATA,
+    PAUSED,
     AbortReason,
     Authenticate,
     BodyType,
@@ -39,6 +41,7 @@ from ._events import (
     MessageAborted,
     Quit,
     Reply,
+    Sentinel,
     StartData,
     StartTLS,
 )
@@ -63,7 +66,7 @@ from ._syntax import (
     parse_rcpt,
     split_command,
 )
-from ._util import RemoteProtocolError
+from ._util import LocalProtocolError, RemoteProtocolError
 from ._writers import format_reply
 
 __all__ = ["Session", "TLSInfo"]
@@ -75,16 +78,21 @@ class TLSInfo:
     cipher: str  # "TLS_AES_256_GCM_SHA384"
 
 
-class Session:
+class Session(
+    ServerMachine[State, Event, Reply, CloseReason, Literal[Sentinel.NEED_DATA, Sentinel.PAUSED]]
+):
+    _local_error = LocalProtocolError
+    _TLS_HANDSHAKE = State.TLS_HANDSHAKE
+    _CLOSED = State.CLOSED
+    _EOF = CloseReason.EOF
+    _LOCAL = CloseReason.LOCAL
+    _NEED_DATA = NEED_DATA
+    _PAUSED = PAUSED
+
     def __init__(self, config: SMTPSettings) -> None:
+        super().__init__()  # buffers, events, the pending decision, EOF, budget, discards
         self.config: Final = config
         self._state = State.CONNECTED
-        self._buffer = bytearray()
-        self._outgoing = bytearray()
-        self._events: deque[Event] = deque()
-        self._pending: Event | None = None  # the decision send() must answer
-        self._closed: ConnectionClosed | None = None
-        self._eof = False
         self._lines = LineReader(config.max_line_length)
         self._data = DataReader(reject_bare_lf=config.bare_newline == "reject")
         self._chunk = ChunkReader(0)
@@ -99,8 +107,6 @@ class Session:
         # The SASL exchange in progress: its mechanism and, for LOGIN, the username so far.
         self._sasl: Literal["PLAIN", "LOGIN"] = "PLAIN"
         self._sasl_username: str | None = None
-        self._errors = 0
-        self._discarded = 0
         # The transaction: the accepted MailFrom (None once it ended or was aborted).
         self._mail: MailFrom | None = None
         self._recipients = 0
