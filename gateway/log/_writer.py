@@ -37,23 +37,17 @@ records that are not there.
 
 from __future__ import annotations
 
-import functools
-import queue
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
 
 import trio
 
+from ..threads import ThreadPool
 from ._files import AppendItem, Location, LogRecord, LogWriteError
 from ._segment_log import SegmentLog
 
 __all__ = ["LINGER", "CommitGroup", "Dependent", "LogWriter", "Observer", "StaleEpoch", "Written"]
-
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
 LINGER = 0.005  # seconds a lazy append waits for a round to ride with before leading one
 
@@ -100,7 +94,7 @@ class CommitGroup:
         self._dirty: dict[LogWriter, None] = {}
         self._flushing = False
         self._flushed = trio.Event()
-        self._thread = _RoundThread()
+        self._thread = ThreadPool("gateway-commit", 1)  # a round at a time
         self.rounds = 0
 
     async def wait_for(self, writer: LogWriter, ticket: _Ticket, *, lazy: bool = False) -> None:
@@ -164,62 +158,6 @@ class CommitGroup:
             self._flushing = False
             self._flushed.set()
             self._flushed = trio.Event()
-
-
-@dataclass(eq=False, slots=True)
-class _Job:
-    work: Callable[[], object]
-    token: trio.lowlevel.TrioToken
-    task: trio.lowlevel.Task
-    result: object = None
-    error: BaseException | None = None
-
-
-class _RoundThread:
-    """The thread a group's rounds run in, one at a time: a queue and a wake-up through trio's
-    token, about half the CPU of ``trio.to_thread.run_sync`` per hand-off (no capacity limiter,
-    no thread cache, no thread naming). It exits after IDLE seconds without a round and is
-    started again by the next one. A round cannot be cancelled once handed over."""
-
-    IDLE = 10.0
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._running = False
-
-    async def run(self, fn: Callable[[_T], _R], arg: _T) -> _R:
-        job = _Job(
-            functools.partial(fn, arg),
-            trio.lowlevel.current_trio_token(),
-            trio.lowlevel.current_task(),
-        )
-        self._jobs.put(job)
-        with self._lock:
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._work, name="gateway-commit", daemon=True).start()
-        await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
-        if job.error is not None:
-            raise job.error
-        return cast(_R, job.result)
-
-    def _work(self) -> None:
-        while True:
-            try:
-                job = self._jobs.get(timeout=self.IDLE)
-            except queue.Empty:
-                with self._lock:
-                    if self._jobs.empty():
-                        self._running = False
-                        return
-                continue
-            try:
-                job.result = job.work()
-            except BaseException as exc:  # handed back to the task that waits for the round
-                job.error = exc
-            # The task waits uncancellably for this, so its run is still going.
-            job.token.run_sync_soon(trio.lowlevel.reschedule, job.task)
 
 
 @dataclass(slots=True)

@@ -56,6 +56,7 @@ from ..services.archive import (
 from ..services.keyforge import KeyForge
 from ..services.projection import MailboxInfo
 from ..services.writer import MessageWriter, SealedCopy, SealTarget
+from ..threads import ThreadPool
 from ._wire import (
     PROTOCOL_VERSION,
     Abort,
@@ -91,6 +92,8 @@ logger = logging.getLogger("gateway.worker")
 
 # A message of at most this many octets is read and opened in one hand-off to a thread.
 READ_AT_ONCE = 1 << 20
+# Where messages are read and opened: a thread per session reading at once, at most.
+_OPENING = ThreadPool("gateway-open", 16)
 
 _ERRORS: dict[str, type[Exception]] = {
     "MailboxUnavailable": MailboxUnavailable,
@@ -381,7 +384,7 @@ class StoreClient:
                 opener.finish()
                 return pieces
 
-            for piece in await trio.to_thread.run_sync(open_all):
+            for piece in await _OPENING.run(open_all):
                 yield piece
             return
         opener = await trio.to_thread.run_sync(self._opener, reader, entry, mailbox_id, key)
