@@ -152,7 +152,7 @@ def _target(args: argparse.Namespace) -> tuple[str, TrustSettings]:
         return url, TrustSettings(fingerprint=args.fingerprint)
     if config.tls.certificate:
         return url, TrustSettings(cafile=config.tls.certificate)
-    generated = DataDir(Path(config.data_dir)).tls_dir / "cert.pem"
+    generated, _key = DataDir(Path(config.data_dir)).tls_certificate
     return url, TrustSettings(cafile=str(generated) if generated.exists() else None)
 
 

@@ -195,12 +195,17 @@ class DataDir:
     def tls_dir(self) -> Path:
         return self.root / "tls"
 
+    @property
+    def tls_certificate(self) -> tuple[Path, Path]:
+        """Where the generated certificate and its key are (:meth:`read_or_create_tls`)."""
+        return self.tls_dir / "cert.pem", self.tls_dir / "key.pem"
+
     def read_or_create_tls(self, make: Callable[[], tuple[bytes, bytes]]) -> tuple[Path, Path]:
         """The generated certificate and key (PEM) under <data>/tls, made once with ``make``
         (returning certificate, key) and kept: the fingerprint journaling servers pin stays
         the same across restarts. The key is written 0600 before the certificate, so a crash
         never leaves a certificate without its key."""
-        cert, key = self.tls_dir / "cert.pem", self.tls_dir / "key.pem"
+        cert, key = self.tls_certificate
         if cert.exists() and key.exists():
             return cert, key
         self.tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -355,8 +355,7 @@ class Gateway:
                 lambda: make_self_signed(self.config.hostname)
             )
         else:
-            folder = DataDir(Path(self.config.data_dir)).tls_dir
-            cert, key = folder / "cert.pem", folder / "key.pem"
+            cert, key = DataDir(Path(self.config.data_dir)).tls_certificate
         try:
             holder = TLSContextHolder(cert, key)
         except (OSError, ValueError) as exc:
