@@ -9,7 +9,9 @@ and the command writers, speaking the same events the other way.
 Modules: ``_events`` (replies, events, sentinels, settings and limits), ``_state`` (states
 and allowed commands as data), ``_readers`` (lines and replies), ``_writers`` (replies,
 dot-stuffing, commands), ``_replies`` (the machine's own replies), ``_util`` (errors),
-``_connection`` (the server machine) and ``_client`` (the client machine).
+``_syntax`` (command arguments), ``_connection`` (the server machine) and ``_client`` (the
+client machine); the pieces both protocols share are in ``gateway/protocols`` (``_machine``,
+``_lines``, ``_errors``, ``_dotstuff``, ``_sasl``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 from .._sasl import plain_response as auth_plain_response
 from . import _replies as replies
 from ._client import ClientConnection
-from ._connection import ConnectionStatistics, ServerConnection, parse_number
+from ._connection import ConnectionStatistics, ServerConnection
 from ._events import (
     AUTH_LINE_LIMIT,
     BODY_PIECE_SIZE,
@@ -61,6 +63,7 @@ from ._readers import (
     parse_uidl_listing,
 )
 from ._state import ALLOWED, ClientState, State
+from ._syntax import parse_number
 from ._top import TopCutter
 from ._util import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._writers import DotStuffer, client_command, format_command, format_lines, format_reply

@@ -25,10 +25,9 @@ the TLS session (the CVE-2011-0411 injection). USER, PASS, AUTH and APOP are ref
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Literal
 
 from .._machine import ServerMachine
 from .._sasl import SaslError, decode_plain
@@ -65,36 +64,13 @@ from ._state import (
     State,
     needs_multiline,
 )
+from ._syntax import command_verb, one_number, optional_number, parse_number, parse_text
 from ._util import LocalProtocolError, RemoteProtocolError
 from ._writers import DotStuffer, format_lines, format_reply
 
-__all__ = ["ConnectionStatistics", "ServerConnection", "parse_number"]
-
-# Message numbers and TOP's line count: ASCII digits only, no sign, at most 9 digits (below
-# 2**31, so any store can take them); message numbers are at least 1.
-_NUMBER: Final = re.compile(rb"[0-9]{1,9}\Z")
-_KEYWORD: Final = re.compile(rb"[A-Za-z]{3,4}\Z")
-# Usernames: printable, no controls or spaces. Passwords: anything but controls (RFC 1939
-# §7 lets a password hold spaces: PASS takes the rest of the line).
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+__all__ = ["ConnectionStatistics", "ServerConnection"]
 
 NextSentinel = Literal[Sentinel.NEED_DATA, Sentinel.PAUSED]
-
-
-def parse_number(raw: bytes, *, minimum: int = 1) -> int:
-    if not _NUMBER.match(raw) or int(raw) < minimum:
-        raise RemoteProtocolError("bad number", R.BAD_MESSAGE_NUMBER)
-    return int(raw)
-
-
-def _text(raw: bytes, *, spaces: bool) -> str:
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError as exc:
-        raise RemoteProtocolError("not UTF-8", R.SYNTAX) from exc
-    if not text or _CONTROL.search(text) or (not spaces and " " in text):
-        raise RemoteProtocolError("bad argument", R.SYNTAX)
-    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +269,7 @@ class ServerConnection(ServerMachine[State, Event, Reply, CloseReason, NextSenti
 
     def _command(self, line: bytes) -> None:
         raw_verb, _, rest = line.partition(b" ")
-        verb = raw_verb.decode("ascii").upper() if _KEYWORD.match(raw_verb) else ""
+        verb = command_verb(raw_verb)
         if verb not in KNOWN_COMMANDS:
             raise RemoteProtocolError("unknown command", R.UNKNOWN_COMMAND)
         if verb in CREDENTIAL_COMMANDS and not self._tls_active:
@@ -340,14 +316,14 @@ class ServerConnection(ServerMachine[State, Event, Reply, CloseReason, NextSenti
     def _do_user(self, args: list[bytes]) -> None:
         if len(args) != 1:
             raise RemoteProtocolError("USER takes one argument", R.SYNTAX)
-        self._user = _text(args[0], spaces=False)
+        self._user = parse_text(args[0], spaces=False)
         self._reply(R.USER_OK)
 
     def _pass(self, rest: bytes) -> None:
         user, self._user = self._user, None
         if user is None:
             raise RemoteProtocolError("PASS without USER", R.USER_FIRST)
-        self._decide(Login(user, _text(rest, spaces=True), "USER"))
+        self._decide(Login(user, parse_text(rest, spaces=True), "USER"))
 
     def _do_auth(self, args: list[bytes]) -> None:
         self._user = None
@@ -376,31 +352,19 @@ class ServerConnection(ServerMachine[State, Event, Reply, CloseReason, NextSenti
         self._decide(Rset())
 
     def _do_list(self, args: list[bytes]) -> None:
-        self._decide(List(self._optional_number(args)))
+        self._decide(List(optional_number(args)))
 
     def _do_uidl(self, args: list[bytes]) -> None:
-        self._decide(Uidl(self._optional_number(args)))
+        self._decide(Uidl(optional_number(args)))
 
     def _do_retr(self, args: list[bytes]) -> None:
-        self._decide(Retr(self._one_number(args)))
+        self._decide(Retr(one_number(args)))
 
     def _do_dele(self, args: list[bytes]) -> None:
-        self._decide(Dele(self._one_number(args)))
+        self._decide(Dele(one_number(args)))
 
     def _do_top(self, args: list[bytes]) -> None:
         if len(args) != 2:
             raise RemoteProtocolError("TOP takes two arguments", R.SYNTAX)
         msg = parse_number(args[0])
         self._decide(Top(msg, parse_number(args[1], minimum=0)))
-
-    @staticmethod
-    def _optional_number(args: list[bytes]) -> int | None:
-        if len(args) > 1:
-            raise RemoteProtocolError("at most one argument", R.SYNTAX)
-        return parse_number(args[0]) if args else None
-
-    @staticmethod
-    def _one_number(args: list[bytes]) -> int:
-        if len(args) != 1:
-            raise RemoteProtocolError("one argument", R.SYNTAX)
-        return parse_number(args[0])

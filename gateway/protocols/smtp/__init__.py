@@ -11,7 +11,9 @@ transition table as data), ``_readers`` (bytes to lines, content and replies), `
 (replies, commands and content to bytes), ``_syntax`` (addresses and parameters),
 ``_replies`` (the reply catalogue), ``_settings`` (settings and limits), ``_util`` (errors),
 ``_session`` (session state and the command interpreter), ``_connection`` (the server
-machine's API and reading loop) and ``_client`` (the client machine).
+machine's API and reading loop) and ``_client`` (the client machine). The pieces both
+protocols share are in ``gateway/protocols``: ``_machine`` (the scaffolding of the server and
+client machines), ``_lines`` (the bounded line splitter), ``_errors``, ``_dotstuff``, ``_sasl``.
 """
 
 from __future__ import annotations
