@@ -275,10 +275,7 @@ async def test_a_message_to_two_mailboxes_is_stored_in_both_or_neither(
     archive.control.log.append = crash_at_witness  # type: ignore[method-assign,assignment]
     with pytest.raises(Crash):
         await writer.commit(Envelope(received_at=now(), origin="journal"))
-    archive.control.log.close()
-    for box_id in boxes:
-        archive._mailboxes[box_id].writer.log.close()  # type: ignore[union-attr]
-    archive.data.unlock()
+    await archive.aclose()  # closes the files, as the dying process would
 
     reopened = await Archive.open(data, CONFIG)
     try:

@@ -215,10 +215,18 @@ class Archive:
     def _box(self, mailbox_id: str) -> MailboxState:
         return self._core.box(mailbox_id)
 
-    @property
-    def _mailboxes(self) -> dict[str, MailboxState]:
-        # Kept for tools/bench/log_bench.py and tests/test_witness.py, which read it.
-        return self._core.boxes
+    def pending_chunks(self, mailbox_id: str) -> list[Location]:
+        """Chunks in the mailbox's log that no commit names (yet, or ever: the orphans of
+        messages never committed, until compaction), oldest first."""
+        return sorted(self._box(mailbox_id).index.pending_chunks.values(), key=lambda at: at.seq)
+
+    def log_statistics(self) -> dict[str, dict[str, int]]:
+        """Each open mailbox log's group-commit counts (batches, records, queued, next seq)."""
+        return {
+            mailbox_id: box.writer.statistics()
+            for mailbox_id, box in self._core.boxes.items()
+            if box.writer is not None
+        }
 
     async def create_mailbox(
         self,

@@ -404,8 +404,7 @@ async def run_stream(scenario: Scenario, root: Path) -> Result:
 
 
 def _batch_stats(result: Result, archive: Archive) -> None:
-    # Group commit statistics are not part of the Archive's public surface (yet).
-    stats = [box.writer.statistics() for box in archive._mailboxes.values() if box.writer]
+    stats = list(archive.log_statistics().values())
     result.batches = sum(s["batches"] for s in stats)
     records = sum(s["records"] for s in stats)
     result.records_per_batch = records / result.batches if result.batches else 0.0
