@@ -1,5 +1,6 @@
 """The bounded line splitter under both protocols' line readers (commands, replies, status
-lines, SASL responses): one rule for how long a line may be and what happens past it.
+lines, SASL responses): one rule for how long a line may be and what happens past it; and
+:func:`ascii_upper`, one rule for how a keyword in a line is compared.
 
 It consumes from the front of a ``bytearray`` it is given (``del buf[:n]`` is cheap at the
 front of a CPython bytearray) and keeps one flag of its own, so it gives the same result
@@ -13,11 +14,23 @@ from __future__ import annotations
 import enum
 from typing import Final, Literal
 
-__all__ = ["CR", "DOT", "LF", "TOO_LONG", "LineSplitter", "TooLong"]
+__all__ = ["CR", "DOT", "LF", "TOO_LONG", "LineSplitter", "TooLong", "ascii_upper"]
 
 CR: Final = 0x0D
 LF: Final = 0x0A
 DOT: Final = 0x2E
+
+
+def ascii_upper(text: str) -> str:
+    """``text`` upper-cased if it is ASCII, else unchanged (so it matches no keyword).
+
+    Commands, keywords, capability and mechanism names are ASCII (RFC 5321 §2.4: verbs and
+    argument keywords are case-insensitive in ASCII only; RFC 2449 §5 for POP3 capabilities).
+    ``str.upper`` follows Unicode: "MAIL" with a dotless i (U+0131) becomes "MAIL",
+    "STARTTLS" with a long s (U+017F) "STARTTLS", and the ligature U+FB06 becomes "ST". A
+    server that reads a command its peers read as junk is where smuggling starts.
+    """
+    return text.upper() if text.isascii() else text
 
 
 class TooLong(enum.Enum):

@@ -14,6 +14,7 @@ import re
 from typing import Final, Literal
 
 __all__ = [
+    "CANCEL",
     "LOGIN_PASSWORD_CHALLENGE",
     "LOGIN_USERNAME_CHALLENGE",
     "SaslError",
@@ -23,6 +24,8 @@ __all__ = [
     "plain_response",
 ]
 
+# RFC 4954 §4 (SMTP), RFC 5034 §4 (POP3): the client's response that cancels the exchange.
+CANCEL: Final = b"*"
 LOGIN_USERNAME_CHALLENGE: Final = "VXNlcm5hbWU6"  # base64 "Username:"
 LOGIN_PASSWORD_CHALLENGE: Final = "UGFzc3dvcmQ6"  # noqa: S105 - base64 "Password:"
 

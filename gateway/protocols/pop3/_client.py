@@ -45,10 +45,10 @@ or one body piece; CAPA and UIDL listings no more than their limits.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Literal
 
 from .._machine import ClientMachine
-from .._sasl import plain_response
+from .._sasl import CANCEL, plain_response
 from ._events import (
     CAPA_SIZE_LIMIT,
     COMMAND_LINE_LIMIT,
@@ -91,8 +91,6 @@ from ._writers import format_command
 __all__ = ["ClientConnection", "ClientEvent"]
 
 ClientEvent = Reply | BodyData | BodyEnd | Capabilities | UidlListing | StartTLS | ConnectionClosed
-
-_CANCEL: Final = b"*\r\n"  # RFC 5034 §4
 
 
 class ClientConnection(ClientMachine[ClientState, Event, ReplyReader]):
@@ -252,7 +250,7 @@ class ClientConnection(ClientMachine[ClientState, Event, ReplyReader]):
             self._outgoing += self._plain.encode() + b"\r\n"
             self._login_step = "PLAIN"
         else:  # a challenge where none belongs: cancel, the final reply follows
-            self._outgoing += _CANCEL
+            self._outgoing += CANCEL + b"\r\n"
             self._login_step = "*"
 
     def _queue(self, line: bytes) -> None:

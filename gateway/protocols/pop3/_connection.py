@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .._machine import ServerMachine
-from .._sasl import SaslError, decode_plain
+from .._sasl import CANCEL, SaslError, decode_plain
 from . import _replies as R
 from ._events import (
     AUTH_LINE_LIMIT,
@@ -263,7 +263,7 @@ class ServerConnection(ServerMachine[State, Event, Reply, CloseReason, NextSenti
             self._command(line)
             return
         self._auth_waiting = False
-        if line == b"*":  # RFC 5034 §4: the client cancels
+        if line == CANCEL:
             raise RemoteProtocolError("cancelled", R.AUTH_CANCELLED)
         self._plain(line)
 

@@ -10,7 +10,7 @@ import re
 from collections import deque
 from typing import Final, Literal
 
-from .._lines import CR, DOT, LF, TOO_LONG, LineSplitter, TooLong
+from .._lines import CR, DOT, LF, TOO_LONG, LineSplitter, TooLong, ascii_upper
 from ._events import (
     BODY_PIECE_SIZE,
     NEED_DATA,
@@ -190,6 +190,5 @@ def parse_capabilities(listing: bytes) -> dict[str, tuple[str, ...]]:
     capabilities: dict[str, tuple[str, ...]] = {}
     for line in listing.decode("utf-8", "replace").splitlines():
         if words := line.split():
-            name = words[0].upper() if words[0].isascii() else words[0]
-            capabilities[name] = tuple(words[1:])
+            capabilities[ascii_upper(words[0])] = tuple(words[1:])
     return capabilities

@@ -46,8 +46,9 @@ from collections import deque
 from typing import Literal
 
 from .._dotstuff import DotStuffer
+from .._lines import ascii_upper
 from .._machine import ClientMachine
-from .._sasl import encode, plain_response
+from .._sasl import CANCEL, encode, plain_response
 from ._events import (
     NEED_DATA,
     Authenticate,
@@ -76,13 +77,11 @@ from ._writers import format_bdat, format_command, format_mail, format_rcpt
 __all__ = ["ClientConnection", "ClientEvent", "keyword"]
 
 ClientEvent = Reply | StartTLS | ConnectionClosed
-_CANCEL = b"*\r\n"  # RFC 4954 §4: the client cancels the exchange
 
 
-def keyword(word: str) -> str:
-    """An EHLO keyword or SASL mechanism name, upper-cased in ASCII only (RFC 5321 §2.4:
-    keywords are case-insensitive; a non-ASCII word is no keyword and stays as it is)."""
-    return word.upper() if word.isascii() else word
+# An EHLO keyword or SASL mechanism name, upper-cased in ASCII only (RFC 5321 §2.4: keywords
+# are case-insensitive; a non-ASCII word is no keyword and stays as it is).
+keyword = ascii_upper
 
 
 class ClientConnection(ClientMachine[ClientState, Event, ReplyReader]):
@@ -190,7 +189,7 @@ class ClientConnection(ClientMachine[ClientState, Event, ReplyReader]):
         if self._sasl:
             self._outgoing += self._sasl.popleft()
         else:
-            self._outgoing += _CANCEL
+            self._outgoing += CANCEL + b"\r\n"
             self._cancelled = True
 
     def _end_auth(self) -> None:

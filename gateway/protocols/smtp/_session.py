@@ -20,6 +20,7 @@ from typing import Final, Literal
 
 from .._machine import ServerMachine
 from .._sasl import (
+    CANCEL,
     LOGIN_PASSWORD_CHALLENGE,
     LOGIN_USERNAME_CHALLENGE,
     SaslError,
@@ -314,7 +315,7 @@ class Session(
     def _sasl_response(self, response: bytes) -> None:
         """One response of the SASL exchange (the initial one, or a line after a 334)."""
         self._state = State.READY
-        if response == b"*":
+        if response == CANCEL:
             self._refuse(R.AUTH_CANCELLED)
             return
         try:

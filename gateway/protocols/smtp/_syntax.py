@@ -17,6 +17,7 @@ import ipaddress
 import re
 from typing import Final
 
+from .._lines import ascii_upper
 from . import _replies as R
 from ._events import BodyType, MailFrom, RcptTo, Reply
 from ._settings import BDAT_SIZE_DIGITS, DOMAIN_LIMIT, PATH_LIMIT
@@ -50,18 +51,6 @@ _GENERAL_LITERAL: Final = re.compile(r"[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\
 # RFC 5321 §4.1.2: esmtp-keyword and esmtp-value (RFC 6531 §3.3 adds UTF-8 to the value).
 _PARAM: Final = re.compile(rf"([A-Za-z0-9][A-Za-z0-9-]*)(?:=([\x21-\x3c\x3e-\x7e{_UTF8}]+))?\Z")
 _DIGITS: Final = re.compile(rf"[0-9]{{1,{BDAT_SIZE_DIGITS}}}\Z")
-
-
-def ascii_upper(text: str) -> str:
-    """``text`` upper-cased if it is ASCII, else unchanged (so it matches no keyword).
-
-    Commands, keywords and mechanism names are ASCII (RFC 5321 §2.4: verbs and argument
-    keywords are case-insensitive in ASCII only). ``str.upper`` follows Unicode: "MAIL" with a
-    dotless i (U+0131) becomes "MAIL", "STARTTLS" with a long s (U+017F) "STARTTLS", and the
-    ligature U+FB06 becomes "ST". A server that reads a command its peers read as junk is
-    where smuggling starts.
-    """
-    return text.upper() if text.isascii() else text
 
 
 def split_command(line: str) -> tuple[str, str]:
