@@ -20,6 +20,8 @@ from gateway.events import MailboxStatus
 from gateway.log import iter_log
 from gateway.servers.gateway import Gateway, Listening
 from gateway.services._common import CONTROL_LOG_ID
+from gateway.store import _journal as journal_module
+from gateway.store import _wire as wire_module
 
 from .gateway_helpers import Running, make_config, strip_received
 from .peers import fetchmail
@@ -107,6 +109,37 @@ async def test_fetch_and_delete_over_stls_and_pop3s(running: Running) -> None:
         client.quit()
 
     await trio.to_thread.run_sync(over_pop3s)
+
+
+async def test_a_listing_in_many_pages_is_whole_and_as_of_the_login(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the journal sent a maildrop's listing in one frame, which over 35,000
+    messages (4 MiB) ended the worker's connection at every login to it. Here frames are
+    cut to 64 KiB: 600 messages (70 KB of listing) went over."""
+    monkeypatch.setattr(wire_module, "MAX_FRAME", 64 * 1024)
+    monkeypatch.setattr(journal_module, "LIST_PAGE_BYTES", 16 * 1024)
+    mailbox_id, address, password = await new_mailbox(running)
+    bodies = [b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n) for n in range(600)]
+    await trio.to_thread.run_sync(deliver, running.port("smtp"), address, bodies)
+
+    def fetch() -> tuple[int, list[bytes], list[bytes]]:
+        client = pop3s(running)
+        try:
+            client.user(mailbox_id)
+            client.pass_(password)
+            deliver(running.port("smtp"), address, [b"Subject: later\r\n\r\nlater\r\n"])
+            count, _size = client.stat()
+            uidls = client.uidl()[1]
+            return count, uidls, [retr(client, n) for n in range(1, count + 1)]
+        finally:
+            client.quit()
+
+    count, uidls, got = await trio.to_thread.run_sync(fetch)
+    assert count == 600 and len(set(uidls)) == 600
+    assert sorted(strip_received(b) for b in got) == sorted(bodies)
+    assert running.gateway.journal is not None
+    assert running.gateway.journal.open_listings == 0
 
 
 async def test_auth_plain_and_no_credentials_in_the_clear(running: Running) -> None:

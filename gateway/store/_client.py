@@ -318,10 +318,18 @@ class StoreClient:
     async def messages(self, mailbox_id: str) -> list[MessageEntry]:
         """The mailbox's messages now, oldest first (remembered for :meth:`read_message`)."""
         canonical = self._box(mailbox_id).info.mailbox_id
-        reply = await self._call(ListMessages(id=self._next_id(), mailbox_id=canonical))
-        assert isinstance(reply, MessageList)
-        self._listed[canonical] = {m.message_id: m for m in reply.messages}
-        return reply.messages
+        entries: list[MessageEntry] = []
+        listing = 0
+        while True:  # in pages, as of the first
+            request = ListMessages(id=self._next_id(), mailbox_id=canonical, listing=listing)
+            reply = await self._call(request)
+            assert isinstance(reply, MessageList)
+            entries += reply.messages
+            if not reply.listing:
+                break
+            listing = reply.listing
+        self._listed[canonical] = {m.message_id: m for m in entries}
+        return entries
 
     async def lock_maildrop(self, mailbox_id: str) -> bool:
         reply = await self._call(Lock(id=self._next_id(), mailbox_id=mailbox_id))

@@ -44,6 +44,7 @@ from ..services.archive import (
     NoSuchMailbox,
 )
 from ..services.intake import PendingMessage
+from ..services.projection import StoredMessage
 from ._wire import (
     PROTOCOL_VERSION,
     Abort,
@@ -92,6 +93,11 @@ AUDIT_EVENTS = (
 )
 # Replies and pushes waiting for a slow worker; one that falls this far behind is cut off.
 OUTBOX = 10_000
+# A listing's page holds about this many octets of entries (a frame: at most MAX_FRAME);
+# estimated per entry and per record location it names.
+LIST_PAGE_BYTES = 1 << 20
+_ENTRY_BYTES, _LOCATION_BYTES = 120, 40
+MAX_LISTINGS = 64  # listings a connection may leave unfinished
 _actor_decoder = msgspec.msgpack.Decoder(Actor)
 
 
@@ -101,6 +107,8 @@ class _Connection:
     outbox: trio.MemorySendChannel[ToWorker]
     pending: dict[int, PendingMessage] = field(default_factory=dict)
     locks: set[str] = field(default_factory=set)
+    # Listings sent in pages: their messages as of the first page, and how far they went.
+    listings: dict[int, tuple[str, list[StoredMessage], int]] = field(default_factory=dict)
 
     def send(self, frame: ToWorker) -> None:
         try:
@@ -126,6 +134,11 @@ class Journal:
     def workers(self) -> int:
         """Worker connections now."""
         return len(self._connections)
+
+    @property
+    def open_listings(self) -> int:
+        """Listings sent in pages whose last page was not asked for yet."""
+        return sum(len(connection.listings) for connection in self._connections)
 
     async def wait_for_workers_gone(self) -> None:
         while self._connections:
@@ -260,7 +273,7 @@ class Journal:
                     await dropped.abort()
                 return Done(id=frame.id)
             case ListMessages():
-                return MessageList(id=frame.id, messages=self._entries(frame.mailbox_id))
+                return self._listing_page(connection, frame)
             case HasSource():
                 found = any(archive.has_source(frame.mailbox_id, k) for k in frame.source_keys)
                 return Done(id=frame.id, value=int(found))
@@ -301,19 +314,43 @@ class Journal:
             connection.pending[frame.token] = pending
         return pending
 
-    def _entries(self, mailbox_id: str) -> list[MessageEntry]:
+    def _listing_page(self, connection: _Connection, frame: ListMessages) -> MessageList:
+        """A mailbox's messages as of the listing's first page, in pages of about
+        LIST_PAGE_BYTES (a frame holds at most MAX_FRAME: a maildrop of 40,000 messages
+        does not fit in one)."""
         archive = self.archive
+        if frame.listing == 0:
+            listing, start = frame.id, 0
+            mailbox_id = archive.mailbox(frame.mailbox_id).mailbox_id
+            snapshot = archive.messages(mailbox_id)
+        else:
+            listing = frame.listing
+            taken = connection.listings.pop(listing, None)
+            if taken is None or taken[0] != archive.mailbox(frame.mailbox_id).mailbox_id:
+                raise ArchiveError(f"no listing {listing} of mailbox {frame.mailbox_id} goes on")
+            mailbox_id, snapshot, start = taken
 
         def at(location: Location) -> RecordAt:
             file = archive.record_file(mailbox_id, location)
             return RecordAt(file, location.offset, location.size, location.seq)
 
-        return [
-            MessageEntry(
-                m.message_id, m.seq, m.size, m.key_id, at(m.commit), [at(c) for c in m.chunks]
+        entries: list[MessageEntry] = []
+        size, end = 0, start
+        while end < len(snapshot) and size < LIST_PAGE_BYTES:
+            m = snapshot[end]
+            entries.append(
+                MessageEntry(
+                    m.message_id, m.seq, m.size, m.key_id, at(m.commit), [at(c) for c in m.chunks]
+                )
             )
-            for m in archive.messages(mailbox_id)
-        ]
+            size += _ENTRY_BYTES + _LOCATION_BYTES * len(m.chunks)
+            end += 1
+        if end == len(snapshot):
+            return MessageList(id=frame.id, messages=entries)
+        if len(connection.listings) >= MAX_LISTINGS:  # abandoned ones: the oldest goes
+            connection.listings.pop(next(iter(connection.listings)))
+        connection.listings[listing] = (mailbox_id, snapshot, end)
+        return MessageList(id=frame.id, messages=entries, listing=listing)
 
 
 async def _first_frames(
@@ -349,6 +386,17 @@ async def _first_frames(
     return None
 
 
+def _encode_reply(frame: ToWorker) -> bytes:
+    """A reply too large for a frame is refused, not sent (which would end the connection)."""
+    try:
+        return encode_frame(frame)
+    except FrameError as exc:
+        logger.error(
+            "event=journal-reply-too-large op=%s reason=%r", type(frame).__name__.lower(), str(exc)
+        )
+        return encode_frame(Failed(id=frame.id, code="ArchiveError", message=str(exc)))
+
+
 async def _write_frames(
     stream: trio.abc.Stream,
     frames: trio.MemoryReceiveChannel[ToWorker],
@@ -357,10 +405,10 @@ async def _write_frames(
     try:
         async with frames:
             async for frame in frames:
-                out = [encode_frame(frame)]
+                out = [_encode_reply(frame)]
                 while True:  # whatever else is ready goes in the same write
                     try:
-                        out.append(encode_frame(frames.receive_nowait()))
+                        out.append(_encode_reply(frames.receive_nowait()))
                     except trio.WouldBlock:
                         break
                 await stream.send_all(b"".join(out))

@@ -115,6 +115,7 @@ class GetKeyFile(_Frame, frozen=True, kw_only=True):
 
 class ListMessages(_Frame, frozen=True, kw_only=True):
     mailbox_id: str
+    listing: int = 0  # 0: a new listing; else the one a `messagelist` said goes on
 
 
 class HasSource(_Frame, frozen=True, kw_only=True):
@@ -198,6 +199,7 @@ class KeyFileBytes(_Frame, frozen=True, kw_only=True):
 
 class MessageList(_Frame, frozen=True, kw_only=True):
     messages: list[MessageEntry]
+    listing: int = 0  # not 0: more of this listing follows; ask for it with this number
 
 
 class Done(_Frame, frozen=True, kw_only=True):
