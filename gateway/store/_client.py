@@ -145,22 +145,24 @@ class StoreClient:
         await self._stream.send_all(
             encode_frame(Hello(id=0, version=PROTOCOL_VERSION, worker=self.name))
         )
-        while True:
-            data = await self._stream.receive_some(1 << 20)
-            if not data:
-                raise LogWriteError("the journal closed the connection before its welcome")
-            frames = self._decoder.feed(data)
-            if frames:
-                break
-        welcome, *rest = frames
-        if isinstance(welcome, Failed):
-            raise LogWriteError(f"the journal refused this worker: {welcome.message}")
-        if not isinstance(welcome, Welcome) or welcome.version != PROTOCOL_VERSION:
-            raise LogWriteError("the journal speaks another protocol version")
-        self.config = StoreLimits(welcome.max_message_bytes)
-        for view in welcome.mailboxes:
-            self._take_view(view)
-        for frame in rest:
+        frames: list[ToWorker] = []
+        welcomed = False
+        while not welcomed:  # one welcome frame, or several for many mailboxes
+            while not frames:
+                data = await self._stream.receive_some(1 << 20)
+                if not data:
+                    raise LogWriteError("the journal closed the connection before its welcome")
+                frames = self._decoder.feed(data)
+            welcome = frames.pop(0)
+            if isinstance(welcome, Failed):
+                raise LogWriteError(f"the journal refused this worker: {welcome.message}")
+            if not isinstance(welcome, Welcome) or welcome.version != PROTOCOL_VERSION:
+                raise LogWriteError("the journal speaks another protocol version")
+            self.config = StoreLimits(welcome.max_message_bytes)
+            for view in welcome.mailboxes:
+                self._take_view(view)
+            welcomed = not welcome.more
+        for frame in frames:
             self._dispatch(frame)
 
     async def run(self) -> None:

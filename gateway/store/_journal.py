@@ -98,6 +98,7 @@ OUTBOX = 10_000
 LIST_PAGE_BYTES = 1 << 20
 _ENTRY_BYTES, _LOCATION_BYTES = 120, 40
 MAX_LISTINGS = 64  # listings a connection may leave unfinished
+WELCOME_PAGE = 500  # mailbox views per welcome frame (each about 1.4 KiB)
 _actor_decoder = msgspec.msgpack.Decoder(Actor)
 
 
@@ -191,14 +192,17 @@ class Journal:
         hello, *pipelined = first
         send, receive = trio.open_memory_channel[ToWorker](OUTBOX)
         connection = _Connection(hello.worker, send)
-        connection.send(
-            Welcome(
-                id=hello.id,
-                version=PROTOCOL_VERSION,
-                mailboxes=[self.view(m.mailbox_id) for m in self.archive.mailboxes()],
-                max_message_bytes=self.archive.config.max_message_bytes,
+        views = [self.view(m.mailbox_id) for m in self.archive.mailboxes()]
+        for start in range(0, max(len(views), 1), WELCOME_PAGE):  # a frame holds ~2,800
+            connection.send(
+                Welcome(
+                    id=hello.id,
+                    version=PROTOCOL_VERSION,
+                    mailboxes=views[start : start + WELCOME_PAGE],
+                    max_message_bytes=self.archive.config.max_message_bytes,
+                    more=start + WELCOME_PAGE < len(views),
+                )
             )
-        )
         self._connections.add(connection)
         logger.info("event=journal-worker-connected worker=%s", connection.name)
         try:

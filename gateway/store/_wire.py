@@ -191,6 +191,7 @@ class Welcome(_Frame, frozen=True, kw_only=True):
     version: int
     mailboxes: list[MailboxView]
     max_message_bytes: int
+    more: bool = False  # more mailboxes follow in another welcome
 
 
 class KeyFileBytes(_Frame, frozen=True, kw_only=True):

@@ -1,0 +1,52 @@
+"""The journal protocol between a worker and the journal (gateway/store, SPEC.md 16.2),
+over a socket pair: what must not depend on everything fitting in one frame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from gateway.crypto import KdfParams
+from gateway.events import Envelope, now
+from gateway.services.archive import Archive, StoreConfig
+from gateway.store import StoreClient
+from gateway.store import _journal as journal_module
+from gateway.store._journal import Journal
+
+CONFIG = StoreConfig(kdf=KdfParams(memory_kib=64, iterations=1, lanes=1))
+
+
+async def connected(
+    nursery: trio.Nursery, archive: Archive, data: Path
+) -> tuple[Journal, StoreClient]:
+    journal = Journal(archive)
+    journal_end, worker_end = trio.socket.socketpair()
+    nursery.start_soon(journal.serve, trio.SocketStream(journal_end))
+    client = StoreClient(trio.SocketStream(worker_end), data, "worker-test")
+    await client.connect()
+    nursery.start_soon(client.run)
+    return journal, client
+
+
+async def test_a_worker_is_welcomed_with_every_mailbox_over_several_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: one welcome frame held the views of at most ~2,800 mailboxes (4 MiB);
+    past that no worker could connect."""
+    monkeypatch.setattr(journal_module, "WELCOME_PAGE", 2)
+    data = tmp_path / "data"
+    archive = await Archive.open(data, CONFIG)
+    try:
+        made = [(await archive.create_mailbox(f"tenant {n}"))[0].mailbox_id for n in range(5)]
+        async with trio.open_nursery() as nursery:
+            _journal, client = await connected(nursery, archive, data)
+            assert sorted(m.mailbox_id for m in client.mailboxes()) == sorted(made)
+            writer = client.begin_message([made[-1]])
+            await writer.write(b"Subject: to the last one\r\n\r\nhello\r\n")
+            await writer.commit(Envelope(received_at=now(), origin="journal"))
+            assert len(await client.messages(made[-1])) == 1
+            nursery.cancel_scope.cancel()
+    finally:
+        await archive.aclose()
