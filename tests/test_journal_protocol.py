@@ -3,6 +3,8 @@ over a socket pair: what must not depend on everything fitting in one frame."""
 
 from __future__ import annotations
 
+import base64
+import os
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,11 @@ import trio
 
 from gateway.crypto import KdfParams
 from gateway.events import Envelope, now
+from gateway.services import writer as writer_module
 from gateway.services.archive import Archive, StoreConfig
 from gateway.store import StoreClient
 from gateway.store import _journal as journal_module
+from gateway.store import _wire as wire_module
 from gateway.store._journal import Journal
 
 CONFIG = StoreConfig(kdf=KdfParams(memory_kib=64, iterations=1, lanes=1))
@@ -48,5 +52,31 @@ async def test_a_worker_is_welcomed_with_every_mailbox_over_several_frames(
             await writer.commit(Envelope(received_at=now(), origin="journal"))
             assert len(await client.messages(made[-1])) == 1
             nursery.cancel_scope.cancel()
+    finally:
+        await archive.aclose()
+
+
+async def test_a_message_to_many_mailboxes_is_not_held_to_one_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a commit carried every copy's final chunk (a sealed 256 KiB at most), so an
+    incompressible message to enough mailboxes made a request over 4 MiB, refused at once. Here
+    frames are cut to 128 KiB and the message goes to three mailboxes."""
+    monkeypatch.setattr(wire_module, "MAX_FRAME", 128 * 1024)
+    monkeypatch.setattr(writer_module, "COMMIT_CHUNK_BYTES", 64 * 1024)
+    data = tmp_path / "data"
+    archive = await Archive.open(data, CONFIG)
+    body = b"Subject: noise\r\n\r\n" + base64.b64encode(os.urandom(60_000)) + b"\r\n"
+    try:
+        made = [(await archive.create_mailbox(f"copy {n}"))[0] for n in range(3)]
+        async with trio.open_nursery() as nursery:
+            _journal, client = await connected(nursery, archive, data)
+            writer = client.begin_message([m.mailbox_id for m in made])
+            await writer.write(body)
+            await writer.commit(Envelope(received_at=now(), origin="journal"))
+            nursery.cancel_scope.cancel()
+        for info in made:
+            (stored,) = archive.messages(info.mailbox_id)
+            assert stored.size == len(body)
     finally:
         await archive.aclose()
