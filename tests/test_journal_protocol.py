@@ -80,3 +80,22 @@ async def test_a_message_to_many_mailboxes_is_not_held_to_one_frame(
             assert stored.size == len(body)
     finally:
         await archive.aclose()
+
+
+async def test_a_large_write_goes_to_the_journal_in_frames_it_can_hold(tmp_path: Path) -> None:
+    """A write of 6 MiB seals into 24 chunks at once: more than one frame of 4 MiB."""
+    data = tmp_path / "data"
+    archive = await Archive.open(data, CONFIG)
+    body = b"Subject: big\r\n\r\n" + base64.b64encode(os.urandom(4_500_000)) + b"\r\n"
+    try:
+        info, _ = await archive.create_mailbox("big")
+        async with trio.open_nursery() as nursery:
+            _journal, client = await connected(nursery, archive, data)
+            writer = client.begin_message([info.mailbox_id])
+            await writer.write(body)
+            await writer.commit(Envelope(received_at=now(), origin="journal"))
+            nursery.cancel_scope.cancel()
+        (stored,) = archive.messages(info.mailbox_id)
+        assert stored.size == len(body)
+    finally:
+        await archive.aclose()

@@ -90,6 +90,8 @@ __all__ = ["StoreClient", "StoreLimits"]
 
 logger = logging.getLogger("gateway.worker")
 
+# Sealed chunks sent to the journal in one append (a frame holds at most MAX_FRAME).
+APPEND_BYTES = 1 << 20
 # A message of at most this many octets is read and opened in one hand-off to a thread.
 READ_AT_ONCE = 1 << 20
 # Where messages are read and opened: a thread per session reading at once, at most.
@@ -453,18 +455,24 @@ class _RemoteMessage:
 
     async def append_chunks(self, mailbox_id: str, chunks: list[bytes]) -> None:
         client = self._client
-        await client._call(
-            Append(
-                id=client._next_id(),
-                token=self._token,
-                mailbox_ids=self._mailbox_ids,
-                message_ids=self._message_ids,
-                source_key=self._source_key,
-                mailbox_id=mailbox_id,
-                chunks=chunks,
+        while chunks:  # about APPEND_BYTES a frame: a large write seals into many chunks
+            size, count = 0, 0
+            while count < len(chunks) and (count == 0 or size < APPEND_BYTES):
+                size += len(chunks[count])
+                count += 1
+            await client._call(
+                Append(
+                    id=client._next_id(),
+                    token=self._token,
+                    mailbox_ids=self._mailbox_ids,
+                    message_ids=self._message_ids,
+                    source_key=self._source_key,
+                    mailbox_id=mailbox_id,
+                    chunks=chunks[:count],
+                )
             )
-        )
-        self._begun = True
+            self._begun = True
+            chunks = chunks[count:]
 
     async def commit(self, copies: Sequence[SealedCopy]) -> None:
         client = self._client
