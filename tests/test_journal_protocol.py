@@ -15,6 +15,7 @@ from gateway.events import Envelope, now
 from gateway.services import writer as writer_module
 from gateway.services.archive import Archive, StoreConfig
 from gateway.store import StoreClient
+from gateway.store import _client as client_module
 from gateway.store import _journal as journal_module
 from gateway.store import _wire as wire_module
 from gateway.store._journal import Journal
@@ -97,5 +98,27 @@ async def test_a_large_write_goes_to_the_journal_in_frames_it_can_hold(tmp_path:
             nursery.cancel_scope.cancel()
         (stored,) = archive.messages(info.mailbox_id)
         assert stored.size == len(body)
+    finally:
+        await archive.aclose()
+
+
+async def test_expunging_many_messages_goes_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "EXPUNGE_BATCH", 2)
+    data = tmp_path / "data"
+    archive = await Archive.open(data, CONFIG)
+    try:
+        info, _ = await archive.create_mailbox("many")
+        async with trio.open_nursery() as nursery:
+            _journal, client = await connected(nursery, archive, data)
+            for n in range(5):
+                writer = client.begin_message([info.mailbox_id])
+                await writer.write(b"Subject: %d\r\n\r\nbody\r\n" % n)
+                await writer.commit(Envelope(received_at=now(), origin="journal"))
+            listed = await client.messages(info.mailbox_id)
+            assert await client.expunge(info.mailbox_id, [m.message_id for m in listed]) == 5
+            assert await client.messages(info.mailbox_id) == []
+            nursery.cancel_scope.cancel()
     finally:
         await archive.aclose()

@@ -92,6 +92,8 @@ logger = logging.getLogger("gateway.worker")
 
 # Sealed chunks sent to the journal in one append (a frame holds at most MAX_FRAME).
 APPEND_BYTES = 1 << 20
+# Message ids in one expunge request (33 octets each in a frame).
+EXPUNGE_BATCH = 10_000
 # A message of at most this many octets is read and opened in one hand-off to a thread.
 READ_AT_ONCE = 1 << 20
 # Where messages are read and opened: a thread per session reading at once, at most.
@@ -346,16 +348,22 @@ class StoreClient:
     async def expunge(
         self, mailbox_id: str, message_ids: Sequence[str], *, actor: Actor = SYSTEM
     ) -> int:
-        reply = await self._call(
-            Expunge(
-                id=self._next_id(),
-                mailbox_id=mailbox_id,
-                message_ids=list(message_ids),
-                actor=_actor_encoder.encode(actor),
+        """Delete messages, EXPUNGE_BATCH ids a request (and a record): a POP3 session that
+        deleted 200,000 would not fit in one frame. Returns how many were deleted."""
+        ids = list(message_ids)
+        deleted = 0
+        for start in range(0, len(ids), EXPUNGE_BATCH):
+            reply = await self._call(
+                Expunge(
+                    id=self._next_id(),
+                    mailbox_id=mailbox_id,
+                    message_ids=ids[start : start + EXPUNGE_BATCH],
+                    actor=_actor_encoder.encode(actor),
+                )
             )
-        )
-        assert isinstance(reply, Done)
-        return reply.value
+            assert isinstance(reply, Done)
+            deleted += reply.value
+        return deleted
 
     async def unlock(
         self, mailbox_id: str, password: str, *, limiter: trio.CapacityLimiter | None = None
