@@ -1,97 +1,83 @@
 """The POP3 listener's sessions: retrieval, the projector the archive pulls from (RFC 1939,
-RFC 2449, RFC 2595 STLS, RFC 5034 AUTH PLAIN), driven by the sans-IO machine.
+RFC 2449, RFC 2595 STLS, RFC 5034 AUTH PLAIN), and the recording POP3 proxy.
 
 Theory of operation
 -------------------
-The machine answers everything that needs no mailbox (and refuses credentials in the clear);
-this driver decides the rest. A login names a mailbox by id or by its address in the
+Each connection is one :class:`~.session.Session` driving the sans-IO
+``protocols.pop3.ServerConnection``, which answers everything that needs no mailbox (and
+refuses credentials in the clear). Until a login succeeds the session's job is
+:class:`Authorization`, here. A login names a mailbox by id or by its address in the
 gateway's mail domain; the password opens its private key (Argon2id in a worker thread, at
 most ``pop3.max_unlocks`` at once, in the order of ``services.throttle.UnlockQueue``: clients
 that logged in to the mailbox from their address before go first). A failed login is answered
 ``failure_delay`` seconds after it arrived, whether the mailbox exists or not, and failures in
 a row lock out the client address and the mailbox (``services.throttle.LoginGuard``: not for
 the clients trusted for it) for a while; the reply never tells which part was wrong. Then the
-maildrop is locked (one session per mailbox: a second gets ``[IN-USE]``) and the message list
-is fixed: the mailbox as it was at login, less messages sealed to a key a reset retired (they
-can never be read).
+maildrop is locked (one session per mailbox: a second gets ``[IN-USE]``) and the session's job
+is retrieval (``servers.pop3_retrieval``). A proxy login ``remote_user%target%mailbox_id``
+makes it the recording proxy (``servers.pop3_proxy``) instead, with login counts of its own.
 
-Sizes in STAT and LIST are the stored octet counts, which RETR sends exactly (before
-dot-stuffing); UIDL is the message id. RETR and TOP decrypt piece by piece (at most 256 KiB)
-and stream through the machine's dot-stuffer, so a session holds one piece at a time. DELE
-only marks; QUIT in TRANSACTION appends ``MessagesExpunged`` and waits for it to be durable
-before +OK (RFC 1939 §6); a session that ends any other way deletes nothing. Each login
-attempt is a ``Pop3Login`` event, each session ends with ``Pop3SessionEnded`` (what was
-retrieved and deleted, by id and size), but for a session that tried no login, once such
-sessions come faster than the audit rate: it is counted in the listener's
-``ConnectionsSummarized`` instead (``servers.limits``).
+Each login attempt is a ``Pop3Login`` event, each session ends with ``Pop3SessionEnded`` (or
+``Pop3ProxySessionEnded``), but for a session that tried no login, once such sessions come
+faster than the audit rate: it is counted in the listener's ``ConnectionsSummarized`` instead
+(``servers.limits``).
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
-import time
-from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import trio
 
 from ..config import Config, ListenerConfig, TLSMode
 from ..crypto import CryptoError, MailboxPrivateKey
-from ..events import Actor, MessageRef, Pop3Login, Pop3ProxySessionEnded, Pop3SessionEnded, now
+from ..events import Pop3Login, now
 from ..ids import InvalidId, parse_mailbox_id
-from ..log import LogCorrupt, LogWriteError
 from ..protocols.pop3 import (
     NEED_DATA,
     PAUSED,
     ConnectionClosed,
-    Dele,
-    Event,
-    List,
     Login,
-    Noop,
     POP3Settings,
-    Quit,
     Reply,
-    Retr,
-    Rset,
     ServerConnection,
     StartTLS,
-    Stat,
-    Top,
-    TopCutter,
-    Uidl,
     replies,
 )
 from ..services.archive import ArchiveError
 from ..services.routing import ProxyLogin, RoutingError, parse_proxy_login
 from ..services.source_keys import SourceKeys
 from ..services.throttle import LoginGuard, UnlockQueue
-from ..store import MessageEntry, StoreClient
+from ..store import StoreClient
 from ..tls import TLSContextHolder, describe_tls
-from ..tlsstream import wrap_server
 from .limits import AuditRate, TrafficTally
-from .pop3_proxy import RELAYED, POP3Relay, ProxyRefused, StoreFailed, open_relay
-from .timeouts import ReadTimer
-from .upstream import UpstreamError
+from .pop3_proxy import POP3Proxy, POP3Relay, ProxyRefused, open_relay
+from .pop3_retrieval import Retrieval, closed, record, retrieval_ended
+from .session import Hook, Session, Wire
 
 __all__ = ["POP3Server"]
 
 logger = logging.getLogger("gateway.pop3")
 
 RECEIVE_SIZE = 16 * 1024
-HANDSHAKE_TIMEOUT = 30.0
 
 LOGIN_FAILED = Reply(False, "invalid credentials", "AUTH")
 THROTTLED = Reply(False, "too many failed logins, try again later", "AUTH")
 IN_USE = Reply(False, "maildrop already locked by another session", "IN-USE")
 UNAVAILABLE = Reply(False, "maildrop unavailable, try again later", "SYS/TEMP")
-NO_SUCH_MESSAGE = Reply(False, "no such message")
-DELETED = Reply(False, "message already deleted")
-UNREADABLE = Reply(False, "message cannot be read; the gateway's log has the details", "SYS/PERM")
-NOT_COMMITTED = Reply(False, "deletions could not be made durable; nothing was deleted", "SYS/TEMP")
 TOO_MANY_SESSIONS = Reply(False, "too many connections, try again later", "SYS/TEMP")
 TIMEOUT = Reply(False, "autologout: idle for too long")
+
+POP3 = Wire(
+    kind="pop3",
+    need_data=NEED_DATA,
+    paused=PAUSED,
+    receive_size=RECEIVE_SIZE,
+    timeout=TIMEOUT,
+    shutting_down=replies.SHUTTING_DOWN,
+    streaming=lambda conn: bool(conn.streaming),  # a half-sent response cannot take a -ERR
+)
 
 
 @dataclass(eq=False)
@@ -113,185 +99,50 @@ class POP3Server:
     async def handle(self, stream: trio.abc.Stream, listener: ListenerConfig, peer: str) -> None:
         """One session; the gateway's accept loop counted it against the session limits
         already (and refused it with TOO_MANY_SESSIONS if over them)."""
-        await _Session(self, stream, listener, peer).run()
-
-
-class _Session:
-    def __init__(
-        self, server: POP3Server, stream: trio.abc.Stream, listener: ListenerConfig, peer: str
-    ) -> None:
-        self.server = server
-        self.store = server.store
-        self.config = server.config
-        self.stream = stream
-        self.listener = listener
-        self.peer = peer
-        self.session_id = secrets.token_hex(6)
-        self.actor = Actor(kind="pop3", address=peer)
-        self.tls = describe_tls(stream)
-        self.mailbox_id = ""
-        self.key: MailboxPrivateKey | None = None
-        self.messages: list[MessageEntry] = []
-        self.deleted: set[int] = set()  # message numbers marked by DELE
-        self.retrieved: list[MessageRef] = []
-        self.expunged: list[MessageRef] = []
-        self.proxy: ProxyLogin | None = None
-        self.relay: POP3Relay | None = None
-        self.outcome = "closed"
-        self.login_attempted = False  # a Pop3Login was written: the session is never folded
-        self.started = time.monotonic()
-        self.reads = ReadTimer()
-        self.conn = ServerConnection(
+        pop3 = self.config.pop3
+        tls = describe_tls(stream)
+        conn = ServerConnection(
             POP3Settings(
                 hostname=self.config.hostname,
-                tls_active=bool(self.tls),
-                stls_offered=listener.tls == TLSMode.STARTTLS and not self.tls,
-                bad_command_budget=self.config.pop3.bad_command_budget,
+                tls_active=bool(tls),
+                stls_offered=listener.tls == TLSMode.STARTTLS and not tls,
+                bad_command_budget=pop3.bad_command_budget,
             )
         )
+        session = Session(
+            POP3, conn, stream, listener, peer, tls, self.tls, read_timeout=pop3.idle_timeout
+        )
+        await session.run(Authorization(self, session))
 
-    async def run(self) -> None:
-        try:
-            await self.stream.send_all(self.conn.greeting())
-            with self.reads.running():
-                await self._loop()
-        except trio.TooSlowError:
-            self.outcome = "timeout"
-            with trio.move_on_after(5):
-                await self.stream.send_all(self.conn.close(TIMEOUT))
-        except trio.Cancelled:
-            self.outcome = "shutdown"
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                if not self.conn.streaming:
-                    await self.stream.send_all(self.conn.close(replies.SHUTTING_DOWN))
-            raise
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self.outcome = "dropped"
-        finally:
-            if self.mailbox_id and self.key is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    await self.store.unlock_maildrop(self.mailbox_id)
-            if self.relay is not None:
-                # Without the client's QUIT, upstream gets none either: nothing is deleted.
-                await self.relay.upstream.aclose()
-            with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await self._audit_session()
 
-    async def _loop(self) -> None:
-        conn = self.conn
-        while True:
-            event = conn.next_event()
-            pending = conn.data_to_send()
-            if pending:
-                await self.stream.send_all(pending)
-            if event is NEED_DATA:
-                timeout = self.config.pop3.idle_timeout
-                conn.receive_data(await self.reads.receive(self.stream, RECEIVE_SIZE, timeout))
-                continue
-            if event is PAUSED:  # pragma: no cover - every pause is answered below
-                raise RuntimeError("POP3 machine paused with no decision pending")
-            if self.relay is not None and isinstance(event, RELAYED):
-                if not await self._relay(event):
-                    return
-                continue
-            match event:
-                case StartTLS():
-                    await self._start_tls()
-                case Login():
-                    await self._send(conn.send(await self._login(event)))
-                case Stat():
-                    count, size = self._totals()
-                    await self._send(conn.send(Reply(True, f"{count} {size}")))
-                case List(msg=None):
-                    count, size = self._totals()
-                    lines = [f"{n} {m.size}" for n, m in self._live()]
-                    reply = Reply(True, f"{count} messages ({size} octets)")
-                    await self._send(conn.send_lines(reply, lines))
-                case List(msg=int(msg)):
-                    found = self._message(msg)
-                    reply = (
-                        found if isinstance(found, Reply) else Reply(True, f"{msg} {found.size}")
-                    )
-                    await self._send(conn.send(reply))
-                case Uidl(msg=None):
-                    lines = [f"{n} {m.message_id}" for n, m in self._live()]
-                    await self._send(conn.send_lines(Reply(True), lines))
-                case Uidl(msg=int(msg)):
-                    found = self._message(msg)
-                    reply = (
-                        found
-                        if isinstance(found, Reply)
-                        else Reply(True, f"{msg} {found.message_id}")
-                    )
-                    await self._send(conn.send(reply))
-                case Retr(msg=msg):
-                    await self._retrieve(msg, None)
-                case Top(msg=msg, lines=lines):
-                    await self._retrieve(msg, lines)
-                case Dele(msg=msg):
-                    found = self._message(msg)
-                    if not isinstance(found, Reply):
-                        self.deleted.add(msg)
-                        found = Reply(True, f"message {msg} deleted")
-                    await self._send(conn.send(found))
-                case Noop():
-                    await self._send(conn.send(Reply(True)))
-                case Rset():
-                    self.deleted.clear()
-                    count, size = self._totals()
-                    await self._send(conn.send(Reply(True, f"{count} messages ({size} octets)")))
-                case Quit():
-                    self.outcome = "quit"
-                    await self._send(conn.send(await self._update()))
-                    return
-                case ConnectionClosed(reason=reason):
-                    if self.outcome == "closed":
-                        self.outcome = str(reason)
-                    return
+class Authorization:
+    """The job of a POP3 session until a login succeeds (RFC 1939 AUTHORIZATION)."""
 
-    async def _send(self, data: bytes) -> None:
-        if data:
-            await self.stream.send_all(data)
+    def __init__(self, server: POP3Server, session: Session) -> None:
+        self.server = server
+        self.session = session
+        self.store = server.store
+        self.config = server.config
+        self.peer = session.peer
+        self.login_attempted = False  # a Pop3Login was written: the session is never folded
+        self.hooks: dict[type, Hook] = {
+            StartTLS: self._start_tls,
+            Login: self._login,
+            ConnectionClosed: self._closed,
+        }
 
-    async def _start_tls(self) -> None:
-        ssl_stream = wrap_server(self.stream, self.server.tls.context)
-        with trio.fail_after(HANDSHAKE_TIMEOUT):
-            await ssl_stream.do_handshake()
-        self.stream = ssl_stream
-        self.tls = describe_tls(ssl_stream)
-        self.conn.tls_started()
+    async def _start_tls(self, event: StartTLS) -> None:
+        await self.session.start_tls()
+        self.session.conn.tls_started()
 
-    async def _relay(self, event: Event) -> bool:
-        """One command through the proxy; False when the session is over."""
-        assert self.relay is not None
-        try:
-            await self.relay.handle(event)
-        except UpstreamError as exc:
-            self.outcome = "upstream-error"
-            logger.info(
-                "event=pop3-proxy-upstream-failed session=%s reason=%r", self.session_id, str(exc)
-            )
-            if not self.conn.streaming:
-                await self._send(self.conn.close(Reply(False, "upstream failed", "SYS/TEMP")))
-            return False
-        except StoreFailed as exc:
-            # No terminating dot: the client knows the message did not arrive whole.
-            self.outcome = "store-failed"
-            logger.error(
-                "event=pop3-proxy-store-failed session=%s mailbox=%s reason=%r",
-                self.session_id,
-                self.mailbox_id,
-                str(exc),
-            )
-            return False
-        if isinstance(event, Quit):
-            self.outcome = "quit"
-            return False
-        return True
+    async def _closed(self, event: ConnectionClosed) -> bool:
+        return closed(self.session, event)
 
-    # -- login ---------------------------------------------------------------------------------
+    async def _login(self, event: Login) -> None:
+        session = self.session
+        await session.send(session.conn.send(await self._log_in(event)))
 
-    async def _login(self, event: Login) -> Reply:
+    async def _log_in(self, event: Login) -> Reply:
         server, logins = self.server, self.server.logins
         arrived = trio.current_time()
         self.login_attempted = True
@@ -329,12 +180,15 @@ class _Session:
         if not await self.store.lock_maildrop(mailbox_id):  # across every worker
             await self._login_audit(event, mailbox_id, False, "in use")
             return IN_USE
-        self.mailbox_id, self.key = mailbox_id, key
+        # Locked: from here on the retrieval job unlocks it when the session ends.
+        retrieval = Retrieval(server, self.session, mailbox_id, key)
+        self.session.switch(retrieval)
         current = self.store.mailbox(mailbox_id).key_id
         listed = await self.store.messages(mailbox_id)
-        self.messages = [m for m in listed if m.key_id == current]
+        retrieval.messages = [m for m in listed if m.key_id == current]
         await self._login_audit(event, mailbox_id, True, "")
-        count, size = self._totals()
+        count = len(retrieval.messages)
+        size = sum(m.size for m in retrieval.messages)
         return Reply(True, f"maildrop has {count} messages ({size} octets)")
 
     async def _proxy_login(self, event: Login, proxy: ProxyLogin, arrived: float) -> Reply:
@@ -348,7 +202,7 @@ class _Session:
             upstream = await open_relay(
                 self.config,
                 self.store,
-                self.listener,
+                self.session.listener,
                 proxy,
                 event.password,
                 auth_failed=LOGIN_FAILED,
@@ -362,17 +216,18 @@ class _Session:
             refusal: Reply = exc.reply
             return refusal
         logins.succeeded(self.peer, proxy.mailbox_id)
-        self.proxy, self.mailbox_id = proxy, proxy.mailbox_id
-        self.relay = POP3Relay(
-            self.conn,
-            self._send,
+        session = self.session
+        relay = POP3Relay(
+            session.conn,
+            session.send,
             upstream,
             self.store,
             proxy,
             self.peer,
-            self.tls,
+            session.tls,
             source_keys=self.server.source_keys,
         )
+        session.switch(POP3Proxy(self.store, session, relay))
         await self._login_audit(event, proxy.mailbox_id, True, f"proxy to {proxy.target}")
         return Reply(True, f"logged in to {proxy.target}")
 
@@ -410,164 +265,34 @@ class _Session:
     async def _login_audit(self, event: Login, mailbox_id: str, success: bool, reason: str) -> None:
         logger.info(
             "event=pop3-login session=%s client=%s mailbox=%s success=%s reason=%r",
-            self.session_id,
+            self.session.session_id,
             self.peer,
             mailbox_id or "-",
             success,
             reason,
         )
-        await self._append(
+        await record(
+            self.store,
             Pop3Login(
                 at=now(),
-                actor=self.actor,
-                session_id=self.session_id,
+                actor=self.session.actor,
+                session_id=self.session.session_id,
                 client_address=self.peer,
                 mailbox_id=mailbox_id,
                 mechanism=event.mechanism,
                 success=success,
                 reason=reason,
-            )
+            ),
         )
 
-    # -- the maildrop ----------------------------------------------------------------------------
+    async def close(self) -> None:
+        pass
 
-    def _live(self) -> list[tuple[int, MessageEntry]]:
-        return [(n, m) for n, m in enumerate(self.messages, 1) if n not in self.deleted]
-
-    def _totals(self) -> tuple[int, int]:
-        live = self._live()
-        return len(live), sum(m.size for _n, m in live)
-
-    def _message(self, msg: int) -> MessageEntry | Reply:
-        if not 1 <= msg <= len(self.messages):
-            return NO_SUCH_MESSAGE
-        if msg in self.deleted:
-            return DELETED
-        return self.messages[msg - 1]
-
-    async def _retrieve(self, msg: int, top: int | None) -> None:
-        found = self._message(msg)
-        if isinstance(found, Reply):
-            await self._send(self.conn.send(found))
-            return
-        assert self.key is not None
-        cutter = TopCutter(top) if top is not None else None
-        pieces = self.store.read_message(self.mailbox_id, found.message_id, self.key)
-        async with aclosing(pieces):
-            try:
-                first = await anext(pieces, b"")
-            except (CryptoError, LogCorrupt, ArchiveError, OSError) as exc:
-                logger.error(
-                    "event=pop3-unreadable session=%s mailbox=%s message=%s reason=%r",
-                    self.session_id,
-                    self.mailbox_id,
-                    found.message_id,
-                    str(exc),
-                )
-                await self._send(self.conn.send(UNREADABLE))
-                return
-            # One write per piece: the status line goes with the first, the terminating
-            # dot with the last (a message under 256 KiB is a single write).
-            out = self.conn.send_stream_start(Reply(True, f"{found.size} octets"))
-            piece: bytes | None = first
-            sent = 0
-            while piece is not None:
-                if cutter is not None:
-                    piece = cutter.feed(piece)
-                sent += len(piece)
-                out += self.conn.send_stream_data(piece)
-                if cutter is not None and cutter.done:
-                    break
-                # A failure from here on cannot be an -ERR any more (the +OK is out): it
-                # ends the session, without the terminating dot, so the client knows.
-                piece = await anext(pieces, None)
-                if piece is not None:
-                    await self._send(out)
-                    out = b""
-            await self._send(out + self.conn.send_stream_end())
-        # A TOP that sent all of it is a retrieval too: fetchmail downloads with TOP n 99999999.
-        if top is None or sent == found.size:
-            self.retrieved.append(MessageRef(found.message_id, found.size))
-
-    async def _update(self) -> Reply:
-        """QUIT in TRANSACTION: the marked messages go, durably, before +OK."""
-        marked = [self.messages[n - 1] for n in sorted(self.deleted)]
-        if marked:
-            try:
-                await self.store.expunge(
-                    self.mailbox_id, [m.message_id for m in marked], actor=self.actor
-                )
-            except (LogWriteError, ArchiveError, OSError) as exc:
-                logger.error(
-                    "event=pop3-expunge-failed session=%s mailbox=%s reason=%r",
-                    self.session_id,
-                    self.mailbox_id,
-                    str(exc),
-                )
-                return NOT_COMMITTED
-            self.expunged = [MessageRef(m.message_id, m.size) for m in marked]
-        count = len(self.messages) - len(marked)
-        return Reply(True, f"{self.config.hostname} POP3 closing ({count} messages left)")
-
-    # -- audit ---------------------------------------------------------------------------------
-
-    async def _audit_session(self) -> None:
-        seconds = round(time.monotonic() - self.started, 3)
-        server = self.server
+    async def audit(self, seconds: float) -> None:
+        server, session = self.server, self.session
         if not self.login_attempted and not server.quiet.allow():
             # No login tried: nothing to audit but that it happened, which the listener's
             # ConnectionsSummarized counts once such sessions come faster than the rate.
-            server.tally.folded(self.listener.name, self.peer, {})
+            server.tally.folded(session.listener.name, session.peer, {})
             return
-        logger.info(
-            "event=pop3-session-ended session=%s client=%s mailbox=%s retrieved=%d deleted=%d "
-            "outcome=%s seconds=%.3f",
-            self.session_id,
-            self.peer,
-            self.mailbox_id or "-",
-            len(self.retrieved),
-            len(self.expunged),
-            self.outcome,
-            seconds,
-        )
-        if self.relay is not None and self.proxy is not None:
-            await self._append(
-                Pop3ProxySessionEnded(
-                    at=now(),
-                    actor=self.actor,
-                    session_id=self.session_id,
-                    listener=self.listener.name,
-                    client_address=self.peer,
-                    mailbox_id=self.mailbox_id,
-                    target=self.proxy.target,
-                    remote_user=self.proxy.remote_user,
-                    client_tls=self.tls,
-                    upstream_tls=self.relay.upstream.tls,
-                    retrieved=self.relay.retrieved,
-                    stored=tuple(self.relay.stored),
-                    outcome=self.outcome,
-                    seconds=seconds,
-                )
-            )
-            return
-        await self._append(
-            Pop3SessionEnded(
-                at=now(),
-                actor=self.actor,
-                session_id=self.session_id,
-                listener=self.listener.name,
-                client_address=self.peer,
-                tls=self.tls,
-                mailbox_id=self.mailbox_id,
-                retrieved=tuple(self.retrieved),
-                deleted=tuple(self.expunged),
-                outcome=self.outcome,
-                seconds=seconds,
-            )
-        )
-
-    async def _append(self, event: Pop3Login | Pop3SessionEnded | Pop3ProxySessionEnded) -> None:
-        try:
-            await self.store.append_control(event, durable=False)
-        except LogWriteError as exc:
-            logger.error("event=audit-write-failed reason=%r", str(exc))
+        await retrieval_ended(self.store, session, "", (), (), seconds)

@@ -4,11 +4,12 @@ kept in the gateway mailbox (SPEC.md 15.3).
 
 Theory of operation
 -------------------
-The retrieval session (``servers.pop3``) hands a proxy login to :func:`open_relay`, which
+A POP3 session's login (``servers.pop3``) hands a proxy login to :func:`open_relay`, which
 checks the gateway mailbox (it must exist and be active), connects upstream under the target
 policy with TLS (implicit if the client came in on implicit TLS, STLS otherwise), and logs in
-with the client's remote username and password. From then on :class:`POP3Relay` answers the
-client's commands with the upstream's own replies.
+with the client's remote username and password. From then on the session's job is
+:class:`POP3Proxy`: :class:`POP3Relay` answers the client's commands with the upstream's own
+replies, and the session ends with ``Pop3ProxySessionEnded``.
 
 The first RETR of a session asks the upstream for its UIDL listing; a message whose key
 (target, remote user, UIDL) the mailbox already holds is relayed but not stored again.
@@ -23,17 +24,15 @@ before its RETR ended). TOP output is relayed, never stored.
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-import trio
-
 from ..config import Config, ListenerConfig, TLSMode
-from ..events import Envelope, MessageRef, now
+from ..events import Envelope, MessageRef, Pop3ProxySessionEnded, now
 from ..log import LogWriteError
 from ..protocols.pop3 import (
     UIDL_LISTING_LIMIT,
+    ConnectionClosed,
     Dele,
     Event,
     List,
@@ -53,12 +52,15 @@ from ..services.source_keys import SourceKeys, legacy_source_key
 from ..services.writer import MessageWriter
 from ..store import StoreClient
 from . import proxy
+from .pop3_retrieval import closed, record, session_ended
 from .proxy import ProxyRefused, Runs, safe_text
-from .upstream import POP3Upstream
+from .session import Hook, Session
+from .upstream import POP3Upstream, UpstreamError
 
 __all__ = [
     "RELAYED",
     "UIDL_LISTING_LIMIT",
+    "POP3Proxy",
     "POP3Relay",
     "ProxyRefused",
     "StoreFailed",
@@ -68,6 +70,7 @@ __all__ = [
 logger = logging.getLogger("gateway.pop3")
 
 RELAYED = (Stat, List, Uidl, Retr, Top, Dele, Rset, Noop, Quit)
+UPSTREAM_FAILED = Reply(False, "upstream failed", "SYS/TEMP")
 ARCHIVE_UNAVAILABLE = Reply(False, "archive mailbox unavailable, message not retrieved", "SYS/TEMP")
 # One reply for every way the target cannot be used before it judged the credentials (see
 # smtp_proxy.TARGET_UNAVAILABLE): the proxy must not tell open ports from closed ones.
@@ -107,25 +110,13 @@ async def open_relay(
     auth_failed: Reply,
 ) -> POP3Upstream:
     """Check the mailbox, connect and log in upstream. Raises ProxyRefused."""
-
-    async def start(
-        tcp: trio.SocketStream, context: ssl.SSLContext, implicit: bool
-    ) -> POP3Upstream:
-        return await POP3Upstream.start(
-            tcp,
-            login.host,
-            context,
-            implicit_tls=implicit,
-            io_timeout=config.proxy.upstream_timeout,
-        )
-
     upstream, reply = await proxy.open_relay(
         config,
         store,
         listener,
         login,
         default_ports=DEFAULT_PORTS,
-        start=start,
+        start=POP3Upstream.start,
         log_in=lambda upstream: upstream.login(login.remote_user, password),
         refused=auth_failed,
         unavailable=TARGET_UNAVAILABLE,
@@ -250,4 +241,76 @@ class POP3Relay:
             target=self.login.target,
             remote_user=self.login.remote_user,
             upstream_uidl=uidl,
+        )
+
+
+class POP3Proxy:
+    """The job of a POP3 session after a proxy login: every command through the relay."""
+
+    def __init__(self, store: StoreClient, session: Session, relay: POP3Relay) -> None:
+        self.store = store
+        self.session = session
+        self.relay = relay
+        self.hooks: dict[type, Hook] = dict.fromkeys(RELAYED, self._step)
+        self.hooks[ConnectionClosed] = self._closed
+
+    async def _step(self, event: Event) -> bool:
+        """One command through the proxy; True when the session is over."""
+        session = self.session
+        try:
+            await self.relay.handle(event)
+        except UpstreamError as exc:
+            session.outcome = "upstream-error"
+            logger.info(
+                "event=pop3-proxy-upstream-failed session=%s reason=%r",
+                session.session_id,
+                str(exc),
+            )
+            if not session.conn.streaming:
+                await session.send(session.conn.close(UPSTREAM_FAILED))
+            return True
+        except StoreFailed as exc:
+            # No terminating dot: the client knows the message did not arrive whole.
+            session.outcome = "store-failed"
+            logger.error(
+                "event=pop3-proxy-store-failed session=%s mailbox=%s reason=%r",
+                session.session_id,
+                self.relay.login.mailbox_id,
+                str(exc),
+            )
+            return True
+        if isinstance(event, Quit):
+            session.outcome = "quit"
+            return True
+        return False
+
+    async def _closed(self, event: ConnectionClosed) -> bool:
+        return closed(self.session, event)
+
+    async def close(self) -> None:
+        # Without the client's QUIT, upstream gets none either: nothing is deleted.
+        await self.relay.upstream.aclose()
+
+    async def audit(self, seconds: float) -> None:
+        session, relay, login = self.session, self.relay, self.relay.login
+        seconds = round(seconds, 3)
+        session_ended(session, login.mailbox_id, 0, 0, seconds)
+        await record(
+            self.store,
+            Pop3ProxySessionEnded(
+                at=now(),
+                actor=session.actor,
+                session_id=session.session_id,
+                listener=session.listener.name,
+                client_address=session.peer,
+                mailbox_id=login.mailbox_id,
+                target=login.target,
+                remote_user=login.remote_user,
+                client_tls=session.tls,
+                upstream_tls=relay.upstream.tls,
+                retrieved=relay.retrieved,
+                stored=tuple(relay.stored),
+                outcome=session.outcome,
+                seconds=seconds,
+            ),
         )

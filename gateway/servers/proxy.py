@@ -4,7 +4,6 @@ the target and on to the upstream login (:func:`open_relay`), every refusal a
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -82,14 +81,14 @@ async def open_relay(
     login: ProxyLogin,
     *,
     default_ports: dict[TLSMode, int],
-    start: Callable[[trio.SocketStream, ssl.SSLContext, bool], Awaitable[U]],
+    start: Callable[..., Awaitable[U]],
     log_in: Callable[[U], Awaitable[R]],
     refused: Any,
     unavailable: Any,
 ) -> tuple[U, R]:
     """Check the gateway mailbox (it must exist and be active), connect to the target under
-    the policy, hand the connection to ``start`` (the protocol's TLS, implicit when the
-    client came in on an implicit-TLS listener, and greeting) and log in upstream
+    the policy, hand the connection to ``start`` (the upstream class's ``start``: TLS,
+    implicit when the client came in on an implicit-TLS listener, and greeting) and log in upstream
     (``log_in``): the upstream and its answer to the login, which the caller judges.
 
     A mailbox that cannot take copies is refused with ``refused`` (said like bad
@@ -113,7 +112,13 @@ async def open_relay(
             connect_timeout=proxy.connect_timeout,
         )
         context = client_context(proxy.ca_files, verify=login.host not in proxy.insecure_targets)
-        upstream = await start(tcp, context, listener.tls == TLSMode.IMPLICIT)
+        upstream = await start(
+            tcp,
+            login.host,
+            context,
+            implicit_tls=listener.tls == TLSMode.IMPLICIT,
+            io_timeout=proxy.upstream_timeout,
+        )
     except RoutingError as exc:
         raise ProxyRefused(unavailable, f"denied: {exc}") from None
     except UpstreamError as exc:

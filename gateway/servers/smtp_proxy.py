@@ -17,8 +17,8 @@ transactions go through :class:`~.smtp_relay.SMTPRelay`, and the session ends wi
 
 from __future__ import annotations
 
+import functools
 import logging
-import ssl
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -77,27 +77,17 @@ async def open_relay(
 ) -> tuple[SMTPUpstream, Reply]:
     """Check the mailbox, connect and authenticate upstream: the session and the upstream's
     235. Raises ProxyRefused."""
-
-    async def start(
-        tcp: trio.SocketStream, context: ssl.SSLContext, implicit: bool
-    ) -> SMTPUpstream:
-        return await SMTPUpstream.start(
-            tcp,
-            login.host,
-            context,
-            implicit_tls=implicit,
-            io_timeout=config.proxy.upstream_timeout,
-            final_timeout=config.proxy.final_reply_timeout,
-            helo=config.hostname,
-        )
-
     upstream, reply = await proxy.open_relay(
         config,
         store,
         listener,
         login,
         default_ports=DEFAULT_PORTS,
-        start=start,
+        start=functools.partial(
+            SMTPUpstream.start,
+            final_timeout=config.proxy.final_reply_timeout,
+            helo=config.hostname,
+        ),
         log_in=lambda upstream: upstream.authenticate(login.remote_user, password),
         refused=replies.AUTH_FAILED,
         unavailable=TARGET_UNAVAILABLE,
