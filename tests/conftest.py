@@ -5,9 +5,16 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from gateway.crypto import KdfParams
 from gateway.services.archive import Archive, StoreConfig
+
+# The property tests check what the machines do, not how fast: on a loaded CI machine one
+# example may take longer than hypothesis's default deadline of 200 ms, which it reports as a
+# failure.
+settings.register_profile("gateway", deadline=None)
+settings.load_profile("gateway")
 
 # Argon2id at full strength costs ~0.1 s a call; tests use the smallest legal parameters
 # except where the defaults themselves are under test.
