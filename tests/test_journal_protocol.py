@@ -11,9 +11,17 @@ import pytest
 import trio
 
 from gateway.crypto import KdfParams
-from gateway.events import Envelope, now
+from gateway.events import (
+    Actor,
+    Envelope,
+    MailboxCreated,
+    MessageAccepted,
+    MessagesCommitted,
+    decode_control_event,
+    now,
+)
 from gateway.services import writer as writer_module
-from gateway.services.archive import Archive, StoreConfig
+from gateway.services.archive import Archive, ArchiveError, StoreConfig
 from gateway.store import StoreClient
 from gateway.store import _client as client_module
 from gateway.store import _journal as journal_module
@@ -120,5 +128,55 @@ async def test_expunging_many_messages_goes_in_batches(
             assert await client.expunge(info.mailbox_id, [m.message_id for m in listed]) == 5
             assert await client.messages(info.mailbox_id) == []
             nursery.cancel_scope.cancel()
+    finally:
+        await archive.aclose()
+
+
+def accepted_for(message_ids: dict[str, str], size: int) -> MessageAccepted:
+    return MessageAccepted(
+        at=now(),
+        actor=Actor(kind="smtp", name="127.0.0.1"),
+        session_id="s1",
+        client_address="127.0.0.1",
+        mailbox_ids=tuple(message_ids),
+        message_ids=tuple(message_ids.values()),
+        size=size,
+    )
+
+
+async def test_the_acceptance_is_written_with_the_witness(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    archive = await Archive.open(data, CONFIG)
+    try:
+        info, _ = await archive.create_mailbox("audited")
+        async with trio.open_nursery() as nursery:
+            _journal, client = await connected(nursery, archive, data)
+            writer = client.begin_message([info.mailbox_id])
+            await writer.write(b"Subject: audited\r\n\r\nbody\r\n")
+            accepted = accepted_for(writer.message_ids, writer.size)
+            await writer.commit(Envelope(received_at=now(), origin="journal"), accepted=accepted)
+            nursery.cancel_scope.cancel()
+        events = [decode_control_event(r.body) for r in archive.read_control()]
+        events = [e for e in events if not isinstance(e, MailboxCreated)]
+        witness, acceptance = events[-2:]
+        assert isinstance(witness, MessagesCommitted) and acceptance == accepted
+    finally:
+        await archive.aclose()
+
+
+async def test_a_commit_carries_the_acceptance_of_its_own_message_only(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    archive = await Archive.open(data, CONFIG)
+    try:
+        info, _ = await archive.create_mailbox("audited")
+        async with trio.open_nursery() as nursery:
+            _journal, client = await connected(nursery, archive, data)
+            writer = client.begin_message([info.mailbox_id])
+            await writer.write(b"Subject: audited\r\n\r\nbody\r\n")
+            forged = accepted_for({info.mailbox_id: "0" * 32}, writer.size)
+            with pytest.raises(ArchiveError, match="its own message only"):
+                await writer.commit(Envelope(received_at=now(), origin="journal"), accepted=forged)
+            nursery.cancel_scope.cancel()
+        assert archive.messages(info.mailbox_id) == []
     finally:
         await archive.aclose()

@@ -196,8 +196,18 @@ class JournalIntake:
             reply = replies.LOCAL_ERROR
         else:
             size = writer.size
+            accepted = MessageAccepted(
+                at=now(),
+                actor=session.actor,
+                session_id=session.session_id,
+                client_address=session.peer,
+                mailbox_ids=tuple(writer.message_ids),
+                message_ids=tuple(writer.message_ids.values()),
+                size=size,
+            )
             try:
-                ids = await writer.commit(self._envelope())
+                # The acceptance's record goes in with the message's witness, in its round.
+                ids = await writer.commit(self._envelope(), accepted=accepted)
             except (LogWriteError, ArchiveError) as exc:
                 logger.warning(
                     "event=store-failed session=%s reason=%r", session.session_id, str(exc)
@@ -216,19 +226,6 @@ class JournalIntake:
                     size,
                     len(ids),
                     stored,
-                )
-                await self.store.append_control(
-                    MessageAccepted(
-                        at=now(),
-                        actor=session.actor,
-                        session_id=session.session_id,
-                        client_address=session.peer,
-                        mailbox_ids=tuple(ids),
-                        message_ids=tuple(ids.values()),
-                        size=size,
-                    ),
-                    durable=False,
-                    wait=False,  # nothing to wait for on the way to the 250
                 )
                 reply = Reply(250, "2.0.0", (f"Ok: stored as {stored}",))
         await session.stream.send_all(session.conn.send(reply))

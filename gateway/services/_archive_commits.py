@@ -23,6 +23,7 @@ import trio
 from ..events import (
     ROLLED_BACK,
     CommitWitness,
+    ControlEvent,
     MailboxStatus,
     MessagesCommitted,
     encode_event,
@@ -66,7 +67,9 @@ class CopyCommit:
     source_key: str = ""
 
 
-async def commit(core: ArchiveCore, copies: Sequence[CopyCommit]) -> None:
+async def commit(
+    core: ArchiveCore, copies: Sequence[CopyCommit], also: Sequence[ControlEvent] = ()
+) -> None:
     """Each copy's commit records, durable in its mailbox, then their witness, durable in
     the control log, in one round of the group commit; then the copies are served. A copy
     sealed to a key that is being reset is refused before anything is written; if any
@@ -80,6 +83,7 @@ async def commit(core: ArchiveCore, copies: Sequence[CopyCommit]) -> None:
                 "was on its way; try again"
             )
     built: list[MessagesCommitted] = []
+    after = [(RecordKind.EVENT, encode_event(event)) for event in also]
 
     def witness(written: list[Written]) -> list[AppendItem]:
         # In the round's worker thread, once every commit record is durable.
@@ -91,7 +95,7 @@ async def commit(core: ArchiveCore, copies: Sequence[CopyCommit]) -> None:
             ),
         )
         built.append(event)
-        return [(RecordKind.EVENT, encode_event(event))]
+        return [(RecordKind.EVENT, encode_event(event)), *after]
 
     for copy in copies:
         copy.box.witnessing += 1
@@ -119,7 +123,8 @@ async def commit(core: ArchiveCore, copies: Sequence[CopyCommit]) -> None:
     if isinstance(witnessed, LogWriteError):
         await roll_back(core, durable)
         raise LogWriteError(f"message not stored: {witnessed}") from witnessed
-    core.applied(built[0])
+    for event in (built[0], *also):
+        core.applied(event)
     for done in durable:
         done.box.index.messages[done.stored.message_id] = done.stored
         if done.source_key:

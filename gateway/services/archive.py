@@ -344,13 +344,16 @@ class Archive:
             parse_message_id(message_id)
         return PendingMessage(self, boxes, message_ids, source_key)
 
-    async def commit(self, copies: Sequence[CopyCommit]) -> None:
+    async def commit(
+        self, copies: Sequence[CopyCommit], *, also: Sequence[ControlEvent] = ()
+    ) -> None:
         """The commit point of a message (SPEC.md 6.2): each copy's commit records durable in
         its mailbox, then their witness durable in the control log, in one round; then the
         copies are served. A mailbox whose key is being reset refuses (the copy is sealed to
         the retired key) with MailboxUnavailable; a failed append rolls back the copies that
-        were written and raises LogWriteError."""
-        await _archive_commits.commit(self._core, copies)
+        were written and raises LogWriteError. ``also``: control events written with the
+        witness (the acceptance's audit record)."""
+        await _archive_commits.commit(self._core, copies, also)
 
     async def expunge(
         self, mailbox_id: str, message_ids: Sequence[str], *, actor: Actor = SYSTEM

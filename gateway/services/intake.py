@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..events import MessageStored, encode_event, now
+from ..events import MessageAccepted, MessageStored, encode_event, now
 from ..log import AppendItem, Location, LogWriter, RecordKind, encode_chunk_body
 from ._archive_commits import CopyCommit
 from ._common import ArchiveError, MailboxState
@@ -90,7 +90,9 @@ class PendingMessage:
         for target in self._targets.values():
             target.box.inflight.pop(id(self), None)
 
-    async def commit(self, copies: Sequence[SealedCopy]) -> None:
+    async def commit(
+        self, copies: Sequence[SealedCopy], accepted: MessageAccepted | None = None
+    ) -> None:
         """Commit records in every mailbox, then one witness in the control log naming every
         copy: the commit point, in one round of the group commit. A crash before the witness
         leaves commit records that the next open rolls back in every mailbox, so a message
@@ -105,14 +107,12 @@ class PendingMessage:
             self._finish()
             raise ArchiveError("the sealed copies do not match the message begun")
         try:
-            await self._commit(by_box)
+            await self._archive.commit(
+                [self._copy(t, by_box[mailbox_id]) for mailbox_id, t in self._targets.items()],
+                also=() if accepted is None else (accepted,),
+            )
         finally:
             self._finish()
-
-    async def _commit(self, copies: dict[str, SealedCopy]) -> None:
-        await self._archive.commit(
-            [self._copy(target, copies[mailbox_id]) for mailbox_id, target in self._targets.items()]
-        )
 
     def _copy(self, target: Target, copy: SealedCopy) -> CopyCommit:
         """The copy's last records: its final chunk, if the sealer kept one back, and its

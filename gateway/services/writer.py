@@ -21,7 +21,7 @@ import msgspec
 import trio
 
 from ..crypto import MailboxPublicKey, MessageSealer, PreparedKey
-from ..events import Envelope, encode_envelope
+from ..events import Envelope, MessageAccepted, encode_envelope
 from ..ids import new_message_id
 from ._common import MAX_ENVELOPE_BYTES, ArchiveError, MessageTooLarge
 
@@ -59,9 +59,11 @@ class IntakeSink(Protocol):
     async def append_chunks(self, mailbox_id: str, chunks: list[bytes]) -> None:
         """Append sealed chunks of the message to one mailbox (written, not yet durable)."""
 
-    async def commit(self, copies: Sequence[SealedCopy]) -> None:
+    async def commit(
+        self, copies: Sequence[SealedCopy], accepted: MessageAccepted | None = None
+    ) -> None:
         """Commit every copy and witness them: durable and visible in all, or an error and
-        in none."""
+        in none. ``accepted``, the audit record of the acceptance, goes in with the witness."""
 
     async def abort(self) -> None:
         """Give the message up; chunks written become orphans for compaction."""
@@ -152,9 +154,12 @@ class MessageWriter:
             raise
         self._prepared = True
 
-    async def commit(self, envelope: Envelope) -> dict[str, str]:
+    async def commit(
+        self, envelope: Envelope, *, accepted: MessageAccepted | None = None
+    ) -> dict[str, str]:
         """Make the message durable in every mailbox; returns mailbox id -> message id.
-        Raises LogWriteError or ArchiveError: then it is stored nowhere."""
+        Raises LogWriteError or ArchiveError: then it is stored nowhere. ``accepted`` (naming
+        :attr:`message_ids`) is written with the message's witness, in the same round."""
         self._check_open()
         meta = encode_envelope(envelope)
         if len(meta) > MAX_ENVELOPE_BYTES:
@@ -184,7 +189,7 @@ class MessageWriter:
                 if copy.last_chunk is not None:
                     await self._sink.append_chunks(copy.mailbox_id, [copy.last_chunk])
                     copies[i] = msgspec.structs.replace(copy, last_chunk=None)
-        await self._sink.commit(copies)
+        await self._sink.commit(copies, accepted)
         return dict(self.message_ids)
 
     async def abort(self) -> None:

@@ -38,6 +38,7 @@ from ..events import (
     ControlEvent,
     Envelope,
     MailboxStatus,
+    MessageAccepted,
     MessageStored,
     decode_envelope,
     decode_message_event,
@@ -482,7 +483,9 @@ class _RemoteMessage:
             self._begun = True
             chunks = chunks[count:]
 
-    async def commit(self, copies: Sequence[SealedCopy]) -> None:
+    async def commit(
+        self, copies: Sequence[SealedCopy], accepted: MessageAccepted | None = None
+    ) -> None:
         client = self._client
         await client._call(
             Commit(
@@ -492,6 +495,7 @@ class _RemoteMessage:
                 message_ids=self._message_ids,
                 source_key=self._source_key,
                 copies=list(copies),
+                accepted=b"" if accepted is None else encode_event(accepted),
             )
         )
 

@@ -269,7 +269,7 @@ class Journal:
             case Commit():
                 pending = self._pending(connection, frame)
                 connection.pending.pop(frame.token, None)
-                await pending.commit(frame.copies)
+                await pending.commit(frame.copies, _accepted(frame))
                 return Done(id=frame.id)
             case Abort():
                 dropped = connection.pending.pop(frame.token, None)
@@ -388,6 +388,18 @@ async def _first_frames(
                     return None
                 return (hello, *rest)
     return None
+
+
+def _accepted(frame: Commit) -> MessageAccepted | None:
+    """The acceptance record a commit carries: a MessageAccepted of exactly this message."""
+    if not frame.accepted:
+        return None
+    event = decode_control_event(frame.accepted)
+    if not isinstance(event, MessageAccepted) or list(
+        zip(event.mailbox_ids, event.message_ids, strict=False)
+    ) != list(zip(frame.mailbox_ids, frame.message_ids, strict=False)):
+        raise ArchiveError("a commit carries the acceptance of its own message only")
+    return event
 
 
 def _encode_reply(frame: ToWorker) -> bytes:

@@ -141,6 +141,7 @@ class Commit(_Frame, frozen=True, kw_only=True):
     message_ids: list[str]
     source_key: str = ""
     copies: list[SealedCopy]
+    accepted: bytes = b""  # a MessageAccepted naming this message, written with its witness
 
 
 class Abort(_Frame, frozen=True, kw_only=True):
