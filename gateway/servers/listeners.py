@@ -24,7 +24,7 @@ from ..protocols import smtp as smtp_protocol
 from ..tls import TLSContextHolder
 from ..tlsstream import wrap_server
 from .limits import SessionLimiter, TrafficTally
-from .load import DEFER, WorkerLoads
+from .load import DEFER, DEFER_MAX, WorkerLoads
 from .pop3 import TOO_MANY_SESSIONS as POP3_TOO_MANY_SESSIONS
 from .smtp import TOO_MANY_SESSIONS as SMTP_TOO_MANY_SESSIONS
 
@@ -165,12 +165,20 @@ class Acceptor:
         trusted = self.trusted.get(cfg.protocol, _nobody)
         busy = BUSY_REPLY.get(cfg.protocol, b"") if cfg.tls != TLSMode.IMPLICIT else b""
         self._publish()  # serving from now on
+        deferred = 0.0
         while True:
-            if self.loads is not None and self.loads.busier(self.sessions_active):
+            if (
+                self.loads is not None
+                and deferred < DEFER_MAX
+                and self.loads.busier(self.sessions_active)
+            ):
                 # Another worker serves fewer sessions: once a connection waits, leave it to
-                # that one for a moment (servers/load.py).
+                # that one a moment, and look again (servers/load.py).
                 await trio.lowlevel.wait_readable(listener.socket)
                 await trio.sleep(DEFER)
+                deferred += DEFER
+                continue
+            deferred = 0.0
             try:
                 stream = await listener.accept()
             except OSError as exc:

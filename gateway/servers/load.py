@@ -8,8 +8,9 @@ can all land on one worker while another idles. The supervisor makes one small s
 file (``memfd``) with a slot per worker, a 32-bit count of the sessions it serves; each worker
 writes its own slot whenever the count changes and reads the others' before it accepts. A
 worker that serves more sessions than some other one waits :data:`DEFER` seconds once a
-connection is waiting, so the less loaded worker, woken by the same connection, takes it; then
-it accepts anyway (a stuck or slow peer never leaves a connection waiting). A slot reads
+connection is waiting and looks again, so the less loaded worker, woken by the same connection,
+takes it; after :data:`DEFER_MAX` seconds of that it accepts anyway (a stuck or slow peer
+never leaves a connection waiting long). A slot reads
 :data:`GONE` while its worker is not running, so a dead worker is never waited for.
 """
 
@@ -19,10 +20,11 @@ import mmap
 import os
 import struct
 
-__all__ = ["DEFER", "GONE", "LOAD_FD", "WorkerLoads"]
+__all__ = ["DEFER", "DEFER_MAX", "GONE", "LOAD_FD", "WorkerLoads"]
 
 LOAD_FD = "GATEWAY_LOAD_FD"  # "descriptor,slot,slots", for a worker
-DEFER = 0.001  # seconds a busier worker leaves a waiting connection to the others
+DEFER = 0.001  # seconds a busier worker leaves a waiting connection to the others, at a time
+DEFER_MAX = 0.01  # and in all, before it takes the next connection whatever the others do
 GONE = 0xFFFFFFFF  # the slot of a worker that is not running
 _SLOT = struct.Struct("=I")
 
