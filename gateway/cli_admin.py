@@ -396,6 +396,14 @@ def _print_status(reply: Any) -> None:
             f"certificate: {cert.subject}, expires {_when(cert.expires_at)}, sha256 {cert.sha256}"
         )
     _line(f"sessions: {reply.sessions}, admin connections: {reply.admin_connections}")
+    if reply.workers:
+        _line(
+            "workers: "
+            + ", ".join(
+                f"worker-{n} {'not running' if s is None else f'{s} sessions'}"
+                for n, s in enumerate(reply.workers, 1)
+            )
+        )
     _line(f"storage: {reply.storage_bytes} bytes used, {reply.disk_free_bytes} bytes free")
     _table(
         ["listener", "protocol", "address", "port", "tls"],

@@ -5,6 +5,7 @@ frames on the journal's socket."""
 
 from __future__ import annotations
 
+import json
 import os
 import poplib
 import re
@@ -245,11 +246,39 @@ def test_a_burst_of_connections_is_spread_over_the_workers(tmp_path: Path) -> No
             for client in clients:
                 assert client.recv(512).startswith(b"220 ")
             held = connections_by_worker(served, port)
+            status = admin_status(tmp_path, served)
         finally:
             for client in clients:
                 client.close()
     assert held.get("journal", 0) == 0 and sum(held.values()) == 8, held
     assert min(held["worker-1"], held["worker-2"]) >= 3, held
+    # The journal's status adds up every worker's sessions (the shared counts).
+    assert status["sessions"] == 8
+    assert status["workers"] == [held["worker-1"], held["worker-2"]]
+
+
+def admin_status(tmp_path: Path, served: Served) -> dict[str, object]:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "status",
+            "--json",
+            "--config",
+            str(tmp_path / "gateway.toml"),
+            "--url",
+            f"wss://localhost:{served.ports['admin']}/api",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GATEWAY_ADMIN_PASSWORD": "an admin password for tests"},
+        check=True,
+    )
+    reply: dict[str, object] = json.loads(result.stdout)
+    return reply
 
 
 def test_worker_loads_are_shared_and_a_gone_worker_is_never_waited_for() -> None:
@@ -263,6 +292,9 @@ def test_worker_loads_are_shared_and_a_gone_worker_is_never_waited_for() -> None
         assert workers[0].busier(1) and not workers[2].busier(0)
         supervisor.set(2, GONE)  # worker 3 died: not counted until its replacement serves
         assert not workers[0].busier(2) and workers[0].busier(3)
+        workers[0].publish(4)
+        journal = WorkerLoads.inherited(supervisor.spec(None))  # reads, for its status
+        assert journal.slot is None and journal.sessions() == [4, 2, None]
         with pytest.raises(ValueError, match="slot 3 of 3"):
             WorkerLoads.inherited(f"{supervisor.fd},3,3")
     finally:

@@ -331,12 +331,14 @@ class StatusReply(_Reply, frozen=True, kw_only=True, tag="status"):
     uptime_seconds: float
     listeners: tuple[ListenerView, ...]
     certificate: CertificateView | None
-    sessions: int  # protocol sessions open now (SMTP, POP3)
+    sessions: int  # protocol sessions open now (SMTP, POP3), every worker's
     admin_connections: int
     storage_bytes: int  # everything under the data folder
     disk_free_bytes: int
     control_seq: int  # sequence number the next control-log record will get
     mailboxes: tuple[MailboxView, ...]
+    # Under a supervisor: each protocol worker's sessions now (null: not running), by worker.
+    workers: tuple[int | None, ...] = ()
 
 
 class TokenCreated(_Reply, frozen=True, kw_only=True, tag="token.created"):

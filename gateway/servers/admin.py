@@ -231,6 +231,7 @@ class AdminServer:
             mailboxes=tuple(
                 mailbox_view(archive, info, self.config.mail_domain) for info in archive.mailboxes()
             ),
+            workers=tuple(gateway.worker_sessions()),
         )
 
 

@@ -103,7 +103,8 @@ class Gateway:
         (the command line prints it; it is never logged). A journal serves workers on
         ``journal_socket``, where a worker reaches it; a worker serves the listening sockets
         ``inherited`` (listener name -> descriptors), sharing them with the other workers
-        whose sessions ``loads`` counts. ``on_ready`` is called once serving."""
+        whose sessions ``loads`` counts (a journal reads them for status). ``on_ready`` is
+        called once serving."""
         self.config = config
         self.role = role
         self.journal_socket = journal_socket
@@ -141,7 +142,10 @@ class Gateway:
         self.tally = TrafficTally()
         # With other workers on the same listening sockets, a busier worker lets a less
         # busy one take a new connection first.
-        self.acceptor = Acceptor(self.limiters, self.tally, self._tls, loads=loads)
+        self.loads = loads
+        self.acceptor = Acceptor(
+            self.limiters, self.tally, self._tls, loads=loads if role == Role.WORKER else None
+        )
         # Whether a client address may use its protocol's reserve of sessions.
         self.trusted = self.acceptor.trusted
         self.quiet = AuditRate()  # quiet sessions' own records, SMTP and POP3 together
@@ -153,7 +157,16 @@ class Gateway:
 
     @property
     def sessions_active(self) -> int:
-        return self.acceptor.sessions_active
+        """SMTP and POP3 sessions open now: this process's, and every worker's for a journal
+        under a supervisor."""
+        workers = self.worker_sessions()
+        return self.acceptor.sessions_active + sum(n for n in workers if n is not None)
+
+    def worker_sessions(self) -> list[int | None]:
+        """For a journal under a supervisor: each worker's sessions (None: not running)."""
+        if self.loads is None or self.role != Role.JOURNAL:
+            return []
+        return self.loads.sessions()
 
     def _tls(self) -> TLSContextHolder:
         assert self.tls is not None

@@ -22,7 +22,7 @@ import struct
 
 __all__ = ["DEFER", "DEFER_MAX", "GONE", "LOAD_FD", "WorkerLoads"]
 
-LOAD_FD = "GATEWAY_LOAD_FD"  # "descriptor,slot,slots", for a worker
+LOAD_FD = "GATEWAY_LOAD_FD"  # "descriptor,slot,slots"; slot -1 for the journal (it reads)
 DEFER = 0.001  # seconds a busier worker leaves a waiting connection to the others, at a time
 DEFER_MAX = 0.01  # and in all, before it takes the next connection whatever the others do
 GONE = 0xFFFFFFFF  # the slot of a worker that is not running
@@ -52,12 +52,18 @@ class WorkerLoads:
     def inherited(cls, spec: str) -> WorkerLoads:
         """A worker's, from the LOAD_FD variable the supervisor set."""
         fd, slot, slots = (int(part) for part in spec.split(","))
-        if not 0 <= slot < slots:
+        if not -1 <= slot < slots:
             raise ValueError(f"{LOAD_FD}: slot {slot} of {slots}")
-        return cls(fd, slots, slot)
+        return cls(fd, slots, None if slot == -1 else slot)
 
-    def spec(self, slot: int) -> str:
-        return f"{self.fd},{slot},{self.slots}"
+    def spec(self, slot: int | None) -> str:
+        """LOAD_FD for the worker of ``slot``, or (None) for the journal, which only reads."""
+        return f"{self.fd},{-1 if slot is None else slot},{self.slots}"
+
+    def sessions(self) -> list[int | None]:
+        """Each worker's sessions now, by slot (None: not running)."""
+        counts = [_SLOT.unpack_from(self._map, s * _SLOT.size)[0] for s in range(self.slots)]
+        return [None if count == GONE else count for count in counts]
 
     def set(self, slot: int, value: int) -> None:
         _SLOT.pack_into(self._map, slot * _SLOT.size, value)

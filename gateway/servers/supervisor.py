@@ -206,10 +206,8 @@ class Supervisor:
                 if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
             }
             env[READY_FD], env[LIFELINE_FD] = str(ready_write), str(lifeline)
-            pass_fds = [ready_write, lifeline, *listen_fds]
-            if child.slot is not None:
-                env[LOAD_FD] = self.loads.spec(child.slot)
-                pass_fds.append(self.loads.fd)
+            pass_fds = [ready_write, lifeline, *listen_fds, self.loads.fd]
+            env[LOAD_FD] = self.loads.spec(child.slot)  # the journal reads them for status
             try:
                 process = await trio.lowlevel.open_process(child.argv, env=env, pass_fds=pass_fds)
             finally:
