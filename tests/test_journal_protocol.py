@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
 
-from gateway.crypto import KdfParams
 from gateway.events import (
     Actor,
     Envelope,
@@ -21,115 +22,88 @@ from gateway.events import (
     now,
 )
 from gateway.services import writer as writer_module
-from gateway.services.archive import Archive, ArchiveError, StoreConfig
+from gateway.services.archive import Archive, ArchiveError
 from gateway.store import StoreClient
 from gateway.store import _client as client_module
 from gateway.store import _journal as journal_module
 from gateway.store import _wire as wire_module
 from gateway.store._journal import Journal
 
-CONFIG = StoreConfig(kdf=KdfParams(memory_kib=64, iterations=1, lanes=1))
 
-
-async def connected(
-    nursery: trio.Nursery, archive: Archive, data: Path
-) -> tuple[Journal, StoreClient]:
-    journal = Journal(archive)
-    journal_end, worker_end = trio.socket.socketpair()
-    nursery.start_soon(journal.serve, trio.SocketStream(journal_end))
-    client = StoreClient(trio.SocketStream(worker_end), data, "worker-test")
-    await client.connect()
-    nursery.start_soon(client.run)
-    return journal, client
+@asynccontextmanager
+async def worker(archive: Archive, data: Path) -> AsyncIterator[StoreClient]:
+    """A StoreClient against a Journal over a socket pair, as a protocol worker runs."""
+    async with trio.open_nursery() as nursery:
+        journal_end, worker_end = trio.socket.socketpair()
+        nursery.start_soon(Journal(archive).serve, trio.SocketStream(journal_end))
+        client = StoreClient(trio.SocketStream(worker_end), data, "worker-test")
+        await client.connect()
+        nursery.start_soon(client.run)
+        yield client
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_worker_is_welcomed_with_every_mailbox_over_several_frames(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Regression: one welcome frame held the views of at most ~2,800 mailboxes (4 MiB);
     past that no worker could connect."""
     monkeypatch.setattr(journal_module, "WELCOME_PAGE", 2)
-    data = tmp_path / "data"
-    archive = await Archive.open(data, CONFIG)
-    try:
-        made = [(await archive.create_mailbox(f"tenant {n}"))[0].mailbox_id for n in range(5)]
-        async with trio.open_nursery() as nursery:
-            _journal, client = await connected(nursery, archive, data)
-            assert sorted(m.mailbox_id for m in client.mailboxes()) == sorted(made)
-            writer = client.begin_message([made[-1]])
-            await writer.write(b"Subject: to the last one\r\n\r\nhello\r\n")
-            await writer.commit(Envelope(received_at=now(), origin="journal"))
-            assert len(await client.messages(made[-1])) == 1
-            nursery.cancel_scope.cancel()
-    finally:
-        await archive.aclose()
+    made = [(await archive.create_mailbox(f"tenant {n}"))[0].mailbox_id for n in range(5)]
+    async with worker(archive, tmp_path / "data") as client:
+        assert sorted(m.mailbox_id for m in client.mailboxes()) == sorted(made)
+        writer = client.begin_message([made[-1]])
+        await writer.write(b"Subject: to the last one\r\n\r\nhello\r\n")
+        await writer.commit(Envelope(received_at=now(), origin="journal"))
+        assert len(await client.messages(made[-1])) == 1
 
 
 async def test_a_message_to_many_mailboxes_is_not_held_to_one_frame(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Regression: a commit carried every copy's final chunk (a sealed 256 KiB at most), so an
     incompressible message to enough mailboxes made a request over 4 MiB, refused at once. Here
     frames are cut to 128 KiB and the message goes to three mailboxes."""
     monkeypatch.setattr(wire_module, "MAX_FRAME", 128 * 1024)
     monkeypatch.setattr(writer_module, "COMMIT_CHUNK_BYTES", 64 * 1024)
-    data = tmp_path / "data"
-    archive = await Archive.open(data, CONFIG)
     body = b"Subject: noise\r\n\r\n" + base64.b64encode(os.urandom(60_000)) + b"\r\n"
-    try:
-        made = [(await archive.create_mailbox(f"copy {n}"))[0] for n in range(3)]
-        async with trio.open_nursery() as nursery:
-            _journal, client = await connected(nursery, archive, data)
-            writer = client.begin_message([m.mailbox_id for m in made])
-            await writer.write(body)
-            await writer.commit(Envelope(received_at=now(), origin="journal"))
-            nursery.cancel_scope.cancel()
-        for info in made:
-            (stored,) = archive.messages(info.mailbox_id)
-            assert stored.size == len(body)
-    finally:
-        await archive.aclose()
-
-
-async def test_a_large_write_goes_to_the_journal_in_frames_it_can_hold(tmp_path: Path) -> None:
-    """A write of 6 MiB seals into 24 chunks at once: more than one frame of 4 MiB."""
-    data = tmp_path / "data"
-    archive = await Archive.open(data, CONFIG)
-    body = b"Subject: big\r\n\r\n" + base64.b64encode(os.urandom(4_500_000)) + b"\r\n"
-    try:
-        info, _ = await archive.create_mailbox("big")
-        async with trio.open_nursery() as nursery:
-            _journal, client = await connected(nursery, archive, data)
-            writer = client.begin_message([info.mailbox_id])
-            await writer.write(body)
-            await writer.commit(Envelope(received_at=now(), origin="journal"))
-            nursery.cancel_scope.cancel()
+    made = [(await archive.create_mailbox(f"copy {n}"))[0] for n in range(3)]
+    async with worker(archive, tmp_path / "data") as client:
+        writer = client.begin_message([m.mailbox_id for m in made])
+        await writer.write(body)
+        await writer.commit(Envelope(received_at=now(), origin="journal"))
+    for info in made:
         (stored,) = archive.messages(info.mailbox_id)
         assert stored.size == len(body)
-    finally:
-        await archive.aclose()
+
+
+async def test_a_large_write_goes_to_the_journal_in_frames_it_can_hold(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """A write of 6 MiB seals into 24 chunks at once: more than one frame of 4 MiB."""
+    body = b"Subject: big\r\n\r\n" + base64.b64encode(os.urandom(4_500_000)) + b"\r\n"
+    info, _ = await archive.create_mailbox("big")
+    async with worker(archive, tmp_path / "data") as client:
+        writer = client.begin_message([info.mailbox_id])
+        await writer.write(body)
+        await writer.commit(Envelope(received_at=now(), origin="journal"))
+    (stored,) = archive.messages(info.mailbox_id)
+    assert stored.size == len(body)
 
 
 async def test_expunging_many_messages_goes_in_batches(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(client_module, "EXPUNGE_BATCH", 2)
-    data = tmp_path / "data"
-    archive = await Archive.open(data, CONFIG)
-    try:
-        info, _ = await archive.create_mailbox("many")
-        async with trio.open_nursery() as nursery:
-            _journal, client = await connected(nursery, archive, data)
-            for n in range(5):
-                writer = client.begin_message([info.mailbox_id])
-                await writer.write(b"Subject: %d\r\n\r\nbody\r\n" % n)
-                await writer.commit(Envelope(received_at=now(), origin="journal"))
-            listed = await client.messages(info.mailbox_id)
-            assert await client.expunge(info.mailbox_id, [m.message_id for m in listed]) == 5
-            assert await client.messages(info.mailbox_id) == []
-            nursery.cancel_scope.cancel()
-    finally:
-        await archive.aclose()
+    info, _ = await archive.create_mailbox("many")
+    async with worker(archive, tmp_path / "data") as client:
+        for n in range(5):
+            writer = client.begin_message([info.mailbox_id])
+            await writer.write(b"Subject: %d\r\n\r\nbody\r\n" % n)
+            await writer.commit(Envelope(received_at=now(), origin="journal"))
+        listed = await client.messages(info.mailbox_id)
+        assert await client.expunge(info.mailbox_id, [m.message_id for m in listed]) == 5
+        assert await client.messages(info.mailbox_id) == []
 
 
 def accepted_for(message_ids: dict[str, str], size: int) -> MessageAccepted:
@@ -144,39 +118,27 @@ def accepted_for(message_ids: dict[str, str], size: int) -> MessageAccepted:
     )
 
 
-async def test_the_acceptance_is_written_with_the_witness(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    archive = await Archive.open(data, CONFIG)
-    try:
-        info, _ = await archive.create_mailbox("audited")
-        async with trio.open_nursery() as nursery:
-            _journal, client = await connected(nursery, archive, data)
-            writer = client.begin_message([info.mailbox_id])
-            await writer.write(b"Subject: audited\r\n\r\nbody\r\n")
-            accepted = accepted_for(writer.message_ids, writer.size)
-            await writer.commit(Envelope(received_at=now(), origin="journal"), accepted=accepted)
-            nursery.cancel_scope.cancel()
-        events = [decode_control_event(r.body) for r in archive.read_control()]
-        events = [e for e in events if not isinstance(e, MailboxCreated)]
-        witness, acceptance = events[-2:]
-        assert isinstance(witness, MessagesCommitted) and acceptance == accepted
-    finally:
-        await archive.aclose()
+async def test_the_acceptance_is_written_with_the_witness(archive: Archive, tmp_path: Path) -> None:
+    info, _ = await archive.create_mailbox("audited")
+    async with worker(archive, tmp_path / "data") as client:
+        writer = client.begin_message([info.mailbox_id])
+        await writer.write(b"Subject: audited\r\n\r\nbody\r\n")
+        accepted = accepted_for(writer.message_ids, writer.size)
+        await writer.commit(Envelope(received_at=now(), origin="journal"), accepted=accepted)
+    events = [decode_control_event(r.body) for r in archive.read_control()]
+    events = [e for e in events if not isinstance(e, MailboxCreated)]
+    witness, acceptance = events[-2:]
+    assert isinstance(witness, MessagesCommitted) and acceptance == accepted
 
 
-async def test_a_commit_carries_the_acceptance_of_its_own_message_only(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    archive = await Archive.open(data, CONFIG)
-    try:
-        info, _ = await archive.create_mailbox("audited")
-        async with trio.open_nursery() as nursery:
-            _journal, client = await connected(nursery, archive, data)
-            writer = client.begin_message([info.mailbox_id])
-            await writer.write(b"Subject: audited\r\n\r\nbody\r\n")
-            forged = accepted_for({info.mailbox_id: "0" * 32}, writer.size)
-            with pytest.raises(ArchiveError, match="its own message only"):
-                await writer.commit(Envelope(received_at=now(), origin="journal"), accepted=forged)
-            nursery.cancel_scope.cancel()
-        assert archive.messages(info.mailbox_id) == []
-    finally:
-        await archive.aclose()
+async def test_a_commit_carries_the_acceptance_of_its_own_message_only(
+    archive: Archive, tmp_path: Path
+) -> None:
+    info, _ = await archive.create_mailbox("audited")
+    async with worker(archive, tmp_path / "data") as client:
+        writer = client.begin_message([info.mailbox_id])
+        await writer.write(b"Subject: audited\r\n\r\nbody\r\n")
+        forged = accepted_for({info.mailbox_id: "0" * 32}, writer.size)
+        with pytest.raises(ArchiveError, match="its own message only"):
+            await writer.commit(Envelope(received_at=now(), origin="journal"), accepted=forged)
+    assert archive.messages(info.mailbox_id) == []
