@@ -395,9 +395,10 @@ def _accepted(frame: Commit) -> MessageAccepted | None:
     if not frame.accepted:
         return None
     event = decode_control_event(frame.accepted)
-    if not isinstance(event, MessageAccepted) or list(
-        zip(event.mailbox_ids, event.message_ids, strict=False)
-    ) != list(zip(frame.mailbox_ids, frame.message_ids, strict=False)):
+    if not isinstance(event, MessageAccepted) or (event.mailbox_ids, event.message_ids) != (
+        tuple(frame.mailbox_ids),
+        tuple(frame.message_ids),
+    ):
         raise ArchiveError("a commit carries the acceptance of its own message only")
     return event
 
