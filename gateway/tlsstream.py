@@ -238,9 +238,7 @@ class TLSStream(trio.abc.Stream):
             try:
                 ssl_object.do_handshake()
             except ssl.SSLWantReadError:
-                if self._outgoing.pending:
-                    await self._flush()
-                await self._fill()
+                await self._exchange()
                 continue
             except ssl.SSLError as exc:
                 raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
@@ -301,9 +299,7 @@ class TLSStream(trio.abc.Stream):
             if data is None:
                 if got:
                     break
-                if self._outgoing.pending:  # written while reading: the peer may wait for it
-                    await self._flush()
-                await self._fill()
+                await self._exchange()  # what was written while reading, the peer may wait for
                 waited = True
                 continue
             if not data:  # the peer's close_notify; read() says so again next time
@@ -322,6 +318,13 @@ class TLSStream(trio.abc.Stream):
         if len(chunks) == 1:
             return chunks[0]
         return b"".join(chunks)
+
+    async def _exchange(self) -> None:
+        """OpenSSL wants to read: send what it has written first (the peer may be waiting
+        for it), then one transport read."""
+        if self._outgoing.pending:
+            await self._flush()
+        await self._fill()
 
     async def _fill(self) -> None:
         """One transport read into the incoming BIO. If another task is reading the transport
@@ -401,9 +404,7 @@ class TLSStream(trio.abc.Stream):
                     written = self._ssl.write(view)
                 except ssl.SSLWantReadError:
                     # Only mid-renegotiation (TLS 1.2, client side): push it along.
-                    if self._outgoing.pending:
-                        await self._flush()
-                    await self._fill()
+                    await self._exchange()
                     continue
                 except ssl.SSLError as exc:
                     self._state = _BROKEN
