@@ -21,7 +21,6 @@ from gateway.events import (
     decode_control_event,
     now,
 )
-from gateway.services import writer as writer_module
 from gateway.services.archive import Archive, ArchiveError
 from gateway.store import StoreClient
 from gateway.store import _client as client_module
@@ -65,7 +64,7 @@ async def test_a_message_to_many_mailboxes_is_not_held_to_one_frame(
     incompressible message to enough mailboxes made a request over 4 MiB, refused at once. Here
     frames are cut to 128 KiB and the message goes to three mailboxes."""
     monkeypatch.setattr(wire_module, "MAX_FRAME", 128 * 1024)
-    monkeypatch.setattr(writer_module, "COMMIT_CHUNK_BYTES", 64 * 1024)
+    monkeypatch.setattr(client_module, "APPEND_BYTES", 64 * 1024)
     body = b"Subject: noise\r\n\r\n" + base64.b64encode(os.urandom(60_000)) + b"\r\n"
     made = [(await archive.create_mailbox(f"copy {n}"))[0] for n in range(3)]
     async with worker(archive, tmp_path / "data") as client:

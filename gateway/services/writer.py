@@ -32,10 +32,6 @@ T = TypeVar("T")
 # Sealing a piece this large or larger goes to a worker thread; smaller pieces are cheaper to
 # seal on the loop than to hand over.
 THREAD_THRESHOLD = 64 * 1024
-# A commit carries each copy's final chunk (up to a sealed 256 KiB each); past this many octets
-# in all (one message to many mailboxes), they go ahead as appends, so that no request to the
-# journal outgrows its frame (SPEC.md 16.2).
-COMMIT_CHUNK_BYTES = 1024 * 1024
 
 
 class SealedCopy(msgspec.Struct, frozen=True, array_like=True):
@@ -184,11 +180,6 @@ class MessageWriter:
                     last_chunk=last,
                 )
             )
-        if sum(len(copy.last_chunk or b"") for copy in copies) > COMMIT_CHUNK_BYTES:
-            for i, copy in enumerate(copies):
-                if copy.last_chunk is not None:
-                    await self._sink.append_chunks(copy.mailbox_id, [copy.last_chunk])
-                    copies[i] = msgspec.structs.replace(copy, last_chunk=None)
         await self._sink.commit(copies, accepted)
         return dict(self.message_ids)
 

@@ -486,6 +486,13 @@ class _RemoteMessage:
     async def commit(
         self, copies: Sequence[SealedCopy], accepted: MessageAccepted | None = None
     ) -> None:
+        if sum(len(copy.last_chunk or b"") for copy in copies) > APPEND_BYTES:
+            # Each copy's final chunk is up to a sealed 256 KiB: for a message to many
+            # mailboxes they go ahead as appends, so that the commit fits in its frame.
+            for copy in copies:
+                if copy.last_chunk is not None:
+                    await self.append_chunks(copy.mailbox_id, [copy.last_chunk])
+            copies = [msgspec.structs.replace(copy, last_chunk=None) for copy in copies]
         client = self._client
         await client._call(
             Commit(
