@@ -14,4 +14,7 @@ bounded line splitter), ``_errors`` (Local and Remote protocol errors), ``_dotst
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+
+# The errors of every machine (each protocol's are subclasses): a driver of both catches these.
+__all__ = ["LocalProtocolError", "ProtocolError", "RemoteProtocolError"]

@@ -22,7 +22,7 @@ from typing import ClassVar, Protocol
 
 import trio
 
-from ..protocols import pop3, smtp
+from ..protocols import RemoteProtocolError, pop3, smtp
 from ..services.routing import RoutingError, TargetPolicy
 from ..tls import use_aead_only
 from ..tlsstream import TLSStream, wrap_client
@@ -105,9 +105,6 @@ def wrap_tls(stream: trio.abc.Stream, context: ssl.SSLContext, server_hostname: 
     return wrap_client(stream, context, server_hostname)
 
 
-_REMOTE_ERRORS = (pop3.RemoteProtocolError, smtp.RemoteProtocolError)
-
-
 @dataclass(eq=False)
 class _Upstream:
     """What both client roles share: TLS toward ``server_name``, timed reads into the client
@@ -123,7 +120,7 @@ class _Upstream:
     def _conn(self) -> _Machine:
         raise NotImplementedError
 
-    def _error(self, exc: pop3.RemoteProtocolError | smtp.RemoteProtocolError) -> UpstreamError:
+    def _error(self, exc: RemoteProtocolError[object]) -> UpstreamError:
         return UpstreamError(f"{self.server_name} {exc}", temporary=exc.temporary)
 
     async def _opened(self, opening: Coroutine[object, object, None]) -> None:
@@ -154,7 +151,7 @@ class _Upstream:
         self.tls = f"{ssl_stream.version()} {(ssl_stream.cipher() or ('',))[0]}".strip()
         try:
             self._conn.tls_started()
-        except _REMOTE_ERRORS as exc:
+        except RemoteProtocolError as exc:
             raise self._error(exc) from None
 
     async def _event(self, read_timeout: float | None = None) -> object:
@@ -164,7 +161,7 @@ class _Upstream:
         while True:
             try:
                 event = conn.next_event()
-            except _REMOTE_ERRORS as exc:
+            except RemoteProtocolError as exc:
                 raise self._error(exc) from None
             if out := conn.data_to_send():
                 await self._write(out)
@@ -179,7 +176,7 @@ class _Upstream:
                 raise UpstreamError(f"connection to {self.server_name} lost: {exc}") from None
             try:
                 conn.receive_data(bytes(data))
-            except _REMOTE_ERRORS as exc:
+            except RemoteProtocolError as exc:
                 raise self._error(exc) from None
 
     async def _write(self, data: bytes) -> None:
@@ -236,7 +233,7 @@ class POP3Upstream(_Upstream):
     async def _request(self, command: pop3.Event) -> object:
         try:
             data = self.conn.send(command)
-        except _REMOTE_ERRORS as exc:
+        except RemoteProtocolError as exc:
             raise self._error(exc) from None
         await self._write(data)
         return await self._event()
@@ -369,7 +366,7 @@ class SMTPUpstream(_Upstream):
         whether one is due)."""
         try:
             data = self.conn.send(command)
-        except _REMOTE_ERRORS as exc:
+        except RemoteProtocolError as exc:
             raise self._error(exc) from None
         if data:
             await self._write(data)
@@ -381,7 +378,7 @@ class SMTPUpstream(_Upstream):
             raise UpstreamError("refusing to send credentials without TLS", temporary=False)
         try:
             mechanism = self.conn.choose_mechanism()
-        except _REMOTE_ERRORS as exc:
+        except RemoteProtocolError as exc:
             raise self._error(exc) from None
         return await self.command(smtp.Authenticate(mechanism, username, password))
 
