@@ -40,7 +40,7 @@ insecure_fast_for_tests = true
 """
 
 
-def start_gateway(config: Path) -> tuple[subprocess.Popen[str], int, list[str]]:
+def start_gateway(config: Path) -> tuple[subprocess.Popen[str], int, threading.Thread]:
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
         cwd=ROOT,
@@ -60,9 +60,12 @@ def start_gateway(config: Path) -> tuple[subprocess.Popen[str], int, list[str]]:
         if match:
             port = port or int(match.group(1))  # the supervisor's, first
         if port and "event=supervisor-ready" in line:  # the journal and every worker serve
-            # Keep draining stderr so the server never blocks on a full pipe.
-            threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()  # type: ignore[arg-type]
-            return process, port, lines
+            # Keep draining stderr so the server never blocks on a full pipe. The reader
+            # ends when the last process holding the pipe (supervisor, journal, workers) has.
+            stderr = process.stderr
+            reader = threading.Thread(target=lambda: lines.extend(stderr), daemon=True)
+            reader.start()
+            return process, port, reader
     process.kill()
     raise AssertionError("gateway did not start:\n" + "".join(lines))
 
@@ -117,7 +120,7 @@ def test_kill_9_while_20_clients_send(tmp_path: Path) -> None:
             return  # the server died under us: what was not acknowledged may be lost
 
     for round_no, after in enumerate((1.5, 2.5, 0.7, 2.0, 1.2, 3.0)):
-        process, port, _lines = start_gateway(config)
+        process, port, reader = start_gateway(config)
         stop.clear()
         threads = [threading.Thread(target=client, args=(n, port)) for n in range(20)]
         for thread in threads:
@@ -128,6 +131,10 @@ def test_kill_9_while_20_clients_send(tmp_path: Path) -> None:
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
+        # The journal and workers exit when they see the supervisor gone: wait for the
+        # last of them (the end of their stderr) before the store is read.
+        reader.join(timeout=30)
+        assert not reader.is_alive(), f"round {round_no}: a child outlived the supervisor"
         assert process.stderr is not None
         process.stderr.close()
         assert acknowledged, f"round {round_no}: nothing was acknowledged"
