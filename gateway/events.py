@@ -64,6 +64,7 @@ __all__ = [
     "Pop3Login",
     "Pop3ProxySessionEnded",
     "Pop3SessionEnded",
+    "Pop3SessionProgress",
     "RefusalCount",
     "SmtpLogin",
     "SmtpProxySessionEnded",
@@ -302,6 +303,17 @@ class Pop3SessionEnded(Event, frozen=True, kw_only=True):
     seconds: float = 0.0
 
 
+class Pop3SessionProgress(Event, frozen=True, kw_only=True):
+    """Part of a POP3 session's record written before its end, when it retrieved or deleted
+    more messages than one record holds (REFS_PER_RECORD): its ``Pop3SessionEnded`` has the
+    rest. The session's retrievals are those of all its records, in order."""
+
+    session_id: str
+    mailbox_id: str = ""
+    retrieved: tuple[MessageRef, ...] = ()
+    deleted: tuple[MessageRef, ...] = ()
+
+
 class Pop3ProxySessionEnded(Event, frozen=True, kw_only=True):
     """One recording POP3 proxy session, at its end (never the password)."""
 
@@ -511,6 +523,7 @@ ControlEvent = (
     | DeliveryRefused
     | Pop3Login
     | Pop3SessionEnded
+    | Pop3SessionProgress
     | Pop3ProxySessionEnded
     | SmtpLogin
     | SmtpProxySessionEnded
@@ -614,6 +627,7 @@ _KNOWN_TAGS = frozenset(
         DeliveryRefused,
         Pop3Login,
         Pop3SessionEnded,
+        Pop3SessionProgress,
         Pop3ProxySessionEnded,
         SmtpLogin,
         SmtpProxySessionEnded,

@@ -41,6 +41,7 @@ from .events import (
 )
 from .ids import InvalidId, parse_mailbox_id
 from .log import (
+    RECOVERY_FILE,
     DataDir,
     LogCorrupt,
     LogRecord,
@@ -53,6 +54,7 @@ from .log import (
 from .services.admin_credentials import verifier_credential_id
 from .services.archive import CONTROL_LOG_ID, sealed_of, wrap_id
 from .services.projection import AdminState, ControlState
+from .verify_points import PointCheck, check_control_point, check_mailbox_point
 
 __all__ = ["Problem", "Report", "print_report", "verify_data_dir"]
 
@@ -104,6 +106,7 @@ def verify_data_dir(
         report.problems.append(Problem("control", "no control log", str(data.control_dir)))
         return report
     control, torn = _records(report, "control", data.control_dir, CONTROL_LOG_ID, None, progress)
+    control_readable = not report.problems
     _note_torn(report, "control", torn)
     for record in control:
         if record.kind == RecordKind.GAP:
@@ -127,6 +130,11 @@ def verify_data_dir(
             _report_damage(report, record.seq, event)
         state.apply(event)
 
+    points = PointCheck()
+    if control_readable:  # else the log's own problem stands for its recovery point too
+        points = check_control_point(data.control_dir, CONTROL_LOG_ID, control)
+        _add_point_check(report, "control", data.control_dir, points)
+
     on_disk = set(data.list_mailbox_ids())
     for gone in sorted(on_disk - set(state.mailboxes)):
         if gone in state.deleted:
@@ -138,12 +146,20 @@ def verify_data_dir(
         if box_id not in on_disk:
             report.problems.append(Problem(box_id, "mailbox folder is missing"))
             continue
-        _verify_mailbox(report, data, state, box_id, key_ids.get(box_id, set()), progress)
+        _verify_mailbox(
+            report, data, state, points.state, box_id, key_ids.get(box_id, set()), progress
+        )
 
     _verify_admin(report, data, state.admin)
     if mailbox_id is not None:
         _open_every_message(report, data, state, mailbox_id, password or "", progress)
     return report
+
+
+def _add_point_check(report: Report, where: str, log_dir: Path, check: PointCheck) -> None:
+    path = str(log_dir / RECOVERY_FILE)
+    report.problems.extend(Problem(where, problem, path) for problem in check.problems)
+    report.notes.extend(f"{where}: {note}" for note in check.notes)
 
 
 def _verify_admin(report: Report, data: DataDir, admin: AdminState) -> None:
@@ -216,6 +232,7 @@ def _verify_mailbox(
     report: Report,
     data: DataDir,
     state: ControlState,
+    saved: ControlState | None,
     box_id: str,
     issued_keys: set[str],
     progress: Progress | None,
@@ -282,6 +299,9 @@ def _verify_mailbox(
             if _acknowledged(state, box_id, record.seq, event.message_id):
                 report.messages += 1
                 report.message_bytes += event.size
+    if readable:
+        points = check_mailbox_point(log_dir, log_id, records, state.cuts.get(box_id), saved, state)
+        _add_point_check(report, box_id, log_dir, points)
     unexpunged = removed_ids - expunged
     if unexpunged:
         report.problems.append(

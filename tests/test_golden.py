@@ -4,11 +4,14 @@ test breaks, the on-disk format changed: that is a decision, not a fix (SPEC.md 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
+import struct
 from pathlib import Path
 
+import pytest
 import trio
 
 from gateway.services.archive import Archive, StoreConfig
@@ -77,3 +80,53 @@ def test_golden_v1_bytes_are_unchanged() -> None:
     assert control[12:28] == bytes(16)
     for key in (GOLDEN / "v1" / "mailboxes").glob("*/key"):
         assert key.read_bytes()[:8] == b"MAGKEY1\n"
+
+
+def recovery_body(n: int) -> bytes:
+    """The bodies tools/make_golden_recovery.py wrote (kept here, like MESSAGES)."""
+    return b"Subject: golden %d\r\n\r\n" % n + b"line %d\r\n" % n * (50 + 40 * n)
+
+
+def test_golden_recovery_points_are_used_as_they_are(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Recovery points of format version 1 (SPEC.md 6.7), made by
+    tools/make_golden_recovery.py: opened from them, nothing set aside, every message read
+    back, and the chunks of the message that was being written listed as waiting."""
+    manifest = json.loads((GOLDEN / "recovery-v1.json").read_text())
+    data = tmp_path / "recovery-v1"
+    shutil.copytree(GOLDEN / "recovery-v1", data)
+    box = manifest["mailbox_id"]
+
+    async def read_all() -> None:
+        archive = await Archive.open(data, StoreConfig())
+        try:
+            assert [m.message_id for m in archive.messages(box)] == manifest["message_ids"]
+            assert len(archive.pending_chunks(box)) == 1
+            key = await archive.unlock(box, manifest["password"])
+            for n, message_id in enumerate(manifest["message_ids"], 2):
+                pieces = [p async for p in archive.read_message(box, message_id, key)]
+                assert b"".join(pieces) == recovery_body(n)
+        finally:
+            await archive.aclose(checkpoint=False)
+
+    trio.run(read_all)
+    assert "recovery-point-unused" not in caplog.text
+    report = verify_data_dir(data, mailbox_id=box, password=manifest["password"])
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.opened_messages == len(manifest["message_ids"])
+
+
+def test_golden_recovery_point_bytes_are_unchanged() -> None:
+    folder = GOLDEN / "recovery-v1"
+    box = json.loads((GOLDEN / "recovery-v1.json").read_text())["mailbox_id"]
+    for log_id, raw in (
+        (bytes(16), (folder / "control" / "recovery").read_bytes()),
+        (bytes.fromhex(box), (folder / "mailboxes" / box / "log" / "recovery").read_bytes()),
+    ):
+        assert raw[:8] == b"MAGRCP1\n"
+        assert raw[8:12] == b"\x01\x00\x00\x00"
+        assert raw[12:28] == log_id
+        segments, state = struct.unpack_from("<IQ", raw, 88)
+        assert len(raw) == 100 + 12 * segments + state + 32
+        assert hashlib.sha256(raw[:-32]).digest() == raw[-32:]

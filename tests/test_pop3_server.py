@@ -10,7 +10,7 @@ import smtplib
 import socket
 import ssl
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import msgspec
 import pytest
@@ -18,6 +18,7 @@ import trio
 
 from gateway.events import MailboxStatus
 from gateway.log import iter_log
+from gateway.servers import pop3_retrieval as retrieval_module
 from gateway.servers.gateway import Gateway, Listening
 from gateway.services._common import CONTROL_LOG_ID
 from gateway.store import _journal as journal_module
@@ -116,9 +117,11 @@ async def test_a_listing_in_many_pages_is_whole_and_as_of_the_login(
 ) -> None:
     """Regression: the journal sent a maildrop's listing in one frame, which over 35,000
     messages (4 MiB) ended the worker's connection at every login to it. Here frames are
-    cut to 64 KiB: 600 messages (70 KB of listing) went over."""
+    cut to 64 KiB and pages to 4 KiB: 600 messages go over in four pages. LIST and UIDL go
+    out 50 lines at a time."""
     monkeypatch.setattr(wire_module, "MAX_FRAME", 64 * 1024)
-    monkeypatch.setattr(journal_module, "LIST_PAGE_BYTES", 16 * 1024)
+    monkeypatch.setattr(journal_module, "LIST_PAGE_BYTES", 4 * 1024)
+    monkeypatch.setattr(retrieval_module, "LISTING_BATCH", 50)
     mailbox_id, address, password = await new_mailbox(running)
     bodies = [b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n) for n in range(600)]
     await trio.to_thread.run_sync(deliver, running.port("smtp"), address, bodies)
@@ -129,8 +132,14 @@ async def test_a_listing_in_many_pages_is_whole_and_as_of_the_login(
             client.user(mailbox_id)
             client.pass_(password)
             deliver(running.port("smtp"), address, [b"Subject: later\r\n\r\nlater\r\n"])
-            count, _size = client.stat()
+            count, size = client.stat()
             uidls = client.uidl()[1]
+            seventh = int(cast(bytes, client.list(7)).split()[2])
+            client.dele(7)
+            listing = client.list()[1]
+            assert len(listing) == count - 1 and not [x for x in listing if x.startswith(b"7 ")]
+            assert sum(int(line.split()[1]) for line in listing) + seventh == size
+            client.rset()
             return count, uidls, [retr(client, n) for n in range(1, count + 1)]
         finally:
             client.quit()
@@ -462,3 +471,44 @@ async def test_fetchmail_fetches_and_deletes_everything(
     )
     assert [strip_received(m) for m in fetched.messages] == bodies, fetched.log[-2000:]
     assert running.archive.messages(mailbox_id) == []
+
+
+async def test_a_session_of_many_messages_writes_its_record_in_parts(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session's refs past what one record holds go ahead in Pop3SessionProgress records
+    (a session that fetched and deleted a million messages used to lose its record)."""
+    monkeypatch.setattr(retrieval_module, "REFS_PER_RECORD", 3)
+    mailbox_id, address, password = await new_mailbox(running)
+    await trio.to_thread.run_sync(
+        deliver, running.port("smtp"), address, [b"Subject: %d\r\n\r\nx\r\n" % n for n in range(5)]
+    )
+
+    def fetch_all() -> None:
+        client = pop3s(running)
+        client.user(mailbox_id)
+        client.pass_(password)
+        for n in range(1, 6):
+            retr(client, n)
+            client.dele(n)
+        client.quit()
+
+    await trio.to_thread.run_sync(fetch_all)
+
+    def records() -> list[dict[str, object]]:
+        events = [
+            msgspec.msgpack.decode(r.body)
+            for r in iter_log(running.archive.data.control_dir, CONTROL_LOG_ID)
+        ]
+        return [e for e in events if str(e["type"]).startswith("Pop3Session")]
+
+    with trio.fail_after(10):
+        while not [e for e in records() if e["type"] == "Pop3SessionEnded"]:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+    parts = records()
+    assert [e["type"] for e in parts][-1] == "Pop3SessionEnded"
+    assert all(len(e["retrieved"]) + len(e["deleted"]) <= 3 for e in parts)  # type: ignore[arg-type]
+    retrieved = [ref for e in parts for ref in e["retrieved"]]  # type: ignore[attr-defined]
+    deleted = [ref for e in parts for ref in e["deleted"]]  # type: ignore[attr-defined]
+    assert len(retrieved) == len(deleted) == 5
+    assert [r["message_id"] for r in retrieved] == [d["message_id"] for d in deleted]

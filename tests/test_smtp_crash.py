@@ -63,7 +63,7 @@ def start_gateway(config: Path) -> tuple[subprocess.Popen[str], int, threading.T
             # Keep draining stderr so the server never blocks on a full pipe. The reader
             # ends when the last process holding the pipe (supervisor, journal, workers) has.
             stderr = process.stderr
-            reader = threading.Thread(target=lambda: lines.extend(stderr), daemon=True)
+            reader = threading.Thread(target=lines.extend, args=(stderr,), daemon=True)
             reader.start()
             return process, port, reader
     process.kill()

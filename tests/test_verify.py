@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from gateway.events import Envelope, LogDamaged, LogTailTruncated, decode_control_event, now
-from gateway.log import iter_log
+from gateway.log import RECOVERY_FILE, iter_log
 from gateway.log._framing import Gap, encode_gap
 from gateway.services.archive import CONTROL_LOG_ID, Archive, StoreConfig
 from gateway.verify import verify_data_dir
@@ -59,6 +59,7 @@ def test_flipping_any_byte_anywhere_is_detected_and_located(tmp_path: Path) -> N
     trio.run(build, data)
     files = data_files(data)
     assert any(".g" in p.name for p in files), "the folder should hold a compacted segment"
+    assert sum(p.name == RECOVERY_FILE for p in files) == 2, "control and mailbox recovery points"
     checked = 0
     for path in files:
         original = path.read_bytes()
@@ -72,6 +73,9 @@ def test_flipping_any_byte_anywhere_is_detected_and_located(tmp_path: Path) -> N
                 located = [p for p in report.problems if p.path == str(path)]
                 assert located, f"{path.name} offset {offset}: {report.problems}"
                 assert located[0].offset is not None and located[0].offset <= offset
+            elif path.name == RECOVERY_FILE:  # SPEC.md 6.7: a recovery point, checksummed
+                located = [p for p in report.problems if p.path == str(path)]
+                assert located, f"{path} offset {offset}: {report.problems}"
             else:
                 assert any("key file" in str(p) for p in report.problems), report.problems
             checked += 1

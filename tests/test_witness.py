@@ -30,7 +30,7 @@ from gateway.events import (
     encode_event,
     now,
 )
-from gateway.log import RecordKind, SegmentLog, encode_chunk_body, iter_log
+from gateway.log import RecordKind, SegmentLog, encode_chunk_body, iter_log, remove_recovery_point
 from gateway.services.archive import (
     CONTROL_LOG_ID,
     Archive,
@@ -41,7 +41,7 @@ from gateway.services.projection import ControlState
 from gateway.verify import verify_data_dir
 
 from .conftest import FAST_KDF
-from .test_verify import build
+from .test_verify import build as build_verified
 
 CONFIG = StoreConfig(kdf=FAST_KDF, segment_bytes=8 * 1024, compaction_grace=0)
 
@@ -62,11 +62,29 @@ def mailbox_records(data: Path, box: str) -> list[tuple[Path, int, int]]:
     return out
 
 
+def without_recovery_points(data: Path) -> None:
+    """The server then reads every log whole, as after a crash that caught none: with one,
+    it takes the records before it on trust, and verify alone reads them (SPEC.md 6.7,
+    tests/test_recovery_points.py)."""
+    for log_dir in [data / "control", *data.glob("mailboxes/*/log")]:
+        remove_recovery_point(log_dir)
+
+
+async def build(data: Path, messages: int) -> tuple[str, str, list[str]]:
+    """tests/test_verify.build, then no recovery point: every test here tampers with records
+    and wants the server to read them."""
+    built = await build_verified(data, messages)
+    without_recovery_points(data)
+    return built
+
+
 class Snapshot:
-    """Every file of a data folder, to put it back exactly after each tampering."""
+    """Every file of a data folder, to put it back exactly after each tampering, without
+    recovery points (see :func:`without_recovery_points`)."""
 
     def __init__(self, data: Path) -> None:
         self.data = data
+        without_recovery_points(data)
         self.files = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
 
     def restore(self) -> None:

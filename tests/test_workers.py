@@ -30,6 +30,7 @@ import trio
 from gateway.events import MailboxDeleted, now
 from gateway.servers.load import GONE, WorkerLoads
 from gateway.services.archive import Archive, StoreConfig
+from gateway.store import PROTOCOL_VERSION
 from gateway.verify import verify_data_dir
 
 from .conftest import FAST_KDF
@@ -471,7 +472,9 @@ def test_bad_frames_on_the_journal_socket_are_refused(tmp_path: Path) -> None:
         assert talk(b"\x00garbage that is not a frame at all") == b""
         served.wait_for_line(r"journal event=journal-bad")
         assert talk(struct.pack("<I", 1 << 30)) == b""  # a length over the limit
-        hello = encoder.encode({"op": "hello", "id": 1, "version": 1, "worker": "intruder"})
+        hello = encoder.encode(
+            {"op": "hello", "id": 1, "version": PROTOCOL_VERSION, "worker": "intruder"}
+        )
         forged = encoder.encode(
             {
                 "op": "audit",

@@ -19,6 +19,7 @@ from ._files import (
     LogRecord,
     LogWriteError,
     Recovery,
+    choose_files,
     segment_name,
 )
 from ._framing import (
@@ -30,6 +31,14 @@ from ._framing import (
     encode_chunk_body,
     genesis_chain,
 )
+from ._recovery_point import (
+    RECOVERY_FILE,
+    RecoveryPoint,
+    StaleRecoveryPoint,
+    check_position,
+    read_recovery_point,
+    remove_recovery_point,
+)
 from ._scan import RecordReader, iter_log
 from ._segment_log import SegmentLog
 from ._writer import LINGER, CommitGroup, Dependent, LogWriter, StaleEpoch, Written
@@ -37,6 +46,7 @@ from ._writer import LINGER, CommitGroup, Dependent, LogWriter, StaleEpoch, Writ
 __all__ = [
     "DEFAULT_SEGMENT_BYTES",
     "LINGER",
+    "RECOVERY_FILE",
     "REMOVED",
     "AppendItem",
     "CommitGroup",
@@ -54,13 +64,19 @@ __all__ = [
     "RecordKind",
     "RecordReader",
     "Recovery",
+    "RecoveryPoint",
     "SegmentLog",
     "StaleEpoch",
+    "StaleRecoveryPoint",
     "Written",
+    "check_position",
+    "choose_files",
     "decode_chunk_body",
     "decode_gap",
     "encode_chunk_body",
     "genesis_chain",
     "iter_log",
+    "read_recovery_point",
+    "remove_recovery_point",
     "segment_name",
 ]

@@ -66,8 +66,11 @@ def scan_segment(
     expect_chain: bytes | None,
     *,
     keep_bodies: bool,
+    start: tuple[int, int, bytes] | None = None,
 ) -> SegmentScan:
-    """Check every record of one segment: CRC, sequence continuity, hash chain.
+    """Check every record of one segment: CRC, sequence continuity, hash chain. ``start``
+    (offset, seq, chain value before it): begin there instead of after the header (a
+    recovery point vouches for what comes before).
 
     Stops at the first record that does not check out and says why; the caller decides
     whether that is a torn tail or corruption.
@@ -88,6 +91,8 @@ def scan_segment(
         chain = header.prev_chain
         seq = header.first_seq
         offset = SEGMENT_HEADER_SIZE
+        if start is not None:
+            offset, seq, chain = start
         records: list[LogRecord] = []
         error: str | None = None
         torn = False

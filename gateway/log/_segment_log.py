@@ -55,6 +55,7 @@ from ._framing import (
     genesis_chain,
     verify_record,
 )
+from ._recovery_point import RECOVERY_FILE, RecoveryPoint, check_position, write_recovery_point
 from ._scan import SegmentScan, later_record_exists, read_exact, scan_segment
 
 _STAGING_SUFFIX = ".new"
@@ -89,6 +90,7 @@ class SegmentLog:
         self._read_lock = threading.Lock()
         self._broken: str | None = None
         self._last_batch: tuple[int, bytes, int, int] | None = None
+        self.written = 0  # bytes appended since the log was opened
 
     # -- open and recover
 
@@ -109,6 +111,7 @@ class SegmentLog:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         cuts: Mapping[int, int] | None = None,
         acknowledged: tuple[int, bytes] | None = None,
+        resume: RecoveryPoint | None = None,
     ) -> tuple[SegmentLog, list[LogRecord], Recovery | None]:
         """Open for appending. Returns the log, every record with its body except chunk
         bodies (for the caller's projection), and what was done about its end, if anything.
@@ -117,23 +120,36 @@ class SegmentLog:
         control log) says was acknowledged; the log must reach it, with that chain value.
         Bad bytes at the end are cut as a torn tail only when they lie wholly after it;
         otherwise they are damage: moved aside into ``damaged/`` beside the segments, then
-        cut, and reported as such."""
+        cut, and reported as such. ``resume``: a recovery point to start from (only the
+        records after it are read and returned); raises StaleRecoveryPoint, having changed
+        nothing, when it does not match the log."""
         cuts = cuts or {}
         directory.chmod(0o700)  # folders made by versions that left them 0755 (SPEC.md 2)
         files = choose_files(directory, cuts)
         if not files.chosen:
             raise LogCorrupt(directory, 0, "no segment files")
-        for stale in [*files.unconfirmed, *directory.glob("*" + SEGMENT_SUFFIX + _STAGING_SUFFIX)]:
-            # A compaction whose control event never became durable: the older file holds
-            # every record, this one is a leftover.
+        staged = [
+            *directory.glob("*" + SEGMENT_SUFFIX + _STAGING_SUFFIX),
+            *directory.glob(RECOVERY_FILE + _STAGING_SUFFIX),
+        ]
+        for stale in [*files.unconfirmed, *staged]:
+            # A compaction whose control event never became durable (the older file holds
+            # every record), or a segment or recovery point a crash left half made.
             stale.unlink()
         records: list[LogRecord] = []
         chain: bytes | None = genesis_chain(log_id)
         expect_seq = 0
         scan: SegmentScan | None = None
         path = directory
-        for i, (first, (_generation, path)) in enumerate(files.chosen.items()):
-            last = i == len(files.chosen) - 1
+        chosen = list(files.chosen.items())
+        start: tuple[int, int, bytes] | None = None
+        if resume is not None:
+            check_position(resume, files.chosen)
+            chosen = [(f, g) for f, g in chosen if f >= resume.segment]
+            chain, expect_seq = resume.chain, resume.segment
+            start = (resume.offset, resume.seq, resume.chain)
+        for i, (first, (_generation, path)) in enumerate(chosen):
+            last = i == len(chosen) - 1
             if first != expect_seq:
                 if first < expect_seq:
                     raise LogCorrupt(path, 0, f"segment overlaps records up to {expect_seq - 1}")
@@ -145,7 +161,10 @@ class SegmentLog:
                         "(no compaction removed them)",
                     )
                 chain = None  # a segment removed by compaction; its header carries the chain
-            scan = scan_segment(path, first, log_id, chain, keep_bodies=False)
+            begin = start if i == 0 else None
+            scan = scan_segment(
+                path, first, log_id, None if begin else chain, keep_bodies=False, start=begin
+            )
             records.extend(scan.records)
             if scan.error is not None and (
                 not last or later_record_exists(path, scan.end_offset, scan.next_seq)
@@ -281,6 +300,25 @@ class SegmentLog:
             raise LogWriteError(f"batch refused: {exc}") from exc
         return locations
 
+    def recovery_point(self, state: bytes) -> RecoveryPoint:
+        """A recovery point at the log's end as it is now, carrying ``state``. Call it only
+        while no batch is being written (the commit group held) and after :meth:`sync`."""
+        segment = self.tail_segment
+        return RecoveryPoint(
+            self.log_id,
+            self.next_seq,
+            segment,
+            self.generation(segment),
+            self._tail_size,
+            self.chain,
+            tuple((first, generation) for first, (generation, _path) in self._files.items()),
+            state,
+        )
+
+    def save_recovery_point(self, point: RecoveryPoint) -> int:
+        """Write the recovery point beside the segments (atomically); returns its size."""
+        return write_recovery_point(self.directory, point)
+
     def sync(self) -> None:
         """fdatasync what was appended. If that fails, the last batch is cut off again (as
         append does for its own errors) and LogWriteError is raised."""
@@ -301,6 +339,7 @@ class SegmentLog:
             if written < total:  # rare on regular files; finish the rest plainly
                 write_all(fd, memoryview(b"".join(pieces))[written:])
             self._tail_size += total
+            self.written += total
 
     def _undo(self, seq: int, chain: bytes, segment: int, size: int, cause: Exception) -> None:
         self.next_seq, self.chain = seq, chain

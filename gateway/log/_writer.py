@@ -37,7 +37,8 @@ records that are not there.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -136,6 +137,20 @@ class CommitGroup:
             final.locations,
             final.chains,
         )
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        """While this is held no round runs, so every log's end stays where it is (and
+        appenders queue): for a snapshot of logs and of what was folded from them."""
+        while self._flushing:
+            await self._flushed.wait()
+        self._flushing = True
+        try:
+            yield
+        finally:
+            self._flushing = False
+            self._flushed.set()
+            self._flushed = trio.Event()
 
     async def _lead(self) -> None:
         self._flushing = True

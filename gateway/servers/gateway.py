@@ -76,6 +76,7 @@ logger = logging.getLogger("gateway")
 
 # How long a starting journal waits for the data folder's lock (see _open_archive).
 LOCK_WAIT = 5.0
+CHECKPOINT_INTERVAL = 5.0  # seconds between looks for logs due a recovery point (SPEC.md 6.7)
 
 
 class Role(enum.StrEnum):
@@ -211,6 +212,7 @@ class Gateway:
                     assert self.journal_socket is not None
                     await nursery.start(serve_workers, journal, self.journal_socket)
                 nursery.start_soon(self._maintenance, archive)
+                nursery.start_soon(self._checkpoints, archive)
                 nursery.start_soon(self.notifier.watchdog)
                 nursery.start_soon(hub.run)
                 nursery.start_soon(self._summaries, archive)
@@ -484,6 +486,15 @@ class Gateway:
                 expires.date().isoformat(),
             )
         self.notifier.notify("READY=1")
+
+    async def _checkpoints(self, archive: Archive) -> None:
+        """Recovery points for the logs that grew enough (SPEC.md 6.7): a restart after a
+        crash reads at most that much of each log again."""
+        while True:
+            await trio.sleep(CHECKPOINT_INTERVAL)
+            made = await archive.checkpoint()
+            if made:
+                logger.debug("event=checkpoint recovery_points=%d", made)
 
     async def _maintenance(self, archive: Archive) -> None:
         while True:

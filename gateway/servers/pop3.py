@@ -184,11 +184,9 @@ class Authorization:
         retrieval = Retrieval(server, self.session, mailbox_id, key)
         self.session.switch(retrieval)
         current = self.store.mailbox(mailbox_id).key_id
-        listed = await self.store.messages(mailbox_id)
-        retrieval.messages = [m for m in listed if m.key_id == current]
+        retrieval.maildrop = await self.store.maildrop(mailbox_id, current)
         await self._login_audit(event, mailbox_id, True, "")
-        count = len(retrieval.messages)
-        size = sum(m.size for m in retrieval.messages)
+        count, size = len(retrieval.maildrop), retrieval.maildrop.total_bytes
         return Reply(True, f"maildrop has {count} messages ({size} octets)")
 
     async def _proxy_login(self, event: Login, proxy: ProxyLogin, arrived: float) -> Reply:

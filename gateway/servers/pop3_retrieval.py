@@ -15,15 +15,23 @@ only marks; QUIT appends ``MessagesExpunged`` and waits for it to be durable bef
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 import trio
 
 from ..crypto import CryptoError, MailboxPrivateKey
-from ..events import MessageRef, Pop3Login, Pop3ProxySessionEnded, Pop3SessionEnded, now
+from ..events import (
+    MessageRef,
+    Pop3Login,
+    Pop3ProxySessionEnded,
+    Pop3SessionEnded,
+    Pop3SessionProgress,
+    now,
+)
 from ..log import LogCorrupt, LogWriteError
 from ..protocols.pop3 import (
     ConnectionClosed,
@@ -40,7 +48,7 @@ from ..protocols.pop3 import (
     Uidl,
 )
 from ..services.archive import ArchiveError
-from ..store import MessageEntry, StoreClient
+from ..store import Maildrop, StoreClient
 from .session import Hook, Session
 
 if TYPE_CHECKING:
@@ -54,6 +62,10 @@ NO_SUCH_MESSAGE = Reply(False, "no such message")
 DELETED = Reply(False, "message already deleted")
 UNREADABLE = Reply(False, "message cannot be read; the gateway's log has the details", "SYS/PERM")
 NOT_COMMITTED = Reply(False, "deletions could not be made durable; nothing was deleted", "SYS/TEMP")
+LISTING_BATCH = 4096  # lines of a LIST or UIDL answer sent at a time
+# Message refs one session record holds (a record body is at most 1 MiB; a ref takes about
+# 50 octets): more go ahead in Pop3SessionProgress records.
+REFS_PER_RECORD = 10_000
 
 
 class Retrieval:
@@ -68,8 +80,9 @@ class Retrieval:
         self.hostname = server.config.hostname
         self.mailbox_id = mailbox_id
         self.key = key
-        self.messages: list[MessageEntry] = []
+        self.maildrop = Maildrop()
         self.deleted: set[int] = set()  # message numbers marked by DELE
+        self.deleted_bytes = 0
         self.retrieved: list[MessageRef] = []
         self.expunged: list[MessageRef] = []
         self.hooks: dict[type, Hook] = {
@@ -94,26 +107,34 @@ class Retrieval:
         await self._answer(Reply(True, f"{count} {size}"))
 
     async def _list(self, event: List) -> None:
+        maildrop = self.maildrop
         if event.msg is None:
             count, size = self._totals()
-            lines = [f"{n} {m.size}" for n, m in self._live()]
-            reply = Reply(True, f"{count} messages ({size} octets)")
-            await self.session.send(self.session.conn.send_lines(reply, lines))
+            await self._listing(
+                Reply(True, f"{count} messages ({size} octets)"),
+                lambda n: f"{n} {maildrop.size(n)}",
+            )
             return
         found = self._message(event.msg)
-        await self._answer(
-            found if isinstance(found, Reply) else Reply(True, f"{event.msg} {found.size}")
-        )
+        await self._answer(found or Reply(True, f"{event.msg} {maildrop.size(event.msg)}"))
 
     async def _uidl(self, event: Uidl) -> None:
+        maildrop = self.maildrop
         if event.msg is None:
-            lines = [f"{n} {m.message_id}" for n, m in self._live()]
-            await self.session.send(self.session.conn.send_lines(Reply(True), lines))
+            await self._listing(Reply(True), lambda n: f"{n} {maildrop.message_id(n)}")
             return
         found = self._message(event.msg)
-        await self._answer(
-            found if isinstance(found, Reply) else Reply(True, f"{event.msg} {found.message_id}")
-        )
+        await self._answer(found or Reply(True, f"{event.msg} {maildrop.message_id(event.msg)}"))
+
+    async def _listing(self, reply: Reply, line: Callable[[int], str]) -> None:
+        """A multi-line answer, one line per message not deleted, sent LISTING_BATCH lines
+        at a time: a million-message maildrop is never one string in memory."""
+        conn, live = self.session.conn, self._live()
+        out = conn.send_stream_start(reply)
+        while batch := list(itertools.islice(live, LISTING_BATCH)):
+            await self.session.send(out + conn.send_lines_more([line(n) for n in batch]))
+            out = b""
+        await self.session.send(out + conn.send_stream_end())
 
     async def _retr(self, event: Retr) -> None:
         await self._retrieve(event.msg, None)
@@ -122,17 +143,18 @@ class Retrieval:
         await self._retrieve(event.msg, event.lines)
 
     async def _dele(self, event: Dele) -> None:
-        found = self._message(event.msg)
-        if not isinstance(found, Reply):
+        refused = self._message(event.msg)
+        if refused is None:
             self.deleted.add(event.msg)
-            found = Reply(True, f"message {event.msg} deleted")
-        await self._answer(found)
+            self.deleted_bytes += self.maildrop.size(event.msg)
+        await self._answer(refused or Reply(True, f"message {event.msg} deleted"))
 
     async def _noop(self, event: Noop) -> None:
         await self._answer(Reply(True))
 
     async def _rset(self, event: Rset) -> None:
         self.deleted.clear()
+        self.deleted_bytes = 0
         count, size = self._totals()
         await self._answer(Reply(True, f"{count} messages ({size} octets)"))
 
@@ -144,28 +166,33 @@ class Retrieval:
     async def _closed(self, event: ConnectionClosed) -> bool:
         return closed(self.session, event)
 
-    def _live(self) -> list[tuple[int, MessageEntry]]:
-        return [(n, m) for n, m in enumerate(self.messages, 1) if n not in self.deleted]
+    def _live(self) -> Iterator[int]:
+        """The numbers of the messages not marked deleted, in order."""
+        return (n for n in range(1, len(self.maildrop) + 1) if n not in self.deleted)
 
     def _totals(self) -> tuple[int, int]:
-        live = self._live()
-        return len(live), sum(m.size for _n, m in live)
+        return (
+            len(self.maildrop) - len(self.deleted),
+            self.maildrop.total_bytes - self.deleted_bytes,
+        )
 
-    def _message(self, msg: int) -> MessageEntry | Reply:
-        if not 1 <= msg <= len(self.messages):
+    def _message(self, msg: int) -> Reply | None:
+        """Why message ``msg`` cannot be had, or None when it can."""
+        if not 1 <= msg <= len(self.maildrop):
             return NO_SUCH_MESSAGE
         if msg in self.deleted:
             return DELETED
-        return self.messages[msg - 1]
+        return None
 
     async def _retrieve(self, msg: int, top: int | None) -> None:
-        found = self._message(msg)
-        if isinstance(found, Reply):
-            await self._answer(found)
+        refused = self._message(msg)
+        if refused is not None:
+            await self._answer(refused)
             return
+        message_id, size = self.maildrop.message_id(msg), self.maildrop.size(msg)
         session, conn = self.session, self.session.conn
         cutter = TopCutter(top) if top is not None else None
-        pieces = self.store.read_message(self.mailbox_id, found.message_id, self.key)
+        pieces = self.store.read_message(self.mailbox_id, message_id, self.key)
         async with aclosing(pieces):
             try:
                 first = await anext(pieces, b"")
@@ -174,14 +201,14 @@ class Retrieval:
                     "event=pop3-unreadable session=%s mailbox=%s message=%s reason=%r",
                     session.session_id,
                     self.mailbox_id,
-                    found.message_id,
+                    message_id,
                     str(exc),
                 )
                 await self._answer(UNREADABLE)
                 return
             # One write per piece: the status line goes with the first, the terminating
             # dot with the last (a message under 256 KiB is a single write).
-            out = conn.send_stream_start(Reply(True, f"{found.size} octets"))
+            out = conn.send_stream_start(Reply(True, f"{size} octets"))
             piece: bytes | None = first
             sent = 0
             while piece is not None:
@@ -199,12 +226,17 @@ class Retrieval:
                     out = b""
             await session.send(out + conn.send_stream_end())
         # A TOP that sent all of it is a retrieval too: fetchmail downloads with TOP n 99999999.
-        if top is None or sent == found.size:
-            self.retrieved.append(MessageRef(found.message_id, found.size))
+        if top is None or sent == size:
+            self.retrieved.append(MessageRef(message_id, size))
+            if len(self.retrieved) >= REFS_PER_RECORD:
+                await self._progress()
 
     async def _update(self) -> Reply:
         """QUIT in TRANSACTION: the marked messages go, durably, before +OK."""
-        marked = [self.messages[n - 1] for n in sorted(self.deleted)]
+        maildrop = self.maildrop
+        marked = [
+            MessageRef(maildrop.message_id(n), maildrop.size(n)) for n in sorted(self.deleted)
+        ]
         if marked:
             try:
                 await self.store.expunge(
@@ -218,9 +250,30 @@ class Retrieval:
                     str(exc),
                 )
                 return NOT_COMMITTED
-            self.expunged = [MessageRef(m.message_id, m.size) for m in marked]
-        count = len(self.messages) - len(marked)
+            self.expunged = marked
+            while len(self.retrieved) + len(self.expunged) > REFS_PER_RECORD:
+                await self._progress()
+        count = len(maildrop) - len(marked)
         return Reply(True, f"{self.hostname} POP3 closing ({count} messages left)")
+
+    async def _progress(self) -> None:
+        """Write the session's record so far: one record holds REFS_PER_RECORD refs."""
+        retrieved = self.retrieved[:REFS_PER_RECORD]
+        deleted = self.expunged[: REFS_PER_RECORD - len(retrieved)]
+        self.retrieved = self.retrieved[len(retrieved) :]
+        self.expunged = self.expunged[len(deleted) :]
+        session = self.session
+        await record(
+            self.store,
+            Pop3SessionProgress(
+                at=now(),
+                actor=session.actor,
+                session_id=session.session_id,
+                mailbox_id=self.mailbox_id,
+                retrieved=tuple(retrieved),
+                deleted=tuple(deleted),
+            ),
+        )
 
     async def close(self) -> None:
         with trio.CancelScope(shield=True), trio.move_on_after(5):
@@ -285,7 +338,8 @@ async def retrieval_ended(
 
 
 async def record(
-    store: StoreClient, event: Pop3Login | Pop3SessionEnded | Pop3ProxySessionEnded
+    store: StoreClient,
+    event: Pop3Login | Pop3SessionEnded | Pop3SessionProgress | Pop3ProxySessionEnded,
 ) -> None:
     try:
         await store.append_control(event, durable=False)

@@ -32,7 +32,7 @@ from ..events import (
 from ..log import AppendItem, Location, LogWriteError, LogWriter, RecordKind, Written
 from ._archive_core import ArchiveCore
 from ._common import ArchiveError, MailboxState, MailboxUnavailable, WitnessedCopy
-from .projection import StoredMessage
+from .message_index import StoredMessage
 
 __all__ = ["CopyCommit", "accepting", "commit", "roll_back"]
 
@@ -99,36 +99,43 @@ async def commit(
 
     for copy in copies:
         copy.box.witnessing += 1
+    settled = False
     try:
         # Shielded: once queued, the round decides; a cancelled caller must not leave a
-        # witnessed message out of the index until the next open.
+        # witnessed message out of the index, nor a failed one not rolled back.
         with trio.CancelScope(shield=True):
             outcomes, witnessed = await core.commit_group.append_then(
                 [(copy.writer, copy.items, copy.epoch) for copy in copies],
                 core.control,
                 witness,
             )
+            durable = [
+                WitnessedCopy(c.box, c.stored(o[0]), o[1][-1], c.source_key)
+                for c, o in zip(copies, outcomes, strict=True)
+                if not isinstance(o, LogWriteError)
+            ]
+            if isinstance(witnessed, LogWriteError):
+                await roll_back(core, durable)
+                settled = True
+                raise LogWriteError(f"message not stored: {witnessed}") from witnessed
+        for event in (built[0], *also):
+            core.applied(event)
+        for done in durable:
+            done.box.index.add(done.stored, done.source_key)
+        settled = True
     finally:
-        # A key reset waits for the witnesses in flight (SPEC.md 6.5).
+        if not settled:
+            # Something unforeseen: the commit records may be neither witnessed nor
+            # rolled back until the next open does it.
+            for copy in copies:
+                copy.box.unsettled = True
+        # Settled (served, or rolled back): a key reset waits for the witnesses in flight
+        # (SPEC.md 6.5), a checkpoint for every commit of the mailbox to settle (6.7).
         for copy in copies:
             copy.box.witnessing -= 1
             if copy.box.witnessing == 0:
                 copy.box.witnesses_idle.set()
                 copy.box.witnesses_idle = trio.Event()
-    durable = [
-        WitnessedCopy(c.box, c.stored(o[0]), o[1][-1], c.source_key)
-        for c, o in zip(copies, outcomes, strict=True)
-        if not isinstance(o, LogWriteError)
-    ]
-    if isinstance(witnessed, LogWriteError):
-        await roll_back(core, durable)
-        raise LogWriteError(f"message not stored: {witnessed}") from witnessed
-    for event in (built[0], *also):
-        core.applied(event)
-    for done in durable:
-        done.box.index.messages[done.stored.message_id] = done.stored
-        if done.source_key:
-            done.box.index.sources.add(done.source_key)
 
 
 async def roll_back(core: ArchiveCore, copies: Sequence[WitnessedCopy]) -> None:
@@ -136,4 +143,7 @@ async def roll_back(core: ArchiveCore, copies: Sequence[WitnessedCopy]) -> None:
         try:
             await core.expunge_ids(copy.box, [copy.stored.message_id], ROLLED_BACK)
         except LogWriteError:
+            # Its commit record stays unwitnessed and not expunged until the next open
+            # rolls it back: no recovery point may call this mailbox settled (SPEC.md 6.7).
+            copy.box.unsettled = True
             continue

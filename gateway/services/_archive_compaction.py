@@ -60,13 +60,10 @@ async def maintain(core: ArchiveCore) -> tuple[int, int]:
 async def _compact_segment(
     core: ArchiveCore, box: MailboxState, log: SegmentLog, segment: int, min_gain: float
 ) -> int:
-    live: set[int] = set()
-    for message in box.index.messages.values():
-        live.add(message.seq)
-        live.update(location.seq for location in message.chunks)
+    live = box.index.live_seqs()
     # Chunks of messages still being written have no commit yet: keep everything from
     # the first sequence number any of them may have used.
-    inflight_from = min(box.inflight.values(), default=None)
+    inflight_from = min((first for first, _chunks in box.inflight.values()), default=None)
     expunged = box.index.expunged
     dropped_ids: set[str] = set()
 
@@ -111,9 +108,9 @@ async def _compact_segment(
         raise
     async with box.io_lock:
         await trio.to_thread.run_sync(log.apply_compaction, plan)
-        for message in box.index.messages.values():
-            message.commit = plan.moved.get(message.seq, message.commit)
-            message.chunks = [plan.moved.get(c.seq, c) for c in message.chunks]
+        box.index.relocate(plan.moved)
+        box.recovery_due = True  # its recovery point names the segment's old generation
+    box.index.forget_expunged(dropped_ids)
     for gap, _chain in plan.gaps:
         for seq in range(gap.first_seq, gap.last_seq + 1):
             box.index.pending_chunks.pop(seq, None)

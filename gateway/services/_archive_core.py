@@ -59,6 +59,8 @@ class ArchiveCore:
         self.state = ControlState()
         self.boxes: dict[str, MailboxState] = {}
         self.recoveries: list[Recovery] = []
+        # The control log's bytes written when its recovery point was made (SPEC.md 6.7).
+        self.control_recovery_written = 0
         # Told the id of every mailbox whose state changed (created, updated, new key,
         # damaged, deleted): the journal pushes it to the protocol workers. Must not block.
         self.mailbox_listeners: list[Callable[[str], None]] = []
@@ -116,7 +118,7 @@ class ArchiveCore:
         if not message_ids:
             return 0
         ids = tuple(message_ids)
-        size = sum(m.size for i in ids if (m := box.index.messages.get(i)) is not None)
+        size = sum(m.size for i in ids if (m := box.index.get(i)) is not None)
         await self.append_control(
             MessagesExpunged(
                 at=now(),
@@ -128,4 +130,5 @@ class ArchiveCore:
             )
         )
         box.index.expunge(ids)
+        box.recovery_due = True
         return len(ids)

@@ -146,7 +146,7 @@ async def reset_password(
         try:
             while box.witnessing:
                 await box.witnesses_idle.wait()
-            lost = [m for m in box.index.messages.values() if m.key_id != new_key_id]
+            lost = [m for m in box.index if m.key_id != new_key_id]
             await _replace_key(
                 core,
                 box,

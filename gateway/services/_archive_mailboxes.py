@@ -21,7 +21,8 @@ from ..log import LogWriter
 from ._archive_core import ArchiveCore
 from ._archive_keys import new_key
 from ._common import InvalidValue, MailboxState, MailboxStateConflict, wrap_id
-from .projection import MailboxInfo, MessageIndex
+from .message_index import MessageIndex
+from .projection import MailboxInfo
 
 __all__ = ["create_mailbox", "delete_mailbox", "update_mailbox"]
 
@@ -99,24 +100,24 @@ async def delete_mailbox(core: ArchiveCore, mailbox_id: str, *, purge: bool, act
         info = box.info
         if info.status != MailboxStatus.SUSPENDED:
             raise MailboxStateConflict("a mailbox must be suspended before it can be deleted")
-        remaining = list(box.index.messages)
+        remaining = len(box.index)
         if remaining and not purge:
             raise MailboxStateConflict(
-                f"mailbox still holds {len(remaining)} messages; delete with purge to discard them"
+                f"mailbox still holds {remaining} messages; delete with purge to discard them"
             )
         await core.append_control(
             MailboxDeleted(
                 at=now(),
                 actor=actor,
                 mailbox_id=info.mailbox_id,
-                purged_messages=len(remaining),
+                purged_messages=remaining,
             )
         )
         del core.boxes[info.mailbox_id]
         if box.writer is not None:
             box.writer.log.close()
         await trio.to_thread.run_sync(core.data.remove_mailbox, info.mailbox_id)
-    return len(remaining)
+    return remaining
 
 
 def _check_text(what: str, value: str, limit: int) -> str:

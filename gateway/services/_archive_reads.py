@@ -20,7 +20,7 @@ from ..events import Envelope, MessageStored, decode_envelope, decode_message_ev
 from ..log import Location, LogCorrupt, SegmentLog, decode_chunk_body
 from ._archive_core import ArchiveCore
 from ._common import ArchiveError, MailboxState
-from .projection import StoredMessage
+from .message_index import StoredMessage
 
 __all__ = ["read_envelope", "read_message", "sealed_of"]
 
@@ -82,7 +82,7 @@ def _stored(
     core: ArchiveCore, mailbox_id: str, message_id: str
 ) -> tuple[MailboxState, StoredMessage, SegmentLog]:
     box = core.box(mailbox_id)
-    stored = box.index.messages.get(message_id)
+    stored = box.index.get(message_id)
     if stored is None or box.writer is None:
         raise ArchiveError(f"no message {message_id} in mailbox {box.info.mailbox_id}")
     return box, stored, box.writer.log

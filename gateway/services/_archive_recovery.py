@@ -30,25 +30,48 @@ from ..events import (
     decode_message_event,
     now,
 )
-from ..log import DataDir, LogCorrupt, LogRecord, LogWriter, RecordKind, Recovery, SegmentLog
+from ..log import (
+    DataDir,
+    LogCorrupt,
+    LogRecord,
+    LogWriter,
+    RecordKind,
+    Recovery,
+    RecoveryPoint,
+    SegmentLog,
+    StaleRecoveryPoint,
+    iter_log,
+    read_recovery_point,
+)
 from ._archive_core import ArchiveCore, logger
 from ._archive_keys import checked_public_key, settle_staged_key
 from ._common import CONTROL_LOG_ID, ArchiveError, MailboxState, StoreConfig
-from .projection import MailboxInfo, MessageIndex, StoredMessage
+from .message_index import MessageIndex, StoredMessage
+from .projection import ControlState, MailboxInfo, decode_control_state
 
 __all__ = ["open_core"]
 
 
 async def open_core(root: Path, config: StoreConfig) -> ArchiveCore:
     """Lock the data folder (made if need be), replay the control log and open every
-    mailbox. Raises DataDirLocked, or LogCorrupt for a control log that does not check out."""
+    mailbox, each from its recovery point where it has a good one (SPEC.md 6.7). Raises
+    DataDirLocked, or LogCorrupt for a control log that does not check out."""
     data = DataDir(root)
     await trio.to_thread.run_sync(data.lock)
     try:
-        log, records, recovery = await trio.to_thread.run_sync(
-            _open_or_create, data.control_dir, CONTROL_LOG_ID, config.segment_bytes
-        )
+        state, point = _saved_control_state(data)
+        try:
+            log, records, recovery = await trio.to_thread.run_sync(
+                _open_or_create, data.control_dir, CONTROL_LOG_ID, config.segment_bytes, point
+            )
+        except StaleRecoveryPoint as exc:
+            _unused("control", exc)
+            state, point = ControlState(), None
+            log, records, recovery = await trio.to_thread.run_sync(
+                _open_or_create, data.control_dir, CONTROL_LOG_ID, config.segment_bytes, None
+            )
         core = ArchiveCore(data, config, LogWriter(log))
+        core.state = state
         for record in records:
             if record.kind == RecordKind.EVENT:
                 event = decode_control_event(record.body)
@@ -58,31 +81,76 @@ async def open_core(root: Path, config: StoreConfig) -> ArchiveCore:
             await _note_recovery(core, "control", recovery)
         for info in list(core.state.mailboxes.values()):
             await _open_mailbox(core, info, control_cut=recovery is not None)
+        # The indexes know them now; those not open keep theirs for their next open.
+        core.state.forget_messages({i for i, box in core.boxes.items() if box.writer is None})
     except BaseException:
         data.unlock()
         raise
     return core
 
 
+def _saved_control_state(data: DataDir) -> tuple[ControlState, RecoveryPoint | None]:
+    """The control-log projection its recovery point saved, and the point; a fresh state
+    and None when it has none that can be used (the whole log is read)."""
+    try:
+        point = read_recovery_point(data.control_dir, CONTROL_LOG_ID)
+        if point is None:
+            return ControlState(), None
+        return decode_control_state(point.state), point
+    except (StaleRecoveryPoint, ValueError) as exc:
+        _unused("control", exc)
+        return ControlState(), None
+
+
+def _unused(log: str, why: Exception) -> None:
+    logger.warning(
+        "event=recovery-point-unused log=%s reason=%r; reading the log whole", log, str(why)
+    )
+
+
+def _saved_index(core: ArchiveCore, mailbox_id: str) -> tuple[MessageIndex, RecoveryPoint | None]:
+    expunged = core.state.expunged.get(mailbox_id, ())
+    try:
+        point = read_recovery_point(
+            core.data.mailbox_log_dir(mailbox_id), bytes.fromhex(mailbox_id)
+        )
+        if point is not None:
+            return MessageIndex.restore(point.state, expunged), point
+    except (StaleRecoveryPoint, ValueError) as exc:
+        _unused(mailbox_id, exc)
+    return MessageIndex(expunged), None
+
+
 async def _open_mailbox(core: ArchiveCore, info: MailboxInfo, *, control_cut: bool) -> None:
     mailbox_id = info.mailbox_id
     state = core.state
-    index = MessageIndex(expunged=set(state.expunged.get(mailbox_id, ())))
+    index, point = await trio.to_thread.run_sync(_saved_index, core, mailbox_id)
     box = MailboxState(info=info, index=index)
     core.boxes[mailbox_id] = box
     witnesses = state.witnessed.get(mailbox_id)
+
+    def open_log(
+        resume: RecoveryPoint | None,
+    ) -> tuple[SegmentLog, list[LogRecord], Recovery | None]:
+        return SegmentLog.open(
+            core.data.mailbox_log_dir(mailbox_id),
+            bytes.fromhex(mailbox_id),
+            segment_bytes=core.config.segment_bytes,
+            cuts=state.cuts.get(mailbox_id, {}),
+            acknowledged=state.acknowledged.get(mailbox_id),
+            resume=resume,
+        )
+
     try:
         await settle_staged_key(core, info)
         box.public_key = await checked_public_key(core, info)
-        log, records, recovery = await trio.to_thread.run_sync(
-            lambda: SegmentLog.open(
-                core.data.mailbox_log_dir(mailbox_id),
-                bytes.fromhex(mailbox_id),
-                segment_bytes=core.config.segment_bytes,
-                cuts=state.cuts.get(mailbox_id, {}),
-                acknowledged=state.acknowledged.get(mailbox_id),
-            )
-        )
+        try:
+            log, records, recovery = await trio.to_thread.run_sync(open_log, point)
+        except StaleRecoveryPoint as exc:
+            _unused(mailbox_id, exc)
+            box.index = index = MessageIndex(state.expunged.get(mailbox_id, ()))
+            point = None
+            log, records, recovery = await trio.to_thread.run_sync(open_log, None)
     except FileNotFoundError as exc:
         core.mark_damaged(box, f"missing file {Path(exc.filename or '').name!s}")
         return
@@ -90,6 +158,8 @@ async def _open_mailbox(core: ArchiveCore, info: MailboxInfo, *, control_cut: bo
         core.mark_damaged(box, str(exc))
         return
     box.writer = LogWriter(log, core.commit_group)
+    if point is not None:
+        box.recovery_seq, box.recovery_size = point.seq, len(point.state)
     _fold_messages(index, records)
     if recovery is not None and recovery.damage:
         await _note_damage(core, box, recovery)
@@ -102,7 +172,15 @@ async def _open_mailbox(core: ArchiveCore, info: MailboxInfo, *, control_cut: bo
             )
         )
         return
-    unwitnessed = [m for m in index.messages.values() if m.message_id not in witnesses]
+    # Only the commits read from the log now can be unwitnessed: a recovery point holds
+    # witnessed ones only. Below ``settled`` (the control log's recovery point) every commit
+    # not expunged was witnessed; from there on the witnesses say.
+    settled = state.settled.get(mailbox_id, 0)
+    unwitnessed = [
+        m
+        for m in index.after((point.seq if point is not None else 0) - 1)
+        if m.seq >= settled and m.message_id not in witnesses
+    ]
     if not unwitnessed:
         return
     if control_cut:
@@ -116,6 +194,10 @@ async def _open_mailbox(core: ArchiveCore, info: MailboxInfo, *, control_cut: bo
 async def _note_damage(core: ArchiveCore, box: MailboxState, recovery: Recovery) -> None:
     mailbox_id = box.info.mailbox_id
     witnesses = core.state.witnessed.get(mailbox_id, {})
+    if recovery.first_lost_seq < core.state.settled.get(mailbox_id, 0):
+        # The control log's recovery point vouches for those commits without naming them:
+        # the lost ones are named from the whole control log.
+        witnesses = await trio.to_thread.run_sync(_every_witness, core, mailbox_id)
     lost = tuple(
         sorted(
             m
@@ -189,9 +271,23 @@ def _fold_messages(index: MessageIndex, records: list[LogRecord]) -> None:
                 index.add_commit(record.seq, record.location, event)
 
 
+_Opened = tuple[SegmentLog, list[LogRecord], Recovery | None]
+
+
+def _every_witness(core: ArchiveCore, mailbox_id: str) -> dict[str, tuple[int, bytes]]:
+    """Every witness of a mailbox's commits the control log holds, read from its files."""
+    state = ControlState()
+    for record in iter_log(core.data.control_dir, CONTROL_LOG_ID, tail_ok=True):
+        if record.kind == RecordKind.EVENT:
+            event = decode_control_event(record.body)
+            if event is not None:
+                state.apply(event)
+    return state.witnessed.get(mailbox_id, {})
+
+
 def _open_or_create(
-    directory: Path, log_id: bytes, segment_bytes: int
-) -> tuple[SegmentLog, list[LogRecord], Recovery | None]:
+    directory: Path, log_id: bytes, segment_bytes: int, resume: RecoveryPoint | None
+) -> _Opened:
     if not directory.exists():
         return SegmentLog.create(directory, log_id, segment_bytes=segment_bytes), [], None
-    return SegmentLog.open(directory, log_id, segment_bytes=segment_bytes)
+    return SegmentLog.open(directory, log_id, segment_bytes=segment_bytes, resume=resume)

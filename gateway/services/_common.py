@@ -11,8 +11,9 @@ import trio
 
 from ..crypto import KdfParams, MailboxPublicKey
 from ..ids import parse_mailbox_id
-from ..log import DEFAULT_SEGMENT_BYTES, LogWriter
-from .projection import MailboxInfo, MessageIndex, StoredMessage
+from ..log import DEFAULT_SEGMENT_BYTES, Location, LogWriter
+from .message_index import MessageIndex, StoredMessage
+from .projection import MailboxInfo
 
 __all__ = [
     "CONTROL_LOG_ID",
@@ -100,7 +101,16 @@ class MailboxState:
     damaged: str | None = None  # why the mailbox cannot take mail, if it cannot
     lock: trio.Lock = field(default_factory=trio.Lock)  # key changes, deletion, compaction
     io_lock: trio.Lock = field(default_factory=trio.Lock)  # record reads vs segment replacement
-    inflight: dict[int, int] = field(default_factory=dict)  # writer id -> first seq it may use
+    # Messages being written: writer id -> (the first seq it may use, its chunks so far).
+    inflight: dict[int, tuple[int, list[Location]]] = field(default_factory=dict)
+    # Its recovery point (SPEC.md 6.7): the seq it covers (-1: none), the log's bytes written
+    # when it was made, its size; ``recovery_due``: the index changed without the log growing
+    # (an expunge, a compaction), so the next checkpoint makes a new one.
+    recovery_seq: int = -1
+    recovery_written: int = 0
+    recovery_size: int = 0
+    recovery_due: bool = False
+    unsettled: bool = False  # a failed commit could not be rolled back: see _archive_commits
     # A key reset in progress refuses new witnesses and waits for those in flight, so no
     # message sealed to the retired key is committed after the reset (SPEC.md 6.5).
     resetting: bool = False

@@ -39,7 +39,8 @@ from ._common import (
 )
 from .accounts import Accounts, LoginRefused, Principal
 from .archive import Archive
-from .projection import ApiToken, MailboxInfo, StoredMessage
+from .message_index import StoredMessage
+from .projection import ApiToken, MailboxInfo
 from .throttle import LoginThrottle
 
 __all__ = ["MIN_PASSWORD", "AdminService", "mailbox_view", "unreadable_messages"]

@@ -38,6 +38,7 @@ from ..events import SYSTEM, Actor, ControlEvent, Envelope, MailboxStatus
 from ..ids import new_message_id, parse_message_id
 from ..log import CommitGroup, DataDir, Location, LogRecord, LogWriter, iter_log
 from . import (
+    _archive_checkpoint,
     _archive_commits,
     _archive_compaction,
     _archive_keys,
@@ -63,7 +64,8 @@ from ._common import (
 )
 from .intake import PendingMessage
 from .keyforge import KeyForge
-from .projection import ControlState, MailboxInfo, StoredMessage
+from .message_index import StoredMessage
+from .projection import ControlState, MailboxInfo
 from .writer import MessageWriter, SealTarget
 
 if TYPE_CHECKING:
@@ -133,8 +135,20 @@ class Archive:
         LogCorrupt for a control log that does not check out."""
         return cls(await open_core(root, config or StoreConfig()))
 
-    async def aclose(self) -> None:
-        self._core.close()
+    async def aclose(self, *, checkpoint: bool = True) -> None:
+        """Close, leaving a recovery point for every log that moved (SPEC.md 6.7);
+        ``checkpoint=False`` leaves the folder as a process that died would."""
+        with trio.CancelScope(shield=True):
+            try:
+                if checkpoint:
+                    await _archive_checkpoint.checkpoint(self._core, everything=True)
+            finally:
+                self._core.close()
+
+    async def checkpoint(self, *, everything: bool = False) -> int:
+        """Recovery points for the logs that are due (SPEC.md 6.7), or with ``everything``
+        for every log that moved at all; how many were made."""
+        return await _archive_checkpoint.checkpoint(self._core, everything=everything)
 
     # -- the data folder ---------------------------------------------------------------------------
 
@@ -302,11 +316,30 @@ class Archive:
 
     def messages(self, mailbox_id: str) -> list[StoredMessage]:
         """The mailbox's messages now, oldest first."""
-        return sorted(self._box(mailbox_id).index.messages.values(), key=lambda m: m.seq)
+        return list(self._box(mailbox_id).index)
+
+    def messages_after(
+        self, mailbox_id: str, seq: int, upto: int | None = None
+    ) -> Iterator[StoredMessage]:
+        """The mailbox's messages whose commit record comes after ``seq`` (and at or before
+        ``upto``), oldest first, made as they are taken (a maildrop may be huge)."""
+        return self._box(mailbox_id).index.after(seq, upto)
+
+    def message(self, mailbox_id: str, message_id: str) -> StoredMessage:
+        """One message now. Raises ArchiveError for one the mailbox does not serve."""
+        box = self._box(mailbox_id)
+        found = box.index.get(message_id)
+        if found is None:
+            raise ArchiveError(f"no message {message_id} in mailbox {box.info.mailbox_id}")
+        return found
+
+    def newest_commit(self, mailbox_id: str) -> int:
+        """The seq of the mailbox's newest commit record served, -1 for none."""
+        return self._box(mailbox_id).index.last_seq
 
     def has_source(self, mailbox_id: str, source_key: str) -> bool:
         """Whether the proxy already stored the upstream message with this key."""
-        return source_key in self._box(mailbox_id).index.sources
+        return self._box(mailbox_id).index.has_source(source_key)
 
     def begin_message(self, mailbox_ids: Sequence[str], source_key: str = "") -> MessageWriter:
         """Start writing one message to one or more mailboxes (sealed once per mailbox, in
@@ -360,7 +393,7 @@ class Archive:
     ) -> int:
         """Delete messages: durable before this returns, not served from then on."""
         box = self._box(mailbox_id)
-        present = [m for m in dict.fromkeys(message_ids) if m in box.index.messages]
+        present = [m for m in dict.fromkeys(message_ids) if m in box.index]
         return await self._core.expunge_ids(box, present, actor=actor)
 
     # -- messages out ------------------------------------------------------------------------------

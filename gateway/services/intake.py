@@ -12,7 +12,7 @@ from ..events import MessageAccepted, MessageStored, encode_event, now
 from ..log import AppendItem, Location, LogWriter, RecordKind, encode_chunk_body
 from ._archive_commits import CopyCommit
 from ._common import ArchiveError, MailboxState
-from .projection import StoredMessage
+from .message_index import StoredMessage
 from .writer import SealedCopy
 
 if TYPE_CHECKING:
@@ -53,7 +53,10 @@ class PendingMessage:
                 box, box.writer, message_id, box.writer.epoch
             )
             # Compaction keeps every chunk from here on until this message is settled.
-            box.inflight[id(self)] = box.writer.log.next_seq
+            box.inflight[id(self)] = (
+                box.writer.log.next_seq,
+                self._targets[box.info.mailbox_id].chunks,
+            )
 
     async def append_chunks(self, mailbox_id: str, chunks: list[bytes]) -> None:
         target = self._target(mailbox_id)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import msgspec
+
 from ..events import (
     AdminAccountCreated,
     AdminCredentialsMigrated,
@@ -32,12 +34,11 @@ from ..events import (
     MessageLogAnchored,
     MessagesCommitted,
     MessagesExpunged,
-    MessageStored,
     Pop3ProxySessionEnded,
     Pop3SessionEnded,
+    Pop3SessionProgress,
     SmtpProxySessionEnded,
 )
-from ..log import Location
 
 __all__ = [
     "AdminSession",
@@ -45,8 +46,8 @@ __all__ = [
     "ApiToken",
     "ControlState",
     "MailboxInfo",
-    "MessageIndex",
-    "StoredMessage",
+    "decode_control_state",
+    "encode_control_state",
 ]
 
 
@@ -163,6 +164,27 @@ class ControlState:
     # Damage found at open, per mailbox, oldest first: the alarm an operator sees.
     damage: dict[str, list[LogDamaged]] = field(default_factory=dict)
     admin: AdminState = field(default_factory=AdminState)
+    # Saved in the control log's recovery point (SPEC.md 6.7), per open mailbox: every
+    # commit record before this seq was settled (witnessed, or rolled back and expunged), so
+    # one not expunged was witnessed; ``witnessed`` holds only the witnesses of commits from
+    # there on. Empty when the whole control log was read (``witnessed`` has them all).
+    settled: dict[str, int] = field(default_factory=dict)
+    # Whether ``witnessed`` and ``expunged`` keep every message (verify, and the server while
+    # it opens the mailboxes); a running server keeps them in its message indexes instead.
+    per_message: bool = True
+
+    def forget_messages(self, keep: set[str]) -> None:
+        """Stop keeping witnesses and expunged ids by message, but for the mailboxes in
+        ``keep`` (those not open, damaged): the others' indexes know (a million-message store
+        must not hold them twice)."""
+        self.per_message = False
+        for mailbox_id, witnesses in self.witnessed.items():
+            if mailbox_id not in keep:
+                witnesses.clear()
+        for mailbox_id in list(self.expunged):
+            if mailbox_id not in keep:
+                del self.expunged[mailbox_id]
+        self.settled.clear()
 
     def apply(self, event: ControlEvent) -> None:
         """Fold one event. Events that do not fit the state (an update of an unknown mailbox)
@@ -206,7 +228,8 @@ class ControlState:
                 self.damage.pop(event.mailbox_id, None)
                 self.deleted.add(event.mailbox_id)
             case MessagesExpunged():
-                self.expunged.setdefault(event.mailbox_id, set()).update(event.message_ids)
+                if self.per_message:
+                    self.expunged.setdefault(event.mailbox_id, set()).update(event.message_ids)
             case LogCompacted():
                 self.compactions.setdefault(event.mailbox_id, []).append(event)
                 self.cuts.setdefault(event.mailbox_id, {})[event.segment] = event.generation
@@ -223,7 +246,8 @@ class ControlState:
                     witnesses = self.witnessed.get(commit.mailbox_id)
                     if witnesses is None:
                         continue
-                    witnesses[commit.message_id] = (commit.seq, commit.chain)
+                    if self.per_message:
+                        witnesses[commit.message_id] = (commit.seq, commit.chain)
                     mark = self.acknowledged.get(commit.mailbox_id)
                     if mark is None or commit.seq > mark[0]:
                         self.acknowledged[commit.mailbox_id] = (commit.seq, commit.chain)
@@ -249,7 +273,7 @@ class ControlState:
             case Pop3ProxySessionEnded() | SmtpProxySessionEnded():
                 if event.stored and event.mailbox_id in self.mailboxes:
                     self.last_delivery[event.mailbox_id] = event.at
-            case Pop3SessionEnded():
+            case Pop3SessionEnded() | Pop3SessionProgress():
                 if event.retrieved and event.mailbox_id in self.mailboxes:
                     self.last_retrieval[event.mailbox_id] = event.at
             case (
@@ -266,69 +290,25 @@ class ControlState:
                 pass
 
 
-@dataclass(slots=True)
-class StoredMessage:
-    """What serving a message needs, kept in memory for every message of a mailbox. The
-    wrapped key and sealed envelope (over 1 KB) stay in the commit record on disk and are
-    read back when the message is opened."""
-
-    message_id: str
-    seq: int  # of the commit record
-    size: int
-    key_id: str
-    commit: Location
-    chunks: list[Location]
-
-    @classmethod
-    def of(
-        cls, seq: int, commit: Location, chunks: list[Location], event: MessageStored
-    ) -> StoredMessage:
-        return cls(event.message_id, seq, event.size, event.key_id, commit, chunks)
+_STATE_VERSION = 1
 
 
-@dataclass(slots=True)
-class MessageIndex:
-    """The messages of one mailbox log, in the order they were stored, without the expunged.
+class _SavedState(msgspec.Struct):
+    version: int
+    state: ControlState
 
-    CHUNK records are remembered by sequence number until the commit record that names them
-    arrives; chunks no commit ever names belong to messages that were never acknowledged
-    (aborted, or cut short by a crash) and are left for compaction.
-    """
 
-    messages: dict[str, StoredMessage] = field(default_factory=dict)
-    expunged: set[str] = field(default_factory=set)
-    # Proxy copies by source key (expunged ones too, while their commit record lasts).
-    sources: set[str] = field(default_factory=set)
-    pending_chunks: dict[int, Location] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
+def encode_control_state(state: ControlState) -> bytes:
+    """The control-log projection as a recovery point carries it (SPEC.md 6.7)."""
+    return msgspec.msgpack.encode(_SavedState(_STATE_VERSION, state))
 
-    def add_chunk(self, seq: int, location: Location) -> None:
-        self.pending_chunks[seq] = location
 
-    def add_commit(self, seq: int, location: Location, event: MessageStored) -> None:
-        if event.source_key:
-            self.sources.add(event.source_key)
-        if event.message_id in self.expunged:
-            # Compaction may already have taken its chunks; nothing of it is served anyway.
-            for chunk_seq in event.chunk_seqs:
-                self.pending_chunks.pop(chunk_seq, None)
-            return
-        chunks = []
-        for chunk_seq in event.chunk_seqs:
-            chunk = self.pending_chunks.pop(chunk_seq, None)
-            if chunk is None:
-                self.problems.append(
-                    f"message {event.message_id}: chunk record {chunk_seq} missing"
-                )
-                return
-            chunks.append(chunk)
-        self.messages[event.message_id] = StoredMessage.of(seq, location, chunks, event)
-
-    def expunge(self, message_ids: set[str] | tuple[str, ...]) -> None:
-        self.expunged.update(message_ids)
-        for message_id in message_ids:
-            self.messages.pop(message_id, None)
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(m.size for m in self.messages.values())
+def decode_control_state(data: bytes) -> ControlState:
+    """Raises ValueError for bytes that are not a saved state of this version."""
+    try:
+        saved = msgspec.msgpack.decode(data, type=_SavedState)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"control state: {exc}") from None
+    if saved.version != _STATE_VERSION:
+        raise ValueError(f"control state version {saved.version} is not known")
+    return saved.state

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ._client import StoreClient, StoreLimits
 from ._journal import AUDIT_EVENTS, Journal
+from ._maildrop import Maildrop
 from ._wire import MAX_FRAME, PROTOCOL_VERSION, FrameError, MailboxView, MessageEntry
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "FrameError",
     "Journal",
     "MailboxView",
+    "Maildrop",
     "MessageEntry",
     "StoreClient",
     "StoreLimits",

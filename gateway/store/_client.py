@@ -58,6 +58,7 @@ from ..services.keyforge import KeyForge
 from ..services.projection import MailboxInfo
 from ..services.writer import MessageWriter, SealedCopy, SealTarget
 from ..threads import ThreadPool
+from ._maildrop import Maildrop
 from ._wire import (
     PROTOCOL_VERSION,
     Abort,
@@ -69,14 +70,16 @@ from ._wire import (
     Failed,
     FrameError,
     GetKeyFile,
+    GetMessage,
     HasSource,
     Hello,
     KeyFileBytes,
-    ListMessages,
+    ListMaildrop,
     Lock,
     MailboxChanged,
     MailboxGone,
     MailboxView,
+    MaildropPage,
     MessageEntry,
     MessageList,
     ToJournal,
@@ -136,7 +139,6 @@ class StoreClient:
         self._waiting: dict[int, trio.MemorySendChannel[ToWorker]] = {}
         self._send_lock = trio.Lock()
         self._mailboxes: dict[str, _Mailbox] = {}
-        self._listed: dict[str, dict[str, MessageEntry]] = {}
         self._readers: dict[str, RecordReader] = {}
         self._broken: str | None = None
         self.config = StoreLimits(0)
@@ -322,28 +324,28 @@ class StoreClient:
 
     # -- messages out ---------------------------------------------------------------------------
 
-    async def messages(self, mailbox_id: str) -> list[MessageEntry]:
-        """The mailbox's messages now, oldest first (remembered for :meth:`read_message`)."""
+    async def maildrop(self, mailbox_id: str, key_id: str) -> Maildrop:
+        """The mailbox's messages sealed to ``key_id`` now, oldest first, by id and size: a
+        POP3 maildrop at login (read from the journal in pages, as of the first)."""
         canonical = self._box(mailbox_id).info.mailbox_id
-        entries: list[MessageEntry] = []
+        maildrop = Maildrop()
         listing = 0
-        while True:  # in pages, as of the first
-            request = ListMessages(id=self._next_id(), mailbox_id=canonical, listing=listing)
+        while True:
+            request = ListMaildrop(
+                id=self._next_id(), mailbox_id=canonical, key_id=key_id, listing=listing
+            )
             reply = await self._call(request)
-            assert isinstance(reply, MessageList)
-            entries += reply.messages
+            assert isinstance(reply, MaildropPage)
+            maildrop.extend(reply.ids, reply.sizes)
             if not reply.listing:
-                break
+                return maildrop
             listing = reply.listing
-        self._listed[canonical] = {m.message_id: m for m in entries}
-        return entries
 
     async def lock_maildrop(self, mailbox_id: str) -> bool:
         reply = await self._call(Lock(id=self._next_id(), mailbox_id=mailbox_id))
         return isinstance(reply, Done) and bool(reply.value)
 
     async def unlock_maildrop(self, mailbox_id: str) -> None:
-        self._listed.pop(mailbox_id, None)
         await self._call(Unlock(id=self._next_id(), mailbox_id=mailbox_id))
 
     async def expunge(
@@ -382,11 +384,12 @@ class StoreClient:
     async def read_message(
         self, mailbox_id: str, message_id: str, key: MailboxPrivateKey
     ) -> AsyncGenerator[bytes, None]:
-        """Decrypt one message of the last listing piece by piece (each at most 256 KiB),
-        reading its records from the segment files (a message of up to READ_AT_ONCE octets in
-        one go). Raises crypto.MessageCorrupt on any
-        tampering, LogCorrupt on a damaged record."""
-        entry, reader = self._listed_entry(mailbox_id, message_id)
+        """Decrypt one message piece by piece (each at most 256 KiB): where its records are
+        comes from the journal, the records from the segment files (a message of up to
+        READ_AT_ONCE octets in one go). Raises ArchiveError for a message the mailbox does
+        not serve (expunged), crypto.MessageCorrupt on any tampering, LogCorrupt on a damaged
+        record."""
+        entry, reader = await self._entry(mailbox_id, message_id)
         mid = bytes.fromhex(entry.message_id)
 
         def open_one(opener: MessageOpener, index: int) -> bytes:
@@ -416,15 +419,17 @@ class StoreClient:
     async def read_envelope(
         self, mailbox_id: str, message_id: str, key: MailboxPrivateKey
     ) -> Envelope:
-        entry, reader = self._listed_entry(mailbox_id, message_id)
+        entry, reader = await self._entry(mailbox_id, message_id)
         opener = await trio.to_thread.run_sync(self._opener, reader, entry, mailbox_id, key)
         return decode_envelope(opener.meta())
 
-    def _listed_entry(self, mailbox_id: str, message_id: str) -> tuple[MessageEntry, RecordReader]:
+    async def _entry(self, mailbox_id: str, message_id: str) -> tuple[MessageEntry, RecordReader]:
         canonical = self._box(mailbox_id).info.mailbox_id
-        entry = self._listed.get(canonical, {}).get(message_id)
-        if entry is None:
-            raise ArchiveError(f"no message {message_id} in mailbox {canonical}")
+        reply = await self._call(
+            GetMessage(id=self._next_id(), mailbox_id=canonical, message_id=message_id)
+        )
+        assert isinstance(reply, MessageList)
+        (entry,) = reply.messages
         reader = self._readers.get(canonical)
         if reader is None:
             directory = DataDir(self._data_dir).mailbox_log_dir(canonical)

@@ -15,6 +15,7 @@ message half written, a maildrop lock) is released at once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import msgspec
@@ -29,6 +30,7 @@ from ..events import (
     Pop3Login,
     Pop3ProxySessionEnded,
     Pop3SessionEnded,
+    Pop3SessionProgress,
     SmtpLogin,
     SmtpProxySessionEnded,
     SmtpSessionEnded,
@@ -44,7 +46,7 @@ from ..services.archive import (
     NoSuchMailbox,
 )
 from ..services.intake import PendingMessage
-from ..services.projection import StoredMessage
+from ..services.message_index import StoredMessage
 from ._wire import (
     PROTOCOL_VERSION,
     Abort,
@@ -56,15 +58,17 @@ from ._wire import (
     Failed,
     FrameError,
     GetKeyFile,
+    GetMessage,
     HasSource,
     Hello,
     JournalFrames,
     KeyFileBytes,
-    ListMessages,
+    ListMaildrop,
     Lock,
     MailboxChanged,
     MailboxGone,
     MailboxView,
+    MaildropPage,
     MessageEntry,
     MessageList,
     RecordAt,
@@ -86,6 +90,7 @@ AUDIT_EVENTS = (
     DeliveryRefused,
     Pop3Login,
     Pop3SessionEnded,
+    Pop3SessionProgress,
     Pop3ProxySessionEnded,
     SmtpLogin,
     SmtpProxySessionEnded,
@@ -93,10 +98,10 @@ AUDIT_EVENTS = (
 )
 # Replies and pushes waiting for a slow worker; one that falls this far behind is cut off.
 OUTBOX = 10_000
-# A listing's page holds about this many octets of entries (a frame: at most MAX_FRAME);
-# estimated per entry and per record location it names.
+# A maildrop listing's page holds about this many octets (a frame: at most MAX_FRAME):
+# 16 for an id, up to 9 for a size.
 LIST_PAGE_BYTES = 1 << 20
-_ENTRY_BYTES, _LOCATION_BYTES = 120, 40
+_BRIEF_BYTES = 25
 MAX_LISTINGS = 64  # listings a connection may leave unfinished
 WELCOME_PAGE = 500  # mailbox views per welcome frame (each about 1.4 KiB)
 _actor_decoder = msgspec.msgpack.Decoder(Actor)
@@ -108,8 +113,9 @@ class _Connection:
     outbox: trio.MemorySendChannel[ToWorker]
     pending: dict[int, PendingMessage] = field(default_factory=dict)
     locks: set[str] = field(default_factory=set)
-    # Listings sent in pages: their messages as of the first page, and how far they went.
-    listings: dict[int, tuple[str, list[StoredMessage], int]] = field(default_factory=dict)
+    # Listings sent in pages: (mailbox, the seq of the last commit sent, the newest commit
+    # when the listing began).
+    listings: dict[int, tuple[str, int, int]] = field(default_factory=dict)
 
     def send(self, frame: ToWorker) -> None:
         try:
@@ -276,8 +282,16 @@ class Journal:
                 if dropped is not None:
                     await dropped.abort()
                 return Done(id=frame.id)
-            case ListMessages():
-                return self._listing_page(connection, frame)
+            case ListMaildrop():
+                return self._maildrop_page(connection, frame)
+            case GetMessage():
+                mailbox_id = archive.mailbox(frame.mailbox_id).mailbox_id
+                return MessageList(
+                    id=frame.id,
+                    messages=[
+                        self._entry(mailbox_id, archive.message(mailbox_id, frame.message_id))
+                    ],
+                )
             case HasSource():
                 found = any(archive.has_source(frame.mailbox_id, k) for k in frame.source_keys)
                 return Done(id=frame.id, value=int(found))
@@ -318,43 +332,56 @@ class Journal:
             connection.pending[frame.token] = pending
         return pending
 
-    def _listing_page(self, connection: _Connection, frame: ListMessages) -> MessageList:
-        """A mailbox's messages as of the listing's first page, in pages of about
-        LIST_PAGE_BYTES (a frame holds at most MAX_FRAME: a maildrop of 40,000 messages
-        does not fit in one)."""
+    def _maildrop_page(self, connection: _Connection, frame: ListMaildrop) -> MaildropPage:
+        """A maildrop brief (id and size), those sealed to the key named only, in pages of
+        about LIST_PAGE_BYTES (a million messages are about 24 frames), as of the first page:
+        the journal keeps where the listing stands, no copy of the mailbox."""
+        _mailbox_id, listing, messages = self._listing(connection, frame.id, frame)
+        ids = bytearray()
+        sizes: list[int] = []
+        for m in messages:
+            if m.key_id != frame.key_id:
+                continue
+            ids += bytes.fromhex(m.message_id)
+            sizes.append(m.size)
+            if len(sizes) * _BRIEF_BYTES >= LIST_PAGE_BYTES:
+                return MaildropPage(
+                    id=frame.id, ids=bytes(ids), sizes=sizes, listing=listing(m.seq)
+                )
+        return MaildropPage(id=frame.id, ids=bytes(ids), sizes=sizes)
+
+    def _listing(
+        self, connection: _Connection, frame_id: int, frame: ListMaildrop
+    ) -> tuple[str, Callable[[int], int], Iterator[StoredMessage]]:
+        """The mailbox, a way to leave the listing to go on after a seq (returns the number
+        to ask for it by), and the messages from where it stands."""
         archive = self.archive
+        mailbox_id = archive.mailbox(frame.mailbox_id).mailbox_id
         if frame.listing == 0:
-            listing, start = frame.id, 0
-            mailbox_id = archive.mailbox(frame.mailbox_id).mailbox_id
-            snapshot = archive.messages(mailbox_id)
+            listing, after, upto = frame_id, -1, archive.newest_commit(mailbox_id)
         else:
             listing = frame.listing
             taken = connection.listings.pop(listing, None)
-            if taken is None or taken[0] != archive.mailbox(frame.mailbox_id).mailbox_id:
+            if taken is None or taken[0] != mailbox_id:
                 raise ArchiveError(f"no listing {listing} of mailbox {frame.mailbox_id} goes on")
-            mailbox_id, snapshot, start = taken
+            _mailbox_id, after, upto = taken
 
+        def go_on(seq: int) -> int:
+            if len(connection.listings) >= MAX_LISTINGS:  # abandoned ones: the oldest goes
+                connection.listings.pop(next(iter(connection.listings)))
+            connection.listings[listing] = (mailbox_id, seq, upto)
+            return listing
+
+        return mailbox_id, go_on, archive.messages_after(mailbox_id, after, upto)
+
+    def _entry(self, mailbox_id: str, m: StoredMessage) -> MessageEntry:
         def at(location: Location) -> RecordAt:
-            file = archive.record_file(mailbox_id, location)
+            file = self.archive.record_file(mailbox_id, location)
             return RecordAt(file, location.offset, location.size, location.seq)
 
-        entries: list[MessageEntry] = []
-        size, end = 0, start
-        while end < len(snapshot) and size < LIST_PAGE_BYTES:
-            m = snapshot[end]
-            entries.append(
-                MessageEntry(
-                    m.message_id, m.seq, m.size, m.key_id, at(m.commit), [at(c) for c in m.chunks]
-                )
-            )
-            size += _ENTRY_BYTES + _LOCATION_BYTES * len(m.chunks)
-            end += 1
-        if end == len(snapshot):
-            return MessageList(id=frame.id, messages=entries)
-        if len(connection.listings) >= MAX_LISTINGS:  # abandoned ones: the oldest goes
-            connection.listings.pop(next(iter(connection.listings)))
-        connection.listings[listing] = (mailbox_id, snapshot, end)
-        return MessageList(id=frame.id, messages=entries, listing=listing)
+        return MessageEntry(
+            m.message_id, m.seq, m.size, m.key_id, at(m.commit), [at(c) for c in m.chunks]
+        )
 
 
 async def _first_frames(

@@ -30,15 +30,17 @@ __all__ = [
     "Failed",
     "FrameError",
     "GetKeyFile",
+    "GetMessage",
     "HasSource",
     "Hello",
     "JournalFrames",
     "KeyFileBytes",
-    "ListMessages",
+    "ListMaildrop",
     "Lock",
     "MailboxChanged",
     "MailboxGone",
     "MailboxView",
+    "MaildropPage",
     "MessageEntry",
     "MessageList",
     "RecordAt",
@@ -50,7 +52,7 @@ __all__ = [
     "encode_frame",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: listmaildrop and getmessage in place of listmessages
 # A frame holds at most a few sealed chunks (256 KiB of plaintext each, compressed) or one
 # message listing; anything larger is refused before it is read.
 MAX_FRAME = 4 * 1024 * 1024
@@ -113,9 +115,19 @@ class GetKeyFile(_Frame, frozen=True, kw_only=True):
     mailbox_id: str
 
 
-class ListMessages(_Frame, frozen=True, kw_only=True):
+class ListMaildrop(_Frame, frozen=True, kw_only=True):
+    """A POP3 maildrop at login, brief: each message's id and size only (its records are
+    asked for with ``getmessage`` when it is read), those sealed to ``key_id`` only, oldest
+    first, as of the first page (messages committed since are left out, expunged since too)."""
+
     mailbox_id: str
-    listing: int = 0  # 0: a new listing; else the one a `messagelist` said goes on
+    key_id: str
+    listing: int = 0  # 0: a new listing; else the one a `maildrop` said goes on
+
+
+class GetMessage(_Frame, frozen=True, kw_only=True):
+    mailbox_id: str
+    message_id: str
 
 
 class HasSource(_Frame, frozen=True, kw_only=True):
@@ -174,7 +186,8 @@ class Audit(_Frame, frozen=True, kw_only=True):
 ToJournal = (
     Hello
     | GetKeyFile
-    | ListMessages
+    | ListMaildrop
+    | GetMessage
     | HasSource
     | Append
     | Commit
@@ -204,6 +217,12 @@ class MessageList(_Frame, frozen=True, kw_only=True):
     listing: int = 0  # not 0: more of this listing follows; ask for it with this number
 
 
+class MaildropPage(_Frame, frozen=True, kw_only=True):
+    ids: bytes  # the message ids' 16 bytes, one after another, oldest first
+    sizes: list[int]
+    listing: int = 0  # not 0: more of this listing follows; ask for it with this number
+
+
 class Done(_Frame, frozen=True, kw_only=True):
     """Success; ``value`` is the answer of a yes/no or counting request."""
 
@@ -225,7 +244,16 @@ class MailboxGone(_Frame, frozen=True, kw_only=True):
     mailbox_id: str
 
 
-ToWorker = Welcome | KeyFileBytes | MessageList | Done | Failed | MailboxChanged | MailboxGone
+ToWorker = (
+    Welcome
+    | KeyFileBytes
+    | MessageList
+    | MaildropPage
+    | Done
+    | Failed
+    | MailboxChanged
+    | MailboxGone
+)
 
 _encoder = msgspec.msgpack.Encoder()
 

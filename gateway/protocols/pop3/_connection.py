@@ -66,7 +66,7 @@ from ._state import (
 )
 from ._syntax import command_verb, one_number, optional_number, parse_number, parse_text
 from ._util import LocalProtocolError, RemoteProtocolError
-from ._writers import DotStuffer, format_lines, format_reply
+from ._writers import DotStuffer, format_lines, format_reply, stuff_lines
 
 __all__ = ["ConnectionStatistics", "ServerConnection"]
 
@@ -169,6 +169,13 @@ class ServerConnection(ServerMachine[State, Event, Reply, CloseReason, NextSenti
         if self._stuffer is None:
             raise LocalProtocolError("no multi-line response is being streamed")
         return self._stuffer.feed(chunk)
+
+    def send_lines_more(self, lines: Iterable[str | bytes]) -> bytes:
+        """More short lines of a multi-line +OK begun with ``send_stream_start`` (a LIST or
+        UIDL of a huge maildrop, in batches): stuffed, CRLF added to each."""
+        if self._stuffer is None:
+            raise LocalProtocolError("no multi-line response is being streamed")
+        return stuff_lines(lines, self._stuffer)
 
     def send_stream_end(self) -> bytes:
         if self._stuffer is None or self._pending is None:

@@ -39,15 +39,20 @@ def format_reply(reply: Reply) -> bytes:
 
 
 def format_lines(lines: Iterable[str | bytes]) -> bytes:
-    """A listing (LIST, UIDL, CAPA): lines without line ends, stuffed and CRLF-joined."""
+    """A listing (LIST, UIDL, CAPA): lines without line ends, stuffed and CRLF-joined, with
+    the terminating dot."""
     stuffer = DotStuffer()
+    return stuff_lines(lines, stuffer) + stuffer.end()
+
+
+def stuff_lines(lines: Iterable[str | bytes], stuffer: DotStuffer) -> bytes:
+    """Lines of a listing through ``stuffer``, CRLF added to each (no terminating dot)."""
     out = bytearray()
     for line in lines:
         raw = line.encode() if isinstance(line, str) else line
         if b"\r" in raw or b"\n" in raw:
             raise ValueError(f"listing line {raw[:40]!r} holds CR or LF")
         out += stuffer.feed(raw + b"\r\n")
-    out += stuffer.end()
     return bytes(out)
 
 
