@@ -84,3 +84,29 @@ async def test_a_killed_forge_restarts_and_intake_never_waits(
             assert b"".join([p async for p in archive.read_message(box, message_id, key)]) == body
     finally:
         await archive.aclose()
+
+
+async def test_a_forge_full_of_idle_pools_still_serves_a_new_mailbox(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    """Regression: pools were never let go, so once mailboxes that stopped receiving held
+    the whole capacity, every later mailbox sealed inline. The least recently used go."""
+    archive = await Archive.open(tmp_path / "data", store_config)
+    try:
+        boxes = [(await archive.create_mailbox(f"m{n}"))[0].mailbox_id for n in range(6)]
+        forge = KeyForge(batch=4, capacity=12)  # room for three mailboxes' batches
+        async with trio.open_nursery() as nursery:
+            await nursery.start(forge.run)
+            archive.key_forge = forge
+            for box in boxes:
+                await store_many(archive, box, 3)
+                with trio.fail_after(10):
+                    while forge.statistics()["pooled"] == 0:  # noqa: ASYNC110
+                        await trio.sleep(0.01)
+            served = forge.served
+            await store_many(archive, boxes[-1], 3)
+            assert forge.served > served, "the newest mailbox got no prepared key"
+            assert forge.statistics()["pooled"] <= forge.capacity
+            nursery.cancel_scope.cancel()
+    finally:
+        await archive.aclose()

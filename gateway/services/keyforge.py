@@ -16,7 +16,9 @@ info binding mailbox id and message id).
 
 Prepared keys are secrets: they exist only in the memory of the gateway and its child and
 cross the pipe between them, never a file or a log. At most :attr:`KeyForge.capacity` of them
-exist at once, and a pool for a key that is no longer the mailbox's (after a reset) is
+exist at once: when a mailbox needs a batch and there is no room, the pools of the mailboxes
+that took a key least recently are dropped (a gateway for thousands of mailboxes keeps the
+busy ones filled). A pool for a key that is no longer the mailbox's (after a reset) is
 dropped when the new key is first used.
 """
 
@@ -73,16 +75,17 @@ class KeyForge:
     def take(self, public_key: MailboxPublicKey, mailbox_id: bytes) -> PreparedKey | None:
         """A prepared key for a new message of this mailbox, or None (then seal inline)."""
         pool_key = (mailbox_id, public_key.key_id)
-        pool = self._pools.get(pool_key)
+        pool = self._pools.pop(pool_key, None)
         if pool is None:
             self._drop_other_keys(mailbox_id, public_key.key_id)
-            pool = self._pools[pool_key] = deque()
+            pool = deque()
             self._public[pool_key] = public_key
+        self._pools[pool_key] = pool  # the most recently used last
         if (
             len(pool) < 2 * self.batch  # ask early: a batch takes milliseconds to make
             and pool_key not in self._wanted
             and self._running
-            and self._pooled + self.batch <= self.capacity
+            and self._make_room(pool_key)
         ):
             self._wanted.add(pool_key)
             self._send.send_nowait(pool_key)
@@ -92,6 +95,19 @@ class KeyForge:
         self.served += 1
         self._pooled -= 1
         return pool.popleft()
+
+    def _make_room(self, wanted: _PoolKey) -> bool:
+        """Room for another batch within ``capacity``, made by dropping the pools of the
+        mailboxes that took a key least recently (their keys are only random material).
+        False when even that cannot make room."""
+        for idle in list(self._pools):
+            if self._pooled + self.batch <= self.capacity:
+                break
+            if idle == wanted or idle in self._wanted:
+                continue
+            self._pooled -= len(self._pools.pop(idle))
+            self._public.pop(idle, None)
+        return self._pooled + self.batch <= self.capacity
 
     def _drop_other_keys(self, mailbox_id: bytes, key_id: bytes) -> None:
         for stale in [k for k in self._pools if k[0] == mailbox_id and k[1] != key_id]:
