@@ -80,6 +80,8 @@ class _Ticket:
     error: LogWriteError | None = None
     after: list[_Ticket] | None = None  # tickets that must be durable first (same round)
     build: Dependent | None = None  # makes ``items`` from theirs, in the worker thread
+    # Told where the records went by the round itself, before any appender resumes.
+    on_written: Callable[[list[Location]], None] | None = None
 
 
 class CommitGroup:
@@ -280,12 +282,21 @@ class LogWriter:
         self._records = 0
 
     async def append(
-        self, items: Sequence[AppendItem], *, durable: bool = True, epoch: int | None = None
+        self,
+        items: Sequence[AppendItem],
+        *,
+        durable: bool = True,
+        epoch: int | None = None,
+        on_written: Callable[[list[Location]], None] | None = None,
     ) -> list[Location]:
         """Append records, contiguously and in order. Returns once they are written and, if
         ``durable``, fdatasynced. Raises LogWriteError (nothing of these records is visible),
-        or StaleEpoch if ``epoch`` is given and a batch failed since."""
-        locations, _chains = await self.append_chained(items, durable=durable, epoch=epoch)
+        or StaleEpoch if ``epoch`` is given and a batch failed since. ``on_written`` is told
+        where they went by the round itself, before this returns or any appender resumes:
+        what it records is in step with the log's end at every round (a recovery point)."""
+        locations, _chains = await self.append_chained(
+            items, durable=durable, epoch=epoch, on_written=on_written
+        )
         return locations
 
     async def append_lazily(self, items: Sequence[AppendItem]) -> None:
@@ -301,9 +312,10 @@ class LogWriter:
         durable: bool = True,
         epoch: int | None = None,
         lazy: bool = False,
+        on_written: Callable[[list[Location]], None] | None = None,
     ) -> tuple[list[Location], list[bytes]]:
         """:meth:`append`, also returning each record's chain value."""
-        ticket = _Ticket(items, durable, epoch)
+        ticket = _Ticket(items, durable, epoch, on_written=on_written)
         self.enqueue(ticket)
         try:
             await self.group.wait_for(self, ticket, lazy=lazy and not durable)
@@ -347,6 +359,8 @@ class LogWriter:
             end = start + len(ticket.items)
             ticket.locations = result.locations[start:end]
             ticket.chains = result.chains[start:end]
+            if ticket.on_written is not None:
+                ticket.on_written(ticket.locations)
             if self.observer is not None:
                 for (kind, body), location, chain in zip(
                     ticket.items, ticket.locations, ticket.chains, strict=True

@@ -82,7 +82,6 @@ async def commit(
                 f"mailbox {box.info.mailbox_id}: its key was reset while the message "
                 "was on its way; try again"
             )
-    built: list[MessagesCommitted] = []
     after = [(RecordKind.EVENT, encode_event(event)) for event in also]
 
     def witness(written: list[Written]) -> list[AppendItem]:
@@ -94,7 +93,6 @@ async def commit(
                 for c, (locations, chains) in zip(copies, written, strict=True)
             ),
         )
-        built.append(event)
         return [(RecordKind.EVENT, encode_event(event)), *after]
 
     for copy in copies:
@@ -118,8 +116,6 @@ async def commit(
                 await roll_back(core, durable)
                 settled = True
                 raise LogWriteError(f"message not stored: {witnessed}") from witnessed
-        for event in (built[0], *also):
-            core.applied(event)
         for done in durable:
             done.box.index.add(done.stored, done.source_key)
         settled = True

@@ -27,10 +27,11 @@ from ..events import (
     MailboxKeyRewrapped,
     MailboxUpdated,
     MessagesExpunged,
+    decode_control_event,
     encode_event,
     now,
 )
-from ..log import DataDir, LogWriter, RecordKind, Recovery
+from ..log import DataDir, LogRecord, LogWriter, RecordKind, Recovery
 from ._common import MailboxState, MailboxUnavailable, StoreConfig, find_mailbox
 from .projection import ControlState
 
@@ -54,6 +55,12 @@ class ArchiveCore:
         self.data = data
         self.config = config
         self.control = control
+        # Every round of control records is folded into the state by the round itself, in
+        # log order, before any appender resumes: the state is always the projection of the
+        # log up to its end (a recovery point takes both at once, SPEC.md 6.7).
+        control.observer = self._written
+        # Told every round of control records after that (the audit feed).
+        self.control_observer: Callable[[list[LogRecord], bool], None] | None = None
         # One group commit for every log of this archive (SPEC.md 6.1).
         self.commit_group = control.group
         self.state = ControlState()
@@ -86,13 +93,20 @@ class ArchiveCore:
             await self.control.append(items)
         else:
             await self.control.append_lazily(items)
-        self.applied(event)
 
-    def applied(self, event: ControlEvent) -> None:
-        """Fold an event now in the control log into the state."""
-        self.state.apply(event)
-        if isinstance(event, _MAILBOX_CHANGES):
-            self.notify(event.mailbox_id)
+    def _written(self, records: list[LogRecord], durable: bool) -> None:
+        for record in records:
+            if record.kind == RecordKind.EVENT and (event := decode_control_event(record.body)):
+                self.state.apply(event)
+                if isinstance(event, MessagesExpunged) and (
+                    box := self.boxes.get(event.mailbox_id)
+                ):
+                    box.index.expunge(event.message_ids)  # with the record, not after it
+                    box.recovery_due = True
+                if isinstance(event, _MAILBOX_CHANGES):
+                    self.notify(event.mailbox_id)
+        if self.control_observer is not None:
+            self.control_observer(records, durable)
 
     def notify(self, mailbox_id: str) -> None:
         for listener in self.mailbox_listeners:
@@ -129,6 +143,4 @@ class ArchiveCore:
                 reason=reason,
             )
         )
-        box.index.expunge(ids)
-        box.recovery_due = True
         return len(ids)

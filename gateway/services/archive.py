@@ -175,7 +175,7 @@ class Archive:
     def observe_control(self, observer: ControlObserver) -> None:
         """Hand every round of control-log records to ``observer`` (in the trio thread, in
         order, after the round: the audit feed). One observer; a new one replaces it."""
-        self._core.control.observer = observer
+        self._core.control_observer = observer
 
     async def sync_control(self) -> None:
         """Make every control record written so far durable (a round of the group commit)."""

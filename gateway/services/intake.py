@@ -66,8 +66,10 @@ class PendingMessage:
             (RecordKind.CHUNK, encode_chunk_body(mid, first + i, ct)) for i, ct in enumerate(chunks)
         ]
         try:
-            target.chunks.extend(
-                await target.writer.append(items, durable=False, epoch=target.epoch)
+            # The chunks are listed by the round that wrote them: a checkpoint between the
+            # round and this task's turn finds them (SPEC.md 6.7).
+            await target.writer.append(
+                items, durable=False, epoch=target.epoch, on_written=target.chunks.extend
             )
         except BaseException:
             self._finish()
