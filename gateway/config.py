@@ -191,6 +191,9 @@ class StoreSettings(_Section, frozen=True, kw_only=True):
     segment_bytes: int = 64 * 1024 * 1024
     compaction_grace: float = 12 * 3600.0
     maintenance_interval: float = 600.0
+    # Control-log history kept in the data folder behind its recovery point (SPEC.md 6.8):
+    # older sealed segments move to control/archive/. 0 keeps all of it there.
+    control_history_bytes: int = 0
     kdf: KdfSettings = KdfSettings()
 
 
@@ -325,6 +328,8 @@ def _check(config: Config, path: Path | None) -> None:
         raise ConfigError(f"{where}: smtp.max_recipients must be at least 100 (RFC 5321 4.5.3.1.8)")
     if config.smtp.max_message_size < 64 * 1024:
         raise ConfigError(f"{where}: smtp.max_message_size must be at least 65536")
+    if config.store.control_history_bytes < 0:
+        raise ConfigError(f"{where}: store.control_history_bytes must be 0 or more")
     if config.server.workers != "auto" and not 0 <= config.server.workers <= 256:
         raise ConfigError(f"{where}: server.workers must be 0 to 256")
     if config.source_key_path().resolve().is_relative_to(Path(config.data_dir).resolve()):

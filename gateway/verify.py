@@ -33,28 +33,35 @@ from .crypto import (
 from .events import (
     LogCompacted,
     LogDamaged,
-    MailboxCreated,
-    MailboxKeyReset,
     MessageStored,
     decode_control_event,
     decode_message_event,
 )
 from .ids import InvalidId, parse_mailbox_id
 from .log import (
+    ARCHIVE_FOLDER,
+    BASE_FILE,
     RECOVERY_FILE,
     DataDir,
     LogCorrupt,
     LogRecord,
     RecordKind,
+    StaleRecoveryPoint,
     decode_chunk_body,
     decode_gap,
     iter_log,
+    read_recovery_point,
     segment_name,
 )
 from .services.admin_credentials import verifier_credential_id
 from .services.archive import CONTROL_LOG_ID, sealed_of, wrap_id
-from .services.projection import AdminState, ControlState
-from .verify_points import PointCheck, check_control_point, check_mailbox_point
+from .services.projection import (
+    AdminState,
+    ControlState,
+    decode_control_state,
+    encode_control_state,
+)
+from .verify_points import PointCheck, check_base, check_control_point, check_mailbox_point
 
 __all__ = ["Problem", "Report", "print_report", "verify_data_dir"]
 
@@ -100,15 +107,20 @@ def verify_data_dir(
 ) -> Report:
     report = Report()
     data = DataDir(root)
-    state = ControlState()
-    key_ids: dict[str, set[str]] = {}
     if not data.control_dir.is_dir():
         report.problems.append(Problem("control", "no control log", str(data.control_dir)))
         return report
-    control, torn = _records(report, "control", data.control_dir, CONTROL_LOG_ID, None, progress)
+    state, start = _control_start(report, data)
+    base = ControlState() if start.seq == 0 else decode_control_state(encode_control_state(state))
+    control, torn = _records(
+        report, "control", data.control_dir, CONTROL_LOG_ID, None, progress, start.segment
+    )
     control_readable = not report.problems
+    _check_start(report, data, start, control)
     _note_torn(report, "control", torn)
     for record in control:
+        if record.seq < start.seq:
+            continue  # folded into the base already
         if record.kind == RecordKind.GAP:
             report.problems.append(
                 Problem("control", "records missing from the control log", offset=record.seq)
@@ -124,15 +136,13 @@ def verify_data_dir(
         if event is None:
             report.notes.append(f"control record {record.seq}: event type unknown to this version")
             continue
-        if isinstance(event, MailboxCreated | MailboxKeyReset):
-            key_ids.setdefault(event.mailbox_id, set()).add(event.key_id)
         if isinstance(event, LogDamaged):
             _report_damage(report, record.seq, event)
         state.apply(event)
 
     points = PointCheck()
     if control_readable:  # else the log's own problem stands for its recovery point too
-        points = check_control_point(data.control_dir, CONTROL_LOG_ID, control)
+        points = check_control_point(data.control_dir, CONTROL_LOG_ID, control, base, start.seq)
         _add_point_check(report, "control", data.control_dir, points)
 
     on_disk = set(data.list_mailbox_ids())
@@ -147,7 +157,15 @@ def verify_data_dir(
             report.problems.append(Problem(box_id, "mailbox folder is missing"))
             continue
         _verify_mailbox(
-            report, data, state, points.state, box_id, key_ids.get(box_id, set()), progress
+            report,
+            data,
+            state,
+            points.state,
+            box_id,
+            state.key_ids.get(box_id, set()),
+            # Messages compactions removed before the base: their expunges were archived.
+            {i for c in base.compactions.get(box_id, []) for i in c.message_ids},
+            progress,
         )
 
     _verify_admin(report, data, state.admin)
@@ -156,8 +174,10 @@ def verify_data_dir(
     return report
 
 
-def _add_point_check(report: Report, where: str, log_dir: Path, check: PointCheck) -> None:
-    path = str(log_dir / RECOVERY_FILE)
+def _add_point_check(
+    report: Report, where: str, log_dir: Path, check: PointCheck, name: str = RECOVERY_FILE
+) -> None:
+    path = str(log_dir / name)
     report.problems.extend(Problem(where, problem, path) for problem in check.problems)
     report.notes.extend(f"{where}: {note}" for note in check.notes)
 
@@ -190,6 +210,44 @@ class _Torn:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Start:
+    """Where the control log's history starts: its first record, or its base (SPEC.md 6.8)."""
+
+    seq: int = 0  # the first record not folded into the starting state
+    segment: int = 0  # the first segment file kept
+
+
+def _control_start(report: Report, data: DataDir) -> tuple[ControlState, _Start]:
+    """The control log's starting state: empty, or its base's when older history was
+    archived (noted, with where the history kept starts)."""
+    try:
+        base = read_recovery_point(data.control_dir, CONTROL_LOG_ID, name=BASE_FILE)
+        if base is None:
+            return ControlState(), _Start()
+        state = decode_control_state(base.state)
+    except (StaleRecoveryPoint, ValueError) as exc:
+        report.problems.append(
+            Problem("control", f"base: {exc}", str(data.control_dir / BASE_FILE))
+        )
+        return ControlState(), _Start()
+    archived = len(list((data.control_dir / ARCHIVE_FOLDER).glob("*.seg")))
+    report.notes.append(
+        f"control: history before record {base.segment} was archived ({archived} segment "
+        f"file(s) in control/{ARCHIVE_FOLDER}/); verified from its base at record {base.seq}"
+    )
+    return state, _Start(base.seq, base.segment)
+
+
+def _check_start(report: Report, data: DataDir, start: _Start, control: list[LogRecord]) -> None:
+    """The base is the state of the records it says, up to where the history kept goes on."""
+    if start.seq == 0:
+        return
+    check = PointCheck()
+    if check_base(data.control_dir, CONTROL_LOG_ID, control, check) is None:
+        _add_point_check(report, "control", data.control_dir, check, BASE_FILE)
+
+
 def _records(
     report: Report,
     where: str,
@@ -197,8 +255,10 @@ def _records(
     log_id: bytes,
     cuts: Mapping[int, int] | None,
     progress: Progress | None,
+    from_seq: int = 0,
 ) -> tuple[list[LogRecord], _Torn | None]:
-    """Every record of a log, and the partial record it ends in, if it does."""
+    """Every record of a log from ``from_seq``, and the partial record it ends in, if it
+    does."""
     records: list[LogRecord] = []
     torn: list[_Torn] = []
     try:
@@ -208,6 +268,7 @@ def _records(
             cuts=cuts,
             keep_bodies=True,
             on_torn_tail=lambda path, offset, size: torn.append(_Torn(path, offset, size)),
+            from_seq=from_seq,
         ):
             records.append(record)
             report.records += 1
@@ -235,6 +296,7 @@ def _verify_mailbox(
     saved: ControlState | None,
     box_id: str,
     issued_keys: set[str],
+    archived_expunges: set[str],
     progress: Progress | None,
 ) -> None:
     info = state.mailboxes[box_id]
@@ -302,7 +364,7 @@ def _verify_mailbox(
     if readable:
         points = check_mailbox_point(log_dir, log_id, records, state.cuts.get(box_id), saved, state)
         _add_point_check(report, box_id, log_dir, points)
-    unexpunged = removed_ids - expunged
+    unexpunged = removed_ids - expunged - archived_expunges
     if unexpunged:
         report.problems.append(
             Problem(
@@ -371,7 +433,8 @@ def _check_witnesses(
     for message_id, (seq, chain) in witnesses.items():
         found = commits.get(seq)
         if found is not None:
-            if found != (message_id, chain):
+            # A witness a base vouches for carries no chain value (SPEC.md 6.8).
+            if found[0] != message_id or (chain and found[1] != chain):
                 report.problems.append(
                     Problem(
                         box_id,
@@ -397,9 +460,12 @@ def _check_witnesses(
             Problem(box_id, f"record {anchor[0]} is not the one the log was anchored at")
         )
     anchor_seq = anchor[0] if anchor is not None else -1
+    settled = state.settled.get(box_id, 0)  # a base vouches for the commits before it
     witnessed_ids = set(witnesses)
     for seq, (message_id, _chain) in sorted(commits.items()):
-        if seq <= anchor_seq or message_id in witnessed_ids or message_id in expunged:
+        if seq <= anchor_seq or seq < settled:
+            continue
+        if message_id in witnessed_ids or message_id in expunged:
             continue
         report.notes.append(
             f"{box_id}: message {message_id} (record {seq}) has no commit witness: never "
@@ -412,7 +478,7 @@ def _acknowledged(state: ControlState, box_id: str, seq: int, message_id: str) -
     """Whether a commit record counts as a stored message: witnessed, or part of a log that
     predates witnesses (up to its anchor, or wholly when never anchored)."""
     witnesses = state.witnessed.get(box_id)
-    if witnesses is None or message_id in witnesses:
+    if witnesses is None or message_id in witnesses or seq < state.settled.get(box_id, 0):
         return True
     anchor = state.anchors.get(box_id)
     return anchor is not None and seq <= anchor[0]

@@ -16,6 +16,9 @@ from pathlib import Path
 
 from .events import MessageStored, decode_control_event, decode_message_event
 from .log import (
+    BASE_FILE,
+    RECOVERY_FILE,
+    SEGMENT_HEADER_SIZE,
     LogRecord,
     RecordKind,
     RecoveryPoint,
@@ -28,7 +31,7 @@ from .log import (
 from .services.message_index import MessageIndex
 from .services.projection import ControlState, decode_control_state
 
-__all__ = ["PointCheck", "check_control_point", "check_mailbox_point"]
+__all__ = ["PointCheck", "check_base", "check_control_point", "check_mailbox_point"]
 
 # What a saved control-log projection must agree on with the log read up to its position.
 _COMPARED = (
@@ -41,6 +44,7 @@ _COMPARED = (
     "admin",
     "events",
     "truncations",
+    "key_ids",
 )
 
 
@@ -57,12 +61,14 @@ def _point(
     log_id: bytes,
     records: Sequence[LogRecord],
     cuts: Mapping[int, int] | None,
+    name: str = RECOVERY_FILE,
 ) -> RecoveryPoint | None:
-    """The recovery point if it matches the log up to its position, else None (and why)."""
+    """The recovery point (or base) if it matches the log up to its position, else None
+    (and why)."""
     try:
-        point = read_recovery_point(directory, log_id)
+        point = read_recovery_point(directory, log_id, name=name)
     except StaleRecoveryPoint as exc:
-        check.problems.append(f"recovery point: {exc}")
+        check.problems.append(f"{name}: {exc}")
         return None
     if point is None:
         return None
@@ -75,6 +81,8 @@ def _point(
         else:
             check.problems.append(f"recovery point: {exc}")
         return None
+    if point.offset == SEGMENT_HEADER_SIZE:
+        return point  # the segment header's chain value is its (checked above)
     before = next((r for r in reversed(records) if r.seq < point.seq), None)
     expected = genesis_chain(log_id) if point.seq == 0 else None
     if before is not None and before.seq == point.seq - 1:
@@ -87,8 +95,22 @@ def _point(
     return point
 
 
-def check_control_point(directory: Path, log_id: bytes, records: Sequence[LogRecord]) -> PointCheck:
-    """The control log's recovery point against its records (all of them, read by verify)."""
+def check_base(
+    directory: Path, log_id: bytes, records: Sequence[LogRecord], check: PointCheck
+) -> RecoveryPoint | None:
+    """The control log's base (SPEC.md 6.8) against the records kept after it."""
+    return _point(check, directory, log_id, records, None, BASE_FILE)
+
+
+def check_control_point(
+    directory: Path,
+    log_id: bytes,
+    records: Sequence[LogRecord],
+    start: ControlState,
+    start_seq: int,
+) -> PointCheck:
+    """The control log's recovery point against its records (all of them from ``start_seq``,
+    read by verify; ``start``: the state before them, its base's or an empty one)."""
     check = PointCheck()
     point = _point(check, directory, log_id, records, None)
     if point is None:
@@ -98,11 +120,15 @@ def check_control_point(directory: Path, log_id: bytes, records: Sequence[LogRec
     except ValueError as exc:
         check.problems.append(f"recovery point: {exc}")
         return check
-    folded = ControlState()
+    folded = start
     for record in records:
         if record.seq >= point.seq:
             break
-        if record.kind == RecordKind.EVENT and (event := decode_control_event(record.body)):
+        if (
+            record.seq >= start_seq
+            and record.kind == RecordKind.EVENT
+            and (event := decode_control_event(record.body))
+        ):
             folded.apply(event)
     differ = [name for name in _COMPARED if getattr(saved, name) != getattr(folded, name)]
     if differ:
@@ -133,10 +159,11 @@ def check_mailbox_point(
         settled = saved.settled[box_id]
         witnessed = full.witnessed.get(box_id, {})
         expunged = full.expunged.get(box_id, set())
+        vouched = full.settled.get(box_id, 0)  # by the base, when history was archived
         for record in records:
             if record.seq >= settled:
                 break
-            if record.kind != RecordKind.EVENT:
+            if record.kind != RecordKind.EVENT or record.seq < vouched:
                 continue
             event = decode_message_event(record.body)
             if (

@@ -23,6 +23,7 @@ from ._files import (
     segment_name,
 )
 from ._framing import (
+    SEGMENT_HEADER_SIZE,
     FramingError,
     Gap,
     RecordKind,
@@ -32,6 +33,8 @@ from ._framing import (
     genesis_chain,
 )
 from ._recovery_point import (
+    ARCHIVE_FOLDER,
+    BASE_FILE,
     RECOVERY_FILE,
     RecoveryPoint,
     StaleRecoveryPoint,
@@ -44,10 +47,13 @@ from ._segment_log import SegmentLog
 from ._writer import LINGER, CommitGroup, Dependent, LogWriter, StaleEpoch, Written
 
 __all__ = [
+    "ARCHIVE_FOLDER",
+    "BASE_FILE",
     "DEFAULT_SEGMENT_BYTES",
     "LINGER",
     "RECOVERY_FILE",
     "REMOVED",
+    "SEGMENT_HEADER_SIZE",
     "AppendItem",
     "CommitGroup",
     "Compaction",

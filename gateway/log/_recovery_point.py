@@ -31,6 +31,8 @@ from ._framing import SEGMENT_HEADER_SIZE, FramingError, decode_segment_header
 from ._scan import read_exact
 
 __all__ = [
+    "ARCHIVE_FOLDER",
+    "BASE_FILE",
     "RECOVERY_FILE",
     "RecoveryPoint",
     "StaleRecoveryPoint",
@@ -43,7 +45,11 @@ __all__ = [
 ]
 
 RECOVERY_FILE = "recovery"
-_STAGING = RECOVERY_FILE + ".new"
+# A log whose oldest segments were archived starts at its base, a recovery point kept until
+# the next archiving (SPEC.md 6.8); the segments went into ARCHIVE_FOLDER beside the others.
+BASE_FILE = "base"
+ARCHIVE_FOLDER = "archive"
+_STAGING = ".new"
 _MAGIC = b"MAGRCP1\n"
 _VERSION = 1
 _HEAD = struct.Struct("<8sI16sQQIQ32sIQ")  # magic .. state length: 100 bytes
@@ -74,7 +80,9 @@ class RecoveryPoint:
     # Every segment file of the log then, (first seq, generation): what the state's record
     # locations point into. A segment rewritten since moved them; one removed held none.
     segments: tuple[tuple[int, int], ...]
-    state: bytes  # what the layer above folded from records 0 .. seq-1
+    # What the layer above folded from records 0 .. seq-1 (read back: a view into the file's
+    # bytes, not a copy of them).
+    state: bytes | memoryview
 
 
 def encode_recovery_point(point: RecoveryPoint) -> bytes:
@@ -109,22 +117,26 @@ def decode_recovery_point(data: bytes, log_id: bytes) -> RecoveryPoint:
     files_end = _HEAD.size + count * _SEGMENT.size
     if len(data) != files_end + length + _DIGEST:
         raise StaleRecoveryPoint("recovery point length does not match its size")
-    if hashlib.sha256(data[:-_DIGEST]).digest() != data[-_DIGEST:]:
+    view = memoryview(data)
+    if hashlib.sha256(view[:-_DIGEST]).digest() != data[-_DIGEST:]:
         raise StaleRecoveryPoint("recovery point checksum mismatch")
     if found_id != log_id:
         raise StaleRecoveryPoint("recovery point of another log")
     if segment > seq or offset < SEGMENT_HEADER_SIZE:
         raise StaleRecoveryPoint("recovery point position is impossible")
     segments = tuple(_SEGMENT.iter_unpack(data[_HEAD.size : files_end]))
-    state = data[files_end : files_end + length]
+    state = view[files_end : files_end + length]
     return RecoveryPoint(found_id, seq, segment, generation, offset, chain, segments, state)
 
 
-def read_recovery_point(directory: Path, log_id: bytes) -> RecoveryPoint | None:
-    """The log's recovery point; None when it has none. Raises StaleRecoveryPoint for one
-    that does not check out by itself (its position is checked by :func:`check_position`)."""
+def read_recovery_point(
+    directory: Path, log_id: bytes, *, name: str = RECOVERY_FILE
+) -> RecoveryPoint | None:
+    """The log's recovery point (or, by ``name``, its base); None when it has none. Raises
+    StaleRecoveryPoint for one that does not check out by itself (its position is checked by
+    :func:`check_position`)."""
     try:
-        data = (directory / RECOVERY_FILE).read_bytes()
+        data = (directory / name).read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -132,24 +144,27 @@ def read_recovery_point(directory: Path, log_id: bytes) -> RecoveryPoint | None:
     return decode_recovery_point(data, log_id)
 
 
-def write_recovery_point(directory: Path, point: RecoveryPoint) -> int:
-    """Replace the log's recovery point atomically and durably. Returns its size."""
+def write_recovery_point(
+    directory: Path, point: RecoveryPoint, *, name: str = RECOVERY_FILE
+) -> int:
+    """Replace the log's recovery point (or, by ``name``, its base) atomically and durably.
+    Returns its size."""
     data = encode_recovery_point(point)
-    staging = directory / _STAGING
+    staging = directory / (name + _STAGING)
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.rename(staging, directory / RECOVERY_FILE)
+    os.rename(staging, directory / name)
     fsync_dir(directory)
     return len(data)
 
 
 def remove_recovery_point(directory: Path) -> None:
     """Drop a log's recovery point (and a half-written one): the next open reads it whole."""
-    for name in (RECOVERY_FILE, _STAGING):
+    for name in (RECOVERY_FILE, RECOVERY_FILE + _STAGING):
         with contextlib.suppress(FileNotFoundError):
             (directory / name).unlink()
 

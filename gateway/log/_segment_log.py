@@ -55,7 +55,14 @@ from ._framing import (
     genesis_chain,
     verify_record,
 )
-from ._recovery_point import RECOVERY_FILE, RecoveryPoint, check_position, write_recovery_point
+from ._recovery_point import (
+    ARCHIVE_FOLDER,
+    BASE_FILE,
+    RECOVERY_FILE,
+    RecoveryPoint,
+    check_position,
+    write_recovery_point,
+)
 from ._scan import SegmentScan, later_record_exists, read_exact, scan_segment
 
 _STAGING_SUFFIX = ".new"
@@ -131,6 +138,7 @@ class SegmentLog:
         staged = [
             *directory.glob("*" + SEGMENT_SUFFIX + _STAGING_SUFFIX),
             *directory.glob(RECOVERY_FILE + _STAGING_SUFFIX),
+            *directory.glob(BASE_FILE + _STAGING_SUFFIX),
         ]
         for stale in [*files.unconfirmed, *staged]:
             # A compaction whose control event never became durable (the older file holds
@@ -471,6 +479,39 @@ class SegmentLog:
         if removed:
             fsync_dir(self.directory)
         return removed
+
+    # -- history
+
+    def archive_history(self, point: RecoveryPoint, keep_bytes: int) -> list[Path]:
+        """Move the sealed segments wholly before ``point`` (this log's recovery point, just
+        saved) into ``archive/`` beside the others, all but the newest ``keep_bytes`` of them,
+        having saved the point as this log's base: the start of its history from then on
+        (SPEC.md 6.8). Returns the files moved."""
+        sealed = [
+            (first, path)
+            for (first, (_generation, path)), following in zip(
+                self._files.items(), list(self._files)[1:], strict=False
+            )
+            if following <= point.segment
+        ]
+        kept = 0
+        while sealed and kept + sealed[-1][1].stat().st_size <= keep_bytes:
+            kept += sealed.pop()[1].stat().st_size
+        if not sealed:
+            return []
+        write_recovery_point(self.directory, point, name=BASE_FILE)
+        folder = self.directory / ARCHIVE_FOLDER
+        folder.mkdir(mode=0o700, exist_ok=True)
+        moved = []
+        for first, path in sealed:
+            self.forget_segment(first)
+            del self._files[first]
+            target = folder / path.name
+            os.rename(path, target)
+            moved.append(target)
+        fsync_dir(folder)
+        fsync_dir(self.directory)
+        return moved
 
     # -- read
 

@@ -103,7 +103,29 @@ async def checkpoint(core: ArchiveCore, *, everything: bool = False) -> int:
         logger.warning("event=recovery-point-failed log=control reason=%r", str(exc))
         return written
     core.control_recovery_written = control_written
+    if core.config.control_history_bytes:
+        await _archive_history(core, control_point)
     return written + 1
+
+
+async def _archive_history(core: ArchiveCore, point: RecoveryPoint) -> None:
+    """Move the control segments the recovery point just saved makes unneeded to start
+    with, beyond the history kept, into control/archive/ (SPEC.md 6.8)."""
+    control = core.control.log
+    async with core.commit_group.held():  # no round may roll a segment meanwhile
+        try:
+            moved = await trio.to_thread.run_sync(
+                control.archive_history, point, core.config.control_history_bytes
+            )
+        except OSError as exc:
+            logger.warning("event=control-archive-failed reason=%r", str(exc))
+            return
+    if moved:
+        logger.info(
+            "event=control-archived segments=%d history_from=%d",
+            len(moved),
+            control.segments[0],
+        )
 
 
 def _sync_all(logs: list[SegmentLog]) -> None:

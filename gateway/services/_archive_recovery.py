@@ -13,6 +13,7 @@ be opened at all is flagged damaged: it takes no mail and serves none, and the o
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import trio
@@ -31,6 +32,8 @@ from ..events import (
     now,
 )
 from ..log import (
+    BASE_FILE,
+    RECOVERY_FILE,
     DataDir,
     LogCorrupt,
     LogRecord,
@@ -59,17 +62,16 @@ async def open_core(root: Path, config: StoreConfig) -> ArchiveCore:
     data = DataDir(root)
     await trio.to_thread.run_sync(data.lock)
     try:
-        state, point = _saved_control_state(data)
-        try:
-            log, records, recovery = await trio.to_thread.run_sync(
-                _open_or_create, data.control_dir, CONTROL_LOG_ID, config.segment_bytes, point
-            )
-        except StaleRecoveryPoint as exc:
-            _unused("control", exc)
-            state, point = ControlState(), None
-            log, records, recovery = await trio.to_thread.run_sync(
-                _open_or_create, data.control_dir, CONTROL_LOG_ID, config.segment_bytes, None
-            )
+        starts = _control_starts(data)
+        while True:  # the last start (the first record) raises rather than stop
+            state, point = next(starts)
+            try:
+                log, records, recovery = await trio.to_thread.run_sync(
+                    _open_or_create, data.control_dir, CONTROL_LOG_ID, config.segment_bytes, point
+                )
+                break
+            except StaleRecoveryPoint as exc:
+                _unused("control", exc)
         core = ArchiveCore(data, config, LogWriter(log))
         core.state = state
         for record in records:
@@ -89,17 +91,18 @@ async def open_core(root: Path, config: StoreConfig) -> ArchiveCore:
     return core
 
 
-def _saved_control_state(data: DataDir) -> tuple[ControlState, RecoveryPoint | None]:
-    """The control-log projection its recovery point saved, and the point; a fresh state
-    and None when it has none that can be used (the whole log is read)."""
-    try:
-        point = read_recovery_point(data.control_dir, CONTROL_LOG_ID)
-        if point is None:
-            return ControlState(), None
-        return decode_control_state(point.state), point
-    except (StaleRecoveryPoint, ValueError) as exc:
-        _unused("control", exc)
-        return ControlState(), None
+def _control_starts(data: DataDir) -> Iterator[tuple[ControlState, RecoveryPoint | None]]:
+    """Where the control log may be read from, best first: its recovery point, its base
+    (where its history starts when older segments were archived, SPEC.md 6.8), its first
+    record. Each with the projection saved there."""
+    for name in (RECOVERY_FILE, BASE_FILE):
+        try:
+            point = read_recovery_point(data.control_dir, CONTROL_LOG_ID, name=name)
+            if point is not None:
+                yield decode_control_state(point.state), point
+        except (StaleRecoveryPoint, ValueError) as exc:
+            _unused("control", exc)
+    yield ControlState(), None
 
 
 def _unused(log: str, why: Exception) -> None:
@@ -275,9 +278,13 @@ _Opened = tuple[SegmentLog, list[LogRecord], Recovery | None]
 
 
 def _every_witness(core: ArchiveCore, mailbox_id: str) -> dict[str, tuple[int, bytes]]:
-    """Every witness of a mailbox's commits the control log holds, read from its files."""
-    state = ControlState()
-    for record in iter_log(core.data.control_dir, CONTROL_LOG_ID, tail_ok=True):
+    """Every witness of a mailbox's commits the control log holds, read from its files (from
+    its base when older history was archived: those before it are not named, 6.8)."""
+    state, start = ControlState(), 0
+    base = read_recovery_point(core.data.control_dir, CONTROL_LOG_ID, name=BASE_FILE)
+    if base is not None:
+        state, start = decode_control_state(base.state), base.seq
+    for record in iter_log(core.data.control_dir, CONTROL_LOG_ID, tail_ok=True, from_seq=start):
         if record.kind == RecordKind.EVENT:
             event = decode_control_event(record.body)
             if event is not None:

@@ -73,6 +73,7 @@ class StoreConfig:
     compaction_grace: float = 12 * 3600.0
     # How often the server compacts and deletes expired segment files.
     maintenance_interval: float = 600.0
+    control_history_bytes: int = 0  # 0: never archive control segments (SPEC.md 6.8)
 
 
 def find_mailbox(boxes: Mapping[str, T], mailbox_id: str) -> T:

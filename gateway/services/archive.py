@@ -108,6 +108,7 @@ def store_config(config: Config) -> StoreConfig:
         max_message_bytes=config.smtp.max_message_size,
         compaction_grace=config.store.compaction_grace,
         maintenance_interval=config.store.maintenance_interval,
+        control_history_bytes=config.store.control_history_bytes,
     )
 
 

@@ -87,15 +87,15 @@ class _Snapshot(msgspec.Struct, array_like=True):
 
     version: int
     byteorder: str
-    ids: bytes
-    rows: list[bytes]
-    chunks: list[bytes]
-    dead: bytes
+    ids: memoryview  # views into the bytes decoded (one copy, into the arrays, not two)
+    rows: list[memoryview]
+    chunks: list[memoryview]
+    dead: memoryview
     key_ids: list[str]
     source_digests: bytes  # the 32-byte source keys, one after another
     source_others: list[str]
     bits: int
-    table: bytes
+    table: memoryview
     live: int
     total: int
     pending: list[tuple[int, int, int, int]]
@@ -300,15 +300,15 @@ class MessageIndex:
             _Snapshot(
                 version=_SNAPSHOT_VERSION,
                 byteorder=sys.byteorder,
-                ids=bytes(self._ids),
-                rows=[getattr(self, name).tobytes() for name in _ROW_ARRAYS],
-                chunks=[getattr(self, name).tobytes() for name in _CHUNK_ARRAYS],
-                dead=bytes(self._dead),
+                ids=memoryview(self._ids),
+                rows=[memoryview(getattr(self, name)) for name in _ROW_ARRAYS],
+                chunks=[memoryview(getattr(self, name)) for name in _CHUNK_ARRAYS],
+                dead=memoryview(self._dead),
                 key_ids=list(self._key_ids),
                 source_digests=b"".join(k for k in self._sources if isinstance(k, bytes)),
                 source_others=[k for k in self._sources if isinstance(k, str)],
                 bits=self._bits,
-                table=self._table.tobytes(),
+                table=memoryview(self._table),
                 live=self._live,
                 total=self._bytes,
                 pending=[(c.seq, c.segment, c.offset, c.size) for c in waiting.values()],
@@ -316,7 +316,7 @@ class MessageIndex:
         )
 
     @classmethod
-    def restore(cls, data: bytes, expunged: Iterable[str] = ()) -> MessageIndex:
+    def restore(cls, data: bytes | memoryview, expunged: Iterable[str] = ()) -> MessageIndex:
         """An index from :meth:`snapshot`'s bytes, then the ``expunged`` ids taken out.
         Raises ValueError for bytes that are not one."""
         try:

@@ -169,6 +169,9 @@ class ControlState:
     # one not expunged was witnessed; ``witnessed`` holds only the witnesses of commits from
     # there on. Empty when the whole control log was read (``witnessed`` has them all).
     settled: dict[str, int] = field(default_factory=dict)
+    # Every key id issued to each mailbox, retired ones too (verify: a message sealed to a
+    # key the control log never issued is a problem).
+    key_ids: dict[str, set[str]] = field(default_factory=dict)
     # Whether ``witnessed`` and ``expunged`` keep every message (verify, and the server while
     # it opens the mailboxes); a running server keeps them in its message indexes instead.
     per_message: bool = True
@@ -204,6 +207,7 @@ class ControlState:
                     updated_at=event.at,
                 )
                 self.deleted.discard(event.mailbox_id)
+                self.key_ids.setdefault(event.mailbox_id, set()).add(event.key_id)
                 if event.witnessed:
                     self.witnessed[event.mailbox_id] = {}
             case MailboxUpdated():
@@ -214,6 +218,7 @@ class ControlState:
                 if box := self.mailboxes.get(event.mailbox_id):
                     box.wrap_id, box.updated_at = event.wrap_id, event.at
             case MailboxKeyReset():
+                self.key_ids.setdefault(event.mailbox_id, set()).add(event.key_id)
                 if box := self.mailboxes.get(event.mailbox_id):
                     box.key_id, box.wrap_id, box.updated_at = event.key_id, event.wrap_id, event.at
             case MailboxDeleted():
@@ -303,7 +308,7 @@ def encode_control_state(state: ControlState) -> bytes:
     return msgspec.msgpack.encode(_SavedState(_STATE_VERSION, state))
 
 
-def decode_control_state(data: bytes) -> ControlState:
+def decode_control_state(data: bytes | memoryview) -> ControlState:
     """Raises ValueError for bytes that are not a saved state of this version."""
     try:
         saved = msgspec.msgpack.decode(data, type=_SavedState)
