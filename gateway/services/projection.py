@@ -295,7 +295,7 @@ class ControlState:
                 pass
 
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: key_ids
 
 
 class _SavedState(msgspec.Struct):
