@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..ids import parse_mailbox_id
-from ._files import DataDirLocked, fsync_dir, write_all, write_new_file
+from ._files import DataDirLocked, fsync_dir, replace_file, write_all, write_new_file
 from ._segment_log import SegmentLog
 
 
@@ -166,9 +166,7 @@ class DataDir:
             pass
         self.admin_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = make()
-        _stage(path, key)
-        os.replace(_staged(path), path)
-        fsync_dir(self.admin_dir)
+        replace_file(path, key)
         return key, True
 
     @property

@@ -7,6 +7,7 @@ runs in worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -135,6 +136,18 @@ def write_new_file(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    fsync_dir(path.parent)
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` (0600) with ``data`` atomically and durably: written whole as
+    ``<name>.new``, fsynced, renamed over it, the folder fsynced. A crash leaves the old file
+    or the new one, and perhaps a ``.new`` that the next replace (or open) removes."""
+    staged = path.with_name(path.name + ".new")
+    with contextlib.suppress(FileNotFoundError):
+        staged.unlink()
+    write_new_file(staged, data)
+    os.replace(staged, path)
     fsync_dir(path.parent)
 
 

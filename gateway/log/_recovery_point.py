@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._files import fsync_dir, write_all
+from ._files import replace_file
 from ._framing import SEGMENT_HEADER_SIZE, FramingError, decode_segment_header
 from ._scan import read_exact
 
@@ -150,15 +150,7 @@ def write_recovery_point(
     """Replace the log's recovery point (or, by ``name``, its base) atomically and durably.
     Returns its size."""
     data = encode_recovery_point(point)
-    staging = directory / (name + _STAGING)
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(staging, directory / name)
-    fsync_dir(directory)
+    replace_file(directory / name, data)
     return len(data)
 
 
