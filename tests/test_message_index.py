@@ -121,3 +121,24 @@ def test_source_keys() -> None:
     assert index.has_source(key)
     assert index.has_source("legacy-not-hex")
     assert not index.has_source("cd" * 32)
+
+
+def test_a_maildrop_in_brief_pages_is_every_live_message_of_the_key() -> None:
+    index = MessageIndex()
+    for seq in range(1, 20_001):
+        index.add(message(seq * 2, key_id="old" if seq % 997 == 0 else "new"))
+    index.expunge([m.message_id for m in index if m.seq % 13 == 0])
+    expected = [m for m in index if m.key_id == "new" and m.seq <= 30_000]
+    ids, sizes = b"", list[int]()
+    after: int | None = -1
+    pages = 0
+    while after is not None:
+        more_ids, more_sizes, after = index.brief(after, 30_000, "new", 5_000)
+        assert len(more_sizes) <= 5_000
+        ids, sizes, pages = ids + more_ids, sizes + more_sizes, pages + 1
+    assert pages >= 3
+    assert [ids[i : i + 16].hex() for i in range(0, len(ids), 16)] == [
+        m.message_id for m in expected
+    ]
+    assert sizes == [m.size for m in expected]
+    assert index.brief(-1, 30_000, "no such key", 10) == (b"", [], None)

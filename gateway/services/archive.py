@@ -319,12 +319,13 @@ class Archive:
         """The mailbox's messages now, oldest first."""
         return list(self._box(mailbox_id).index)
 
-    def messages_after(
-        self, mailbox_id: str, seq: int, upto: int | None = None
-    ) -> Iterator[StoredMessage]:
-        """The mailbox's messages whose commit record comes after ``seq`` (and at or before
-        ``upto``), oldest first, made as they are taken (a maildrop may be huge)."""
-        return self._box(mailbox_id).index.after(seq, upto)
+    def maildrop_page(
+        self, mailbox_id: str, after: int, upto: int, key_id: str, limit: int
+    ) -> tuple[bytes, list[int], int | None]:
+        """A page of a POP3 maildrop: the ids and sizes of at most ``limit`` messages sealed
+        to ``key_id`` whose commit comes after ``after`` and at or before ``upto``, oldest
+        first, and the seq to go on after (None: the last page)."""
+        return self._box(mailbox_id).index.brief(after, upto, key_id, limit)
 
     def message(self, mailbox_id: str, message_id: str) -> StoredMessage:
         """One message now. Raises ArchiveError for one the mailbox does not serve."""

@@ -228,6 +228,32 @@ class MessageIndex:
                 yield self._message(row)
             row += 1
 
+    def brief(
+        self, after: int, upto: int, key_id: str, limit: int
+    ) -> tuple[bytes, list[int], int | None]:
+        """The ids (16 bytes each, one after another) and sizes of at most ``limit`` live
+        messages sealed to ``key_id`` whose commit comes after ``after`` and at or before
+        ``upto``, oldest first, and the seq to go on after (None: no more). A POP3 maildrop's
+        page: no object per message, whole runs sliced at once."""
+        row = bisect.bisect_right(self._seq, after)
+        end = bisect.bisect_right(self._seq, upto)
+        slot = self._key_slots.get(key_id)
+        ids, sizes = bytearray(), list[int]()
+        while row < end and len(sizes) < limit and slot is not None:
+            # A run of at most 4,096 rows: sliced whole when none is dead or of another key.
+            stop = min(end, row + 4096, row + limit - len(sizes))
+            if not self._dead.count(1, row, stop) and self._key[row:stop].count(slot) == stop - row:
+                ids += self._ids[row * _ID_BYTES : stop * _ID_BYTES]
+                sizes += self._size[row:stop].tolist()
+            else:
+                for r in range(row, stop):
+                    if not self._dead[r] and self._key[r] == slot:
+                        ids += self._ids[r * _ID_BYTES : (r + 1) * _ID_BYTES]
+                        sizes.append(self._size[r])
+            row = stop
+        more = row < end and slot is not None
+        return bytes(ids), sizes, (self._seq[row - 1] if more else None)
+
     def get(self, message_id: str) -> StoredMessage | None:
         row = self._row(message_id)
         return None if row < 0 else self._message(row)

@@ -15,7 +15,6 @@ message half written, a maildrop lock) is released at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import msgspec
@@ -336,43 +335,25 @@ class Journal:
         """A maildrop brief (id and size), those sealed to the key named only, in pages of
         about LIST_PAGE_BYTES (a million messages are about 24 frames), as of the first page:
         the journal keeps where the listing stands, no copy of the mailbox."""
-        _mailbox_id, listing, messages = self._listing(connection, frame.id, frame)
-        ids = bytearray()
-        sizes: list[int] = []
-        for m in messages:
-            if m.key_id != frame.key_id:
-                continue
-            ids += bytes.fromhex(m.message_id)
-            sizes.append(m.size)
-            if len(sizes) * _BRIEF_BYTES >= LIST_PAGE_BYTES:
-                return MaildropPage(
-                    id=frame.id, ids=bytes(ids), sizes=sizes, listing=listing(m.seq)
-                )
-        return MaildropPage(id=frame.id, ids=bytes(ids), sizes=sizes)
-
-    def _listing(
-        self, connection: _Connection, frame_id: int, frame: ListMaildrop
-    ) -> tuple[str, Callable[[int], int], Iterator[StoredMessage]]:
-        """The mailbox, a way to leave the listing to go on after a seq (returns the number
-        to ask for it by), and the messages from where it stands."""
         archive = self.archive
         mailbox_id = archive.mailbox(frame.mailbox_id).mailbox_id
         if frame.listing == 0:
-            listing, after, upto = frame_id, -1, archive.newest_commit(mailbox_id)
+            listing, after, upto = frame.id, -1, archive.newest_commit(mailbox_id)
         else:
             listing = frame.listing
             taken = connection.listings.pop(listing, None)
             if taken is None or taken[0] != mailbox_id:
                 raise ArchiveError(f"no listing {listing} of mailbox {frame.mailbox_id} goes on")
             _mailbox_id, after, upto = taken
-
-        def go_on(seq: int) -> int:
-            if len(connection.listings) >= MAX_LISTINGS:  # abandoned ones: the oldest goes
-                connection.listings.pop(next(iter(connection.listings)))
-            connection.listings[listing] = (mailbox_id, seq, upto)
-            return listing
-
-        return mailbox_id, go_on, archive.messages_after(mailbox_id, after, upto)
+        ids, sizes, more = archive.maildrop_page(
+            mailbox_id, after, upto, frame.key_id, LIST_PAGE_BYTES // _BRIEF_BYTES
+        )
+        if more is None:
+            return MaildropPage(id=frame.id, ids=ids, sizes=sizes)
+        if len(connection.listings) >= MAX_LISTINGS:  # abandoned ones: the oldest goes
+            connection.listings.pop(next(iter(connection.listings)))
+        connection.listings[listing] = (mailbox_id, more, upto)
+        return MaildropPage(id=frame.id, ids=ids, sizes=sizes, listing=listing)
 
     def _entry(self, mailbox_id: str, m: StoredMessage) -> MessageEntry:
         def at(location: Location) -> RecordAt:
