@@ -54,6 +54,8 @@ from .projection import ControlState, MailboxInfo, decode_control_state
 
 __all__ = ["open_core"]
 
+_OPENING = 4  # mailboxes opened at once
+
 
 async def open_core(root: Path, config: StoreConfig) -> ArchiveCore:
     """Lock the data folder (made if need be), replay the control log and open every
@@ -81,8 +83,17 @@ async def open_core(root: Path, config: StoreConfig) -> ArchiveCore:
                     core.state.apply(event)
         if recovery is not None:
             await _note_recovery(core, "control", recovery)
-        for info in list(core.state.mailboxes.values()):
-            await _open_mailbox(core, info, control_cut=recovery is not None)
+        # A few at a time: reading and checking one's recovery point (no GIL) overlaps
+        # another's decoding.
+        limiter = trio.CapacityLimiter(_OPENING)
+
+        async def open_one(info: MailboxInfo) -> None:
+            async with limiter:
+                await _open_mailbox(core, info, control_cut=recovery is not None)
+
+        async with trio.open_nursery() as nursery:
+            for info in list(core.state.mailboxes.values()):
+                nursery.start_soon(open_one, info)
         # The indexes know them now; those not open keep theirs for their next open.
         core.state.forget_messages({i for i, box in core.boxes.items() if box.writer is None})
     except BaseException:
