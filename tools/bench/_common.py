@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -318,7 +318,35 @@ def pin(root: int, cpus: Collection[int], *, tree: bool = True) -> int:
     raise SystemExit(f"could not pin process {root} to CPUs {cpu_list(wanted)}")
 
 
-class ServiceSampler:
+class Sampler:
+    """Calls :meth:`sample` on entry, every ``interval`` seconds on a thread while entered,
+    and once more on exit."""
+
+    interval = 0.05
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> Self:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+class ServiceSampler(Sampler):
     """Approximate CPU per command name (Dovecot titles its processes by service, Postfix's
     are named by daemon, a gateway's by role), sampled every 50 ms: a process's CPU after its
     last sample is not seen. The root process is called ``main``. With ``rss``, also the
@@ -331,8 +359,7 @@ class ServiceSampler:
         self.rss = rss
         self.rss_peak = 0
         self._started = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
     def sample(self) -> None:
         for pid, (title, own, _) in process_tree(self.root).items():
@@ -342,20 +369,6 @@ class ServiceSampler:
         if self.rss:
             self.rss_peak = max(self.rss_peak, tree_rss(self.root))
         self._started = True
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.sample()
-
-    def __enter__(self) -> ServiceSampler:
-        self.sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
 
     def by_service(self) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -53,7 +53,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -68,6 +67,7 @@ from _common import (
     ROOT,
     Corpus,
     Memory,
+    Sampler,
     command_line,
     gateway_role,
     process_tree,
@@ -546,7 +546,7 @@ def role_of(pid: int, root: int, root_name: str) -> str:
     return gateway_role(command_line(pid)) or "?"
 
 
-class RssSampler:
+class RssSampler(Sampler):
     """Each process's largest VmRSS in a process tree, sampled every ``SAMPLE_S`` in a
     thread (by role: supervisor, journal, worker-N), and the largest sum."""
 
@@ -555,8 +555,8 @@ class RssSampler:
         self.root_name = root_name  # with --workers 0: "gateway", all in one
         self.peak: dict[str, int] = {}
         self.peak_total = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.interval = SAMPLE_S
+        super().__init__()
 
     def sample(self) -> None:
         total = 0
@@ -566,20 +566,6 @@ class RssSampler:
             self.peak[role] = max(self.peak.get(role, 0), rss)
             total += rss
         self.peak_total = max(self.peak_total, total)
-
-    def _run(self) -> None:
-        while not self._stop.wait(SAMPLE_S):
-            self.sample()
-
-    def __enter__(self) -> RssSampler:
-        self.sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
 
 
 # -- fill through SMTP ---------------------------------------------------------------------
