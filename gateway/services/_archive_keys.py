@@ -29,6 +29,7 @@ from ..crypto import (
 )
 from ..crypto import unlock as unlock_key
 from ..events import Actor, ControlEvent, MailboxKeyReset, MailboxKeyRewrapped, now
+from ..log import DataDir
 from ._archive_core import ArchiveCore
 from ._common import ArchiveError, MailboxState, wrap_id
 from .projection import MailboxInfo
@@ -53,22 +54,21 @@ async def new_key(core: ArchiveCore, mailbox_id: str, password: str) -> tuple[Ke
     return key, encode_key_file(key)
 
 
-async def settle_staged_key(core: ArchiveCore, info: MailboxInfo) -> None:
-    """On open: finish or undo a key change cut short, as the control log says."""
-    data = core.data
-    staged = await trio.to_thread.run_sync(data.staged_key_file, info.mailbox_id)
+def settle_staged_key(data: DataDir, info: MailboxInfo) -> None:
+    """On open (blocking): finish or undo a key change cut short, as the control log says."""
+    staged = data.staged_key_file(info.mailbox_id)
     if staged is None:
         return
     if wrap_id(staged) == info.wrap_id:
-        await trio.to_thread.run_sync(data.commit_key_file, info.mailbox_id)
+        data.commit_key_file(info.mailbox_id)
     else:
-        await trio.to_thread.run_sync(data.discard_staged_key_file, info.mailbox_id)
+        data.discard_staged_key_file(info.mailbox_id)
 
 
-async def checked_public_key(core: ArchiveCore, info: MailboxInfo) -> MailboxPublicKey:
-    """The mailbox's public key, from a key file that must be the one the control log
-    names: a swapped file would seal new mail to someone else's key."""
-    key_bytes = await trio.to_thread.run_sync(core.data.read_key_file, info.mailbox_id)
+def checked_public_key(data: DataDir, info: MailboxInfo) -> MailboxPublicKey:
+    """The mailbox's public key (blocking), from a key file that must be the one the control
+    log names: a swapped file would seal new mail to someone else's key."""
+    key_bytes = data.read_key_file(info.mailbox_id)
     key = decode_key_file(key_bytes)
     if key.key_id.hex() != info.key_id or wrap_id(key_bytes) != info.wrap_id:
         raise ArchiveError("key file is not the one the control log names")

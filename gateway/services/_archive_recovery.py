@@ -14,11 +14,12 @@ be opened at all is flagged damaged: it takes no mail and serves none, and the o
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
-from ..crypto import KeyFileCorrupt
+from ..crypto import KeyFileCorrupt, MailboxPublicKey
 from ..events import (
     ROLLED_BACK,
     CommitWitness,
@@ -135,17 +136,27 @@ def _saved_index(core: ArchiveCore, mailbox_id: str) -> tuple[MessageIndex, Reco
     return MessageIndex(expunged), None
 
 
-async def _open_mailbox(core: ArchiveCore, info: MailboxInfo, *, control_cut: bool) -> None:
+@dataclass(slots=True)
+class _MailboxFiles:
+    public_key: MailboxPublicKey
+    index: MessageIndex
+    point: RecoveryPoint | None
+    log: SegmentLog
+    records: list[LogRecord]
+    recovery: Recovery | None
+
+
+def _open_files(core: ArchiveCore, info: MailboxInfo) -> _MailboxFiles:
+    """Everything opening a mailbox does on disk, in one worker thread: its key change cut
+    short settled, its key file checked, its recovery point read, its log opened from it (or
+    whole, when it does not match)."""
     mailbox_id = info.mailbox_id
     state = core.state
-    index, point = await trio.to_thread.run_sync(_saved_index, core, mailbox_id)
-    box = MailboxState(info=info, index=index)
-    core.boxes[mailbox_id] = box
-    witnesses = state.witnessed.get(mailbox_id)
+    settle_staged_key(core.data, info)
+    public_key = checked_public_key(core.data, info)
+    index, point = _saved_index(core, mailbox_id)
 
-    def open_log(
-        resume: RecoveryPoint | None,
-    ) -> tuple[SegmentLog, list[LogRecord], Recovery | None]:
+    def open_log(resume: RecoveryPoint | None) -> _Opened:
         return SegmentLog.open(
             core.data.mailbox_log_dir(mailbox_id),
             bytes.fromhex(mailbox_id),
@@ -156,21 +167,30 @@ async def _open_mailbox(core: ArchiveCore, info: MailboxInfo, *, control_cut: bo
         )
 
     try:
-        await settle_staged_key(core, info)
-        box.public_key = await checked_public_key(core, info)
-        try:
-            log, records, recovery = await trio.to_thread.run_sync(open_log, point)
-        except StaleRecoveryPoint as exc:
-            _unused(mailbox_id, exc)
-            box.index = index = MessageIndex(state.expunged.get(mailbox_id, ()))
-            point = None
-            log, records, recovery = await trio.to_thread.run_sync(open_log, None)
+        opened = open_log(point)
+    except StaleRecoveryPoint as exc:
+        _unused(mailbox_id, exc)
+        index, point = MessageIndex(state.expunged.get(mailbox_id, ())), None
+        opened = open_log(None)
+    return _MailboxFiles(public_key, index, point, *opened)
+
+
+async def _open_mailbox(core: ArchiveCore, info: MailboxInfo, *, control_cut: bool) -> None:
+    mailbox_id = info.mailbox_id
+    state = core.state
+    box = MailboxState(info=info, index=MessageIndex())
+    core.boxes[mailbox_id] = box
+    witnesses = state.witnessed.get(mailbox_id)
+    try:
+        files = await trio.to_thread.run_sync(_open_files, core, info)
     except FileNotFoundError as exc:
         core.mark_damaged(box, f"missing file {Path(exc.filename or '').name!s}")
         return
     except (LogCorrupt, KeyFileCorrupt, ArchiveError) as exc:
         core.mark_damaged(box, str(exc))
         return
+    box.public_key, box.index, point = files.public_key, files.index, files.point
+    index, log, records, recovery = files.index, files.log, files.records, files.recovery
     box.writer = LogWriter(log, core.commit_group)
     if point is not None:
         box.recovery_seq, box.recovery_size = point.seq, len(point.state)
