@@ -67,7 +67,7 @@ async def open_core(root: Path, config: StoreConfig) -> ArchiveCore:
     try:
         starts = _control_starts(data)
         while True:  # the last start (the first record) raises rather than stop
-            state, point = next(starts)
+            state, point = await trio.to_thread.run_sync(next, starts)  # reads a file
             try:
                 log, records, recovery = await trio.to_thread.run_sync(
                     _open_or_create, data.control_dir, CONTROL_LOG_ID, config.segment_bytes, point
