@@ -75,6 +75,9 @@ def test_a_small_run_fills_and_measures_everything(tmp_path: Path) -> None:
     assert result["segment_bytes"] <= result["disk_apparent"]
     for start in ("empty_start_s", "clean_start_1_s", "clean_start_2_s", "kill9_start_s"):
         assert result[start] > 0, start
+        # Every mailbox log opens in the background, after the gateway serves.
+        opened = start.replace("start", "opened")
+        assert result[opened] >= result[start], opened
     assert result["clean_stop_status"] == result["final_stop_status"] == 0
     assert result["kill9_children"] >= 2  # the journal and the worker exited with it
     assert set(result["rss_filled_processes"]) == {"supervisor", "journal", "worker-1"}

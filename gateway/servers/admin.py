@@ -205,6 +205,7 @@ class AdminServer:
             subject, sha256, expires = gateway.tls.summary()
             certificate = api.CertificateView(subject=subject, sha256=sha256, expires_at=expires)
         storage = await archive.storage_usage()
+        await archive.all_opened()  # the views count every mailbox's messages
         return api.StatusReply(
             id=request_id,
             version=__version__,

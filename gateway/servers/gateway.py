@@ -202,6 +202,8 @@ class Gateway:
             self.accounts = await self._load_accounts(archive)
             journal = self.journal = Journal(archive)
             async with trio.open_nursery() as nursery:
+                # Served meanwhile: a request for a mailbox not open yet waits for it.
+                nursery.start_soon(archive.open_mailboxes)
                 if self.role == Role.ALL:
                     forge = KeyForge()
                     await nursery.start(forge.run)
@@ -232,7 +234,9 @@ class Gateway:
         deadline = trio.current_time() + (LOCK_WAIT if self.role == Role.JOURNAL else 0)
         while True:
             try:
-                return await Archive.open(Path(config.data_dir), store_config(config))
+                return await Archive.open(
+                    Path(config.data_dir), store_config(config), mailboxes_later=True
+                )
             except DataDirLocked:
                 if trio.current_time() >= deadline:
                     raise
@@ -243,8 +247,6 @@ class Gateway:
         certificate and the source-key secret it made, and asks the journal for the rest."""
         config = self.config
         data = Path(config.data_dir)
-        self.tls = await trio.to_thread.run_sync(self._load_tls, None)
-        await self._load_source_keys()
         assert self.journal_socket is not None
         stream = await connect_journal(self.journal_socket)
         store = self.store = StoreClient(stream, data, self.name)
@@ -253,6 +255,10 @@ class Gateway:
         except (LogWriteError, OSError) as exc:
             await trio.aclose_forcefully(stream)
             raise JournalLost(str(exc)) from None
+        # Once the journal serves, the certificate and the secret it makes on a first start
+        # are there.
+        self.tls = await trio.to_thread.run_sync(self._load_tls, None)
+        await self._load_source_keys()
         lost = False
         async with trio.open_nursery() as nursery:
 

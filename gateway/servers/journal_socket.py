@@ -18,8 +18,10 @@ __all__ = ["JOURNAL_CONNECT_TIMEOUT", "JournalLost", "connect_journal", "serve_w
 
 logger = logging.getLogger("gateway")
 
-# How long a starting worker keeps trying to reach its journal.
-JOURNAL_CONNECT_TIMEOUT = 30.0
+# How long a starting worker keeps trying to reach its journal (started at the same time,
+# it may be opening its data folder), and how often.
+JOURNAL_CONNECT_TIMEOUT = 60.0
+JOURNAL_CONNECT_POLL = 0.02
 
 
 class JournalLost(Exception):
@@ -68,7 +70,7 @@ async def connect_journal(path: Path) -> trio.SocketStream:
             sock.close()
             if trio.current_time() > deadline:
                 raise JournalLost(f"cannot reach the journal at {path}: {exc.strerror}") from None
-            await trio.sleep(0.1)
+            await trio.sleep(JOURNAL_CONNECT_POLL)
             continue
         return trio.SocketStream(sock)
 

@@ -5,9 +5,10 @@ Theory of operation
 :class:`Supervisor` is the process systemd sees. It binds the SMTP and POP3 listening sockets
 once; every worker inherits them and accepts on them (one accept queue per listener, so a
 worker that dies loses no connection waiting to be accepted, and a new worker serves the same
-sockets without rebinding). It starts the journal first (``gateway serve --role journal``:
-the data folder, the admin API, the workers' Unix socket), then ``workers`` protocol workers
-(``--role worker``), each telling it on a pipe when it serves. Then it tells systemd READY=1
+sockets without rebinding). It starts the journal (``gateway serve --role journal``: the data
+folder, the admin API, the workers' Unix socket) and ``workers`` protocol workers (``--role
+worker``, which wait for the journal's socket) together, each telling it on a pipe when it
+serves. Then it tells systemd READY=1
 and watches: a worker that exits is replaced at once (backing off up to 5 s if it keeps
 failing), a journal that exits is restarted (its workers, having lost it, stop and are
 replaced). SIGTERM drains the workers (they stop accepting and finish their sessions within
@@ -127,14 +128,14 @@ class Supervisor:
                 worker.slot = slot
             self._children = [journal, *workers]
             async with trio.open_nursery() as nursery:
+                # All at once: a worker imports and starts while the journal opens the data
+                # folder, then waits for the journal's socket.
                 await nursery.start(self._keep, journal, lifeline_read, [], nursery)
-                with trio.fail_after(START_TIMEOUT):
-                    await journal.ready.wait()
                 for worker in workers:
                     await nursery.start(self._keep, worker, lifeline_read, listen_fds, nursery)
                 with trio.fail_after(START_TIMEOUT):
-                    for worker in workers:
-                        await worker.ready.wait()
+                    for child in (journal, *workers):
+                        await child.ready.wait()
                 self.notifier.notify("READY=1", f"STATUS=journal and {self.workers} workers")
                 logger.info("event=supervisor-ready workers=%d", self.workers)
                 nursery.start_soon(self.notifier.watchdog)

@@ -49,7 +49,9 @@ def _settled(box: MailboxState) -> bool:
 
 
 def _due(box: MailboxState, everything: bool) -> bool:
-    if box.writer is None or box.damaged is not None or not _settled(box):
+    if not box.opened.is_set() or box.writer is None or box.damaged is not None:
+        return False
+    if not _settled(box):
         return False
     log = box.writer.log
     if box.recovery_seq < 0 or box.recovery_due:
@@ -77,7 +79,7 @@ async def checkpoint(core: ArchiveCore, *, everything: bool = False) -> int:
         # From here to the end of the block nothing awaits: one instant of every log.
         points: list[tuple[MailboxState, RecoveryPoint, int]] = []
         for box in boxes:
-            if box.writer is None or not _settled(box):
+            if box.writer is None or box.damaged is not None or not _settled(box):
                 continue  # changed while the logs were synced
             pending = [c for _first, chunks in box.inflight.values() for c in chunks]
             log = box.writer.log
@@ -150,15 +152,18 @@ def _saved_state(core: ArchiveCore) -> ControlState:
     seq below which every commit record is settled, the expunged ids still in its log, and
     the witnesses of the commits from that seq on (none, unless some were in flight)."""
     live = core.state
-    saved = dataclasses.replace(live, witnessed={}, expunged={}, settled={}, per_message=True)
+    saved = dataclasses.replace(live, witnessed={}, expunged={}, settled={}, indexed=set())
     for mailbox_id, box in core.boxes.items():
-        if box.writer is None:
-            # Not open (damaged): its next open reads its log whole, so every witness and
-            # expunged id the state kept for it goes along.
+        if mailbox_id not in live.indexed:
+            # Not open yet, or damaged: the state still keeps what it was opened with (its
+            # settled seq, the witnesses after it, its expunged ids), and that goes along.
             if mailbox_id in live.witnessed:
                 saved.witnessed[mailbox_id] = dict(live.witnessed[mailbox_id])
             saved.expunged[mailbox_id] = set(live.expunged.get(mailbox_id, ()))
+            if mailbox_id in live.settled:
+                saved.settled[mailbox_id] = live.settled[mailbox_id]
             continue
+        assert box.writer is not None
         if box.index.expunged:
             saved.expunged[mailbox_id] = set(box.index.expunged)
         settled = box.writer.log.next_seq if _settled(box) else max(box.recovery_seq, 0)

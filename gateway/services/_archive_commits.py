@@ -40,7 +40,7 @@ __all__ = ["CopyCommit", "accepting", "commit", "roll_back"]
 def accepting(core: ArchiveCore, mailbox_ids: Sequence[str]) -> list[MailboxState]:
     boxes: dict[str, MailboxState] = {}
     for mailbox_id in mailbox_ids:
-        box = core.box(mailbox_id)
+        box = core.open_box(mailbox_id)
         if box.info.status != MailboxStatus.ACTIVE:
             raise MailboxUnavailable(f"mailbox {box.info.mailbox_id} is suspended")
         if box.writer is None or box.public_key is None:

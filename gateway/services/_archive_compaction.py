@@ -25,7 +25,7 @@ __all__ = ["compact", "maintain", "remove_retired"]
 
 
 async def compact(core: ArchiveCore, mailbox_id: str, *, min_gain: float) -> int:
-    box = core.box(mailbox_id)
+    box = await core.opened(mailbox_id)
     if box.writer is None:
         return 0
     log = box.writer.log
@@ -37,7 +37,7 @@ async def compact(core: ArchiveCore, mailbox_id: str, *, min_gain: float) -> int
 
 
 async def remove_retired(core: ArchiveCore, mailbox_id: str) -> int:
-    box = core.box(mailbox_id)
+    box = await core.opened(mailbox_id)
     if box.writer is None:
         return 0
     log = box.writer.log
@@ -49,6 +49,9 @@ async def remove_retired(core: ArchiveCore, mailbox_id: str) -> int:
 async def maintain(core: ArchiveCore) -> tuple[int, int]:
     reclaimed = deleted = 0
     for info in list(core.state.mailboxes.values()):
+        box = core.boxes.get(info.mailbox_id)
+        if box is None or not box.opened.is_set():
+            continue  # not open yet: the next pass
         try:
             reclaimed += await compact(core, info.mailbox_id, min_gain=0.5)
             deleted += await remove_retired(core, info.mailbox_id)

@@ -14,6 +14,7 @@ is the facade the rest of the gateway calls.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from ..events import (
@@ -65,6 +66,12 @@ class ArchiveCore:
         self.commit_group = control.group
         self.state = ControlState()
         self.boxes: dict[str, MailboxState] = {}
+        # Mailboxes not opened yet, in the order they are opened; one asked for goes first
+        # (``_archive_recovery.open_mailboxes``).
+        self.to_open: deque[str] = deque()
+        # Whether the control log lost a torn tail at this open (6.3: commits not witnessed
+        # are witnessed then, not rolled back).
+        self.control_cut = False
         self.recoveries: list[Recovery] = []
         # The control log's bytes written when its recovery point was made (SPEC.md 6.7).
         self.control_recovery_written = 0
@@ -73,8 +80,26 @@ class ArchiveCore:
         self.mailbox_listeners: list[Callable[[str], None]] = []
 
     def box(self, mailbox_id: str) -> MailboxState:
-        """A mailbox's live state, by its id in any accepted spelling. Raises NoSuchMailbox."""
+        """A mailbox's live state, by its id in any accepted spelling, open or not (its info
+        and public key are there from the start). Raises NoSuchMailbox."""
         return find_mailbox(self.boxes, mailbox_id)
+
+    def open_box(self, mailbox_id: str) -> MailboxState:
+        """A mailbox whose log is open (or that was found damaged). Raises NoSuchMailbox, or
+        MailboxUnavailable while it is still being opened (:meth:`opened` waits instead)."""
+        box = self.box(mailbox_id)
+        if not box.opened.is_set():
+            raise MailboxUnavailable(f"mailbox {box.info.mailbox_id} is being opened")
+        return box
+
+    async def opened(self, mailbox_id: str) -> MailboxState:
+        """A mailbox once its log is open (or it was found damaged); one not opened yet
+        is opened next. Raises NoSuchMailbox."""
+        box = self.box(mailbox_id)
+        if not box.opened.is_set():
+            self.to_open.appendleft(box.info.mailbox_id)
+            await box.opened.wait()
+        return box
 
     def close(self) -> None:
         """Close every log and release the data folder."""

@@ -135,7 +135,7 @@ async def change_password(
 async def reset_password(
     core: ArchiveCore, mailbox_id: str, new_password: str | None, *, actor: Actor
 ) -> tuple[str, int]:
-    box = core.box(mailbox_id)
+    box = await core.opened(mailbox_id)  # its messages are counted
     new_password = new_password if new_password is not None else generate_password()
     async with box.lock:
         key, key_bytes = await new_key(core, box.info.mailbox_id, new_password)

@@ -60,12 +60,14 @@ async def create_mailbox(
     )
     await core.append_control(event)
     info = core.state.mailboxes[mailbox_id]
-    core.boxes[mailbox_id] = MailboxState(
+    box = core.boxes[mailbox_id] = MailboxState(
         info=info,
         index=MessageIndex(),
         writer=LogWriter(log, core.commit_group),
         public_key=MailboxPublicKey.from_key_file(key),
     )
+    box.opened.set()
+    core.state.forget_messages(mailbox_id)  # its index keeps its witnesses
     core.notify(mailbox_id)
     return info, password
 
@@ -95,7 +97,7 @@ async def update_mailbox(
 
 
 async def delete_mailbox(core: ArchiveCore, mailbox_id: str, *, purge: bool, actor: Actor) -> int:
-    box = core.box(mailbox_id)
+    box = await core.opened(mailbox_id)
     async with box.lock:
         info = box.info
         if info.status != MailboxStatus.SUSPENDED:

@@ -81,7 +81,7 @@ def sealed_of(event: MessageStored) -> SealedMessage:
 def _stored(
     core: ArchiveCore, mailbox_id: str, message_id: str
 ) -> tuple[MailboxState, StoredMessage, SegmentLog]:
-    box = core.box(mailbox_id)
+    box = core.open_box(mailbox_id)
     stored = box.index.get(message_id)
     if stored is None or box.writer is None:
         raise ArchiveError(f"no message {message_id} in mailbox {box.info.mailbox_id}")

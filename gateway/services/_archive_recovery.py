@@ -53,15 +53,16 @@ from ._common import CONTROL_LOG_ID, ArchiveError, MailboxState, StoreConfig
 from .message_index import MessageIndex, StoredMessage
 from .projection import ControlState, MailboxInfo, decode_control_state
 
-__all__ = ["open_core"]
+__all__ = ["open_core", "open_mailboxes"]
 
 _OPENING = 4  # mailboxes opened at once
 
 
 async def open_core(root: Path, config: StoreConfig) -> ArchiveCore:
-    """Lock the data folder (made if need be), replay the control log and open every
-    mailbox, each from its recovery point where it has a good one (SPEC.md 6.7). Raises
-    DataDirLocked, or LogCorrupt for a control log that does not check out."""
+    """Lock the data folder (made if need be), replay the control log (from its recovery
+    point where it has a good one, SPEC.md 6.7) and read every mailbox's key; the mailbox
+    logs are opened by :func:`open_mailboxes`. Raises DataDirLocked, or LogCorrupt for a
+    control log that does not check out."""
     data = DataDir(root)
     await trio.to_thread.run_sync(data.lock)
     try:
@@ -82,25 +83,66 @@ async def open_core(root: Path, config: StoreConfig) -> ArchiveCore:
                 event = decode_control_event(record.body)
                 if event is not None:
                     core.state.apply(event)
+        core.control_cut = recovery is not None
         if recovery is not None:
             await _note_recovery(core, "control", recovery)
-        # A few at a time: reading and checking one's recovery point (no GIL) overlaps
-        # another's decoding.
-        limiter = trio.CapacityLimiter(_OPENING)
-
-        async def open_one(info: MailboxInfo) -> None:
-            async with limiter:
-                await _open_mailbox(core, info, control_cut=recovery is not None)
-
-        async with trio.open_nursery() as nursery:
-            for info in list(core.state.mailboxes.values()):
-                nursery.start_soon(open_one, info)
-        # The indexes know them now; those not open keep theirs for their next open.
-        core.state.forget_messages({i for i, box in core.boxes.items() if box.writer is None})
+        infos = list(core.state.mailboxes.values())
+        keys = await trio.to_thread.run_sync(_public_keys, data, infos)
+        for info, key in zip(infos, keys, strict=True):
+            box = core.boxes[info.mailbox_id] = MailboxState(info=info, index=MessageIndex())
+            if isinstance(key, str):
+                core.mark_damaged(box, key)
+                box.opened.set()
+            else:
+                box.public_key = key
+                core.to_open.append(info.mailbox_id)
     except BaseException:
         data.unlock()
         raise
     return core
+
+
+async def open_mailboxes(core: ArchiveCore) -> None:
+    """Open every mailbox log not open yet, a few at a time, those asked for
+    (``ArchiveCore.opened``) first; returns when all are. Each one's open runs to its end even
+    when this is cancelled: a log half opened must not be served nor checkpointed."""
+    started = trio.current_time()
+    taken: set[str] = set()
+
+    async def runner() -> None:
+        while core.to_open:
+            mailbox_id = core.to_open.popleft()
+            box = core.boxes.get(mailbox_id)
+            if box is None or box.opened.is_set() or mailbox_id in taken:
+                continue  # deleted, or asked for while it was being opened
+            taken.add(mailbox_id)
+            with trio.CancelScope(shield=True):
+                try:
+                    await _open_mailbox(core, box)
+                finally:
+                    box.opened.set()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(_OPENING):
+            nursery.start_soon(runner)
+    logger.info(
+        "event=mailboxes-opened count=%d seconds=%.2f", len(taken), trio.current_time() - started
+    )
+
+
+def _public_keys(data: DataDir, infos: list[MailboxInfo]) -> list[MailboxPublicKey | str]:
+    """Each mailbox's public key (a key change cut short settled first), or why its key file
+    cannot be used: all a protocol worker needs to seal mail to it."""
+    found: list[MailboxPublicKey | str] = []
+    for info in infos:
+        try:
+            settle_staged_key(data, info)
+            found.append(checked_public_key(data, info))
+        except FileNotFoundError as exc:
+            found.append(f"missing file {Path(exc.filename or '').name!s}")
+        except (KeyFileCorrupt, ArchiveError) as exc:
+            found.append(str(exc))
+    return found
 
 
 def _control_starts(data: DataDir) -> Iterator[tuple[ControlState, RecoveryPoint | None]]:
@@ -138,7 +180,6 @@ def _saved_index(core: ArchiveCore, mailbox_id: str) -> tuple[MessageIndex, Reco
 
 @dataclass(slots=True)
 class _MailboxFiles:
-    public_key: MailboxPublicKey
     index: MessageIndex
     point: RecoveryPoint | None
     log: SegmentLog
@@ -146,14 +187,10 @@ class _MailboxFiles:
     recovery: Recovery | None
 
 
-def _open_files(core: ArchiveCore, info: MailboxInfo) -> _MailboxFiles:
-    """Everything opening a mailbox does on disk, in one worker thread: its key change cut
-    short settled, its key file checked, its recovery point read, its log opened from it (or
-    whole, when it does not match)."""
-    mailbox_id = info.mailbox_id
+def _open_files(core: ArchiveCore, mailbox_id: str) -> _MailboxFiles:
+    """Everything opening a mailbox log does on disk, in one worker thread: its recovery
+    point read, its log opened from it (or whole, when it does not match)."""
     state = core.state
-    settle_staged_key(core.data, info)
-    public_key = checked_public_key(core.data, info)
     index, point = _saved_index(core, mailbox_id)
 
     def open_log(resume: RecoveryPoint | None) -> _Opened:
@@ -172,25 +209,31 @@ def _open_files(core: ArchiveCore, info: MailboxInfo) -> _MailboxFiles:
         _unused(mailbox_id, exc)
         index, point = MessageIndex(state.expunged.get(mailbox_id, ())), None
         opened = open_log(None)
-    return _MailboxFiles(public_key, index, point, *opened)
+    return _MailboxFiles(index, point, *opened)
 
 
-async def _open_mailbox(core: ArchiveCore, info: MailboxInfo, *, control_cut: bool) -> None:
-    mailbox_id = info.mailbox_id
+async def _open_mailbox(core: ArchiveCore, box: MailboxState) -> None:
+    """Open one mailbox's log against the control log (6.3). Its index and writer are in
+    place before anything it appends (a rollback's expunge folds into the index)."""
+    mailbox_id = box.info.mailbox_id
     state = core.state
-    box = MailboxState(info=info, index=MessageIndex())
-    core.boxes[mailbox_id] = box
     witnesses = state.witnessed.get(mailbox_id)
     try:
-        files = await trio.to_thread.run_sync(_open_files, core, info)
+        files = await trio.to_thread.run_sync(_open_files, core, mailbox_id)
     except FileNotFoundError as exc:
         core.mark_damaged(box, f"missing file {Path(exc.filename or '').name!s}")
         return
-    except (LogCorrupt, KeyFileCorrupt, ArchiveError) as exc:
+    except (LogCorrupt, ArchiveError) as exc:
         core.mark_damaged(box, str(exc))
         return
-    box.public_key, box.index, point = files.public_key, files.index, files.point
-    index, log, records, recovery = files.index, files.log, files.records, files.recovery
+    index, point, log, records, recovery = (
+        files.index,
+        files.point,
+        files.log,
+        files.records,
+        files.recovery,
+    )
+    box.index = index
     box.writer = LogWriter(log, core.commit_group)
     if point is not None:
         box.recovery_seq, box.recovery_size = point.seq, len(point.state)
@@ -205,19 +248,32 @@ async def _open_mailbox(core: ArchiveCore, info: MailboxInfo, *, control_cut: bo
                 at=now(), mailbox_id=mailbox_id, seq=log.next_seq - 1, chain=log.chain
             )
         )
-        return
-    # Only the commits read from the log now can be unwitnessed: a recovery point holds
-    # witnessed ones only. Below ``settled`` (the control log's recovery point) every commit
-    # not expunged was witnessed; from there on the witnesses say.
-    settled = state.settled.get(mailbox_id, 0)
+    else:
+        await _settle_tail(core, box, point, records, witnesses)
+    # Its index knows its witnesses and expunged ids from here on.
+    state.forget_messages(mailbox_id)
+
+
+async def _settle_tail(
+    core: ArchiveCore,
+    box: MailboxState,
+    point: RecoveryPoint | None,
+    records: list[LogRecord],
+    witnesses: dict[str, tuple[int, bytes]],
+) -> None:
+    """Roll back (or, after the control log lost its tail, witness) the commits no witness
+    names. Only those read from the log now can be unwitnessed: a recovery point holds
+    witnessed ones only. Below ``settled`` (the control log's recovery point) every commit not
+    expunged was witnessed; from there on the witnesses say."""
+    settled = core.state.settled.get(box.info.mailbox_id, 0)
     unwitnessed = [
         m
-        for m in index.after((point.seq if point is not None else 0) - 1)
+        for m in box.index.after((point.seq if point is not None else 0) - 1)
         if m.seq >= settled and m.message_id not in witnesses
     ]
     if not unwitnessed:
         return
-    if control_cut:
+    if core.control_cut:
         # The control log lost its own tail: a witness may have been in it. Keeping
         # a message twice is better than losing one that was acknowledged.
         await _witness_now(core, box, unwitnessed, records)

@@ -100,6 +100,9 @@ class MailboxState:
     writer: LogWriter | None = None
     public_key: MailboxPublicKey | None = None
     damaged: str | None = None  # why the mailbox cannot take mail, if it cannot
+    # Set once its log is open and checked (or it was found damaged): until then its index
+    # and writer are not there, and the journal waits for it (SPEC.md 6.3).
+    opened: trio.Event = field(default_factory=trio.Event)
     lock: trio.Lock = field(default_factory=trio.Lock)  # key changes, deletion, compaction
     io_lock: trio.Lock = field(default_factory=trio.Lock)  # record reads vs segment replacement
     # Messages being written: writer id -> (the first seq it may use, its chunks so far).

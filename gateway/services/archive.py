@@ -48,7 +48,7 @@ from . import (
 from ._archive_commits import CopyCommit
 from ._archive_core import ArchiveCore
 from ._archive_reads import sealed_of
-from ._archive_recovery import open_core
+from ._archive_recovery import open_core, open_mailboxes
 from ._common import (
     CONTROL_LOG_ID,
     ArchiveError,
@@ -130,11 +130,32 @@ class Archive:
     # -- open and close ----------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, root: Path, config: StoreConfig | None = None) -> Archive:
+    async def open(
+        cls, root: Path, config: StoreConfig | None = None, *, mailboxes_later: bool = False
+    ) -> Archive:
         """Open (or create) the data folder at ``root`` and hold its lock until
         :meth:`aclose`; recovery on open as SPEC.md 6.3 describes. Raises DataDirLocked, or
-        LogCorrupt for a control log that does not check out."""
-        return cls(await open_core(root, config or StoreConfig()))
+        LogCorrupt for a control log that does not check out. With ``mailboxes_later`` the
+        mailbox logs are not opened yet: the caller runs :meth:`open_mailboxes` beside its
+        work, and waits on :meth:`opened` before it uses a mailbox's messages."""
+        archive = cls(await open_core(root, config or StoreConfig()))
+        if not mailboxes_later:
+            await archive.open_mailboxes()
+        return archive
+
+    async def open_mailboxes(self) -> None:
+        """Open every mailbox log not open yet (those asked for first); returns once all are."""
+        await open_mailboxes(self._core)
+
+    async def opened(self, mailbox_id: str) -> None:
+        """Wait until the mailbox's log is open (or it was found damaged); one not opened yet
+        is opened next. Raises NoSuchMailbox."""
+        await self._core.opened(mailbox_id)
+
+    async def all_opened(self) -> None:
+        """Wait until every mailbox log is open (or found damaged)."""
+        for box in list(self._core.boxes.values()):
+            await box.opened.wait()
 
     async def aclose(self, *, checkpoint: bool = True) -> None:
         """Close, leaving a recovery point for every log that moved (SPEC.md 6.7);
@@ -195,16 +216,17 @@ class Archive:
         return sorted(self._core.state.mailboxes.values(), key=lambda m: m.created_at)
 
     def mailbox(self, mailbox_id: str) -> MailboxInfo:
-        return self._box(mailbox_id).info
+        return self._core.box(mailbox_id).info
 
     def damaged(self, mailbox_id: str) -> str | None:
-        """Why the mailbox cannot take mail or be served, if it cannot."""
-        return self._box(mailbox_id).damaged
+        """Why the mailbox cannot take mail or be served, if it cannot (as far as known:
+        a mailbox being opened may yet be found damaged)."""
+        return self._core.box(mailbox_id).damaged
 
     def damage_report(self, mailbox_id: str) -> str | None:
         """Why the mailbox is flagged damaged: it cannot be served, or damage found at its
         log's end lost acknowledged messages (``LogDamaged``, kept on record for good)."""
-        box = self._box(mailbox_id)
+        box = self._core.box(mailbox_id)
         if box.damaged is not None:
             return box.damaged
         found = self._core.state.damage.get(box.info.mailbox_id)
@@ -218,7 +240,7 @@ class Archive:
 
     def public_key(self, mailbox_id: str) -> MailboxPublicKey | None:
         """The key new mail for the mailbox is sealed to (None while it is damaged)."""
-        return self._box(mailbox_id).public_key
+        return self._core.box(mailbox_id).public_key
 
     def record_file(self, mailbox_id: str, location: Location) -> str:
         """The name of the segment file that holds a record, in the mailbox's log folder."""
@@ -228,7 +250,8 @@ class Archive:
         return box.writer.log.file_name(location.segment)
 
     def _box(self, mailbox_id: str) -> MailboxState:
-        return self._core.box(mailbox_id)
+        """An open mailbox: its messages are known. MailboxUnavailable while being opened."""
+        return self._core.open_box(mailbox_id)
 
     def pending_chunks(self, mailbox_id: str) -> list[Location]:
         """Chunks in the mailbox's log that no commit names (yet, or ever: the orphans of
@@ -394,7 +417,7 @@ class Archive:
         self, mailbox_id: str, message_ids: Sequence[str], *, actor: Actor = SYSTEM
     ) -> int:
         """Delete messages: durable before this returns, not served from then on."""
-        box = self._box(mailbox_id)
+        box = await self._core.opened(mailbox_id)
         present = [m for m in dict.fromkeys(message_ids) if m in box.index]
         return await self._core.expunge_ids(box, present, actor=actor)
 

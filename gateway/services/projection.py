@@ -172,22 +172,19 @@ class ControlState:
     # Every key id issued to each mailbox, retired ones too (verify: a message sealed to a
     # key the control log never issued is a problem).
     key_ids: dict[str, set[str]] = field(default_factory=dict)
-    # Whether ``witnessed`` and ``expunged`` keep every message (verify, and the server while
-    # it opens the mailboxes); a running server keeps them in its message indexes instead.
-    per_message: bool = True
+    # The mailboxes whose open message index keeps their witnesses and expunged ids: for
+    # them ``witnessed`` and ``expunged`` keep none per message (a million-message store must
+    # not hold them twice). Empty for verify, and for a server's mailboxes until each opens.
+    indexed: set[str] = field(default_factory=set)
 
-    def forget_messages(self, keep: set[str]) -> None:
-        """Stop keeping witnesses and expunged ids by message, but for the mailboxes in
-        ``keep`` (those not open, damaged): the others' indexes know (a million-message store
-        must not hold them twice)."""
-        self.per_message = False
-        for mailbox_id, witnesses in self.witnessed.items():
-            if mailbox_id not in keep:
-                witnesses.clear()
-        for mailbox_id in list(self.expunged):
-            if mailbox_id not in keep:
-                del self.expunged[mailbox_id]
-        self.settled.clear()
+    def forget_messages(self, mailbox_id: str) -> None:
+        """The mailbox just opened: its index knows its witnesses and expunged ids from now
+        on, so the state stops keeping them by message (and its ``settled`` seq)."""
+        self.indexed.add(mailbox_id)
+        if mailbox_id in self.witnessed:
+            self.witnessed[mailbox_id].clear()
+        self.expunged.pop(mailbox_id, None)
+        self.settled.pop(mailbox_id, None)
 
     def apply(self, event: ControlEvent) -> None:
         """Fold one event. Events that do not fit the state (an update of an unknown mailbox)
@@ -223,6 +220,7 @@ class ControlState:
                     box.key_id, box.wrap_id, box.updated_at = event.key_id, event.wrap_id, event.at
             case MailboxDeleted():
                 self.mailboxes.pop(event.mailbox_id, None)
+                self.indexed.discard(event.mailbox_id)
                 self.expunged.pop(event.mailbox_id, None)
                 self.cuts.pop(event.mailbox_id, None)
                 self.last_delivery.pop(event.mailbox_id, None)
@@ -233,7 +231,7 @@ class ControlState:
                 self.damage.pop(event.mailbox_id, None)
                 self.deleted.add(event.mailbox_id)
             case MessagesExpunged():
-                if self.per_message:
+                if event.mailbox_id not in self.indexed:
                     self.expunged.setdefault(event.mailbox_id, set()).update(event.message_ids)
             case LogCompacted():
                 self.compactions.setdefault(event.mailbox_id, []).append(event)
@@ -251,7 +249,7 @@ class ControlState:
                     witnesses = self.witnessed.get(commit.mailbox_id)
                     if witnesses is None:
                         continue
-                    if self.per_message:
+                    if commit.mailbox_id not in self.indexed:
                         witnesses[commit.message_id] = (commit.seq, commit.chain)
                     mark = self.acknowledged.get(commit.mailbox_id)
                     if mark is None or commit.seq > mark[0]:

@@ -268,11 +268,11 @@ class Journal:
         archive = self.archive
         match frame:
             case Append():
-                pending = self._pending(connection, frame)
+                pending = await self._pending(connection, frame)
                 await pending.append_chunks(frame.mailbox_id, frame.chunks)
                 return Done(id=frame.id)
             case Commit():
-                pending = self._pending(connection, frame)
+                pending = await self._pending(connection, frame)
                 connection.pending.pop(frame.token, None)
                 await pending.commit(frame.copies, _accepted(frame))
                 return Done(id=frame.id)
@@ -282,8 +282,10 @@ class Journal:
                     await dropped.abort()
                 return Done(id=frame.id)
             case ListMaildrop():
+                await archive.opened(frame.mailbox_id)
                 return self._maildrop_page(connection, frame)
             case GetMessage():
+                await archive.opened(frame.mailbox_id)
                 mailbox_id = archive.mailbox(frame.mailbox_id).mailbox_id
                 return MessageList(
                     id=frame.id,
@@ -292,6 +294,7 @@ class Journal:
                     ],
                 )
             case HasSource():
+                await archive.opened(frame.mailbox_id)
                 found = any(archive.has_source(frame.mailbox_id, k) for k in frame.source_keys)
                 return Done(id=frame.id, value=int(found))
             case GetKeyFile():
@@ -322,7 +325,12 @@ class Journal:
             case Hello():
                 raise ArchiveError("hello twice")
 
-    def _pending(self, connection: _Connection, frame: Append | Commit) -> PendingMessage:
+    async def _pending(self, connection: _Connection, frame: Append | Commit) -> PendingMessage:
+        """The message a frame goes on with, begun by its first frame once its mailboxes are
+        open (nothing awaits between looking it up and keeping it)."""
+        if frame.token not in connection.pending:
+            for mailbox_id in frame.mailbox_ids:
+                await self.archive.opened(mailbox_id)
         pending = connection.pending.get(frame.token)
         if pending is None:
             pending = self.archive.begin_pending(

@@ -26,9 +26,12 @@ protocol workers, default 1, and only an SMTP and a POP3 listener on 127.0.0.1):
 2. the empty baseline: a ``gateway serve`` on ``DIR/empty/data`` (same mailboxes, no
    message), started, stopped, started again, its process tree's VmRSS read once idle;
 3. cold starts after a clean stop: ``gateway serve`` on the filled folder, time until the
-   supervisor logs ``event=supervisor-ready``; SIGTERM (clean stop, timed); the same again;
+   supervisor logs ``event=supervisor-ready`` (it serves), and until the journal logs
+   ``event=mailboxes-opened`` (every mailbox log open, in the background; SPEC.md 6.3);
+   SIGTERM (clean stop, timed); the same again;
 4. RSS of the running gateway: VmRSS summed over the tree (supervisor, journal, workers)
-   once idle; (filled - empty) / messages stored is the RSS per stored message;
+   once every mailbox log is open and it is idle; (filled - empty) / messages stored is the
+   RSS per stored message;
 5. POP3 on the big mailbox (poplib, STLS, the mailbox id and its password): login, STAT,
    LIST and UIDL read whole, the first RETR; each process's VmRSS sampled every 20 ms
    meanwhile. QUIT without DELE: nothing is deleted;
@@ -445,6 +448,8 @@ class Server:
         self.timeout = timeout
         self.ports: dict[str, int] = {}
         self.ready_s = 0.0
+        self.started = 0.0
+        self.opened_s = 0.0
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
         env["GATEWAY_ADMIN_PASSWORD"] = secrets.token_urlsafe(18)  # no initial-password file
         self.env = env
@@ -461,10 +466,11 @@ class Server:
         ``event=listening``)."""
         self.log_path = log_path
         self.ports = {}
+        self.opened_s = 0.0
         argv = [sys.executable, "-m", "gateway", "serve", "--config", str(self.config)]
         argv += ["--workers", str(self.workers)]
         with self.log_path.open("wb") as out:
-            started = time.perf_counter()
+            started = self.started = time.perf_counter()
             self.process = subprocess.Popen(
                 argv, cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
             )
@@ -485,6 +491,16 @@ class Server:
         for found in re.finditer(r"event=listening name=(\w+) .* port=(\d+)", text):
             self.ports.setdefault(found.group(1), int(found.group(2)))
         return self.ready_s
+
+    def wait_opened(self) -> float:
+        """Seconds from the start until the journal logged ``event=mailboxes-opened``."""
+        deadline = time.perf_counter() + self.timeout
+        while "event=mailboxes-opened" not in self.log_path.read_text(errors="replace"):
+            if time.perf_counter() > deadline:
+                raise SystemExit(f"the mailboxes were not opened ({self.log_path})")
+            time.sleep(0.005)
+        self.opened_s = time.perf_counter() - self.started
+        return self.opened_s
 
     def _ready(self, text: str) -> bool:
         if self.workers > 0:
@@ -809,12 +825,15 @@ class Measurement:
     segment_bytes: int = 0
     disk_bytes_per_message: float = 0.0
     empty_start_s: float = 0.0
+    empty_opened_s: float = 0.0
     rss_empty: int = 0
     rss_empty_processes: dict[str, int] = field(default_factory=dict)
     clean_start_1_s: float = 0.0
+    clean_opened_1_s: float = 0.0  # every mailbox log open (in the background)
     clean_stop_s: float = 0.0
     clean_stop_status: int = 0
     clean_start_2_s: float = 0.0
+    clean_opened_2_s: float = 0.0
     rss_filled: int = 0
     rss_filled_processes: dict[str, int] = field(default_factory=dict)
     pss_filled: int = 0
@@ -825,6 +844,7 @@ class Measurement:
     kill9_children_gone_s: float = 0.0
     kill9_children: int = 0  # processes that had to exit after the supervisor
     kill9_start_s: float = 0.0
+    kill9_opened_s: float = 0.0
     rss_after_kill9: int = 0
     final_stop_s: float = 0.0
     final_stop_status: int = 0
@@ -898,13 +918,17 @@ def measure(folder: Path, state: State, state_path: Path, args: argparse.Namespa
         empty.stop()  # account: not measured
         before_start()
         m.empty_start_s = empty.start(logs / "empty-2.log")
+        m.empty_opened_s = empty.wait_opened()
         memory = settle_then_memory(empty, args.settle)
         empty.stop()
     finally:
         empty.kill()
     m.rss_empty = sum(p.rss for p in memory)
     m.rss_empty_processes = {p.name: p.rss for p in memory}
-    log(f"  ready in {m.empty_start_s:.2f} s; RSS {m.rss_empty / MIB:,.1f} MiB")
+    log(
+        f"  ready in {m.empty_start_s:.2f} s, opened {m.empty_opened_s:.2f} s; "
+        f"RSS {m.rss_empty / MIB:,.1f} MiB"
+    )
 
     # 3. cold starts after a clean stop
     server = Server(write_config(folder, data), args.workers, args.start_timeout)
@@ -913,12 +937,14 @@ def measure(folder: Path, state: State, state_path: Path, args: argparse.Namespa
         before_start()
         m.clean_start_1_s = server.start(logs / "start-1.log")
         m.hwm_start_1 = {p.name: p.hwm for p in server.memory()}
-        log(f"  ready in {m.clean_start_1_s:.2f} s; clean stop")
+        m.clean_opened_1_s = server.wait_opened()
+        log(f"  ready in {m.clean_start_1_s:.2f} s, opened {m.clean_opened_1_s:.2f} s; clean stop")
         m.clean_stop_s, m.clean_stop_status = server.stop()
         log(f"  stopped in {m.clean_stop_s:.2f} s (exit {m.clean_stop_status}); start again")
         before_start()
         m.clean_start_2_s = server.start(logs / "start-2.log")
-        log(f"  ready in {m.clean_start_2_s:.2f} s")
+        m.clean_opened_2_s = server.wait_opened()
+        log(f"  ready in {m.clean_start_2_s:.2f} s, opened {m.clean_opened_2_s:.2f} s")
 
         # 4. RSS, filled
         log(f"measure 4/7: RSS once idle ({args.settle:g} s after ready)")
@@ -939,7 +965,8 @@ def measure(folder: Path, state: State, state_path: Path, args: argparse.Namespa
         m.kill9_children_gone_s, m.kill9_children = server.kill9()
         before_start()
         m.kill9_start_s = server.start(logs / "start-after-kill9.log")
-        log(f"  ready in {m.kill9_start_s:.2f} s")
+        m.kill9_opened_s = server.wait_opened()
+        log(f"  ready in {m.kill9_start_s:.2f} s, opened {m.kill9_opened_s:.2f} s")
         m.rss_after_kill9 = sum(p.rss for p in settle_then_memory(server, args.settle))
         m.final_stop_s, m.final_stop_status = server.stop()
     finally:
@@ -1047,6 +1074,7 @@ def render(m: Measurement, out: TextIO) -> None:
         target,
         verdict(m.clean_start_1_s, TARGET_CLEAN_START_S),
     )
+    row("every mailbox log open, #1 / #2", f"{m.clean_opened_1_s:.2f} / {m.clean_opened_2_s:.2f} s")
     row("clean stop (SIGTERM to exit)", f"{m.clean_stop_s:.2f} s, exit {m.clean_stop_status}")
     row(
         "cold start after clean stop #2",
@@ -1054,7 +1082,11 @@ def render(m: Measurement, out: TextIO) -> None:
         target,
         verdict(m.clean_start_2_s, TARGET_CLEAN_START_S),
     )
-    row("cold start, empty folder", f"{m.empty_start_s:.2f} s ({m.mailboxes} mailboxes)")
+    row(
+        "cold start, empty folder",
+        f"{m.empty_start_s:.2f} s, every log open {m.empty_opened_s:.2f} s "
+        f"({m.mailboxes} mailboxes)",
+    )
     row(
         "RSS idle, filled / empty",
         f"{m.rss_filled / MIB:,.1f} / {m.rss_empty / MIB:,.1f} MiB ("
@@ -1105,9 +1137,9 @@ def render(m: Measurement, out: TextIO) -> None:
     )
     row(
         "cold start after kill -9",
-        f"{m.kill9_start_s:.2f} s",
-        f"< {TARGET_KILL_START_S:.0f} s at 10M",
-        verdict(m.kill9_start_s, TARGET_KILL_START_S),
+        f"{m.kill9_start_s:.2f} s, every log open {m.kill9_opened_s:.2f} s",
+        f"< {TARGET_KILL_START_S:.0f} s at 10M (every log open)",
+        verdict(m.kill9_opened_s, TARGET_KILL_START_S),
     )
     row(
         "gateway verify",
