@@ -13,20 +13,26 @@ import signal
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import trio
 
 from . import __version__
 from ._groups import leaves
-from .cli_admin import ADMIN_COMMANDS, add_admin_commands, run_admin_command
+from .cli_admin_args import ADMIN_COMMANDS, add_admin_commands
 from .config import Config, ConfigError, load_config
 from .log import DataDir, DataDirLocked, LogCorrupt
-from .servers.gateway import Gateway, JournalLost, Role, StartupError
+from .servers.journal_socket import JournalLost
 from .servers.load import LOAD_FD, WorkerLoads
+from .servers.sockets import StartupError
 from .servers.supervisor import LIFELINE_FD, READY_FD, Supervisor, tell_ready, watch_lifeline
-from .services.accounts import write_initial_password
-from .verify import print_report, verify_data_dir
+
+if TYPE_CHECKING:
+    from .servers.gateway import Gateway
+
+# The admin client, the verifier and the gateway itself are imported by the commands that run
+# them: the supervisor, which only binds and starts its children, starts in a third of the
+# time without them (SPEC.md 16.1).
 
 __all__ = ["main"]
 
@@ -52,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         "0: everything in one process)",
     )
     # What the supervisor runs its children with (SPEC.md 16.1); not for people.
-    serve.add_argument("--role", choices=[Role.JOURNAL, Role.WORKER], help=argparse.SUPPRESS)
+    serve.add_argument("--role", choices=["journal", "worker"], help=argparse.SUPPRESS)
     serve.add_argument("--journal-socket", type=Path, help=argparse.SUPPRESS)
     serve.add_argument("--name", default="worker", help=argparse.SUPPRESS)
     serve.add_argument("--listen", action="append", default=[], help=argparse.SUPPRESS)
@@ -77,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ADMIN_COMMANDS:
+        from .cli_admin import run_admin_command  # noqa: PLC0415 (lazily: start time)
+
         return run_admin_command(args)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
@@ -91,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _verify(data_dir: Path, mailbox: str | None) -> int:
+    from .verify import print_report, verify_data_dir  # noqa: PLC0415 (lazily: start time)
+
     password = None
     if mailbox is not None:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -144,6 +154,8 @@ def _serve(args: argparse.Namespace) -> int:
         if args.role is not None:
             trio.run(_serve_child, config, args)
         elif workers == 0:
+            from .servers.gateway import Gateway  # noqa: PLC0415 (lazily: start time)
+
             gateway = Gateway(
                 config, announce_admin_password=admin_password_announcer(Path(config.data_dir))
             )
@@ -165,6 +177,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 async def _serve_child(config: Config, args: argparse.Namespace) -> None:
     """A journal or a protocol worker under a supervisor."""
+    from .servers.gateway import Gateway, Role  # noqa: PLC0415 (lazily: start time)
+
     name = "journal" if args.role == Role.JOURNAL else args.name
     for handler in logging.getLogger().handlers:  # whose line it is, in a shared log
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {name} %(message)s"))
@@ -230,6 +244,8 @@ def admin_password_announcer(
                 flush=True,
             )
             return
+        from .services.accounts import write_initial_password  # noqa: PLC0415 (lazily: start time)
+
         try:
             path = write_initial_password(data_dir, password)
         except OSError as exc:

@@ -35,80 +35,9 @@ from .log import DataDir
 from .protocols import admin as api
 from .protocols.admin import ApiError
 
-__all__ = ["ADMIN_COMMANDS", "add_admin_commands", "run_admin_command"]
+__all__ = ["run_admin_command"]
 
 EXIT_OK, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_LOGIN, EXIT_REFUSED = 0, 2, 3, 4, 5
-
-ADMIN_COMMANDS = ("mailbox", "audit", "admin", "token", "status")
-
-
-def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", help="wss://host:port/api (default: from the configuration)")
-    common.add_argument("--config", type=Path, help="TOML configuration, as for serve")
-    common.add_argument("--data-dir", type=Path, help="data folder, as for serve")
-    common.add_argument("--fingerprint", help="trust the certificate with this SHA-256")
-    common.add_argument("--json", action="store_true", help="JSON output for scripts")
-
-    mailbox = commands.add_parser("mailbox", help="manage mailboxes (admin API)")
-    verbs = mailbox.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("list", parents=[common], help="all mailboxes")
-    for verb, text in [
-        ("show", "one mailbox"),
-        ("suspend", "stop accepting mail (retrieval goes on)"),
-        ("activate", "accept mail again"),
-        ("purge-unreadable", "expunge the messages a reset made unreadable (retired key)"),
-    ]:
-        verbs.add_parser(verb, parents=[common], help=text).add_argument("mailbox")
-    create = verbs.add_parser("create", parents=[common], help="a new mailbox")
-    create.add_argument("name")
-    create.add_argument("--description", default="")
-    create.add_argument(
-        "--password-stdin", action="store_true", help="read the password from stdin"
-    )
-    update = verbs.add_parser("update", parents=[common], help="rename or describe")
-    update.add_argument("mailbox")
-    update.add_argument("--name")
-    update.add_argument("--description")
-    passwd = verbs.add_parser(
-        "passwd",
-        parents=[common],
-        help="new password, old one needed (mail stays readable); "
-        "stdin: old password, then optionally the new one",
-    )
-    passwd.add_argument("mailbox")
-    reset = verbs.add_parser(
-        "reset", parents=[common], help="new key: mail stored so far becomes UNREADABLE"
-    )
-    reset.add_argument("mailbox")
-    reset.add_argument("--yes", action="store_true", help="confirm the loss")
-    delete = verbs.add_parser("delete", parents=[common], help="delete a suspended mailbox")
-    delete.add_argument("mailbox")
-    delete.add_argument("--purge", action="store_true", help="also discard its messages")
-
-    audit = commands.add_parser("audit", help="the audit feed (admin API)")
-    audit_verbs = audit.add_subparsers(dest="verb", required=True)
-    tail = audit_verbs.add_parser("tail", parents=[common], help="print audit records")
-    tail.add_argument("--since", type=int, help="from this sequence number (default: last 20)")
-    tail.add_argument("--follow", action="store_true", help="keep printing new records")
-    tail.add_argument("--mailbox")
-    tail.add_argument("--type", action="append", default=[], help="event type (repeatable)")
-
-    admin = commands.add_parser("admin", help="the admin account")
-    admin_verbs = admin.add_subparsers(dest="verb", required=True)
-    admin_verbs.add_parser(
-        "passwd", parents=[common], help="change it (stdin: old, then new password)"
-    )
-
-    token = commands.add_parser("token", help="API tokens for scripts")
-    token_verbs = token.add_subparsers(dest="verb", required=True)
-    token_create = token_verbs.add_parser("create", parents=[common], help="a new token")
-    token_create.add_argument("name")
-    token_create.add_argument("--days", type=int, help="expires after this many days")
-    token_verbs.add_parser("list", parents=[common], help="all tokens")
-    token_verbs.add_parser("revoke", parents=[common], help="revoke one").add_argument("token_id")
-
-    commands.add_parser("status", parents=[common], help="the gateway's status")
 
 
 def run_admin_command(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:

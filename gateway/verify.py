@@ -19,7 +19,7 @@ It changes nothing: a torn tail of a log being written is reported, not cut.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -59,9 +59,8 @@ from .services.projection import (
     AdminState,
     ControlState,
     decode_control_state,
-    encode_control_state,
 )
-from .verify_points import PointCheck, check_base, check_control_point, check_mailbox_point
+from .verify_points import BaseCheck, ControlPointCheck, MailboxPointCheck, PointCheck
 
 __all__ = ["Problem", "Report", "print_report", "verify_data_dir"]
 
@@ -111,14 +110,22 @@ def verify_data_dir(
         report.problems.append(Problem("control", "no control log", str(data.control_dir)))
         return report
     state, start = _control_start(report, data)
-    base = ControlState() if start.seq == 0 else decode_control_state(encode_control_state(state))
-    control, torn = _records(
+    start_ok = not report.problems
+    # Per mailbox, the messages compactions before the base removed: their expunges were
+    # archived with the history before it.
+    archived = {
+        box_id: {i for c in compactions for i in c.message_ids}
+        for box_id, compactions in state.compactions.items()
+    }
+    base_check = BaseCheck(data.control_dir, CONTROL_LOG_ID) if start.seq else None
+    point_check = ControlPointCheck(data.control_dir, CONTROL_LOG_ID)
+    control = _Reading(
         report, "control", data.control_dir, CONTROL_LOG_ID, None, progress, start.segment
     )
-    control_readable = not report.problems
-    _check_start(report, data, start, control)
-    _note_torn(report, "control", torn)
     for record in control:
+        if base_check is not None:
+            base_check.see(record)
+        point_check.see(record, state)
         if record.seq < start.seq:
             continue  # folded into the base already
         if record.kind == RecordKind.GAP:
@@ -139,10 +146,13 @@ def verify_data_dir(
         if isinstance(event, LogDamaged):
             _report_damage(report, record.seq, event)
         state.apply(event)
+    if base_check is not None:  # the base is the state of the records it says
+        _add_point_check(report, "control", data.control_dir, base_check.finish(), BASE_FILE)
+    _note_torn(report, "control", control.torn)
 
     points = PointCheck()
-    if control_readable:  # else the log's own problem stands for its recovery point too
-        points = check_control_point(data.control_dir, CONTROL_LOG_ID, control, base, start.seq)
+    if start_ok and not control.failed:  # else that problem stands for its recovery point too
+        points = point_check.finish(state)
         _add_point_check(report, "control", data.control_dir, points)
 
     on_disk = set(data.list_mailbox_ids())
@@ -163,8 +173,7 @@ def verify_data_dir(
             points.state,
             box_id,
             state.key_ids.get(box_id, set()),
-            # Messages compactions removed before the base: their expunges were archived.
-            {i for c in base.compactions.get(box_id, []) for i in c.message_ids},
+            archived.get(box_id, set()),
             progress,
         )
 
@@ -239,45 +248,51 @@ def _control_start(report: Report, data: DataDir) -> tuple[ControlState, _Start]
     return state, _Start(base.seq, base.segment)
 
 
-def _check_start(report: Report, data: DataDir, start: _Start, control: list[LogRecord]) -> None:
-    """The base is the state of the records it says, up to where the history kept goes on."""
-    if start.seq == 0:
-        return
-    check = PointCheck()
-    if check_base(data.control_dir, CONTROL_LOG_ID, control, check) is None:
-        _add_point_check(report, "control", data.control_dir, check, BASE_FILE)
+class _Reading:
+    """A log's records from ``from_seq`` on, read and checked as they are iterated (once);
+    after that, whether the reading stopped at a problem, the last record and the partial
+    record the log ends in, if it does. No record is kept."""
 
+    def __init__(
+        self,
+        report: Report,
+        where: str,
+        directory: Path,
+        log_id: bytes,
+        cuts: Mapping[int, int] | None,
+        progress: Progress | None,
+        from_seq: int = 0,
+    ) -> None:
+        self.report, self.where, self.progress = report, where, progress
+        self.directory, self.log_id, self.cuts, self.from_seq = directory, log_id, cuts, from_seq
+        self.failed = False
+        self.last: LogRecord | None = None
+        self.torn: _Torn | None = None
 
-def _records(
-    report: Report,
-    where: str,
-    directory: Path,
-    log_id: bytes,
-    cuts: Mapping[int, int] | None,
-    progress: Progress | None,
-    from_seq: int = 0,
-) -> tuple[list[LogRecord], _Torn | None]:
-    """Every record of a log from ``from_seq``, and the partial record it ends in, if it
-    does."""
-    records: list[LogRecord] = []
-    torn: list[_Torn] = []
-    try:
-        for record in iter_log(
-            directory,
-            log_id,
-            cuts=cuts,
-            keep_bodies=True,
-            on_torn_tail=lambda path, offset, size: torn.append(_Torn(path, offset, size)),
-            from_seq=from_seq,
-        ):
-            records.append(record)
-            report.records += 1
-            report.log_bytes += record.location.size
-            if progress is not None and report.records % 1000 == 0:
-                progress(where, report.records)
-    except LogCorrupt as exc:
-        report.problems.append(Problem(where, exc.reason, str(exc.path), exc.offset))
-    return records, torn[0] if torn else None
+    def __iter__(self) -> Iterator[LogRecord]:
+        report, progress = self.report, self.progress
+        try:
+            for record in iter_log(
+                self.directory,
+                self.log_id,
+                cuts=self.cuts,
+                keep_bodies=True,
+                on_torn_tail=self._on_torn,
+                from_seq=self.from_seq,
+            ):
+                report.records += 1
+                report.log_bytes += record.location.size
+                if progress is not None and report.records % 1000 == 0:
+                    progress(self.where, report.records)
+                self.last = record
+                yield record
+        except LogCorrupt as exc:
+            self.failed = True
+            report.problems.append(Problem(self.where, exc.reason, str(exc.path), exc.offset))
+
+    def _on_torn(self, path: Path, offset: int, size: int) -> None:
+        if self.torn is None:
+            self.torn = _Torn(path, offset, size)
 
 
 def _note_torn(report: Report, where: str, torn: _Torn | None) -> None:
@@ -320,11 +335,12 @@ def _verify_mailbox(
     expunged = state.expunged.get(box_id, set())
     mid_bytes_to_chunks: dict[int, tuple[bytes, int, int]] = {}
     log_dir, log_id = data.mailbox_log_dir(box_id), bytes.fromhex(box_id)
-    problems_before = len(report.problems)
-    records, torn = _records(report, box_id, log_dir, log_id, state.cuts.get(box_id), progress)
-    readable = len(report.problems) == problems_before
+    point_check = MailboxPointCheck(log_dir, log_id, state.cuts.get(box_id), saved, state)
+    reading = _Reading(report, box_id, log_dir, log_id, state.cuts.get(box_id), progress)
     commits: dict[int, tuple[str, bytes]] = {}  # seq -> message id, chain
-    for record in records:
+    for record in reading:
+        if record.kind != RecordKind.EVENT:
+            point_check.see(record, None)
         if record.kind == RecordKind.GAP:
             gap = decode_gap(record.body)
             confirmed = _confirm_gap(cuts, gap.first_seq, gap.last_seq, record.chain)
@@ -347,10 +363,13 @@ def _verify_mailbox(
             try:
                 event = decode_message_event(record.body)
             except Exception as exc:
+                point_check.see(record, None)
                 report.problems.append(Problem(box_id, f"record {record.seq}: undecodable: {exc}"))
                 continue
             if not isinstance(event, MessageStored):
+                point_check.see(record, None)
                 continue
+            point_check.see(record, event)
             commits[record.seq] = (event.message_id, record.chain)
             if event.message_id in expunged:
                 # Compaction may already have taken its chunks (confirmed above, by gap).
@@ -361,9 +380,9 @@ def _verify_mailbox(
             if _acknowledged(state, box_id, record.seq, event.message_id):
                 report.messages += 1
                 report.message_bytes += event.size
+    readable = not reading.failed
     if readable:
-        points = check_mailbox_point(log_dir, log_id, records, state.cuts.get(box_id), saved, state)
-        _add_point_check(report, box_id, log_dir, points)
+        _add_point_check(report, box_id, log_dir, point_check.finish())
     unexpunged = removed_ids - expunged - archived_expunges
     if unexpunged:
         report.problems.append(
@@ -373,7 +392,7 @@ def _verify_mailbox(
         )
     witnesses = state.witnessed.get(box_id)
     if witnesses is None:
-        _note_torn(report, box_id, torn)
+        _note_torn(report, box_id, reading.torn)
         report.notes.append(
             f"{box_id}: its log predates commit witnesses and was never opened by a gateway "
             "that has them: its messages are checked by chain only"
@@ -381,7 +400,7 @@ def _verify_mailbox(
         return
     if not readable:
         return  # the log could not be read to its end; that problem stands for the rest
-    ends = _LogEnd.of(records, torn, log_dir)
+    ends = _LogEnd.of(reading.last, reading.torn, log_dir)
     _check_witnesses(report, box_id, state, witnesses, commits, expunged, removed_ids, ends)
 
 
@@ -395,13 +414,13 @@ class _LogEnd:
     torn: _Torn | None
 
     @classmethod
-    def of(cls, records: list[LogRecord], torn: _Torn | None, log_dir: Path) -> _LogEnd:
+    def of(cls, last: LogRecord | None, torn: _Torn | None, log_dir: Path) -> _LogEnd:
         if torn is not None:
-            return cls(records[-1].seq + 1 if records else 0, str(torn.path), torn.offset, torn)
-        if not records:
+            return cls(last.seq + 1 if last else 0, str(torn.path), torn.offset, torn)
+        if last is None:
             return cls(0, str(log_dir), None, None)
-        last = records[-1].location
-        return cls(records[-1].seq + 1, str(log_dir / segment_name(last.segment)), None, None)
+        name = segment_name(last.location.segment)
+        return cls(last.seq + 1, str(log_dir / name), None, None)
 
 
 def _check_witnesses(

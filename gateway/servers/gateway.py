@@ -55,20 +55,12 @@ from .limits import (
     descriptors_in_use,
     fit_to_descriptors,
 )
-from .listeners import (
-    DESCRIPTORS_PER_CONNECTION,
-    Acceptor,
-    Bound,
-    Handler,
-    Listening,
-    StartupError,
-    adopt,
-    bind,
-)
+from .listeners import DESCRIPTORS_PER_CONNECTION, Acceptor, Handler
 from .load import WorkerLoads
 from .notify import SystemdNotifier, wait_any
 from .pop3 import POP3Server
 from .smtp import SMTPServer
+from .sockets import Bound, Listening, StartupError, adopt, bind
 
 __all__ = ["Gateway", "JournalLost", "Listening", "Role", "SessionLimiter", "StartupError"]
 

@@ -9,10 +9,12 @@ import logging
 import os
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
-from ..store import Journal
+if TYPE_CHECKING:
+    from ..store import Journal
 
 __all__ = ["JOURNAL_CONNECT_TIMEOUT", "JournalLost", "connect_journal", "serve_workers"]
 

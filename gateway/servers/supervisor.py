@@ -33,9 +33,9 @@ from pathlib import Path
 import trio
 
 from ..config import Config, Protocol
-from .listeners import Bound, StartupError, bind
 from .load import GONE, LOAD_FD, WorkerLoads
 from .notify import SystemdNotifier, wait_any
+from .sockets import Bound, StartupError, bind
 
 __all__ = ["LIFELINE_FD", "READY_FD", "Supervisor"]
 
