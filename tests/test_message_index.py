@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.log import Location
+from gateway.services import message_index
 from gateway.services.message_index import MessageIndex, StoredMessage
 
 
@@ -79,6 +80,33 @@ def test_repacks_when_most_rows_are_dead() -> None:
     assert all(message_id in index.expunged for message_id in gone)
     index.forget_expunged(gone)
     assert not index.expunged
+
+
+@settings(max_examples=40)
+@given(st.lists(st.tuples(st.integers(1, 3), st.booleans()), min_size=20, max_size=200))
+def test_repacks_keep_every_shape_of_message(shapes: list[tuple[int, bool]]) -> None:
+    """Repacks (forced early) of one-chunk messages in order (the quick path) and of several
+    chunks or late commits (chunks out of row order) serve what a plain model does."""
+    saved = message_index._REPACK_MIN_DEAD
+    message_index._REPACK_MIN_DEAD = 1
+    try:
+        index, model = MessageIndex(), dict[str, StoredMessage]()
+        seq = 100
+        for n, (chunks, late) in enumerate(shapes):
+            seq += 10
+            m = message(seq - 25 if late and n > 3 else seq, chunks)
+            if any(x.seq == m.seq for x in model.values()):
+                continue
+            index.add(m)
+            model[m.message_id] = m
+            if n % 5 == 4:  # more than half of them go: a repack
+                gone = sorted(model)[: len(model) // 2 + 1]
+                index.expunge(gone)
+                for message_id in gone:
+                    del model[message_id]
+            check(index, model)
+    finally:
+        message_index._REPACK_MIN_DEAD = saved
 
 
 def test_a_listing_goes_on_after_a_seq_and_stops_at_its_end() -> None:

@@ -25,10 +25,12 @@ ever names belong to messages that were never acknowledged and are left for comp
 from __future__ import annotations
 
 import bisect
+import operator
 import sys
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import accumulate, compress, repeat
 
 import msgspec
 
@@ -42,6 +44,7 @@ _EMPTY = 0  # a free hash slot; a used one holds row + 1
 _REPACK_MIN_DEAD = 1024
 _FIBONACCI = 0x9E3779B97F4A7C15  # 2**64 / the golden ratio, odd
 _MASK64 = (1 << 64) - 1
+_ALIVE = bytes.maketrans(b"\x00\x01", b"\x01\x00")  # a dead flag -> a live one
 
 
 @dataclass(slots=True)
@@ -460,39 +463,70 @@ class MessageIndex:
         return mixed >> (64 - self._bits)
 
     def _rebuild_table(self) -> None:
+        """A table for every row, at most half full. The home slots are computed in C-level
+        loops (``map`` over the ids' first eight bytes); only the placing is a Python loop."""
         self._bits = 3
         while (1 << self._bits) < 2 * len(self._seq):
             self._bits += 1
-        self._table = array("i", bytes(4 << self._bits))
-        for row in range(len(self._seq)):
-            self._place(row)
+        table = self._table = array("i", bytes(4 << self._bits))
+        mask = len(table) - 1
+        firsts = array("Q", self._ids)[0::2]
+        if sys.byteorder == "big":
+            firsts.byteswap()  # as _home reads them: little-endian
+        homes = map(
+            operator.rshift,
+            map(operator.and_, map(operator.mul, firsts, repeat(_FIBONACCI)), repeat(_MASK64)),
+            repeat(64 - self._bits),
+        )
+        for entry, home in enumerate(homes, 1):
+            slot = home
+            while table[slot]:
+                slot = (slot + 1) & mask
+            table[slot] = entry
 
     def _repack(self) -> None:
-        """Drop the dead rows (and their chunks) and rebuild the hash table."""
-        keep = [row for row in range(len(self._seq)) if not self._dead[row]]
-        ids = bytearray()
-        chunks: list[int] = []
-        for row in keep:
-            ids += self._ids[row * _ID_BYTES : (row + 1) * _ID_BYTES]
-            start = self._chunk_start[row]
-            chunks.extend(range(start, start + self._chunk_count[row]))
-        self._ids = ids
-        starts = array("q")
-        total = 0
-        for row in keep:
-            starts.append(total)
-            total += self._chunk_count[row]
-        for name in ("_seq", "_size", "_commit_segment", "_commit_offset", "_commit_length"):
+        """Drop the dead rows (and their chunks) and rebuild the hash table; the arrays are
+        filtered in C-level loops (``itertools.compress``)."""
+        rows = len(self._seq)
+        live = self._dead.translate(_ALIVE)  # 1 for a live row
+        if self._chunk_count.count(1) == rows and self._chunk_start == array("q", range(rows)):
+            live_chunks = live  # one chunk a message, in row order: the usual shape
+        else:
+            live_chunks = bytearray(len(self._chunk_seq))
+            for row in compress(range(rows), live):
+                start, count = self._chunk_start[row], self._chunk_count[row]
+                live_chunks[start : start + count] = b"\x01" * count
+        ids = array("Q", self._ids)
+        self._ids = bytearray(_interleave(compress(ids[0::2], live), compress(ids[1::2], live)))
+        starts = self._chunk_start
+        # Kept chunks keep their order: a chunk's new index is the kept ones before it.
+        new_index = array("q", accumulate(live_chunks, initial=0))
+        counts = array("i", compress(self._chunk_count, live))
+        for name in (
+            "_seq",
+            "_size",
+            "_commit_segment",
+            "_commit_offset",
+            "_commit_length",
+            "_key",
+        ):
             old = getattr(self, name)
-            setattr(self, name, array(old.typecode, [old[row] for row in keep]))
-        self._key = array("H", [self._key[row] for row in keep])
-        self._chunk_count = array("i", [self._chunk_count[row] for row in keep])
-        self._chunk_start = starts
-        self._dead = bytearray(len(keep))
+            setattr(self, name, array(old.typecode, compress(old, live)))
+        self._chunk_count = counts
+        self._chunk_start = array("q", map(new_index.__getitem__, compress(starts, live)))
+        self._dead = bytearray(len(counts))
         for name in ("_chunk_seq", "_chunk_segment", "_chunk_offset", "_chunk_length"):
             old = getattr(self, name)
-            setattr(self, name, array(old.typecode, [old[i] for i in chunks]))
+            setattr(self, name, array(old.typecode, compress(old, live_chunks)))
         self._rebuild_table()
+
+
+def _interleave(first: Iterable[int], second: Iterable[int]) -> bytes:
+    """Two sequences of u64 as one, alternating: the first and second halves of each id."""
+    low, high = array("Q", first), array("Q", second)
+    both = array("Q", bytes(16 * len(low)))
+    both[0::2], both[1::2] = low, high
+    return both.tobytes()
 
 
 def _source(source_key: str) -> bytes | str:
