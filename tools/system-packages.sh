@@ -11,15 +11,17 @@
 #                                   and libnet-ssleay-perl (its TLS), dovecot-core,
 #                                   dovecot-pop3d, fetchmail, openssl; systemd
 #                                   (systemd-analyze) and procps (/bin/kill, which
-#                                   ops/gateway.service names) for tests/test_ops.py
+#                                   ops/gateway.service names) for tests/test_ops.py;
+#                                   prometheus (the server that scrapes the gateway in
+#                                   tests/test_metrics.py)
 #
 # Quick and quiet when everything is there: one dpkg-query decides, and nothing else runs
 # (no apt-get update, no sudo). Otherwise it installs what is missing, as root, or through
 # sudo when run by another user; when neither works it names the missing packages and exits 1.
 # Packages go in without their Recommends, no questions asked (DEBIAN_FRONTEND=noninteractive),
-# and a Postfix, Dovecot or fetchmail it installs is left stopped and disabled at boot: the tests
-# start private instances of their own on loopback ports. Ones that were installed before are
-# left alone.
+# and a Postfix, Dovecot, fetchmail or Prometheus it installs is left stopped and disabled at
+# boot: the tests start private instances of their own on loopback ports. Ones that were
+# installed before are left alone.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 PYTHON=${PYTHON:-python3}
@@ -30,7 +32,7 @@ case "$group" in
 venv) packages=() ;;
 test)
     packages=(make rsync chromium fonts-liberation postfix swaks libnet-ssleay-perl
-        dovecot-core dovecot-pop3d fetchmail openssl systemd procps)
+        dovecot-core dovecot-pop3d fetchmail openssl systemd procps prometheus)
     ;;
 *)
     echo "usage: $me [venv|test]" >&2
@@ -89,6 +91,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         postfix) services+=(postfix) ;;
         dovecot-core) services+=(dovecot) ;;
         fetchmail) services+=(fetchmail) ;;
+        prometheus) services+=(prometheus) ;;
         esac
     done
     for service in "${services[@]}"; do
