@@ -38,6 +38,7 @@ records that are not there.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -99,6 +100,12 @@ class CommitGroup:
         self._flushed = trio.Event()
         self._thread = ThreadPool("gateway-commit", 1)  # a round at a time
         self.rounds = 0
+        # Told after every round that wrote something: its seconds from leading to done, and
+        # the seconds of its fdatasyncs (the metrics, SPEC.md 13.7). Must not block.
+        self.on_round: Callable[[float, float], None] | None = None
+        # Why the last round that wrote something failed for a log; None once one succeeded
+        # for every log in it (readiness, SPEC.md 13.7).
+        self.last_error: str | None = None
 
     async def wait_for(self, writer: LogWriter, ticket: _Ticket, *, lazy: bool = False) -> None:
         self._dirty[writer] = None
@@ -164,13 +171,18 @@ class CommitGroup:
                     work.append((writer, live))
             self._dirty.clear()
             if work:
-                done = await self._thread.run(_write_round, work)
+                started = time.perf_counter()
+                done, synced_s = await self._thread.run(_write_round, work)
+                failed = [r.error for _w, _t, r in done if r.error is not None]
+                self.last_error = str(failed[0]) if failed else None
                 for writer, tickets, result in done:
                     writer.finish_batch(tickets, result)
                 for _writer, tickets in work:
                     for ticket in tickets:
                         ticket.finished = True  # dependents refused before their phase
                 self.rounds += 1
+                if self.on_round is not None:
+                    self.on_round(time.perf_counter() - started, synced_s)
         finally:
             self._flushing = False
             self._flushed.set()
@@ -189,12 +201,16 @@ _Batch = tuple["LogWriter", list[_Ticket]]
 _NOT_WRITTEN = LogWriteError("a record it depends on was not written")
 
 
-def _write_round(work: list[_Batch]) -> list[tuple[LogWriter, list[_Ticket], _RoundResult]]:
+def _write_round(
+    work: list[_Batch],
+) -> tuple[list[tuple[LogWriter, list[_Ticket], _RoundResult]], float]:
     """In a worker thread: every log's ordinary batch, written and made durable where that
-    is needed; then the records that depend on them, likewise."""
+    is needed; then the records that depend on them, likewise. Also the seconds spent in
+    fdatasync."""
+    synced = [0.0]
     first = [(w, [t for t in ts if t.after is None]) for w, ts in work]
     first = [(w, ts) for w, ts in first if ts]
-    done = [(w, ts, r) for (w, ts), r in zip(first, _write_phase(first), strict=True)]
+    done = [(w, ts, r) for (w, ts), r in zip(first, _write_phase(first, synced), strict=True)]
     written: dict[int, Written | LogWriteError] = {}
     for _writer, tickets, result in done:
         start = 0
@@ -224,12 +240,13 @@ def _write_round(work: list[_Batch]) -> list[tuple[LogWriter, list[_Ticket], _Ro
             ready.append(ticket)
         if ready:
             second.append((writer, ready))
-    done += [(w, ts, r) for (w, ts), r in zip(second, _write_phase(second), strict=True)]
-    return done
+    done += [(w, ts, r) for (w, ts), r in zip(second, _write_phase(second, synced), strict=True)]
+    return done, synced[0]
 
 
-def _write_phase(work: list[_Batch]) -> list[_RoundResult]:
-    """Write every log's batch, then make the ones that need it durable."""
+def _write_phase(work: list[_Batch], synced: list[float]) -> list[_RoundResult]:
+    """Write every log's batch, then make the ones that need it durable (adding the seconds
+    that took to ``synced[0]``)."""
     results: list[_RoundResult] = []
     for writer, tickets in work:
         items = [item for ticket in tickets for item in ticket.items]
@@ -245,11 +262,14 @@ def _write_phase(work: list[_Batch]) -> list[_RoundResult]:
         for i, (_writer, tickets) in enumerate(work)
         if results[i].error is None and any(ticket.durable for ticket in tickets)
     ]
+    started = time.perf_counter()
     if len(to_sync) == 1:
         errors = [_sync(work[to_sync[0]][0].log)]
     else:
         # fdatasync releases the GIL and the disk overlaps them well: one per thread.
         errors = list(_fsync_pool.map(lambda i: _sync(work[i][0].log), to_sync))
+    if to_sync:
+        synced[0] += time.perf_counter() - started
     for i, error in zip(to_sync, errors, strict=True):
         if error is None:
             results[i].synced = True

@@ -44,6 +44,7 @@ from ..services.accounts import Accounts, Principal
 from ..services.admin import AdminService, mailbox_view
 from ..services.audit import AuditHub, AuditRecord, Subscription
 from ..tlsstream import is_tls
+from .monitoring import Monitoring, Response
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -65,6 +66,7 @@ _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+_MONITORING = frozenset({"/healthz", "/readyz", "/metrics"})  # SPEC.md 13.7
 _STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -104,6 +106,7 @@ class AdminServer:
     accounts: Accounts
     hub: AuditHub
     config: Config
+    monitoring: Monitoring
     connections: int = 0
     _assets: dict[str, bytes] = field(default_factory=dict)
 
@@ -136,6 +139,20 @@ class AdminServer:
             await self._websocket(stream, raw, headers, peer)
         elif event.method not in (b"GET", b"HEAD"):
             await _respond(stream, connection, 405, b"method not allowed\n", [(b"allow", b"GET")])
+        elif target in _MONITORING:
+            reply = await self._monitor(target, headers, peer)
+            body = reply.body if event.method == b"GET" else b""
+            await _respond(
+                stream,
+                connection,
+                reply.status,
+                body,
+                [
+                    *(reply.headers or [(b"content-type", b"text/plain; charset=utf-8")]),
+                    (b"cache-control", b"no-store"),
+                ],
+                length=len(reply.body),
+            )
         elif target in _STATIC:
             name, content_type = _STATIC[target]
             body = self._asset(name)
@@ -156,6 +173,14 @@ class AdminServer:
             )
         else:
             await _respond(stream, connection, 404, b"not found\n")
+
+    async def _monitor(self, target: str, headers: dict[bytes, bytes], peer: str) -> Response:
+        monitoring = self.monitoring
+        if target == "/healthz":
+            return monitoring.healthz()
+        if target == "/readyz":
+            return monitoring.readyz()
+        return await monitoring.scrape(headers.get(b"authorization"), peer)
 
     def _asset(self, name: str) -> bytes:
         if name not in self._assets:

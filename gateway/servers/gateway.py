@@ -39,6 +39,7 @@ from ..services.admin import AdminService
 from ..services.archive import Archive, store_config
 from ..services.audit import AuditHub
 from ..services.keyforge import KeyForge
+from ..services.metrics import Metrics
 from ..services.source_keys import SourceKeyError, SourceKeys, load_source_keys
 from ..store import Journal, StoreClient
 from ..tls import TLSContextHolder, make_self_signed
@@ -57,6 +58,7 @@ from .limits import (
 )
 from .listeners import DESCRIPTORS_PER_CONNECTION, Acceptor, Handler
 from .load import WorkerLoads
+from .monitoring import Monitoring
 from .notify import SystemdNotifier, wait_any
 from .pop3 import POP3Server
 from .smtp import SMTPServer
@@ -108,6 +110,7 @@ class Gateway:
         self.announce_admin_password = announce_admin_password
         self.archive: Archive | None = None
         self.journal: Journal | None = None
+        self.metrics: Metrics | None = None  # the journal's (SPEC.md 13.7)
         self.store: StoreClient | None = None  # the protocol servers' view of the archive
         self.accounts: Accounts | None = None
         self.hub: AuditHub | None = None
@@ -190,6 +193,9 @@ class Gateway:
             self.tls = await trio.to_thread.run_sync(self._load_tls, archive)
             await self._load_source_keys()
             hub = self.hub = AuditHub(archive, queue_size=config.admin.audit_queue)
+            metrics = self.metrics = Metrics({c.name: str(c.protocol) for c in config.listeners})
+            archive.observe_control(metrics.observe_control)
+            archive.commit_group.on_round = metrics.observe_round
             await archive.append_control(GatewayStarted(at=now(), version=__version__))
             self.accounts = await self._load_accounts(archive)
             journal = self.journal = Journal(archive)
@@ -393,7 +399,9 @@ class Gateway:
             assert self.accounts is not None
             assert self.hub is not None
             service = AdminService(self.archive, self.accounts, self.config.mail_domain)
-            admin = AdminServer(self, service, self.accounts, self.hub, self.config)
+            assert self.metrics is not None
+            monitoring = Monitoring(self, self.archive, self.accounts, self.metrics)
+            admin = AdminServer(self, service, self.accounts, self.hub, self.config, monitoring)
             handlers[Protocol.ADMIN] = admin.handle
         configs = [cfg for cfg in self.config.listeners if cfg.protocol in handlers]
         if self.inherited is not None:

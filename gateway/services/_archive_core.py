@@ -61,7 +61,7 @@ class ArchiveCore:
         # log up to its end (a recovery point takes both at once, SPEC.md 6.7).
         control.observer = self._written
         # Told every round of control records after that (the audit feed).
-        self.control_observer: Callable[[list[LogRecord], bool], None] | None = None
+        self.control_observers: list[Callable[[list[LogRecord], bool], None]] = []
         # One group commit for every log of this archive (SPEC.md 6.1).
         self.commit_group = control.group
         self.state = ControlState()
@@ -130,8 +130,8 @@ class ArchiveCore:
                     box.recovery_due = True
                 if isinstance(event, _MAILBOX_CHANGES):
                     self.notify(event.mailbox_id)
-        if self.control_observer is not None:
-            self.control_observer(records, durable)
+        for observer in self.control_observers:
+            observer(records, durable)
 
     def notify(self, mailbox_id: str) -> None:
         for listener in self.mailbox_listeners:

@@ -12,6 +12,7 @@ locations are looked up afresh for each chunk, since compaction may move them in
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from datetime import datetime
 
 import trio
 
@@ -22,7 +23,7 @@ from ._archive_core import ArchiveCore
 from ._common import ArchiveError, MailboxState
 from .message_index import StoredMessage
 
-__all__ = ["read_envelope", "read_message", "sealed_of"]
+__all__ = ["committed_at", "read_envelope", "read_message", "sealed_of"]
 
 
 async def read_message(
@@ -64,6 +65,16 @@ async def read_envelope(
     async with box.io_lock:
         opener = await trio.to_thread.run_sync(_opener, box, stored, log, key)
     return decode_envelope(opener.meta())
+
+
+async def committed_at(core: ArchiveCore, mailbox_id: str, message_id: str) -> datetime:
+    box, stored, log = _stored(core, mailbox_id, message_id)
+    async with box.io_lock:
+        _header, body = await trio.to_thread.run_sync(log.read, stored.commit)
+    event = decode_message_event(body)
+    if not isinstance(event, MessageStored) or event.message_id != stored.message_id:
+        raise LogCorrupt(log.directory, stored.commit.offset, "commit record mismatch")
+    return event.at
 
 
 def sealed_of(event: MessageStored) -> SealedMessage:

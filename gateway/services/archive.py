@@ -28,6 +28,7 @@ import os
 import shutil
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,6 +76,7 @@ __all__ = [
     "CONTROL_LOG_ID",
     "Archive",
     "ArchiveError",
+    "Backlog",
     "InvalidValue",
     "MailboxStateConflict",
     "MailboxUnavailable",
@@ -92,6 +94,15 @@ __all__ = [
 # Told the records of every group-commit round of the control log, and whether the round
 # made them durable (log.LogWriter.observer).
 ControlObserver = Callable[[list[LogRecord], bool], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """A mailbox's messages waiting to be retrieved: how many, their octets, the oldest's id."""
+
+    messages: int
+    octets: int
+    oldest: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +207,8 @@ class Archive:
 
     def observe_control(self, observer: ControlObserver) -> None:
         """Hand every round of control-log records to ``observer`` (in the trio thread, in
-        order, after the round: the audit feed). One observer; a new one replaces it."""
-        self._core.control_observer = observer
+        order, after the round: the audit feed, the metrics), after those observing already."""
+        self._core.control_observers.append(observer)
 
     async def sync_control(self) -> None:
         """Make every control record written so far durable (a round of the group commit)."""
@@ -357,6 +368,16 @@ class Archive:
         if found is None:
             raise ArchiveError(f"no message {message_id} in mailbox {box.info.mailbox_id}")
         return found
+
+    def backlog(self, mailbox_id: str) -> Backlog:
+        """What the mailbox holds now, cheaply (no copy of its index)."""
+        index = self._box(mailbox_id).index
+        oldest = next(iter(index), None)
+        return Backlog(len(index), index.total_bytes, oldest.message_id if oldest else None)
+
+    async def committed_at(self, mailbox_id: str, message_id: str) -> datetime:
+        """When a message's commit record was written (its time is in the clear)."""
+        return await _archive_reads.committed_at(self._core, mailbox_id, message_id)
 
     def newest_commit(self, mailbox_id: str) -> int:
         """The seq of the mailbox's newest commit record served, -1 for none."""

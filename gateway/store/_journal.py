@@ -134,6 +134,7 @@ class Journal:
         self._connections: set[_Connection] = set()
         self._locks: dict[str, _Connection] = {}
         self._changed = trio.Event()  # set (and renewed) whenever a worker leaves
+        self.connected_total = 0  # worker connections since start (a restarted one again)
         archive.mailbox_listeners.append(self._mailbox_changed)
 
     @property
@@ -209,6 +210,7 @@ class Journal:
                 )
             )
         self._connections.add(connection)
+        self.connected_total += 1
         logger.info("event=journal-worker-connected worker=%s", connection.name)
         try:
             async with trio.open_nursery() as nursery:
