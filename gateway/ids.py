@@ -2,7 +2,8 @@
 
 A mailbox id is 32 lowercase hex characters (a random UUID without dashes, as the product this
 is modelled on shows them). It becomes a directory name, so it is validated strictly before it
-comes near a path: no case folding tricks, no separators, no length games.
+comes near a path: no case folding tricks, no separators, no length games. The all-zero id is
+the control log's (its log id is 16 zero bytes, SPEC.md 2 and 3.1): never a mailbox's.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import secrets
 import uuid
 
 __all__ = [
+    "RESERVED_ID",
     "InvalidId",
     "mailbox_address",
     "new_mailbox_id",
@@ -21,11 +23,12 @@ __all__ = [
 ]
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
+RESERVED_ID = "0" * 32  # the control log's log id; no mailbox has it
 _ADDRESS = re.compile(r"mbx-([0-9a-f]{32})@(.+)", re.IGNORECASE)
 
 
 class InvalidId(ValueError):
-    """A mailbox or message id that is not 32 hex characters."""
+    """A mailbox or message id that is not 32 hex characters, or the reserved all-zero one."""
 
 
 def parse_mailbox_id(text: str, *, domain: str | None = None) -> str:
@@ -39,8 +42,10 @@ def parse_mailbox_id(text: str, *, domain: str | None = None) -> str:
     if match and domain is not None and not _same_domain(match.group(2), domain):
         raise InvalidId(f"not a mailbox address of {domain}")
     candidate = (match.group(1) if match else text).lower()
-    if not _HEX32.fullmatch(candidate) or candidate == "0" * 32:
+    if not _HEX32.fullmatch(candidate):
         raise InvalidId("a mailbox id is 32 hexadecimal characters")
+    if candidate == RESERVED_ID:
+        raise InvalidId("the all-zero id is reserved (it is the control log's): no mailbox has it")
     return candidate
 
 

@@ -290,6 +290,8 @@ class Mailboxes(_Reply, frozen=True, kw_only=True, tag="mailboxes"):
 
 class Mailbox(_Reply, frozen=True, kw_only=True, tag="mailbox"):
     mailbox: MailboxView
+    # mailbox.suspend / mailbox.activate: it already was so; nothing done, nothing recorded.
+    unchanged: bool = False
 
 
 class MailboxCreated(_Reply, frozen=True, kw_only=True, tag="mailbox.created"):

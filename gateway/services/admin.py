@@ -264,15 +264,23 @@ class AdminService:
         return api.Mailbox(id=request.id, mailbox=self._view(info))
 
     async def _mailbox_suspend(self, request: api.MailboxSuspend, actor: Actor) -> api.Reply:
-        info = await self.archive.update_mailbox(
-            request.mailbox, status=MailboxStatus.SUSPENDED, actor=actor
-        )
-        return api.Mailbox(id=request.id, mailbox=self._view(info))
+        return await self._set_status(request, MailboxStatus.SUSPENDED, actor)
 
     async def _mailbox_activate(self, request: api.MailboxActivate, actor: Actor) -> api.Reply:
-        info = await self.archive.update_mailbox(
-            request.mailbox, status=MailboxStatus.ACTIVE, actor=actor
-        )
+        return await self._set_status(request, MailboxStatus.ACTIVE, actor)
+
+    async def _set_status(
+        self,
+        request: api.MailboxSuspend | api.MailboxActivate,
+        status: MailboxStatus,
+        actor: Actor,
+    ) -> api.Reply:
+        """Idempotent: a mailbox already in ``status`` is answered ``unchanged`` and nothing
+        is appended (a MailboxUpdated that changes nothing would only be noise in the audit)."""
+        info = self.archive.mailbox(request.mailbox)
+        if info.status == status:
+            return api.Mailbox(id=request.id, mailbox=self._view(info), unchanged=True)
+        info = await self.archive.update_mailbox(info.mailbox_id, status=status, actor=actor)
         return api.Mailbox(id=request.id, mailbox=self._view(info))
 
     async def _mailbox_passwd(self, request: api.MailboxPasswd, actor: Actor) -> api.Reply:

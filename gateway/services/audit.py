@@ -17,6 +17,9 @@ still take back (which would look like tampering when the sequence number is reu
 A subscriber first registers (so nothing published from then on is missed), then reads the
 history below the registration point from the files (``Archive.read_control``, in a worker
 thread, in batches), then drains its queue: every record exactly once, in order.
+A subscriber that asks for a ``since`` beyond the log's end gets no history and waits: its
+live part begins at ``since``, and the records before it are not offered (they were not asked
+for: ``audit tail --follow --since N`` prints nothing before N).
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ class Subscription:
     id: int
     mailbox: str | None
     types: frozenset[str]
-    start_seq: int  # live records begin here; history is below
+    start_seq: int  # live records begin here (none below it is offered); history is below
     send: trio.MemorySendChannel[AuditRecord]
     receive: trio.MemoryReceiveChannel[AuditRecord]
     dropped: str | None = None
@@ -87,6 +90,8 @@ class Subscription:
 
     def offer(self, record: AuditRecord) -> bool:
         """Queue a record if it matches; False if this drops the subscription."""
+        if record.seq < self.start_seq:  # before a ``since`` beyond the end: not asked for
+            return True
         if self.dropped is not None or not record.matches(self.mailbox, self.types):
             return True
         try:
@@ -152,10 +157,16 @@ class AuditHub:
     def subscribers(self) -> int:
         return len(self._subscriptions)
 
-    def subscribe(self, mailbox: str | None, types: frozenset[str]) -> Subscription:
+    def subscribe(
+        self, mailbox: str | None, types: frozenset[str], *, since: int | None = None
+    ) -> Subscription:
+        """Register a subscription. Its live part begins at the first record not yet
+        published, or at ``since`` if that is further on (nothing before it is offered)."""
         send, receive = trio.open_memory_channel[AuditRecord](self.queue_size)
         # Records written but waiting for their fsync go to the live part, not the history.
         start = self._pending[0].seq if self._pending else self.next_seq
+        if since is not None:
+            start = max(start, since)
         subscription = Subscription(next(self._ids), mailbox, types, start, send, receive)
         self._subscriptions[subscription.id] = subscription
         return subscription
@@ -173,6 +184,8 @@ class AuditHub:
     ) -> AsyncGenerator[list[AuditRecord], None]:
         """The control log's event records from ``from_seq`` below ``until_seq``, read from
         the files in batches. Raises LogCorrupt if the log does not check out."""
+        if from_seq >= until_seq:
+            return  # nothing asked for is written yet (a ``since`` at or beyond the end)
         records = self.archive.read_control(from_seq)
 
         def next_batch() -> list[AuditRecord]:
