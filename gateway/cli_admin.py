@@ -11,15 +11,22 @@ record). A table never prints a control or bidirectional formatting character, w
 gateway sends (old data, another server): each is shown escaped (``\\x1b``, ``\\u202e``), so
 a mailbox name cannot forge a row or hide its own text. Exit codes: 0 done; 2 usage or
 configuration error; 3 the gateway cannot be reached; 4 login refused; 5 the gateway refused
-the operation (the error code and message are printed).
+the operation (the error code and message are printed); 141 (128 + SIGPIPE, as a command killed
+by it) standard output was closed before everything was printed (``gateway status | head``):
+the command stops quietly, without a traceback.
+
+A mailbox is named ``name [1a2b3c4d]`` (the first 8 hex characters of its id) in audit lines and
+tables: two mailboxes may share a name.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import getpass
 import os
 import sys
+import typing
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -28,9 +35,11 @@ from typing import Any
 import msgspec
 import trio
 
+from ._groups import leaves
 from ._text import escape_unsafe
-from .client import AdminClient, ClientError, TrustSettings, connect
+from .client import AdminClient, ClientError, NotListening, TrustSettings, connect
 from .config import ConfigError, Protocol, load_config
+from .events import ControlEvent
 from .log import DataDir
 from .protocols import admin as api
 from .protocols.admin import ApiError
@@ -38,35 +47,74 @@ from .protocols.admin import ApiError
 __all__ = ["run_admin_command"]
 
 EXIT_OK, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_LOGIN, EXIT_REFUSED = 0, 2, 3, 4, 5
+EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE: what a shell shows for a command killed by it
+
+# The types `audit tail --type` can name: every control-log event this version knows.
+EVENT_TYPES = tuple(sorted(cls.__name__ for cls in typing.get_args(ControlEvent)))
+
+SHORT_ID = 8  # hex characters of a mailbox id shown beside its name
 
 
 def run_admin_command(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
     try:
-        url, trust = _target(args)
+        url, trust, data_dir = _target(args)
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        login = _login_request(environ)
+        login = _login_from_environment(environ)
         request = _request(args)
     except _Usage as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return trio.run(_run, args, url, trust, login, request)
+        code = trio.run(_run, args, url, trust, login, request, data_dir)
+        sys.stdout.flush()  # here, not at exit: a closed stdout is handled below
+    except NotListening as exc:
+        print(
+            f"gateway: no gateway seems to be running at {exc.url} ({exc}).\n"
+            "gateway: start it with `gateway serve` (as a service: `systemctl start gateway`), "
+            "or name the right one with --url or --config.",
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
     except ClientError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except BrokenPipeError:
+        return _stdout_closed()
+    except BaseExceptionGroup as group:
+        if all(isinstance(leaf, BrokenPipeError) for leaf in leaves(group)):
+            return _stdout_closed()
+        raise
     except KeyboardInterrupt:
         return EXIT_OK
+    else:
+        return code
+
+
+def _stdout_closed() -> int:
+    """Whoever read standard output stopped (``gateway status | head``): end quietly, as a
+    command killed by SIGPIPE does. Standard output is pointed at /dev/null so that Python's
+    own flush at exit does not complain about the same closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+    return EXIT_STDOUT_CLOSED
 
 
 class _Usage(Exception):
     pass
 
 
-def _target(args: argparse.Namespace) -> tuple[str, TrustSettings]:
+class _NoCredentials(Exception):
+    pass
+
+
+def _target(args: argparse.Namespace) -> tuple[str, TrustSettings, Path]:
     config = load_config(args.config, data_dir=args.data_dir)
     url = args.url
     if url is None:
@@ -77,22 +125,40 @@ def _target(args: argparse.Namespace) -> tuple[str, TrustSettings]:
         if host == "127.0.0.1":
             host = "localhost"  # the self-signed certificate names localhost
         url = f"wss://{'[' + host + ']' if ':' in host else host}:{listener.port}/api"
+    data_dir = Path(config.data_dir)
     if args.fingerprint:
-        return url, TrustSettings(fingerprint=args.fingerprint)
+        return url, TrustSettings(fingerprint=args.fingerprint), data_dir
     if config.tls.certificate:
-        return url, TrustSettings(cafile=config.tls.certificate)
-    generated, _key = DataDir(Path(config.data_dir)).tls_certificate
-    return url, TrustSettings(cafile=str(generated) if generated.exists() else None)
+        return url, TrustSettings(cafile=config.tls.certificate), data_dir
+    generated, _key = DataDir(data_dir).tls_certificate
+    return url, TrustSettings(cafile=str(generated) if generated.exists() else None), data_dir
 
 
-def _login_request(environ: Mapping[str, str]) -> api.Login:
+def _login_from_environment(environ: Mapping[str, str]) -> api.Login | None:
+    """The login the environment gives; None: ask on the terminal once connected (so a
+    gateway that is not running is said before anyone types a password)."""
     if token := environ.get("GATEWAY_TOKEN"):
         return api.Login(token=token)
     if password := environ.get("GATEWAY_ADMIN_PASSWORD"):
         return api.Login(password=password)
+    return None
+
+
+def _ask_login(data_dir: Path) -> api.Login:
+    """The admin password from the terminal. Raises _NoCredentials without one."""
     if not sys.stdin.isatty():
-        raise _Usage("set GATEWAY_TOKEN or GATEWAY_ADMIN_PASSWORD (no terminal to ask on)")
+        raise _NoCredentials(_no_credentials(data_dir))
     return api.Login(password=getpass.getpass("admin password: "))
+
+
+def _no_credentials(data_dir: Path) -> str:
+    first_start = data_dir / "admin" / "initial-password"  # services.accounts, SPEC.md 13.2
+    return (
+        "gateway: not logged in (no terminal to ask on): set GATEWAY_TOKEN to an API token "
+        "(made by `gateway token create NAME`), or GATEWAY_ADMIN_PASSWORD to the admin password.\n"
+        "gateway: the first start shows the admin password once, on its terminal or, under "
+        f"systemd or without a terminal, in {first_start} (readable by the gateway's user only)."
+    )
 
 
 def _stdin_lines(count: int, prompts: list[str]) -> list[str]:
@@ -158,18 +224,40 @@ def _request(args: argparse.Namespace) -> api.Request | None:
         case "status", _:
             return api.Status()
         case "audit", "tail":
+            _check_event_types(args.type)
             return None  # streamed: see _tail
     raise _Usage(f"unknown command {command} {verb}")
+
+
+def _check_event_types(types: list[str]) -> None:
+    """An unknown type would match nothing, silently: a usage error instead."""
+    for name in types:
+        if name in EVENT_TYPES:
+            continue
+        folded = {known.lower(): known for known in EVENT_TYPES}
+        close = difflib.get_close_matches(name.lower(), list(folded), n=1)
+        hint = f" (did you mean {folded[close[0]]}?)" if close else ""
+        raise _Usage(
+            escape_unsafe(f"unknown event type {name!r} for --type{hint}; ")
+            + f"the event types are: {', '.join(EVENT_TYPES)}"
+        )
 
 
 async def _run(
     args: argparse.Namespace,
     url: str,
     trust: TrustSettings,
-    login: api.Login,
+    login: api.Login | None,
     request: api.Request | None,
+    data_dir: Path,
 ) -> int:
     async with connect(url, trust) as client:
+        if login is None:
+            try:
+                login = _ask_login(data_dir)
+            except _NoCredentials as exc:
+                print(exc, file=sys.stderr)
+                return EXIT_USAGE
         try:
             await client.request(login)
         except ApiError as exc:
@@ -192,6 +280,11 @@ async def _tail(client: AdminClient, args: argparse.Namespace) -> int:
         status = await client.request(api.Status())
         assert isinstance(status, api.StatusReply)
         since = max(0, status.control_seq - 20)
+    names: dict[str, str] = {}  # mailbox id -> name, for the lines (kept up to date below)
+    if not args.json:
+        boxes = await client.request(api.MailboxList())
+        assert isinstance(boxes, api.Mailboxes)
+        names = {m.mailbox_id: m.name for m in boxes.mailboxes}
     await client.request(
         api.AuditSubscribe(
             since=since, mailbox=args.mailbox, types=tuple(args.type), follow=args.follow
@@ -203,10 +296,13 @@ async def _tail(client: AdminClient, args: argparse.Namespace) -> int:
                 return EXIT_OK
             continue
         if isinstance(item, api.Audit):
+            if item.seq < since:
+                continue  # a gateway that sends records before since (older versions did)
             if args.json:
                 print(msgspec.json.encode(item).decode(), flush=True)
             else:
-                print(escape_unsafe(_audit_line(item)), flush=True)
+                _learn_name(item, names)
+                print(escape_unsafe(_audit_line(item, names)), flush=True)
     if client.closed is not None:
         print(
             escape_unsafe(f"gateway: the gateway closed the feed: {client.closed}"), file=sys.stderr
@@ -215,7 +311,23 @@ async def _tail(client: AdminClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _audit_line(item: api.Audit) -> str:
+_NAMING_EVENTS = ("MailboxCreated", "MailboxUpdated")  # their ``name`` is the mailbox's
+
+
+def _learn_name(item: api.Audit, names: dict[str, str]) -> None:
+    event = item.event or {}
+    if event.get("type") in _NAMING_EVENTS and isinstance(event.get("mailbox_id"), str):
+        names[event["mailbox_id"]] = str(event.get("name", ""))
+
+
+def _mailbox_label(mailbox_id: str, names: Mapping[str, str]) -> str:
+    """``name [1a2b3c4d]``; the whole id when its name is not known (a mailbox deleted
+    before the records shown), as given when it is not an id (a refused request's)."""
+    name = names.get(mailbox_id)
+    return mailbox_id if name is None else f"{name} [{mailbox_id[:SHORT_ID]}]"
+
+
+def _audit_line(item: api.Audit, names: Mapping[str, str]) -> str:
     event = item.event or {}
     actor = event.get("actor", {})
     who = actor.get("kind", "")
@@ -224,9 +336,21 @@ def _audit_line(item: api.Audit) -> str:
     if actor.get("address"):
         who += f"@{actor['address']}"
     skip = {"type", "at", "actor"}
-    details = " ".join(f"{k}={v}" for k, v in event.items() if k not in skip)
+    if event.get("type") in _NAMING_EVENTS:
+        skip.add("name")  # shown in the label
+    details = []
+    for key, value in event.items():
+        if key in skip:
+            continue
+        if key in ("mailbox_id", "log") and isinstance(value, str) and value in names:
+            details.append(f"mailbox={_mailbox_label(value, names)}")
+        elif key == "mailbox_ids" and isinstance(value, list):
+            details.append("mailboxes=" + ", ".join(_mailbox_label(v, names) for v in value))
+        else:
+            details.append(f"{key}={value}")
     return (
-        f"{item.seq:>8} {event.get('at', '')[:19]} {event.get('type', '?'):<20} {who:<22} {details}"
+        f"{item.seq:>8} {event.get('at', '')[:19]} {event.get('type', '?'):<20} {who:<22} "
+        + " ".join(details)
     )
 
 
@@ -261,7 +385,7 @@ def _mailbox_rows(boxes: tuple[api.MailboxView, ...]) -> None:
         [
             [
                 m.mailbox_id,
-                m.name,
+                f"{m.name} [{m.mailbox_id[:SHORT_ID]}]",
                 m.status + (" (damaged)" if m.damaged else ""),
                 str(m.messages),
                 str(m.bytes),
@@ -342,9 +466,16 @@ def _print_status(reply: Any) -> None:
     _mailbox_rows(reply.mailboxes)
 
 
+def _print_mailbox(reply: Any) -> None:
+    box = reply.mailbox
+    if reply.unchanged:  # mailbox.suspend / activate of a mailbox already so
+        _line(f"mailbox {box.name} [{box.mailbox_id[:SHORT_ID]}] already was {box.status}")
+    _mailbox_detail(box)
+
+
 _PRINTERS: dict[type, Callable[[Any], None]] = {
     api.Mailboxes: lambda r: _mailbox_rows(r.mailboxes),
-    api.Mailbox: lambda r: _mailbox_detail(r.mailbox),
+    api.Mailbox: _print_mailbox,
     api.MailboxCreated: _print_created,
     api.MailboxPasswordChanged: _print_created,
     api.MailboxPasswordReset: _print_reset,

@@ -32,13 +32,22 @@ from .protocols import admin as api
 from .protocols.admin import ApiError
 from .tls import use_aead_only
 
-__all__ = ["AdminClient", "ClientError", "TrustSettings", "connect"]
+__all__ = ["AdminClient", "ClientError", "NotListening", "TrustSettings", "connect"]
 
 CONNECT_TIMEOUT = 15.0
 
 
 class ClientError(Exception):
     """Cannot reach or talk to the gateway (not an API error reply)."""
+
+
+class NotListening(ClientError):
+    """Nothing accepts connections at the address (refused, or no route to the host): the
+    gateway is most likely not running there. ``url`` is the address tried."""
+
+    def __init__(self, url: str, message: str) -> None:
+        super().__init__(message)
+        self.url = url
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +145,10 @@ async def connect(
         with trio.fail_after(CONNECT_TIMEOUT):
             tcp = await trio.open_tcp_stream(host, port)
     except (OSError, trio.TooSlowError) as exc:
+        if _refused(exc):
+            raise NotListening(
+                url, f"cannot connect to {host}:{port}: connection refused"
+            ) from None
         raise ClientError(f"cannot connect to {host}:{port}: {_reason(exc)}") from None
     stream = trio.SSLStream(tcp, context, server_hostname=host)
     try:
@@ -179,6 +192,18 @@ async def connect(
             await trio.aclose_forcefully(stream)
             raise ClientError(f"the gateway refused the websocket: {leaf}") from None
         raise leaf from None
+
+
+def _refused(exc: BaseException) -> bool:
+    """Every address tried refused the connection: nothing listens on that port.
+    (trio.open_tcp_stream raises one OSError for all its attempts, each in its cause.)"""
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        found = leaves(cause)
+        return bool(found) and all(isinstance(e, ConnectionRefusedError) for e in found)
+    return False
 
 
 def _reason(exc: BaseException) -> str:
