@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import trio
 
-from . import __version__
+from . import __version__, logs
 from ._groups import leaves
 from .cli_admin_args import ADMIN_COMMANDS, add_admin_commands
 from .config import Config, ConfigError, load_config
@@ -86,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         from .cli_admin import run_admin_command  # noqa: PLC0415 (lazily: start time)
 
         return run_admin_command(args)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
-    )
+    logs.configure(sys.stderr)  # under systemd: priority prefixes, no timestamps (logs.py)
     if args.command == "serve":
         return _serve(args)
     if args.command == "verify":
@@ -180,8 +178,7 @@ async def _serve_child(config: Config, args: argparse.Namespace) -> None:
     from .servers.gateway import Gateway, Role  # noqa: PLC0415 (lazily: start time)
 
     name = "journal" if args.role == Role.JOURNAL else args.name
-    for handler in logging.getLogger().handlers:  # whose line it is, in a shared log
-        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {name} %(message)s"))
+    logs.name_lines(name)  # whose line it is, in a shared log
     lifeline = os.environ.get(LIFELINE_FD)
     if lifeline is not None:
         watch_lifeline(int(lifeline))
