@@ -386,7 +386,7 @@ class _Connection:
                 raise ApiError(ErrorCode.BAD_REQUEST, str(exc)) from None
         if request.since is not None and request.since < 0:
             raise ApiError(ErrorCode.BAD_REQUEST, "since must be 0 or more")
-        subscription = hub.subscribe(mailbox, frozenset(request.types))
+        subscription = hub.subscribe(mailbox, frozenset(request.types), since=request.since)
         self.subscriptions[subscription.id] = subscription
         self.nursery.start_soon(self._feed, subscription, request)
         return api.Subscribed(
