@@ -2,17 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import re
 import signal
+import smtplib
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
 from pathlib import Path
 
+import msgspec
+import pytest
 import trio
 import trio.lowlevel
 
+from gateway.crypto import MailboxPrivateKey
 from gateway.events import Envelope, now
 from gateway.services.archive import Archive, StoreConfig
 from gateway.services.keyforge import KeyForge
 from gateway.verify import verify_data_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVE_CONFIG = """
+data_dir = "{data}"
+[[listeners]]
+name = "smtp"
+protocol = "smtp"
+port = 0
+[[listeners]]
+name = "admin"
+protocol = "admin"
+port = 0
+tls = "implicit"
+[store.kdf]
+memory_kib = 64
+iterations = 1
+lanes = 1
+insecure_fast_for_tests = true
+"""
 
 
 async def store_many(archive: Archive, box: str, count: int) -> dict[str, bytes]:
@@ -110,3 +142,121 @@ async def test_a_forge_full_of_idle_pools_still_serves_a_new_mailbox(
             nursery.cancel_scope.cancel()
     finally:
         await archive.aclose()
+
+
+def forge_request(count: int) -> bytes:
+    public_key = MailboxPrivateKey.generate().public_key().public_bytes
+    body = msgspec.msgpack.encode([public_key, os.urandom(16), count])
+    return struct.pack("<I", len(body)) + body
+
+
+def test_a_forge_whose_gateway_is_gone_ends_quietly() -> None:
+    """Regression: the child wrote a BrokenPipeError traceback when its reply found nobody
+    to read it (the gateway killed while the child worked)."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "gateway.services._keyforge_worker"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    child.stdout.close()  # the gateway's end of the replies: gone
+    child.stdin.write(forge_request(1024))
+    child.stdin.close()
+    assert child.stderr is not None
+    with child.stderr:
+        assert child.stderr.read() == b""
+    assert child.wait(timeout=30) == 0
+
+
+def forge_of(pid: int) -> int:
+    """The key forge's pid: the child of ``pid`` that runs it."""
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            args = (entry / "cmdline").read_bytes()
+        except OSError:  # not a process, or gone meanwhile
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"_keyforge_worker" in args:
+            return int(entry.name)
+    raise AssertionError(f"process {pid} runs no key forge")
+
+
+def pipe_holds(pid: int, fd: int) -> int:
+    """How many bytes wait in the pipe that is descriptor ``fd`` of process ``pid``."""
+    reader = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        held = fcntl.ioctl(reader, termios.FIONREAD, b"\0\0\0\0")
+    finally:
+        os.close(reader)
+    return int(struct.unpack("i", held)[0])
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_gateway_ends_its_forge_quietly(
+    tmp_path: Path, store_config: StoreConfig
+) -> None:
+    """kill -9 of a `gateway serve` while its forge works on a request: the forge finds
+    nobody to reply to, and ends without a word on the log they share."""
+
+    async def create_mailbox() -> str:
+        archive = await Archive.open(tmp_path / "data", store_config)
+        try:
+            return (await archive.create_mailbox("forge"))[0].mailbox_id
+        finally:
+            await archive.aclose()
+
+    mailbox_id = trio.run(create_mailbox)
+    config = tmp_path / "gateway.toml"
+    config.write_text(SERVE_CONFIG.format(data=tmp_path / "data"))
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", "0"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "GATEWAY_ADMIN_PASSWORD": "an admin password for tests"},
+    )
+    assert gateway.stderr is not None
+    lines: list[bytes] = []
+    reader = threading.Thread(target=lambda: lines.extend(gateway.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    forge = None
+    try:
+        deadline = time.monotonic() + 60
+        while not (port := smtp_port(lines)):
+            assert gateway.poll() is None and time.monotonic() < deadline, b"".join(lines)
+            time.sleep(0.05)
+        forge = forge_of(gateway.pid)
+        os.kill(forge, signal.SIGSTOP)  # busy: the request waits for it
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+            smtp.sendmail(
+                "a@example.com", [f"mbx-{mailbox_id}@localhost"], b"Subject: x\r\n\r\nx\r\n"
+            )
+        while pipe_holds(forge, 0) == 0:  # the first message asked the forge for keys
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        gateway.kill()
+        gateway.wait()
+        os.kill(forge, signal.SIGCONT)  # it makes the keys, and finds nobody to take them
+        reader.join(timeout=30)  # the log ends when the forge, its last writer, has
+        assert not reader.is_alive(), "the forge outlived its gateway"
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait()
+        if forge is not None and Path(f"/proc/{forge}").exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(forge, signal.SIGKILL)
+        reader.join(timeout=10)
+        gateway.stderr.close()
+    log = b"".join(lines).decode()
+    for sign in ("Traceback", "BrokenPipeError", "Exception ignored"):
+        assert sign not in log, log
+
+
+def smtp_port(lines: list[bytes]) -> int | None:
+    for line in list(lines):
+        match = re.search(rb"event=listening name=smtp .* port=(\d+)", line)
+        if match:
+            return int(match.group(1))
+    return None

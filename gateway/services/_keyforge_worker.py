@@ -10,11 +10,14 @@ length and a MessagePack body:
     reply    [[message id, data key, wrapped key], ...]   (count entries)
 
 Run by :class:`gateway.services.keyforge.KeyForge` as ``python -m
-gateway.services._keyforge_worker``; it exits when its standard input closes.
+gateway.services._keyforge_worker``; it exits when its standard input closes, and quietly
+(code 0, nothing on standard error) when its reply cannot be written because the gateway is
+gone: killed, or ended without waiting for it.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import struct
 import sys
@@ -73,8 +76,20 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
         stdout.flush()
 
 
-if __name__ == "__main__":
+def main() -> None:
     # Ctrl-C in a terminal reaches the whole process group; the gateway decides when this
     # process ends (it closes the pipe, or kills it on shutdown).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    serve(sys.stdin.buffer, sys.stdout.buffer)
+    try:
+        serve(sys.stdin.buffer, sys.stdout.buffer)
+    except BrokenPipeError:
+        # Nobody reads the replies any more: the gateway is gone, and there is nobody to
+        # tell. Standard output goes nowhere from now on, or the interpreter's own flush of
+        # it at exit would fail again, and say so on standard error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+if __name__ == "__main__":
+    main()
