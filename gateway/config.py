@@ -194,7 +194,18 @@ class StoreSettings(_Section, frozen=True, kw_only=True):
     # Control-log history kept in the data folder behind its recovery point (SPEC.md 6.8):
     # older sealed segments move to control/archive/. 0 keeps all of it there.
     control_history_bytes: int = 0
+    # Intake answers 452 4.3.1 while the data folder's file system has less free (SPEC.md
+    # 13.8): a full disk is never reached by mail, and what is stored stays readable.
+    min_free_bytes: int = 1 << 30
     kdf: KdfSettings = KdfSettings()
+
+
+class AlarmSettings(_Section, frozen=True, kw_only=True):
+    # Every mailbox's backlog alarms (SPEC.md 13.8), unless it sets its own; 0 turns one off.
+    max_waiting_age: float = 2 * 86400.0  # seconds the oldest waiting message may wait
+    max_waiting_bytes: int = 0  # octets that may wait
+    expect_mail_every: float = 0.0  # seconds without new mail before intake counts as quiet
+    check_interval: float = 60.0  # seconds between two looks at every mailbox
 
 
 DEFAULT_LISTENERS = (
@@ -230,6 +241,7 @@ class Config(_Section, frozen=True, kw_only=True):
     proxy: ProxyConfig = ProxyConfig()
     admin: AdminConfig = AdminConfig()
     store: StoreSettings = StoreSettings()
+    alarms: AlarmSettings = AlarmSettings()
     server: ServerConfig = ServerConfig()
 
     def source_key_path(self) -> Path:
@@ -330,6 +342,13 @@ def _check(config: Config, path: Path | None) -> None:
         raise ConfigError(f"{where}: smtp.max_message_size must be at least 65536")
     if config.store.control_history_bytes < 0:
         raise ConfigError(f"{where}: store.control_history_bytes must be 0 or more")
+    if config.store.min_free_bytes < 0:
+        raise ConfigError(f"{where}: store.min_free_bytes must be 0 or more")
+    alarms = config.alarms
+    if min(alarms.max_waiting_age, alarms.max_waiting_bytes, alarms.expect_mail_every) < 0:
+        raise ConfigError(f"{where}: alarms thresholds must be 0 (off) or more")
+    if not 1.0 <= alarms.check_interval <= 3600.0:
+        raise ConfigError(f"{where}: alarms.check_interval must be 1 to 3600")
     if config.server.workers != "auto" and not 0 <= config.server.workers <= 256:
         raise ConfigError(f"{where}: server.workers must be 0 to 256")
     if config.source_key_path().resolve().is_relative_to(Path(config.data_dir).resolve()):
