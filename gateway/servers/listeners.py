@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -133,8 +134,15 @@ class Acceptor:
                     return
             await handler(wrapped, cfg, peer)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            logger.info(
-                "event=session-dropped listener=%s client=%s reason=%r", cfg.name, peer, str(exc)
+            # A client that simply goes away is no news (a browser closes the spare
+            # connections it opened for a page, a health check connects and leaves): DEBUG.
+            # What else cut a session short (a failed handshake, say) stays INFO.
+            logger.log(
+                logging.DEBUG if _went_away(exc) else logging.INFO,
+                "event=session-dropped listener=%s client=%s reason=%r",
+                cfg.name,
+                peer,
+                str(exc),
             )
         except Exception:
             # One bad session never takes the server down.
@@ -148,6 +156,26 @@ class Acceptor:
 
 
 def _nobody(_peer: str) -> bool:
+    return False
+
+
+# How a peer's leaving shows: a TCP close without TLS close_notify (a ragged EOF), a reset,
+# a write to a connection it closed.
+_GONE = (ssl.SSLEOFError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
+
+
+def _went_away(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it: the stream errors wrap the socket's and the
+    TLS library's) is only the client ending its connection, or says nothing at all."""
+    if not str(exc):
+        return True
+    seen: BaseException | None = exc
+    for _ in range(8):  # a cause chain is short; never follow a cycle
+        if seen is None:
+            break
+        if isinstance(seen, _GONE):
+            return True
+        seen = seen.__cause__
     return False
 
 
