@@ -48,6 +48,8 @@ __all__ = [
     "LogCompacted",
     "LogDamaged",
     "LogTailTruncated",
+    "MailboxAlarmCleared",
+    "MailboxAlarmRaised",
     "MailboxCreated",
     "MailboxDeleted",
     "MailboxKeyReset",
@@ -69,6 +71,8 @@ __all__ = [
     "SmtpLogin",
     "SmtpProxySessionEnded",
     "SmtpSessionEnded",
+    "StoreSpaceLow",
+    "StoreSpaceRestored",
     "decode_control_event",
     "decode_envelope",
     "decode_message_event",
@@ -126,6 +130,11 @@ class MailboxUpdated(Event, frozen=True, kw_only=True):
     name: str
     description: str
     status: MailboxStatus
+    # Its own backlog alarm thresholds (SPEC.md 13.8): None follows the configuration's
+    # [alarms], 0 turns that alarm off. Records before them have none.
+    max_waiting_age: float | None = None
+    max_waiting_bytes: int | None = None
+    expect_mail_every: float | None = None
 
 
 class MailboxKeyRewrapped(Event, frozen=True, kw_only=True):
@@ -504,6 +513,33 @@ class ConnectionsSummarized(Event, frozen=True, kw_only=True):
     refusals: tuple[RefusalCount, ...] = ()  # refusals within the folded sessions
 
 
+class MailboxAlarmRaised(Event, frozen=True, kw_only=True):
+    """A mailbox crossed one of its backlog thresholds (SPEC.md 13.8); recorded once per
+    crossing, until a ``MailboxAlarmCleared`` of the same alarm."""
+
+    mailbox_id: str
+    alarm: str  # "age": its oldest message waits; "size": octets wait; "quiet": no new mail
+    value: float  # seconds or octets, when it was raised
+    threshold: float
+
+
+class MailboxAlarmCleared(Event, frozen=True, kw_only=True):
+    mailbox_id: str
+    alarm: str
+
+
+class StoreSpaceLow(Event, frozen=True, kw_only=True):
+    """The data folder's file system went below ``[store] min_free_bytes``: intake answers
+    452 4.3.1 until ``StoreSpaceRestored`` (SPEC.md 13.8)."""
+
+    free_bytes: int
+    min_free_bytes: int
+
+
+class StoreSpaceRestored(Event, frozen=True, kw_only=True):
+    free_bytes: int
+
+
 ControlEvent = (
     MailboxCreated
     | MailboxUpdated
@@ -537,6 +573,10 @@ ControlEvent = (
     | AdminCredentialsMigrated
     | AdminSessionStarted
     | AdminSessionEnded
+    | MailboxAlarmRaised
+    | MailboxAlarmCleared
+    | StoreSpaceLow
+    | StoreSpaceRestored
 )
 
 
