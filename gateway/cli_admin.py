@@ -181,10 +181,19 @@ def _request(args: argparse.Namespace) -> api.Request | None:
                 name=args.name, description=args.description, password=password
             )
         case "mailbox", "update":
-            if args.name is None and args.description is None:
-                raise _Usage("mailbox update needs --name or --description")
+            alarms = (args.max_waiting_age, args.max_waiting_bytes, args.expect_mail_every)
+            if args.name is None and args.description is None and alarms == (None,) * 3:
+                raise _Usage(
+                    "mailbox update needs --name, --description, --max-waiting-age, "
+                    "--max-waiting-bytes or --expect-mail-every"
+                )
             return api.MailboxUpdate(
-                mailbox=args.mailbox, name=args.name, description=args.description
+                mailbox=args.mailbox,
+                name=args.name,
+                description=args.description,
+                max_waiting_age=args.max_waiting_age,
+                max_waiting_bytes=args.max_waiting_bytes,
+                expect_mail_every=args.expect_mail_every,
             )
         case "mailbox", "suspend":
             return api.MailboxSuspend(mailbox=args.mailbox)
@@ -381,6 +390,7 @@ def _mailbox_rows(boxes: tuple[api.MailboxView, ...]) -> None:
             "unreadable",
             "last delivery",
             "last retrieval",
+            "alarms",
         ],
         [
             [
@@ -394,6 +404,7 @@ def _mailbox_rows(boxes: tuple[api.MailboxView, ...]) -> None:
                 else "-",
                 _when(m.last_delivery),
                 _when(m.last_retrieval),
+                ",".join(m.alarms) or "-",
             ]
             for m in boxes
         ],

@@ -6,7 +6,38 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["ADMIN_COMMANDS", "add_admin_commands"]
+__all__ = ["ADMIN_COMMANDS", "add_admin_commands", "duration", "octets"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """Seconds of ``90``, ``90s``, ``30m``, ``6h``, ``2d``; ``off`` is 0 and ``default`` -1
+    (the configuration's value, as the API takes it)."""
+    text = text.strip().lower()
+    if text in ("off", "default"):
+        return 0.0 if text == "off" else -1.0
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (e.g. 90s, 30m, 6h, 2d)"
+        ) from None
+    if not 0 <= value < 1e12:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r}")
+    return value
+
+
+def octets(text: str) -> int:
+    """Octets, ``off`` (0) or ``default`` (-1)."""
+    text = text.strip().lower()
+    if text in ("off", "default"):
+        return 0 if text == "off" else -1
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a number of octets: {text!r}")
+    return int(text)
+
 
 ADMIN_COMMANDS = ("mailbox", "audit", "admin", "token", "status")
 
@@ -35,10 +66,16 @@ def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     create.add_argument(
         "--password-stdin", action="store_true", help="read the password from stdin"
     )
-    update = verbs.add_parser("update", parents=[common], help="rename or describe")
+    update = verbs.add_parser(
+        "update", parents=[common], help="rename, describe, set its backlog alarms"
+    )
     update.add_argument("mailbox")
     update.add_argument("--name")
     update.add_argument("--description")
+    # Backlog alarms (SPEC.md 13.8): a duration (90s, 30m, 6h, 2d), "off", or "default".
+    update.add_argument("--max-waiting-age", metavar="DURATION", type=duration)
+    update.add_argument("--max-waiting-bytes", metavar="OCTETS|off|default", type=octets)
+    update.add_argument("--expect-mail-every", metavar="DURATION", type=duration)
     passwd = verbs.add_parser(
         "passwd",
         parents=[common],

@@ -126,6 +126,11 @@ class MailboxUpdate(_Request, frozen=True, kw_only=True, tag="mailbox.update"):
     mailbox: str
     name: str | None = None
     description: str | None = None
+    # Its own backlog alarm thresholds (SPEC.md 13.8): absent keeps, 0 turns the alarm off,
+    # a negative value goes back to the configuration's.
+    max_waiting_age: float | None = None
+    max_waiting_bytes: int | None = None
+    expect_mail_every: float | None = None
 
 
 class MailboxSuspend(_Request, frozen=True, kw_only=True, tag="mailbox.suspend"):
@@ -249,6 +254,12 @@ class MailboxView(msgspec.Struct, frozen=True, kw_only=True):
     # Sealed to a key a reset retired: unreadable by anyone, kept until purged.
     unreadable_messages: int = 0
     unreadable_bytes: int = 0
+    # Its backlog alarms up ("age", "size", "quiet") and its own thresholds (None: the
+    # configuration's; SPEC.md 13.8).
+    alarms: tuple[str, ...] = ()
+    max_waiting_age: float | None = None
+    max_waiting_bytes: int | None = None
+    expect_mail_every: float | None = None
 
 
 class ListenerView(msgspec.Struct, frozen=True, kw_only=True):

@@ -205,16 +205,19 @@ class AdminServer:
                 nursery, _Replay(stream, raw), max_message_size=MAX_FRAME
             )
             origin = headers.get(b"origin")
-            if origin is not None and origin.decode(
-                "ascii", "replace"
-            ) not in self._allowed_origins(stream):
-                logger.info("event=admin-origin-refused client=%s origin=%r", peer, origin)
-                await request.reject(403, body=b"origin not allowed\n")
-                return
-            if self.connections >= self.config.admin.max_connections:
-                await request.reject(503, body=b"too many admin connections\n")
-                return
-            ws = await request.accept()
+            try:
+                if origin is not None and origin.decode(
+                    "ascii", "replace"
+                ) not in self._allowed_origins(stream):
+                    logger.info("event=admin-origin-refused client=%s origin=%r", peer, origin)
+                    await request.reject(403, body=b"origin not allowed\n")
+                    return
+                if self.connections >= self.config.admin.max_connections:
+                    await request.reject(503, body=b"too many admin connections\n")
+                    return
+                ws = await request.accept()
+            except ConnectionClosed:
+                return  # the client left before the handshake's answer: nothing to serve
             self.connections += 1
             try:
                 await _Connection(self, ws, peer, nursery).serve()

@@ -36,6 +36,7 @@ from ..events import GatewayStarted, GatewayStopped, now
 from ..log import DataDir, DataDirLocked, LogWriteError
 from ..services.accounts import Accounts
 from ..services.admin import AdminService
+from ..services.alarms import Alarms
 from ..services.archive import Archive, store_config
 from ..services.audit import AuditHub
 from ..services.keyforge import KeyForge
@@ -212,6 +213,8 @@ class Gateway:
                     assert self.journal_socket is not None
                     await nursery.start(serve_workers, journal, self.journal_socket)
                 nursery.start_soon(self._maintenance, archive)
+                alarms = Alarms(archive, config.alarms, config.store.min_free_bytes)
+                nursery.start_soon(alarms.run)
                 nursery.start_soon(self._checkpoints, archive)
                 nursery.start_soon(self.notifier.watchdog)
                 nursery.start_soon(hub.run)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import trio
@@ -48,8 +47,6 @@ class Monitoring:
     archive: Archive
     accounts: Accounts
     metrics: Metrics
-    # Per mailbox: its oldest waiting message and when that was committed (read once).
-    _oldest: dict[str, tuple[str, datetime]] = field(default_factory=dict)
 
     def healthz(self) -> Response:
         return Response(200, b"ok\n")
@@ -106,6 +103,7 @@ class Monitoring:
             store_bytes=storage.used_bytes,
             store_free_bytes=storage.free_bytes,
             certificate_expiry=expiry,
+            store_space_low=archive.state.store_space_low,
             mailboxes=[m async for m in self._mailboxes()],
         )
 
@@ -119,10 +117,12 @@ class Monitoring:
             except (MailboxUnavailable, NoSuchMailbox):
                 continue  # deleted meanwhile
             oldest_age = None
-            if backlog.oldest is not None:
-                at = await self._committed_at(mailbox_id, backlog.oldest)
-                if at is not None:
-                    oldest_age = max(0.0, (moment - at).total_seconds())
+            try:
+                at = await archive.oldest_waiting_at(mailbox_id)
+            except (ArchiveError, LogCorrupt, OSError):  # expunged meanwhile: no age this time
+                at = None
+            if at is not None:
+                oldest_age = max(0.0, (moment - at).total_seconds())
             retrieved = archive.state.last_retrieval.get(mailbox_id)
             yield MailboxGauges(
                 mailbox_id=mailbox_id,
@@ -135,18 +135,8 @@ class Monitoring:
                     max(0.0, (moment - retrieved).total_seconds()) if retrieved else None
                 ),
                 damaged=damaged,
+                alarms=frozenset(archive.state.alarms.get(mailbox_id, ())),
             )
-
-    async def _committed_at(self, mailbox_id: str, message_id: str) -> datetime | None:
-        cached = self._oldest.get(mailbox_id)
-        if cached is not None and cached[0] == message_id:
-            return cached[1]
-        try:
-            at = await self.archive.committed_at(mailbox_id, message_id)
-        except (ArchiveError, LogCorrupt, OSError):  # expunged meanwhile: no age this time
-            return None
-        self._oldest[mailbox_id] = (message_id, at)
-        return at
 
 
 def _bearer(authorization: bytes | None) -> str | None:

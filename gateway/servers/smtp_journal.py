@@ -42,7 +42,7 @@ from ..protocols.smtp import (
     StartTLS,
     replies,
 )
-from ..services.archive import ArchiveError
+from ..services.archive import ArchiveError, InsufficientStorage
 from ..services.journal import check_recipient, received_header
 from ..services.writer import MessageWriter
 from .limits import refusal_counts
@@ -73,6 +73,7 @@ class JournalIntake:
         self.recipient_addresses: list[str] = []
         self.writer: MessageWriter | None = None
         self.writer_failed = False
+        self.no_room = False  # the store refused for want of room: 452 4.3.1 at the end
         self.trace_octets = 0  # the Received: field's, which the size limit does not count
         self.messages = 0
         self.bytes = 0
@@ -146,7 +147,7 @@ class JournalIntake:
     async def _start_data(self, event: StartData) -> None:
         session = self.session
         session.read_timeout = self.config.smtp.data_timeout
-        self.writer_failed = False
+        self.writer_failed = self.no_room = False
         try:
             self.writer = self.store.begin_message(self.recipients)
         except ArchiveError:
@@ -183,6 +184,7 @@ class JournalIntake:
     async def _write_failed(self, writer: MessageWriter, exc: Exception) -> None:
         logger.warning("event=store-failed session=%s reason=%r", self.session.session_id, str(exc))
         self.writer_failed = True
+        self.no_room = isinstance(exc, InsufficientStorage)
         await writer.abort()
         self.writer = None
 
@@ -190,7 +192,11 @@ class JournalIntake:
         session = self.session
         session.read_timeout = self.config.smtp.command_timeout
         writer, self.writer = self.writer, None
-        if writer is None:
+        if writer is None and self.no_room:  # under the store's free-space floor (13.8)
+            self.rejected += 1
+            self._refused("data", 452, "4.3.1")
+            reply = replies.INSUFFICIENT_STORAGE
+        elif writer is None:
             self.rejected += 1
             self._refused("data", 451, "4.3.0")
             reply = replies.LOCAL_ERROR

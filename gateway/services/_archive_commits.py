@@ -31,13 +31,21 @@ from ..events import (
 )
 from ..log import AppendItem, Location, LogWriteError, LogWriter, RecordKind, Written
 from ._archive_core import ArchiveCore
-from ._common import ArchiveError, MailboxState, MailboxUnavailable, WitnessedCopy
+from ._common import (
+    ArchiveError,
+    InsufficientStorage,
+    MailboxState,
+    MailboxUnavailable,
+    WitnessedCopy,
+)
 from .message_index import StoredMessage
 
 __all__ = ["CopyCommit", "accepting", "commit", "roll_back"]
 
 
 def accepting(core: ArchiveCore, mailbox_ids: Sequence[str]) -> list[MailboxState]:
+    if core.state.store_space_low:
+        raise InsufficientStorage("the data folder's file system is under its free-space floor")
     boxes: dict[str, MailboxState] = {}
     for mailbox_id in mailbox_ids:
         box = core.open_box(mailbox_id)

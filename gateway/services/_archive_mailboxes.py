@@ -11,6 +11,8 @@ empty unless purged; its folder goes after the event.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import trio
 
 from .._text import first_unsafe
@@ -79,9 +81,22 @@ async def update_mailbox(
     name: str | None,
     description: str | None,
     status: MailboxStatus | None,
+    alarms: Mapping[str, float | None] | None = None,
     actor: Actor,
 ) -> MailboxInfo:
     info = core.box(mailbox_id).info
+    thresholds: dict[str, float | None] = {
+        "max_waiting_age": info.max_waiting_age,
+        "max_waiting_bytes": info.max_waiting_bytes,
+        "expect_mail_every": info.expect_mail_every,
+    }
+    for key, value in (alarms or {}).items():
+        if key not in thresholds:
+            raise InvalidValue(f"no alarm threshold {key}")
+        if value is not None and not 0 <= value < 1e15:
+            raise InvalidValue(f"{key} must be 0 (off) or more, or null (the configuration's)")
+        thresholds[key] = value
+    size = thresholds["max_waiting_bytes"]
     event = MailboxUpdated(
         at=now(),
         actor=actor,
@@ -91,6 +106,9 @@ async def update_mailbox(
         if description is None
         else _check_text("description", description, MAX_DESCRIPTION),
         status=info.status if status is None else MailboxStatus(status),
+        max_waiting_age=thresholds["max_waiting_age"],
+        max_waiting_bytes=None if size is None else int(size),
+        expect_mail_every=thresholds["expect_mail_every"],
     )
     await core.append_control(event)
     return info

@@ -63,6 +63,11 @@ class MessageTooLarge(ArchiveError):
     pass
 
 
+class InsufficientStorage(ArchiveError):
+    """The data folder's file system is under ``[store] min_free_bytes`` (SPEC.md 13.8):
+    no message is taken in until there is room again (a temporary condition)."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
     segment_bytes: int = DEFAULT_SEGMENT_BYTES

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -53,6 +53,7 @@ from ._archive_recovery import open_core, open_mailboxes
 from ._common import (
     CONTROL_LOG_ID,
     ArchiveError,
+    InsufficientStorage,
     InvalidValue,
     MailboxState,
     MailboxStateConflict,
@@ -77,6 +78,7 @@ __all__ = [
     "Archive",
     "ArchiveError",
     "Backlog",
+    "InsufficientStorage",
     "InvalidValue",
     "MailboxStateConflict",
     "MailboxUnavailable",
@@ -137,6 +139,8 @@ class Archive:
         self.mailbox_listeners: list[Callable[[str], None]] = core.mailbox_listeners
         # Set by whoever runs a KeyForge next to the archive (the server, the benchmark).
         self.key_forge: KeyForge | None = None
+        # Per mailbox: its oldest waiting message and when it was committed.
+        self._oldest: dict[str, tuple[str, datetime]] = {}
 
     # -- open and close ----------------------------------------------------------------------------
 
@@ -298,10 +302,20 @@ class Archive:
         name: str | None = None,
         description: str | None = None,
         status: MailboxStatus | None = None,
+        alarms: Mapping[str, float | None] | None = None,
         actor: Actor = SYSTEM,
     ) -> MailboxInfo:
+        """Change what is given; ``alarms``: its own backlog thresholds by name
+        (``max_waiting_age``, ``max_waiting_bytes``, ``expect_mail_every``; None follows the
+        configuration, 0 is off), those not named kept."""
         return await _archive_mailboxes.update_mailbox(
-            self._core, mailbox_id, name=name, description=description, status=status, actor=actor
+            self._core,
+            mailbox_id,
+            name=name,
+            description=description,
+            status=status,
+            alarms=alarms,
+            actor=actor,
         )
 
     async def delete_mailbox(
@@ -375,9 +389,22 @@ class Archive:
         oldest = next(iter(index), None)
         return Backlog(len(index), index.total_bytes, oldest.message_id if oldest else None)
 
-    async def committed_at(self, mailbox_id: str, message_id: str) -> datetime:
-        """When a message's commit record was written (its time is in the clear)."""
-        return await _archive_reads.committed_at(self._core, mailbox_id, message_id)
+    def by_key(self, mailbox_id: str) -> dict[str, tuple[int, int]]:
+        """The mailbox's messages and their octets by the key they are sealed to (cheap)."""
+        return self._box(mailbox_id).index.by_key()
+
+    async def oldest_waiting_at(self, mailbox_id: str) -> datetime | None:
+        """When the mailbox's oldest waiting message was committed (its commit record's
+        time, in the clear; read once per oldest message), None when none waits."""
+        oldest = self.backlog(mailbox_id).oldest
+        if oldest is None:
+            return None
+        cached = self._oldest.get(mailbox_id)
+        if cached is not None and cached[0] == oldest:
+            return cached[1]
+        at = await _archive_reads.committed_at(self._core, mailbox_id, oldest)
+        self._oldest[mailbox_id] = (oldest, at)
+        return at
 
     def newest_commit(self, mailbox_id: str) -> int:
         """The seq of the mailbox's newest commit record served, -1 for none."""

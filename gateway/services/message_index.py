@@ -261,6 +261,20 @@ class MessageIndex:
         row = self._row(message_id)
         return None if row < 0 else self._message(row)
 
+    def by_key(self) -> dict[str, tuple[int, int]]:
+        """The live messages and their octets by the key they are sealed to: one entry but
+        after a key reset, when a mailbox holds messages sealed to a retired key."""
+        if not self._live:
+            return {}
+        if len(self._key_ids) == 1:
+            return {self._key_ids[0]: (self._live, self._bytes)}
+        totals: dict[str, tuple[int, int]] = {}
+        for row in compress(range(len(self._seq)), self._dead.translate(_ALIVE)):
+            key_id = self._key_ids[self._key[row]]
+            count, octets = totals.get(key_id, (0, 0))
+            totals[key_id] = (count + 1, octets + self._size[row])
+        return totals
+
     def has_source(self, source_key: str) -> bool:
         return _source(source_key) in self._sources
 

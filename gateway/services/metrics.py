@@ -73,6 +73,7 @@ class MailboxGauges:
     oldest_age: float | None  # seconds since the oldest waiting message was committed
     last_retrieval_age: float | None  # seconds since a POP3 session last retrieved from it
     damaged: bool
+    alarms: frozenset[str]  # its backlog alarms up (SPEC.md 13.8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,7 @@ class Gauges:
     store_bytes: int
     store_free_bytes: int
     certificate_expiry: float | None  # Unix time the served certificate expires
+    store_space_low: bool  # under [store] min_free_bytes: intake refuses
     mailboxes: Sequence[MailboxGauges]
 
 
@@ -286,6 +288,11 @@ class Metrics:
             "Octets free on the data folder's file system",
             gauges.store_free_bytes,
         )
+        yield _gauge(
+            "gateway_store_space_low",
+            "1 while the data folder's file system is under store.min_free_bytes (intake refuses)",
+            int(gauges.store_space_low),
+        )
         if gauges.certificate_expiry is not None:
             yield _gauge(
                 "gateway_tls_certificate_expiry_timestamp_seconds",
@@ -330,7 +337,14 @@ def _mailbox_families(mailboxes: Sequence[MailboxGauges]) -> Iterator[Metric]:
         "1 while the mailbox is out of service, damaged",
         labels=["mailbox"],
     )
+    alarm = GaugeMetricFamily(
+        "gateway_mailbox_alarm",
+        "1 while the backlog alarm is up: age (oldest waiting), size (octets), quiet (no mail)",
+        labels=["mailbox", "alarm"],
+    )
     for box in mailboxes:
+        for kind in ("age", "size", "quiet"):
+            alarm.add_metric([box.mailbox_id, kind], int(kind in box.alarms))
         info.add_metric([box.mailbox_id, box.name, box.status], 1)
         waiting.add_metric([box.mailbox_id], box.messages)
         octets.add_metric([box.mailbox_id], box.octets)
@@ -339,7 +353,7 @@ def _mailbox_families(mailboxes: Sequence[MailboxGauges]) -> Iterator[Metric]:
         if box.last_retrieval_age is not None:
             retrieval.add_metric([box.mailbox_id], box.last_retrieval_age)
         damaged.add_metric([box.mailbox_id], int(box.damaged))
-    yield from (info, waiting, octets, oldest, retrieval, damaged)
+    yield from (info, waiting, octets, oldest, retrieval, damaged, alarm)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -24,6 +24,8 @@ from ..events import (
     LogCompacted,
     LogDamaged,
     LogTailTruncated,
+    MailboxAlarmCleared,
+    MailboxAlarmRaised,
     MailboxCreated,
     MailboxDeleted,
     MailboxKeyReset,
@@ -38,6 +40,8 @@ from ..events import (
     Pop3SessionEnded,
     Pop3SessionProgress,
     SmtpProxySessionEnded,
+    StoreSpaceLow,
+    StoreSpaceRestored,
 )
 
 __all__ = [
@@ -61,6 +65,10 @@ class MailboxInfo:
     wrap_id: str
     created_at: datetime
     updated_at: datetime
+    # Its own backlog alarm thresholds (SPEC.md 13.8); None: the configuration's.
+    max_waiting_age: float | None = None
+    max_waiting_bytes: int | None = None
+    expect_mail_every: float | None = None
 
 
 @dataclass(slots=True)
@@ -143,6 +151,10 @@ class ControlState:
 
     mailboxes: dict[str, MailboxInfo] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
+    # Per mailbox: its backlog alarms raised and not cleared (SPEC.md 13.8).
+    alarms: dict[str, set[str]] = field(default_factory=dict)
+    # Under [store] min_free_bytes since the last StoreSpaceLow: intake refuses (13.8).
+    store_space_low: bool = False
     expunged: dict[str, set[str]] = field(default_factory=dict)
     compactions: dict[str, list[LogCompacted]] = field(default_factory=dict)
     # Per mailbox: segment first seq -> the confirmed generation of its file (log.REMOVED
@@ -211,6 +223,17 @@ class ControlState:
                 if box := self.mailboxes.get(event.mailbox_id):
                     box.name, box.description = event.name, event.description
                     box.status, box.updated_at = event.status, event.at
+                    box.max_waiting_age = event.max_waiting_age
+                    box.max_waiting_bytes = event.max_waiting_bytes
+                    box.expect_mail_every = event.expect_mail_every
+            case MailboxAlarmRaised():
+                self.alarms.setdefault(event.mailbox_id, set()).add(event.alarm)
+            case MailboxAlarmCleared():
+                self.alarms.get(event.mailbox_id, set()).discard(event.alarm)
+            case StoreSpaceLow():
+                self.store_space_low = True
+            case StoreSpaceRestored():
+                self.store_space_low = False
             case MailboxKeyRewrapped():
                 if box := self.mailboxes.get(event.mailbox_id):
                     box.wrap_id, box.updated_at = event.wrap_id, event.at
@@ -220,6 +243,7 @@ class ControlState:
                     box.key_id, box.wrap_id, box.updated_at = event.key_id, event.wrap_id, event.at
             case MailboxDeleted():
                 self.mailboxes.pop(event.mailbox_id, None)
+                self.alarms.pop(event.mailbox_id, None)
                 self.indexed.discard(event.mailbox_id)
                 self.expunged.pop(event.mailbox_id, None)
                 self.cuts.pop(event.mailbox_id, None)

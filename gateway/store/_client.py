@@ -48,6 +48,7 @@ from ..ids import new_message_id, parse_mailbox_id
 from ..log import DataDir, LogCorrupt, LogWriteError, RecordReader, decode_chunk_body
 from ..services.archive import (
     ArchiveError,
+    InsufficientStorage,
     MailboxUnavailable,
     MessageTooLarge,
     NoSuchMailbox,
@@ -106,6 +107,7 @@ _OPENING = ThreadPool("gateway-open", 16)
 _ERRORS: dict[str, type[Exception]] = {
     "MailboxUnavailable": MailboxUnavailable,
     "MessageTooLarge": MessageTooLarge,
+    "InsufficientStorage": InsufficientStorage,
     "NoSuchMailbox": NoSuchMailbox,
     "LogWriteError": LogWriteError,
     "StaleEpoch": LogWriteError,

@@ -40,6 +40,7 @@ from ..log import Location, LogCorrupt, LogWriteError
 from ..services.archive import (
     Archive,
     ArchiveError,
+    InsufficientStorage,
     MailboxUnavailable,
     MessageTooLarge,
     NoSuchMailbox,
@@ -247,7 +248,13 @@ class Journal:
     async def _answer(self, connection: _Connection, frame: ToJournal) -> None:
         try:
             reply = await self._handle(connection, frame)
-        except (MailboxUnavailable, MessageTooLarge, NoSuchMailbox, LogWriteError) as exc:
+        except (
+            MailboxUnavailable,
+            MessageTooLarge,
+            NoSuchMailbox,
+            InsufficientStorage,
+            LogWriteError,
+        ) as exc:
             reply = Failed(id=frame.id, code=type(exc).__name__, message=str(exc))
         except (ArchiveError, LogCorrupt, CryptoError, InvalidId, ValueError) as exc:
             reply = Failed(id=frame.id, code="ArchiveError", message=str(exc))

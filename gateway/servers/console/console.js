@@ -422,6 +422,16 @@ function mailboxRow(mailbox) {
   if (mailbox.damaged) {
     statusCell.append(" ", el("span", { className: "badge damaged", title: mailbox.damaged }, "damaged"));
   }
+  const alarmText = {
+    age: "its oldest message has waited too long: is the archive still fetching?",
+    size: "too many bytes are waiting: is the archive still fetching?",
+    quiet: "no mail for too long: is the journal rule still sending?",
+  };
+  for (const alarm of mailbox.alarms ?? []) {
+    statusCell.append(" ", el("span", {
+      className: "badge alarm", testid: "badge-alarm", title: alarmText[alarm] ?? alarm,
+    }, `alarm: ${alarm}`));
+  }
   const action = (testid, label, handler, extra = {}) => el("button", {
     type: "button", className: "small", testid, onclick: () => handler(mailbox), ...extra,
   }, label);
