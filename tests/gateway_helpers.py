@@ -26,6 +26,25 @@ from gateway.servers.gateway import Gateway, Listening
 from gateway.services.archive import Archive
 
 FAST = KdfSettings(memory_kib=64, iterations=1, lanes=1)
+# A `gateway serve --config` file for tests that run the real command: SMTP and the admin
+# listener on free ports, the cheapest Argon2id ({data}: the data folder).
+SERVE_CONFIG = """
+data_dir = "{data}"
+[[listeners]]
+name = "smtp"
+protocol = "smtp"
+port = 0
+[[listeners]]
+name = "admin"
+protocol = "admin"
+port = 0
+tls = "implicit"
+[store.kdf]
+memory_kib = 64
+iterations = 1
+lanes = 1
+insecure_fast_for_tests = true
+"""
 
 
 @dataclass

@@ -27,24 +27,9 @@ from gateway.services.archive import Archive, StoreConfig
 from gateway.services.keyforge import KeyForge
 from gateway.verify import verify_data_dir
 
+from .gateway_helpers import SERVE_CONFIG
+
 ROOT = Path(__file__).resolve().parent.parent
-SERVE_CONFIG = """
-data_dir = "{data}"
-[[listeners]]
-name = "smtp"
-protocol = "smtp"
-port = 0
-[[listeners]]
-name = "admin"
-protocol = "admin"
-port = 0
-tls = "implicit"
-[store.kdf]
-memory_kib = 64
-iterations = 1
-lanes = 1
-insecure_fast_for_tests = true
-"""
 
 
 async def store_many(archive: Archive, box: str, count: int) -> dict[str, bytes]:

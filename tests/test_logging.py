@@ -21,24 +21,9 @@ import pytest
 
 from gateway.logs import JournalFormatter, formatter, priority, to_journal
 
+from .gateway_helpers import SERVE_CONFIG
+
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = """
-data_dir = "{data}"
-[[listeners]]
-name = "smtp"
-protocol = "smtp"
-port = 0
-[[listeners]]
-name = "admin"
-protocol = "admin"
-port = 0
-tls = "implicit"
-[store.kdf]
-memory_kib = 64
-iterations = 1
-lanes = 1
-insecure_fast_for_tests = true
-"""
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 # The variables by which a gateway knows it runs under systemd: none leaks in from the
 # environment the tests run in.
@@ -54,7 +39,7 @@ def serve_and_stop(tmp_path: Path, *, journal: bool) -> list[str]:
     """Every line a `gateway serve --workers 1` writes on standard error from its start to
     its SIGTERM, with ``JOURNAL_STREAM`` naming that pipe (as systemd sets it) or unset."""
     config = tmp_path / "gateway.toml"
-    config.write_text(CONFIG.format(data=tmp_path / "data"))
+    config.write_text(SERVE_CONFIG.format(data=tmp_path / "data"))
     env = {k: v for k, v in os.environ.items() if k not in SYSTEMD}
     env["GATEWAY_ADMIN_PASSWORD"] = "an admin password for tests"
     read_end, write_end = os.pipe()

@@ -5,12 +5,10 @@ test caused (messages sent, logins failed, retrievals, each mailbox's backlog)."
 from __future__ import annotations
 
 import json
-import os
 import poplib
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -29,7 +27,7 @@ from gateway.services.metrics import Metrics
 
 from .conftest import FAST_KDF
 from .gateway_helpers import make_config
-from .test_workers import ROOT, Served, create_mailbox, insecure, retrieve, send, serve
+from .test_workers import Served, admin_cli, create_mailbox, insecure, retrieve, send, serve
 
 pytestmark = pytest.mark.slow
 ADMIN_PASSWORD = "an admin password for tests"
@@ -47,28 +45,7 @@ def fetch(url: str, token: str | None = None) -> tuple[int, str, Message]:
 
 
 def create_token(tmp_path: Path, served: Served) -> str:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "token",
-            "create",
-            "prometheus",
-            "--json",
-            "--config",
-            str(tmp_path / "gateway.toml"),
-            "--url",
-            f"wss://localhost:{served.ports['admin']}/api",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "GATEWAY_ADMIN_PASSWORD": ADMIN_PASSWORD},
-        check=True,
-    )
-    token: str = json.loads(result.stdout)["token"]
+    token: str = json.loads(admin_cli(tmp_path, served, "token", "create", "prometheus"))["token"]
     return token
 
 

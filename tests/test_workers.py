@@ -258,13 +258,14 @@ def test_a_burst_of_connections_is_spread_over_the_workers(tmp_path: Path) -> No
     assert status["workers"] == [held["worker-1"], held["worker-2"]]
 
 
-def admin_status(tmp_path: Path, served: Served) -> dict[str, object]:
+def admin_cli(tmp_path: Path, served: Served, *args: str) -> str:
+    """``gateway <args> --json`` against the served gateway's admin listener: its output."""
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "gateway",
-            "status",
+            *args,
             "--json",
             "--config",
             str(tmp_path / "gateway.toml"),
@@ -278,7 +279,11 @@ def admin_status(tmp_path: Path, served: Served) -> dict[str, object]:
         env={**os.environ, "GATEWAY_ADMIN_PASSWORD": "an admin password for tests"},
         check=True,
     )
-    reply: dict[str, object] = json.loads(result.stdout)
+    return result.stdout
+
+
+def admin_status(tmp_path: Path, served: Served) -> dict[str, object]:
+    reply: dict[str, object] = json.loads(admin_cli(tmp_path, served, "status"))
     return reply
 
 
