@@ -24,6 +24,7 @@ from .crypto import KdfParams
 
 __all__ = [
     "DEFAULT_DENY",
+    "AcmeSettings",
     "AdminConfig",
     "Config",
     "ConfigError",
@@ -102,10 +103,32 @@ class ListenerConfig(_Section, frozen=True, kw_only=True):
             raise ValueError(f"port {self.port} is not a TCP port")
 
 
+class AcmeSettings(_Section, frozen=True, kw_only=True):
+    """A certificate from an ACME CA (RFC 8555; SPEC.md 12.4): off while ``directory`` is
+    empty. The journal obtains it, renews it at two thirds of its lifetime and swaps it into
+    every listener; the self-signed certificate serves until the first one comes."""
+
+    directory: str = ""  # the CA's directory URL (https://...); empty: off
+    agree_terms: bool = False  # the CA's terms of service are agreed to (required when on)
+    contact: str = ""  # an e-mail address for the account (the CA's expiry notices); optional
+    hostnames: tuple[str, ...] = ()  # the certificate's names; empty: [hostname]
+    challenge: Literal["http-01"] = "http-01"  # RFC 8555 8.3; tls-alpn-01 is not offered
+    http_address: str = ""  # where the http-01 responder listens; empty: every address
+    http_port: int = 80  # RFC 8555 8.3: the CA asks on port 80
+    # PEM bundle trusted for the CA's own HTTPS instead of the default bundle (certifi's,
+    # through requests): a private CA, or a test CA such as pebble's.
+    ca_file: str = ""
+
+    def names(self, hostname: str) -> tuple[str, ...]:
+        """The names the certificate is for."""
+        return self.hostnames or (hostname,)
+
+
 class TLSConfig(_Section, frozen=True, kw_only=True):
     # Empty paths: a self-signed certificate is generated under <data_dir>/tls on first start.
     certificate: str = ""
     key: str = ""
+    acme: AcmeSettings = AcmeSettings()
 
 
 class SMTPConfig(_Section, frozen=True, kw_only=True):
@@ -336,6 +359,7 @@ def _check(config: Config, path: Path | None) -> None:
         raise ConfigError(f"{where}: admin.audit_queue must be at least 100")
     if bool(config.tls.certificate) != bool(config.tls.key):
         raise ConfigError(f"{where}: tls.certificate and tls.key go together")
+    _check_acme(config, where)
     if config.smtp.max_recipients < 100:
         raise ConfigError(f"{where}: smtp.max_recipients must be at least 100 (RFC 5321 4.5.3.1.8)")
     if config.smtp.max_message_size < 64 * 1024:
@@ -364,3 +388,28 @@ def _check(config: Config, path: Path | None) -> None:
             kdf.params().validate_for_production()
     except ValueError as exc:
         raise ConfigError(f"{where}: store.kdf: {exc}") from None
+
+
+def _check_acme(config: Config, where: str) -> None:
+    acme = config.tls.acme
+    if not acme.directory:
+        return
+    if not acme.directory.startswith("https://"):
+        raise ConfigError(f"{where}: tls.acme.directory must be an https:// URL (RFC 8555 6.1)")
+    if config.tls.certificate:
+        raise ConfigError(f"{where}: tls.acme and tls.certificate exclude each other")
+    if not acme.agree_terms:
+        raise ConfigError(
+            f"{where}: tls.acme.agree_terms must be true: the CA's terms of service (its "
+            "directory's meta.termsOfService) are agreed to when the account is made"
+        )
+    for name in acme.names(config.hostname):
+        labels = name.split(".")
+        if name.endswith(".") or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+            raise ConfigError(f"{where}: tls.acme.hostnames: {name!r} is not a host name")
+    if acme.contact and not re.fullmatch(r"[^@\s:/]+@[^@\s:/]+", acme.contact):
+        raise ConfigError(f"{where}: tls.acme.contact must be an e-mail address")
+    if not 1 <= acme.http_port <= 65535:
+        raise ConfigError(f"{where}: tls.acme.http_port must be 1 to 65535")
+    if acme.ca_file and not Path(acme.ca_file).is_file():
+        raise ConfigError(f"{where}: tls.acme.ca_file {acme.ca_file}: no such file")

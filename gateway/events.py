@@ -36,6 +36,8 @@ __all__ = [
     "ApiTokenCreated",
     "ApiTokenRecord",
     "ApiTokenRevoked",
+    "CertificateIssued",
+    "CertificateRenewalFailed",
     "CommitWitness",
     "CompactionGap",
     "ConnectionsSummarized",
@@ -540,6 +542,36 @@ class StoreSpaceRestored(Event, frozen=True, kw_only=True):
     free_bytes: int
 
 
+class CertificateIssued(Event, frozen=True, kw_only=True):
+    """An ACME CA issued the listeners' certificate (SPEC.md 12.4): written to the data
+    folder, in service in the journal, and announced to every worker."""
+
+    names: tuple[str, ...]
+    directory: str  # the CA's directory URL
+    issuer: str  # the issuing certificate's subject (RFC 4514)
+    serial: str  # hex
+    sha256: str  # fingerprint, colon hex
+    not_before: datetime
+    not_after: datetime
+    renewal: bool = False  # it replaced an earlier certificate from the CA
+    seconds: float = 0.0  # how long the CA took, from the first request to the certificate
+
+
+class CertificateRenewalFailed(Event, frozen=True, kw_only=True):
+    """Obtaining or renewing the ACME certificate failed (the CA down, a challenge failed,
+    an error of the CA's): the certificate in service stays (SPEC.md 12.4)."""
+
+    names: tuple[str, ...]
+    directory: str
+    stage: str  # "directory", "account", "order", "challenge", "finalize", "install"
+    reason: str
+    failures: int  # in a row, this one included
+    retry_in: float  # seconds until the next attempt
+    serving: str  # what stays in service: "acme" (an earlier certificate) or "self-signed"
+    serving_sha256: str = ""
+    serving_not_after: datetime | None = None
+
+
 ControlEvent = (
     MailboxCreated
     | MailboxUpdated
@@ -577,6 +609,8 @@ ControlEvent = (
     | MailboxAlarmCleared
     | StoreSpaceLow
     | StoreSpaceRestored
+    | CertificateIssued
+    | CertificateRenewalFailed
 )
 
 

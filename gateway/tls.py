@@ -2,7 +2,10 @@
 folder), and server SSL contexts that SIGHUP can replace without dropping sessions.
 
 A :class:`TLSContextHolder` is what listeners hold; each new handshake uses its ``context``,
-so reloading swaps the context for new connections while established ones keep theirs.
+so reloading swaps the context for new connections while established ones keep theirs. The
+same swap puts a certificate from an ACME CA in service (``services.acme`` obtains it in the
+journal and writes :func:`acme_certificate_path`: its chain and key in one file, so a single
+rename replaces both and no reader ever sees a certificate beside another's key).
 
 Every context the gateway makes, server or client (:func:`server_context`, the admin command
 line's, the proxies' toward upstream), speaks TLS 1.2 or 1.3 with AEAD suites only
@@ -16,6 +19,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -28,7 +32,10 @@ from .tlsstream import is_tls
 
 __all__ = [
     "AEAD_CIPHERS",
+    "CertificateInfo",
     "TLSContextHolder",
+    "acme_certificate_path",
+    "certificate_info",
     "certificate_summary",
     "make_self_signed",
     "server_context",
@@ -84,6 +91,47 @@ def certificate_summary(cert_path: Path) -> tuple[str, str, datetime.datetime]:
     return cert.subject.rfc4514_string(), fingerprint, cert.not_valid_after_utc
 
 
+@dataclass(frozen=True, slots=True)
+class CertificateInfo:
+    """What the log lines and the certificate events say of a certificate."""
+
+    subject: str
+    issuer: str
+    serial: str  # hex
+    sha256: str  # colon hex
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+    names: frozenset[str]  # its DNS subject alternative names, lowercase
+
+    def covers(self, names: tuple[str, ...]) -> bool:
+        return {name.lower() for name in names} <= self.names
+
+
+def certificate_info(pem: bytes) -> CertificateInfo:
+    """The first certificate of a PEM file (the leaf of a chain; a key beside it is skipped)."""
+    cert = x509.load_pem_x509_certificate(pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = frozenset(name.lower() for name in san.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        names = frozenset()
+    return CertificateInfo(
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        serial=f"{cert.serial_number:x}",
+        sha256=cert.fingerprint(hashes.SHA256()).hex(":").upper(),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        names=names,
+    )
+
+
+def acme_certificate_path(data_dir: Path) -> Path:
+    """The certificate from the ACME CA: its chain, then its key (PEM, 0600). The journal
+    writes it (``services.acme``); every process serves it once it exists."""
+    return data_dir / "tls" / "acme" / "certificate.pem"
+
+
 def use_aead_only(context: ssl.SSLContext) -> ssl.SSLContext:
     """TLS 1.2 or later (RFC 8996 retired the older ones) with AEAD suites only (see the
     module docstring), for a server or a client context; returns ``context``."""
@@ -110,6 +158,12 @@ class TLSContextHolder:
         """Load the certificate and key again (after a renewal). On error the old context
         stays and the exception tells why."""
         self.context = server_context(self.cert_path, self.key_path)
+
+    def use(self, cert_path: Path, key_path: Path) -> None:
+        """Serve another certificate from now on (new handshakes; sessions keep theirs), and
+        reload it from these files hereafter. On error nothing changes."""
+        context = server_context(cert_path, key_path)
+        self.cert_path, self.key_path, self.context = cert_path, key_path, context
 
     def summary(self) -> tuple[str, str, datetime.datetime]:
         return certificate_summary(self.cert_path)

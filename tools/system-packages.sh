@@ -13,7 +13,8 @@
 #                                   (systemd-analyze) and procps (/bin/kill, which
 #                                   ops/gateway.service names) for tests/test_ops.py;
 #                                   prometheus (the server that scrapes the gateway in
-#                                   tests/test_metrics.py)
+#                                   tests/test_metrics.py); pebble (Let's Encrypt's test
+#                                   ACME CA, tests/test_acme.py)
 #
 # Quick and quiet when everything is there: one dpkg-query decides, and nothing else runs
 # (no apt-get update, no sudo). Otherwise it installs what is missing, as root, or through
@@ -32,7 +33,7 @@ case "$group" in
 venv) packages=() ;;
 test)
     packages=(make rsync chromium fonts-liberation postfix swaks libnet-ssleay-perl
-        dovecot-core dovecot-pop3d fetchmail openssl systemd procps prometheus)
+        dovecot-core dovecot-pop3d fetchmail openssl systemd procps prometheus pebble)
     ;;
 *)
     echo "usage: $me [venv|test]" >&2
@@ -92,6 +93,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         dovecot-core) services+=(dovecot) ;;
         fetchmail) services+=(fetchmail) ;;
         prometheus) services+=(prometheus) ;;
+        pebble) services+=(pebble) ;; # Debian ships no unit for it today; harmless if none
         esac
     done
     for service in "${services[@]}"; do
@@ -131,7 +133,7 @@ fi
 for tool in /usr/bin/make /usr/bin/rsync /usr/bin/chromium /usr/sbin/postfix /usr/sbin/postconf \
     /usr/sbin/postqueue /usr/sbin/sendmail /usr/sbin/smtp-source /usr/sbin/smtp-sink \
     /usr/bin/swaks /usr/sbin/dovecot /usr/bin/doveadm /usr/bin/fetchmail /usr/bin/openssl \
-    /usr/bin/systemd-analyze /bin/kill; do
+    /usr/bin/systemd-analyze /bin/kill /usr/bin/pebble; do
     if [ ! -x "$tool" ]; then
         echo "$me: $tool is missing after the install" >&2
         exit 1

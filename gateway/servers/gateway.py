@@ -13,8 +13,11 @@ serves. Sessions run in their own nursery so that shutdown can stop accepting fi
 :meth:`request_shutdown` (SIGTERM, SIGINT) the listening sockets close, sessions get
 ``shutdown_grace`` seconds to finish, the rest are cancelled, and the journal appends
 ``GatewayStopped`` before the process exits 0. :meth:`request_reload` (SIGHUP) loads the
-certificate again; sessions keep theirs. A worker whose journal connection is lost stops at
-once (nothing more can be acknowledged) and its supervisor starts another.
+certificate again; sessions keep theirs. With ``[tls.acme]`` the journal also answers http-01
+challenges and keeps a certificate from the ACME CA (``services.acme``): once a new one is in
+the data folder it serves it and pushes ``certificatechanged`` to every worker, which loads
+the same file (SPEC.md 12.4). A worker whose journal connection is lost stops at once (nothing
+more can be acknowledged) and its supervisor starts another.
 
 Connections count against their protocol's limits from accept (``servers.listeners``). The
 limits are lowered at start-up if together they would not fit the process's descriptors.
@@ -43,7 +46,8 @@ from ..services.keyforge import KeyForge
 from ..services.metrics import Metrics
 from ..services.source_keys import SourceKeyError, SourceKeys, load_source_keys
 from ..store import Journal, StoreClient
-from ..tls import TLSContextHolder, make_self_signed
+from ..tls import TLSContextHolder, acme_certificate_path, make_self_signed
+from .acme_http import bind_acme_http, serve_acme_http
 from .admin import AdminServer
 from .journal_socket import JournalLost, connect_journal, serve_workers
 from .limits import (
@@ -150,6 +154,7 @@ class Gateway:
         self.notifier = SystemdNotifier.from_environment()
         self._stop = trio.Event()
         self._reload_requested = trio.Event()
+        self._certificate_changed = trio.Event()  # a worker: the journal has a new one
         self.started_at = now()
 
     @property
@@ -174,6 +179,10 @@ class Gateway:
 
     def request_reload(self) -> None:
         self._reload_requested.set()
+
+    def request_certificate_reload(self) -> None:
+        """A worker: the journal put a new certificate from the ACME CA in the data folder."""
+        self._certificate_changed.set()
 
     async def run(
         self, *, task_status: trio.TaskStatus[list[Listening]] = trio.TASK_STATUS_IGNORED
@@ -212,6 +221,8 @@ class Gateway:
                 else:
                     assert self.journal_socket is not None
                     await nursery.start(serve_workers, journal, self.journal_socket)
+                if config.tls.acme.directory:
+                    await self._start_acme(nursery, archive, journal)
                 nursery.start_soon(self._maintenance, archive)
                 alarms = Alarms(archive, config.alarms, config.store.min_free_bytes)
                 nursery.start_soon(alarms.run)
@@ -257,7 +268,8 @@ class Gateway:
             await trio.aclose_forcefully(stream)
             raise JournalLost(str(exc)) from None
         # Once the journal serves, the certificate and the secret it makes on a first start
-        # are there.
+        # are there. A newer certificate the journal gets from the ACME CA is pushed.
+        store.on_certificate_changed = self.request_certificate_reload
         self.tls = await trio.to_thread.run_sync(self._load_tls, None)
         await self._load_source_keys()
         lost = False
@@ -270,6 +282,7 @@ class Gateway:
                 nursery.cancel_scope.cancel()  # acknowledge nothing more: stop at once
 
             nursery.start_soon(follow_journal)
+            nursery.start_soon(self._follow_certificate)
             nursery.start_soon(self._summaries, store)
             self._fit_descriptors()
             await self._serve(task_status)
@@ -367,17 +380,38 @@ class Gateway:
         return accounts
 
     def _load_tls(self, archive: Archive | None) -> TLSContextHolder:
-        """The configured certificate, or the data folder's own (made by the journal on its
-        first start; a worker, ``archive`` None, only reads it)."""
+        """The configured certificate, the one from the ACME CA once there is one, or the
+        data folder's self-signed one (made by the journal on its first start; a worker,
+        ``archive`` None, only reads it)."""
         tls = self.config.tls
         if tls.certificate:
-            cert, key = Path(tls.certificate), Path(tls.key)
-        elif archive is not None:
+            return self._holder(Path(tls.certificate), Path(tls.key))
+        acme = self._acme_certificate()
+        if acme is not None:
+            try:
+                return self._holder(acme, acme)
+            except StartupError as exc:
+                logger.error(
+                    "event=acme-certificate-unusable reason=%r (the self-signed certificate "
+                    "serves until a new one comes)",
+                    str(exc),
+                )
+        if archive is not None:
             cert, key = archive.data.read_or_create_tls(
                 lambda: make_self_signed(self.config.hostname)
             )
         else:
             cert, key = DataDir(Path(self.config.data_dir)).tls_certificate
+        return self._holder(cert, key)
+
+    def _acme_certificate(self) -> Path | None:
+        """The certificate from the ACME CA (chain and key in one file), if on and there."""
+        if not self.config.tls.acme.directory:
+            return None
+        path = acme_certificate_path(Path(self.config.data_dir))
+        return path if path.exists() else None
+
+    def _holder(self, cert: Path, key: Path) -> TLSContextHolder:
         try:
             holder = TLSContextHolder(cert, key)
         except (OSError, ValueError) as exc:
@@ -392,6 +426,23 @@ class Gateway:
             expires.date().isoformat(),
         )
         return holder
+
+    async def _start_acme(self, nursery: trio.Nursery, archive: Archive, journal: Journal) -> None:
+        """The certificate from the ACME CA (SPEC.md 12.4): the http-01 responder, bound
+        before the gateway says it serves, and the service that obtains and renews."""
+        from ..services.acme import AcmeService  # noqa: PLC0415 (lazily: only with [tls.acme])
+
+        assert self.tls is not None
+        acme = AcmeService(
+            self.config,
+            archive.data.root,
+            self.tls,
+            archive.append_control,
+            journal.certificate_changed,
+        )
+        listeners = await bind_acme_http(self.config.tls.acme)
+        nursery.start_soon(serve_acme_http, listeners, acme.tokens.get)
+        nursery.start_soon(acme.run)
 
     async def _serve(self, task_status: trio.TaskStatus[list[Listening]]) -> None:
         handlers: dict[Protocol, Handler] = {}
@@ -480,21 +531,42 @@ class Gateway:
             await self._reload()
 
     async def _reload(self) -> None:
-        assert self.tls is not None
         self.notifier.reloading()
+        await self._reload_certificate("reloaded")
+        self.notifier.notify("READY=1")
+
+    async def _follow_certificate(self) -> None:
+        """A worker: load the certificate again whenever the journal says it has a new one."""
+        while True:
+            await self._certificate_changed.wait()
+            self._certificate_changed = trio.Event()
+            await self._reload_certificate("certificate-changed")
+
+    async def _reload_certificate(self, event: str) -> None:
+        """Serve the certificate files as they are now (the one from the ACME CA once there
+        is one) for new handshakes; sessions keep theirs. A failed load keeps the old one."""
+        assert self.tls is not None
+        tls = self.config.tls
+        acme = self._acme_certificate()
+        if tls.certificate:
+            cert, key = Path(tls.certificate), Path(tls.key)
+        elif acme is not None:
+            cert, key = acme, acme
+        else:
+            cert, key = self.tls.cert_path, self.tls.key_path
         try:
-            await trio.to_thread.run_sync(self.tls.reload)
+            await trio.to_thread.run_sync(self.tls.use, cert, key)
         except (OSError, ValueError) as exc:
             logger.error("event=reload-failed reason=%r (the previous certificate stays)", str(exc))
-        else:
-            subject, fingerprint, expires = self.tls.summary()
-            logger.info(
-                "event=reloaded subject=%r sha256=%s expires=%s",
-                subject,
-                fingerprint,
-                expires.date().isoformat(),
-            )
-        self.notifier.notify("READY=1")
+            return
+        subject, fingerprint, expires = self.tls.summary()
+        logger.info(
+            "event=%s subject=%r sha256=%s expires=%s",
+            event,
+            subject,
+            fingerprint,
+            expires.date().isoformat(),
+        )
 
     async def _checkpoints(self, archive: Archive) -> None:
         """Recovery points for the logs that grew enough (SPEC.md 6.7): a restart after a

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +65,7 @@ from ._wire import (
     Abort,
     Append,
     Audit,
+    CertificateChanged,
     Commit,
     Done,
     Expunge,
@@ -146,6 +147,8 @@ class StoreClient:
         self.config = StoreLimits(0)
         # Set by whoever runs a KeyForge beside this worker: prepared data keys (SPEC.md 5.4).
         self.key_forge: KeyForge | None = None
+        # Called when the journal says a new certificate is in the data folder (SPEC.md 12.4).
+        self.on_certificate_changed: Callable[[], None] | None = None
 
     # -- the connection -------------------------------------------------------------------------
 
@@ -207,6 +210,9 @@ class StoreClient:
                 self._take_view(frame.mailbox)
             case MailboxGone():
                 self._mailboxes.pop(frame.mailbox_id, None)
+            case CertificateChanged():
+                if self.on_certificate_changed is not None:
+                    self.on_certificate_changed()
             case _:
                 channel = self._waiting.pop(frame.id, None)
                 if channel is not None:

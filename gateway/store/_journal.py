@@ -52,6 +52,7 @@ from ._wire import (
     Abort,
     Append,
     Audit,
+    CertificateChanged,
     Commit,
     Done,
     Expunge,
@@ -180,6 +181,11 @@ class Journal:
             frame = MailboxGone(mailbox_id=mailbox_id)
         for connection in self._connections:
             connection.send(frame)
+
+    def certificate_changed(self) -> None:
+        """Tell every worker to load the certificate again (a new one from the ACME CA)."""
+        for connection in self._connections:
+            connection.send(CertificateChanged())
 
     async def serve(self, stream: trio.abc.Stream) -> None:
         """Serve one worker until it hangs up (or breaks the protocol)."""

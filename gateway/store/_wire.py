@@ -24,6 +24,7 @@ __all__ = [
     "Abort",
     "Append",
     "Audit",
+    "CertificateChanged",
     "Commit",
     "Done",
     "Expunge",
@@ -244,6 +245,11 @@ class MailboxGone(_Frame, frozen=True, kw_only=True):
     mailbox_id: str
 
 
+class CertificateChanged(_Frame, frozen=True, kw_only=True):
+    """Pushed once the journal put a new certificate from the ACME CA in the data folder
+    (SPEC.md 12.4): the worker loads it for new handshakes."""
+
+
 ToWorker = (
     Welcome
     | KeyFileBytes
@@ -253,6 +259,7 @@ ToWorker = (
     | Failed
     | MailboxChanged
     | MailboxGone
+    | CertificateChanged
 )
 
 _encoder = msgspec.msgpack.Encoder()
