@@ -20,6 +20,7 @@ import trio
 from . import __version__, logs
 from ._groups import leaves
 from .cli_admin_args import ADMIN_COMMANDS, add_admin_commands
+from .cli_custody import add_custody_command, run_custody
 from .config import Config, ConfigError, load_config
 from .log import DataDir, DataDirLocked, LogCorrupt
 from .servers.journal_socket import JournalLost
@@ -71,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         "--mailbox",
         help="also decrypt and check every message of this mailbox (password on stdin)",
     )
+    add_custody_command(commands, DEFAULT_DATA_DIR)
     backup = commands.add_parser(
         "backup", help="copy the data folder consistently while the gateway runs, then verify"
     )
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "verify":
         return _verify(args.data_dir, args.mailbox)
+    if args.command == "custody":
+        return run_custody(args)
     if args.command == "backup":
         return _backup(args.data_dir, args.destination)
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands

@@ -1,0 +1,141 @@
+"""``gateway custody``: the custody report of a data folder (SPEC.md 8.2), read-only and safe
+while the gateway runs: the control log is read from the files (from its base when older
+history was archived), folded by ``custody.Custody``, and printed as a table or as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .cli_admin_args import duration
+from .custody import Custody, MessageCustody
+from .events import decode_control_event, now
+from .log import (
+    BASE_FILE,
+    DataDir,
+    LogCorrupt,
+    RecordKind,
+    StaleRecoveryPoint,
+    iter_log,
+    read_recovery_point,
+)
+
+__all__ = ["add_custody_command", "run_custody"]
+
+EXIT_OK, EXIT_EXCEPTIONS, EXIT_USAGE = 0, 1, 2
+CONTROL_LOG_ID = bytes(16)
+
+
+def add_custody_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], default_data_dir: Path
+) -> None:
+    custody = commands.add_parser(
+        "custody", help="account for every message: accepted, retrieved, deleted (read-only)"
+    )
+    custody.add_argument("--data-dir", type=Path, default=default_data_dir)
+    custody.add_argument("--mailbox", help="only this mailbox")
+    custody.add_argument("--since", help="only messages accepted from this time (RFC 3339)")
+    custody.add_argument(
+        "--waiting-over", type=duration, help="flag messages waiting longer (e.g. 2d, 6h)"
+    )
+    custody.add_argument(
+        "--allowed-from",
+        help="flag retrievals from addresses outside these networks (comma-separated CIDRs)",
+    )
+    custody.add_argument("--json", action="store_true", help="JSON for tools")
+
+
+def run_custody(args: argparse.Namespace) -> int:
+    try:
+        since = _time(args.since) if args.since else None
+        allowed = [
+            ipaddress.ip_network(n.strip(), strict=False)
+            for n in (args.allowed_from or "").split(",")
+            if n.strip()
+        ]
+    except ValueError as exc:
+        print(f"gateway custody: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    data = DataDir(args.data_dir)
+    if not data.control_dir.is_dir():
+        print(f"gateway custody: {args.data_dir} is not a data folder", file=sys.stderr)
+        return EXIT_USAGE
+    custody, history_from = Custody(), 0
+    try:
+        base = read_recovery_point(data.control_dir, CONTROL_LOG_ID, name=BASE_FILE)
+        history_from = base.seq if base is not None else 0
+        records = iter_log(data.control_dir, CONTROL_LOG_ID, tail_ok=True, from_seq=history_from)
+        for record in records:
+            if record.kind == RecordKind.EVENT and (event := decode_control_event(record.body)):
+                custody.apply(event)
+    except (LogCorrupt, StaleRecoveryPoint, OSError) as exc:
+        print(f"gateway custody: the control log cannot be read: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    messages = sorted(
+        custody.selected(args.mailbox, since), key=lambda m: (m.mailbox_id, m.accepted_at)
+    )
+    moment = now()
+    exceptions = Custody.exceptions(
+        messages, now=moment, max_waiting=args.waiting_over, allowed=allowed
+    )
+    totals = Custody.totals(messages)
+    if args.json:
+        report: dict[str, Any] = {
+            "history_from": history_from,
+            "generated_at": moment,
+            "totals": totals,
+            "before_history": len(custody.before_history),
+            "exceptions": exceptions,
+            "messages": messages,
+        }
+        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+    else:
+        _print(messages, exceptions, totals, history_from, len(custody.before_history))
+    return EXIT_EXCEPTIONS if exceptions else EXIT_OK
+
+
+def _time(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _print(
+    messages: list[MessageCustody],
+    exceptions: list[Any],
+    totals: Any,
+    history_from: int,
+    before: int,
+) -> None:
+    if history_from:
+        print(f"history kept from control record {history_from} (older records were archived)")
+    print(
+        f"accepted {totals.accepted} = retrieved and deleted {totals.retrieved_and_deleted}"
+        f" + waiting {totals.waiting} + deleted unretrieved {totals.deleted_unretrieved}"
+    )
+    if before:
+        print(f"{before} message(s) retrieved or deleted were accepted before that history")
+    header = ["mailbox", "message", "accepted", "origin", "from", "tls", "retrievals", "deleted"]
+    rows = [
+        [
+            m.mailbox_id[:8],
+            m.message_id,
+            m.accepted_at.strftime("%Y-%m-%d %H:%M:%SZ"),
+            m.origin or "?",
+            m.client_address or "-",
+            m.tls or "-",
+            str(len(m.retrievals)),
+            f"{m.deleted_by} {m.deleted_at:%Y-%m-%d %H:%M:%SZ}" if m.deleted_at else "-",
+        ]
+        for m in messages
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    for item in exceptions:
+        print(f"EXCEPTION {item.kind} {item.mailbox_id} {item.message_id}: {item.detail}")
