@@ -14,6 +14,7 @@ import os
 import poplib
 import re
 import shutil
+import signal
 import smtplib
 import socket
 import ssl
@@ -174,9 +175,9 @@ def pebble(tmp_path: Path, http_port: int, *, validity: int = 0) -> Iterator[Peb
 
 
 @contextmanager
-def gateway(tmp_path: Path, ca: Pebble, http_port: int) -> Iterator[Served]:
-    """``gateway serve --workers 1`` (a supervisor, the journal and one worker) with
-    ``[tls.acme]`` pointing at ``ca``."""
+def gateway(tmp_path: Path, ca: Pebble, http_port: int, workers: int = 1) -> Iterator[Served]:
+    """``gateway serve --workers 1`` (a supervisor, the journal and one worker; 0: one
+    process) with ``[tls.acme]`` pointing at ``ca``."""
     config = tmp_path / "gateway.toml"
     config.write_text(
         CONFIG.format(
@@ -186,8 +187,9 @@ def gateway(tmp_path: Path, ca: Pebble, http_port: int) -> Iterator[Served]:
             ca_file=ca.ca_file,
         )
     )
+    workers_args = ("--workers", str(workers))
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", "1"],
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), *workers_args],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
@@ -198,7 +200,9 @@ def gateway(tmp_path: Path, ca: Pebble, http_port: int) -> Iterator[Served]:
     reader = threading.Thread(target=lambda: served.lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
     reader.start()
     try:
-        served.wait_for_line(r"event=supervisor-ready")
+        served.wait_for_line(
+            r"event=supervisor-ready" if workers else r"event=listening name=admin"
+        )
         for line in served.lines:
             match = re.search(r"event=listening name=(\w+) .* port=(\d+)", line)
             if match:
@@ -206,7 +210,7 @@ def gateway(tmp_path: Path, ca: Pebble, http_port: int) -> Iterator[Served]:
         yield served
     finally:
         if process.poll() is None:
-            process.send_signal(15)
+            process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -269,14 +273,18 @@ def control_events(data: Path) -> list[object]:
     return [decode_control_event(r.body) for r in iter_log(data / "control", CONTROL_LOG_ID)]
 
 
-def test_the_first_start_gets_a_certificate_that_every_listener_serves(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 0])
+def test_the_first_start_gets_a_certificate_that_every_listener_serves(
+    tmp_path: Path, workers: int
+) -> None:
     http_port = free_port()
-    with pebble(tmp_path, http_port) as ca, gateway(tmp_path, ca, http_port) as served:
+    with pebble(tmp_path, http_port) as ca, gateway(tmp_path, ca, http_port, workers) as served:
         # Started on the self-signed certificate, saying so; then the CA's, in the journal
         # (admin listener) and pushed to the worker (SMTP, POP3).
-        served.wait_for_line(r"journal event=acme-pending names=localhost")
+        served.wait_for_line(r"event=acme-pending names=localhost")
         issued = served.wait_for_line(r"event=acme-certificate-issued", timeout=60)
-        served.wait_for_line(r"worker-1 event=certificate-changed")
+        if workers:
+            served.wait_for_line(r"worker-1 event=certificate-changed")
         root = tmp_path / "pebble-root.pem"
         root.write_bytes(ca.fetch("/roots/0"))
         intermediate = ca.fetch("/intermediates/0")
@@ -319,6 +327,13 @@ def test_the_first_start_gets_a_certificate_that_every_listener_serves(tmp_path:
         for name in ("certificate.pem", "account-key.pem"):
             assert (folder / name).stat().st_mode & 0o777 == 0o600
         assert folder.stat().st_mode & 0o777 == 0o700
+        # SIGHUP reloads the certificate files: the CA's stays, it does not fall back.
+        reloaded = count_lines(served, r"event=reloaded")
+        served.process.send_signal(signal.SIGHUP)
+        wait_for_count(served, r"event=reloaded", reloaded + max(workers, 0) + 1)
+        assert f"sha256={info.sha256}" in served.wait_for_line(r"event=reloaded")
+        assert served_fingerprint(served.ports["smtps"]) == info.sha256
+        assert served_fingerprint(served.ports["admin"]) == info.sha256
     assert served.process.returncode == 0
     recorded = [e for e in control_events(tmp_path / "data") if isinstance(e, CertificateIssued)]
     assert len(recorded) == 1
@@ -376,14 +391,14 @@ def test_renewal_swaps_the_certificate_and_sessions_keep_theirs(tmp_path: Path) 
 def test_a_ca_that_is_down_at_renewal_leaves_the_certificate_in_service(tmp_path: Path) -> None:
     http_port = free_port()
     with (
-        pebble(tmp_path, http_port, validity=15) as ca,
+        pebble(tmp_path, http_port, validity=30) as ca,
         gateway(tmp_path, ca, http_port) as served,
     ):
         served.wait_for_line(r"event=acme-certificate-issued", timeout=60)
         served.wait_for_line(r"worker-1 event=certificate-changed")
         root = ca.fetch("/roots/0")
         first = certificate_info(acme_certificate_path(tmp_path / "data").read_bytes())
-        ca.stop()  # renewal is due 10 s into the certificate's life
+        ca.stop()  # renewal is due 20 s into the certificate's life
         failed = served.wait_for_line(r"event=acme-failed", timeout=60)
         assert "stage=directory" in failed and "serving=acme" in failed, failed
         assert served_fingerprint(served.ports["smtps"]) == first.sha256
