@@ -29,7 +29,7 @@ import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import josepy
@@ -174,76 +174,96 @@ class AcmeRequest:
     ca_file: str = ""  # trusted for the CA's HTTPS instead of the default bundle
 
 
+@dataclass(slots=True)
+class _Progress:
+    stage: str = "directory"  # where a failure happened
+    tokens: list[str] = field(default_factory=list)  # handed to the responder
+
+
 def obtain(request: AcmeRequest, account_key_pem: bytes, tokens: ChallengeTokens) -> bytes:
     """Blocking (run it in a thread): an account (made, or found by its key), an order for
     ``request.names``, their http-01 challenges answered through ``tokens``, and the issued
     certificate. Returns the chain followed by its new key (PEM). Raises AcmeFailure."""
-    stage = "directory"
-    added: list[str] = []
+    progress = _Progress()
     try:
-        private_key = serialization.load_pem_private_key(account_key_pem, password=None)
-        if not isinstance(private_key, ec.EllipticCurvePrivateKey):
-            raise AcmeFailure("account", "the account key is not an ECDSA key")
-        account_key = JWKEC(key=private_key)
-        net = client.ClientNetwork(
-            account_key,
-            alg=ES256,
-            user_agent=f"mail-archiving-gateway/{__version__}",
-            timeout=NETWORK_TIMEOUT,
-        )
-        if request.ca_file:
-            # acme hands verify_ssl to requests' ``verify``, which also takes a CA bundle.
-            net.verify_ssl = request.ca_file  # type: ignore[assignment]
-        acme = client.ClientV2(client.ClientV2.get_directory(request.directory, net), net)
-        stage = "account"
-        registration = messages.NewRegistration.from_data(
-            email=request.contact or None, terms_of_service_agreed=True
-        )
-        try:
-            acme.new_account(registration)
-        except errors.ConflictError as exc:  # the key's account exists: use it
-            net.account = messages.RegistrationResource(uri=exc.location, body=registration)
-        stage = "order"
-        key_pem = _new_key_pem()
-        order = acme.new_order(crypto_util.make_csr(key_pem, list(request.names)))
-        stage = "challenge"
-        for authorization in order.authorizations:
-            if authorization.body.status == messages.STATUS_VALID:
-                continue  # the CA remembers an earlier validation (RFC 8555 7.1.4)
-            name = authorization.body.identifier.value
-            offered = [
-                c for c in authorization.body.challenges if isinstance(c.chall, challenges.HTTP01)
-            ]
-            if not offered:
-                raise AcmeFailure("challenge", f"the CA offers no http-01 challenge for {name}")
-            challenge = offered[0]
-            response, key_authorization = challenge.response_and_validation(account_key)
-            token = challenge.chall.encode("token")
-            tokens.add(token, key_authorization)
-            added.append(token)
-            acme.answer_challenge(challenge, response)
-        deadline = datetime.datetime.now() + datetime.timedelta(seconds=ORDER_TIMEOUT)
-        order = acme.poll_authorizations(order, deadline)
-        stage = "finalize"
-        order = acme.finalize_order(order, deadline)
-        chain: str = order.fullchain_pem
-        return chain.encode("ascii") + key_pem
+        return _converse(request, account_key_pem, tokens, progress)
+    except AcmeFailure:
+        raise
     except errors.ValidationError as exc:
         raise AcmeFailure("challenge", " ".join(str(exc).split())) from None
     except errors.TimeoutError:
-        raise AcmeFailure(stage, f"the CA did not finish within {ORDER_TIMEOUT:.0f} s") from None
+        raise AcmeFailure(
+            progress.stage, f"the CA did not finish within {ORDER_TIMEOUT:.0f} s"
+        ) from None
     except (
         errors.Error,
         josepy.errors.Error,
         requests.RequestException,
         OSError,
         ValueError,
-        UnicodeError,
     ) as exc:
-        raise AcmeFailure(stage, " ".join(str(exc).split()) or type(exc).__name__) from None
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise AcmeFailure(progress.stage, reason) from None
+    except Exception as exc:
+        # Whatever else a CA's odd answer makes the library raise (a directory without
+        # newOrder is a KeyError) costs this attempt, never the journal that keeps the logs.
+        logger.exception("event=acme-client-error stage=%s", progress.stage)
+        raise AcmeFailure(progress.stage, f"{type(exc).__name__}: {exc}") from None
     finally:
-        for token in added:
+        for token in progress.tokens:
             tokens.remove(token)
+
+
+def _converse(
+    request: AcmeRequest, account_key_pem: bytes, tokens: ChallengeTokens, progress: _Progress
+) -> bytes:
+    private_key = serialization.load_pem_private_key(account_key_pem, password=None)
+    if not isinstance(private_key, ec.EllipticCurvePrivateKey):
+        raise AcmeFailure("account", "the account key is not an ECDSA key")
+    account_key = JWKEC(key=private_key)
+    net = client.ClientNetwork(
+        account_key,
+        alg=ES256,
+        user_agent=f"mail-archiving-gateway/{__version__}",
+        timeout=NETWORK_TIMEOUT,
+    )
+    if request.ca_file:
+        # acme hands verify_ssl to requests' ``verify``, which also takes a CA bundle.
+        net.verify_ssl = request.ca_file  # type: ignore[assignment]
+    acme = client.ClientV2(client.ClientV2.get_directory(request.directory, net), net)
+    progress.stage = "account"
+    registration = messages.NewRegistration.from_data(
+        email=request.contact or None, terms_of_service_agreed=True
+    )
+    try:
+        acme.new_account(registration)
+    except errors.ConflictError as exc:  # the key's account exists: use it
+        net.account = messages.RegistrationResource(uri=exc.location, body=registration)
+    progress.stage = "order"
+    key_pem = _new_key_pem()
+    order = acme.new_order(crypto_util.make_csr(key_pem, list(request.names)))
+    progress.stage = "challenge"
+    for authorization in order.authorizations:
+        if authorization.body.status == messages.STATUS_VALID:
+            continue  # the CA remembers an earlier validation (RFC 8555 7.1.4)
+        name = authorization.body.identifier.value
+        offered = [
+            c for c in authorization.body.challenges if isinstance(c.chall, challenges.HTTP01)
+        ]
+        if not offered:
+            raise AcmeFailure("challenge", f"the CA offers no http-01 challenge for {name}")
+        challenge = offered[0]
+        response, key_authorization = challenge.response_and_validation(account_key)
+        token = challenge.chall.encode("token")
+        tokens.add(token, key_authorization)
+        progress.tokens.append(token)
+        acme.answer_challenge(challenge, response)
+    deadline = datetime.datetime.now() + datetime.timedelta(seconds=ORDER_TIMEOUT)
+    order = acme.poll_authorizations(order, deadline)
+    progress.stage = "finalize"
+    order = acme.finalize_order(order, deadline)
+    chain: str = order.fullchain_pem
+    return chain.encode("ascii") + key_pem
 
 
 def check_issued(pem: bytes, names: tuple[str, ...]) -> CertificateInfo:
