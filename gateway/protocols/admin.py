@@ -51,6 +51,7 @@ __all__ = [
     "MailboxUpdate",
     "MailboxView",
     "Mailboxes",
+    "MinuteView",
     "Reply",
     "Request",
     "Session",
@@ -260,6 +261,9 @@ class MailboxView(msgspec.Struct, frozen=True, kw_only=True):
     max_waiting_age: float | None = None
     max_waiting_bytes: int | None = None
     expect_mail_every: float | None = None
+    # When its oldest waiting message was committed (the age alarm's measure); None: none
+    # waits, or not known (SPEC.md 13.3).
+    oldest_waiting_at: datetime | None = None
 
 
 class ListenerView(msgspec.Struct, frozen=True, kw_only=True):
@@ -274,6 +278,14 @@ class CertificateView(msgspec.Struct, frozen=True, kw_only=True):
     subject: str
     sha256: str
     expires_at: datetime
+
+
+class MinuteView(msgspec.Struct, frozen=True, kw_only=True):
+    """One minute of traffic: messages in (accepted) and out (retrieved), SPEC.md 13.3."""
+
+    minute: datetime  # its start, UTC
+    accepted: int
+    retrieved: int
 
 
 class TokenView(msgspec.Struct, frozen=True, kw_only=True):
@@ -352,6 +364,9 @@ class StatusReply(_Reply, frozen=True, kw_only=True, tag="status"):
     mailboxes: tuple[MailboxView, ...]
     # Under a supervisor: each protocol worker's sessions now (null: not running), by worker.
     workers: tuple[int | None, ...] = ()
+    # The last 1,440 minutes (the current one included) that had mail in or out, oldest
+    # first; the others had none. Empty from a gateway that does not count them.
+    messages_per_minute: tuple[MinuteView, ...] = ()
 
 
 class TokenCreated(_Reply, frozen=True, kw_only=True, tag="token.created"):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -41,7 +42,7 @@ from ..log import LogWriteError
 from ..protocols import admin as api
 from ..protocols.admin import ApiError, ErrorCode
 from ..services.accounts import Accounts, Principal
-from ..services.admin import AdminService, mailbox_view
+from ..services.admin import AdminService, mailbox_views
 from ..services.audit import AuditHub, AuditRecord, Subscription
 from ..tlsstream import is_tls
 from .monitoring import Monitoring, Response
@@ -234,13 +235,15 @@ class AdminServer:
             certificate = api.CertificateView(subject=subject, sha256=sha256, expires_at=expires)
         storage = await archive.storage_usage()
         await archive.all_opened()  # the views count every mailbox's messages
+        moment = now()
+        mailboxes = await mailbox_views(archive, archive.mailboxes(), self.config.mail_domain)
         return api.StatusReply(
             id=request_id,
             version=__version__,
             hostname=self.config.hostname,
             mail_domain=self.config.mail_domain,
             started_at=gateway.started_at,
-            uptime_seconds=round((now() - gateway.started_at).total_seconds(), 1),
+            uptime_seconds=round((moment - gateway.started_at).total_seconds(), 1),
             listeners=tuple(
                 api.ListenerView(
                     name=item.name,
@@ -257,10 +260,16 @@ class AdminServer:
             storage_bytes=storage.used_bytes,
             disk_free_bytes=storage.free_bytes,
             control_seq=archive.next_control_seq,
-            mailboxes=tuple(
-                mailbox_view(archive, info, self.config.mail_domain) for info in archive.mailboxes()
-            ),
+            mailboxes=mailboxes,
             workers=tuple(gateway.worker_sessions()),
+            messages_per_minute=tuple(
+                api.MinuteView(
+                    minute=datetime.fromtimestamp(count.minute * 60, UTC),
+                    accepted=count.accepted,
+                    retrieved=count.retrieved,
+                )
+                for count in self.monitoring.metrics.per_minute.window(moment)
+            ),
         )
 
 

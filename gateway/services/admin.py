@@ -16,6 +16,8 @@ would be a way to guess mailbox passwords as fast as Argon2id runs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from datetime import datetime
 
 import trio
 
@@ -27,7 +29,7 @@ from ..events import (
     MailboxStatus,
     now,
 )
-from ..log import LogWriteError
+from ..log import LogCorrupt, LogWriteError
 from ..protocols import admin as api
 from ..protocols.admin import ApiError, ErrorCode
 from ._common import (
@@ -43,7 +45,14 @@ from .message_index import StoredMessage
 from .projection import ApiToken, MailboxInfo
 from .throttle import LoginThrottle
 
-__all__ = ["MIN_PASSWORD", "AdminService", "mailbox_view", "unreadable_messages"]
+__all__ = [
+    "MIN_PASSWORD",
+    "AdminService",
+    "mailbox_view",
+    "mailbox_views",
+    "oldest_waiting_at",
+    "unreadable_messages",
+]
 
 logger = logging.getLogger("gateway")
 
@@ -64,7 +73,15 @@ def unreadable_messages(archive: Archive, mailbox_id: str) -> list[StoredMessage
     return [m for m in archive.messages(mailbox_id) if m.key_id != current]
 
 
-def mailbox_view(archive: Archive, info: MailboxInfo, domain: str) -> api.MailboxView:
+def mailbox_view(
+    archive: Archive,
+    info: MailboxInfo,
+    domain: str,
+    *,
+    oldest_waiting_at: datetime | None = None,
+) -> api.MailboxView:
+    """Synchronous and cheap; ``oldest_waiting_at`` (a read of the log, once per oldest
+    message) comes from :func:`oldest_waiting_at`, awaited by the caller."""
     # Counted without a copy of the index: a status of ten million messages stays cheap.
     totals = archive.by_key(info.mailbox_id)
     readable = totals.pop(info.key_id, (0, 0))
@@ -89,6 +106,35 @@ def mailbox_view(archive: Archive, info: MailboxInfo, domain: str) -> api.Mailbo
         max_waiting_age=info.max_waiting_age,
         max_waiting_bytes=info.max_waiting_bytes,
         expect_mail_every=info.expect_mail_every,
+        oldest_waiting_at=oldest_waiting_at,
+    )
+
+
+async def oldest_waiting_at(archive: Archive, mailbox_id: str) -> datetime | None:
+    """When the mailbox's oldest waiting message was committed; None when none waits or it
+    cannot be told now (a mailbox deleted, damaged or not open yet, the message expunged
+    meanwhile): a view never fails for it. ``Archive.oldest_waiting_at`` caches it, so
+    only a new oldest message costs a read."""
+    try:
+        return await archive.oldest_waiting_at(mailbox_id)
+    except (ArchiveError, LogCorrupt, OSError):
+        return None
+
+
+async def mailbox_views(
+    archive: Archive, infos: Iterable[MailboxInfo], domain: str
+) -> tuple[api.MailboxView, ...]:
+    """The views of ``infos``, each with the time of its oldest waiting message."""
+    return tuple(
+        [
+            mailbox_view(
+                archive,
+                info,
+                domain,
+                oldest_waiting_at=await oldest_waiting_at(archive, info.mailbox_id),
+            )
+            for info in infos
+        ]
     )
 
 
@@ -242,15 +288,22 @@ class AdminService:
             case _:  # login, logout, status and audit.* belong to the connection
                 raise ApiError(ErrorCode.BAD_REQUEST, f"{_op(request)} is not served here")
 
-    def _view(self, info: MailboxInfo) -> api.MailboxView:
-        return mailbox_view(self.archive, info, self.mail_domain)
+    async def _view(self, info: MailboxInfo) -> api.MailboxView:
+        return mailbox_view(
+            self.archive,
+            info,
+            self.mail_domain,
+            oldest_waiting_at=await oldest_waiting_at(self.archive, info.mailbox_id),
+        )
 
     async def _mailbox_list(self, request: api.MailboxList, actor: Actor) -> api.Reply:
-        views = tuple(self._view(info) for info in self.archive.mailboxes())
+        views = await mailbox_views(self.archive, self.archive.mailboxes(), self.mail_domain)
         return api.Mailboxes(id=request.id, mailboxes=views)
 
     async def _mailbox_get(self, request: api.MailboxGet, actor: Actor) -> api.Reply:
-        return api.Mailbox(id=request.id, mailbox=self._view(self.archive.mailbox(request.mailbox)))
+        return api.Mailbox(
+            id=request.id, mailbox=await self._view(self.archive.mailbox(request.mailbox))
+        )
 
     async def _mailbox_create(self, request: api.MailboxCreate, actor: Actor) -> api.Reply:
         if not request.name.strip():
@@ -259,7 +312,7 @@ class AdminService:
         info, password = await self.archive.create_mailbox(
             request.name, request.description, password=request.password, actor=actor
         )
-        return api.MailboxCreated(id=request.id, mailbox=self._view(info), password=password)
+        return api.MailboxCreated(id=request.id, mailbox=await self._view(info), password=password)
 
     async def _mailbox_update(self, request: api.MailboxUpdate, actor: Actor) -> api.Reply:
         if request.name is not None and not request.name.strip():
@@ -280,7 +333,7 @@ class AdminService:
             alarms=alarms,
             actor=actor,
         )
-        return api.Mailbox(id=request.id, mailbox=self._view(info))
+        return api.Mailbox(id=request.id, mailbox=await self._view(info))
 
     async def _mailbox_suspend(self, request: api.MailboxSuspend, actor: Actor) -> api.Reply:
         return await self._set_status(request, MailboxStatus.SUSPENDED, actor)
@@ -298,9 +351,9 @@ class AdminService:
         is appended (a MailboxUpdated that changes nothing would only be noise in the audit)."""
         info = self.archive.mailbox(request.mailbox)
         if info.status == status:
-            return api.Mailbox(id=request.id, mailbox=self._view(info), unchanged=True)
+            return api.Mailbox(id=request.id, mailbox=await self._view(info), unchanged=True)
         info = await self.archive.update_mailbox(info.mailbox_id, status=status, actor=actor)
-        return api.Mailbox(id=request.id, mailbox=self._view(info))
+        return api.Mailbox(id=request.id, mailbox=await self._view(info))
 
     async def _mailbox_passwd(self, request: api.MailboxPasswd, actor: Actor) -> api.Reply:
         arrived = trio.current_time()
@@ -325,7 +378,7 @@ class AdminService:
         self.passwd_throttle.succeeded(mailbox_id)
         info = self.archive.mailbox(mailbox_id)
         return api.MailboxPasswordChanged(
-            id=request.id, mailbox=self._view(info), password=password
+            id=request.id, mailbox=await self._view(info), password=password
         )
 
     async def _mailbox_reset(self, request: api.MailboxReset, actor: Actor) -> api.Reply:
@@ -344,7 +397,7 @@ class AdminService:
         info = self.archive.mailbox(request.mailbox)
         return api.MailboxPasswordReset(
             id=request.id,
-            mailbox=self._view(info),
+            mailbox=await self._view(info),
             password=password,
             unreadable_messages=lost,
             unreadable_bytes=lost_bytes,
@@ -369,7 +422,7 @@ class AdminService:
         purged = await self.archive.expunge(mailbox_id, [m.message_id for m in lost], actor=actor)
         return api.MailboxUnreadablePurged(
             id=request.id,
-            mailbox=self._view(self.archive.mailbox(mailbox_id)),
+            mailbox=await self._view(self.archive.mailbox(mailbox_id)),
             purged_messages=purged,
             purged_bytes=sum(m.size for m in lost) if purged else 0,
         )

@@ -12,6 +12,13 @@ duration and its fdatasyncs' (``CommitGroup.on_round``): two histograms. What is
 rather than a count (sessions open, the store's size, the certificate's expiry, each
 mailbox's backlog) the server reads at scrape time and hands over as :class:`Gauges`.
 
+The same fold keeps a day of one-minute buckets of messages in (accepted: ``MessageAccepted``
+and the proxies' ``stored``, as ``gateway_messages_accepted_total``) and out (retrieved:
+``Pop3SessionEnded`` and ``Pop3SessionProgress``, as ``gateway_messages_retrieved_total``),
+bucketed by each record's own time: a ring of ``MINUTES`` slots, each stamped with its
+minute, so a slot from a day ago is reused rather than added to. The admin ``status`` reply
+hands it to the console's chart (SPEC.md 13.3, 13.5).
+
 Counters start at zero when the journal starts, as Prometheus counters do. Label values that
 come from records (a refusal's code, a login failure's reason, a TLS version) are normalized
 and capped at ``MAX_LABEL_VALUES`` distinct values per metric ("other" beyond), so nothing a
@@ -25,6 +32,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -53,7 +61,16 @@ from ..events import (
 )
 from ..log import LogRecord, RecordKind
 
-__all__ = ["LATENCY_BUCKETS", "MAX_LABEL_VALUES", "Gauges", "MailboxGauges", "Metrics"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "MAX_LABEL_VALUES",
+    "MINUTES",
+    "Gauges",
+    "MailboxGauges",
+    "Metrics",
+    "MinuteCount",
+    "MinuteRing",
+]
 
 # Seconds: a commit round is one fdatasync or two on a good disk (about 1-10 ms), more on a
 # slow or busy one.
@@ -61,6 +78,55 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 MAX_LABEL_VALUES = 50
 _OTHER = "other"
 _TLS_VERSIONS = frozenset({"TLSv1.2", "TLSv1.3"})
+MINUTES = 1440  # the per-minute ring: one day of one-minute buckets
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteCount:
+    minute: int  # Unix time // 60 of the bucket's start
+    accepted: int  # messages in
+    retrieved: int  # messages out
+
+
+class MinuteRing:
+    """Messages in and out per minute over the last ``size`` minutes: fixed memory
+    whatever the traffic, and a record far older than the newest one seen is dropped."""
+
+    def __init__(self, size: int = MINUTES) -> None:
+        self.size = size
+        self._minute = [-1] * size  # which minute each slot counts now
+        self._accepted = [0] * size
+        self._retrieved = [0] * size
+        self._newest = -1
+
+    def add(self, at: datetime, *, accepted: int = 0, retrieved: int = 0) -> None:
+        if not (accepted or retrieved):
+            return
+        minute = int(at.timestamp() // 60)
+        if minute <= self._newest - self.size:
+            return  # out of the window already (a record dated a day before the others)
+        slot = minute % self.size
+        if self._minute[slot] != minute:
+            if self._minute[slot] > minute:
+                return  # the slot holds a newer minute: this one left the window
+            self._minute[slot] = minute
+            self._accepted[slot] = 0
+            self._retrieved[slot] = 0
+        self._accepted[slot] += accepted
+        self._retrieved[slot] += retrieved
+        self._newest = max(self._newest, minute)
+
+    def window(self, moment: datetime) -> list[MinuteCount]:
+        """The minutes of the ``size`` up to ``moment``'s (included) that counted anything,
+        oldest first."""
+        last = int(moment.timestamp() // 60)
+        first = last - self.size + 1
+        counts = [
+            MinuteCount(minute, self._accepted[slot], self._retrieved[slot])
+            for slot, minute in enumerate(self._minute)
+            if first <= minute <= last
+        ]
+        return sorted(counts, key=lambda count: count.minute)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +250,7 @@ class Metrics:
         )
         self.rounds = _Histogram()
         self.syncs = _Histogram()
+        self.per_minute = MinuteRing()
 
     # -- folding --------------------------------------------------------------------------------
 
@@ -207,6 +274,7 @@ class Metrics:
             case MessageAccepted():
                 self.accepted.add(1, "journal")
                 self.accepted_bytes.add(event.size, "journal")
+                self.per_minute.add(event.at, accepted=1)
             case SmtpSessionEnded():
                 self.sessions.add(1, "smtp", _tls(event.tls))
                 self._refusals(event.refusals)
@@ -215,12 +283,13 @@ class Metrics:
                     self.sessions.add(1, "pop3", _tls(event.tls))
                 self.retrieved.add(len(event.retrieved))
                 self.deleted.add(len(event.deleted))
+                self.per_minute.add(event.at, retrieved=len(event.retrieved))
             case SmtpProxySessionEnded():
                 self.sessions.add(1, "smtp-proxy", _tls(event.client_tls))
-                self._stored("smtp-proxy", event.stored)
+                self._stored("smtp-proxy", event.stored, event.at)
             case Pop3ProxySessionEnded():
                 self.sessions.add(1, "pop3-proxy", _tls(event.client_tls))
-                self._stored("pop3-proxy", event.stored)
+                self._stored("pop3-proxy", event.stored, event.at)
             case AdminSessionEnded():
                 self.sessions.add(1, "admin", "TLSv1.3")  # the admin listener has TLS 1.3 only
             case ConnectionsSummarized():
@@ -241,9 +310,10 @@ class Metrics:
         for refusal in refusals:
             self.refused.add(refusal.count, refusal.stage, str(refusal.code))
 
-    def _stored(self, origin: str, stored: Sequence[MessageRef]) -> None:
+    def _stored(self, origin: str, stored: Sequence[MessageRef], at: datetime) -> None:
         self.accepted.add(len(stored), origin)
         self.accepted_bytes.add(sum(ref.size for ref in stored), origin)
+        self.per_minute.add(at, accepted=len(stored))
 
     # -- the exposition -------------------------------------------------------------------------
 
