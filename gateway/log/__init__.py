@@ -20,6 +20,8 @@ from ._files import (
     LogWriteError,
     Recovery,
     choose_files,
+    fsync_dir,
+    replace_file,
     segment_name,
 )
 from ._framing import (
@@ -80,9 +82,11 @@ __all__ = [
     "decode_chunk_body",
     "decode_gap",
     "encode_chunk_body",
+    "fsync_dir",
     "genesis_chain",
     "iter_log",
     "read_recovery_point",
     "remove_recovery_point",
+    "replace_file",
     "segment_name",
 ]

@@ -45,7 +45,7 @@ from josepy.jwk import JWKEC
 from .. import __version__
 from ..config import Config
 from ..events import CertificateIssued, CertificateRenewalFailed, ControlEvent, now
-from ..log._files import fsync_dir, replace_file
+from ..log import fsync_dir, replace_file
 from ..tls import CertificateInfo, TLSContextHolder, acme_certificate_path, certificate_info
 
 __all__ = [
