@@ -130,7 +130,7 @@ def test_a_gateway_under_its_floor_answers_452(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mailbox_id, _password = trio.run(create_mailbox, tmp_path / "data")
-    huge = CONFIG.replace("[store]\n", "[store]\nmin_free_bytes = 4611686018427387904\n")
+    huge = CONFIG.replace("min_free_bytes = 0\n", "min_free_bytes = 4611686018427387904\n")
     monkeypatch.setattr("tests.test_workers.CONFIG", huge)
     with serve(tmp_path, workers=1) as served:
         served.wait_for_line(r"event=store-space-low")

@@ -32,6 +32,7 @@ protocol = "smtp"
 port = 0
 [store]
 segment_bytes = 262144
+min_free_bytes = 0
 [store.kdf]
 memory_kib = 64
 iterations = 1

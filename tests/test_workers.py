@@ -56,6 +56,7 @@ port = 0
 tls = "implicit"
 [store]
 segment_bytes = 262144
+min_free_bytes = 0
 [store.kdf]
 memory_kib = 64
 iterations = 1
