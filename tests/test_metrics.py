@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from gateway.events import CertificateIssued, CertificateRenewalFailed, encode_event, now
+from gateway.log import Location, LogRecord, RecordKind
 from gateway.servers.gateway import Gateway
 from gateway.servers.monitoring import Monitoring
 from gateway.services.accounts import Accounts
@@ -206,3 +208,37 @@ def test_label_values_from_records_are_capped() -> None:
     values = {labels[1] for labels in metrics.login_failures.values}
     assert len(values) == 51 and "other" in values
     assert metrics.login_failures.values[("pop3", "other")] == 150
+
+
+def test_certificate_events_are_counted() -> None:
+    """The ACME service's records (SPEC.md 12.4) as counters: issued, and failures by stage."""
+    metrics = Metrics({})
+    events = [
+        CertificateRenewalFailed(
+            at=now(),
+            names=("mx.example.net",),
+            directory="https://acme.example/dir",
+            stage="challenge",
+            reason="the CA could not fetch the token",
+            failures=1,
+            retry_in=60.0,
+            serving="self-signed",
+        ),
+        CertificateIssued(
+            at=now(),
+            names=("mx.example.net",),
+            directory="https://acme.example/dir",
+            issuer="CN=test intermediate",
+            serial="01",
+            sha256="AB:CD",
+            not_before=now(),
+            not_after=now(),
+        ),
+    ]
+    records = [
+        LogRecord(n, RecordKind.EVENT, encode_event(e), bytes(32), Location(0, 0, 0, n))
+        for n, e in enumerate(events)
+    ]
+    metrics.observe_control(records, True)
+    assert metrics.certificate_failures.values == {("challenge",): 1}
+    assert metrics.certificates_issued.values == {("first",): 1}

@@ -46,6 +46,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from ..events import (
     AdminLogin,
     AdminSessionEnded,
+    CertificateIssued,
+    CertificateRenewalFailed,
     ConnectionsSummarized,
     MessageAccepted,
     MessageRef,
@@ -248,6 +250,16 @@ class Metrics:
             "Messages deleted by a POP3 retrieval client's QUIT",
             [],
         )
+        self.certificates_issued = _Counter(
+            "gateway_certificates_issued",
+            "Certificates the ACME CA issued (first, or renewal)",
+            ["kind"],
+        )
+        self.certificate_failures = _Counter(
+            "gateway_certificate_renewal_failures",
+            "Failed attempts to obtain or renew the ACME certificate, by stage",
+            ["stage"],
+        )
         self.rounds = _Histogram()
         self.syncs = _Histogram()
         self.per_minute = MinuteRing()
@@ -305,6 +317,10 @@ class Metrics:
                 self.login_failures.add(1, "smtp-proxy", _reason(event.reason))
             case AdminLogin() if not event.success:
                 self.login_failures.add(1, "admin", _reason(event.reason))
+            case CertificateIssued():
+                self.certificates_issued.add(1, "renewal" if event.renewal else "first")
+            case CertificateRenewalFailed():
+                self.certificate_failures.add(1, event.stage)
 
     def _refusals(self, refusals: Iterable[RefusalCount]) -> None:
         for refusal in refusals:
@@ -333,6 +349,8 @@ class Metrics:
             self.login_failures,
             self.retrieved,
             self.deleted,
+            self.certificates_issued,
+            self.certificate_failures,
         ):
             yield counter.family()
         yield self.rounds.family(
