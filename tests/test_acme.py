@@ -19,8 +19,6 @@ import smtplib
 import socket
 import ssl
 import subprocess
-import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -46,7 +44,7 @@ from gateway.services.acme import (
 from gateway.services.archive import CONTROL_LOG_ID
 from gateway.tls import acme_certificate_path, certificate_info
 
-from .test_workers import ROOT, Served
+from .test_workers import Served, serve
 
 pytestmark = pytest.mark.slow
 
@@ -178,46 +176,11 @@ def pebble(tmp_path: Path, http_port: int, *, validity: int = 0) -> Iterator[Peb
 def gateway(tmp_path: Path, ca: Pebble, http_port: int, workers: int = 1) -> Iterator[Served]:
     """``gateway serve --workers 1`` (a supervisor, the journal and one worker; 0: one
     process) with ``[tls.acme]`` pointing at ``ca``."""
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        CONFIG.format(
-            data=tmp_path / "data",
-            directory=ca.directory,
-            http_port=http_port,
-            ca_file=ca.ca_file,
-        )
+    text = CONFIG.format(
+        data="{data}", directory=ca.directory, http_port=http_port, ca_file=ca.ca_file
     )
-    workers_args = ("--workers", str(workers))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config), *workers_args],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "GATEWAY_ADMIN_PASSWORD": "an admin password for tests"},
-    )
-    served = Served(process, {})
-    assert process.stderr is not None
-    reader = threading.Thread(target=lambda: served.lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
-    reader.start()
-    try:
-        served.wait_for_line(
-            r"event=supervisor-ready" if workers else r"event=listening name=admin"
-        )
-        for line in served.lines:
-            match = re.search(r"event=listening name=(\w+) .* port=(\d+)", line)
-            if match:
-                served.ports.setdefault(match.group(1), int(match.group(2)))
+    with serve(tmp_path, workers, text) as served:  # serve fills in {data}
         yield served
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        reader.join(timeout=10)
-        process.stderr.close()
 
 
 def count_lines(served: Served, pattern: str) -> int:

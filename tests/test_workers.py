@@ -106,9 +106,11 @@ class Served:
 
 
 @contextmanager
-def serve(tmp_path: Path, workers: int = 2) -> Iterator[Served]:
+def serve(tmp_path: Path, workers: int = 2, config_text: str | None = None) -> Iterator[Served]:
+    """``gateway serve --workers N`` on ``config_text`` (CONFIG by default; {data} is
+    tmp_path/data) until the block ends; ready once it serves."""
     config = tmp_path / "gateway.toml"
-    config.write_text(CONFIG.format(data=tmp_path / "data"))
+    config.write_text((config_text or CONFIG).format(data=tmp_path / "data"))
     process = subprocess.Popen(
         [
             sys.executable,
@@ -130,7 +132,9 @@ def serve(tmp_path: Path, workers: int = 2) -> Iterator[Served]:
     reader = threading.Thread(target=lambda: served.lines.extend(process.stderr), daemon=True)  # type: ignore[arg-type]
     reader.start()
     try:
-        served.wait_for_line(r"event=supervisor-ready")
+        served.wait_for_line(
+            r"event=supervisor-ready" if workers else r"event=listening name=admin"
+        )
         for line in served.lines:
             match = re.search(r"event=listening name=(\w+) .* port=(\d+)", line)
             if match:
