@@ -20,7 +20,7 @@ import trio
 from . import __version__, logs
 from ._groups import leaves
 from .cli_admin_args import ADMIN_COMMANDS, add_admin_commands
-from .cli_custody import add_custody_command, run_custody
+from .cli_custody import add_custody_command, add_proof_command, run_custody, run_proof
 from .config import Config, ConfigError, load_config
 from .log import DataDir, DataDirLocked, LogCorrupt
 from .servers.journal_socket import JournalLost
@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also decrypt and check every message of this mailbox (password on stdin)",
     )
     add_custody_command(commands, DEFAULT_DATA_DIR)
+    add_proof_command(commands, DEFAULT_DATA_DIR)
     backup = commands.add_parser(
         "backup", help="copy the data folder consistently while the gateway runs, then verify"
     )
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return _verify(args.data_dir, args.mailbox)
     if args.command == "custody":
         return run_custody(args)
+    if args.command == "proof":
+        return run_proof(args)
     if args.command == "backup":
         return _backup(args.data_dir, args.destination)
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands

@@ -1,21 +1,25 @@
-"""``gateway custody``: the custody report of a data folder (SPEC.md 8.2), read-only and safe
-while the gateway runs: the control log is read from the files (from its base when older
-history was archived), folded by ``custody.Custody``, and printed as a table or as JSON."""
+"""``gateway custody`` and ``gateway proof``, read-only and safe while the gateway runs: the
+custody report of a data folder (SPEC.md 8.2: the control log read from its files, from its
+base when older history was archived, folded by ``custody.Custody``, printed as a table or as
+JSON), and Merkle proofs against the journal's signed checkpoints (SPEC.md 8.1)."""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import ipaddress
+import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .cli_admin_args import duration
 from .custody import Custody, MessageCustody
-from .events import decode_control_event, now
+from .events import MessagesCommitted, decode_control_event, now
 from .log import (
     BASE_FILE,
     DataDir,
@@ -25,8 +29,10 @@ from .log import (
     iter_log,
     read_recovery_point,
 )
+from .merkle import MerkleTree, leaf_hash, record_leaf
+from .tlog import Checkpoint, NoteError, NoteSigner, Verifier, open_note
 
-__all__ = ["add_custody_command", "run_custody"]
+__all__ = ["add_custody_command", "add_proof_command", "run_custody", "run_proof"]
 
 EXIT_OK, EXIT_EXCEPTIONS, EXIT_USAGE = 0, 1, 2
 CONTROL_LOG_ID = bytes(16)
@@ -139,3 +145,109 @@ def _print(
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     for item in exceptions:
         print(f"EXCEPTION {item.kind} {item.mailbox_id} {item.message_id}: {item.detail}")
+
+
+def add_proof_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], default_data_dir: Path
+) -> None:
+    proof = commands.add_parser(
+        "proof",
+        help="an inclusion proof of a message's witness, or a consistency proof (read-only)",
+    )
+    proof.add_argument("--data-dir", type=Path, default=default_data_dir)
+    proof.add_argument("message_id", nargs="?", help="the message (its witness record)")
+    proof.add_argument(
+        "--consistency", nargs=2, type=int, metavar=("OLD", "NEW"), help="two checkpoint sizes"
+    )
+
+
+def run_proof(args: argparse.Namespace) -> int:
+    if (args.message_id is None) == (args.consistency is None):
+        print("gateway proof: give a MESSAGE_ID or --consistency OLD NEW", file=sys.stderr)
+        return EXIT_USAGE
+    data = DataDir(args.data_dir)
+    try:
+        return _proof(data, args)
+    except (ProofError, NoteError) as exc:
+        print(f"gateway proof: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (LogCorrupt, OSError) as exc:
+        print(f"gateway proof: the control log cannot be read: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+class ProofError(Exception):
+    """No proof can be made; the message says why."""
+
+
+def _proof(data: DataDir, args: argparse.Namespace) -> int:
+    raw = (data.custody_dir / "signing-key").read_bytes()
+    key = Ed25519PrivateKey.from_private_bytes(raw)
+    note = data.read_checkpoint()
+    if note is None:
+        raise ProofError("no checkpoint has been signed yet (the journal signs them, 8.1)")
+    # The key's name is the checkpoint's origin: the first line of the latest one.
+    origin = note.split(b"\n", 1)[0].decode()
+    signer = NoteSigner(origin, key)
+    verifier = Verifier.parse(signer.vkey())
+    if read_recovery_point(data.control_dir, CONTROL_LOG_ID, name=BASE_FILE) is not None:
+        raise ProofError("older control-log history was archived (6.8): proofs need it")
+    if args.consistency is not None:
+        old, new = args.consistency
+        for size in (old, new):
+            if data.read_checkpoint(size) is None:
+                raise ProofError(f"no checkpoint of size {size} was signed")
+        tree, _found = _tree(data, new, None)
+        hashes = tree.consistency_proof(old, new)
+        _emit({"old_size": old, "new_size": new, "hashes": _b64(hashes), "vkey": signer.vkey()})
+        return EXIT_OK
+    checkpoint = Checkpoint.parse(open_note(note, verifier))
+    tree, found = _tree(data, checkpoint.size, args.message_id)
+    if found is None:
+        raise ProofError(f"no witness of message {args.message_id} in the checkpoint's records")
+    seq, leaf, mailbox_id = found
+    if tree.root() != checkpoint.root:
+        raise ProofError("the control log's records do not lead to the checkpoint's head")
+    _emit(
+        {
+            "index": seq,
+            "leaf": base64.b64encode(leaf).decode(),
+            "hashes": _b64(tree.inclusion_proof(seq)),
+            "message_id": args.message_id,
+            "mailbox_id": mailbox_id,
+            "size": checkpoint.size,
+            "checkpoint": note.decode(),
+            "vkey": signer.vkey(),
+        }
+    )
+    return EXIT_OK
+
+
+def _tree(
+    data: DataDir, size: int, message_id: str | None
+) -> tuple[MerkleTree, tuple[int, bytes, str] | None]:
+    """The tree of the control log's first ``size`` records, and the witness record of
+    ``message_id`` among them (seq, leaf, mailbox)."""
+    tree, found = MerkleTree(), None
+    for record in iter_log(data.control_dir, CONTROL_LOG_ID, tail_ok=True):
+        if record.seq >= size:
+            break
+        leaf = record_leaf(record.seq, record.kind, record.body)
+        tree.append(leaf_hash(leaf))
+        if found is None and message_id is not None and record.kind == RecordKind.EVENT:
+            event = decode_control_event(record.body)
+            if isinstance(event, MessagesCommitted):
+                for commit in event.commits:
+                    if commit.message_id == message_id:
+                        found = (record.seq, leaf, commit.mailbox_id)
+    if len(tree) < size:
+        raise ProofError(f"the control log holds {len(tree)} records, not {size}")
+    return tree, found
+
+
+def _b64(hashes: list[bytes]) -> list[str]:
+    return [base64.b64encode(h).decode() for h in hashes]
+
+
+def _emit(item: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(item) + "\n")

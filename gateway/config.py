@@ -223,6 +223,12 @@ class StoreSettings(_Section, frozen=True, kw_only=True):
     kdf: KdfSettings = KdfSettings()
 
 
+class CustodySettings(_Section, frozen=True, kw_only=True):
+    # Seconds between two signed checkpoints of the control log's Merkle tree (SPEC.md 8.1);
+    # one is also signed at a clean shutdown. 0: only then.
+    checkpoint_interval: float = 3600.0
+
+
 class AlarmSettings(_Section, frozen=True, kw_only=True):
     # Every mailbox's backlog alarms (SPEC.md 13.8), unless it sets its own; 0 turns one off.
     max_waiting_age: float = 2 * 86400.0  # seconds the oldest waiting message may wait
@@ -265,6 +271,7 @@ class Config(_Section, frozen=True, kw_only=True):
     admin: AdminConfig = AdminConfig()
     store: StoreSettings = StoreSettings()
     alarms: AlarmSettings = AlarmSettings()
+    custody: CustodySettings = CustodySettings()
     server: ServerConfig = ServerConfig()
 
     def source_key_path(self) -> Path:
@@ -371,6 +378,8 @@ def _check(config: Config, path: Path | None) -> None:
     alarms = config.alarms
     if min(alarms.max_waiting_age, alarms.max_waiting_bytes, alarms.expect_mail_every) < 0:
         raise ConfigError(f"{where}: alarms thresholds must be 0 (off) or more")
+    if config.custody.checkpoint_interval < 0:
+        raise ConfigError(f"{where}: custody.checkpoint_interval must be 0 or more")
     if not 1.0 <= alarms.check_interval <= 3600.0:
         raise ConfigError(f"{where}: alarms.check_interval must be 1 to 3600")
     if config.server.workers != "auto" and not 0 <= config.server.workers <= 256:

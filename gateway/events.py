@@ -38,6 +38,7 @@ __all__ = [
     "ApiTokenRevoked",
     "CertificateIssued",
     "CertificateRenewalFailed",
+    "CheckpointSigned",
     "CommitWitness",
     "CompactionGap",
     "ConnectionsSummarized",
@@ -530,6 +531,17 @@ class MailboxAlarmCleared(Event, frozen=True, kw_only=True):
     alarm: str
 
 
+class CheckpointSigned(Event, frozen=True, kw_only=True):
+    """The journal signed a checkpoint of the control log's Merkle tree (SPEC.md 8.1): the
+    first ``size`` records, whose head is ``root``. ``note`` is the signed note itself, so
+    whoever follows the audit feed (a witness) gets every checkpoint."""
+
+    origin: str
+    size: int
+    root: bytes
+    note: str
+
+
 class StoreSpaceLow(Event, frozen=True, kw_only=True):
     """The data folder's file system went below ``[store] min_free_bytes``: intake answers
     452 4.3.1 until ``StoreSpaceRestored`` (SPEC.md 13.8)."""
@@ -611,6 +623,7 @@ ControlEvent = (
     | StoreSpaceRestored
     | CertificateIssued
     | CertificateRenewalFailed
+    | CheckpointSigned
 )
 
 

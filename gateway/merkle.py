@@ -20,8 +20,11 @@ from collections.abc import Sequence
 __all__ = [
     "HASH_SIZE",
     "MerkleTree",
+    "frontier_append",
+    "frontier_root",
     "leaf_hash",
     "node_hash",
+    "record_leaf",
     "verify_consistency",
     "verify_inclusion",
 ]
@@ -36,6 +39,33 @@ def leaf_hash(leaf: bytes) -> bytes:
 
 def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def record_leaf(seq: int, kind: int, body: bytes) -> bytes:
+    """A log record as a leaf: its seq (8 bytes, big-endian), its kind (1 byte) and its body
+    (SPEC.md 8.1): what it says, apart from how it is framed on disk."""
+    return seq.to_bytes(8, "big") + bytes([kind]) + body
+
+
+def frontier_append(frontier: list[bytes], size: int, hash_of_leaf: bytes) -> None:
+    """Add a leaf to a *frontier*: the roots of the complete subtrees a tree of ``size``
+    leaves splits into, largest first (one per set bit of ``size``). All a log needs to
+    know its tree's head as it grows: log2(size) hashes, updated in place."""
+    current, carried = hash_of_leaf, size
+    while carried & 1:
+        current = node_hash(frontier.pop(), current)
+        carried >>= 1
+    frontier.append(current)
+
+
+def frontier_root(frontier: Sequence[bytes]) -> bytes:
+    """The head of the tree a frontier stands for (RFC 9162 2.1.1)."""
+    if not frontier:
+        return _EMPTY_ROOT
+    root = frontier[-1]
+    for subtree in reversed(frontier[:-1]):
+        root = node_hash(subtree, root)
+    return root
 
 
 def _split(size: int) -> int:

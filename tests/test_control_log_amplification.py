@@ -33,11 +33,12 @@ def control_log(data: Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 def growth(before: list[tuple[int, dict[str, Any]]], data: Path) -> list[tuple[int, Any]]:
-    """The records appended since ``before``, less the gateway's own start and stop."""
+    """The records appended since ``before``, less the gateway's own start and stop (and
+    the checkpoint it signs at its stop)."""
     return [
         (size, event)
         for size, event in control_log(data)[len(before) :]
-        if event["type"] not in ("GatewayStarted", "GatewayStopped")
+        if event["type"] not in ("GatewayStarted", "GatewayStopped", "CheckpointSigned")
     ]
 
 

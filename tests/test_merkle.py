@@ -10,6 +10,8 @@ import pytest
 
 from gateway.merkle import (
     MerkleTree,
+    frontier_append,
+    frontier_root,
     leaf_hash,
     node_hash,
     verify_consistency,
@@ -135,3 +137,11 @@ def test_bad_arguments() -> None:
         tree.consistency_proof(0, 1)
     assert not verify_inclusion(leaf_hash(b"a"), 0, 0, [], tree.root())
     assert not verify_consistency(1, 1, tree.root(), tree.root(), [tree.root()])
+
+
+def test_a_frontier_knows_every_head(tree: MerkleTree) -> None:
+    frontier: list[bytes] = []
+    for size, leaf in enumerate(LEAVES):
+        assert frontier_root(frontier) == tree.root(size)
+        assert len(frontier) == bin(size).count("1")
+        frontier_append(frontier, size, leaf_hash(leaf))

@@ -189,6 +189,43 @@ class DataDir:
                 path.unlink()
         fsync_dir(self.admin_dir)
 
+    # -- the chain of custody (SPEC.md 8.1) ---------------------------------------------------
+
+    @property
+    def custody_dir(self) -> Path:
+        return self.root / "custody"
+
+    def read_or_create_signing_key(self, make: Callable[[], bytes]) -> tuple[bytes, bool]:
+        """The checkpoint signing key (32 bytes, Ed25519), made once with ``make`` and kept
+        (mode 0600); returns (key, whether it was made now)."""
+        path = self.custody_dir / "signing-key"
+        try:
+            return path.read_bytes(), False
+        except FileNotFoundError:
+            pass
+        self.custody_dir.mkdir(mode=0o700, exist_ok=True)
+        key = make()
+        replace_file(path, key)
+        return key, True
+
+    def save_checkpoint(self, size: int, note: bytes) -> None:
+        """Keep a signed checkpoint: ``checkpoints/<size>`` (once) and ``checkpoint``, the
+        latest (replaced whole)."""
+        folder = self.custody_dir / "checkpoints"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = folder / str(size)
+        if not path.exists():
+            replace_file(path, note)
+        replace_file(self.custody_dir / "checkpoint", note)
+
+    def read_checkpoint(self, size: int | None = None) -> bytes | None:
+        """A signed checkpoint of the control log's tree: the latest, or the one of ``size``."""
+        path = self.custody_dir / ("checkpoint" if size is None else f"checkpoints/{size}")
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
     @property
     def tls_dir(self) -> Path:
         return self.root / "tls"

@@ -45,6 +45,7 @@ from ..services.audit import AuditHub
 from ..services.keyforge import KeyForge
 from ..services.metrics import Metrics
 from ..services.source_keys import SourceKeyError, SourceKeys, load_source_keys
+from ..services.tree_heads import CheckpointSigner, control_origin
 from ..store import Journal, StoreClient
 from ..tls import TLSContextHolder, acme_certificate_path, make_self_signed
 from .acme_http import bind_acme_http, serve_acme_http
@@ -116,6 +117,7 @@ class Gateway:
         self.archive: Archive | None = None
         self.journal: Journal | None = None
         self.metrics: Metrics | None = None  # the journal's (SPEC.md 13.7)
+        self.checkpoint_vkey = ""  # the journal's checkpoint verifier key (SPEC.md 8.1)
         self.store: StoreClient | None = None  # the protocol servers' view of the archive
         self.accounts: Accounts | None = None
         self.hub: AuditHub | None = None
@@ -208,6 +210,8 @@ class Gateway:
             archive.commit_group.on_round = metrics.observe_round
             await archive.append_control(GatewayStarted(at=now(), version=__version__))
             self.accounts = await self._load_accounts(archive)
+            signer = await CheckpointSigner.open(archive, control_origin(config.hostname))
+            self.checkpoint_vkey = signer.signer.vkey()
             journal = self.journal = Journal(archive)
             async with trio.open_nursery() as nursery:
                 # Served meanwhile: a request for a mailbox not open yet waits for it.
@@ -226,6 +230,7 @@ class Gateway:
                 nursery.start_soon(self._maintenance, archive)
                 alarms = Alarms(archive, config.alarms, config.store.min_free_bytes)
                 nursery.start_soon(alarms.run)
+                nursery.start_soon(signer.run, config.custody.checkpoint_interval)
                 nursery.start_soon(self._checkpoints, archive)
                 nursery.start_soon(self.notifier.watchdog)
                 nursery.start_soon(hub.run)
@@ -234,6 +239,10 @@ class Gateway:
                 await self._serve(task_status)
                 nursery.cancel_scope.cancel()
             await self._summarize(archive)
+            try:
+                await signer.sign()  # what this run wrote, up to its stop
+            except (LogWriteError, OSError) as exc:
+                logger.error("event=checkpoint-failed reason=%r", str(exc))
             await archive.append_control(GatewayStopped(at=now(), reason="shutdown"))
         finally:
             await archive.aclose()

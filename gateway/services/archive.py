@@ -38,6 +38,7 @@ from ..crypto import MailboxPrivateKey, MailboxPublicKey
 from ..events import SYSTEM, Actor, ControlEvent, Envelope, MailboxStatus
 from ..ids import new_message_id, parse_message_id
 from ..log import CommitGroup, DataDir, Location, LogRecord, LogWriter, iter_log
+from ..merkle import frontier_root
 from . import (
     _archive_checkpoint,
     _archive_commits,
@@ -392,6 +393,15 @@ class Archive:
     def by_key(self, mailbox_id: str) -> dict[str, tuple[int, int]]:
         """The mailbox's messages and their octets by the key they are sealed to (cheap)."""
         return self._box(mailbox_id).index.by_key()
+
+    async def tree_head(self) -> tuple[int, bytes]:
+        """The control log's Merkle tree now (SPEC.md 8.1): how many records it covers and
+        its head, every one of those records durable (the log is synced while no round
+        runs); size -1 when the tree is not known."""
+        core = self._core
+        async with core.commit_group.held():
+            await trio.to_thread.run_sync(core.control.log.sync)
+            return core.state.tree_size, frontier_root(core.state.tree)
 
     async def oldest_waiting_at(self, mailbox_id: str) -> datetime | None:
         """When the mailbox's oldest waiting message was committed (its commit record's
