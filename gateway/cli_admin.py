@@ -469,6 +469,8 @@ def _print_status(reply: Any) -> None:
             )
         )
     _line(f"storage: {reply.storage_bytes} bytes used, {reply.disk_free_bytes} bytes free")
+    if reply.checkpoint_vkey:
+        _line(f"checkpoint key: {reply.checkpoint_vkey}")
     _table(
         ["listener", "protocol", "address", "port", "tls"],
         [[x.name, x.protocol, x.address, str(x.port), x.tls] for x in reply.listeners],

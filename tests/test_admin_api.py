@@ -25,6 +25,7 @@ from gateway.protocols import admin as api
 from gateway.protocols.admin import ApiError, ErrorCode
 from gateway.servers.gateway import Gateway, Listening
 from gateway.services.archive import CONTROL_LOG_ID
+from gateway.services.tree_heads import load_signer
 
 from .gateway_helpers import Running, make_config
 
@@ -169,6 +170,9 @@ async def test_status(running: Running) -> None:
         assert status.uptime_seconds >= 0
         assert [m.name for m in status.mailboxes] == ["A"]
         assert status.control_seq == running.archive.next_control_seq
+        # The checkpoint key (SPEC.md 8.1): the one in the data folder signs.
+        signer, made = load_signer(running.archive, status.checkpoint_vkey.split("+")[0])
+        assert not made and signer.vkey() == status.checkpoint_vkey
 
 
 async def test_protocol_errors_are_replies(running: Running) -> None:

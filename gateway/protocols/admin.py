@@ -367,6 +367,9 @@ class StatusReply(_Reply, frozen=True, kw_only=True, tag="status"):
     # The last 1,440 minutes (the current one included) that had mail in or out, oldest
     # first; the others had none. Empty from a gateway that does not count them.
     messages_per_minute: tuple[MinuteView, ...] = ()
+    # The verifier key of the journal's signed checkpoints (SPEC.md 8.1): what an auditor
+    # checks them with. Empty from a gateway that does not sign them.
+    checkpoint_vkey: str = ""
 
 
 class TokenCreated(_Reply, frozen=True, kw_only=True, tag="token.created"):

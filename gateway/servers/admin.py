@@ -262,6 +262,7 @@ class AdminServer:
             control_seq=archive.next_control_seq,
             mailboxes=mailboxes,
             workers=tuple(gateway.worker_sessions()),
+            checkpoint_vkey=gateway.checkpoint_vkey,
             messages_per_minute=tuple(
                 api.MinuteView(
                     minute=datetime.fromtimestamp(count.minute * 60, UTC),
