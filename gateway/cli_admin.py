@@ -37,6 +37,7 @@ import trio
 
 from ._groups import leaves
 from ._text import escape_unsafe
+from .cli_witness import witness
 from .client import AdminClient, ClientError, NotListening, TrustSettings, connect
 from .config import ConfigError, Protocol, load_config
 from .events import ControlEvent
@@ -235,6 +236,8 @@ def _request(args: argparse.Namespace) -> api.Request | None:
         case "audit", "tail":
             _check_event_types(args.type)
             return None  # streamed: see _tail
+        case "witness", None:
+            return None  # a loop: see witness
     raise _Usage(f"unknown command {command} {verb}")
 
 
@@ -273,6 +276,8 @@ async def _run(
             print(escape_unsafe(f"gateway: login refused: {exc.message}"), file=sys.stderr)
             return EXIT_LOGIN
         try:
+            if request is None and args.command == "witness":
+                return await witness(client, args.state, args.vkey, args.interval, args.once)
             if request is None:
                 return await _tail(client, args)
             reply = await client.request(request)

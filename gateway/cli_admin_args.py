@@ -39,7 +39,7 @@ def octets(text: str) -> int:
     return int(text)
 
 
-ADMIN_COMMANDS = ("mailbox", "audit", "admin", "token", "status")
+ADMIN_COMMANDS = ("mailbox", "audit", "admin", "token", "status", "witness")
 
 
 def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -99,6 +99,16 @@ def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     tail.add_argument("--follow", action="store_true", help="keep printing new records")
     tail.add_argument("--mailbox")
     tail.add_argument("--type", action="append", default=[], help="event type (repeatable)")
+
+    witness = commands.add_parser(
+        "witness",
+        parents=[common],
+        help="check every new signed checkpoint extends the last one accepted (SPEC 8.3)",
+    )
+    witness.add_argument("--state", type=Path, required=True, help="the witness's memory")
+    witness.add_argument("--vkey", help="the checkpoints' verifier key (else the state's)")
+    witness.add_argument("--interval", type=float, default=60.0, help="seconds between looks")
+    witness.add_argument("--once", action="store_true", help="look once, then exit")
 
     admin = commands.add_parser("admin", help="the admin account")
     admin_verbs = admin.add_subparsers(dest="verb", required=True)

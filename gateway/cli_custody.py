@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .cli_admin_args import duration
 from .custody import Custody, MessageCustody
-from .events import MessagesCommitted, decode_control_event, now
+from .events import decode_control_event, now
 from .log import (
     BASE_FILE,
     DataDir,
@@ -29,7 +29,7 @@ from .log import (
     iter_log,
     read_recovery_point,
 )
-from .merkle import MerkleTree, leaf_hash, record_leaf
+from .services.tree_heads import ProofError, control_tree
 from .tlog import Checkpoint, NoteError, NoteSigner, Verifier, open_note
 
 __all__ = ["add_custody_command", "add_proof_command", "run_custody", "run_proof"]
@@ -176,10 +176,6 @@ def run_proof(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
-class ProofError(Exception):
-    """No proof can be made; the message says why."""
-
-
 def _proof(data: DataDir, args: argparse.Namespace) -> int:
     raw = (data.custody_dir / "signing-key").read_bytes()
     key = Ed25519PrivateKey.from_private_bytes(raw)
@@ -197,12 +193,12 @@ def _proof(data: DataDir, args: argparse.Namespace) -> int:
         for size in (old, new):
             if data.read_checkpoint(size) is None:
                 raise ProofError(f"no checkpoint of size {size} was signed")
-        tree, _found = _tree(data, new, None)
+        tree, _found = control_tree(data, new, None)
         hashes = tree.consistency_proof(old, new)
         _emit({"old_size": old, "new_size": new, "hashes": _b64(hashes), "vkey": signer.vkey()})
         return EXIT_OK
     checkpoint = Checkpoint.parse(open_note(note, verifier))
-    tree, found = _tree(data, checkpoint.size, args.message_id)
+    tree, found = control_tree(data, checkpoint.size, args.message_id)
     if found is None:
         raise ProofError(f"no witness of message {args.message_id} in the checkpoint's records")
     seq, leaf, mailbox_id = found
@@ -221,28 +217,6 @@ def _proof(data: DataDir, args: argparse.Namespace) -> int:
         }
     )
     return EXIT_OK
-
-
-def _tree(
-    data: DataDir, size: int, message_id: str | None
-) -> tuple[MerkleTree, tuple[int, bytes, str] | None]:
-    """The tree of the control log's first ``size`` records, and the witness record of
-    ``message_id`` among them (seq, leaf, mailbox)."""
-    tree, found = MerkleTree(), None
-    for record in iter_log(data.control_dir, CONTROL_LOG_ID, tail_ok=True):
-        if record.seq >= size:
-            break
-        leaf = record_leaf(record.seq, record.kind, record.body)
-        tree.append(leaf_hash(leaf))
-        if found is None and message_id is not None and record.kind == RecordKind.EVENT:
-            event = decode_control_event(record.body)
-            if isinstance(event, MessagesCommitted):
-                for commit in event.commits:
-                    if commit.message_id == message_id:
-                        found = (record.seq, leaf, commit.mailbox_id)
-    if len(tree) < size:
-        raise ProofError(f"the control log holds {len(tree)} records, not {size}")
-    return tree, found
 
 
 def _b64(hashes: list[bytes]) -> list[str]:

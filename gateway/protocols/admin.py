@@ -27,6 +27,9 @@ __all__ = [
     "AuditSubscribe",
     "AuditUnsubscribe",
     "CertificateView",
+    "CheckpointLatest",
+    "CheckpointReply",
+    "ConsistencyProofReply",
     "Done",
     "ErrorCode",
     "ErrorReply",
@@ -52,6 +55,7 @@ __all__ = [
     "MailboxView",
     "Mailboxes",
     "MinuteView",
+    "ProofConsistency",
     "Reply",
     "Request",
     "Session",
@@ -204,6 +208,18 @@ class AuditUnsubscribe(_Request, frozen=True, kw_only=True, tag="audit.unsubscri
     subscription: int
 
 
+class CheckpointLatest(_Request, frozen=True, kw_only=True, tag="checkpoint.latest"):
+    """The latest signed checkpoint of the control log's tree (SPEC.md 8.1)."""
+
+
+class ProofConsistency(_Request, frozen=True, kw_only=True, tag="proof.consistency"):
+    """A consistency proof between the control log's tree at two sizes (SPEC.md 8.1);
+    ``new_size`` at most the latest signed checkpoint's."""
+
+    old_size: int
+    new_size: int
+
+
 Request = (
     Login
     | Logout
@@ -224,6 +240,8 @@ Request = (
     | TokenRevoke
     | AuditSubscribe
     | AuditUnsubscribe
+    | CheckpointLatest
+    | ProofConsistency
 )
 
 REQUESTS: dict[str, type[_Request]] = {cls.__struct_config__.tag: cls for cls in Request.__args__}
@@ -414,6 +432,16 @@ class ErrorReply(_Reply, frozen=True, kw_only=True, tag="error"):
     retry_after: float | None = None
 
 
+class CheckpointReply(_Reply, frozen=True, kw_only=True, tag="checkpoint"):
+    note: str  # the signed note; empty while none was signed
+
+
+class ConsistencyProofReply(_Reply, frozen=True, kw_only=True, tag="proof.consistency"):
+    old_size: int
+    new_size: int
+    hashes: tuple[str, ...]  # base64, RFC 9162 2.1.4.1
+
+
 Reply = (
     Session
     | Done
@@ -431,6 +459,8 @@ Reply = (
     | Audit
     | AuditCaughtUp
     | ErrorReply
+    | CheckpointReply
+    | ConsistencyProofReply
 )
 
 

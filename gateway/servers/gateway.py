@@ -117,7 +117,9 @@ class Gateway:
         self.archive: Archive | None = None
         self.journal: Journal | None = None
         self.metrics: Metrics | None = None  # the journal's (SPEC.md 13.7)
-        self.checkpoint_vkey = ""  # the journal's checkpoint verifier key (SPEC.md 8.1)
+        # The journal's checkpoint signer and its verifier key (SPEC.md 8.1).
+        self.checkpoints: CheckpointSigner | None = None
+        self.checkpoint_vkey = ""
         self.store: StoreClient | None = None  # the protocol servers' view of the archive
         self.accounts: Accounts | None = None
         self.hub: AuditHub | None = None
@@ -211,7 +213,7 @@ class Gateway:
             await archive.append_control(GatewayStarted(at=now(), version=__version__))
             self.accounts = await self._load_accounts(archive)
             signer = await CheckpointSigner.open(archive, control_origin(config.hostname))
-            self.checkpoint_vkey = signer.signer.vkey()
+            self.checkpoints, self.checkpoint_vkey = signer, signer.signer.vkey()
             journal = self.journal = Journal(archive)
             async with trio.open_nursery() as nursery:
                 # Served meanwhile: a request for a mailbox not open yet waits for it.

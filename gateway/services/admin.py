@@ -15,6 +15,7 @@ would be a way to guess mailbox passwords as fast as Argon2id runs.
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Iterable
 from datetime import datetime
@@ -44,6 +45,7 @@ from .archive import Archive
 from .message_index import StoredMessage
 from .projection import ApiToken, MailboxInfo
 from .throttle import LoginThrottle
+from .tree_heads import ProofError, consistency_proof
 
 __all__ = [
     "MIN_PASSWORD",
@@ -285,8 +287,31 @@ class AdminService:
                 return await self._token_list(request, actor)
             case api.TokenRevoke():
                 return await self._token_revoke(request, actor)
+            case api.CheckpointLatest():
+                note = await trio.to_thread.run_sync(self.archive.data.read_checkpoint)
+                return api.CheckpointReply(id=request.id, note=(note or b"").decode())
+            case api.ProofConsistency():
+                return await self._consistency(request)
             case _:  # login, logout, status and audit.* belong to the connection
                 raise ApiError(ErrorCode.BAD_REQUEST, f"{_op(request)} is not served here")
+
+    async def _consistency(self, request: api.ProofConsistency) -> api.Reply:
+        """A consistency proof from the control log's files (in a worker thread)."""
+        data = self.archive.data
+        note = await trio.to_thread.run_sync(data.read_checkpoint)
+        signed = int(note.split(b"\n")[1]) if note else 0
+        try:
+            hashes = await trio.to_thread.run_sync(
+                consistency_proof, data, request.old_size, request.new_size, signed
+            )
+        except ProofError as exc:
+            raise ApiError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        return api.ConsistencyProofReply(
+            id=request.id,
+            old_size=request.old_size,
+            new_size=request.new_size,
+            hashes=tuple(base64.b64encode(h).decode() for h in hashes),
+        )
 
     async def _view(self, info: MailboxInfo) -> api.MailboxView:
         return mailbox_view(

@@ -21,11 +21,20 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from ..events import CheckpointSigned, now
+from ..events import CheckpointSigned, MessagesCommitted, decode_control_event, now
+from ..log import DataDir, RecordKind, iter_log
+from ..merkle import MerkleTree, leaf_hash, record_leaf
 from ..tlog import Checkpoint, NoteSigner, Verifier, open_note
 from .archive import Archive
 
-__all__ = ["CheckpointSigner", "control_origin", "load_signer"]
+__all__ = [
+    "CheckpointSigner",
+    "ProofError",
+    "consistency_proof",
+    "control_origin",
+    "control_tree",
+    "load_signer",
+]
 
 logger = logging.getLogger("gateway")
 
@@ -94,3 +103,42 @@ class CheckpointSigner:
         while True:
             await trio.sleep(interval)
             await self.sign()
+
+
+class ProofError(Exception):
+    """No proof can be made; the message says why."""
+
+
+_CONTROL_LOG_ID = bytes(16)
+
+
+def control_tree(
+    data: DataDir, size: int, message_id: str | None = None
+) -> tuple[MerkleTree, tuple[int, bytes, str] | None]:
+    """The tree of the control log's first ``size`` records, read from its files
+    (blocking; 64 bytes a record), and the witness record of ``message_id`` among them
+    (seq, leaf, mailbox)."""
+    tree, found = MerkleTree(), None
+    for record in iter_log(data.control_dir, _CONTROL_LOG_ID, tail_ok=True):
+        if record.seq >= size:
+            break
+        leaf = record_leaf(record.seq, record.kind, record.body)
+        tree.append(leaf_hash(leaf))
+        if found is None and message_id is not None and record.kind == RecordKind.EVENT:
+            event = decode_control_event(record.body)
+            if isinstance(event, MessagesCommitted):
+                for commit in event.commits:
+                    if commit.message_id == message_id:
+                        found = (record.seq, leaf, commit.mailbox_id)
+    if len(tree) < size:
+        raise ProofError(f"the control log holds {len(tree)} records, not {size}")
+    return tree, found
+
+
+def consistency_proof(data: DataDir, old: int, new: int, signed: int) -> list[bytes]:
+    """The proof that the tree of ``new`` records extends that of ``old`` (blocking), for
+    ``new`` at most ``signed`` (the latest signed checkpoint's size)."""
+    if not 0 < old <= new <= signed:
+        raise ProofError(f"no proof from {old} to {new} (the latest checkpoint: {signed})")
+    tree, _found = control_tree(data, new)
+    return tree.consistency_proof(old, new)
