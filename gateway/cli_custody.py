@@ -29,8 +29,8 @@ from .log import (
     iter_log,
     read_recovery_point,
 )
-from .services.tree_heads import ProofError, control_tree
-from .tlog import Checkpoint, NoteError, NoteSigner, Verifier, open_note
+from .services.tree_heads import ProofError, control_tree, inclusion_proof
+from .tlog import NoteError, NoteSigner, Verifier
 
 __all__ = ["add_custody_command", "add_proof_command", "run_custody", "run_proof"]
 
@@ -197,22 +197,16 @@ def _proof(data: DataDir, args: argparse.Namespace) -> int:
         hashes = tree.consistency_proof(old, new)
         _emit({"old_size": old, "new_size": new, "hashes": _b64(hashes), "vkey": signer.vkey()})
         return EXIT_OK
-    checkpoint = Checkpoint.parse(open_note(note, verifier))
-    tree, found = control_tree(data, checkpoint.size, args.message_id)
-    if found is None:
-        raise ProofError(f"no witness of message {args.message_id} in the checkpoint's records")
-    seq, leaf, mailbox_id = found
-    if tree.root() != checkpoint.root:
-        raise ProofError("the control log's records do not lead to the checkpoint's head")
+    proof = inclusion_proof(data, verifier, args.message_id)
     _emit(
         {
-            "index": seq,
-            "leaf": base64.b64encode(leaf).decode(),
-            "hashes": _b64(tree.inclusion_proof(seq)),
+            "index": proof.index,
+            "leaf": base64.b64encode(proof.leaf).decode(),
+            "hashes": _b64(proof.hashes),
             "message_id": args.message_id,
-            "mailbox_id": mailbox_id,
-            "size": checkpoint.size,
-            "checkpoint": note.decode(),
+            "mailbox_id": proof.mailbox_id,
+            "size": proof.size,
+            "checkpoint": proof.note.decode(),
             "vkey": signer.vkey(),
         }
     )

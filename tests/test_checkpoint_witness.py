@@ -5,18 +5,24 @@ gateway never had, signed with the gateway's own key)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import smtplib
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
+from gateway.merkle import leaf_hash, verify_inclusion
+from gateway.protocols import admin as api
+from gateway.protocols.admin import ApiError
 from gateway.services.tree_heads import load_signer
-from gateway.tlog import Checkpoint
+from gateway.tlog import Checkpoint, Verifier, open_note
 
 from .gateway_helpers import Running, running  # noqa: F401 - the fixture
+from .test_admin_api import admin
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,3 +91,26 @@ async def test_a_witness_accepts_extensions_and_catches_a_fork(
     code, out, err = await witness(running, state)
     assert code == 1, (out, err)
     assert "FORKED HISTORY" in err and "rewritten history" in err
+
+
+async def test_the_admin_api_signs_on_demand_and_proves_inclusion(
+    running: Running,  # noqa: F811
+) -> None:
+    archive = running.archive
+    info, _ = await archive.create_mailbox("proved")
+    await trio.to_thread.run_sync(send, running.port("smtp"), info.mailbox_id)
+    (message,) = archive.messages(info.mailbox_id)
+    async with admin(running) as client:
+        signed = await client.request(api.CheckpointSign())
+        assert isinstance(signed, api.CheckpointReply) and signed.note
+        proof = await client.request(api.ProofInclusion(message_id=message.message_id))
+        assert isinstance(proof, api.InclusionProofReply)
+        assert proof.checkpoint == signed.note and proof.mailbox_id == info.mailbox_id
+        verifier = Verifier.parse(running.gateway.checkpoint_vkey)
+        checkpoint = Checkpoint.parse(open_note(proof.checkpoint.encode(), verifier))
+        hashes = [base64.b64decode(h) for h in proof.hashes]
+        leaf = leaf_hash(base64.b64decode(proof.leaf))
+        assert verify_inclusion(leaf, proof.index, checkpoint.size, hashes, checkpoint.root)
+        assert message.message_id.encode() in base64.b64decode(proof.leaf)  # its witness
+        with pytest.raises(ApiError, match="no witness"):
+            await client.request(api.ProofInclusion(message_id="00" * 16))

@@ -29,10 +29,12 @@ __all__ = [
     "CertificateView",
     "CheckpointLatest",
     "CheckpointReply",
+    "CheckpointSign",
     "ConsistencyProofReply",
     "Done",
     "ErrorCode",
     "ErrorReply",
+    "InclusionProofReply",
     "ListenerView",
     "Login",
     "Logout",
@@ -56,6 +58,7 @@ __all__ = [
     "Mailboxes",
     "MinuteView",
     "ProofConsistency",
+    "ProofInclusion",
     "Reply",
     "Request",
     "Session",
@@ -212,6 +215,16 @@ class CheckpointLatest(_Request, frozen=True, kw_only=True, tag="checkpoint.late
     """The latest signed checkpoint of the control log's tree (SPEC.md 8.1)."""
 
 
+class CheckpointSign(_Request, frozen=True, kw_only=True, tag="checkpoint.sign"):
+    """Sign a checkpoint now (if the tree moved since the last); replies ``checkpoint``."""
+
+
+class ProofInclusion(_Request, frozen=True, kw_only=True, tag="proof.inclusion"):
+    """The inclusion proof of a message's witness record against the latest checkpoint."""
+
+    message_id: str
+
+
 class ProofConsistency(_Request, frozen=True, kw_only=True, tag="proof.consistency"):
     """A consistency proof between the control log's tree at two sizes (SPEC.md 8.1);
     ``new_size`` at most the latest signed checkpoint's."""
@@ -241,6 +254,8 @@ Request = (
     | AuditSubscribe
     | AuditUnsubscribe
     | CheckpointLatest
+    | CheckpointSign
+    | ProofInclusion
     | ProofConsistency
 )
 
@@ -436,6 +451,15 @@ class CheckpointReply(_Reply, frozen=True, kw_only=True, tag="checkpoint"):
     note: str  # the signed note; empty while none was signed
 
 
+class InclusionProofReply(_Reply, frozen=True, kw_only=True, tag="proof.inclusion"):
+    index: int  # the witness record's seq in the control log
+    leaf: str  # base64 of the leaf: seq || kind || body (SPEC.md 8.1)
+    hashes: tuple[str, ...]  # base64, RFC 9162 2.1.3.1
+    mailbox_id: str
+    size: int
+    checkpoint: str  # the signed note the proof is against
+
+
 class ConsistencyProofReply(_Reply, frozen=True, kw_only=True, tag="proof.consistency"):
     old_size: int
     new_size: int
@@ -460,6 +484,7 @@ Reply = (
     | AuditCaughtUp
     | ErrorReply
     | CheckpointReply
+    | InclusionProofReply
     | ConsistencyProofReply
 )
 

@@ -464,6 +464,7 @@ class Gateway:
             assert self.accounts is not None
             assert self.hub is not None
             service = AdminService(self.archive, self.accounts, self.config.mail_domain)
+            service.checkpoints = self.checkpoints
             assert self.metrics is not None
             monitoring = Monitoring(self, self.archive, self.accounts, self.metrics)
             admin = AdminServer(self, service, self.accounts, self.hub, self.config, monitoring)

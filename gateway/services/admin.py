@@ -33,6 +33,7 @@ from ..events import (
 from ..log import LogCorrupt, LogWriteError
 from ..protocols import admin as api
 from ..protocols.admin import ApiError, ErrorCode
+from ..tlog import NoteError, Verifier
 from ._common import (
     ArchiveError,
     InvalidValue,
@@ -45,7 +46,7 @@ from .archive import Archive
 from .message_index import StoredMessage
 from .projection import ApiToken, MailboxInfo
 from .throttle import LoginThrottle
-from .tree_heads import ProofError, consistency_proof
+from .tree_heads import CheckpointSigner, ProofError, consistency_proof, inclusion_proof
 
 __all__ = [
     "MIN_PASSWORD",
@@ -160,6 +161,8 @@ class AdminService:
         self.accounts = accounts
         self.mail_domain = mail_domain
         self.throttle_passwd(failure_delay, max_failures)
+        # The journal's checkpoint signer (SPEC.md 8.1), set by whoever runs one.
+        self.checkpoints: CheckpointSigner | None = None
 
     def throttle_passwd(self, failure_delay: float, max_failures: int) -> None:
         """A wrong old password in ``mailbox.passwd`` is answered ``failure_delay`` s after
@@ -292,8 +295,37 @@ class AdminService:
                 return api.CheckpointReply(id=request.id, note=(note or b"").decode())
             case api.ProofConsistency():
                 return await self._consistency(request)
+            case api.CheckpointSign():
+                if self.checkpoints is None:
+                    raise ApiError(ErrorCode.BAD_REQUEST, "this gateway signs no checkpoints")
+                await self.checkpoints.sign()
+                note = await trio.to_thread.run_sync(self.archive.data.read_checkpoint)
+                return api.CheckpointReply(id=request.id, note=(note or b"").decode())
+            case api.ProofInclusion():
+                return await self._inclusion(request)
             case _:  # login, logout, status and audit.* belong to the connection
                 raise ApiError(ErrorCode.BAD_REQUEST, f"{_op(request)} is not served here")
+
+    async def _inclusion(self, request: api.ProofInclusion) -> api.Reply:
+        """The inclusion proof of a message's witness, from the control log's files."""
+        if self.checkpoints is None:
+            raise ApiError(ErrorCode.BAD_REQUEST, "this gateway signs no checkpoints")
+        data, verifier = self.archive.data, Verifier.parse(self.checkpoints.signer.vkey())
+        try:
+            proof = await trio.to_thread.run_sync(
+                inclusion_proof, data, verifier, request.message_id
+            )
+        except (ProofError, NoteError) as exc:
+            raise ApiError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        return api.InclusionProofReply(
+            id=request.id,
+            index=proof.index,
+            leaf=base64.b64encode(proof.leaf).decode(),
+            hashes=tuple(base64.b64encode(h).decode() for h in proof.hashes),
+            mailbox_id=proof.mailbox_id,
+            size=proof.size,
+            checkpoint=proof.note.decode(),
+        )
 
     async def _consistency(self, request: api.ProofConsistency) -> api.Reply:
         """A consistency proof from the control log's files (in a worker thread)."""

@@ -16,6 +16,7 @@ in the control log (``CheckpointSigned``), so the audit feed carries it to witne
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,10 +30,12 @@ from .archive import Archive
 
 __all__ = [
     "CheckpointSigner",
+    "InclusionProof",
     "ProofError",
     "consistency_proof",
     "control_origin",
     "control_tree",
+    "inclusion_proof",
     "load_signer",
 ]
 
@@ -142,3 +145,29 @@ def consistency_proof(data: DataDir, old: int, new: int, signed: int) -> list[by
         raise ProofError(f"no proof from {old} to {new} (the latest checkpoint: {signed})")
     tree, _found = control_tree(data, new)
     return tree.consistency_proof(old, new)
+
+
+@dataclass(frozen=True, slots=True)
+class InclusionProof:
+    index: int  # the witness record's seq
+    leaf: bytes
+    hashes: list[bytes]
+    mailbox_id: str
+    size: int  # the checkpoint's
+    note: bytes  # the signed checkpoint the proof is against
+
+
+def inclusion_proof(data: DataDir, verifier: Verifier, message_id: str) -> InclusionProof:
+    """The proof of a message's witness record against the latest checkpoint (blocking),
+    which must be signed by ``verifier``'s key and be the head of the log's records."""
+    note = data.read_checkpoint()
+    if note is None:
+        raise ProofError("no checkpoint has been signed yet")
+    checkpoint = Checkpoint.parse(open_note(note, verifier))
+    tree, found = control_tree(data, checkpoint.size, message_id)
+    if found is None:
+        raise ProofError(f"no witness of message {message_id} in the checkpoint's records")
+    if tree.root() != checkpoint.root:
+        raise ProofError("the control log's records do not lead to the checkpoint's head")
+    seq, leaf, mailbox_id = found
+    return InclusionProof(seq, leaf, tree.inclusion_proof(seq), mailbox_id, checkpoint.size, note)
