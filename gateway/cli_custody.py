@@ -29,13 +29,13 @@ from .log import (
     iter_log,
     read_recovery_point,
 )
+from .services.archive import CONTROL_LOG_ID
 from .services.tree_heads import ProofError, control_tree, inclusion_proof
 from .tlog import NoteError, NoteSigner, Verifier
 
 __all__ = ["add_custody_command", "add_proof_command", "run_custody", "run_proof"]
 
 EXIT_OK, EXIT_EXCEPTIONS, EXIT_USAGE = 0, 1, 2
-CONTROL_LOG_ID = bytes(16)
 
 
 def add_custody_command(
@@ -177,7 +177,9 @@ def run_proof(args: argparse.Namespace) -> int:
 
 
 def _proof(data: DataDir, args: argparse.Namespace) -> int:
-    raw = (data.custody_dir / "signing-key").read_bytes()
+    raw = data.read_signing_key()
+    if raw is None:
+        raise ProofError("no signing key: the gateway has not run on this data folder")
     key = Ed25519PrivateKey.from_private_bytes(raw)
     note = data.read_checkpoint()
     if note is None:

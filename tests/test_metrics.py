@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 import trio
 
+from gateway.config import AlarmSettings
 from gateway.events import CertificateIssued, CertificateRenewalFailed, encode_event, now
 from gateway.log import Location, LogRecord, RecordKind
 from gateway.servers.gateway import Gateway
 from gateway.servers.monitoring import Monitoring
 from gateway.services.accounts import Accounts
+from gateway.services.alarms import Alarms
 from gateway.services.archive import Archive, StoreConfig
 from gateway.services.metrics import Metrics
 
@@ -196,6 +198,9 @@ async def test_readiness_says_what_is_missing(tmp_path: Path) -> None:
         reply = monitoring.readyz()
         assert reply.status == 503
         assert reply.body == b"not ready: the listeners are not up yet\n"
+        # Under the store's free-space floor (as the alarms' look found it): not ready either.
+        await Alarms(archive, AlarmSettings(), min_free_bytes=1 << 62).check_space()
+        assert b"under store.min_free_bytes" in monitoring.readyz().body
     finally:
         await archive.aclose()
 

@@ -195,14 +195,20 @@ class DataDir:
     def custody_dir(self) -> Path:
         return self.root / "custody"
 
-    def read_or_create_signing_key(self, make: Callable[[], bytes]) -> tuple[bytes, bool]:
-        """The checkpoint signing key (32 bytes, Ed25519), made once with ``make`` and kept
-        (mode 0600); returns (key, whether it was made now)."""
-        path = self.custody_dir / "signing-key"
+    def read_signing_key(self) -> bytes | None:
+        """The checkpoint signing key (32 bytes, Ed25519), None before the first start."""
         try:
-            return path.read_bytes(), False
+            return (self.custody_dir / "signing-key").read_bytes()
         except FileNotFoundError:
-            pass
+            return None
+
+    def read_or_create_signing_key(self, make: Callable[[], bytes]) -> tuple[bytes, bool]:
+        """The checkpoint signing key, made once with ``make`` and kept (mode 0600);
+        returns (key, whether it was made now)."""
+        found = self.read_signing_key()
+        if found is not None:
+            return found, False
+        path = self.custody_dir / "signing-key"
         self.custody_dir.mkdir(mode=0o700, exist_ok=True)
         key = make()
         replace_file(path, key)

@@ -3,15 +3,15 @@
 ``GET /healthz`` answers 200 while the journal's event loop runs; ``GET /readyz`` answers 200
 when every listener serves (under a supervisor: every protocol worker is running) and the
 store takes writes (the last group-commit round succeeded and the data folder's file system
-has room), 503 with the reasons otherwise. Neither needs a login, and neither does any work
-a client could make expensive: they read state the journal keeps anyway. ``GET /metrics``
-needs an API token (``Authorization: Bearer``, as a Prometheus scrape configuration sends
-it); a missing or wrong one gets 401 and counts as a failed admin login.
+is not under ``[store] min_free_bytes``), 503 with the reasons otherwise. Neither needs a
+login, and neither does any work a client could make expensive: they read state the journal
+keeps anyway. ``GET /metrics`` needs an API token (``Authorization: Bearer``, as a
+Prometheus scrape configuration sends it); a missing or wrong one gets 401 and counts as a
+failed admin login.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Monitoring", "Response"]
 
-# A store whose file system has less than this free is not ready: intake would soon fail.
-READY_MIN_FREE = 64 << 20
 EXPOSITION_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -68,13 +66,8 @@ class Monitoring:
         failure = self.archive.commit_group.last_error
         if failure is not None:
             problems.append(f"the last write to the store failed: {failure}")
-        try:
-            free = shutil.disk_usage(self.archive.data.root).free
-        except OSError as exc:
-            problems.append(f"the data folder cannot be read: {exc.strerror}")
-        else:
-            if free < READY_MIN_FREE:
-                problems.append(f"the data folder's file system has {free} octets free")
+        if self.archive.state.store_space_low:  # the alarms' look at the free space (13.8)
+            problems.append("the data folder's file system is under store.min_free_bytes")
         return problems
 
     async def scrape(self, authorization: bytes | None, peer: str) -> Response:

@@ -26,7 +26,7 @@ from ..events import CheckpointSigned, MessagesCommitted, decode_control_event, 
 from ..log import DataDir, RecordKind, iter_log
 from ..merkle import MerkleTree, leaf_hash, record_leaf
 from ..tlog import Checkpoint, NoteSigner, Verifier, open_note
-from .archive import Archive
+from .archive import CONTROL_LOG_ID, Archive
 
 __all__ = [
     "CheckpointSigner",
@@ -112,9 +112,6 @@ class ProofError(Exception):
     """No proof can be made; the message says why."""
 
 
-_CONTROL_LOG_ID = bytes(16)
-
-
 def control_tree(
     data: DataDir, size: int, message_id: str | None = None
 ) -> tuple[MerkleTree, tuple[int, bytes, str] | None]:
@@ -122,7 +119,7 @@ def control_tree(
     (blocking; 64 bytes a record), and the witness record of ``message_id`` among them
     (seq, leaf, mailbox)."""
     tree, found = MerkleTree(), None
-    for record in iter_log(data.control_dir, _CONTROL_LOG_ID, tail_ok=True):
+    for record in iter_log(data.control_dir, CONTROL_LOG_ID, tail_ok=True):
         if record.seq >= size:
             break
         leaf = record_leaf(record.seq, record.kind, record.body)
