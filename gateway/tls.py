@@ -4,7 +4,7 @@ folder), and server SSL contexts that SIGHUP can replace without dropping sessio
 A :class:`TLSContextHolder` is what listeners hold; each new handshake uses its ``context``,
 so reloading swaps the context for new connections while established ones keep theirs. The
 same swap puts a certificate from an ACME CA in service (``services.acme`` obtains it in the
-journal and writes :func:`acme_certificate_path`: its chain and key in one file, so a single
+journal and writes ``DataDir.acme_certificate_path``: its chain and key in one file, so a single
 rename replaces both and no reader ever sees a certificate beside another's key).
 
 Every context the gateway makes, server or client (:func:`server_context`, the admin command
@@ -34,7 +34,6 @@ __all__ = [
     "AEAD_CIPHERS",
     "CertificateInfo",
     "TLSContextHolder",
-    "acme_certificate_path",
     "certificate_info",
     "certificate_summary",
     "make_self_signed",
@@ -124,12 +123,6 @@ def certificate_info(pem: bytes) -> CertificateInfo:
         not_after=cert.not_valid_after_utc,
         names=names,
     )
-
-
-def acme_certificate_path(data_dir: Path) -> Path:
-    """The certificate from the ACME CA: its chain, then its key (PEM, 0600). The journal
-    writes it (``services.acme``); every process serves it once it exists."""
-    return data_dir / "tls" / "acme" / "certificate.pem"
 
 
 def use_aead_only(context: ssl.SSLContext) -> ssl.SSLContext:

@@ -32,7 +32,7 @@ import trustme
 
 from gateway.config import ConfigError, load_config
 from gateway.events import CertificateIssued, CertificateRenewalFailed, decode_control_event
-from gateway.log import iter_log
+from gateway.log import DataDir, iter_log
 from gateway.servers.acme_http import serve_acme_http
 from gateway.services.acme import (
     FIRST_RETRY,
@@ -42,7 +42,7 @@ from gateway.services.acme import (
     retry_delay,
 )
 from gateway.services.archive import CONTROL_LOG_ID
-from gateway.tls import acme_certificate_path, certificate_info
+from gateway.tls import certificate_info
 
 from .test_workers import Served, serve
 
@@ -280,7 +280,7 @@ def test_the_first_start_gets_a_certificate_that_every_listener_serves(
             assert b"Verification: OK" in result.stderr, result.stderr.decode()
 
         # What serves is the file in the data folder, issued by pebble's intermediate.
-        pem = acme_certificate_path(tmp_path / "data").read_bytes()
+        pem = DataDir(tmp_path / "data").acme_certificate_path.read_bytes()
         info = certificate_info(pem)
         assert served_fingerprint(served.ports["smtps"]) == info.sha256
         assert served_fingerprint(served.ports["admin"]) == info.sha256
@@ -314,7 +314,7 @@ def test_renewal_swaps_the_certificate_and_sessions_keep_theirs(tmp_path: Path) 
     ):
         served.wait_for_line(r"event=acme-certificate-issued .* renewal=false", timeout=60)
         served.wait_for_line(r"worker-1 event=certificate-changed")
-        first = certificate_info(acme_certificate_path(tmp_path / "data").read_bytes())
+        first = certificate_info(DataDir(tmp_path / "data").acme_certificate_path.read_bytes())
         root = ca.fetch("/roots/0")
         context = trusting(root)
         smtp = smtplib.SMTP_SSL("localhost", served.ports["smtps"], timeout=30, context=context)
@@ -325,7 +325,7 @@ def test_renewal_swaps_the_certificate_and_sessions_keep_theirs(tmp_path: Path) 
             assert old is not None and hashlib.sha256(old).digest().hex(":").upper() == first.sha256
             served.wait_for_line(r"event=acme-certificate-issued .* renewal=true", timeout=60)
             wait_for_count(served, r"worker-1 event=certificate-changed", 2)
-            second = certificate_info(acme_certificate_path(tmp_path / "data").read_bytes())
+            second = certificate_info(DataDir(tmp_path / "data").acme_certificate_path.read_bytes())
             assert second.sha256 != first.sha256
             assert second.not_before >= renewal_time(first).replace(microsecond=0)
             # The sessions opened before the swap still talk over their TLS.
@@ -340,7 +340,7 @@ def test_renewal_swaps_the_certificate_and_sessions_keep_theirs(tmp_path: Path) 
             assert isinstance(s.sock, ssl.SSLSocket)
             new = s.sock.getpeercert(binary_form=True)
             assert new is not None
-        current = certificate_info(acme_certificate_path(tmp_path / "data").read_bytes())
+        current = certificate_info(DataDir(tmp_path / "data").acme_certificate_path.read_bytes())
         assert hashlib.sha256(new).digest().hex(":").upper() in (second.sha256, current.sha256)
         assert served_fingerprint(served.ports["admin"]) in (second.sha256, current.sha256)
     renewals = [
@@ -360,7 +360,7 @@ def test_a_ca_that_is_down_at_renewal_leaves_the_certificate_in_service(tmp_path
         served.wait_for_line(r"event=acme-certificate-issued", timeout=60)
         served.wait_for_line(r"worker-1 event=certificate-changed")
         root = ca.fetch("/roots/0")
-        first = certificate_info(acme_certificate_path(tmp_path / "data").read_bytes())
+        first = certificate_info(DataDir(tmp_path / "data").acme_certificate_path.read_bytes())
         ca.stop()  # renewal is due 20 s into the certificate's life
         failed = served.wait_for_line(r"event=acme-failed", timeout=60)
         assert "stage=directory" in failed and "serving=acme" in failed, failed
@@ -370,7 +370,9 @@ def test_a_ca_that_is_down_at_renewal_leaves_the_certificate_in_service(tmp_path
             "localhost", served.ports["smtps"], timeout=20, context=trusting(root)
         ) as smtp:
             assert smtp.noop()[0] == 250
-        assert certificate_info(acme_certificate_path(tmp_path / "data").read_bytes()) == first
+        assert (
+            certificate_info(DataDir(tmp_path / "data").acme_certificate_path.read_bytes()) == first
+        )
     failures = [
         e for e in control_events(tmp_path / "data") if isinstance(e, CertificateRenewalFailed)
     ]
@@ -394,7 +396,7 @@ def test_a_challenge_the_ca_cannot_verify_leaves_the_self_signed_certificate(
         self_signed = certificate_info((tmp_path / "data" / "tls" / "cert.pem").read_bytes())
         assert served_fingerprint(served.ports["smtps"]) == self_signed.sha256
         assert served_fingerprint(served.ports["admin"]) == self_signed.sha256
-        assert not acme_certificate_path(tmp_path / "data").exists()
+        assert not DataDir(tmp_path / "data").acme_certificate_path.exists()
         assert count_lines(served, r"event=acme-certificate-issued") == 0
     failures = [
         e for e in control_events(tmp_path / "data") if isinstance(e, CertificateRenewalFailed)

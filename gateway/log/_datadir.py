@@ -237,6 +237,43 @@ class DataDir:
         return self.root / "tls"
 
     @property
+    def acme_certificate_path(self) -> Path:
+        """The certificate from the ACME CA: its chain, then its key (PEM, 0600)."""
+        return self.tls_dir / "acme" / "certificate.pem"
+
+    def read_or_create_acme_account_key(self, make: Callable[[], bytes]) -> bytes:
+        """The ACME account's key (PEM), made once with ``make`` and kept (0600)."""
+        path = self.tls_dir / "acme" / "account-key.pem"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            pass
+        self._make_acme_dir()
+        pem = make()
+        replace_file(path, pem)
+        return pem
+
+    def read_acme_certificate(self) -> bytes | None:
+        try:
+            return self.acme_certificate_path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_acme_certificate(self, pem: bytes) -> None:
+        """Replace the ACME certificate whole (written, fsynced, renamed, folder fsynced)."""
+        self._make_acme_dir()
+        replace_file(self.acme_certificate_path, pem)
+
+    def _make_acme_dir(self) -> None:
+        folder = self.tls_dir / "acme"
+        if folder.is_dir():
+            return
+        self.tls_dir.mkdir(mode=0o700, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        fsync_dir(self.tls_dir)
+        fsync_dir(self.root)
+
+    @property
     def tls_certificate(self) -> tuple[Path, Path]:
         """Where the generated certificate and its key are (:meth:`read_or_create_tls`)."""
         return self.tls_dir / "cert.pem", self.tls_dir / "key.pem"

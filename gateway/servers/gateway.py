@@ -47,7 +47,7 @@ from ..services.metrics import Metrics
 from ..services.source_keys import SourceKeyError, SourceKeys, load_source_keys
 from ..services.tree_heads import CheckpointSigner, control_origin
 from ..store import Journal, StoreClient
-from ..tls import TLSContextHolder, acme_certificate_path, make_self_signed
+from ..tls import TLSContextHolder, make_self_signed
 from .acme_http import bind_acme_http, serve_acme_http
 from .admin import AdminServer
 from .journal_socket import JournalLost, connect_journal, serve_workers
@@ -419,7 +419,7 @@ class Gateway:
         """The certificate from the ACME CA (chain and key in one file), if on and there."""
         if not self.config.tls.acme.directory:
             return None
-        path = acme_certificate_path(Path(self.config.data_dir))
+        path = DataDir(Path(self.config.data_dir)).acme_certificate_path
         return path if path.exists() else None
 
     def _holder(self, cert: Path, key: Path) -> TLSContextHolder:

@@ -45,8 +45,8 @@ from josepy.jwk import JWKEC
 from .. import __version__
 from ..config import Config
 from ..events import CertificateIssued, CertificateRenewalFailed, ControlEvent, now
-from ..log import fsync_dir, replace_file
-from ..tls import CertificateInfo, TLSContextHolder, acme_certificate_path, certificate_info
+from ..log import DataDir
+from ..tls import CertificateInfo, TLSContextHolder, certificate_info
 
 __all__ = [
     "AcmeFailure",
@@ -111,40 +111,25 @@ class ChallengeTokens:
 
 
 class AcmeFiles:
-    """``<data>/tls/acme/``: the account key and the certificate (each 0600, replaced whole:
-    written as ``<name>.new``, fsynced, renamed, the folder fsynced)."""
+    """``<data>/tls/acme/``: the account key and the certificate, as the data folder keeps
+    them (``DataDir``: each 0600, replaced whole)."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.certificate_path = acme_certificate_path(data_dir)
-        self.folder = self.certificate_path.parent
-        self.account_key_path = self.folder / "account-key.pem"
-
-    def _make_folder(self) -> None:
-        if self.folder.is_dir():
-            return
-        self.folder.parent.mkdir(mode=0o700, exist_ok=True)
-        self.folder.mkdir(mode=0o700, exist_ok=True)
-        fsync_dir(self.folder.parent)
-        fsync_dir(self.folder.parent.parent)
+        self.data = DataDir(data_dir)
+        self.certificate_path = self.data.acme_certificate_path
 
     def account_key(self) -> bytes:
         """The account's key (ECDSA P-256, PEM), made on first use and kept: the CA knows
         the account by it."""
-        try:
-            return self.account_key_path.read_bytes()
-        except FileNotFoundError:
-            pass
-        self._make_folder()
-        pem = _new_key_pem()
-        replace_file(self.account_key_path, pem)
-        return pem
+        return self.data.read_or_create_acme_account_key(_new_key_pem)
 
     def certificate(self) -> CertificateInfo | None:
         """The certificate from the CA, if there is one that can be read."""
-        try:
-            return certificate_info(self.certificate_path.read_bytes())
-        except FileNotFoundError:
+        pem = self.data.read_acme_certificate()
+        if pem is None:
             return None
+        try:
+            return certificate_info(pem)
         except ValueError as exc:
             logger.error(
                 "event=acme-certificate-unreadable path=%s reason=%r", self.certificate_path, exc
@@ -152,8 +137,7 @@ class AcmeFiles:
             return None
 
     def write_certificate(self, pem: bytes) -> None:
-        self._make_folder()
-        replace_file(self.certificate_path, pem)
+        self.data.write_acme_certificate(pem)
 
 
 def _new_key_pem() -> bytes:
