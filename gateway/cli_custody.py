@@ -30,7 +30,7 @@ from .log import (
     read_recovery_point,
 )
 from .services.archive import CONTROL_LOG_ID
-from .services.tree_heads import ProofError, control_tree, inclusion_proof
+from .services.tree_heads import ProofError, consistency_proof, inclusion_proof
 from .tlog import NoteError, NoteSigner, Verifier
 
 __all__ = ["add_custody_command", "add_proof_command", "run_custody", "run_proof"]
@@ -195,8 +195,7 @@ def _proof(data: DataDir, args: argparse.Namespace) -> int:
         for size in (old, new):
             if data.read_checkpoint(size) is None:
                 raise ProofError(f"no checkpoint of size {size} was signed")
-        tree, _found = control_tree(data, new, None)
-        hashes = tree.consistency_proof(old, new)
+        hashes = consistency_proof(data, old, new, new)  # both signed: checked above
         _emit({"old_size": old, "new_size": new, "hashes": _b64(hashes), "vkey": signer.vkey()})
         return EXIT_OK
     proof = inclusion_proof(data, verifier, args.message_id)
