@@ -30,8 +30,8 @@ from .log import (
     read_recovery_point,
 )
 from .services.archive import CONTROL_LOG_ID
-from .services.tree_heads import ProofError, consistency_proof, inclusion_proof
-from .tlog import NoteError, NoteSigner, Verifier
+from .services.tree_heads import ProofError, consistency_proof, find_commit, inclusion_proof
+from .tlog import Checkpoint, NoteError, NoteSigner, Verifier, open_note
 
 __all__ = ["add_custody_command", "add_proof_command", "run_custody", "run_proof"]
 
@@ -152,10 +152,14 @@ def add_proof_command(
 ) -> None:
     proof = commands.add_parser(
         "proof",
-        help="an inclusion proof of a message's witness, or a consistency proof (read-only)",
+        help="an inclusion proof of a message's commit record, or a consistency proof (read-only)",
     )
     proof.add_argument("--data-dir", type=Path, default=default_data_dir)
-    proof.add_argument("message_id", nargs="?", help="the message (its witness record)")
+    proof.add_argument("message_id", nargs="?", help="the message (its commit record)")
+    proof.add_argument(
+        "--mailbox",
+        help="the mailbox whose copy, or whose log's checkpoints (else the control log's)",
+    )
     proof.add_argument(
         "--consistency", nargs=2, type=int, metavar=("OLD", "NEW"), help="two checkpoint sizes"
     )
@@ -188,17 +192,21 @@ def _proof(data: DataDir, args: argparse.Namespace) -> int:
     origin = note.split(b"\n", 1)[0].decode()
     signer = NoteSigner(origin, key)
     verifier = Verifier.parse(signer.vkey())
-    if read_recovery_point(data.control_dir, CONTROL_LOG_ID, name=BASE_FILE) is not None:
-        raise ProofError("older control-log history was archived (6.8): proofs need it")
     if args.consistency is not None:
         old, new = args.consistency
-        for size in (old, new):
-            if data.read_checkpoint(size) is None:
-                raise ProofError(f"no checkpoint of size {size} was signed")
-        hashes = consistency_proof(data, old, new, new)  # both signed: checked above
+        if args.mailbox is not None:
+            note = data.read_mailbox_checkpoint(args.mailbox)
+            signed = Checkpoint.parse(open_note(note, verifier)).size if note else 0
+        else:
+            for size in (old, new):
+                if data.read_checkpoint(size) is None:
+                    raise ProofError(f"no checkpoint of size {size} was signed")
+            signed = new
+        hashes = consistency_proof(data, old, new, signed, args.mailbox)
         _emit({"old_size": old, "new_size": new, "hashes": _b64(hashes), "vkey": signer.vkey()})
         return EXIT_OK
-    proof = inclusion_proof(data, verifier, args.message_id)
+    mailbox_id, seq, body = find_commit(data, args.message_id, args.mailbox)
+    proof = inclusion_proof(data, verifier, mailbox_id, seq, body)
     _emit(
         {
             "index": proof.index,

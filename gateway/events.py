@@ -532,14 +532,16 @@ class MailboxAlarmCleared(Event, frozen=True, kw_only=True):
 
 
 class CheckpointSigned(Event, frozen=True, kw_only=True):
-    """The journal signed a checkpoint of the control log's Merkle tree (SPEC.md 8.1): the
-    first ``size`` records, whose head is ``root``. ``note`` is the signed note itself, so
-    whoever follows the audit feed (a witness) gets every checkpoint."""
+    """The journal signed a checkpoint of a log's Merkle tree (SPEC.md 8.1): the control
+    log's, or with ``mailbox_id`` that mailbox log's; its first ``size`` records, whose head
+    is ``root``. ``note`` is the signed note itself, so whoever follows the audit feed (a
+    witness) gets every checkpoint."""
 
     origin: str
     size: int
     root: bytes
     note: str
+    mailbox_id: str = ""
 
 
 class StoreSpaceLow(Event, frozen=True, kw_only=True):

@@ -5,26 +5,39 @@ Theory of operation
 -------------------
 A leaf's hash is SHA-256(0x00 || leaf), a node's SHA-256(0x01 || left || right); the tree of
 ``n`` leaves splits at the largest power of two below ``n`` (RFC 9162 2.1.1). A
-:class:`MerkleTree` keeps, per level, the hash of every complete aligned block of 2**level
-leaves (a level is a ``bytearray`` of 32-byte hashes: about 64 bytes a leaf in all), so the
-head of any prefix of the log, and any proof against it, is computed from at most
-2 log2(n) stored hashes: no proof walks the leaves. Appending a leaf completes at most one
-block per level. Pure: no I/O; the caller decides what a leaf is and where the tree lives.
+:class:`MerkleTree` keeps the hash of every complete aligned block of 2**level leaves, for
+every level (32 bytes each: about 64 bytes a leaf in all), so the head of any prefix of the
+log, and any proof against it, is computed from at most 2 log2(n) stored hashes: no proof
+walks the leaves.
+
+The hashes are kept in *post-order*, the order in which they become known: a leaf's hash,
+then the hash of every block it completes (``node_position``). Appending only ever adds to
+the end, so the same bytes serve as an append-only file (``gateway.log`` keeps one beside
+each log) and a tree of ``n`` leaves is exactly its first ``tree_nodes(n)`` hashes: any
+earlier head, and any proof against it, stays computable from a longer file.
+:meth:`MerkleTree.view` reads a tree from such bytes (an ``mmap``, say). Pure: no I/O; the
+caller decides what a leaf is and where the tree lives.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Protocol
 
 __all__ = [
     "HASH_SIZE",
     "MerkleTree",
     "frontier_append",
+    "frontier_of",
     "frontier_root",
     "leaf_hash",
+    "leaves_in",
     "node_hash",
+    "node_position",
     "record_leaf",
+    "record_leaf_hash",
+    "tree_nodes",
     "verify_consistency",
     "verify_inclusion",
 ]
@@ -47,15 +60,46 @@ def record_leaf(seq: int, kind: int, body: bytes) -> bytes:
     return seq.to_bytes(8, "big") + bytes([kind]) + body
 
 
-def frontier_append(frontier: list[bytes], size: int, hash_of_leaf: bytes) -> None:
+def record_leaf_hash(seq: int, kind: int, body: bytes) -> bytes:
+    """``leaf_hash(record_leaf(seq, kind, body))`` without copying the body."""
+    digest = hashlib.sha256(b"\x00" + seq.to_bytes(8, "big") + bytes([kind]))
+    digest.update(body)
+    return digest.digest()
+
+
+def tree_nodes(size: int) -> int:
+    """How many hashes a tree of ``size`` leaves keeps: one per complete aligned block."""
+    return 2 * size - size.bit_count()
+
+
+def node_position(level: int, index: int) -> int:
+    """Where the hash of block ``index`` of 2**level leaves is in post-order: after every
+    hash of the leaves before the block, and every hash inside it."""
+    return tree_nodes(index << level) + (1 << (level + 1)) - 2
+
+
+def leaves_in(nodes: int) -> int:
+    """The most leaves whose tree fits in ``nodes`` hashes (the rest of a longer run of
+    hashes is an append a crash cut short)."""
+    size = (nodes + 64) // 2
+    while tree_nodes(size) > nodes:
+        size -= 1
+    return size
+
+
+def frontier_append(frontier: list[bytes], size: int, hash_of_leaf: bytes) -> bytes:
     """Add a leaf to a *frontier*: the roots of the complete subtrees a tree of ``size``
     leaves splits into, largest first (one per set bit of ``size``). All a log needs to
-    know its tree's head as it grows: log2(size) hashes, updated in place."""
+    know its tree's head as it grows: log2(size) hashes, updated in place. Returns the
+    hashes that become known, in post-order: the leaf's, then each block it completes."""
     current, carried = hash_of_leaf, size
+    known = [current]
     while carried & 1:
         current = node_hash(frontier.pop(), current)
+        known.append(current)
         carried >>= 1
     frontier.append(current)
+    return b"".join(known)
 
 
 def frontier_root(frontier: Sequence[bytes]) -> bytes:
@@ -68,36 +112,63 @@ def frontier_root(frontier: Sequence[bytes]) -> bytes:
     return root
 
 
+class _Hashes(Protocol):
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: slice, /) -> bytes | bytearray: ...
+
+
+def frontier_of(hashes: _Hashes, size: int) -> list[bytes]:
+    """The frontier of the tree of ``size`` leaves whose hashes, in post-order, are
+    ``hashes``."""
+    frontier, start = [], 0
+    for level in reversed(range(size.bit_length())):
+        if size >> level & 1:
+            at = node_position(level, start >> level) * HASH_SIZE
+            frontier.append(bytes(hashes[at : at + HASH_SIZE]))
+            start += 1 << level
+    return frontier
+
+
 def _split(size: int) -> int:
     """The largest power of two below ``size`` (size > 1)."""
     return 1 << ((size - 1).bit_length() - 1)
 
 
 class MerkleTree:
-    """The Merkle tree of a log's leaves, appended in order."""
+    """The Merkle tree of a log's leaves, appended in order, or read from hashes kept in
+    post-order (:meth:`view`)."""
 
     def __init__(self) -> None:
-        self._levels: list[bytearray] = [bytearray()]
+        self._hashes: _Hashes = bytearray()
+        self._size = 0
+        self._frontier: list[bytes] = []
+
+    @classmethod
+    def view(cls, hashes: _Hashes, size: int) -> MerkleTree:
+        """The tree of the first ``size`` leaves whose hashes, in post-order, begin
+        ``hashes`` (read-only: nothing can be appended to a view)."""
+        if len(hashes) < tree_nodes(size) * HASH_SIZE:
+            raise ValueError(f"{len(hashes) // HASH_SIZE} hashes hold no tree of {size} leaves")
+        tree = cls()
+        tree._hashes, tree._size = hashes, size
+        return tree
+
+    @property
+    def hashes(self) -> bytes:
+        """Every hash the tree keeps, in post-order."""
+        return bytes(self._hashes[: tree_nodes(self._size) * HASH_SIZE])
 
     def __len__(self) -> int:
-        return len(self._levels[0]) // HASH_SIZE
+        return self._size
 
     def append(self, hash_of_leaf: bytes) -> None:
         """Add the next leaf, by its leaf hash (``leaf_hash``)."""
         if len(hash_of_leaf) != HASH_SIZE:
             raise ValueError("a leaf hash is 32 bytes")
-        current, level = hash_of_leaf, 0
-        while True:
-            hashes = self._levels[level]
-            hashes += current
-            count = len(hashes) // HASH_SIZE
-            if count % 2:
-                return
-            left = bytes(hashes[-2 * HASH_SIZE : -HASH_SIZE])
-            current = node_hash(left, current)
-            level += 1
-            if level == len(self._levels):
-                self._levels.append(bytearray())
+        if not isinstance(self._hashes, bytearray):
+            raise TypeError("a view of stored hashes is read-only")
+        self._hashes += frontier_append(self._frontier, self._size, hash_of_leaf)
+        self._size += 1
 
     def leaf(self, index: int) -> bytes:
         """The leaf hash at ``index``."""
@@ -133,8 +204,8 @@ class MerkleTree:
             raise ValueError(f"the tree has {len(self)} leaves, not {size}")
 
     def _block(self, level: int, index: int) -> bytes:
-        at = index * HASH_SIZE
-        return bytes(self._levels[level][at : at + HASH_SIZE])
+        at = node_position(level, index) * HASH_SIZE
+        return bytes(self._hashes[at : at + HASH_SIZE])
 
     def _hash(self, start: int, size: int) -> bytes:
         """MTH(D[start:start+size]) for a range a proof of this tree names: an aligned

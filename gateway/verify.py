@@ -31,6 +31,7 @@ from .crypto import (
     unlock,
 )
 from .events import (
+    CheckpointSigned,
     LogCompacted,
     LogDamaged,
     MessageStored,
@@ -42,6 +43,7 @@ from .log import (
     ARCHIVE_FOLDER,
     BASE_FILE,
     RECOVERY_FILE,
+    TREE_FILE,
     DataDir,
     LogCorrupt,
     LogRecord,
@@ -61,6 +63,7 @@ from .services.projection import (
     decode_control_state,
 )
 from .verify_points import BaseCheck, ControlPointCheck, MailboxPointCheck, PointCheck
+from .verify_trees import SignedHead, TreeCheck
 
 __all__ = ["Problem", "Report", "print_report", "verify_data_dir"]
 
@@ -122,6 +125,7 @@ def verify_data_dir(
     control = _Reading(
         report, "control", data.control_dir, CONTROL_LOG_ID, None, progress, start.segment
     )
+    signed: dict[str, list[SignedHead]] = {}  # by mailbox ("": the control log's)
     for record in control:
         if base_check is not None:
             base_check.see(record)
@@ -146,10 +150,14 @@ def verify_data_dir(
             continue
         if isinstance(event, LogDamaged):
             _report_damage(report, record.seq, event)
+        if isinstance(event, CheckpointSigned):
+            heads = signed.setdefault(event.mailbox_id, [])
+            heads.append(SignedHead(event.size, event.root, record.seq))
         state.apply(event)
     if base_check is not None:  # the base is the state of the records it says
         _add_point_check(report, "control", data.control_dir, base_check.finish(), BASE_FILE)
     _note_torn(report, "control", control.torn)
+    control.check_tree(signed.get("", []))
 
     points = PointCheck()
     if start_ok and not control.failed:  # else that problem stands for its recovery point too
@@ -175,6 +183,7 @@ def verify_data_dir(
             box_id,
             state.key_ids.get(box_id, set()),
             archived.get(box_id, set()),
+            signed.get(box_id, []),
             progress,
         )
 
@@ -269,6 +278,7 @@ class _Reading:
         self.failed = False
         self.last: LogRecord | None = None
         self.torn: _Torn | None = None
+        self.tree = TreeCheck(directory)
 
     def __iter__(self) -> Iterator[LogRecord]:
         report, progress = self.report, self.progress
@@ -286,10 +296,23 @@ class _Reading:
                 if progress is not None and report.records % 1000 == 0:
                     progress(self.where, report.records)
                 self.last = record
+                self.tree.see(record)
                 yield record
         except LogCorrupt as exc:
             self.failed = True
             report.problems.append(Problem(self.where, exc.reason, str(exc.path), exc.offset))
+
+    def check_tree(self, signed: list[SignedHead]) -> None:
+        """Once the log is read: its tree file, and the heads signed of it (SPEC.md 8.1)."""
+        if self.failed:
+            return  # that problem stands for the tree too
+        records = self.last.seq + 1 if self.last is not None else 0
+        self.tree.finish(records, signed)
+        path = str(self.directory / TREE_FILE)
+        self.report.problems.extend(
+            Problem(self.where, what, path, offset) for what, offset in self.tree.problems
+        )
+        self.report.notes.extend(f"{self.where}: {note}" for note in self.tree.notes)
 
     def _on_torn(self, path: Path, offset: int, size: int) -> None:
         if self.torn is None:
@@ -313,6 +336,7 @@ def _verify_mailbox(
     box_id: str,
     issued_keys: set[str],
     archived_expunges: set[str],
+    signed: list[SignedHead],
     progress: Progress | None,
 ) -> None:
     info = state.mailboxes[box_id]
@@ -384,6 +408,7 @@ def _verify_mailbox(
     readable = not reading.failed
     if readable:
         _add_point_check(report, box_id, log_dir, point_check.finish())
+        reading.check_tree(signed)
     unexpunged = removed_ids - expunged - archived_expunges
     if unexpunged:
         report.problems.append(

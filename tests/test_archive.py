@@ -347,7 +347,7 @@ async def test_verify_locates_a_flipped_byte_in_a_mailbox_log(
     for _ in range(3):
         await store(archive, [info.mailbox_id], os.urandom(1000))
     await archive.aclose()
-    seg = next((tmp_path / "data" / "mailboxes" / info.mailbox_id / "log").iterdir())
+    seg = next((tmp_path / "data" / "mailboxes" / info.mailbox_id / "log").glob("*.seg"))
     raw = bytearray(seg.read_bytes())
     raw[200] ^= 1
     seg.write_bytes(bytes(raw))

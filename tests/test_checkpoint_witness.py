@@ -15,6 +15,13 @@ from pathlib import Path
 import pytest
 import trio
 
+from gateway.events import (
+    CheckpointSigned,
+    MessageStored,
+    decode_control_event,
+    decode_message_event,
+)
+from gateway.log import RecordKind
 from gateway.merkle import leaf_hash, verify_inclusion
 from gateway.protocols import admin as api
 from gateway.protocols.admin import ApiError
@@ -105,12 +112,28 @@ async def test_the_admin_api_signs_on_demand_and_proves_inclusion(
         assert isinstance(signed, api.CheckpointReply) and signed.note
         proof = await client.request(api.ProofInclusion(message_id=message.message_id))
         assert isinstance(proof, api.InclusionProofReply)
-        assert proof.checkpoint == signed.note and proof.mailbox_id == info.mailbox_id
+        assert proof.mailbox_id == info.mailbox_id
         verifier = Verifier.parse(running.gateway.checkpoint_vkey)
+        # Against the mailbox log's checkpoint, signed with the control log's, which
+        # records it: the control log's checkpoint covers the mailbox's.
         checkpoint = Checkpoint.parse(open_note(proof.checkpoint.encode(), verifier))
+        assert checkpoint.origin.endswith(f"/gateway/mailbox/{info.mailbox_id}")
+        control = Checkpoint.parse(open_note(signed.note.encode(), verifier))
+        records = await trio.to_thread.run_sync(lambda: list(archive.read_control()))
+        assert any(
+            isinstance(event := decode_control_event(r.body), CheckpointSigned)
+            and event.note == proof.checkpoint
+            and r.seq < control.size
+            for r in records
+            if r.kind == RecordKind.EVENT
+        )
         hashes = [base64.b64decode(h) for h in proof.hashes]
-        leaf = leaf_hash(base64.b64decode(proof.leaf))
-        assert verify_inclusion(leaf, proof.index, checkpoint.size, hashes, checkpoint.root)
-        assert message.message_id.encode() in base64.b64decode(proof.leaf)  # its witness
-        with pytest.raises(ApiError, match="no witness"):
+        leaf = base64.b64decode(proof.leaf)
+        assert verify_inclusion(
+            leaf_hash(leaf), proof.index, checkpoint.size, hashes, checkpoint.root
+        )
+        assert proof.index == message.seq
+        assert isinstance(decode_message_event(leaf[9:]), MessageStored)  # its commit record
+        assert message.message_id.encode() in leaf
+        with pytest.raises(ApiError, match="no mailbox serves"):
             await client.request(api.ProofInclusion(message_id="00" * 16))

@@ -11,9 +11,14 @@ import pytest
 from gateway.merkle import (
     MerkleTree,
     frontier_append,
+    frontier_of,
     frontier_root,
     leaf_hash,
+    leaves_in,
     node_hash,
+    record_leaf,
+    record_leaf_hash,
+    tree_nodes,
     verify_consistency,
     verify_inclusion,
 )
@@ -145,3 +150,28 @@ def test_a_frontier_knows_every_head(tree: MerkleTree) -> None:
         assert frontier_root(frontier) == tree.root(size)
         assert len(frontier) == bin(size).count("1")
         frontier_append(frontier, size, leaf_hash(leaf))
+
+
+def test_hashes_kept_in_post_order_serve_every_earlier_tree(tree: MerkleTree) -> None:
+    """A tree's hashes are appended in post-order: the first ``tree_nodes(n)`` of them are
+    the tree of ``n`` leaves, so a view of a longer run of them (a file that grew since)
+    gives every earlier head, proof and frontier; a cut-short append is not a tree."""
+    hashes = tree.hashes
+    assert len(hashes) == tree_nodes(len(tree)) * 32
+    for size in SIZES:
+        view = MerkleTree.view(hashes, size)
+        assert view.root() == mth(LEAVES[:size])
+        assert view.inclusion_proof(size // 2) == path(size // 2, LEAVES[:size])
+        assert frontier_of(hashes, size) == frontier_of(MerkleTree.view(hashes, size).hashes, size)
+        assert frontier_root(frontier_of(hashes, size)) == view.root()
+        assert leaves_in(tree_nodes(size)) == size
+        assert leaves_in(tree_nodes(size + 1) - 1) == size  # an append cut short
+    with pytest.raises(ValueError, match="no tree of"):
+        MerkleTree.view(hashes[:32], 2)
+    with pytest.raises(TypeError, match="read-only"):
+        MerkleTree.view(hashes, 3).append(leaf_hash(b"x"))
+
+
+def test_a_record_leaf_hash_is_the_hash_of_its_leaf() -> None:
+    body = bytes(range(256)) * 5
+    assert record_leaf_hash(7, 2, body) == leaf_hash(record_leaf(7, 2, body))

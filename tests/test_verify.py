@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from gateway.events import Envelope, LogDamaged, LogTailTruncated, decode_control_event, now
-from gateway.log import RECOVERY_FILE, iter_log
+from gateway.log import RECOVERY_FILE, TREE_FILE, iter_log
 from gateway.log._framing import Gap, encode_gap
 from gateway.services.archive import CONTROL_LOG_ID, Archive, StoreConfig
 from gateway.verify import verify_data_dir
@@ -72,6 +72,10 @@ def test_flipping_any_byte_anywhere_is_detected_and_located(tmp_path: Path) -> N
             if path.name.endswith(".seg"):
                 located = [p for p in report.problems if p.path == str(path)]
                 assert located, f"{path.name} offset {offset}: {report.problems}"
+                assert located[0].offset is not None and located[0].offset <= offset
+            elif path.name == TREE_FILE:  # SPEC.md 8.1: the leaves and every hash above
+                located = [p for p in report.problems if p.path == str(path)]
+                assert located, f"{path} offset {offset}: {report.problems}"
                 assert located[0].offset is not None and located[0].offset <= offset
             elif path.name == RECOVERY_FILE:  # SPEC.md 6.7: a recovery point, checksummed
                 located = [p for p in report.problems if p.path == str(path)]

@@ -2,8 +2,8 @@
 
 This package is the only code that opens, writes, renames or fsyncs anything under the data
 folder: ``_framing`` (pure bytes), ``_files`` (names and types), ``_scan`` (reading back),
-``_segment_log`` (appending, recovery, compaction), ``_datadir`` (layout, lock, key files),
-``_writer`` (group commit for trio)."""
+``_segment_log`` (appending, recovery, compaction), ``_tree_file`` (each log's Merkle tree),
+``_datadir`` (layout, lock, key files), ``_writer`` (group commit for trio)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ from ._recovery_point import (
 )
 from ._scan import RecordReader, iter_log
 from ._segment_log import SegmentLog
+from ._tree_file import TREE_FILE, read_tree
 from ._writer import LINGER, CommitGroup, Dependent, LogWriter, StaleEpoch, Written
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "RECOVERY_FILE",
     "REMOVED",
     "SEGMENT_HEADER_SIZE",
+    "TREE_FILE",
     "AppendItem",
     "CommitGroup",
     "Compaction",
@@ -86,6 +88,7 @@ __all__ = [
     "genesis_chain",
     "iter_log",
     "read_recovery_point",
+    "read_tree",
     "remove_recovery_point",
     "replace_file",
     "segment_name",

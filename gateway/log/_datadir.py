@@ -232,6 +232,27 @@ class DataDir:
         except FileNotFoundError:
             return None
 
+    def checkpoint_sizes(self) -> list[int]:
+        """The sizes of the control log's signed checkpoints kept, smallest first."""
+        try:
+            names = os.listdir(self.custody_dir / "checkpoints")
+        except FileNotFoundError:
+            return []
+        return sorted(int(name) for name in names if name.isdigit())
+
+    def save_mailbox_checkpoint(self, mailbox_id: str, note: bytes) -> None:
+        """Keep a mailbox log's latest signed checkpoint (``custody/mailboxes/<id>``,
+        replaced whole; every earlier one is in the control log)."""
+        folder = self.custody_dir / "mailboxes"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        replace_file(folder / mailbox_id, note)
+
+    def read_mailbox_checkpoint(self, mailbox_id: str) -> bytes | None:
+        try:
+            return (self.custody_dir / "mailboxes" / mailbox_id).read_bytes()
+        except FileNotFoundError:
+            return None
+
     @property
     def tls_dir(self) -> Path:
         return self.root / "tls"

@@ -12,6 +12,10 @@ last one is always complete. On open, the last segment is checked record by reco
 garbage tail (bytes after the last whole record that no later whole record follows) is cut off
 and reported; anything else that does not check out raises :class:`LogCorrupt` with the file
 and offset, and the log stays closed for writing.
+
+Every record is also a leaf of the log's Merkle tree, kept beside it in ``merkle-tree``
+(``_tree_file``): written with each batch, cut back with it, synced before compaction or
+archiving takes records away, and brought up to date on open.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from ._framing import (
     RecordHeader,
     RecordKind,
     SegmentHeader,
+    decode_gap,
     encode_gap,
     encode_record_parts,
     encode_segment_header,
@@ -63,7 +68,8 @@ from ._recovery_point import (
     check_position,
     write_recovery_point,
 )
-from ._scan import SegmentScan, later_record_exists, read_exact, scan_segment
+from ._scan import SegmentScan, iter_log, later_record_exists, read_exact, scan_segment
+from ._tree_file import TreeFile, read_tree
 
 _STAGING_SUFFIX = ".new"
 # Where damaged bytes cut from the end of a log are kept (SPEC.md 6.3).
@@ -84,6 +90,8 @@ class SegmentLog:
         next_seq: int,
         chain: bytes,
         tail_size: int,
+        tree: TreeFile | None,
+        tree_missing: str = "",
     ) -> None:
         self.directory = directory
         self.log_id = log_id
@@ -98,6 +106,10 @@ class SegmentLog:
         self._broken: str | None = None
         self._last_batch: tuple[int, bytes, int, int] | None = None
         self.written = 0  # bytes appended since the log was opened
+        self.synced_seq = next_seq  # the records before it are durable
+        # The log's Merkle tree (None, with the reason, when it cannot be known).
+        self.tree = tree
+        self.tree_missing = tree_missing
 
     # -- open and recover
 
@@ -105,7 +117,16 @@ class SegmentLog:
     def create(cls, directory: Path, log_id: bytes, *, segment_bytes: int) -> SegmentLog:
         directory.mkdir(mode=0o700, parents=True, exist_ok=False)  # SPEC.md 2: folders 0700
         fsync_dir(directory.parent)
-        log = cls(directory, log_id, segment_bytes, {}, 0, genesis_chain(log_id), 0)
+        log = cls(
+            directory,
+            log_id,
+            segment_bytes,
+            {},
+            0,
+            genesis_chain(log_id),
+            0,
+            TreeFile.open(directory),
+        )
         log._start_segment(0)
         return log
 
@@ -182,6 +203,7 @@ class SegmentLog:
             expect_seq = scan.next_seq
         assert scan is not None
         recovery = _settle_end(path, scan, records, acknowledged)
+        tree, tree_missing = _open_tree(directory, log_id, cuts, scan.next_seq)
         log = cls(
             directory,
             log_id,
@@ -190,6 +212,8 @@ class SegmentLog:
             scan.next_seq,
             scan.end_chain,
             scan.end_offset,
+            tree,
+            tree_missing,
         )
         return log, records, recovery
 
@@ -281,6 +305,8 @@ class SegmentLog:
                 header, trailer, self.chain = encode_record_parts(
                     kind, self.next_seq, body, self.chain
                 )
+                if self.tree is not None:
+                    self.tree.stage(self.next_seq, kind, body)
                 if chains is not None:
                     chains.append(self.chain)
                 framed_size = len(header) + len(body) + len(trailer)
@@ -296,8 +322,11 @@ class SegmentLog:
                 pending_size += framed_size
                 self.next_seq += 1
             self._flush(pending)
+            if self.tree is not None:
+                self.tree.write()
             if sync:
                 os.fdatasync(self._tail())
+                self.synced_seq = self.next_seq
         except OSError as exc:
             self._undo(start_seq, start_chain, start_segment, start_size, exc)
             raise LogWriteError(os.strerror(exc.errno or errno.EIO)) from exc
@@ -323,6 +352,14 @@ class SegmentLog:
             state,
         )
 
+    def tree_head(self) -> tuple[int, bytes] | None:
+        """The head of the tree of the log's durable records (blocking): their count and
+        root; None when the log has no tree (``tree_missing`` says why)."""
+        if self.tree is None:
+            return None
+        size = self.synced_seq
+        return size, read_tree(self.directory, size).root()
+
     def save_recovery_point(self, point: RecoveryPoint) -> int:
         """Write the recovery point beside the segments (atomically); returns its size."""
         return write_recovery_point(self.directory, point)
@@ -332,6 +369,7 @@ class SegmentLog:
         append does for its own errors) and LogWriteError is raised."""
         try:
             os.fdatasync(self._tail())
+            self.synced_seq = self.next_seq
         except OSError as exc:
             if self._last_batch is not None:
                 self._undo(*self._last_batch, exc)
@@ -365,6 +403,8 @@ class SegmentLog:
                 f.truncate(size)
                 os.fsync(f.fileno())
             self._tail_size = size
+            if self.tree is not None:
+                self.tree.cut(seq)
         except OSError as exc:
             self._broken = f"{cause}; undo failed: {exc}"
 
@@ -403,6 +443,8 @@ class SegmentLog:
         close_run()
         if dropped_bytes == 0:
             return None
+        if self.tree is not None:
+            self.tree.sync()  # from the cut on, the only place the dropped records' hashes are
         gaps = [(gap, chain) for record, gap, chain in out if record is None]
         if not kept:
             return Compaction(
@@ -499,6 +541,8 @@ class SegmentLog:
             kept += sealed.pop()[1].stat().st_size
         if not sealed:
             return []
+        if self.tree is not None:
+            self.tree.sync()  # the hashes of the records moved away stay here
         write_recovery_point(self.directory, point, name=BASE_FILE)
         folder = self.directory / ARCHIVE_FOLDER
         folder.mkdir(mode=0o700, exist_ok=True)
@@ -545,6 +589,9 @@ class SegmentLog:
         if self._tail_fd is not None:
             os.close(self._tail_fd)
             self._tail_fd = None
+        if self.tree is not None:
+            self.tree.close()
+            self.tree = None
         with self._read_lock:
             for fd in self._read_fds.values():
                 os.close(fd)
@@ -593,6 +640,57 @@ def _settle_end(
         chain=scan.end_chain,
         moved_to=moved_to,
     )
+
+
+_TREE_BATCH = 4096  # leaves written at a time while a tree file catches up
+
+
+def _open_tree(
+    directory: Path, log_id: bytes, cuts: Mapping[int, int], next_seq: int
+) -> tuple[TreeFile | None, str]:
+    """Open a log's tree file and make it the tree of its ``next_seq`` records: cut back
+    to the log's end, or brought up to it from the records; None (and why) when records
+    it lacks are gone."""
+    tree = TreeFile.open(directory)
+    try:
+        if tree.size > next_seq:
+            tree.cut(next_seq)
+        missing = _catch_up(tree, directory, log_id, cuts, next_seq)
+    except (OSError, LogCorrupt) as exc:
+        missing = f"tree file not brought up to date: {exc}"
+    if missing:
+        tree.close()
+        return None, missing
+    return tree, ""
+
+
+def _catch_up(
+    tree: TreeFile, directory: Path, log_id: bytes, cuts: Mapping[int, int], next_seq: int
+) -> str:
+    """Add the records from the tree's size to ``next_seq`` to it; what is missing, if
+    anything."""
+    if tree.size >= next_seq:
+        return ""
+    expect = tree.size
+    for record in iter_log(directory, log_id, cuts=cuts, from_seq=expect):
+        if record.seq >= next_seq:
+            break
+        if record.kind == RecordKind.GAP:
+            gap = decode_gap(record.body)
+            if gap.last_seq < expect:
+                continue
+            first, last = gap.first_seq, gap.last_seq
+        elif record.seq != expect:
+            first, last = expect, record.seq - 1
+        else:
+            tree.stage(record.seq, record.kind, record.body)
+            expect += 1
+            if expect % _TREE_BATCH == 0:
+                tree.write()
+            continue
+        return f"records {first}..{last} are gone and the tree file does not hold their hashes"
+    tree.write()
+    return ""
 
 
 def _truncate(path: Path, offset: int) -> None:

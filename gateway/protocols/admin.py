@@ -220,9 +220,11 @@ class CheckpointSign(_Request, frozen=True, kw_only=True, tag="checkpoint.sign")
 
 
 class ProofInclusion(_Request, frozen=True, kw_only=True, tag="proof.inclusion"):
-    """The inclusion proof of a message's witness record against the latest checkpoint."""
+    """The inclusion proof of a message's commit record against its mailbox log's latest
+    checkpoint (SPEC.md 8.1); ``mailbox_id`` picks the copy (default: the first)."""
 
     message_id: str
+    mailbox_id: str = ""
 
 
 class ProofConsistency(_Request, frozen=True, kw_only=True, tag="proof.consistency"):
@@ -452,7 +454,7 @@ class CheckpointReply(_Reply, frozen=True, kw_only=True, tag="checkpoint"):
 
 
 class InclusionProofReply(_Reply, frozen=True, kw_only=True, tag="proof.inclusion"):
-    index: int  # the witness record's seq in the control log
+    index: int  # the commit record's seq in its mailbox log
     leaf: str  # base64 of the leaf: seq || kind || body (SPEC.md 8.1)
     hashes: tuple[str, ...]  # base64, RFC 9162 2.1.3.1
     mailbox_id: str

@@ -77,6 +77,14 @@ async def committed_at(core: ArchiveCore, mailbox_id: str, message_id: str) -> d
     return event.at
 
 
+async def commit_record(core: ArchiveCore, mailbox_id: str, message_id: str) -> tuple[int, bytes]:
+    """A message's commit record in its mailbox log: its seq and body."""
+    box, stored, log = _stored(core, mailbox_id, message_id)
+    async with box.io_lock:
+        _header, body = await trio.to_thread.run_sync(log.read, stored.commit)
+    return stored.seq, body
+
+
 def sealed_of(event: MessageStored) -> SealedMessage:
     """What a commit record says about its sealed message, as the opener takes it."""
     return SealedMessage(

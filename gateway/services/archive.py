@@ -403,6 +403,37 @@ class Archive:
             await trio.to_thread.run_sync(core.control.log.sync)
             return core.state.tree_size, frontier_root(core.state.tree)
 
+    async def mailbox_tree_heads(self) -> list[tuple[str, int, bytes]]:
+        """The Merkle tree of every open mailbox log with one (SPEC.md 8.1): mailbox, how
+        many records it covers (every one durable) and its head."""
+        logs = [
+            (box_id, box.writer.log)
+            for box_id, box in self._core.boxes.items()
+            if box.writer is not None and box.opened.is_set()
+        ]
+
+        def heads() -> list[tuple[str, int, bytes]]:
+            found = []
+            for box_id, log in logs:
+                head = log.tree_head()
+                if head is not None:
+                    found.append((box_id, *head))
+            return found
+
+        return await trio.to_thread.run_sync(heads)
+
+    def serving(self, message_id: str) -> list[str]:
+        """The open mailboxes that serve a message (one copy each)."""
+        return [
+            box_id
+            for box_id, box in self._core.boxes.items()
+            if box.opened.is_set() and box.index.get(message_id) is not None
+        ]
+
+    async def commit_record(self, mailbox_id: str, message_id: str) -> tuple[int, bytes]:
+        """A message's commit record (SPEC.md 4.2) in its mailbox log: its seq and body."""
+        return await _archive_reads.commit_record(self._core, mailbox_id, message_id)
+
     async def oldest_waiting_at(self, mailbox_id: str) -> datetime | None:
         """When the mailbox's oldest waiting message was committed (its commit record's
         time, in the clear; read once per oldest message), None when none waits."""

@@ -1,29 +1,41 @@
-"""Signed checkpoints of the control log's Merkle tree (SPEC.md 8.1), made by the journal.
+"""Signed checkpoints of the logs' Merkle trees (SPEC.md 8.1), made by the journal, and the
+proofs against them.
 
 Theory of operation
 -------------------
-The control log's tree grows with every record (``ControlState.fold_record``); its head is
-kept as a frontier, in the projection and so in the control log's recovery point.
-:class:`CheckpointSigner` signs that head every ``[custody] checkpoint_interval`` seconds
-when it moved, and at a clean stop: a C2SP checkpoint (origin, size, root) in a signed note,
-with the Ed25519 key in ``<data>/custody/signing-key`` (made on the first start). Only
-durable records are ever covered (``Archive.tree_head`` syncs the log first), so no crash
-can make a later checkpoint disagree with an earlier one. Each checkpoint is kept in
-``<data>/custody/checkpoints/<size>`` and ``custody/checkpoint`` (the latest), and recorded
-in the control log (``CheckpointSigned``), so the audit feed carries it to witnesses.
+Every log's tree grows with its records; each log keeps it in a file beside its segments
+(``gateway.log``), and the control log's head is also kept as a frontier in its projection
+(``ControlState.fold_record``), so its recovery point carries it.
+:class:`CheckpointSigner` signs each head that moved every ``[custody]
+checkpoint_interval`` seconds, and at a clean stop: a C2SP checkpoint (origin, size, root)
+in a signed note, with the Ed25519 key in ``<data>/custody/signing-key`` (made on the first
+start). The mailbox logs' come first, each recorded in the control log
+(``CheckpointSigned`` with its mailbox), then the control log's, which so covers theirs.
+Only durable records are ever covered (a mailbox log's synced records; the control log is
+synced first), so no crash can make a later checkpoint disagree with an earlier one. The
+control log's are kept in ``<data>/custody/checkpoints/<size>`` and ``custody/checkpoint``
+(the latest), a mailbox log's latest in ``custody/mailboxes/<id>``, and every one is in the
+control log, so the audit feed carries them to witnesses.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from ..events import CheckpointSigned, MessagesCommitted, decode_control_event, now
-from ..log import DataDir, RecordKind, iter_log
+from ..events import (
+    CheckpointSigned,
+    CommitWitness,
+    MessagesCommitted,
+    decode_control_event,
+    now,
+)
+from ..log import DataDir, RecordKind, iter_log, read_tree
 from ..merkle import MerkleTree, leaf_hash, record_leaf
 from ..tlog import Checkpoint, NoteSigner, Verifier, open_note
 from .archive import CONTROL_LOG_ID, Archive
@@ -34,9 +46,11 @@ __all__ = [
     "ProofError",
     "consistency_proof",
     "control_origin",
-    "control_tree",
+    "find_commit",
     "inclusion_proof",
     "load_signer",
+    "mailbox_origin",
+    "read_log_tree",
 ]
 
 logger = logging.getLogger("gateway")
@@ -47,6 +61,11 @@ def control_origin(hostname: str) -> str:
     host name, with nothing a key name may not hold."""
     name = "".join(c for c in hostname if not c.isspace() and c != "+") or "gateway"
     return f"{name}/gateway/control"
+
+
+def mailbox_origin(key_name: str, mailbox_id: str) -> str:
+    """A mailbox log's checkpoint origin, beside the control log's (the key's name)."""
+    return f"{key_name.removesuffix('/control')}/mailbox/{mailbox_id}"
 
 
 def _new_key() -> bytes:
@@ -66,6 +85,7 @@ class CheckpointSigner:
         self.archive = archive
         self.signer = signer
         self.signed_size = 0  # the size of the newest checkpoint made
+        self.mailboxes_signed: dict[str, int] = {}  # the same, per mailbox log
 
     @classmethod
     async def open(cls, archive: Archive, origin: str) -> CheckpointSigner:
@@ -84,7 +104,9 @@ class CheckpointSigner:
         return self
 
     async def sign(self) -> bytes | None:
-        """Sign the tree's head if it moved since the last checkpoint; the note, or None."""
+        """Sign each mailbox log's tree head that moved since its last checkpoint, then the
+        control log's; the control log's note, or None when it did not move."""
+        await self._sign_mailboxes()
         size, root = await self.archive.tree_head()
         if size <= self.signed_size:
             return None  # not moved (or the tree is not known: size -1)
@@ -99,6 +121,50 @@ class CheckpointSigner:
         logger.info("event=checkpoint-signed origin=%s size=%d", origin, size)
         return note
 
+    async def _sign_mailboxes(self) -> None:
+        heads = await self.archive.mailbox_tree_heads()
+        unknown = [box_id for box_id, _size, _root in heads if box_id not in self.mailboxes_signed]
+        if unknown:
+            self.mailboxes_signed |= await trio.to_thread.run_sync(self._signed_sizes, unknown)
+        signed = []
+        for box_id, size, root in heads:
+            if size > self.mailboxes_signed[box_id]:
+                origin = mailbox_origin(self.signer.name, box_id)
+                note = self.signer.sign(Checkpoint(origin, size, root).body())
+                signed.append(
+                    CheckpointSigned(
+                        at=now(),
+                        origin=origin,
+                        size=size,
+                        root=root,
+                        note=note.decode(),
+                        mailbox_id=box_id,
+                    )
+                )
+
+        def save() -> None:
+            for event in signed:
+                self.archive.data.save_mailbox_checkpoint(event.mailbox_id, event.note.encode())
+
+        await trio.to_thread.run_sync(save)
+        for event in signed:
+            # Durable with the control log's own checkpoint, which is signed next.
+            await self.archive.append_control(event, durable=False)
+            self.mailboxes_signed[event.mailbox_id] = event.size
+        if signed:
+            logger.info("event=checkpoint-signed mailboxes=%d", len(signed))
+
+    def _signed_sizes(self, mailbox_ids: list[str]) -> dict[str, int]:
+        """The size of each mailbox log's latest checkpoint kept (0: none, or unreadable)."""
+        verifier, sizes = Verifier.parse(self.signer.vkey()), {}
+        for box_id in mailbox_ids:
+            note = self.archive.data.read_mailbox_checkpoint(box_id)
+            try:
+                sizes[box_id] = Checkpoint.parse(open_note(note, verifier)).size if note else 0
+            except ValueError:  # NoteError: damaged; the next one replaces it
+                sizes[box_id] = 0
+        return sizes
+
     async def run(self, interval: float) -> None:
         """Sign every ``interval`` seconds (0: never here; the clean stop signs)."""
         if interval <= 0:
@@ -112,59 +178,84 @@ class ProofError(Exception):
     """No proof can be made; the message says why."""
 
 
-def control_tree(
-    data: DataDir, size: int, message_id: str | None = None
-) -> tuple[MerkleTree, tuple[int, bytes, str] | None]:
-    """The tree of the control log's first ``size`` records, read from its files
-    (blocking; 64 bytes a record), and the witness record of ``message_id`` among them
-    (seq, leaf, mailbox)."""
-    tree, found = MerkleTree(), None
-    for record in iter_log(data.control_dir, CONTROL_LOG_ID, tail_ok=True):
-        if record.seq >= size:
-            break
-        leaf = record_leaf(record.seq, record.kind, record.body)
-        tree.append(leaf_hash(leaf))
-        if found is None and message_id is not None and record.kind == RecordKind.EVENT:
-            event = decode_control_event(record.body)
-            if isinstance(event, MessagesCommitted):
-                for commit in event.commits:
-                    if commit.message_id == message_id:
-                        found = (record.seq, leaf, commit.mailbox_id)
-    if len(tree) < size:
-        raise ProofError(f"the control log holds {len(tree)} records, not {size}")
-    return tree, found
+def read_log_tree(directory: Path, size: int) -> MerkleTree:
+    """The tree of a log's first ``size`` records, from its tree file (blocking)."""
+    try:
+        return read_tree(directory, size)
+    except FileNotFoundError:
+        raise ProofError(f"{directory} has no tree file (the next start builds it)") from None
+    except ValueError as exc:
+        raise ProofError(f"{directory}: {exc}") from None
 
 
-def consistency_proof(data: DataDir, old: int, new: int, signed: int) -> list[bytes]:
-    """The proof that the tree of ``new`` records extends that of ``old`` (blocking), for
-    ``new`` at most ``signed`` (the latest signed checkpoint's size)."""
+def consistency_proof(
+    data: DataDir, old: int, new: int, signed: int, mailbox_id: str | None = None
+) -> list[bytes]:
+    """The proof that a log's tree of ``new`` records extends that of ``old`` (blocking):
+    the control log's, or ``mailbox_id``'s; ``new`` at most ``signed`` (its latest signed
+    checkpoint's size)."""
     if not 0 < old <= new <= signed:
         raise ProofError(f"no proof from {old} to {new} (the latest checkpoint: {signed})")
-    tree, _found = control_tree(data, new)
-    return tree.consistency_proof(old, new)
+    directory = data.control_dir if mailbox_id is None else data.mailbox_log_dir(mailbox_id)
+    return read_log_tree(directory, new).consistency_proof(old, new)
 
 
 @dataclass(frozen=True, slots=True)
 class InclusionProof:
-    index: int  # the witness record's seq
+    index: int  # the commit record's seq in its mailbox log
     leaf: bytes
     hashes: list[bytes]
     mailbox_id: str
     size: int  # the checkpoint's
-    note: bytes  # the signed checkpoint the proof is against
+    note: bytes  # the mailbox log's signed checkpoint the proof is against
 
 
-def inclusion_proof(data: DataDir, verifier: Verifier, message_id: str) -> InclusionProof:
-    """The proof of a message's witness record against the latest checkpoint (blocking),
-    which must be signed by ``verifier``'s key and be the head of the log's records."""
-    note = data.read_checkpoint()
+def inclusion_proof(
+    data: DataDir, verifier: Verifier, mailbox_id: str, seq: int, body: bytes
+) -> InclusionProof:
+    """The proof of a mailbox log's record ``seq`` (an event whose body is ``body``: a
+    message's commit record) against that log's latest checkpoint (blocking), which must
+    be signed by ``verifier``'s key and be the head of the log's tree."""
+    note = data.read_mailbox_checkpoint(mailbox_id)
     if note is None:
-        raise ProofError("no checkpoint has been signed yet")
+        raise ProofError(f"no checkpoint of mailbox {mailbox_id}'s log has been signed yet")
     checkpoint = Checkpoint.parse(open_note(note, verifier))
-    tree, found = control_tree(data, checkpoint.size, message_id)
-    if found is None:
-        raise ProofError(f"no witness of message {message_id} in the checkpoint's records")
+    if checkpoint.size <= seq:
+        raise ProofError(
+            f"record {seq} of mailbox {mailbox_id} came after its latest checkpoint "
+            f"({checkpoint.size} records): the next one covers it"
+        )
+    tree = read_log_tree(data.mailbox_log_dir(mailbox_id), checkpoint.size)
     if tree.root() != checkpoint.root:
-        raise ProofError("the control log's records do not lead to the checkpoint's head")
-    seq, leaf, mailbox_id = found
+        raise ProofError(f"mailbox {mailbox_id}'s tree does not lead to its checkpoint's head")
+    leaf = record_leaf(seq, RecordKind.EVENT, body)
+    if tree.leaf(seq) != leaf_hash(leaf):
+        raise ProofError(f"record {seq} of mailbox {mailbox_id} is not the leaf its tree holds")
     return InclusionProof(seq, leaf, tree.inclusion_proof(seq), mailbox_id, checkpoint.size, note)
+
+
+def find_commit(data: DataDir, message_id: str, mailbox_id: str | None) -> tuple[str, int, bytes]:
+    """A message's commit record, read from the files (blocking): its mailbox, seq and
+    body, found through its witness in the control log (which is read up to it)."""
+    for record in iter_log(data.control_dir, CONTROL_LOG_ID, tail_ok=True):
+        if record.kind != RecordKind.EVENT or message_id.encode() not in record.body:
+            continue
+        event = decode_control_event(record.body)
+        if not isinstance(event, MessagesCommitted):
+            continue
+        for commit in event.commits:
+            if commit.message_id == message_id and mailbox_id in (None, commit.mailbox_id):
+                return commit.mailbox_id, commit.seq, _record_body(data, commit)
+    raise ProofError(f"no witness of message {message_id} in the control log")
+
+
+def _record_body(data: DataDir, commit: CommitWitness) -> bytes:
+    log_dir = data.mailbox_log_dir(commit.mailbox_id)
+    for record in iter_log(log_dir, bytes.fromhex(commit.mailbox_id), from_seq=commit.seq):
+        if record.seq == commit.seq and record.kind == RecordKind.EVENT:
+            return record.body
+        break
+    raise ProofError(
+        f"the commit record of message {commit.message_id} is gone from mailbox "
+        f"{commit.mailbox_id}'s log (compacted after an expunge)"
+    )
