@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import smtplib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from gateway.events import (
     MessageStored,
     decode_control_event,
     decode_message_event,
+    now,
 )
 from gateway.log import RecordKind
 from gateway.merkle import leaf_hash, verify_inclusion
@@ -137,3 +139,74 @@ async def test_the_admin_api_signs_on_demand_and_proves_inclusion(
         assert message.message_id.encode() in leaf
         with pytest.raises(ApiError, match="no mailbox serves"):
             await client.request(api.ProofInclusion(message_id="00" * 16))
+
+
+async def test_a_following_witness_checks_every_tree_as_it_is_signed(
+    running: Running,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Without --once the witness follows the audit feed: every mailbox log's checkpoint
+    and the control log's are accepted as they are signed, each extending the last; a
+    second head for a mailbox log's accepted size ends it at once, exit 1."""
+    gateway, archive = running.gateway, running.archive
+    assert gateway.checkpoints is not None
+    info, _ = await archive.create_mailbox("followed")
+    box = info.mailbox_id
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    environment["GATEWAY_ADMIN_PASSWORD"] = running.admin_password
+    argv = [sys.executable, "-m", "gateway", "witness", "--url", running.admin_url]
+    argv += ["--data-dir", str(running.cafile.parent.parent), "--state", str(tmp_path / "w")]
+    argv += ["--vkey", gateway.checkpoint_vkey, "--interval", "600"]
+    process = await trio.lowlevel.open_process(
+        argv, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    seen = b""
+
+    async def until(text: bytes) -> None:
+        nonlocal seen
+        with trio.fail_after(30):
+            while text not in seen:
+                chunk = await process.stdout.receive_some()  # type: ignore[union-attr]
+                assert chunk, seen
+                seen += chunk
+
+    try:
+        with trio.fail_after(30):
+            said = b""
+            while b"following the audit feed" not in said:
+                chunk = await process.stderr.receive_some()
+                assert chunk, said
+                said += chunk
+        for round_ in range(2):
+            await trio.to_thread.run_sync(send, running.port("smtp"), box)
+            await gateway.checkpoints.sign()
+            mailbox = Checkpoint.parse(
+                (tmp := archive.data.read_mailbox_checkpoint(box) or b"")[: tmp.index(b"\n\n") + 1]
+            )
+            await until(f"accepted {mailbox.origin} size {mailbox.size}\n".encode())
+            control = archive.data.read_checkpoint() or b""
+            size = int(control.split(b"\n")[1])
+            await until(f"/gateway/control size {size}\n".encode())
+            assert round_ == 0 or b"size" in seen
+        # Another head for the same records of the mailbox log, signed with the key.
+        signer, _made = load_signer(archive, gateway.checkpoints.signer.name)
+        forged = signer.sign(Checkpoint(mailbox.origin, mailbox.size, bytes(32)).body())
+        await archive.append_control(
+            CheckpointSigned(
+                at=now(),
+                origin=mailbox.origin,
+                size=mailbox.size,
+                root=bytes(32),
+                note=forged.decode(),
+                mailbox_id=box,
+            )
+        )
+        with trio.fail_after(30):
+            code = await process.wait()
+        err = await process.stderr.receive_some()
+        assert code == 1, (seen, err)
+        assert b"FORKED HISTORY" in err and b"two heads" in err
+    finally:
+        process.kill()
+        await process.wait()

@@ -245,11 +245,11 @@ class DataDir:
         replaced whole; every earlier one is in the control log)."""
         folder = self.custody_dir / "mailboxes"
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        replace_file(folder / mailbox_id, note)
+        replace_file(folder / parse_mailbox_id(mailbox_id), note)
 
     def read_mailbox_checkpoint(self, mailbox_id: str) -> bytes | None:
         try:
-            return (self.custody_dir / "mailboxes" / mailbox_id).read_bytes()
+            return (self.custody_dir / "mailboxes" / parse_mailbox_id(mailbox_id)).read_bytes()
         except FileNotFoundError:
             return None
 

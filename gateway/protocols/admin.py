@@ -228,9 +228,11 @@ class ProofInclusion(_Request, frozen=True, kw_only=True, tag="proof.inclusion")
 
 
 class ProofConsistency(_Request, frozen=True, kw_only=True, tag="proof.consistency"):
-    """A consistency proof between the control log's tree at two sizes (SPEC.md 8.1);
-    ``new_size`` at most the latest signed checkpoint's."""
+    """A consistency proof between a log's tree at two sizes (SPEC.md 8.1): the control
+    log's, or with ``mailbox_id`` that mailbox log's; ``new_size`` at most its latest signed
+    checkpoint's."""
 
+    mailbox_id: str = ""
     old_size: int
     new_size: int
 

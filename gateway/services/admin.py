@@ -19,6 +19,7 @@ import base64
 import logging
 from collections.abc import Iterable
 from datetime import datetime
+from functools import partial
 
 import trio
 
@@ -336,14 +337,20 @@ class AdminService:
         )
 
     async def _consistency(self, request: api.ProofConsistency) -> api.Reply:
-        """A consistency proof from the control log's files (in a worker thread)."""
-        data = self.archive.data
-        note = await trio.to_thread.run_sync(data.read_checkpoint)
-        signed = int(note.split(b"\n")[1]) if note else 0
+        """A consistency proof from a log's tree file (in a worker thread)."""
+        data, box = self.archive.data, request.mailbox_id or None
         try:
-            hashes = await trio.to_thread.run_sync(
-                consistency_proof, data, request.old_size, request.new_size, signed
+            if box is not None:
+                box = self.archive.mailbox(box).mailbox_id
+            note = await trio.to_thread.run_sync(
+                data.read_checkpoint if box is None else partial(data.read_mailbox_checkpoint, box)
             )
+            signed = int(note.split(b"\n")[1]) if note else 0
+            hashes = await trio.to_thread.run_sync(
+                consistency_proof, data, request.old_size, request.new_size, signed, box
+            )
+        except ArchiveError as exc:
+            raise ApiError(ErrorCode.NO_SUCH_MAILBOX, str(exc)) from None
         except ProofError as exc:
             raise ApiError(ErrorCode.BAD_REQUEST, str(exc)) from None
         return api.ConsistencyProofReply(
