@@ -5,7 +5,7 @@
 # the `test` extras (.venv/.installed-test: pytest, Playwright, ruff, mypy, ...). Debian
 # packages come from tools/system-packages.sh (as root, or through sudo): `make run` needs
 # python3-venv at most, `make test` also the test peers (Postfix, Dovecot, fetchmail, swaks,
-# Chromium, rsync, systemd-analyze).
+# PostgreSQL, Chromium, rsync, systemd-analyze).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

@@ -14,15 +14,18 @@
 #                                   ops/gateway.service names) for tests/test_ops.py;
 #                                   prometheus (the server that scrapes the gateway in
 #                                   tests/test_metrics.py); pebble (Let's Encrypt's test
-#                                   ACME CA, tests/test_acme.py)
+#                                   ACME CA, tests/test_acme.py); postgresql (PostgreSQL 15,
+#                                   server and client: the private clusters of
+#                                   tests/peers/postgres.py, the fleet store's database)
 #
 # Quick and quiet when everything is there: one dpkg-query decides, and nothing else runs
 # (no apt-get update, no sudo). Otherwise it installs what is missing, as root, or through
 # sudo when run by another user; when neither works it names the missing packages and exits 1.
 # Packages go in without their Recommends, no questions asked (DEBIAN_FRONTEND=noninteractive),
-# and a Postfix, Dovecot, fetchmail or Prometheus it installs is left stopped and disabled at
-# boot: the tests start private instances of their own on loopback ports. Ones that were
-# installed before are left alone.
+# and a Postfix, Dovecot, fetchmail, Prometheus or PostgreSQL it installs is left stopped and
+# disabled at boot (and PostgreSQL without the `main` cluster Debian would create): the tests
+# start private instances of their own on loopback ports. Ones that were installed before are
+# left alone.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 PYTHON=${PYTHON:-python3}
@@ -33,7 +36,8 @@ case "$group" in
 venv) packages=() ;;
 test)
     packages=(make rsync chromium fonts-liberation postfix swaks libnet-ssleay-perl
-        dovecot-core dovecot-pop3d fetchmail openssl systemd procps prometheus pebble)
+        dovecot-core dovecot-pop3d fetchmail openssl systemd procps prometheus pebble
+        postgresql)
     ;;
 *)
     echo "usage: $me [venv|test]" >&2
@@ -79,6 +83,15 @@ if [ ${#missing[@]} -gt 0 ]; then
         chmod 755 /usr/sbin/policy-rc.d
         trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
+    # No `main` cluster for a PostgreSQL installed here: postgresql-common's postinst asks
+    # createcluster.conf, which reads this folder (include_dir). Nothing else uses the setting.
+    no_main=/etc/postgresql-common/createcluster.d/no-main-cluster.conf
+    for package in "${missing[@]}"; do
+        if [ "$package" = postgresql ] && [ ! -e "$no_main" ]; then
+            mkdir -p "$(dirname "$no_main")"
+            echo "create_main_cluster = off" >"$no_main"
+        fi
+    done
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
@@ -94,6 +107,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         fetchmail) services+=(fetchmail) ;;
         prometheus) services+=(prometheus) ;;
         pebble) services+=(pebble) ;; # Debian ships no unit for it today; harmless if none
+        postgresql) services+=(postgresql) ;;
         esac
     done
     for service in "${services[@]}"; do
@@ -133,7 +147,9 @@ fi
 for tool in /usr/bin/make /usr/bin/rsync /usr/bin/chromium /usr/sbin/postfix /usr/sbin/postconf \
     /usr/sbin/postqueue /usr/sbin/sendmail /usr/sbin/smtp-source /usr/sbin/smtp-sink \
     /usr/bin/swaks /usr/sbin/dovecot /usr/bin/doveadm /usr/bin/fetchmail /usr/bin/openssl \
-    /usr/bin/systemd-analyze /bin/kill /usr/bin/pebble; do
+    /usr/bin/systemd-analyze /bin/kill /usr/bin/pebble /usr/lib/postgresql/15/bin/initdb \
+    /usr/lib/postgresql/15/bin/pg_ctl /usr/lib/postgresql/15/bin/postgres \
+    /usr/lib/postgresql/15/bin/pg_basebackup /usr/lib/postgresql/15/bin/psql; do
     if [ ! -x "$tool" ]; then
         echo "$me: $tool is missing after the install" >&2
         exit 1

@@ -1,6 +1,7 @@
 """Real mail software as test peers: a private Postfix (a relay, or a sink for the SMTP
 benchmark), a private Dovecot, a private Postfix submission server with SASL through Dovecot,
-swaks, smtp-source and fetchmail (README.md here).
+swaks, smtp-source and fetchmail; and private PostgreSQL clusters with standbys for the fleet
+store (README.md here).
 
 Installed by tests/peers/install.sh; a test that needs a missing peer fails, never skips.
 """
@@ -18,6 +19,15 @@ from .postfix import (
     QueueEntry,
     open_private_postfix,
     private_postfix,
+)
+from .postgres import (
+    PostgresError,
+    PostgresServer,
+    fleet_dsn,
+    open_private_postgres,
+    open_standby,
+    private_postgres,
+    with_standby,
 )
 from .submission import (
     Delivery,
@@ -44,21 +54,28 @@ __all__ = [
     "Fetched",
     "PostfixError",
     "PostfixInstance",
+    "PostgresError",
+    "PostgresServer",
     "QueueEntry",
     "SubmissionError",
     "SubmissionInstance",
     "ToolError",
     "fetchmail",
+    "fleet_dsn",
     "free_port",
     "open_private_dovecot",
     "open_private_postfix",
+    "open_private_postgres",
     "open_private_submission",
+    "open_standby",
     "pop3_octets",
     "private_dovecot",
     "private_postfix",
+    "private_postgres",
     "private_submission",
     "require",
     "smtp_source",
     "swaks",
     "wait_for_port",
+    "with_standby",
 ]
