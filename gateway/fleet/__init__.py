@@ -1,0 +1,11 @@
+"""Fleet mode (SPEC.md 17): the logs, key files and custody of a gateway as rows of a
+PostgreSQL database that several gateway nodes share. ``_schema`` (the tables and their
+versions), ``_rows`` (a log as rows: appends serialized across nodes, the same records and
+chain values as a segment log), ``_migrate`` (a data folder copied in and out)."""
+
+from __future__ import annotations
+
+from ._rows import Appended, RowLog, segment_files
+from ._schema import SCHEMA_VERSION, SchemaError, ensure_schema
+
+__all__ = ["SCHEMA_VERSION", "Appended", "RowLog", "SchemaError", "ensure_schema", "segment_files"]

@@ -1,0 +1,267 @@
+"""A log as rows of the fleet store (SPEC.md 17.2): the same records, with the same chain
+values, as a segment log holds.
+
+Theory of operation
+-------------------
+Everything here is blocking (psycopg); callers run it in worker threads. A :class:`RowLog`
+appends a batch in one transaction: it locks the log's row in ``gateway_logs`` (``FOR
+UPDATE``), which serializes appenders on every node, so the chain stays one line; reads the
+records other nodes appended since the caller's last look (``Appended.foreign``, for the
+caller's projection, before its own); frames its records exactly as a segment log would
+(``encode_record_parts``: the same chain values) and rolls segments by the same rule; writes
+them with COPY; moves the log's end; commits. Durable means committed: with a synchronous
+standby, on two machines. Nothing of a batch is visible before the commit, and a batch a
+failure cuts short is rolled back whole.
+
+:func:`segment_files` turns a log's rows back into segment files byte for byte (a record's
+framing is a function of its kind, seq, body and the chain before it), which is how a fleet
+store is copied back into a data folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from ..log import (
+    DEFAULT_SEGMENT_BYTES,
+    RECORD_OVERHEAD,
+    SEGMENT_HEADER_SIZE,
+    AppendItem,
+    Location,
+    LogCorrupt,
+    LogRecord,
+    RecordKind,
+    SegmentHeader,
+    decode_gap,
+    encode_gap,
+    encode_record,
+    encode_record_parts,
+    encode_segment_header,
+    genesis_chain,
+    segment_name,
+)
+
+__all__ = ["Appended", "RowLog", "segment_files"]
+
+_FETCH = 2000  # records read per round trip
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What an append did: the records other nodes had appended since the caller's last
+    look (to fold first), then the seq of the caller's first record and their chain values."""
+
+    foreign: list[LogRecord]
+    first_seq: int
+    chains: list[bytes]
+
+
+class RowLog:
+    """One log in the fleet store, through one connection (not shared between threads)."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        log_id: bytes,
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    ) -> None:
+        self.conn = conn
+        self.log_id = log_id
+        self.segment_bytes = segment_bytes
+        # How errors name the log (LogCorrupt takes a path: the log's place in the store).
+        self.where = Path("fleet-store") / log_id.hex()
+
+    def create(self) -> None:
+        """Make the log, empty, if it is not there yet."""
+        with self.conn.transaction():
+            self.conn.execute(
+                "INSERT INTO gateway_logs (log_id, next_seq, chain) VALUES (%s, 0, %s) "
+                "ON CONFLICT (log_id) DO NOTHING",
+                (self.log_id, genesis_chain(self.log_id)),
+            )
+
+    def end(self) -> tuple[int, bytes]:
+        """The seq after the last record, and the chain value after it."""
+        row = self.conn.execute(
+            "SELECT next_seq, chain FROM gateway_logs WHERE log_id = %s", (self.log_id,)
+        ).fetchone()
+        if row is None:
+            raise LogCorrupt(self.where, 0, "no such log in the fleet store")
+        return int(row[0]), bytes(row[1])
+
+    def append(
+        self,
+        items: Sequence[AppendItem],
+        known: int,
+        on_foreign: Callable[[list[LogRecord]], None] | None = None,
+    ) -> Appended:
+        """Append a batch after the records the caller knows (``known``: its next seq), in
+        one transaction. Records other nodes appended meanwhile come back first (and to
+        ``on_foreign``, inside the transaction, so nothing else appends before the caller
+        has folded them). Raises LogCorrupt when the log ends before ``known`` (a store
+        that lost records the caller saw committed)."""
+        conn = self.conn
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT next_seq, chain FROM gateway_logs WHERE log_id = %s FOR UPDATE",
+                (self.log_id,),
+            ).fetchone()
+            if row is None:
+                raise LogCorrupt(self.where, 0, "no such log in the fleet store")
+            seq, chain = int(row[0]), bytes(row[1])
+            if seq < known:
+                raise LogCorrupt(
+                    self.where,
+                    seq,
+                    f"the fleet store's log ends at {seq}, before record {known} this node saw",
+                )
+            foreign = list(self.records(known, seq)) if seq > known else []
+            if foreign and on_foreign is not None:
+                on_foreign(foreign)
+            segment = self._segment(seq, chain)
+            first, chains, rows = seq, [], []
+            for kind, body_or_builder in items:
+                body = body_or_builder(seq) if callable(body_or_builder) else body_or_builder
+                size = len(body) + RECORD_OVERHEAD
+                if segment.size + size > self.segment_bytes and segment.size > SEGMENT_HEADER_SIZE:
+                    segment = _Segment(seq, 0, chain, SEGMENT_HEADER_SIZE)
+                    self._start_segment(segment)
+                _header, _trailer, chain = encode_record_parts(kind, seq, body, chain)
+                rows.append((self.log_id, seq, int(kind), body, chain))
+                chains.append(chain)
+                segment.size += size
+                seq += 1
+            with conn.cursor().copy(
+                "COPY gateway_records (log_id, seq, kind, body, chain) FROM STDIN"
+            ) as copy:
+                for record in rows:
+                    copy.write_row(record)
+            conn.execute(
+                "UPDATE gateway_segments SET size = %s WHERE log_id = %s AND first_seq = %s",
+                (segment.size, self.log_id, segment.first_seq),
+            )
+            conn.execute(
+                "UPDATE gateway_logs SET next_seq = %s, chain = %s WHERE log_id = %s",
+                (seq, chain, self.log_id),
+            )
+        return Appended(foreign, first, chains)
+
+    def records(self, from_seq: int = 0, to_seq: int | None = None) -> Iterator[LogRecord]:
+        """The records from ``from_seq`` (up to ``to_seq``), in order, read in pages."""
+        while to_seq is None or from_seq < to_seq:
+            rows = self.conn.execute(
+                "SELECT seq, kind, body, chain FROM gateway_records "
+                "WHERE log_id = %s AND seq >= %s AND seq < %s ORDER BY seq LIMIT %s",
+                (self.log_id, from_seq, to_seq if to_seq is not None else 1 << 62, _FETCH),
+            ).fetchall()
+            for seq, kind, body, chain in rows:
+                yield _record(int(seq), int(kind), bytes(body), bytes(chain))
+            if len(rows) < _FETCH:
+                return
+            from_seq = int(rows[-1][0]) + 1
+
+    def read(self, seq: int) -> tuple[int, bytes]:
+        """One record's kind and body."""
+        row = self.conn.execute(
+            "SELECT kind, body FROM gateway_records WHERE log_id = %s AND seq = %s",
+            (self.log_id, seq),
+        ).fetchone()
+        if row is None:
+            raise LogCorrupt(self.where, seq, f"record {seq} is not in the fleet store")
+        return int(row[0]), bytes(row[1])
+
+    # -- copying a data folder's log in (gateway store migrate)
+
+    def copy_in(self, header_chain: bytes, first_seq: int, generation: int) -> None:
+        """Start a segment as a data folder has it (its header's chain value)."""
+        self._start_segment(_Segment(first_seq, generation, header_chain, SEGMENT_HEADER_SIZE))
+
+    def copy_records(
+        self, records: Sequence[LogRecord], segment: int, end: tuple[int, bytes]
+    ) -> None:
+        """Add records as read from a data folder (chains checked by the reader), in one
+        transaction with the log's new end, so a copy cut short resumes after it."""
+        conn = self.conn
+        with conn.transaction():
+            with conn.cursor().copy(
+                "COPY gateway_records (log_id, seq, kind, body, chain) FROM STDIN"
+            ) as copy:
+                for record in records:
+                    copy.write_row(
+                        (self.log_id, record.seq, record.kind, record.body, record.chain)
+                    )
+            size = sum(r.location.size for r in records)
+            conn.execute(
+                "UPDATE gateway_segments SET size = size + %s WHERE log_id = %s AND first_seq = %s",
+                (size, self.log_id, segment),
+            )
+            conn.execute(
+                "UPDATE gateway_logs SET next_seq = %s, chain = %s WHERE log_id = %s",
+                (*end, self.log_id),
+            )
+
+    # -- inside
+
+    def _segment(self, next_seq: int, chain: bytes) -> _Segment:
+        row = self.conn.execute(
+            "SELECT first_seq, generation, prev_chain, size FROM gateway_segments "
+            "WHERE log_id = %s ORDER BY first_seq DESC LIMIT 1",
+            (self.log_id,),
+        ).fetchone()
+        if row is None:
+            segment = _Segment(next_seq, 0, chain, SEGMENT_HEADER_SIZE)
+            self._start_segment(segment)
+            return segment
+        return _Segment(int(row[0]), int(row[1]), bytes(row[2]), int(row[3]))
+
+    def _start_segment(self, segment: _Segment) -> None:
+        self.conn.execute(
+            "INSERT INTO gateway_segments (log_id, first_seq, generation, prev_chain, size) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            (self.log_id, segment.first_seq, segment.generation, segment.prev_chain, segment.size),
+        )
+
+
+@dataclass(slots=True)
+class _Segment:
+    first_seq: int
+    generation: int
+    prev_chain: bytes
+    size: int
+
+
+def _record(seq: int, kind: int, body: bytes, chain: bytes) -> LogRecord:
+    size = len(body) + RECORD_OVERHEAD
+    return LogRecord(seq, kind, body, chain, Location(0, 0, size, seq))
+
+
+def segment_files(log: RowLog) -> Iterator[tuple[str, bytes]]:
+    """Each segment of a log as a data folder's file: its name and bytes."""
+    segments = log.conn.execute(
+        "SELECT first_seq, generation, prev_chain FROM gateway_segments "
+        "WHERE log_id = %s ORDER BY first_seq",
+        (log.log_id,),
+    ).fetchall()
+    ends = [int(s[0]) for s in segments[1:]] + [None]
+    for (first, generation, prev_chain), end in zip(segments, ends, strict=True):
+        chain = bytes(prev_chain)
+        parts = [encode_segment_header(SegmentHeader(log.log_id, int(first), chain))]
+        for record in log.records(int(first), end):
+            if record.kind == RecordKind.GAP:
+                framed, chain = encode_gap(decode_gap(record.body), record.chain)
+            else:
+                framed, chain = encode_record(
+                    RecordKind(record.kind), record.seq, record.body, chain
+                )
+                if chain != record.chain:
+                    raise LogCorrupt(
+                        log.where, record.seq, f"record {record.seq}: chain value differs"
+                    )
+            parts.append(framed)
+        yield segment_name(int(first), int(generation)), b"".join(parts)

@@ -1,0 +1,146 @@
+"""A log as rows of the fleet store (SPEC.md 17.2), on a real PostgreSQL: the same records and
+chain values as a segment log, written back byte for byte; appends from two nodes at once
+stay one chain, each node told exactly the records the other appended; a batch that fails
+leaves nothing; the schema migrates once and refuses a newer one."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from gateway.fleet import RowLog, SchemaError, ensure_schema, segment_files
+from gateway.log import LogRecord, RecordKind, SegmentLog, encode_record_parts, genesis_chain
+
+from .peers import PostgresServer, private_postgres
+
+pytestmark = pytest.mark.slow
+
+LOG_ID = bytes.fromhex("0123456789abcdef0123456789abcdef")
+
+
+@pytest.fixture(scope="module")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    with private_postgres(tmp_path_factory.mktemp("pg")) as server:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            ensure_schema(conn)
+        yield server
+
+
+def connect(pg: PostgresServer) -> psycopg.Connection[Any]:
+    return psycopg.connect(pg.dsn, autocommit=True)
+
+
+def fresh_log(conn: psycopg.Connection[Any], segment_bytes: int = 64 * 1024) -> RowLog:
+    log_id = os.urandom(16)
+    log = RowLog(conn, log_id, segment_bytes=segment_bytes)
+    log.create()
+    return log
+
+
+def items(n: int, size: int = 3000) -> list[tuple[RecordKind, bytes]]:
+    return [
+        (RecordKind.CHUNK if i % 3 else RecordKind.EVENT, os.urandom(size + i % 7))
+        for i in range(n)
+    ]
+
+
+def chain_of(records: list[LogRecord], log_id: bytes) -> None:
+    """Every record follows the one before it, from the genesis value."""
+    chain = genesis_chain(log_id)
+    for expected, record in enumerate(records):
+        assert record.seq == expected
+        _header, _trailer, chain = encode_record_parts(
+            RecordKind(record.kind), record.seq, record.body, chain
+        )
+        assert chain == record.chain, f"record {record.seq}"
+
+
+def test_the_same_records_as_a_segment_log_byte_for_byte(
+    pg: PostgresServer, tmp_path: Path
+) -> None:
+    batches = [items(n) for n in (5, 40, 1, 60)]
+    with connect(pg) as conn:
+        rows = fresh_log(conn)
+        local = SegmentLog.create(tmp_path / "log", rows.log_id, segment_bytes=64 * 1024)
+        known = 0
+        for batch in batches:
+            appended = rows.append(batch, known)
+            assert appended.foreign == [] and appended.first_seq == known
+            chains: list[bytes] = []
+            local.append(batch, chains=chains)
+            assert appended.chains == chains  # the same chain values
+            known += len(batch)
+        local.close()
+        assert rows.end() == (known, chains[-1])
+        files = dict(segment_files(rows))
+    on_disk = {p.name: p.read_bytes() for p in (tmp_path / "log").glob("*.seg")}
+    assert len(on_disk) > 2 and files == on_disk  # the same segments, byte for byte
+
+
+def test_two_nodes_appending_at_once_make_one_chain(pg: PostgresServer) -> None:
+    with connect(pg) as setup:
+        log_id = fresh_log(setup).log_id
+    seen: dict[str, list[int]] = {"a": [], "b": []}
+    errors: list[BaseException] = []
+
+    def node(name: str) -> None:
+        try:
+            with connect(pg) as conn:
+                log, known = RowLog(conn, log_id), 0
+                for _ in range(30):
+                    batch = items(3, size=200)
+                    appended = log.append(batch, known)
+                    seen[name] += [r.seq for r in appended.foreign]
+                    seen[name] += range(appended.first_seq, appended.first_seq + len(batch))
+                    known = appended.first_seq + len(batch)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=node, args=(name,)) for name in seen]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    with connect(pg) as conn:
+        records = list(RowLog(conn, log_id).records())
+    assert len(records) == 180
+    chain_of(records, log_id)
+    # Each node was told every record exactly once, in order: its own and the other's
+    # (up to its last append).
+    for name, seqs in seen.items():
+        assert seqs == list(range(len(seqs))), name
+
+
+def test_a_batch_that_fails_leaves_nothing(pg: PostgresServer) -> None:
+    with connect(pg) as conn:
+        log = fresh_log(conn)
+        log.append(items(4), 0)
+        before = log.end()
+
+        def refuse(seq: int) -> bytes:
+            raise RuntimeError(f"no body for {seq}")
+
+        with pytest.raises(RuntimeError, match="no body for 6"):
+            log.append([*items(2), (RecordKind.EVENT, refuse)], 4)
+        assert log.end() == before
+        assert [r.seq for r in log.records()] == [0, 1, 2, 3]
+        with pytest.raises(Exception, match="ends at 4, before record 9"):
+            log.append(items(1), 9)
+
+
+def test_the_schema_is_made_once_and_a_newer_one_is_refused(pg: PostgresServer) -> None:
+    with connect(pg) as conn:
+        assert ensure_schema(conn) == 1  # already there: nothing to do
+        conn.execute("INSERT INTO gateway_schema (version) VALUES (99)")
+        try:
+            with pytest.raises(SchemaError, match="version 99"):
+                ensure_schema(conn)
+        finally:
+            conn.execute("DELETE FROM gateway_schema WHERE version = 99")
