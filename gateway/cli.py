@@ -21,6 +21,7 @@ from . import __version__, logs
 from ._groups import leaves
 from .cli_admin_args import ADMIN_COMMANDS, add_admin_commands
 from .cli_custody import add_custody_command, add_proof_command, run_custody, run_proof
+from .cli_store import add_store_command, run_store
 from .config import Config, ConfigError, load_config
 from .log import DataDir, DataDirLocked, LogCorrupt
 from .servers.journal_socket import JournalLost
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     backup.add_argument("destination", type=Path, help="a folder that does not exist yet")
     backup.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    add_store_command(commands, DEFAULT_DATA_DIR)
     add_admin_commands(commands)
     return parser
 
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_proof(args)
     if args.command == "backup":
         return _backup(args.data_dir, args.destination)
+    if args.command == "store":
+        return run_store(args)
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -91,6 +91,9 @@ class Report:
     opened_messages: int = 0
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Per log ("control" or a mailbox id): the segment generations the control log confirms
+    # (what a copy of the folder reads, ``gateway store migrate``).
+    cuts: dict[str, dict[int, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -171,6 +174,7 @@ def verify_data_dir(
         else:
             report.notes.append(f"{gone}: folder without a committed MailboxCreated (ignored)")
     report.mailboxes = len(state.mailboxes)
+    report.cuts = {"control": {}} | {box: state.cuts.get(box, {}) for box in state.mailboxes}
     for box_id in sorted(state.mailboxes):
         if box_id not in on_disk:
             report.problems.append(Problem(box_id, "mailbox folder is missing"))

@@ -5,7 +5,19 @@ chain values as a segment log), ``_migrate`` (a data folder copied in and out)."
 
 from __future__ import annotations
 
+from ._migrate import Migrated, MigrateError, migrate_in, migrate_out
 from ._rows import Appended, RowLog, segment_files
 from ._schema import SCHEMA_VERSION, SchemaError, ensure_schema
 
-__all__ = ["SCHEMA_VERSION", "Appended", "RowLog", "SchemaError", "ensure_schema", "segment_files"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Appended",
+    "MigrateError",
+    "Migrated",
+    "RowLog",
+    "SchemaError",
+    "ensure_schema",
+    "migrate_in",
+    "migrate_out",
+    "segment_files",
+]

@@ -51,6 +51,7 @@ from ._recovery_point import (
     remove_recovery_point,
 )
 from ._scan import RecordReader, iter_log
+from ._scan import scan_segment_header as read_segment_header
 from ._segment_log import SegmentLog
 from ._tree_file import TREE_FILE, read_tree
 from ._writer import LINGER, CommitGroup, Dependent, LogWriter, StaleEpoch, Written
@@ -100,6 +101,7 @@ __all__ = [
     "genesis_chain",
     "iter_log",
     "read_recovery_point",
+    "read_segment_header",
     "read_tree",
     "remove_recovery_point",
     "replace_file",

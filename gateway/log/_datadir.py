@@ -20,6 +20,13 @@ from ..ids import parse_mailbox_id
 from ._files import DataDirLocked, fsync_dir, replace_file, write_all, write_new_file
 from ._segment_log import SegmentLog
 
+# The files of these folders a copy of the store carries (the rest is the node's own).
+_CARRIED = {
+    "admin": {"password", "token-key"},
+    "custody": {"signing-key", "checkpoint"},
+    "control": {"base"},
+}
+
 
 class DataDir:
     """Paths and whole-file operations under the data folder."""
@@ -252,6 +259,58 @@ class DataDir:
             return (self.custody_dir / "mailboxes" / parse_mailbox_id(mailbox_id)).read_bytes()
         except FileNotFoundError:
             return None
+
+    # -- copies of the store (gateway store migrate, SPEC.md 17.4) -----------------------------
+
+    def carried_files(self) -> list[str]:
+        """What a copy of the store carries besides the logs, by path in the folder: key
+        files, the admin password's hash and token key, the signing key and checkpoints,
+        the control log's base. Not: TLS material, recovery points, a first admin password
+        nobody has read yet, the POP3 proxy's source-key secret (all the node's own)."""
+        names = [f"mailboxes/{box}/key" for box in self.list_mailbox_ids()]
+        for folder in ("admin", "custody", "custody/checkpoints", "custody/mailboxes"):
+            try:
+                entries = sorted(os.scandir(self.root / folder), key=lambda e: e.name)
+            except FileNotFoundError:
+                continue
+            names += [
+                f"{folder}/{e.name}"
+                for e in entries
+                if e.is_file() and e.name in _CARRIED.get(folder, {e.name})
+            ]
+        if (self.control_dir / "base").is_file():
+            names.append("control/base")
+        return names
+
+    def read_carried(self, name: str) -> bytes:
+        return self._carried_path(name).read_bytes()
+
+    def write_carried(self, name: str, data: bytes) -> None:
+        """Write a carried file (0600; its folders 0700), replaced whole."""
+        path = self._carried_path(name)
+        for folder in reversed(path.relative_to(self.root).parents[:-1]):
+            (self.root / folder).mkdir(mode=0o700, exist_ok=True)
+        replace_file(path, data)
+
+    def write_log_files(self, log_dir: Path, files: list[tuple[str, bytes]]) -> None:
+        """Write a log's segment (and tree) files into a new log folder, durably."""
+        log_dir.mkdir(mode=0o700, parents=True, exist_ok=False)
+        for name, data in files:
+            write_new_file(log_dir / name, data)
+        fsync_dir(log_dir)
+        fsync_dir(log_dir.parent)
+
+    def _carried_path(self, name: str) -> Path:
+        parts = name.split("/")
+        if parts[0] == "mailboxes" and len(parts) == 3 and parts[2] == "key":
+            return self.key_path(parts[1])
+        if parts[:2] == ["custody", "mailboxes"] and len(parts) == 3:
+            return self.custody_dir / "mailboxes" / parse_mailbox_id(parts[2])
+        if parts[:2] == ["custody", "checkpoints"] and len(parts) == 3 and parts[2].isdigit():
+            return self.custody_dir / "checkpoints" / parts[2]
+        if len(parts) == 2 and parts[1] in _CARRIED.get(parts[0], ()):
+            return self.root / parts[0] / parts[1]
+        raise ValueError(f"{name!r} is not a file a copy of the store carries")
 
     @property
     def tls_dir(self) -> Path:
