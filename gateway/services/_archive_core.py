@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..events import (
     SYSTEM,
@@ -32,7 +32,7 @@ from ..events import (
     encode_event,
     now,
 )
-from ..log import DataDir, LogRecord, LogWriter, RecordKind, Recovery
+from ..log import AppendItem, DataDir, LogRecord, LogWriter, RecordKind, Recovery
 from ._common import MailboxState, MailboxUnavailable, StoreConfig, find_mailbox
 from .projection import ControlState
 
@@ -109,11 +109,15 @@ class ArchiveCore:
         self.control.log.close()
         self.data.unlock()
 
-    async def append_control(self, event: ControlEvent, *, durable: bool = True) -> None:
-        """Append an event to the control log and fold it into the state. ``durable=False``
-        (audit records that acknowledge nothing) returns once written; the next durable
-        round of the group commit makes it durable with everything else."""
-        items = [(RecordKind.EVENT, encode_event(event))]
+    async def append_control(
+        self, event: ControlEvent | Sequence[ControlEvent], *, durable: bool = True
+    ) -> None:
+        """Append an event (or several, in one batch) to the control log and fold it into
+        the state. ``durable=False`` (audit records that acknowledge nothing) returns once
+        written; the next durable round of the group commit makes it durable with
+        everything else."""
+        events = event if isinstance(event, Sequence) else [event]
+        items: list[AppendItem] = [(RecordKind.EVENT, encode_event(e)) for e in events]
         if durable:
             await self.control.append(items)
         else:

@@ -199,10 +199,13 @@ class Archive:
 
     # -- the control log ---------------------------------------------------------------------------
 
-    async def append_control(self, event: ControlEvent, *, durable: bool = True) -> None:
-        """Append an event to the control log and fold it into the state. ``durable=False``
-        (audit records that acknowledge nothing) returns once written; the next durable
-        round of the group commit makes it durable with everything else."""
+    async def append_control(
+        self, event: ControlEvent | Sequence[ControlEvent], *, durable: bool = True
+    ) -> None:
+        """Append an event (or several, in one batch) to the control log and fold it into
+        the state. ``durable=False`` (audit records that acknowledge nothing) returns once
+        written; the next durable round of the group commit makes it durable with
+        everything else."""
         await self._core.append_control(event, durable=durable)
 
     @property

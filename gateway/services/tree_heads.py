@@ -146,13 +146,14 @@ class CheckpointSigner:
             for event in signed:
                 self.archive.data.save_mailbox_checkpoint(event.mailbox_id, event.note.encode())
 
+        if not signed:
+            return
         await trio.to_thread.run_sync(save)
+        # One batch, durable with the control log's own checkpoint, which is signed next.
+        await self.archive.append_control(signed, durable=False)
         for event in signed:
-            # Durable with the control log's own checkpoint, which is signed next.
-            await self.archive.append_control(event, durable=False)
             self.mailboxes_signed[event.mailbox_id] = event.size
-        if signed:
-            logger.info("event=checkpoint-signed mailboxes=%d", len(signed))
+        logger.info("event=checkpoint-signed mailboxes=%d", len(signed))
 
     def _signed_sizes(self, mailbox_ids: list[str]) -> dict[str, int]:
         """The size of each mailbox log's latest checkpoint kept (0: none, or unreadable)."""

@@ -115,7 +115,9 @@ async def measure(data: Path, proofs: int) -> tuple[dict[str, object], str]:
         results["sign_nothing_moved_s"] = round(time.perf_counter() - started, 3)
         log(f"sign: {results['sign_every_tree_s']} s, again {results['sign_nothing_moved_s']} s")
 
-        biggest = max(archive.mailboxes(), key=lambda info: len(archive.messages(info.mailbox_id)))
+        biggest = max(
+            archive.mailboxes(), key=lambda info: archive.backlog(info.mailbox_id).messages
+        )
         box = biggest.mailbox_id
         messages = archive.messages(box)
         results["proof_mailbox_messages"] = len(messages)
