@@ -76,6 +76,7 @@ async def open_core(root: Path, config: StoreConfig) -> ArchiveCore:
                 break
             except StaleRecoveryPoint as exc:
                 _unused("control", exc)
+        _warn_without_tree("control", log)
         core = ArchiveCore(data, config, LogWriter(log))
         core.state = state
         for record in records:
@@ -242,6 +243,7 @@ async def _open_mailbox(core: ArchiveCore, box: MailboxState) -> None:
     )
     box.index = index
     box.writer = LogWriter(log, core.commit_group)
+    _warn_without_tree(mailbox_id, log)
     if point is not None:
         box.recovery_seq, box.recovery_size = point.seq, len(point.state)
     _fold_messages(index, records)
@@ -384,6 +386,15 @@ def _every_witness(core: ArchiveCore, mailbox_id: str) -> dict[str, tuple[int, b
             if event is not None:
                 state.apply(event)
     return state.witnessed.get(mailbox_id, {})
+
+
+def _warn_without_tree(where: str, log: SegmentLog) -> None:
+    if log.tree is None:
+        logger.warning(
+            "event=tree-unknown log=%s reason=%r (no checkpoint of it is signed)",
+            where,
+            log.tree_missing,
+        )
 
 
 def _open_or_create(

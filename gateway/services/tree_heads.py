@@ -148,9 +148,10 @@ class CheckpointSigner:
 
         if not signed:
             return
-        await trio.to_thread.run_sync(save)
-        # One batch, durable with the control log's own checkpoint, which is signed next.
+        # One batch, durable with the control log's own checkpoint, which is signed next;
+        # then the files (a crash between: the next run signs the same heads again).
         await self.archive.append_control(signed, durable=False)
+        await trio.to_thread.run_sync(save)
         for event in signed:
             self.mailboxes_signed[event.mailbox_id] = event.size
         logger.info("event=checkpoint-signed mailboxes=%d", len(signed))
