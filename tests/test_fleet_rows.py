@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from gateway.fleet import RowLog, SchemaError, ensure_schema, segment_files
+from gateway.fleet import (
+    LogFollower,
+    MaildropLocks,
+    RowLog,
+    SchemaError,
+    ensure_schema,
+    segment_files,
+)
 from gateway.log import LogRecord, RecordKind, SegmentLog, encode_record_parts, genesis_chain
 
 from .peers import PostgresServer, private_postgres
@@ -32,8 +40,8 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
         yield server
 
 
-def connect(pg: PostgresServer) -> psycopg.Connection[Any]:
-    return psycopg.connect(pg.dsn, autocommit=True)
+def connect(pg: PostgresServer, name: str = "test") -> psycopg.Connection[Any]:
+    return psycopg.connect(pg.dsn, autocommit=True, application_name=name)
 
 
 def fresh_log(conn: psycopg.Connection[Any], segment_bytes: int = 64 * 1024) -> RowLog:
@@ -144,3 +152,44 @@ def test_the_schema_is_made_once_and_a_newer_one_is_refused(pg: PostgresServer) 
                 ensure_schema(conn)
         finally:
             conn.execute("DELETE FROM gateway_schema WHERE version = 99")
+
+
+def test_a_maildrop_lock_holds_across_nodes_and_dies_with_its_holder(
+    pg: PostgresServer,
+) -> None:
+    box = "0f" * 16
+    with connect(pg, "holder") as a_conn, connect(pg) as b_conn:
+        a, b = MaildropLocks(a_conn), MaildropLocks(b_conn)
+        assert a.acquire(box)
+        assert not b.acquire(box)  # [IN-USE] on the other node
+        assert b.acquire("1f" * 16)  # another mailbox is free
+        a.release(box)
+        assert b.acquire(box)
+        b.release(box)
+        assert a.acquire(box)
+        # The holder's session ends (a node killed, its connection cut): the lock goes too.
+        assert pg.terminate_backends(application_name="holder") == 1
+        with connect(pg) as c_conn:
+            locks, deadline = MaildropLocks(c_conn), time.monotonic() + 10
+            while not locks.acquire(box):  # the killed session's backend is on its way out
+                assert time.monotonic() < deadline, "the dead node's lock outlived it"
+                time.sleep(0.05)
+
+
+def test_every_node_is_woken_by_appends_and_never_by_a_rolled_back_batch(
+    pg: PostgresServer,
+) -> None:
+    with connect(pg) as writer_conn, connect(pg) as listener_conn:
+        follower = LogFollower(listener_conn)
+        log = fresh_log(writer_conn)
+        assert follower.wait(0.2) == {}
+        log.append(items(3), 0)
+        log.append(items(2), 3)
+        assert follower.wait(5.0) == {log.log_id: 5}
+
+        def refuse(seq: int) -> bytes:
+            raise RuntimeError("no body")
+
+        with pytest.raises(RuntimeError):
+            log.append([(RecordKind.EVENT, refuse)], 5)
+        assert follower.wait(0.5) == {}

@@ -1,10 +1,12 @@
 """Fleet mode (SPEC.md 17): the logs, key files and custody of a gateway as rows of a
 PostgreSQL database that several gateway nodes share. ``_schema`` (the tables and their
 versions), ``_rows`` (a log as rows: appends serialized across nodes, the same records and
-chain values as a segment log), ``_migrate`` (a data folder copied in and out)."""
+chain values as a segment log), ``_coordination`` (maildrop locks and wake-ups across
+nodes), ``_migrate`` (a data folder copied in and out)."""
 
 from __future__ import annotations
 
+from ._coordination import LogFollower, MaildropLocks
 from ._migrate import Migrated, MigrateError, migrate_in, migrate_out
 from ._rows import Appended, RowLog, segment_files
 from ._schema import SCHEMA_VERSION, SchemaError, ensure_schema
@@ -12,6 +14,8 @@ from ._schema import SCHEMA_VERSION, SchemaError, ensure_schema
 __all__ = [
     "SCHEMA_VERSION",
     "Appended",
+    "LogFollower",
+    "MaildropLocks",
     "MigrateError",
     "Migrated",
     "RowLog",

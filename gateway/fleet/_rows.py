@@ -45,6 +45,7 @@ from ..log import (
     genesis_chain,
     segment_name,
 )
+from ._coordination import CHANNEL
 
 __all__ = ["Appended", "RowLog", "segment_files"]
 
@@ -150,6 +151,8 @@ class RowLog:
                 "UPDATE gateway_logs SET next_seq = %s, chain = %s WHERE log_id = %s",
                 (seq, chain, self.log_id),
             )
+            # Delivered at commit, never for a batch rolled back (_coordination).
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{self.log_id.hex()} {seq}"))
         return Appended(foreign, first, chains)
 
     def records(self, from_seq: int = 0, to_seq: int | None = None) -> Iterator[LogRecord]:
