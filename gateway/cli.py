@@ -21,7 +21,7 @@ from . import __version__, logs
 from ._groups import leaves
 from .cli_admin_args import ADMIN_COMMANDS, add_admin_commands
 from .cli_custody import add_custody_command, add_proof_command, run_custody, run_proof
-from .cli_store import add_store_command, run_store
+from .cli_store import add_store_command, run_store, verify_fleet
 from .config import Config, ConfigError, load_config
 from .log import DataDir, DataDirLocked, LogCorrupt
 from .servers.journal_socket import JournalLost
@@ -73,6 +73,15 @@ def _parser() -> argparse.ArgumentParser:
         "--mailbox",
         help="also decrypt and check every message of this mailbox (password on stdin)",
     )
+    verify.add_argument(
+        "--dsn",
+        help="verify a fleet store (PostgreSQL connection string) instead of a data folder",
+    )
+    verify.add_argument(
+        "--scratch",
+        type=Path,
+        help="with --dsn: where the temporary copy goes (default: the system's temp folder)",
+    )
     add_custody_command(commands, DEFAULT_DATA_DIR)
     add_proof_command(commands, DEFAULT_DATA_DIR)
     backup = commands.add_parser(
@@ -94,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(sys.stderr)  # under systemd: priority prefixes, no timestamps (logs.py)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "verify" and args.dsn:
+        return verify_fleet(args.dsn, args.scratch, args.mailbox)
     if args.command == "verify":
         return _verify(args.data_dir, args.mailbox)
     if args.command == "custody":
@@ -108,20 +119,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _verify(data_dir: Path, mailbox: str | None) -> int:
-    from .verify import print_report, verify_data_dir  # noqa: PLC0415 (lazily: start time)
+    from .verify import (  # noqa: PLC0415 (lazily: start time)
+        print_report,
+        progress_printer,
+        verify_data_dir,
+    )
 
     password = None
     if mailbox is not None:
         password = sys.stdin.readline().rstrip("\r\n")
     interactive = sys.stderr.isatty()
-
-    def progress(where: str, count: int) -> None:
-        if interactive:
-            print(f"\r{where}: {count} records ", end="", file=sys.stderr, flush=True)
-        elif count % 100_000 == 0:
-            print(f"progress: {where}: {count} records", file=sys.stderr, flush=True)
-
-    report = verify_data_dir(data_dir, mailbox_id=mailbox, password=password, progress=progress)
+    report = verify_data_dir(
+        data_dir, mailbox_id=mailbox, password=password, progress=progress_printer(interactive)
+    )
     if interactive:
         print(file=sys.stderr)
     print_report(report)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 __all__ = ["add_store_command", "run_store"]
@@ -69,3 +70,38 @@ def run_store(args: argparse.Namespace) -> int:
         print_report(done.report)
         return EXIT_OK if done.report.ok else EXIT_PROBLEMS
     return EXIT_OK
+
+
+def verify_fleet(dsn: str, scratch: Path | None, mailbox: str | None) -> int:
+    """``gateway verify --dsn``: the fleet store copied into a temporary folder (every chain
+    checked as its records are framed), verified as a data folder, then removed."""
+    import psycopg  # noqa: PLC0415 (lazily: only this command needs it)
+
+    from .fleet import MigrateError, copy_out  # noqa: PLC0415
+    from .log import DataDir, LogCorrupt  # noqa: PLC0415
+    from .verify import print_report, progress_printer, verify_data_dir  # noqa: PLC0415
+
+    password = sys.stdin.readline().rstrip("\r\n") if mailbox is not None else None
+    interactive = sys.stderr.isatty()
+    with tempfile.TemporaryDirectory(prefix="gateway-verify-", dir=scratch) as folder:
+        data = DataDir(Path(folder) / "data")
+        try:
+            with psycopg.connect(dsn, autocommit=True, application_name="gateway-verify") as conn:
+                copy_out(conn, data, lambda where, count: None)
+        except MigrateError as exc:
+            print(f"gateway verify: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except LogCorrupt as exc:
+            print(f"PROBLEM: {exc}")
+            print("FAILED: 1 problem(s)")
+            return EXIT_PROBLEMS
+        except psycopg.Error as exc:
+            print(f"gateway verify: the fleet store: {exc}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        report = verify_data_dir(
+            data.root, mailbox_id=mailbox, password=password, progress=progress_printer(interactive)
+        )
+    if interactive:
+        print(file=sys.stderr)
+    print_report(report)
+    return EXIT_OK if report.ok else EXIT_PROBLEMS

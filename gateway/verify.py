@@ -65,7 +65,7 @@ from .services.projection import (
 from .verify_points import BaseCheck, ControlPointCheck, MailboxPointCheck, PointCheck
 from .verify_trees import SignedHead, TreeCheck
 
-__all__ = ["Problem", "Report", "print_report", "verify_data_dir"]
+__all__ = ["Problem", "Report", "print_report", "progress_printer", "verify_data_dir"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -663,6 +663,19 @@ def _open_every_message(
                 progress(f"{box_id} opened", report.opened_messages)
     except LogCorrupt as exc:
         report.problems.append(Problem(box_id, exc.reason, str(exc.path), exc.offset))
+
+
+def progress_printer(interactive: bool) -> Progress:
+    """verify's progress on standard error: a live counter on a terminal, else a line
+    every 100,000 records."""
+
+    def progress(where: str, count: int) -> None:
+        if interactive:
+            print(f"\r{where}: {count} records ", end="", file=sys.stderr, flush=True)
+        elif count % 100_000 == 0:
+            print(f"progress: {where}: {count} records", file=sys.stderr, flush=True)
+
+    return progress
 
 
 def print_report(report: Report, out: TextIO = sys.stdout) -> None:

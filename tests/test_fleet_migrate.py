@@ -84,6 +84,10 @@ def migrate(pg: PostgresServer, data: Path, *extra: str) -> subprocess.Popen[str
     )
 
 
+def scratch_left(folder: Path) -> list[str]:
+    return [p.name for p in folder.glob("gateway-verify-*")]
+
+
 def files(root: Path) -> dict[str, bytes]:
     """Every file a copy of the store holds, by path (the chosen segment generations only:
     ``remove_retired`` left no other)."""
@@ -129,6 +133,28 @@ async def test_a_store_of_10000_messages_round_trips_verified(
     assert out.splitlines()[-1] == "OK"
     expected = files(source)
     assert files(copy) == expected  # every segment, tree, key and checkpoint, byte for byte
+
+    # gateway verify on the database itself, then on rows altered behind its back.
+    def verify_store() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "verify", "--dsn", pg.dsn, "--scratch", tmp_path],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    checked = await trio.to_thread.run_sync(verify_store)
+    assert checked.returncode == 0 and checked.stdout.splitlines()[-1] == "OK", checked.stderr
+    where = f"log_id = decode('{next(iter(kept))}', 'hex')"
+    pg.psql(
+        f"UPDATE gateway_records SET body = overlay(body placing '\\x00' from 5 for 1) "
+        f"WHERE {where} AND seq = (SELECT max(seq) FROM gateway_records WHERE {where})"
+    )
+    checked = await trio.to_thread.run_sync(verify_store)
+    assert checked.returncode == 1 and "chain value differs" in checked.stdout, checked
+    assert scratch_left(tmp_path) == []  # the copy is gone
 
     archive = await Archive.open(copy, CONFIG)  # and it serves every message
     try:

@@ -7,7 +7,7 @@ nodes), ``_migrate`` (a data folder copied in and out)."""
 from __future__ import annotations
 
 from ._coordination import LogFollower, MaildropLocks
-from ._migrate import Migrated, MigrateError, migrate_in, migrate_out
+from ._migrate import Migrated, MigrateError, copy_out, migrate_in, migrate_out
 from ._rows import Appended, RowLog, segment_files
 from ._schema import SCHEMA_VERSION, SchemaError, ensure_schema
 
@@ -20,6 +20,7 @@ __all__ = [
     "Migrated",
     "RowLog",
     "SchemaError",
+    "copy_out",
     "ensure_schema",
     "migrate_in",
     "migrate_out",
