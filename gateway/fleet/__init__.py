@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ._coordination import LogFollower, MaildropLocks
 from ._migrate import Migrated, MigrateError, copy_out, migrate_in, migrate_out
-from ._rows import Appended, RowLog, segment_files
+from ._rows import Appended, RowCompaction, RowLog, segment_files
 from ._schema import SCHEMA_VERSION, SchemaError, ensure_schema
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "MaildropLocks",
     "MigrateError",
     "Migrated",
+    "RowCompaction",
     "RowLog",
     "SchemaError",
     "copy_out",

@@ -30,8 +30,10 @@ import psycopg
 from ..log import (
     DEFAULT_SEGMENT_BYTES,
     RECORD_OVERHEAD,
+    REMOVED,
     SEGMENT_HEADER_SIZE,
     AppendItem,
+    Gap,
     Location,
     LogCorrupt,
     LogRecord,
@@ -39,6 +41,7 @@ from ..log import (
     SegmentHeader,
     decode_gap,
     encode_gap,
+    encode_gap_body,
     encode_record,
     encode_record_parts,
     encode_segment_header,
@@ -47,7 +50,7 @@ from ..log import (
 )
 from ._coordination import CHANNEL
 
-__all__ = ["Appended", "RowLog", "segment_files"]
+__all__ = ["Appended", "RowCompaction", "RowLog", "segment_files"]
 
 _FETCH = 2000  # records read per round trip
 
@@ -179,6 +182,127 @@ class RowLog:
             raise LogCorrupt(self.where, seq, f"record {seq} is not in the fleet store")
         return int(row[0]), bytes(row[1])
 
+    # -- compaction (SPEC.md 6.4, 17.3)
+
+    def plan_compaction(
+        self, segment: int, keep: Callable[[LogRecord], bool]
+    ) -> RowCompaction | None:
+        """What compacting a sealed segment would do, exactly as a segment log decides it
+        (the same runs, GAP records and generation), changing nothing: the caller records
+        the cut in the control log (``LogCompacted``), then calls :meth:`apply_cut`."""
+        segments = self._segments()
+        firsts = [first for first, _generation in segments]
+        if segment not in firsts or segment == firsts[-1]:
+            raise ValueError("only a sealed segment of the log is compacted")
+        following = firsts[firsts.index(segment) + 1]
+        generation = dict(segments)[segment]
+        gaps: list[tuple[Gap, bytes]] = []
+        run: list[LogRecord] = []
+        kept = dropped = before = 0
+        for record in self.records(segment, following):
+            before += record.location.size
+            if record.kind == RecordKind.GAP or keep(record):
+                if run:
+                    gaps.append((Gap(run[0].seq, run[-1].seq), run[-1].chain))
+                    run = []
+                kept += record.kind != RecordKind.GAP
+            else:
+                run.append(record)
+                dropped += record.location.size
+        if run:
+            gaps.append((Gap(run[0].seq, run[-1].seq), run[-1].chain))
+        if dropped == 0:
+            return None
+        removed = kept == 0
+        after = (
+            0
+            if removed
+            else SEGMENT_HEADER_SIZE
+            + before
+            - dropped
+            + sum(len(encode_gap_body(gap)) + RECORD_OVERHEAD for gap, _chain in gaps)
+        )
+        return RowCompaction(
+            segment,
+            REMOVED if removed else generation + 1,
+            gaps,
+            SEGMENT_HEADER_SIZE + before,
+            after,
+            dropped,
+        )
+
+    def apply_cut(self, segment: int, generation: int, gaps: Sequence[tuple[Gap, bytes]]) -> None:
+        """Make a cut the control log confirms (``LogCompacted``): the records of each gap
+        replaced by one GAP record carrying the chain after it, the segment's generation
+        moved on (or the segment gone). Idempotent: a cut already made is left alone, so
+        opening the store makes any cut a crash interrupted."""
+        conn = self.conn
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT generation FROM gateway_segments WHERE log_id = %s AND first_seq = %s "
+                "FOR UPDATE",
+                (self.log_id, segment),
+            ).fetchone()
+            if row is None or (generation != REMOVED and int(row[0]) >= generation):
+                return  # made already
+            for gap, chain in gaps:
+                conn.execute(
+                    "DELETE FROM gateway_records WHERE log_id = %s AND seq BETWEEN %s AND %s",
+                    (self.log_id, gap.first_seq, gap.last_seq),
+                )
+                if generation != REMOVED:
+                    conn.execute(
+                        "INSERT INTO gateway_records (log_id, seq, kind, body, chain) "
+                        "VALUES (%s, %s, %s, %s, %s)",
+                        (
+                            self.log_id,
+                            gap.last_seq,
+                            int(RecordKind.GAP),
+                            encode_gap_body(gap),
+                            chain,
+                        ),
+                    )
+            if generation == REMOVED:  # every record of it goes, earlier GAP records too
+                conn.execute(
+                    "DELETE FROM gateway_records WHERE log_id = %s AND seq >= %s AND seq < ("
+                    "SELECT coalesce(min(first_seq), %s) FROM gateway_segments "
+                    "WHERE log_id = %s AND first_seq > %s)",
+                    (self.log_id, segment, 1 << 62, self.log_id, segment),
+                )
+                conn.execute(
+                    "DELETE FROM gateway_segments WHERE log_id = %s AND first_seq = %s",
+                    (self.log_id, segment),
+                )
+            else:
+                conn.execute(
+                    "UPDATE gateway_segments SET generation = %s, size = ("
+                    "  SELECT %s + coalesce(sum(octet_length(body) + %s), 0)"
+                    "  FROM gateway_records WHERE log_id = %s AND seq >= %s AND seq < ("
+                    "    SELECT coalesce(min(first_seq), %s) FROM gateway_segments"
+                    "    WHERE log_id = %s AND first_seq > %s))"
+                    " WHERE log_id = %s AND first_seq = %s",
+                    (
+                        generation,
+                        SEGMENT_HEADER_SIZE,
+                        RECORD_OVERHEAD,
+                        self.log_id,
+                        segment,
+                        1 << 62,
+                        self.log_id,
+                        segment,
+                        self.log_id,
+                        segment,
+                    ),
+                )
+
+    def _segments(self) -> list[tuple[int, int]]:
+        rows = self.conn.execute(
+            "SELECT first_seq, generation FROM gateway_segments WHERE log_id = %s "
+            "ORDER BY first_seq",
+            (self.log_id,),
+        ).fetchall()
+        return [(int(first), int(generation)) for first, generation in rows]
+
     # -- copying a data folder's log in (gateway store migrate)
 
     def copy_in(self, header_chain: bytes, first_seq: int, generation: int) -> None:
@@ -229,6 +353,18 @@ class RowLog:
             "VALUES (%s, %s, %s, %s, %s)",
             (self.log_id, segment.first_seq, segment.generation, segment.prev_chain, segment.size),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class RowCompaction:
+    """A compaction planned (SPEC.md 6.4): what ``LogCompacted`` records."""
+
+    segment: int
+    generation: int  # REMOVED when the whole segment goes
+    gaps: list[tuple[Gap, bytes]]  # each removed run, with the chain value after it
+    bytes_before: int
+    bytes_after: int
+    dropped_bytes: int
 
 
 @dataclass(slots=True)
