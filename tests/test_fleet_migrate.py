@@ -122,6 +122,8 @@ async def test_a_store_of_10000_messages_round_trips_verified(
     assert resumed.returncode == 0, err
     assert out.splitlines()[-1] == "OK"
     assert pg.psql("SELECT count(*) FROM gateway_logs") == "3"
+    # Every log's tree came with it, its head at the log's end: appends extend it.
+    assert pg.psql("SELECT count(*) FROM gateway_logs WHERE tree_size = next_seq") == "3"
     records = int(pg.psql("SELECT count(*) FROM gateway_records"))
     assert records > 10_000 and held >= 3000
     # The second run copied only what the first had not (records, then files).

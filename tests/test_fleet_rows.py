@@ -32,6 +32,7 @@ from gateway.log import (
     encode_record_parts,
     genesis_chain,
 )
+from gateway.merkle import MerkleTree, leaf_hash, record_leaf, verify_inclusion
 
 from .peers import PostgresServer, private_postgres
 
@@ -247,3 +248,35 @@ def test_compaction_cuts_rows_as_a_segment_log_cuts_files(
             1 for r in range(segments[0], segments[1]) if r % 3 == 0
         )
         assert not list(rows.records(segments[1], segments[2]))
+
+
+def test_the_tree_grows_with_the_rows_and_outlives_a_compaction(pg: PostgresServer) -> None:
+    """Each append extends the log's Merkle tree in its own transaction (two nodes at once
+    included); heads and proofs read a few rows; a compaction leaves every leaf."""
+    with connect(pg) as a_conn, connect(pg) as b_conn:
+        a = fresh_log(a_conn, segment_bytes=16 * 1024)
+        b = RowLog(b_conn, a.log_id, segment_bytes=16 * 1024)
+        known_a = known_b = 0
+        for n in range(20):
+            if n % 2:
+                known_a = a.append(items(3, 500), known_a).first_seq + 3
+            else:
+                known_b = b.append(items(2, 500), known_b).first_seq + 2
+        records = list(a.records())
+        expected = MerkleTree()
+        for record in records:
+            expected.append(leaf_hash(record_leaf(record.seq, record.kind, record.body)))
+        assert a.tree_head() == (len(records), expected.root())
+        tree = a.tree(len(records))
+        for index in (0, 7, len(records) - 1):
+            proof = tree.inclusion_proof(index)
+            assert proof == expected.inclusion_proof(index)
+            assert verify_inclusion(
+                expected.leaf(index), index, len(records), proof, expected.root()
+            )
+
+        segment = a.plan_compaction(0, lambda record: record.seq % 2 == 1)
+        assert segment is not None
+        a.apply_cut(segment.segment, segment.generation, segment.gaps)
+        assert a.tree_head() == (len(records), expected.root())
+        assert a.tree(len(records)).leaf(0) == expected.leaf(0)  # a removed record's leaf

@@ -27,15 +27,16 @@ from typing import Any
 import psycopg
 
 from ..log import TREE_FILE, DataDir, LogRecord, choose_files, iter_log, read_segment_header
+from ..merkle import HASH_SIZE, frontier_of, leaves_in, tree_nodes
 from ..verify import Report, verify_data_dir
 from ._rows import RowLog, segment_files
 from ._schema import ensure_schema
+from ._tree_rows import TreeRows
 
 __all__ = ["CONTROL_LOG_ID", "MigrateError", "Migrated", "copy_out", "migrate_in", "migrate_out"]
 
 CONTROL_LOG_ID = bytes(16)
 _BATCH = 1000  # records a transaction
-_TREE_CHUNK = 1024 * 32  # bytes of hashes a row of gateway_trees
 
 
 class MigrateError(Exception):
@@ -170,13 +171,18 @@ def _flush(log: RowLog, batch: list[LogRecord], segment: int) -> int:
 
 
 def _copy_tree(conn: psycopg.Connection[Any], log_id: bytes, path: Path) -> None:
-    """Replace the log's tree in the store with its tree file's hashes."""
+    """Replace the log's tree in the store with its tree file's hashes, its size and
+    frontier with them (a file behind its log leaves the copy without a tree)."""
     try:
         hashes = path.read_bytes()
     except FileNotFoundError:
-        return
+        hashes = b""
+    size = leaves_in(len(hashes) // HASH_SIZE)
+    hashes = hashes[: tree_nodes(size) * HASH_SIZE]
     with conn.transaction():
         conn.execute("DELETE FROM gateway_trees WHERE log_id = %s", (log_id,))
-        with conn.cursor().copy("COPY gateway_trees (log_id, chunk, hashes) FROM STDIN") as copy:
-            for chunk, start in enumerate(range(0, len(hashes), _TREE_CHUNK)):
-                copy.write_row((log_id, chunk, hashes[start : start + _TREE_CHUNK]))
+        TreeRows(conn, log_id).write(0, hashes)
+        conn.execute(
+            "UPDATE gateway_logs SET tree_size = %s, frontier = %s WHERE log_id = %s",
+            (size, b"".join(frontier_of(hashes, size)), log_id),
+        )

@@ -48,7 +48,9 @@ from ..log import (
     genesis_chain,
     segment_name,
 )
+from ..merkle import MerkleTree, frontier_root
 from ._coordination import CHANNEL
+from ._tree_rows import TreeRows, split_frontier
 
 __all__ = ["Appended", "RowCompaction", "RowLog", "segment_files"]
 
@@ -113,12 +115,14 @@ class RowLog:
         conn = self.conn
         with conn.transaction():
             row = conn.execute(
-                "SELECT next_seq, chain FROM gateway_logs WHERE log_id = %s FOR UPDATE",
+                "SELECT next_seq, chain, tree_size, frontier FROM gateway_logs "
+                "WHERE log_id = %s FOR UPDATE",
                 (self.log_id,),
             ).fetchone()
             if row is None:
                 raise LogCorrupt(self.where, 0, "no such log in the fleet store")
             seq, chain = int(row[0]), bytes(row[1])
+            tree_size, frontier = int(row[2]), split_frontier(bytes(row[3]))
             if seq < known:
                 raise LogCorrupt(
                     self.where,
@@ -129,7 +133,7 @@ class RowLog:
             if foreign and on_foreign is not None:
                 on_foreign(foreign)
             segment = self._segment(seq, chain)
-            first, chains, rows = seq, [], []
+            first, chains, rows, leaves = seq, [], [], []
             for kind, body_or_builder in items:
                 body = body_or_builder(seq) if callable(body_or_builder) else body_or_builder
                 size = len(body) + RECORD_OVERHEAD
@@ -138,6 +142,7 @@ class RowLog:
                     self._start_segment(segment)
                 _header, _trailer, chain = encode_record_parts(kind, seq, body, chain)
                 rows.append((self.log_id, seq, int(kind), body, chain))
+                leaves.append((seq, int(kind), body))
                 chains.append(chain)
                 segment.size += size
                 seq += 1
@@ -150,9 +155,13 @@ class RowLog:
                 "UPDATE gateway_segments SET size = %s WHERE log_id = %s AND first_seq = %s",
                 (segment.size, self.log_id, segment.first_seq),
             )
+            if tree_size == first:  # else the log has no tree (_tree_rows)
+                TreeRows(conn, self.log_id).extend(tree_size, frontier, leaves)
+                tree_size = seq
             conn.execute(
-                "UPDATE gateway_logs SET next_seq = %s, chain = %s WHERE log_id = %s",
-                (seq, chain, self.log_id),
+                "UPDATE gateway_logs SET next_seq = %s, chain = %s, tree_size = %s, "
+                "frontier = %s WHERE log_id = %s",
+                (seq, chain, tree_size, b"".join(frontier), self.log_id),
             )
             # Delivered at commit, never for a batch rolled back (_coordination).
             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{self.log_id.hex()} {seq}"))
@@ -171,6 +180,21 @@ class RowLog:
             if len(rows) < _FETCH:
                 return
             from_seq = int(rows[-1][0]) + 1
+
+    def tree_head(self) -> tuple[int, bytes] | None:
+        """The head of the log's tree (every record committed): its size and root; None
+        when the log has no tree."""
+        row = self.conn.execute(
+            "SELECT next_seq, tree_size, frontier FROM gateway_logs WHERE log_id = %s",
+            (self.log_id,),
+        ).fetchone()
+        if row is None or int(row[0]) != int(row[1]):
+            return None
+        return int(row[1]), frontier_root(split_frontier(bytes(row[2])))
+
+    def tree(self, size: int) -> MerkleTree:
+        """The tree of the first ``size`` records, read lazily (proofs read few rows)."""
+        return TreeRows(self.conn, self.log_id).view(size)
 
     def read(self, seq: int) -> tuple[int, bytes]:
         """One record's kind and body."""

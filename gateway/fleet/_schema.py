@@ -25,10 +25,14 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         # Each log's end: appends lock its row (SELECT ... FOR UPDATE), which serializes
         # appenders on every node, and continue the chain from it.
+        # tree_size and frontier: the log's Merkle tree (8.1), which appends extend; a
+        # tree_size other than next_seq: the log has no tree.
         """CREATE TABLE gateway_logs (
             log_id bytea PRIMARY KEY CHECK (octet_length(log_id) = 16),
             next_seq bigint NOT NULL CHECK (next_seq >= 0),
-            chain bytea NOT NULL CHECK (octet_length(chain) = 32)
+            chain bytea NOT NULL CHECK (octet_length(chain) = 32),
+            tree_size bigint NOT NULL DEFAULT 0,
+            frontier bytea NOT NULL DEFAULT ''::bytea
         )""",
         # The segments a log's records fall into, as in a data folder (SPEC.md 3.1): a
         # record belongs to the last segment whose first seq is at or before its own. The
