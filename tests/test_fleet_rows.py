@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from gateway.fleet import (
+    FleetFiles,
     LogFollower,
     MaildropLocks,
     RowLog,
@@ -280,3 +281,25 @@ def test_the_tree_grows_with_the_rows_and_outlives_a_compaction(pg: PostgresServ
         a.apply_cut(segment.segment, segment.generation, segment.gaps)
         assert a.tree_head() == (len(records), expected.root())
         assert a.tree(len(records)).leaf(0) == expected.leaf(0)  # a removed record's leaf
+
+
+def test_files_change_whole_in_two_halves_and_are_made_once(pg: PostgresServer) -> None:
+    box = "2a" * 16
+    with connect(pg) as a_conn, connect(pg) as b_conn:
+        a, b = FleetFiles(a_conn), FleetFiles(b_conn)
+        with pytest.raises(FileNotFoundError):
+            a.read_key_file(box)
+        a.write(f"mailboxes/{box}/key", b"old")
+        a.stage_key_file(box, b"new")
+        assert b.read_key_file(box) == b"old" and b.staged_key_file(box) == b"new"
+        b.commit_key_file(box)
+        assert a.read_key_file(box) == b"new" and a.staged_key_file(box) is None
+        made = [a.read_or_create_signing_key(lambda: b"A" * 32)]
+        made.append(b.read_or_create_signing_key(lambda: b"B" * 32))
+        assert made == [(b"A" * 32, True), (b"A" * 32, False)]  # one key for every node
+        a.save_checkpoint(5, b"five")
+        a.save_checkpoint(9, b"nine")
+        assert b.checkpoint_sizes() == [5, 9] and b.read_checkpoint() == b"nine"
+        assert b.read_checkpoint(5) == b"five"
+        with pytest.raises(ValueError, match="mailbox id"):
+            a.save_mailbox_checkpoint("../../etc", b"x")
