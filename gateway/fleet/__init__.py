@@ -1,14 +1,16 @@
 """Fleet mode (SPEC.md 17): the logs, key files and custody of a gateway as rows of a
 PostgreSQL database that several gateway nodes share. ``_schema`` (the tables and their
 versions), ``_rows`` (a log as rows: appends serialized across nodes, the same records and
-chain values as a segment log), ``_tree_rows`` (each log's Merkle tree), ``_coordination``
-(maildrop locks and wake-ups across nodes), ``_files`` (what a data folder keeps in files),
-``_migrate`` (a data folder copied in and out)."""
+chain values as a segment log), ``_tree_rows`` (each log's Merkle tree), ``_fleet_log`` (a
+row log under the group commit), ``_coordination`` (maildrop locks and wake-ups across
+nodes), ``_files`` (what a data folder keeps in files), ``_migrate`` (a data folder copied in
+and out)."""
 
 from __future__ import annotations
 
 from ._coordination import LogFollower, MaildropLocks
 from ._files import FleetFiles
+from ._fleet_log import FleetLog, Round
 from ._migrate import Migrated, MigrateError, copy_out, migrate_in, migrate_out
 from ._rows import Appended, RowCompaction, RowLog, segment_files
 from ._schema import SCHEMA_VERSION, SchemaError, ensure_schema
@@ -17,10 +19,12 @@ __all__ = [
     "SCHEMA_VERSION",
     "Appended",
     "FleetFiles",
+    "FleetLog",
     "LogFollower",
     "MaildropLocks",
     "MigrateError",
     "Migrated",
+    "Round",
     "RowCompaction",
     "RowLog",
     "SchemaError",

@@ -60,11 +60,13 @@ _FETCH = 2000  # records read per round trip
 @dataclass(frozen=True, slots=True)
 class Appended:
     """What an append did: the records other nodes had appended since the caller's last
-    look (to fold first), then the seq of the caller's first record and their chain values."""
+    look (to fold first), then the seq of the caller's first record, and each of its
+    records' chain value and framed size."""
 
     foreign: list[LogRecord]
     first_seq: int
     chains: list[bytes]
+    sizes: list[int]  # each record's framed size
 
 
 class RowLog:
@@ -133,7 +135,7 @@ class RowLog:
             if foreign and on_foreign is not None:
                 on_foreign(foreign)
             segment = self._segment(seq, chain)
-            first, chains, rows, leaves = seq, [], [], []
+            first, chains, rows, leaves, sizes = seq, [], [], [], []
             for kind, body_or_builder in items:
                 body = body_or_builder(seq) if callable(body_or_builder) else body_or_builder
                 size = len(body) + RECORD_OVERHEAD
@@ -144,6 +146,7 @@ class RowLog:
                 rows.append((self.log_id, seq, int(kind), body, chain))
                 leaves.append((seq, int(kind), body))
                 chains.append(chain)
+                sizes.append(size)
                 segment.size += size
                 seq += 1
             with conn.cursor().copy(
@@ -165,7 +168,7 @@ class RowLog:
             )
             # Delivered at commit, never for a batch rolled back (_coordination).
             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{self.log_id.hex()} {seq}"))
-        return Appended(foreign, first, chains)
+        return Appended(foreign, first, chains, sizes)
 
     def records(self, from_seq: int = 0, to_seq: int | None = None) -> Iterator[LogRecord]:
         """The records from ``from_seq`` (up to ``to_seq``), in order, read in pages."""

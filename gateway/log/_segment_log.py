@@ -220,6 +220,11 @@ class SegmentLog:
     # -- append
 
     @property
+    def uncommitted(self) -> bool:
+        """Never: what is appended is in the file at once (``sync`` makes it durable)."""
+        return False
+
+    @property
     def segments(self) -> list[int]:
         return list(self._files)
 

@@ -42,14 +42,44 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
 from ..threads import ThreadPool
 from ._files import AppendItem, Location, LogRecord, LogWriteError
-from ._segment_log import SegmentLog
 
-__all__ = ["LINGER", "CommitGroup", "Dependent", "LogWriter", "Observer", "StaleEpoch", "Written"]
+__all__ = [
+    "LINGER",
+    "AppendLog",
+    "CommitGroup",
+    "Dependent",
+    "LogWriter",
+    "Observer",
+    "StaleEpoch",
+    "Written",
+]
+
+
+class AppendLog(Protocol):
+    """What the group commit needs of a log: a segment log, or the fleet store's row log."""
+
+    @property
+    def next_seq(self) -> int: ...
+
+    @property
+    def uncommitted(self) -> bool:
+        """Records appended that only :meth:`sync` makes durable and visible (a row log's
+        open transaction); a segment log's are written already: False."""
+
+    def append(
+        self, items: Sequence[AppendItem], *, sync: bool = True, chains: list[bytes] | None = None
+    ) -> list[Location]: ...
+
+    def sync(self) -> None: ...
+
+
+L = TypeVar("L", bound=AppendLog)
 
 LINGER = 0.005  # seconds a lazy append waits for a round to ride with before leading one
 
@@ -95,7 +125,7 @@ class CommitGroup:
     """
 
     def __init__(self) -> None:
-        self._dirty: dict[LogWriter, None] = {}
+        self._dirty: dict[LogWriter[Any], None] = {}
         self._flushing = False
         self._flushed = trio.Event()
         self._thread = ThreadPool("gateway-commit", 1)  # a round at a time
@@ -107,7 +137,9 @@ class CommitGroup:
         # for every log in it (readiness, SPEC.md 13.7).
         self.last_error: str | None = None
 
-    async def wait_for(self, writer: LogWriter, ticket: _Ticket, *, lazy: bool = False) -> None:
+    async def wait_for(
+        self, writer: LogWriter[Any], ticket: _Ticket, *, lazy: bool = False
+    ) -> None:
         self._dirty[writer] = None
         if lazy:
             with trio.move_on_after(LINGER):
@@ -121,8 +153,8 @@ class CommitGroup:
 
     async def append_then(
         self,
-        first: Sequence[tuple[LogWriter, Sequence[AppendItem], int | None]],
-        then: LogWriter,
+        first: Sequence[tuple[LogWriter[Any], Sequence[AppendItem], int | None]],
+        then: LogWriter[Any],
         build: Dependent,
     ) -> tuple[list[Written | LogWriteError], Written | LogWriteError]:
         """Append each of ``first`` durably (a writer, its records and the epoch they
@@ -197,13 +229,13 @@ class _RoundResult:
     error: LogWriteError | None = None
 
 
-_Batch = tuple["LogWriter", list[_Ticket]]
+_Batch = tuple["LogWriter[Any]", list[_Ticket]]
 _NOT_WRITTEN = LogWriteError("a record it depends on was not written")
 
 
 def _write_round(
     work: list[_Batch],
-) -> tuple[list[tuple[LogWriter, list[_Ticket], _RoundResult]], float]:
+) -> tuple[list[tuple[LogWriter[Any], list[_Ticket], _RoundResult]], float]:
     """In a worker thread: every log's ordinary batch, written and made durable where that
     is needed; then the records that depend on them, likewise. Also the seconds spent in
     fdatasync."""
@@ -259,8 +291,9 @@ def _write_phase(work: list[_Batch], synced: list[float]) -> list[_RoundResult]:
             results.append(_RoundResult([], [], error=exc))
     to_sync = [
         i
-        for i, (_writer, tickets) in enumerate(work)
-        if results[i].error is None and any(ticket.durable for ticket in tickets)
+        for i, (writer, tickets) in enumerate(work)
+        if results[i].error is None
+        and (writer.log.uncommitted or any(ticket.durable for ticket in tickets))
     ]
     started = time.perf_counter()
     if len(to_sync) == 1:
@@ -278,7 +311,7 @@ def _write_phase(work: list[_Batch], synced: list[float]) -> list[_RoundResult]:
     return results
 
 
-def _sync(log: SegmentLog) -> LogWriteError | None:
+def _sync(log: AppendLog) -> LogWriteError | None:
     try:
         log.sync()
     except LogWriteError as exc:
@@ -289,10 +322,10 @@ def _sync(log: SegmentLog) -> LogWriteError | None:
 _fsync_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="gateway-fsync")
 
 
-class LogWriter:
-    """The async face of one SegmentLog: appends from many tasks, committed in groups."""
+class LogWriter(Generic[L]):
+    """The async face of one log: appends from many tasks, committed in groups."""
 
-    def __init__(self, log: SegmentLog, group: CommitGroup | None = None) -> None:
+    def __init__(self, log: L, group: CommitGroup | None = None) -> None:
         self.log = log
         self.group = group if group is not None else CommitGroup()
         self.epoch = 0

@@ -11,7 +11,7 @@ import trio
 
 from ..crypto import KdfParams, MailboxPublicKey
 from ..ids import parse_mailbox_id
-from ..log import DEFAULT_SEGMENT_BYTES, Location, LogWriter
+from ..log import DEFAULT_SEGMENT_BYTES, Location, LogWriter, SegmentLog
 from .message_index import MessageIndex, StoredMessage
 from .projection import MailboxInfo
 
@@ -102,7 +102,7 @@ def wrap_id(key_file: bytes) -> str:
 class MailboxState:
     info: MailboxInfo
     index: MessageIndex
-    writer: LogWriter | None = None
+    writer: LogWriter[SegmentLog] | None = None
     public_key: MailboxPublicKey | None = None
     damaged: str | None = None  # why the mailbox cannot take mail, if it cannot
     # Set once its log is open and checked (or it was found damaged): until then its index

@@ -1,0 +1,129 @@
+"""The group commit over the fleet store (SPEC.md 17.6) on a real PostgreSQL: concurrent
+appends to several logs go out in few rounds, each one transaction, committed before anyone
+is told; lazy appends commit too (no row lock is left behind); a database that refuses writes
+(read-only, the connection cut mid-round) gives LogWriteError with nothing half written, and
+the next round reconnects and continues the same chain."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import trio
+
+from gateway.fleet import FleetLog, Round, RowLog, ensure_schema
+from gateway.log import CommitGroup, LogWriteError, LogWriter, RecordKind
+
+from .peers import PostgresServer, private_postgres
+from .test_fleet_rows import chain_of
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    with private_postgres(tmp_path_factory.mktemp("pg")) as server:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            ensure_schema(conn)
+        yield server
+
+
+def connector(pg: PostgresServer, name: str) -> Any:
+    return lambda: psycopg.connect(pg.dsn, application_name=name)
+
+
+def open_logs(pg: PostgresServer, count: int, name: str = "round") -> tuple[Round, list[FleetLog]]:
+    reader = psycopg.connect(pg.dsn, autocommit=True)
+    round_ = Round(connector(pg, name))
+    logs = []
+    for _ in range(count):
+        log_id = os.urandom(16)
+        RowLog(reader, log_id).create()
+        logs.append(
+            FleetLog(
+                round_, reader, log_id, (0, RowLog(reader, log_id).end()[1]), segment_bytes=1 << 20
+            )
+        )
+    return round_, logs
+
+
+async def test_concurrent_appends_to_several_logs_commit_in_few_rounds(pg: PostgresServer) -> None:
+    _round, logs = await trio.to_thread.run_sync(open_logs, pg, 3)
+    group = CommitGroup()
+    writers = [LogWriter(log, group) for log in logs]
+    seen: list[list[int]] = [[], [], []]
+
+    async def appender(n: int) -> None:
+        which = n % 3
+        items = [(RecordKind.EVENT, os.urandom(100)) for _ in range(1 + n % 3)]
+        locations = await writers[which].append(items)
+        seen[which] += [location.seq for location in locations]
+
+    async with trio.open_nursery() as nursery:
+        for n in range(90):
+            nursery.start_soon(appender, n)
+    for which, log in enumerate(logs):
+        assert sorted(seen[which]) == list(range(log.next_seq))
+        records = await trio.to_thread.run_sync(log.records)
+        assert [r.seq for r in records] == sorted(seen[which])  # committed, every one
+        chain_of(records, log.log_id)
+        assert log.synced_seq == log.next_seq and not log.uncommitted
+    assert writers[0].statistics()["batches"] < 30  # rounds carried many appends each
+
+
+async def test_a_lazy_append_commits_and_leaves_no_lock(pg: PostgresServer) -> None:
+    _round, (log,) = await trio.to_thread.run_sync(open_logs, pg, 1)
+    writer = LogWriter(log)
+    await writer.append_lazily([(RecordKind.EVENT, b"audit")])
+    assert not log.uncommitted
+
+    def other_node_appends() -> int:
+        with psycopg.connect(pg.dsn, autocommit=True, options="-c lock_timeout=2000") as conn:
+            return RowLog(conn, log.log_id).append([(RecordKind.EVENT, b"x")], 1).first_seq
+
+    assert await trio.to_thread.run_sync(other_node_appends) == 1
+
+
+async def test_refused_writes_leave_nothing_and_the_next_round_goes_on(
+    pg: PostgresServer,
+) -> None:
+    _round, (log, other) = await trio.to_thread.run_sync(open_logs, pg, 2, "refused")
+    writer = LogWriter(log)
+    await writer.append([(RecordKind.EVENT, b"first")])
+
+    await trio.to_thread.run_sync(pg.make_read_only)
+    try:
+        with pytest.raises(LogWriteError, match="read-only"):
+            await writer.append([(RecordKind.EVENT, b"refused")])
+    finally:
+        await trio.to_thread.run_sync(pg.make_read_only, False)
+    assert log.next_seq == 1 and not log.uncommitted
+
+    # The round's connection cut (a failover, a restart): one failure, then a new one.
+    assert await trio.to_thread.run_sync(lambda: pg.terminate_backends("refused")) == 1
+    with pytest.raises(LogWriteError):
+        await writer.append([(RecordKind.EVENT, b"cut")])
+    await writer.append([(RecordKind.EVENT, b"second")])
+
+    # Cut between a round's appends (to two logs) and its commit: rolled back whole, each
+    # log's end where the round found it, and neither's records anywhere.
+    def cut_before_commit() -> None:
+        log.append([(RecordKind.EVENT, b"lost")], sync=False)
+        other.append([(RecordKind.EVENT, b"lost too")], sync=False)
+        assert log.uncommitted and log.next_seq == 3 and other.next_seq == 1
+        assert pg.terminate_backends("refused") == 1
+        with pytest.raises(LogWriteError, match="did not commit"):
+            log.sync()
+        with pytest.raises(LogWriteError, match="did not commit"):
+            other.sync()
+        assert log.next_seq == 2 and not log.uncommitted
+        assert other.next_seq == 0 and other.records() == []
+
+    await trio.to_thread.run_sync(cut_before_commit)
+    await writer.append([(RecordKind.EVENT, b"third")])
+    records = await trio.to_thread.run_sync(log.records)
+    assert [r.body for r in records] == [b"first", b"second", b"third"]
+    chain_of(records, log.log_id)
