@@ -133,7 +133,6 @@ def verify_data_dir(
         if base_check is not None:
             base_check.see(record)
         point_check.see(record, state)
-        state.fold_record(record.seq, record.kind, record.body)  # the control log's tree
         if record.seq < start.seq:
             continue  # folded into the base already
         if record.kind == RecordKind.GAP:

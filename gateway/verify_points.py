@@ -46,8 +46,6 @@ _COMPARED = (
     "events",
     "truncations",
     "key_ids",
-    "tree_size",
-    "tree",
 )
 
 
@@ -169,19 +167,9 @@ class ControlPointCheck:
         return self.result
 
     def _compare(self, folded: ControlState) -> None:
-        saved, point = self._saved, self._watch.point
+        saved = self._saved
         assert saved is not None
-        assert point is not None
-        compared: tuple[str, ...] = _COMPARED
-        if saved.tree_size == 0 and point.seq > 0:
-            # Made before the control log had a tree: not damage; the next open reads the
-            # log whole and builds it.
-            self.result.notes.append(
-                "recovery point: made before the control log had a Merkle tree; the next "
-                "open reads the log whole"
-            )
-            compared = tuple(n for n in _COMPARED if n not in ("tree", "tree_size"))
-        self._differ = [n for n in compared if getattr(saved, n) != getattr(folded, n)]
+        self._differ = [n for n in _COMPARED if getattr(saved, n) != getattr(folded, n)]
 
 
 class MailboxPointCheck:

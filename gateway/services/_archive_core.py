@@ -125,7 +125,6 @@ class ArchiveCore:
 
     def _written(self, records: list[LogRecord], durable: bool) -> None:
         for record in records:
-            self.state.fold_record(record.seq, record.kind, record.body)
             if record.kind == RecordKind.EVENT and (event := decode_control_event(record.body)):
                 self.state.apply(event)
                 if isinstance(event, MessagesExpunged) and (

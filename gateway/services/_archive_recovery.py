@@ -80,7 +80,6 @@ async def open_core(root: Path, config: StoreConfig) -> ArchiveCore:
         core = ArchiveCore(data, config, LogWriter(log))
         core.state = state
         for record in records:
-            core.state.fold_record(record.seq, record.kind, record.body)
             if record.kind == RecordKind.EVENT:
                 event = decode_control_event(record.body)
                 if event is not None:
@@ -155,13 +154,7 @@ def _control_starts(data: DataDir) -> Iterator[tuple[ControlState, RecoveryPoint
         try:
             point = read_recovery_point(data.control_dir, CONTROL_LOG_ID, name=name)
             if point is not None:
-                state = decode_control_state(point.state)
-                if name == RECOVERY_FILE and state.tree_size != point.seq:
-                    # Made before the control log had a tree (SPEC.md 8.1): reading the
-                    # log whole builds it, once.
-                    _unused("control", ValueError("it carries no Merkle tree of the log"))
-                    continue
-                yield state, point
+                yield decode_control_state(point.state), point
         except (StaleRecoveryPoint, ValueError) as exc:
             _unused("control", exc)
     yield ControlState(), None

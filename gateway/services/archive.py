@@ -38,7 +38,6 @@ from ..crypto import MailboxPrivateKey, MailboxPublicKey
 from ..events import SYSTEM, Actor, ControlEvent, Envelope, MailboxStatus
 from ..ids import new_message_id, parse_message_id
 from ..log import CommitGroup, DataDir, Location, LogRecord, LogWriter, SegmentLog, iter_log
-from ..merkle import frontier_root
 from . import (
     _archive_checkpoint,
     _archive_commits,
@@ -400,11 +399,12 @@ class Archive:
     async def tree_head(self) -> tuple[int, bytes]:
         """The control log's Merkle tree now (SPEC.md 8.1): how many records it covers and
         its head, every one of those records durable (the log is synced while no round
-        runs); size -1 when the tree is not known."""
-        core = self._core
-        async with core.commit_group.held():
-            await trio.to_thread.run_sync(core.control.log.sync)
-            return core.state.tree_size, frontier_root(core.state.tree)
+        runs); size -1 when the log has no tree."""
+        log = self._core.control.log
+        async with self._core.commit_group.held():
+            await trio.to_thread.run_sync(log.sync)
+            head = await trio.to_thread.run_sync(log.tree_head)
+        return head if head is not None else (-1, b"")
 
     async def mailbox_tree_heads(self) -> list[tuple[str, int, bytes]]:
         """The Merkle tree of every open mailbox log with one (SPEC.md 8.1): mailbox, how

@@ -43,7 +43,6 @@ from ..events import (
     StoreSpaceLow,
     StoreSpaceRestored,
 )
-from ..merkle import frontier_append, leaf_hash, record_leaf
 
 __all__ = [
     "AdminSession",
@@ -156,11 +155,6 @@ class ControlState:
     alarms: dict[str, set[str]] = field(default_factory=dict)
     # Under [store] min_free_bytes since the last StoreSpaceLow: intake refuses (13.8).
     store_space_low: bool = False
-    # The control log's Merkle tree (SPEC.md 8.1) as a frontier: the records folded so far
-    # and the roots of the complete subtrees they split into (-1: not known). Folded from
-    # every record (not from events: fold_record), so a recovery point carries it too.
-    tree_size: int = 0
-    tree: list[bytes] = field(default_factory=list)
     expunged: dict[str, set[str]] = field(default_factory=dict)
     compactions: dict[str, list[LogCompacted]] = field(default_factory=dict)
     # Per mailbox: segment first seq -> the confirmed generation of its file (log.REMOVED
@@ -194,18 +188,6 @@ class ControlState:
     # them ``witnessed`` and ``expunged`` keep none per message (a million-message store must
     # not hold them twice). Empty for verify, and for a server's mailboxes until each opens.
     indexed: set[str] = field(default_factory=set)
-
-    def fold_record(self, seq: int, kind: int, body: bytes) -> None:
-        """Add the record at ``seq`` (the next one) to the control log's tree."""
-        if self.tree_size < 0 or seq < self.tree_size:
-            return  # not known (below), or before the history this state starts from
-        if seq > self.tree_size:
-            # Records this state never folded (a base from before the tree, SPEC.md 6.8):
-            # the tree cannot be known, and no checkpoint is signed.
-            self.tree_size, self.tree = -1, []
-            return
-        frontier_append(self.tree, self.tree_size, leaf_hash(record_leaf(seq, kind, body)))
-        self.tree_size += 1
 
     def forget_messages(self, mailbox_id: str) -> None:
         """The mailbox just opened: its index knows its witnesses and expunged ids from now

@@ -4,8 +4,7 @@ proofs against them.
 Theory of operation
 -------------------
 Every log's tree grows with its records; each log keeps it in a file beside its segments
-(``gateway.log``), and the control log's head is also kept as a frontier in its projection
-(``ControlState.fold_record``), so its recovery point carries it.
+(``gateway.log``), which every head and proof is read from.
 :class:`CheckpointSigner` signs each head that moved every ``[custody]
 checkpoint_interval`` seconds, and at a clean stop: a C2SP checkpoint (origin, size, root)
 in a signed note, with the Ed25519 key in ``<data>/custody/signing-key`` (made on the first
