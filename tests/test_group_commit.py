@@ -24,7 +24,7 @@ from gateway.log import (
 SEGMENT = 1 << 20
 
 
-def writers(tmp_path: Path, *names: str) -> list[LogWriter]:
+def writers(tmp_path: Path, *names: str) -> list[LogWriter[SegmentLog]]:
     group = CommitGroup()
     return [
         LogWriter(
@@ -42,7 +42,7 @@ def naming(written: list[Written]) -> list[AppendItem]:
     return [(RecordKind.EVENT, b"".join(chains[-1] for _locations, chains in written))]
 
 
-def bodies(writer: LogWriter) -> list[bytes]:
+def bodies(writer: LogWriter[SegmentLog]) -> list[bytes]:
     writer.log.close()
     return [r.body for r in iter_log(writer.log.directory, writer.log.log_id)]
 

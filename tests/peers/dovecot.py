@@ -57,7 +57,7 @@ import trio
 import trustme
 
 from .postfix import _reachable_by
-from .tools import free_port, require, wait_for_port
+from .tools import free_port, live_processes, require, wait_for_port
 
 __all__ = [
     "DovecotError",
@@ -234,18 +234,12 @@ class DovecotInstance:
         title = f"dovecot-{self.instance_name}/".encode()
         master = f"-c\0{self.config_file}\0".encode()
         found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:  # gone
-                continue
+        for pid, cmdline in live_processes():
             if cmdline.startswith(title):
                 service = cmdline[len(title) :].split(b"\0")[0].split(b" ")[0]
-                found.append((int(entry.name), service.decode(errors="replace")))
+                found.append((pid, service.decode(errors="replace")))
             elif master in cmdline:
-                found.append((int(entry.name), "master"))
+                found.append((pid, "master"))
         return found
 
     def _explain(self, what: str) -> str:

@@ -46,7 +46,7 @@ from typing import Literal
 
 import trio
 
-from .tools import free_port, require, wait_for_port
+from .tools import free_port, live_processes, require, wait_for_port
 
 __all__ = [
     "PostfixError",
@@ -237,17 +237,7 @@ class PostfixInstance:
         SIGKILL to crash it. Each carries the instance's MAIL_CONFIG in its environment,
         which Postfix's import_environment hands down to every child."""
         marker = f"MAIL_CONFIG={self.config_dir}".encode()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                environ = (entry / "environ").read_bytes()
-            except OSError:  # gone, or a zombie
-                continue
-            if marker in environ.split(b"\0"):
-                found.append(int(entry.name))
-        return found
+        return [pid for pid, environ in live_processes("environ") if marker in environ.split(b"\0")]
 
     def _explain(self, what: str) -> str:
         tail = self.log_text()[-LOG_TAIL:]

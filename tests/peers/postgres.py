@@ -68,7 +68,7 @@ from pathlib import Path
 import trio
 
 from .postfix import _reachable_by
-from .tools import SBIN, free_port, require
+from .tools import SBIN, free_port, live_processes, require
 
 __all__ = [
     "PG_BIN",
@@ -214,17 +214,11 @@ class PostgresServer:
     def processes(self) -> list[int]:
         """Every live process of this cluster: the postmaster and its children."""
         title = f"postgres: {self.cluster_name}: ".encode()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:  # gone
-                continue
-            if cmdline.startswith(title) or self._postmaster_cmdline(cmdline):
-                found.append(int(entry.name))
-        return found
+        return [
+            pid
+            for pid, cmdline in live_processes()
+            if cmdline.startswith(title) or self._postmaster_cmdline(cmdline)
+        ]
 
     def _is_postmaster(self, pid: int) -> bool:
         try:

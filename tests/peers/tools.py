@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -58,6 +58,18 @@ def require(tool: str) -> str:
     if path is None:
         pytest.fail(f"{tool} is not installed: run tests/peers/install.sh (as root)")
     return path
+
+
+def live_processes(what: Literal["cmdline", "environ"] = "cmdline") -> Iterator[tuple[int, bytes]]:
+    """Every live process with its command line (or environment): NUL-separated bytes from
+    /proc; processes gone meanwhile (or zombies, for the environment) are skipped."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            yield int(entry.name), (entry / what).read_bytes()
+        except OSError:  # gone
+            continue
 
 
 def free_port(host: str = "127.0.0.1") -> int:
