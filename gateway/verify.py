@@ -13,23 +13,21 @@ What is checked (SPEC.md, "gateway verify"):
 * with a mailbox's password: every message opens, every chunk authenticates, and size and
   SHA-256 of the plaintext match the sealed envelope.
 
-It changes nothing: a torn tail of a log being written is reported, not cut.
+* each log's Merkle tree file against its records, and every signed checkpoint against it.
+
+It changes nothing: a torn tail of a log being written is reported, not cut. This module runs
+the replay (the control log, then each mailbox log against it); each log is read once by
+``verify_reading``, recovery points are checked by ``verify_points``, tree files by
+``verify_trees``, messages opened by ``verify_messages``; ``verify_report`` is what comes out.
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
 
-from .crypto import (
-    CryptoError,
-    MessageOpener,
-    decode_key_file,
-    unlock,
-)
+from .crypto import CryptoError, decode_key_file
 from .events import (
     CheckpointSigned,
     LogCompacted,
@@ -38,69 +36,28 @@ from .events import (
     decode_control_event,
     decode_message_event,
 )
-from .ids import InvalidId, parse_mailbox_id
 from .log import (
     ARCHIVE_FOLDER,
     BASE_FILE,
     RECOVERY_FILE,
-    TREE_FILE,
     DataDir,
-    LogCorrupt,
     LogRecord,
     RecordKind,
     StaleRecoveryPoint,
     decode_chunk_body,
     decode_gap,
-    iter_log,
     read_recovery_point,
-    segment_name,
 )
 from .services.admin_credentials import verifier_credential_id
-from .services.archive import CONTROL_LOG_ID, sealed_of, wrap_id
-from .services.projection import (
-    AdminState,
-    ControlState,
-    decode_control_state,
-)
+from .services.archive import CONTROL_LOG_ID, wrap_id
+from .services.projection import AdminState, ControlState, decode_control_state
+from .verify_messages import acknowledged, open_every_message
 from .verify_points import BaseCheck, ControlPointCheck, MailboxPointCheck, PointCheck
-from .verify_trees import SignedHead, TreeCheck
+from .verify_reading import LogEnd, Reading, note_torn
+from .verify_report import Problem, Progress, Report, print_report, progress_printer
+from .verify_trees import SignedHead
 
 __all__ = ["Problem", "Report", "print_report", "progress_printer", "verify_data_dir"]
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    where: str  # "control" or a mailbox id
-    reason: str
-    path: str = ""
-    offset: int | None = None
-
-    def __str__(self) -> str:
-        at = f" at {self.path}" if self.path else ""
-        at += f" offset {self.offset}" if self.offset is not None else ""
-        return f"{self.where}: {self.reason}{at}"
-
-
-@dataclass(slots=True)
-class Report:
-    mailboxes: int = 0
-    messages: int = 0
-    message_bytes: int = 0
-    records: int = 0
-    log_bytes: int = 0
-    opened_messages: int = 0
-    problems: list[Problem] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    # Per log ("control" or a mailbox id): the segment generations the control log confirms
-    # (what a copy of the folder reads, ``gateway store migrate``).
-    cuts: dict[str, dict[int, int]] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-Progress = Callable[[str, int], None]
 
 
 def verify_data_dir(
@@ -125,7 +82,7 @@ def verify_data_dir(
     }
     base_check = BaseCheck(data.control_dir, CONTROL_LOG_ID) if start.seq else None
     point_check = ControlPointCheck(data.control_dir, CONTROL_LOG_ID)
-    control = _Reading(
+    control = Reading(
         report, "control", data.control_dir, CONTROL_LOG_ID, None, progress, start.segment
     )
     signed: dict[str, list[SignedHead]] = {}  # by mailbox ("": the control log's)
@@ -158,7 +115,7 @@ def verify_data_dir(
         state.apply(event)
     if base_check is not None:  # the base is the state of the records it says
         _add_point_check(report, "control", data.control_dir, base_check.finish(), BASE_FILE)
-    _note_torn(report, "control", control.torn)
+    note_torn(report, "control", control.torn)
     control.check_tree(signed.get("", []))
 
     points = PointCheck()
@@ -192,7 +149,7 @@ def verify_data_dir(
 
     _verify_admin(report, data, state.admin)
     if mailbox_id is not None:
-        _open_every_message(report, data, state, mailbox_id, password or "", progress)
+        open_every_message(report, data, state, mailbox_id, password or "", progress)
     return report
 
 
@@ -226,13 +183,6 @@ def _verify_admin(report: Report, data: DataDir, admin: AdminState) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class _Torn:
-    path: Path
-    offset: int
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
 class _Start:
     """Where the control log's history starts: its first record, or its base (SPEC.md 6.8)."""
 
@@ -259,76 +209,6 @@ def _control_start(report: Report, data: DataDir) -> tuple[ControlState, _Start]
         f"file(s) in control/{ARCHIVE_FOLDER}/); verified from its base at record {base.seq}"
     )
     return state, _Start(base.seq, base.segment)
-
-
-class _Reading:
-    """A log's records from ``from_seq`` on, read and checked as they are iterated (once);
-    after that, whether the reading stopped at a problem, the last record and the partial
-    record the log ends in, if it does. No record is kept."""
-
-    def __init__(
-        self,
-        report: Report,
-        where: str,
-        directory: Path,
-        log_id: bytes,
-        cuts: Mapping[int, int] | None,
-        progress: Progress | None,
-        from_seq: int = 0,
-    ) -> None:
-        self.report, self.where, self.progress = report, where, progress
-        self.directory, self.log_id, self.cuts, self.from_seq = directory, log_id, cuts, from_seq
-        self.failed = False
-        self.last: LogRecord | None = None
-        self.torn: _Torn | None = None
-        self.tree = TreeCheck(directory)
-
-    def __iter__(self) -> Iterator[LogRecord]:
-        report, progress = self.report, self.progress
-        try:
-            for record in iter_log(
-                self.directory,
-                self.log_id,
-                cuts=self.cuts,
-                keep_bodies=True,
-                on_torn_tail=self._on_torn,
-                from_seq=self.from_seq,
-            ):
-                report.records += 1
-                report.log_bytes += record.location.size
-                if progress is not None and report.records % 1000 == 0:
-                    progress(self.where, report.records)
-                self.last = record
-                self.tree.see(record)
-                yield record
-        except LogCorrupt as exc:
-            self.failed = True
-            report.problems.append(Problem(self.where, exc.reason, str(exc.path), exc.offset))
-
-    def check_tree(self, signed: list[SignedHead]) -> None:
-        """Once the log is read: its tree file, and the heads signed of it (SPEC.md 8.1)."""
-        if self.failed:
-            return  # that problem stands for the tree too
-        records = self.last.seq + 1 if self.last is not None else 0
-        self.tree.finish(records, signed)
-        path = str(self.directory / TREE_FILE)
-        self.report.problems.extend(
-            Problem(self.where, what, path, offset) for what, offset in self.tree.problems
-        )
-        self.report.notes.extend(f"{self.where}: {note}" for note in self.tree.notes)
-
-    def _on_torn(self, path: Path, offset: int, size: int) -> None:
-        if self.torn is None:
-            self.torn = _Torn(path, offset, size)
-
-
-def _note_torn(report: Report, where: str, torn: _Torn | None) -> None:
-    if torn is not None:
-        report.notes.append(
-            f"{where}: {torn.path} ends in a partial record at offset {torn.offset} "
-            f"({torn.size} bytes): a write in progress, or cut short by a crash (opening the "
-            "log cuts it off)"
-        )
 
 
 def _verify_mailbox(
@@ -364,7 +244,7 @@ def _verify_mailbox(
     mid_bytes_to_chunks: dict[int, tuple[bytes, int, int]] = {}
     log_dir, log_id = data.mailbox_log_dir(box_id), bytes.fromhex(box_id)
     point_check = MailboxPointCheck(log_dir, log_id, state.cuts.get(box_id), saved, state)
-    reading = _Reading(report, box_id, log_dir, log_id, state.cuts.get(box_id), progress)
+    reading = Reading(report, box_id, log_dir, log_id, state.cuts.get(box_id), progress)
     commits: dict[int, tuple[str, bytes]] = {}  # seq -> message id, chain
     for record in reading:
         if record.kind != RecordKind.EVENT:
@@ -405,7 +285,7 @@ def _verify_mailbox(
                     mid_bytes_to_chunks.pop(seq, None)
                 continue
             _check_commit(report, box_id, record, event, mid_bytes_to_chunks, issued_keys)
-            if _acknowledged(state, box_id, record.seq, event.message_id):
+            if acknowledged(state, box_id, record.seq, event.message_id):
                 report.messages += 1
                 report.message_bytes += event.size
     readable = not reading.failed
@@ -421,7 +301,7 @@ def _verify_mailbox(
         )
     witnesses = state.witnessed.get(box_id)
     if witnesses is None:
-        _note_torn(report, box_id, reading.torn)
+        note_torn(report, box_id, reading.torn)
         report.notes.append(
             f"{box_id}: its log predates commit witnesses and was never opened by a gateway "
             "that has them: its messages are checked by chain only"
@@ -429,27 +309,8 @@ def _verify_mailbox(
         return
     if not readable:
         return  # the log could not be read to its end; that problem stands for the rest
-    ends = _LogEnd.of(reading.last, reading.torn, log_dir)
+    ends = LogEnd.of(reading.last, reading.torn, log_dir)
     _check_witnesses(report, box_id, state, witnesses, commits, expunged, removed_ids, ends)
-
-
-@dataclass(frozen=True, slots=True)
-class _LogEnd:
-    """Where a mailbox log ends: the seq of its next record, and the file and offset."""
-
-    next_seq: int
-    path: str
-    offset: int | None
-    torn: _Torn | None
-
-    @classmethod
-    def of(cls, last: LogRecord | None, torn: _Torn | None, log_dir: Path) -> _LogEnd:
-        if torn is not None:
-            return cls(last.seq + 1 if last else 0, str(torn.path), torn.offset, torn)
-        if last is None:
-            return cls(0, str(log_dir), None, None)
-        name = segment_name(last.location.segment)
-        return cls(last.seq + 1, str(log_dir / name), None, None)
 
 
 def _check_witnesses(
@@ -460,7 +321,7 @@ def _check_witnesses(
     commits: Mapping[int, tuple[str, bytes]],
     expunged: set[str],
     removed_ids: set[str],
-    end: _LogEnd,
+    end: LogEnd,
 ) -> None:
     """Both directions (SPEC.md 8): every acknowledged message is in its log or was expunged
     by record, and every message in the log was acknowledged."""
@@ -476,7 +337,7 @@ def _check_witnesses(
             )
         )
     else:
-        _note_torn(report, box_id, end.torn)
+        note_torn(report, box_id, end.torn)
     missing: list[str] = []
     for message_id, (seq, chain) in witnesses.items():
         found = commits.get(seq)
@@ -520,16 +381,6 @@ def _check_witnesses(
             "acknowledged (a commit in progress, or a crash before its witness); the gateway "
             "rolls it back when it next opens the log"
         )
-
-
-def _acknowledged(state: ControlState, box_id: str, seq: int, message_id: str) -> bool:
-    """Whether a commit record counts as a stored message: witnessed, or part of a log that
-    predates witnesses (up to its anchor, or wholly when never anchored)."""
-    witnesses = state.witnessed.get(box_id)
-    if witnesses is None or message_id in witnesses or seq < state.settled.get(box_id, 0):
-        return True
-    anchor = state.anchors.get(box_id)
-    return anchor is not None and seq <= anchor[0]
 
 
 def _report_damage(report: Report, control_seq: int, event: LogDamaged) -> None:
@@ -598,96 +449,3 @@ def _check_commit(
                 box_id, f"message {event.message_id}: sealed to a key the control log never issued"
             )
         )
-
-
-def _open_every_message(
-    report: Report,
-    data: DataDir,
-    state: ControlState,
-    mailbox_id: str,
-    password: str,
-    progress: Progress | None,
-) -> None:
-    try:
-        box_id = parse_mailbox_id(mailbox_id)
-    except InvalidId as exc:
-        report.problems.append(Problem(mailbox_id, str(exc)))
-        return
-    if box_id not in state.mailboxes:
-        report.problems.append(Problem(box_id, "no such mailbox"))
-        return
-    box_bytes = bytes.fromhex(box_id)
-    try:
-        key = unlock(decode_key_file(data.read_key_file(box_id)), box_bytes, password)
-    except (CryptoError, OSError) as exc:
-        report.problems.append(Problem(box_id, f"cannot open the key: {exc}"))
-        return
-    expunged = state.expunged.get(box_id, set())
-    bodies: dict[int, bytes] = {}
-    try:
-        records = iter_log(
-            data.mailbox_log_dir(box_id), box_bytes, cuts=state.cuts.get(box_id), keep_bodies=True
-        )
-        for record in records:
-            if record.kind == RecordKind.CHUNK:
-                bodies[record.seq] = record.body
-                continue
-            if record.kind != RecordKind.EVENT:
-                continue
-            event = decode_message_event(record.body)
-            if not isinstance(event, MessageStored):
-                continue
-            parts = [bodies.pop(seq, b"") for seq in event.chunk_seqs]
-            if not _acknowledged(state, box_id, record.seq, event.message_id):
-                continue  # never acknowledged: noted by the log check, never opened
-            if event.message_id in expunged or event.key_id != key.key_id.hex():
-                if event.key_id != key.key_id.hex() and event.message_id not in expunged:
-                    report.notes.append(
-                        f"{box_id}: message {event.message_id} is sealed to a retired key (reset)"
-                    )
-                continue
-            try:
-                opener = MessageOpener(
-                    key, box_bytes, bytes.fromhex(event.message_id), sealed_of(event)
-                )
-                opener.meta()
-                for part in parts:
-                    opener.open_chunk(bytes(decode_chunk_body(part)[2]))
-                opener.finish()
-            except CryptoError as exc:
-                report.problems.append(Problem(box_id, f"message {event.message_id}: {exc}"))
-                continue
-            report.opened_messages += 1
-            if progress is not None:
-                progress(f"{box_id} opened", report.opened_messages)
-    except LogCorrupt as exc:
-        report.problems.append(Problem(box_id, exc.reason, str(exc.path), exc.offset))
-
-
-def progress_printer(interactive: bool) -> Progress:
-    """verify's progress on standard error: a live counter on a terminal, else a line
-    every 100,000 records."""
-
-    def progress(where: str, count: int) -> None:
-        if interactive:
-            print(f"\r{where}: {count} records ", end="", file=sys.stderr, flush=True)
-        elif count % 100_000 == 0:
-            print(f"progress: {where}: {count} records", file=sys.stderr, flush=True)
-
-    return progress
-
-
-def print_report(report: Report, out: TextIO = sys.stdout) -> None:
-    print(
-        f"mailboxes {report.mailboxes}  messages {report.messages}  "
-        f"message bytes {report.message_bytes}  records {report.records}  "
-        f"log bytes {report.log_bytes}",
-        file=out,
-    )
-    if report.opened_messages:
-        print(f"opened and authenticated {report.opened_messages} messages", file=out)
-    for note in report.notes:
-        print(f"note: {note}", file=out)
-    for problem in report.problems:
-        print(f"PROBLEM: {problem}", file=out)
-    print("OK" if report.ok else f"FAILED: {len(report.problems)} problem(s)", file=out)
