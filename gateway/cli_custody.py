@@ -26,10 +26,7 @@ from .log import (
     LogCorrupt,
     RecordKind,
     StaleRecoveryPoint,
-    iter_log,
-    read_recovery_point,
 )
-from .services.archive import CONTROL_LOG_ID
 from .services.tree_heads import ProofError, consistency_proof, find_commit, inclusion_proof
 from .tlog import Checkpoint, NoteError, NoteSigner, Verifier, open_note
 
@@ -74,9 +71,9 @@ def run_custody(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     custody, history_from = Custody(), 0
     try:
-        base = read_recovery_point(data.control_dir, CONTROL_LOG_ID, name=BASE_FILE)
+        base = data.read_point(None, BASE_FILE)
         history_from = base.seq if base is not None else 0
-        records = iter_log(data.control_dir, CONTROL_LOG_ID, tail_ok=True, from_seq=history_from)
+        records = data.records(None, from_seq=history_from)
         for record in records:
             if record.kind == RecordKind.EVENT and (event := decode_control_event(record.body)):
                 custody.apply(event)

@@ -26,7 +26,15 @@ from typing import Any
 
 import psycopg
 
-from ..log import TREE_FILE, DataDir, LogRecord, choose_files, iter_log, read_segment_header
+from ..log import (
+    CONTROL_LOG_ID,
+    TREE_FILE,
+    DataDir,
+    LogRecord,
+    choose_files,
+    iter_log,
+    read_segment_header,
+)
 from ..merkle import HASH_SIZE, frontier_of, leaves_in, tree_nodes
 from ..verify import Report, verify_data_dir
 from ._rows import RowLog, segment_files
@@ -35,7 +43,6 @@ from ._tree_rows import TreeRows
 
 __all__ = ["CONTROL_LOG_ID", "MigrateError", "Migrated", "copy_out", "migrate_in", "migrate_out"]
 
-CONTROL_LOG_ID = bytes(16)
 _BATCH = 1000  # records a transaction
 
 

@@ -3,11 +3,12 @@
 This package is the only code that opens, writes, renames or fsyncs anything under the data
 folder: ``_framing`` (pure bytes), ``_files`` (names and types), ``_scan`` (reading back),
 ``_segment_log`` (appending, recovery, compaction), ``_tree_file`` (each log's Merkle tree),
-``_datadir`` (layout, lock, key files), ``_writer`` (group commit for trio)."""
+``_datadir`` (layout, lock, key files, and the calls the services open and read logs
+through), ``_writer`` (group commit for trio)."""
 
 from __future__ import annotations
 
-from ._datadir import DataDir
+from ._datadir import CONTROL_LOG_ID, DataDir, Opened
 from ._files import (
     DEFAULT_SEGMENT_BYTES,
     REMOVED,
@@ -60,6 +61,7 @@ from ._writer import LINGER, CommitGroup, Dependent, LogWriter, StaleEpoch, Writ
 __all__ = [
     "ARCHIVE_FOLDER",
     "BASE_FILE",
+    "CONTROL_LOG_ID",
     "DEFAULT_SEGMENT_BYTES",
     "LINGER",
     "RECORD_OVERHEAD",
@@ -80,6 +82,7 @@ __all__ = [
     "LogRecord",
     "LogWriteError",
     "LogWriter",
+    "Opened",
     "RecordKind",
     "RecordReader",
     "Recovery",

@@ -13,12 +13,28 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from ..ids import parse_mailbox_id
-from ._files import DataDirLocked, fsync_dir, replace_file, write_all, write_new_file
+from ..merkle import MerkleTree
+from ._files import (
+    DataDirLocked,
+    LogRecord,
+    Recovery,
+    fsync_dir,
+    replace_file,
+    write_all,
+    write_new_file,
+)
+from ._recovery_point import RECOVERY_FILE, RecoveryPoint, read_recovery_point
+from ._scan import RecordReader, iter_log
 from ._segment_log import SegmentLog
+from ._tree_file import read_tree
+
+# The control log's id (its segments' headers and chain, SPEC.md 3.1): 16 zero bytes.
+CONTROL_LOG_ID = bytes(16)
+Opened = tuple[SegmentLog, list[LogRecord], Recovery | None]
 
 # The files of these folders a copy of the store carries (the rest is the node's own).
 _CARRIED = {
@@ -95,6 +111,68 @@ class DataDir:
         fsync_dir(self.mailboxes_dir)
         write_new_file(directory / "key", key_file)
         return SegmentLog.create(directory / "log", log_id, segment_bytes=segment_bytes)
+
+    # -- the logs (SPEC.md 3, 6.3, 6.7, 8.1): opened and read here, nowhere else ------------
+
+    def _log(self, mailbox_id: str | None) -> tuple[Path, bytes]:
+        if mailbox_id is None:
+            return self.control_dir, CONTROL_LOG_ID
+        return self.mailbox_log_dir(mailbox_id), bytes.fromhex(parse_mailbox_id(mailbox_id))
+
+    def open_control_log(self, *, segment_bytes: int, resume: RecoveryPoint | None) -> Opened:
+        """Open the control log for appending (made, empty, on the first start); see
+        ``SegmentLog.open``."""
+        if not self.control_dir.exists():
+            log = SegmentLog.create(self.control_dir, CONTROL_LOG_ID, segment_bytes=segment_bytes)
+            return log, [], None
+        return SegmentLog.open(
+            self.control_dir, CONTROL_LOG_ID, segment_bytes=segment_bytes, resume=resume
+        )
+
+    def open_mailbox_log(
+        self,
+        mailbox_id: str,
+        *,
+        segment_bytes: int,
+        cuts: Mapping[int, int],
+        acknowledged: tuple[int, bytes] | None,
+        resume: RecoveryPoint | None,
+    ) -> Opened:
+        """Open a mailbox log for appending; see ``SegmentLog.open``."""
+        directory, log_id = self._log(mailbox_id)
+        return SegmentLog.open(
+            directory,
+            log_id,
+            segment_bytes=segment_bytes,
+            cuts=cuts,
+            acknowledged=acknowledged,
+            resume=resume,
+        )
+
+    def read_point(
+        self, mailbox_id: str | None = None, name: str = RECOVERY_FILE
+    ) -> RecoveryPoint | None:
+        """A log's recovery point (or, for the control log, its base), None if it has none;
+        raises StaleRecoveryPoint for one that does not check out."""
+        directory, log_id = self._log(mailbox_id)
+        return read_recovery_point(directory, log_id, name=name)
+
+    def records(self, mailbox_id: str | None = None, *, from_seq: int = 0) -> Iterator[LogRecord]:
+        """A log's records from ``from_seq`` (read-only, safe while it is written; a torn
+        tail ends it); see ``iter_log``."""
+        directory, log_id = self._log(mailbox_id)
+        return iter_log(directory, log_id, tail_ok=True, from_seq=from_seq)
+
+    def log_tree(self, mailbox_id: str | None, size: int) -> MerkleTree:
+        """The Merkle tree of a log's first ``size`` records (8.1); raises
+        FileNotFoundError or ValueError when its tree file does not hold them."""
+        return read_tree(self._log(mailbox_id)[0], size)
+
+    def record_reader(self, mailbox_id: str) -> RecordReader:
+        """Reads a mailbox log's records by file and offset (a protocol worker's, 16)."""
+        return RecordReader(self.mailbox_log_dir(mailbox_id))
+
+    # -- key files
 
     def read_key_file(self, mailbox_id: str) -> bytes:
         return self.key_path(mailbox_id).read_bytes()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -39,17 +40,16 @@ from ..log import (
     LogCorrupt,
     LogRecord,
     LogWriter,
+    Opened,
     RecordKind,
     Recovery,
     RecoveryPoint,
     SegmentLog,
     StaleRecoveryPoint,
-    iter_log,
-    read_recovery_point,
 )
 from ._archive_core import ArchiveCore, logger
 from ._archive_keys import checked_public_key, settle_staged_key
-from ._common import CONTROL_LOG_ID, ArchiveError, MailboxState, StoreConfig
+from ._common import ArchiveError, MailboxState, StoreConfig
 from .message_index import MessageIndex, StoredMessage
 from .projection import ControlState, MailboxInfo, decode_control_state
 
@@ -71,7 +71,7 @@ async def open_core(root: Path, config: StoreConfig) -> ArchiveCore:
             state, point = await trio.to_thread.run_sync(next, starts)  # reads a file
             try:
                 log, records, recovery = await trio.to_thread.run_sync(
-                    _open_or_create, data.control_dir, CONTROL_LOG_ID, config.segment_bytes, point
+                    partial(data.open_control_log, segment_bytes=config.segment_bytes, resume=point)
                 )
                 break
             except StaleRecoveryPoint as exc:
@@ -152,7 +152,7 @@ def _control_starts(data: DataDir) -> Iterator[tuple[ControlState, RecoveryPoint
     record. Each with the projection saved there."""
     for name in (RECOVERY_FILE, BASE_FILE):
         try:
-            point = read_recovery_point(data.control_dir, CONTROL_LOG_ID, name=name)
+            point = data.read_point(None, name)
             if point is not None:
                 yield decode_control_state(point.state), point
         except (StaleRecoveryPoint, ValueError) as exc:
@@ -169,9 +169,7 @@ def _unused(log: str, why: Exception) -> None:
 def _saved_index(core: ArchiveCore, mailbox_id: str) -> tuple[MessageIndex, RecoveryPoint | None]:
     expunged = core.state.expunged.get(mailbox_id, ())
     try:
-        point = read_recovery_point(
-            core.data.mailbox_log_dir(mailbox_id), bytes.fromhex(mailbox_id)
-        )
+        point = core.data.read_point(mailbox_id)
         if point is not None:
             return MessageIndex.restore(point.state, expunged), point
     except (StaleRecoveryPoint, ValueError) as exc:
@@ -194,10 +192,9 @@ def _open_files(core: ArchiveCore, mailbox_id: str) -> _MailboxFiles:
     state = core.state
     index, point = _saved_index(core, mailbox_id)
 
-    def open_log(resume: RecoveryPoint | None) -> _Opened:
-        return SegmentLog.open(
-            core.data.mailbox_log_dir(mailbox_id),
-            bytes.fromhex(mailbox_id),
+    def open_log(resume: RecoveryPoint | None) -> Opened:
+        return core.data.open_mailbox_log(
+            mailbox_id,
             segment_bytes=core.config.segment_bytes,
             cuts=state.cuts.get(mailbox_id, {}),
             acknowledged=state.acknowledged.get(mailbox_id),
@@ -363,17 +360,14 @@ def _fold_messages(index: MessageIndex, records: list[LogRecord]) -> None:
                 index.add_commit(record.seq, record.location, event)
 
 
-_Opened = tuple[SegmentLog, list[LogRecord], Recovery | None]
-
-
 def _every_witness(core: ArchiveCore, mailbox_id: str) -> dict[str, tuple[int, bytes]]:
     """Every witness of a mailbox's commits the control log holds, read from its files (from
     its base when older history was archived: those before it are not named, 6.8)."""
     state, start = ControlState(), 0
-    base = read_recovery_point(core.data.control_dir, CONTROL_LOG_ID, name=BASE_FILE)
+    base = core.data.read_point(None, BASE_FILE)
     if base is not None:
         state, start = decode_control_state(base.state), base.seq
-    for record in iter_log(core.data.control_dir, CONTROL_LOG_ID, tail_ok=True, from_seq=start):
+    for record in core.data.records(None, from_seq=start):
         if record.kind == RecordKind.EVENT:
             event = decode_control_event(record.body)
             if event is not None:
@@ -388,11 +382,3 @@ def _warn_without_tree(where: str, log: SegmentLog) -> None:
             where,
             log.tree_missing,
         )
-
-
-def _open_or_create(
-    directory: Path, log_id: bytes, segment_bytes: int, resume: RecoveryPoint | None
-) -> _Opened:
-    if not directory.exists():
-        return SegmentLog.create(directory, log_id, segment_bytes=segment_bytes), [], None
-    return SegmentLog.open(directory, log_id, segment_bytes=segment_bytes, resume=resume)

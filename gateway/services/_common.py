@@ -11,7 +11,7 @@ import trio
 
 from ..crypto import KdfParams, MailboxPublicKey
 from ..ids import parse_mailbox_id
-from ..log import DEFAULT_SEGMENT_BYTES, Location, LogWriter, SegmentLog
+from ..log import CONTROL_LOG_ID, DEFAULT_SEGMENT_BYTES, Location, LogWriter, SegmentLog
 from .message_index import MessageIndex, StoredMessage
 from .projection import MailboxInfo
 
@@ -31,7 +31,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-CONTROL_LOG_ID = bytes(16)
 DEFAULT_MAX_MESSAGE_BYTES = 100 * 1024 * 1024
 # The sealed envelope travels inside the commit record, whose body is at most 1 MiB
 # (log MAX_BODY); half of that leaves room for the key and framing. Thousands of recipients

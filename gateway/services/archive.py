@@ -37,7 +37,7 @@ import trio
 from ..crypto import MailboxPrivateKey, MailboxPublicKey
 from ..events import SYSTEM, Actor, ControlEvent, Envelope, MailboxStatus
 from ..ids import new_message_id, parse_message_id
-from ..log import CommitGroup, DataDir, Location, LogRecord, LogWriter, SegmentLog, iter_log
+from ..log import CommitGroup, DataDir, Location, LogRecord, LogWriter, SegmentLog
 from . import (
     _archive_checkpoint,
     _archive_commits,
@@ -224,9 +224,7 @@ class Archive:
     def read_control(self, from_seq: int = 0) -> Iterator[LogRecord]:
         """The control log's records from ``from_seq`` on, read from the files and checked
         as they come (blocking: iterate in a worker thread). Raises LogCorrupt."""
-        return iter_log(
-            self._core.data.control_dir, CONTROL_LOG_ID, from_seq=from_seq, tail_ok=True
-        )
+        return self._core.data.records(None, from_seq=from_seq)
 
     # -- mailboxes ---------------------------------------------------------------------------------
 

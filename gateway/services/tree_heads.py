@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -34,10 +33,10 @@ from ..events import (
     decode_control_event,
     now,
 )
-from ..log import DataDir, RecordKind, iter_log, read_tree
+from ..log import DataDir, RecordKind
 from ..merkle import MerkleTree, leaf_hash, record_leaf
 from ..tlog import Checkpoint, NoteSigner, Verifier, open_note
-from .archive import CONTROL_LOG_ID, Archive
+from .archive import Archive
 
 __all__ = [
     "CheckpointSigner",
@@ -179,14 +178,16 @@ class ProofError(Exception):
     """No proof can be made; the message says why."""
 
 
-def read_log_tree(directory: Path, size: int) -> MerkleTree:
-    """The tree of a log's first ``size`` records, from its tree file (blocking)."""
+def read_log_tree(data: DataDir, mailbox_id: str | None, size: int) -> MerkleTree:
+    """The tree of a log's first ``size`` records (the control log's, or ``mailbox_id``'s),
+    from its tree file (blocking)."""
+    where = "the control log" if mailbox_id is None else f"mailbox {mailbox_id}'s log"
     try:
-        return read_tree(directory, size)
+        return data.log_tree(mailbox_id, size)
     except FileNotFoundError:
-        raise ProofError(f"{directory} has no tree file (the next start builds it)") from None
+        raise ProofError(f"{where} has no tree file (the next start builds it)") from None
     except ValueError as exc:
-        raise ProofError(f"{directory}: {exc}") from None
+        raise ProofError(f"{where}: {exc}") from None
 
 
 def consistency_proof(
@@ -197,8 +198,7 @@ def consistency_proof(
     checkpoint's size)."""
     if not 0 < old <= new <= signed:
         raise ProofError(f"no proof from {old} to {new} (the latest checkpoint: {signed})")
-    directory = data.control_dir if mailbox_id is None else data.mailbox_log_dir(mailbox_id)
-    return read_log_tree(directory, new).consistency_proof(old, new)
+    return read_log_tree(data, mailbox_id, new).consistency_proof(old, new)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +226,7 @@ def inclusion_proof(
             f"record {seq} of mailbox {mailbox_id} came after its latest checkpoint "
             f"({checkpoint.size} records): the next one covers it"
         )
-    tree = read_log_tree(data.mailbox_log_dir(mailbox_id), checkpoint.size)
+    tree = read_log_tree(data, mailbox_id, checkpoint.size)
     if tree.root() != checkpoint.root:
         raise ProofError(f"mailbox {mailbox_id}'s tree does not lead to its checkpoint's head")
     leaf = record_leaf(seq, RecordKind.EVENT, body)
@@ -238,7 +238,7 @@ def inclusion_proof(
 def find_commit(data: DataDir, message_id: str, mailbox_id: str | None) -> tuple[str, int, bytes]:
     """A message's commit record, read from the files (blocking): its mailbox, seq and
     body, found through its witness in the control log (which is read up to it)."""
-    for record in iter_log(data.control_dir, CONTROL_LOG_ID, tail_ok=True):
+    for record in data.records(None):
         if record.kind != RecordKind.EVENT or message_id.encode() not in record.body:
             continue
         event = decode_control_event(record.body)
@@ -251,8 +251,7 @@ def find_commit(data: DataDir, message_id: str, mailbox_id: str | None) -> tuple
 
 
 def _record_body(data: DataDir, commit: CommitWitness) -> bytes:
-    log_dir = data.mailbox_log_dir(commit.mailbox_id)
-    for record in iter_log(log_dir, bytes.fromhex(commit.mailbox_id), from_seq=commit.seq):
+    for record in data.records(commit.mailbox_id, from_seq=commit.seq):
         if record.seq == commit.seq and record.kind == RecordKind.EVENT:
             return record.body
         break

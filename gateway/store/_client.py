@@ -440,8 +440,7 @@ class StoreClient:
         (entry,) = reply.messages
         reader = self._readers.get(canonical)
         if reader is None:
-            directory = DataDir(self._data_dir).mailbox_log_dir(canonical)
-            reader = self._readers[canonical] = RecordReader(directory)
+            reader = self._readers[canonical] = DataDir(self._data_dir).record_reader(canonical)
         return entry, reader
 
     @staticmethod
