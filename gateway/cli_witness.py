@@ -166,6 +166,10 @@ async def _extends(client: AdminClient, log: str, old: Checkpoint, new: Checkpoi
     try:
         proof = await client.request(request)
     except api.ApiError as exc:
+        if exc.code == api.ErrorCode.NO_SUCH_MAILBOX:
+            # Deleted since it was signed: nothing left to prove against, nothing forked.
+            print(f"gateway witness: {new.origin}: its mailbox is gone", file=sys.stderr)
+            return False
         raise Forked(
             f"{new.origin}: no consistency proof from {small.size} to {large.size}: {exc.message}"
         ) from None

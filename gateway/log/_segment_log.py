@@ -394,6 +394,7 @@ class SegmentLog:
 
     def _undo(self, seq: int, chain: bytes, segment: int, size: int, cause: Exception) -> None:
         self.next_seq, self.chain = seq, chain
+        self.synced_seq = min(self.synced_seq, seq)
         try:
             if self._tail_fd is not None:
                 os.close(self._tail_fd)
