@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -35,23 +36,31 @@ def connector(pg: PostgresServer, name: str) -> Any:
     return lambda: psycopg.connect(pg.dsn, application_name=name)
 
 
-def open_logs(pg: PostgresServer, count: int, name: str = "round") -> tuple[Round, list[FleetLog]]:
-    reader = psycopg.connect(pg.dsn, autocommit=True)
+@contextmanager
+def fleet_logs(pg: PostgresServer, count: int, name: str = "round") -> Iterator[list[FleetLog]]:
+    """``count`` new logs on one round, their connections closed afterwards."""
     round_ = Round(connector(pg, name))
-    logs = []
-    for _ in range(count):
-        log_id = os.urandom(16)
-        RowLog(reader, log_id).create()
-        logs.append(
-            FleetLog(
-                round_, reader, log_id, (0, RowLog(reader, log_id).end()[1]), segment_bytes=1 << 20
-            )
-        )
-    return round_, logs
+    with psycopg.connect(pg.dsn, autocommit=True) as reader:
+        logs = []
+        for _ in range(count):
+            log_id = os.urandom(16)
+            rows = RowLog(reader, log_id)
+            rows.create()
+            logs.append(FleetLog(round_, reader, log_id, rows.end(), segment_bytes=1 << 20))
+        try:
+            yield logs
+        finally:
+            round_.close()
 
 
-async def test_concurrent_appends_to_several_logs_commit_in_few_rounds(pg: PostgresServer) -> None:
-    _round, logs = await trio.to_thread.run_sync(open_logs, pg, 3)
+async def test_concurrent_appends_to_several_logs_commit_in_few_rounds(
+    pg: PostgresServer,
+) -> None:
+    with fleet_logs(pg, 3) as logs:
+        await concurrent_appends(logs)
+
+
+async def concurrent_appends(logs: list[FleetLog]) -> None:
     group = CommitGroup()
     writers = [LogWriter(log, group) for log in logs]
     seen: list[list[int]] = [[], [], []]
@@ -75,7 +84,11 @@ async def test_concurrent_appends_to_several_logs_commit_in_few_rounds(pg: Postg
 
 
 async def test_a_lazy_append_commits_and_leaves_no_lock(pg: PostgresServer) -> None:
-    _round, (log,) = await trio.to_thread.run_sync(open_logs, pg, 1)
+    with fleet_logs(pg, 1) as (log,):
+        await lazy_append(pg, log)
+
+
+async def lazy_append(pg: PostgresServer, log: FleetLog) -> None:
     writer = LogWriter(log)
     await writer.append_lazily([(RecordKind.EVENT, b"audit")])
     assert not log.uncommitted
@@ -90,7 +103,11 @@ async def test_a_lazy_append_commits_and_leaves_no_lock(pg: PostgresServer) -> N
 async def test_refused_writes_leave_nothing_and_the_next_round_goes_on(
     pg: PostgresServer,
 ) -> None:
-    _round, (log, other) = await trio.to_thread.run_sync(open_logs, pg, 2, "refused")
+    with fleet_logs(pg, 2, "refused") as (log, other):
+        await refused_writes(pg, log, other)
+
+
+async def refused_writes(pg: PostgresServer, log: FleetLog, other: FleetLog) -> None:
     writer = LogWriter(log)
     await writer.append([(RecordKind.EVENT, b"first")])
 

@@ -97,6 +97,11 @@ class Round:
             log.committed()
         return None
 
+    def close(self) -> None:
+        """Close the round's connection (anything not committed is rolled back)."""
+        with self._lock:
+            self._drop()
+
     def _drop(self) -> None:
         """Give up the connection (rolled back by closing): the next round makes another."""
         if self._conn is not None:
