@@ -138,6 +138,15 @@ async def refused_writes(pg: PostgresServer, log: FleetLog, other: FleetLog) -> 
             other.sync()
         assert log.next_seq == 2 and not log.uncommitted
         assert other.next_seq == 0 and other.records() == []
+        # Cut after one log's append, before another's: the second must not open a new
+        # connection and commit alone, as if the first's records were still there.
+        log.append([(RecordKind.EVENT, b"lost again")], sync=False)
+        assert pg.terminate_backends("refused") == 1
+        with pytest.raises(LogWriteError):
+            other.append([(RecordKind.EVENT, b"not alone")], sync=False)
+        with pytest.raises(LogWriteError, match="did not commit"):
+            log.sync()
+        assert log.next_seq == 2 and other.next_seq == 0
 
     await trio.to_thread.run_sync(cut_before_commit)
     await writer.append([(RecordKind.EVENT, b"third")])

@@ -50,6 +50,8 @@ class Round:
         """The round's connection, its transaction open (so each append's own transaction
         block is a savepoint inside it, not a commit of its own)."""
         if self._conn is None or self._conn.closed:
+            if self._joined:  # their records went with the old connection: this round fails
+                raise psycopg.OperationalError("the connection of the round was lost")
             self._conn = self._connect()
         if self._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             self._conn.execute("SELECT 1")  # a non-autocommit connection's first statement
