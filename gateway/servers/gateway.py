@@ -36,7 +36,7 @@ import trio
 from .. import __version__
 from ..config import Config, Protocol
 from ..events import GatewayStarted, GatewayStopped, now
-from ..log import DataDir, DataDirLocked, LogWriteError
+from ..log import DataDirLocked, LogWriteError
 from ..services.accounts import Accounts
 from ..services.admin import AdminService
 from ..services.alarms import Alarms
@@ -47,9 +47,10 @@ from ..services.metrics import Metrics
 from ..services.source_keys import SourceKeyError, SourceKeys, load_source_keys
 from ..services.tree_heads import CheckpointSigner, control_origin
 from ..store import Journal, StoreClient
-from ..tls import TLSContextHolder, make_self_signed
+from ..tls import TLSContextHolder
 from .acme_http import bind_acme_http, serve_acme_http
 from .admin import AdminServer
+from .certificates import Certificates
 from .journal_socket import JournalLost, connect_journal, serve_workers
 from .limits import (
     FD_RESERVE,
@@ -125,6 +126,7 @@ class Gateway:
         self.hub: AuditHub | None = None
         self.pop3_server: POP3Server | None = None
         self.tls: TLSContextHolder | None = None
+        self.certificates = Certificates(config)
         self.source_keys: SourceKeys | None = None  # the POP3 proxy's (SPEC.md 5.5)
         self.limiter = SessionLimiter(config.smtp.max_sessions, config.smtp.max_sessions_per_client)
         self.pop3_limiter = SessionLimiter(
@@ -204,7 +206,7 @@ class Gateway:
         archive = await self._open_archive()
         self.archive = archive
         try:
-            self.tls = await trio.to_thread.run_sync(self._load_tls, archive)
+            self.tls = await trio.to_thread.run_sync(self.certificates.load, archive)
             await self._load_source_keys()
             hub = self.hub = AuditHub(archive, queue_size=config.admin.audit_queue)
             metrics = self.metrics = Metrics({c.name: str(c.protocol) for c in config.listeners})
@@ -281,7 +283,7 @@ class Gateway:
         # Once the journal serves, the certificate and the secret it makes on a first start
         # are there. A newer certificate the journal gets from the ACME CA is pushed.
         store.on_certificate_changed = self.request_certificate_reload
-        self.tls = await trio.to_thread.run_sync(self._load_tls, None)
+        self.tls = await trio.to_thread.run_sync(self.certificates.load, None)
         await self._load_source_keys()
         lost = False
         async with trio.open_nursery() as nursery:
@@ -390,54 +392,6 @@ class Gateway:
             self.announce_admin_password(generated)
         return accounts
 
-    def _load_tls(self, archive: Archive | None) -> TLSContextHolder:
-        """The configured certificate, the one from the ACME CA once there is one, or the
-        data folder's self-signed one (made by the journal on its first start; a worker,
-        ``archive`` None, only reads it)."""
-        tls = self.config.tls
-        if tls.certificate:
-            return self._holder(Path(tls.certificate), Path(tls.key))
-        acme = self._acme_certificate()
-        if acme is not None:
-            try:
-                return self._holder(acme, acme)
-            except StartupError as exc:
-                logger.error(
-                    "event=acme-certificate-unusable reason=%r (the self-signed certificate "
-                    "serves until a new one comes)",
-                    str(exc),
-                )
-        if archive is not None:
-            cert, key = archive.data.read_or_create_tls(
-                lambda: make_self_signed(self.config.hostname)
-            )
-        else:
-            cert, key = DataDir(Path(self.config.data_dir)).tls_certificate
-        return self._holder(cert, key)
-
-    def _acme_certificate(self) -> Path | None:
-        """The certificate from the ACME CA (chain and key in one file), if on and there."""
-        if not self.config.tls.acme.directory:
-            return None
-        path = DataDir(Path(self.config.data_dir)).acme_certificate_path
-        return path if path.exists() else None
-
-    def _holder(self, cert: Path, key: Path) -> TLSContextHolder:
-        try:
-            holder = TLSContextHolder(cert, key)
-        except (OSError, ValueError) as exc:
-            raise StartupError(
-                f"cannot load the TLS certificate {cert} and key {key}: {exc}"
-            ) from None
-        subject, fingerprint, expires = holder.summary()
-        logger.info(
-            "event=tls-certificate subject=%r sha256=%s expires=%s",
-            subject,
-            fingerprint,
-            expires.date().isoformat(),
-        )
-        return holder
-
     async def _start_acme(self, nursery: trio.Nursery, archive: Archive, journal: Journal) -> None:
         """The certificate from the ACME CA (SPEC.md 12.4): the http-01 responder, bound
         before the gateway says it serves, and the service that obtains and renews."""
@@ -544,7 +498,8 @@ class Gateway:
 
     async def _reload(self) -> None:
         self.notifier.reloading()
-        await self._reload_certificate("reloaded")
+        assert self.tls is not None
+        await self.certificates.reload(self.tls, "reloaded")
         self.notifier.notify("READY=1")
 
     async def _follow_certificate(self) -> None:
@@ -552,33 +507,8 @@ class Gateway:
         while True:
             await self._certificate_changed.wait()
             self._certificate_changed = trio.Event()
-            await self._reload_certificate("certificate-changed")
-
-    async def _reload_certificate(self, event: str) -> None:
-        """Serve the certificate files as they are now (the one from the ACME CA once there
-        is one) for new handshakes; sessions keep theirs. A failed load keeps the old one."""
-        assert self.tls is not None
-        tls = self.config.tls
-        acme = self._acme_certificate()
-        if tls.certificate:
-            cert, key = Path(tls.certificate), Path(tls.key)
-        elif acme is not None:
-            cert, key = acme, acme
-        else:
-            cert, key = self.tls.cert_path, self.tls.key_path
-        try:
-            await trio.to_thread.run_sync(self.tls.use, cert, key)
-        except (OSError, ValueError) as exc:
-            logger.error("event=reload-failed reason=%r (the previous certificate stays)", str(exc))
-            return
-        subject, fingerprint, expires = self.tls.summary()
-        logger.info(
-            "event=%s subject=%r sha256=%s expires=%s",
-            event,
-            subject,
-            fingerprint,
-            expires.date().isoformat(),
-        )
+            assert self.tls is not None
+            await self.certificates.reload(self.tls, "certificate-changed")
 
     async def _checkpoints(self, archive: Archive) -> None:
         """Recovery points for the logs that grew enough (SPEC.md 6.7): a restart after a
