@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import trio
 
-from ..log import LogWriteError, RecoveryPoint, SegmentLog
+from ..log import LogWriteError, RecoveryPoint, StoreLog
 from ._archive_core import ArchiveCore
 from ._common import MailboxState
 from .projection import ControlState, encode_control_state
@@ -141,10 +141,10 @@ async def _archive_history(core: ArchiveCore, point: RecoveryPoint) -> None:
         )
 
 
-def _sync_all(logs: list[SegmentLog]) -> None:
+def _sync_all(logs: list[StoreLog]) -> None:
     """fdatasync every log, several at a time (fdatasync lets go of the GIL)."""
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="gateway-checkpoint") as pool:
-        list(pool.map(SegmentLog.sync, logs))
+        list(pool.map(lambda log: log.sync(), logs))
 
 
 def _saved_state(core: ArchiveCore) -> ControlState:

@@ -29,7 +29,7 @@ from ..events import (
     encode_event,
     now,
 )
-from ..log import AppendItem, Location, LogWriteError, LogWriter, RecordKind, SegmentLog, Written
+from ..log import AppendItem, Location, LogWriteError, LogWriter, RecordKind, StoreLog, Written
 from ._archive_core import ArchiveCore
 from ._common import (
     ArchiveError,
@@ -66,7 +66,7 @@ class CopyCommit:
     is made from where those records went."""
 
     box: MailboxState
-    writer: LogWriter[SegmentLog]
+    writer: LogWriter[StoreLog]
     message_id: str
     key_id: str
     items: Sequence[AppendItem]

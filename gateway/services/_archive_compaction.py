@@ -17,7 +17,7 @@ from __future__ import annotations
 import trio
 
 from ..events import CompactionGap, LogCompacted, MessageStored, decode_message_event, now
-from ..log import LogCorrupt, LogRecord, LogWriteError, RecordKind, SegmentLog
+from ..log import LogCorrupt, LogRecord, LogWriteError, RecordKind, StoreLog
 from ._archive_core import ArchiveCore
 from ._common import MailboxState, NoSuchMailbox
 
@@ -61,7 +61,7 @@ async def maintain(core: ArchiveCore) -> tuple[int, int]:
 
 
 async def _compact_segment(
-    core: ArchiveCore, box: MailboxState, log: SegmentLog, segment: int, min_gain: float
+    core: ArchiveCore, box: MailboxState, log: StoreLog, segment: int, min_gain: float
 ) -> int:
     live = box.index.live_seqs()
     # Chunks of messages still being written have no commit yet: keep everything from

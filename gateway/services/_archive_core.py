@@ -32,7 +32,7 @@ from ..events import (
     encode_event,
     now,
 )
-from ..log import AppendItem, DataDir, LogRecord, LogWriter, RecordKind, Recovery, SegmentLog
+from ..log import AppendItem, DataDir, LogRecord, LogWriter, RecordKind, Recovery, StoreLog
 from ._common import MailboxState, MailboxUnavailable, StoreConfig, find_mailbox
 from .projection import ControlState
 
@@ -52,7 +52,7 @@ _MAILBOX_CHANGES = (
 
 
 class ArchiveCore:
-    def __init__(self, data: DataDir, config: StoreConfig, control: LogWriter[SegmentLog]) -> None:
+    def __init__(self, data: DataDir, config: StoreConfig, control: LogWriter[StoreLog]) -> None:
         self.data = data
         self.config = config
         self.control = control

@@ -18,7 +18,7 @@ import trio
 
 from ..crypto import MailboxPrivateKey, MessageOpener, SealedMessage
 from ..events import Envelope, MessageStored, decode_envelope, decode_message_event
-from ..log import Location, LogCorrupt, SegmentLog, decode_chunk_body
+from ..log import Location, LogCorrupt, StoreLog, decode_chunk_body
 from ._archive_core import ArchiveCore
 from ._common import ArchiveError, MailboxState
 from .message_index import StoredMessage
@@ -99,7 +99,7 @@ def sealed_of(event: MessageStored) -> SealedMessage:
 
 def _stored(
     core: ArchiveCore, mailbox_id: str, message_id: str
-) -> tuple[MailboxState, StoredMessage, SegmentLog]:
+) -> tuple[MailboxState, StoredMessage, StoreLog]:
     box = core.open_box(mailbox_id)
     stored = box.index.get(message_id)
     if stored is None or box.writer is None:
@@ -108,7 +108,7 @@ def _stored(
 
 
 def _opener(
-    box: MailboxState, stored: StoredMessage, log: SegmentLog, key: MailboxPrivateKey
+    box: MailboxState, stored: StoredMessage, log: StoreLog, key: MailboxPrivateKey
 ) -> MessageOpener:
     """Read the message's commit record back and open its data key (in a worker thread,
     under the mailbox's io_lock)."""

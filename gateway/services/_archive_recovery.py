@@ -44,8 +44,8 @@ from ..log import (
     RecordKind,
     Recovery,
     RecoveryPoint,
-    SegmentLog,
     StaleRecoveryPoint,
+    StoreLog,
 )
 from ._archive_core import ArchiveCore, logger
 from ._archive_keys import checked_public_key, settle_staged_key
@@ -181,7 +181,7 @@ def _saved_index(core: ArchiveCore, mailbox_id: str) -> tuple[MessageIndex, Reco
 class _MailboxFiles:
     index: MessageIndex
     point: RecoveryPoint | None
-    log: SegmentLog
+    log: StoreLog
     records: list[LogRecord]
     recovery: Recovery | None
 
@@ -375,8 +375,8 @@ def _every_witness(core: ArchiveCore, mailbox_id: str) -> dict[str, tuple[int, b
     return state.witnessed.get(mailbox_id, {})
 
 
-def _warn_without_tree(where: str, log: SegmentLog) -> None:
-    if log.tree is None:
+def _warn_without_tree(where: str, log: StoreLog) -> None:
+    if log.tree_missing:
         logger.warning(
             "event=tree-unknown log=%s reason=%r (no checkpoint of it is signed)",
             where,

@@ -11,7 +11,7 @@ import trio
 
 from ..crypto import KdfParams, MailboxPublicKey
 from ..ids import parse_mailbox_id
-from ..log import CONTROL_LOG_ID, DEFAULT_SEGMENT_BYTES, Location, LogWriter, SegmentLog
+from ..log import CONTROL_LOG_ID, DEFAULT_SEGMENT_BYTES, Location, LogWriter, StoreLog
 from .message_index import MessageIndex, StoredMessage
 from .projection import MailboxInfo
 
@@ -101,7 +101,7 @@ def wrap_id(key_file: bytes) -> str:
 class MailboxState:
     info: MailboxInfo
     index: MessageIndex
-    writer: LogWriter[SegmentLog] | None = None
+    writer: LogWriter[StoreLog] | None = None
     public_key: MailboxPublicKey | None = None
     damaged: str | None = None  # why the mailbox cannot take mail, if it cannot
     # Set once its log is open and checked (or it was found damaged): until then its index

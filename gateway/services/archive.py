@@ -37,7 +37,7 @@ import trio
 from ..crypto import MailboxPrivateKey, MailboxPublicKey
 from ..events import SYSTEM, Actor, ControlEvent, Envelope, MailboxStatus
 from ..ids import new_message_id, parse_message_id
-from ..log import CommitGroup, DataDir, Location, LogRecord, LogWriter, SegmentLog
+from ..log import CommitGroup, DataDir, Location, LogRecord, LogWriter, StoreLog
 from . import (
     _archive_checkpoint,
     _archive_commits,
@@ -131,7 +131,7 @@ class Archive:
         self.data: DataDir = core.data  # the data folder's paths and whole-file operations
         self.config: StoreConfig = core.config
         self.state: ControlState = core.state  # read only: change it through the archive
-        self.control: LogWriter[SegmentLog] = core.control
+        self.control: LogWriter[StoreLog] = core.control
         # One group commit for every log of this archive (SPEC.md 6.1).
         self.commit_group: CommitGroup = core.commit_group
         # Told the id of every mailbox whose state changed (created, updated, new key,

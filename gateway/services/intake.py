@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..events import MessageAccepted, MessageStored, encode_event, now
-from ..log import AppendItem, Location, LogWriter, RecordKind, SegmentLog, encode_chunk_body
+from ..log import AppendItem, Location, LogWriter, RecordKind, StoreLog, encode_chunk_body
 from ._archive_commits import CopyCommit
 from ._common import ArchiveError, MailboxState
 from .message_index import StoredMessage
@@ -24,7 +24,7 @@ __all__ = ["PendingMessage", "Target"]
 @dataclass(slots=True)
 class Target:
     box: MailboxState
-    writer: LogWriter[SegmentLog]
+    writer: LogWriter[StoreLog]
     message_id: str
     epoch: int
     chunks: list[Location] = field(default_factory=list)
