@@ -4,7 +4,7 @@ versions), ``_rows`` (a log as rows: appends serialized across nodes, the same r
 chain values as a segment log), ``_tree_rows`` (each log's Merkle tree), ``_fleet_log`` (a
 row log under the group commit), ``_coordination`` (maildrop locks and wake-ups across
 nodes), ``_files`` (what a data folder keeps in files), ``_migrate`` (a data folder copied in
-and out)."""
+and out), ``_store`` (a node's data folder in fleet mode)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from ._fleet_log import FleetLog, Round
 from ._migrate import Migrated, MigrateError, copy_out, migrate_in, migrate_out
 from ._rows import Appended, RowCompaction, RowLog, segment_files
 from ._schema import SCHEMA_VERSION, SchemaError, ensure_schema
+from ._store import FleetDataDir
 
 __all__ = [
     "SCHEMA_VERSION",
     "Appended",
+    "FleetDataDir",
     "FleetFiles",
     "FleetLog",
     "LogFollower",

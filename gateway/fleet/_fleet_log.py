@@ -21,15 +21,29 @@ Reads use a connection of their own, outside any round.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from ..log import AppendItem, Location, LogRecord, LogWriteError
+from ..log import (
+    REMOVED,
+    SEGMENT_HEADER_SIZE,
+    AppendItem,
+    Compaction,
+    Location,
+    LogRecord,
+    LogWriteError,
+    RecordHeader,
+    RecoveryPoint,
+    encode_recovery_point,
+    segment_name,
+)
+from ._files import FleetFiles
 from ._rows import RowLog
 
-__all__ = ["FleetLog", "Round"]
+__all__ = ["FleetLog", "Round", "recovery_name"]
 
 Connect = Callable[[], psycopg.Connection[Any]]
 _OUTCOMES_KEPT = 64
@@ -123,7 +137,10 @@ class FleetLog:
         *,
         segment_bytes: int,
         on_foreign: Callable[[list[LogRecord]], None] | None = None,
+        lock: threading.Lock | None = None,
     ) -> None:
+        """``reader``: the connection reads and compaction use, under ``lock`` (shared with
+        whoever else uses that connection)."""
         self.round = round_
         self.log_id = log_id
         self.segment_bytes = segment_bytes
@@ -132,7 +149,7 @@ class FleetLog:
         self.on_foreign = on_foreign
         self.written = 0
         self._reader = RowLog(reader, log_id)
-        self._reader_lock = threading.Lock()
+        self._reader_lock = lock if lock is not None else threading.Lock()
         self._before: tuple[int, bytes] | None = None  # the end when the round found it
         self._round = -1
         self._failed: LogWriteError | None = None  # its round rolled back, not told yet
@@ -163,9 +180,15 @@ class FleetLog:
         if appended.foreign:
             last = appended.foreign[-1]
             self.next_seq, self.chain = last.seq + 1, last.chain
+        # A row's place is its seq (the offset carries it too); rows never move.
         locations = [
-            Location(0, appended.first_seq + i, size, appended.first_seq + i)
-            for i, size in enumerate(appended.sizes)
+            Location(segment, seq, size, seq)
+            for seq, size, segment in zip(
+                range(appended.first_seq, appended.first_seq + len(appended.sizes)),
+                appended.sizes,
+                appended.segments,
+                strict=True,
+            )
         ]
         self.written += sum(appended.sizes)
         if chains is not None:
@@ -199,10 +222,11 @@ class FleetLog:
             self._before = None
             self._failed = error
 
-    def read(self, location: Location) -> tuple[int, bytes]:
-        """A committed record's kind and body, by its seq."""
+    def read(self, location: Location) -> tuple[RecordHeader, bytes]:
+        """A committed record, by its seq."""
         with self._reader_lock:
-            return self._reader.read(location.seq)
+            kind, body = self._reader.read(location.seq)
+        return RecordHeader(len(body), kind, location.seq), body
 
     def records(self, from_seq: int = 0) -> list[LogRecord]:
         with self._reader_lock:
@@ -211,3 +235,93 @@ class FleetLog:
     def tree_head(self) -> tuple[int, bytes] | None:
         with self._reader_lock:
             return self._reader.tree_head()
+
+    # -- the rest of what the services ask of a log (``gateway.log.StoreLog``)
+
+    @property
+    def directory(self) -> Path:
+        return self._reader.where
+
+    @property
+    def tree_missing(self) -> str:
+        if self.tree_head() is None:
+            return "the log's tree in the fleet store does not reach its end"
+        return ""
+
+    @property
+    def segments(self) -> list[int]:
+        with self._reader_lock:
+            return [first for first, _generation in self._reader.segments()]
+
+    def file_name(self, segment: int) -> str:
+        """The segment file a record would be in, copied into a data folder."""
+        with self._reader_lock:
+            generation = dict(self._reader.segments()).get(segment, 0)
+        return segment_name(segment, generation)
+
+    def recovery_point(self, state: bytes) -> RecoveryPoint:
+        """A recovery point at the log's end (every record committed), carrying ``state``."""
+        with self._reader_lock:
+            segments = tuple(self._reader.segments())
+        last, generation = segments[-1] if segments else (0, 0)
+        return RecoveryPoint(
+            self.log_id,
+            self.next_seq,
+            last,
+            generation,
+            SEGMENT_HEADER_SIZE,  # positions are seqs here; the offset is not used
+            self.chain,
+            segments,
+            state,
+        )
+
+    def save_recovery_point(self, point: RecoveryPoint) -> int:
+        data = encode_recovery_point(point)
+        with self._reader_lock:
+            FleetFiles(self._reader.conn).write(recovery_name(self.log_id), data)
+        return len(data)
+
+    def plan_compaction(self, segment: int, keep: Callable[[LogRecord], bool]) -> Compaction | None:
+        """What compacting a sealed segment would do (changing nothing); see RowLog."""
+        with self._reader_lock:
+            planned = self._reader.plan_compaction(segment, keep)
+            generation = dict(self._reader.segments()).get(segment, 0)
+        if planned is None:
+            return None
+        removed = planned.generation == REMOVED
+        return Compaction(
+            segment,
+            planned.generation,
+            planned.gaps,
+            self.directory / segment_name(segment, generation),
+            None if removed else self.directory / segment_name(segment, planned.generation),
+            {},  # a row stays where it is: seqs do not move
+            planned.bytes_before,
+            planned.bytes_after,
+            planned.dropped_bytes,
+        )
+
+    def apply_compaction(self, compaction: Compaction) -> None:
+        """Make the cut ``LogCompacted`` confirmed (one transaction)."""
+        with self._reader_lock:
+            self._reader.apply_cut(compaction.segment, compaction.generation, compaction.gaps)
+
+    def discard_compaction(self, compaction: Compaction) -> None:
+        """Nothing to undo: planning wrote nothing."""
+
+    def remove_retired(self, cuts: Mapping[int, int], grace_seconds: float) -> list[Path]:
+        """None to remove: a cut deletes its rows when it is made (no file outlives it)."""
+        return []
+
+    def archive_history(self, point: RecoveryPoint, keep_bytes: int) -> list[Path]:
+        """The fleet store keeps the whole control log (``control_history_bytes`` is a data
+        folder's setting, SPEC.md 6.8)."""
+        return []
+
+    def close(self) -> None:
+        """The store's connections are the store's to close."""
+
+
+def recovery_name(log_id: bytes) -> str:
+    """Where a log's recovery point is kept in ``gateway_files``."""
+    return f"recovery/{log_id.hex()}"

@@ -122,8 +122,9 @@ def copy_out(conn: psycopg.Connection[Any], data: DataDir, progress: Progress) -
             progress(where, len(files))
             done.logs += 1
         for name, blob in conn.execute("SELECT name, data FROM gateway_files ORDER BY name"):
-            data.write_carried(name, bytes(blob))
-            done.files += 1
+            if data.carries(name):  # not a node's recovery points: a folder makes its own
+                data.write_carried(name, bytes(blob))
+                done.files += 1
     finally:
         data.unlock()
     return done

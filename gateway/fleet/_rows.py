@@ -67,6 +67,7 @@ class Appended:
     first_seq: int
     chains: list[bytes]
     sizes: list[int]  # each record's framed size
+    segments: list[int]  # the segment each record is in (its first seq)
 
 
 class RowLog:
@@ -135,7 +136,7 @@ class RowLog:
             if foreign and on_foreign is not None:
                 on_foreign(foreign)
             segment = self._segment(seq, chain)
-            first, chains, rows, leaves, sizes = seq, [], [], [], []
+            first, chains, rows, leaves, sizes, in_segment = seq, [], [], [], [], []
             for kind, body_or_builder in items:
                 body = body_or_builder(seq) if callable(body_or_builder) else body_or_builder
                 size = len(body) + RECORD_OVERHEAD
@@ -147,6 +148,7 @@ class RowLog:
                 leaves.append((seq, int(kind), body))
                 chains.append(chain)
                 sizes.append(size)
+                in_segment.append(segment.first_seq)
                 segment.size += size
                 seq += 1
             with conn.cursor().copy(
@@ -168,18 +170,23 @@ class RowLog:
             )
             # Delivered at commit, never for a batch rolled back (_coordination).
             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{self.log_id.hex()} {seq}"))
-        return Appended(foreign, first, chains, sizes)
+        return Appended(foreign, first, chains, sizes, in_segment)
 
-    def records(self, from_seq: int = 0, to_seq: int | None = None) -> Iterator[LogRecord]:
-        """The records from ``from_seq`` (up to ``to_seq``), in order, read in pages."""
+    def records(
+        self, from_seq: int = 0, to_seq: int | None = None, *, chunk_bodies: bool = True
+    ) -> Iterator[LogRecord]:
+        """The records from ``from_seq`` (up to ``to_seq``), in order, read in pages; with
+        ``chunk_bodies`` False, CHUNK records come without their bodies (as a segment log's
+        open hands them over: their place and size are what an index needs)."""
+        body = "body" if chunk_bodies else "CASE WHEN kind = 2 THEN ''::bytea ELSE body END"
         while to_seq is None or from_seq < to_seq:
             rows = self.conn.execute(
-                "SELECT seq, kind, body, chain FROM gateway_records "
+                f"SELECT seq, kind, {body}, chain, octet_length(body) FROM gateway_records "  # noqa: S608 - two fixed texts
                 "WHERE log_id = %s AND seq >= %s AND seq < %s ORDER BY seq LIMIT %s",
                 (self.log_id, from_seq, to_seq if to_seq is not None else 1 << 62, _FETCH),
             ).fetchall()
-            for seq, kind, body, chain in rows:
-                yield _record(int(seq), int(kind), bytes(body), bytes(chain))
+            for seq, kind, data, chain, length in rows:
+                yield _record(int(seq), int(kind), bytes(data), bytes(chain), int(length))
             if len(rows) < _FETCH:
                 return
             from_seq = int(rows[-1][0]) + 1
@@ -322,6 +329,10 @@ class RowLog:
                     ),
                 )
 
+    def segments(self) -> list[tuple[int, int]]:
+        """The log's segments: (first seq, generation), oldest first."""
+        return self._segments()
+
     def _segments(self) -> list[tuple[int, int]]:
         rows = self.conn.execute(
             "SELECT first_seq, generation FROM gateway_segments WHERE log_id = %s "
@@ -402,9 +413,8 @@ class _Segment:
     size: int
 
 
-def _record(seq: int, kind: int, body: bytes, chain: bytes) -> LogRecord:
-    size = len(body) + RECORD_OVERHEAD
-    return LogRecord(seq, kind, body, chain, Location(0, 0, size, seq))
+def _record(seq: int, kind: int, body: bytes, chain: bytes, length: int) -> LogRecord:
+    return LogRecord(seq, kind, body, chain, Location(0, seq, length + RECORD_OVERHEAD, seq))
 
 
 def segment_files(log: RowLog) -> Iterator[tuple[str, bytes]]:

@@ -30,11 +30,12 @@ from ._files import (
 from ._recovery_point import RECOVERY_FILE, RecoveryPoint, read_recovery_point
 from ._scan import RecordReader, iter_log
 from ._segment_log import SegmentLog
+from ._store_log import StoreLog
 from ._tree_file import read_tree
 
 # The control log's id (its segments' headers and chain, SPEC.md 3.1): 16 zero bytes.
 CONTROL_LOG_ID = bytes(16)
-Opened = tuple[SegmentLog, list[LogRecord], Recovery | None]
+Opened = tuple[StoreLog, list[LogRecord], Recovery | None]
 
 # The files of these folders a copy of the store carries (the rest is the node's own).
 _CARRIED = {
@@ -104,7 +105,7 @@ class DataDir:
 
     def create_mailbox(
         self, mailbox_id: str, key_file: bytes, log_id: bytes, *, segment_bytes: int
-    ) -> SegmentLog:
+    ) -> StoreLog:
         """Create the mailbox folder, its key file and an empty log, all durable."""
         directory = self.mailbox_dir(mailbox_id)
         directory.mkdir(mode=0o700)
@@ -359,6 +360,14 @@ class DataDir:
         if (self.control_dir / "base").is_file():
             names.append("control/base")
         return names
+
+    def carries(self, name: str) -> bool:
+        """Whether ``name`` is a file a copy of the store carries (see carried_files)."""
+        try:
+            self._carried_path(name)
+        except ValueError:
+            return False
+        return True
 
     def read_carried(self, name: str) -> bytes:
         return self._carried_path(name).read_bytes()

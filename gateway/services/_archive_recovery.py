@@ -58,12 +58,11 @@ __all__ = ["open_core", "open_mailboxes"]
 _OPENING = 4  # mailboxes opened at once
 
 
-async def open_core(root: Path, config: StoreConfig) -> ArchiveCore:
+async def open_core(data: DataDir, config: StoreConfig) -> ArchiveCore:
     """Lock the data folder (made if need be), replay the control log (from its recovery
     point where it has a good one, SPEC.md 6.7) and read every mailbox's key; the mailbox
     logs are opened by :func:`open_mailboxes`. Raises DataDirLocked, or LogCorrupt for a
     control log that does not check out."""
-    data = DataDir(root)
     await trio.to_thread.run_sync(data.lock)
     try:
         starts = _control_starts(data)

@@ -146,14 +146,20 @@ class Archive:
 
     @classmethod
     async def open(
-        cls, root: Path, config: StoreConfig | None = None, *, mailboxes_later: bool = False
+        cls,
+        root: Path | DataDir,
+        config: StoreConfig | None = None,
+        *,
+        mailboxes_later: bool = False,
     ) -> Archive:
-        """Open (or create) the data folder at ``root`` and hold its lock until
-        :meth:`aclose`; recovery on open as SPEC.md 6.3 describes. Raises DataDirLocked, or
-        LogCorrupt for a control log that does not check out. With ``mailboxes_later`` the
-        mailbox logs are not opened yet: the caller runs :meth:`open_mailboxes` beside its
-        work, and waits on :meth:`opened` before it uses a mailbox's messages."""
-        archive = cls(await open_core(root, config or StoreConfig()))
+        """Open (or create) the data folder at ``root`` (or the store a ``DataDir`` answers
+        for: a fleet store's, SPEC.md 17.6) and hold its lock until :meth:`aclose`; recovery
+        on open as SPEC.md 6.3 describes. Raises DataDirLocked, or LogCorrupt for a control
+        log that does not check out. With ``mailboxes_later`` the mailbox logs are not
+        opened yet: the caller runs :meth:`open_mailboxes` beside its work, and waits on
+        :meth:`opened` before it uses a mailbox's messages."""
+        data = root if isinstance(root, DataDir) else DataDir(root)
+        archive = cls(await open_core(data, config or StoreConfig()))
         if not mailboxes_later:
             await archive.open_mailboxes()
         return archive

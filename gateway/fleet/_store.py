@@ -1,0 +1,259 @@
+"""A node's data folder in fleet mode (SPEC.md 17.6): the same calls as ``DataDir``, answered
+from the fleet store for everything the store keeps (logs, key files, the admin password's
+verifier, the token and signing keys, checkpoints, recovery points), and from the node's own
+folder for what is the node's (its lock, its TLS material, the ACME account).
+
+Theory of operation
+-------------------
+:class:`FleetDataDir` holds two connections: the group commit's (its :class:`Round`) and one
+for everything else, which every call here and every log's reads share under one lock (a
+transaction of one call must not take in another thread's statements). Logs are
+:class:`FleetLog` objects; opening one reads its rows after its recovery point (kept in
+``gateway_files``), or all of them. A log whose rows end before a record the control log
+says was acknowledged is ``LogCorrupt``: the database lost committed records (a failover to
+a standby that was not synchronous), which the archive reports as damage.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from ..ids import parse_mailbox_id
+from ..log import (
+    CONTROL_LOG_ID,
+    RECOVERY_FILE,
+    DataDir,
+    LogCorrupt,
+    LogRecord,
+    Opened,
+    RecoveryPoint,
+    StaleRecoveryPoint,
+    StoreLog,
+    decode_recovery_point,
+)
+from ..merkle import MerkleTree
+from ._files import FleetFiles
+from ._fleet_log import FleetLog, Round, recovery_name
+from ._rows import RowLog
+from ._schema import ensure_schema
+
+__all__ = ["FleetDataDir"]
+
+
+class FleetDataDir(DataDir):
+    def __init__(self, root: Path, dsn: str, *, application_name: str = "gateway") -> None:
+        super().__init__(root)
+        self.dsn = dsn
+        self._name = application_name
+        self.round = Round(lambda: psycopg.connect(dsn, application_name=application_name))
+        self.conn = psycopg.connect(dsn, autocommit=True, application_name=application_name)
+        ensure_schema(self.conn)
+        self.shared = threading.Lock()
+        self.files = FleetFiles(self.conn)
+
+    def unlock(self) -> None:
+        super().unlock()
+        self.round.close()
+        self.conn.close()
+
+    # -- the logs
+
+    def _rows(self, mailbox_id: str | None) -> RowLog:
+        log_id = (
+            CONTROL_LOG_ID if mailbox_id is None else bytes.fromhex(parse_mailbox_id(mailbox_id))
+        )
+        return RowLog(self.conn, log_id)
+
+    def _fleet_log(self, rows: RowLog, segment_bytes: int) -> FleetLog:
+        with self.shared:
+            end = rows.end()
+        return FleetLog(
+            self.round, self.conn, rows.log_id, end, segment_bytes=segment_bytes, lock=self.shared
+        )
+
+    def _open(
+        self,
+        mailbox_id: str | None,
+        segment_bytes: int,
+        resume: RecoveryPoint | None,
+        acknowledged: tuple[int, bytes] | None,
+    ) -> Opened:
+        rows = self._rows(mailbox_id)
+        with self.shared:
+            rows.create()
+            next_seq, _chain = rows.end()
+            start = 0
+            if resume is not None:
+                _check_resume(rows, resume, next_seq)
+                start = resume.seq
+            if acknowledged is not None and acknowledged[0] >= next_seq:
+                raise LogCorrupt(
+                    rows.where,
+                    next_seq,
+                    f"the fleet store's log ends at {next_seq}, before record "
+                    f"{acknowledged[0]} the control log says was acknowledged",
+                )
+            records = list(rows.records(start, chunk_bodies=False))
+        return self._fleet_log(rows, segment_bytes), records, None
+
+    def open_control_log(self, *, segment_bytes: int, resume: RecoveryPoint | None) -> Opened:
+        return self._open(None, segment_bytes, resume, None)
+
+    def open_mailbox_log(
+        self,
+        mailbox_id: str,
+        *,
+        segment_bytes: int,
+        cuts: Mapping[int, int],
+        acknowledged: tuple[int, bytes] | None,
+        resume: RecoveryPoint | None,
+    ) -> Opened:
+        return self._open(mailbox_id, segment_bytes, resume, acknowledged)
+
+    def create_mailbox(
+        self, mailbox_id: str, key_file: bytes, log_id: bytes, *, segment_bytes: int
+    ) -> StoreLog:
+        rows = RowLog(self.conn, log_id)
+        with self.shared:
+            self.files.write(f"mailboxes/{parse_mailbox_id(mailbox_id)}/key", key_file)
+            rows.create()
+        return self._fleet_log(rows, segment_bytes)
+
+    def remove_mailbox(self, mailbox_id: str) -> None:
+        """Delete a mailbox's rows and key file (after MailboxDeleted is durable)."""
+        box = parse_mailbox_id(mailbox_id)
+        with self.shared, self.conn.transaction():
+            self.conn.execute("DELETE FROM gateway_logs WHERE log_id = %s", (bytes.fromhex(box),))
+            self.conn.execute(
+                "DELETE FROM gateway_files WHERE name LIKE %s OR name = %s",
+                (f"mailboxes/{box}/%", recovery_name(bytes.fromhex(box))),
+            )
+
+    def list_mailbox_ids(self) -> list[str]:
+        with self.shared:
+            rows = self.conn.execute(
+                "SELECT log_id FROM gateway_logs WHERE log_id <> %s ORDER BY log_id",
+                (CONTROL_LOG_ID,),
+            ).fetchall()
+        return [bytes(log_id).hex() for (log_id,) in rows]
+
+    def read_point(
+        self, mailbox_id: str | None = None, name: str = RECOVERY_FILE
+    ) -> RecoveryPoint | None:
+        if name != RECOVERY_FILE:
+            return None  # the fleet store keeps the whole control log: it has no base
+        rows = self._rows(mailbox_id)
+        with self.shared:
+            data = self.files.read(recovery_name(rows.log_id))
+        return None if data is None else decode_recovery_point(data, rows.log_id)
+
+    def records(self, mailbox_id: str | None = None, *, from_seq: int = 0) -> Iterator[LogRecord]:
+        rows = self._rows(mailbox_id)
+        while True:
+            with self.shared:
+                page = list(rows.records(from_seq, from_seq + 2000))
+            yield from page
+            if len(page) < 2000:
+                return
+            from_seq = page[-1].seq + 1
+
+    def log_tree(self, mailbox_id: str | None, size: int) -> MerkleTree:
+        rows = self._rows(mailbox_id)
+        with self.shared:
+            tree = rows.tree(size)
+            tree.root()  # read here, under the lock: the rows a proof needs come with it
+        return tree
+
+    # -- what a data folder keeps in files, kept in gateway_files
+
+    def _call(self, method: Callable[..., Any], *args: Any) -> Any:
+        with self.shared:
+            return method(*args)
+
+    def read_key_file(self, mailbox_id: str) -> bytes:
+        return bytes(self._call(self.files.read_key_file, mailbox_id))
+
+    def stage_key_file(self, mailbox_id: str, key_file: bytes) -> None:
+        self._call(self.files.stage_key_file, mailbox_id, key_file)
+
+    def commit_key_file(self, mailbox_id: str) -> None:
+        self._call(self.files.commit_key_file, mailbox_id)
+
+    def staged_key_file(self, mailbox_id: str) -> bytes | None:
+        found: bytes | None = self._call(self.files.staged_key_file, mailbox_id)
+        return found
+
+    def discard_staged_key_file(self, mailbox_id: str) -> None:
+        self._call(self.files.discard_staged_key_file, mailbox_id)
+
+    def read_admin_password(self) -> bytes | None:
+        found: bytes | None = self._call(self.files.read_admin_password)
+        return found
+
+    def stage_admin_password(self, data: bytes) -> None:
+        self._call(self.files.stage_admin_password, data)
+
+    def staged_admin_password(self) -> bytes | None:
+        found: bytes | None = self._call(self.files.staged_admin_password)
+        return found
+
+    def commit_admin_password(self) -> None:
+        self._call(self.files.commit_admin_password)
+
+    def discard_staged_admin_password(self) -> None:
+        self._call(self.files.discard_staged_admin_password)
+
+    def read_or_create_admin_token_key(self, make: Callable[[], bytes]) -> tuple[bytes, bool]:
+        made: tuple[bytes, bool] = self._call(self.files.read_or_create_admin_token_key, make)
+        return made
+
+    def read_admin_credentials(self) -> bytes | None:
+        return None  # the file of versions before the fleet store: never in one
+
+    def remove_admin_credentials(self) -> None:
+        """Nothing to remove (see read_admin_credentials)."""
+
+    def read_signing_key(self) -> bytes | None:
+        found: bytes | None = self._call(self.files.read_signing_key)
+        return found
+
+    def read_or_create_signing_key(self, make: Callable[[], bytes]) -> tuple[bytes, bool]:
+        made: tuple[bytes, bool] = self._call(self.files.read_or_create_signing_key, make)
+        return made
+
+    def save_checkpoint(self, size: int, note: bytes) -> None:
+        self._call(self.files.save_checkpoint, size, note)
+
+    def read_checkpoint(self, size: int | None = None) -> bytes | None:
+        found: bytes | None = self._call(self.files.read_checkpoint, size)
+        return found
+
+    def checkpoint_sizes(self) -> list[int]:
+        sizes: list[int] = self._call(self.files.checkpoint_sizes)
+        return sizes
+
+    def save_mailbox_checkpoint(self, mailbox_id: str, note: bytes) -> None:
+        self._call(self.files.save_mailbox_checkpoint, mailbox_id, note)
+
+    def read_mailbox_checkpoint(self, mailbox_id: str) -> bytes | None:
+        found: bytes | None = self._call(self.files.read_mailbox_checkpoint, mailbox_id)
+        return found
+
+
+def _check_resume(rows: RowLog, point: RecoveryPoint, next_seq: int) -> None:
+    """Is the log, as its rows are now, the one the recovery point was made from?"""
+    if point.seq > next_seq:
+        raise StaleRecoveryPoint(f"the log ends at {next_seq}, before the point", outgrown=True)
+    now = dict(rows.segments())
+    for first, generation in point.segments:
+        if now.get(first, generation) != generation:
+            raise StaleRecoveryPoint(f"segment {first} was compacted since", outgrown=True)
+    if point.seq:
+        last = next(iter(rows.records(point.seq - 1, point.seq)), None)
+        if last is None or last.chain != point.chain:
+            raise StaleRecoveryPoint("the record before the point is not the one it was made on")
