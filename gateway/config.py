@@ -220,6 +220,12 @@ class StoreSettings(_Section, frozen=True, kw_only=True):
     # Intake answers 452 4.3.1 while the data folder's file system has less free (SPEC.md
     # 13.8): a full disk is never reached by mail, and what is stored stays readable.
     min_free_bytes: int = 1 << 30
+    # Where the logs, key files and custody are kept (SPEC.md 17): "local", the data folder;
+    # "postgresql", the fleet store at ``dsn`` (a libpq connection string, multi-host with
+    # target_session_attrs=read-write for failover; its password best in a passfile, or the
+    # whole string in $GATEWAY_STORE_DSN). The data folder then holds only the node's own.
+    backend: Literal["local", "postgresql"] = "local"
+    dsn: str = ""
     kdf: KdfSettings = KdfSettings()
 
 

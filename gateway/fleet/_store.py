@@ -31,6 +31,8 @@ from ..log import (
     LogCorrupt,
     LogRecord,
     Opened,
+    RecordHeader,
+    RecordSource,
     RecoveryPoint,
     StaleRecoveryPoint,
     StoreLog,
@@ -169,6 +171,9 @@ class FleetDataDir(DataDir):
             tree.root()  # read here, under the lock: the rows a proof needs come with it
         return tree
 
+    def record_reader(self, mailbox_id: str) -> RecordSource:
+        return _RowSource(self, self._rows(mailbox_id))
+
     # -- what a data folder keeps in files, kept in gateway_files
 
     def _call(self, method: Callable[..., Any], *args: Any) -> Any:
@@ -243,6 +248,22 @@ class FleetDataDir(DataDir):
     def read_mailbox_checkpoint(self, mailbox_id: str) -> bytes | None:
         found: bytes | None = self._call(self.files.read_mailbox_checkpoint, mailbox_id)
         return found
+
+
+class _RowSource:
+    """A mailbox log's records by seq (a worker's reader: the offset is the seq)."""
+
+    def __init__(self, store: FleetDataDir, rows: RowLog) -> None:
+        self._store, self._rows = store, rows
+        self.directory = rows.where
+
+    def read(self, file: str, offset: int, size: int) -> tuple[RecordHeader, bytes]:
+        with self._store.shared:
+            kind, body = self._rows.read(offset)
+        return RecordHeader(len(body), kind, offset), body
+
+    def close(self) -> None:
+        """The store's connection is the store's to close."""
 
 
 def _check_resume(rows: RowLog, point: RecoveryPoint, next_seq: int) -> None:

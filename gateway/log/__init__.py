@@ -58,7 +58,7 @@ from ._recovery_point import (
 from ._scan import RecordReader, iter_log
 from ._scan import scan_segment_header as read_segment_header
 from ._segment_log import SegmentLog
-from ._store_log import StoreLog
+from ._store_log import RecordSource, StoreLog
 from ._tree_file import TREE_FILE, read_tree
 from ._writer import LINGER, CommitGroup, Dependent, LogWriter, StaleEpoch, Written
 
@@ -90,6 +90,7 @@ __all__ = [
     "RecordHeader",
     "RecordKind",
     "RecordReader",
+    "RecordSource",
     "Recovery",
     "RecoveryPoint",
     "SegmentHeader",

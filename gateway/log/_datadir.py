@@ -30,7 +30,7 @@ from ._files import (
 from ._recovery_point import RECOVERY_FILE, RecoveryPoint, read_recovery_point
 from ._scan import RecordReader, iter_log
 from ._segment_log import SegmentLog
-from ._store_log import StoreLog
+from ._store_log import RecordSource, StoreLog
 from ._tree_file import read_tree
 
 # The control log's id (its segments' headers and chain, SPEC.md 3.1): 16 zero bytes.
@@ -169,7 +169,7 @@ class DataDir:
         FileNotFoundError or ValueError when its tree file does not hold them."""
         return read_tree(self._log(mailbox_id)[0], size)
 
-    def record_reader(self, mailbox_id: str) -> RecordReader:
+    def record_reader(self, mailbox_id: str) -> RecordSource:
         """Reads a mailbox log's records by file and offset (a protocol worker's, 16)."""
         return RecordReader(self.mailbox_log_dir(mailbox_id))
 

@@ -12,7 +12,7 @@ from ._files import AppendItem, Compaction, Location, LogRecord
 from ._framing import RecordHeader
 from ._recovery_point import RecoveryPoint
 
-__all__ = ["StoreLog"]
+__all__ = ["RecordSource", "StoreLog"]
 
 
 class StoreLog(Protocol):
@@ -67,5 +67,18 @@ class StoreLog(Protocol):
     def remove_retired(self, cuts: Mapping[int, int], grace_seconds: float) -> list[Path]: ...
 
     def archive_history(self, point: RecoveryPoint, keep_bytes: int) -> list[Path]: ...
+
+    def close(self) -> None: ...
+
+
+class RecordSource(Protocol):
+    """Reads single records of one log where an index says they are (a protocol worker's
+    reader, SPEC.md 16): a segment file and offset, or in the fleet store a row by seq."""
+
+    @property
+    def directory(self) -> Path:
+        """Where the log is, as errors name it."""
+
+    def read(self, file: str, offset: int, size: int) -> tuple[RecordHeader, bytes]: ...
 
     def close(self) -> None: ...

@@ -36,7 +36,7 @@ import trio
 from .. import __version__
 from ..config import Config, Protocol
 from ..events import GatewayStarted, GatewayStopped, now
-from ..log import DataDirLocked, LogWriteError
+from ..log import DataDir, DataDirLocked, LogWriteError
 from ..services.accounts import Accounts
 from ..services.admin import AdminService
 from ..services.alarms import Alarms
@@ -259,22 +259,39 @@ class Gateway:
         deadline = trio.current_time() + (LOCK_WAIT if self.role == Role.JOURNAL else 0)
         while True:
             try:
-                return await Archive.open(
-                    Path(config.data_dir), store_config(config), mailboxes_later=True
-                )
+                data = await trio.to_thread.run_sync(self._data)
+                return await Archive.open(data, store_config(config), mailboxes_later=True)
             except DataDirLocked:
                 if trio.current_time() >= deadline:
                     raise
                 await trio.sleep(0.1)
 
+    def _data(self) -> DataDir:
+        """The data folder, or with ``[store] backend = "postgresql"`` the fleet store's
+        (SPEC.md 17.6; blocking: it connects). The DSN is never logged."""
+        root = Path(self.config.data_dir)
+        if self.config.store.backend != "postgresql":
+            return DataDir(root)
+        import psycopg  # noqa: PLC0415 (lazily: only in fleet mode)
+
+        from ..fleet import FleetDataDir, SchemaError  # noqa: PLC0415
+
+        dsn = self.environ.get("GATEWAY_STORE_DSN") or self.config.store.dsn
+        if not dsn:
+            raise StartupError("store.backend is postgresql: set store.dsn or $GATEWAY_STORE_DSN")
+        try:
+            return FleetDataDir(root, dsn, application_name=f"gateway-{self.name}")
+        except (psycopg.Error, SchemaError) as exc:  # libpq's messages name no password
+            raise StartupError(f"the fleet store cannot be opened: {exc}") from None
+
     async def _run_worker(self, task_status: trio.TaskStatus[list[Listening]]) -> None:
         """A protocol worker: the journal bound the data folder; this process only reads the
         certificate and the source-key secret it made, and asks the journal for the rest."""
-        config = self.config
-        data = Path(config.data_dir)
         assert self.journal_socket is not None
         stream = await connect_journal(self.journal_socket)
-        store = self.store = StoreClient(stream, data, self.name)
+        store = self.store = StoreClient(
+            stream, await trio.to_thread.run_sync(self._data), self.name
+        )
         try:
             await store.connect()
         except (LogWriteError, OSError) as exc:
@@ -317,7 +334,8 @@ class Gateway:
         process runs the same seam as a journal and its workers do (SPEC.md 16)."""
         journal_end, worker_end = trio.socket.socketpair()
         nursery.start_soon(journal.serve, trio.SocketStream(journal_end))
-        store = StoreClient(trio.SocketStream(worker_end), Path(self.config.data_dir), self.name)
+        assert self.archive is not None
+        store = StoreClient(trio.SocketStream(worker_end), self.archive.data, self.name)
         await store.connect()
         nursery.start_soon(store.run)
         return store

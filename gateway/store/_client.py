@@ -9,7 +9,7 @@ the worker's view of the mailboxes. Sealing happens here (``services.writer``) w
 public key the view carries; opening happens here too, with a private key that never leaves
 this process: the key file comes from the journal, the password from the client, and the
 sealed records are read straight from the segment files the journal named
-(``log.RecordReader``). If the journal connection is lost, every request fails at once with
+(``log.RecordSource``). If the journal connection is lost, every request fails at once with
 LogWriteError, so nothing is acknowledged that the journal did not make durable.
 """
 
@@ -45,7 +45,7 @@ from ..events import (
     encode_event,
 )
 from ..ids import new_message_id, parse_mailbox_id
-from ..log import DataDir, LogCorrupt, LogWriteError, RecordReader, decode_chunk_body
+from ..log import DataDir, LogCorrupt, LogWriteError, RecordSource, decode_chunk_body
 from ..services.archive import (
     ArchiveError,
     InsufficientStorage,
@@ -133,16 +133,18 @@ class StoreClient:
     """The store over one journal connection. Use :meth:`connect`, then run :meth:`run` in
     a nursery for as long as the worker serves."""
 
-    def __init__(self, stream: trio.abc.Stream, data_dir: Path, name: str) -> None:
+    def __init__(self, stream: trio.abc.Stream, data: DataDir | Path, name: str) -> None:
+        """``data``: where the worker reads message records (the data folder, or a fleet
+        store's ``DataDir``)."""
         self._stream = stream
-        self._data_dir = data_dir
+        self._data = data if isinstance(data, DataDir) else DataDir(data)
         self.name = name
         self._decoder = WorkerFrames()
         self._ids = itertools.count(1)
         self._waiting: dict[int, trio.MemorySendChannel[ToWorker]] = {}
         self._send_lock = trio.Lock()
         self._mailboxes: dict[str, _Mailbox] = {}
-        self._readers: dict[str, RecordReader] = {}
+        self._readers: dict[str, RecordSource] = {}
         self._broken: str | None = None
         self.config = StoreLimits(0)
         # Set by whoever runs a KeyForge beside this worker: prepared data keys (SPEC.md 5.4).
@@ -431,7 +433,7 @@ class StoreClient:
         opener = await trio.to_thread.run_sync(self._opener, reader, entry, mailbox_id, key)
         return decode_envelope(opener.meta())
 
-    async def _entry(self, mailbox_id: str, message_id: str) -> tuple[MessageEntry, RecordReader]:
+    async def _entry(self, mailbox_id: str, message_id: str) -> tuple[MessageEntry, RecordSource]:
         canonical = self._box(mailbox_id).info.mailbox_id
         reply = await self._call(
             GetMessage(id=self._next_id(), mailbox_id=canonical, message_id=message_id)
@@ -440,12 +442,12 @@ class StoreClient:
         (entry,) = reply.messages
         reader = self._readers.get(canonical)
         if reader is None:
-            reader = self._readers[canonical] = DataDir(self._data_dir).record_reader(canonical)
+            reader = self._readers[canonical] = self._data.record_reader(canonical)
         return entry, reader
 
     @staticmethod
     def _opener(
-        reader: RecordReader, entry: MessageEntry, mailbox_id: str, key: MailboxPrivateKey
+        reader: RecordSource, entry: MessageEntry, mailbox_id: str, key: MailboxPrivateKey
     ) -> MessageOpener:
         at = entry.commit
         _header, body = reader.read(at.file, at.offset, at.size)
