@@ -258,10 +258,11 @@ class Gateway:
         config = self.config
         deadline = trio.current_time() + (LOCK_WAIT if self.role == Role.JOURNAL else 0)
         while True:
+            data = await trio.to_thread.run_sync(self._data)
             try:
-                data = await trio.to_thread.run_sync(self._data)
                 return await Archive.open(data, store_config(config), mailboxes_later=True)
             except DataDirLocked:
+                data.unlock()  # a fleet store's connections go with it
                 if trio.current_time() >= deadline:
                     raise
                 await trio.sleep(0.1)
