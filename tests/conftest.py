@@ -55,3 +55,24 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 # A gateway serving in the test's nursery (tests/gateway_helpers.py).
 from .gateway_helpers import running  # noqa: E402, F401
+from .peers import PostgresServer, private_postgres  # noqa: E402
+
+
+@pytest.fixture
+def postgres(tmp_path: Path) -> Iterator[PostgresServer]:
+    """A private PostgreSQL of the test's own (tests/peers): an empty fleet store."""
+    with private_postgres(tmp_path / "pg") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shared_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One private PostgreSQL for a module's tests, the fleet store's schema made."""
+    import psycopg  # noqa: PLC0415 (only the fleet tests need it)
+
+    from gateway.fleet import ensure_schema  # noqa: PLC0415
+
+    with private_postgres(tmp_path_factory.mktemp("pg")) as server:
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            ensure_schema(conn)
+        yield server

@@ -6,7 +6,6 @@ copied out into a data folder, verifies as one."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -21,17 +20,11 @@ from gateway.services.tree_heads import CheckpointSigner, control_origin
 from gateway.verify import verify_data_dir
 
 from .conftest import FAST_KDF
-from .peers import PostgresServer, private_postgres
+from .peers import PostgresServer
 
 pytestmark = pytest.mark.slow
 
 CONFIG = StoreConfig(kdf=FAST_KDF, segment_bytes=32 * 1024)
-
-
-@pytest.fixture
-def pg(tmp_path: Path) -> Iterator[PostgresServer]:
-    with private_postgres(tmp_path) as server:
-        yield server
 
 
 async def store(archive: Archive, box: str, count: int) -> dict[str, bytes]:
@@ -57,9 +50,11 @@ async def read_all(archive: Archive, box: str, password: str) -> dict[str, bytes
     }
 
 
-async def test_the_archive_runs_on_the_fleet_store(pg: PostgresServer, tmp_path: Path) -> None:
+async def test_the_archive_runs_on_the_fleet_store(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
     def node() -> FleetDataDir:
-        return FleetDataDir(tmp_path / "node", pg.dsn)
+        return FleetDataDir(tmp_path / "node", postgres.dsn)
 
     archive = await Archive.open(await trio.to_thread.run_sync(node), CONFIG)
     try:
@@ -79,7 +74,7 @@ async def test_the_archive_runs_on_the_fleet_store(pg: PostgresServer, tmp_path:
     finally:
         await archive.aclose()
 
-    with psycopg.connect(pg.dsn) as conn:
+    with psycopg.connect(postgres.dsn) as conn:
         kept = conn.execute("SELECT count(*) FROM gateway_files WHERE name LIKE 'recovery/%'")
         assert (kept.fetchone() or (0,))[0] == 2  # the control log's and the mailbox's
 
@@ -93,7 +88,7 @@ async def test_the_archive_runs_on_the_fleet_store(pg: PostgresServer, tmp_path:
         await archive.aclose()
 
     def copied() -> DataDir:
-        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        with psycopg.connect(postgres.dsn, autocommit=True) as conn:
             data = DataDir(tmp_path / "copy")
             copy_out(conn, data, lambda where, count: None)
             return data

@@ -15,32 +15,26 @@ import psycopg
 import pytest
 import trio
 
-from gateway.fleet import FleetLog, Round, RowLog, ensure_schema
+from gateway.fleet import FleetLog, Round, RowLog
 from gateway.log import CommitGroup, LogWriteError, LogWriter, RecordKind
 
-from .peers import PostgresServer, private_postgres
+from .peers import PostgresServer
 from .test_fleet_rows import chain_of
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    with private_postgres(tmp_path_factory.mktemp("pg")) as server:
-        with psycopg.connect(server.dsn, autocommit=True) as conn:
-            ensure_schema(conn)
-        yield server
-
-
-def connector(pg: PostgresServer, name: str) -> Any:
-    return lambda: psycopg.connect(pg.dsn, application_name=name)
+def connector(shared_postgres: PostgresServer, name: str) -> Any:
+    return lambda: psycopg.connect(shared_postgres.dsn, application_name=name)
 
 
 @contextmanager
-def fleet_logs(pg: PostgresServer, count: int, name: str = "round") -> Iterator[list[FleetLog]]:
+def fleet_logs(
+    shared_postgres: PostgresServer, count: int, name: str = "round"
+) -> Iterator[list[FleetLog]]:
     """``count`` new logs on one round, their connections closed afterwards."""
-    round_ = Round(connector(pg, name))
-    with psycopg.connect(pg.dsn, autocommit=True) as reader:
+    round_ = Round(connector(shared_postgres, name))
+    with psycopg.connect(shared_postgres.dsn, autocommit=True) as reader:
         logs = []
         for _ in range(count):
             log_id = os.urandom(16)
@@ -54,9 +48,9 @@ def fleet_logs(pg: PostgresServer, count: int, name: str = "round") -> Iterator[
 
 
 async def test_concurrent_appends_to_several_logs_commit_in_few_rounds(
-    pg: PostgresServer,
+    shared_postgres: PostgresServer,
 ) -> None:
-    with fleet_logs(pg, 3) as logs:
+    with fleet_logs(shared_postgres, 3) as logs:
         await concurrent_appends(logs)
 
 
@@ -83,44 +77,46 @@ async def concurrent_appends(logs: list[FleetLog]) -> None:
     assert writers[0].statistics()["batches"] < 30  # rounds carried many appends each
 
 
-async def test_a_lazy_append_commits_and_leaves_no_lock(pg: PostgresServer) -> None:
-    with fleet_logs(pg, 1) as (log,):
-        await lazy_append(pg, log)
+async def test_a_lazy_append_commits_and_leaves_no_lock(shared_postgres: PostgresServer) -> None:
+    with fleet_logs(shared_postgres, 1) as (log,):
+        await lazy_append(shared_postgres, log)
 
 
-async def lazy_append(pg: PostgresServer, log: FleetLog) -> None:
+async def lazy_append(shared_postgres: PostgresServer, log: FleetLog) -> None:
     writer = LogWriter(log)
     await writer.append_lazily([(RecordKind.EVENT, b"audit")])
     assert not log.uncommitted
 
     def other_node_appends() -> int:
-        with psycopg.connect(pg.dsn, autocommit=True, options="-c lock_timeout=2000") as conn:
+        with psycopg.connect(
+            shared_postgres.dsn, autocommit=True, options="-c lock_timeout=2000"
+        ) as conn:
             return RowLog(conn, log.log_id).append([(RecordKind.EVENT, b"x")], 1).first_seq
 
     assert await trio.to_thread.run_sync(other_node_appends) == 1
 
 
 async def test_refused_writes_leave_nothing_and_the_next_round_goes_on(
-    pg: PostgresServer,
+    shared_postgres: PostgresServer,
 ) -> None:
-    with fleet_logs(pg, 2, "refused") as (log, other):
-        await refused_writes(pg, log, other)
+    with fleet_logs(shared_postgres, 2, "refused") as (log, other):
+        await refused_writes(shared_postgres, log, other)
 
 
-async def refused_writes(pg: PostgresServer, log: FleetLog, other: FleetLog) -> None:
+async def refused_writes(shared_postgres: PostgresServer, log: FleetLog, other: FleetLog) -> None:
     writer = LogWriter(log)
     await writer.append([(RecordKind.EVENT, b"first")])
 
-    await trio.to_thread.run_sync(pg.make_read_only)
+    await trio.to_thread.run_sync(shared_postgres.make_read_only)
     try:
         with pytest.raises(LogWriteError, match="read-only"):
             await writer.append([(RecordKind.EVENT, b"refused")])
     finally:
-        await trio.to_thread.run_sync(pg.make_read_only, False)
+        await trio.to_thread.run_sync(shared_postgres.make_read_only, False)
     assert log.next_seq == 1 and not log.uncommitted
 
     # The round's connection cut (a failover, a restart): one failure, then a new one.
-    assert await trio.to_thread.run_sync(lambda: pg.terminate_backends("refused")) == 1
+    assert await trio.to_thread.run_sync(lambda: shared_postgres.terminate_backends("refused")) == 1
     with pytest.raises(LogWriteError):
         await writer.append([(RecordKind.EVENT, b"cut")])
     await writer.append([(RecordKind.EVENT, b"second")])
@@ -131,7 +127,7 @@ async def refused_writes(pg: PostgresServer, log: FleetLog, other: FleetLog) -> 
         log.append([(RecordKind.EVENT, b"lost")], sync=False)
         other.append([(RecordKind.EVENT, b"lost too")], sync=False)
         assert log.uncommitted and log.next_seq == 3 and other.next_seq == 1
-        assert pg.terminate_backends("refused") == 1
+        assert shared_postgres.terminate_backends("refused") == 1
         with pytest.raises(LogWriteError, match="did not commit"):
             log.sync()
         with pytest.raises(LogWriteError, match="did not commit"):
@@ -141,7 +137,7 @@ async def refused_writes(pg: PostgresServer, log: FleetLog, other: FleetLog) -> 
         # Cut after one log's append, before another's: the second must not open a new
         # connection and commit alone, as if the first's records were still there.
         log.append([(RecordKind.EVENT, b"lost again")], sync=False)
-        assert pg.terminate_backends("refused") == 1
+        assert shared_postgres.terminate_backends("refused") == 1
         with pytest.raises(LogWriteError):
             other.append([(RecordKind.EVENT, b"not alone")], sync=False)
         with pytest.raises(LogWriteError, match="did not commit"):

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,18 +19,12 @@ from gateway.services.archive import Archive, StoreConfig
 from gateway.services.tree_heads import CheckpointSigner, control_origin
 
 from .conftest import FAST_KDF
-from .peers import PostgresServer, private_postgres
+from .peers import PostgresServer
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = StoreConfig(kdf=FAST_KDF, segment_bytes=256 * 1024, compaction_grace=0.0)
-
-
-@pytest.fixture
-def pg(tmp_path: Path) -> Iterator[PostgresServer]:
-    with private_postgres(tmp_path) as server:
-        yield server
 
 
 async def build(data: Path) -> dict[str, tuple[str, dict[str, bytes]]]:
@@ -73,11 +66,11 @@ async def build(data: Path) -> dict[str, tuple[str, dict[str, bytes]]]:
     return kept
 
 
-def migrate(pg: PostgresServer, data: Path, *extra: str) -> subprocess.Popen[str]:
+def migrate(postgres: PostgresServer, data: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "gateway", "store", "migrate", "--data-dir", str(data), *extra],
         cwd=ROOT,
-        env={**os.environ, "GATEWAY_STORE_DSN": pg.dsn},
+        env={**os.environ, "GATEWAY_STORE_DSN": postgres.dsn},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -100,13 +93,13 @@ def files(root: Path) -> dict[str, bytes]:
 
 
 async def test_a_store_of_10000_messages_round_trips_verified(
-    pg: PostgresServer, tmp_path: Path
+    postgres: PostgresServer, tmp_path: Path
 ) -> None:
     source, copy = tmp_path / "source", tmp_path / "copy"
     kept = await build(source)
 
     # Cut short: killed once it has copied some records, then resumed.
-    first = migrate(pg, source)
+    first = migrate(postgres, source)
     assert first.stderr is not None
     killed = False
     for line in first.stderr:
@@ -116,20 +109,20 @@ async def test_a_store_of_10000_messages_round_trips_verified(
             break
     first.communicate(timeout=60)  # reaped, its pipes closed
     assert killed and first.returncode == -signal.SIGKILL
-    held = int(pg.psql("SELECT count(*) FROM gateway_records"))
-    resumed = migrate(pg, source)
+    held = int(postgres.psql("SELECT count(*) FROM gateway_records"))
+    resumed = migrate(postgres, source)
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert out.splitlines()[-1] == "OK"
-    assert pg.psql("SELECT count(*) FROM gateway_logs") == "3"
+    assert postgres.psql("SELECT count(*) FROM gateway_logs") == "3"
     # Every log's tree came with it, its head at the log's end: appends extend it.
-    assert pg.psql("SELECT count(*) FROM gateway_logs WHERE tree_size = next_seq") == "3"
-    records = int(pg.psql("SELECT count(*) FROM gateway_records"))
+    assert postgres.psql("SELECT count(*) FROM gateway_logs WHERE tree_size = next_seq") == "3"
+    records = int(postgres.psql("SELECT count(*) FROM gateway_records"))
     assert records > 10_000 and held >= 3000
     # The second run copied only what the first had not (records, then files).
     assert f"records {records - held} " in out.splitlines()[0], out
 
-    back = migrate(pg, copy, "--out")
+    back = migrate(postgres, copy, "--out")
     out, err = back.communicate(timeout=300)
     assert back.returncode == 0, err
     assert out.splitlines()[-1] == "OK"
@@ -139,7 +132,16 @@ async def test_a_store_of_10000_messages_round_trips_verified(
     # gateway verify on the database itself, then on rows altered behind its back.
     def verify_store() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "gateway", "verify", "--dsn", pg.dsn, "--scratch", tmp_path],
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "verify",
+                "--dsn",
+                postgres.dsn,
+                "--scratch",
+                tmp_path,
+            ],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -150,7 +152,7 @@ async def test_a_store_of_10000_messages_round_trips_verified(
     checked = await trio.to_thread.run_sync(verify_store)
     assert checked.returncode == 0 and checked.stdout.splitlines()[-1] == "OK", checked.stderr
     where = f"log_id = decode('{next(iter(kept))}', 'hex')"
-    pg.psql(
+    postgres.psql(
         f"UPDATE gateway_records SET body = overlay(body placing '\\x00' from 5 for 1) "
         f"WHERE {where} AND seq = (SELECT max(seq) FROM gateway_records WHERE {where})"
     )
@@ -171,13 +173,13 @@ async def test_a_store_of_10000_messages_round_trips_verified(
 
 
 async def test_a_folder_that_does_not_verify_or_is_in_use_is_not_copied(
-    pg: PostgresServer, tmp_path: Path
+    postgres: PostgresServer, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
     archive = await Archive.open(data, CONFIG)
     try:
         await archive.create_mailbox("in use")
-        busy = migrate(pg, data)
+        busy = migrate(postgres, data)
         _out, err = busy.communicate(timeout=60)
         assert busy.returncode == 2 and "another gateway process" in err, err
     finally:
@@ -186,7 +188,7 @@ async def test_a_folder_that_does_not_verify_or_is_in_use_is_not_copied(
     raw = bytearray(segment.read_bytes())
     raw[100] ^= 1
     segment.write_bytes(bytes(raw))
-    bad = migrate(pg, data)
+    bad = migrate(postgres, data)
     _out, err = bad.communicate(timeout=60)
     assert bad.returncode == 2 and "does not verify" in err, err
-    assert pg.psql("SELECT to_regclass('gateway_records')") == ""  # nothing was written
+    assert postgres.psql("SELECT to_regclass('gateway_records')") == ""  # nothing was written

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +34,15 @@ from gateway.log import (
 )
 from gateway.merkle import MerkleTree, leaf_hash, record_leaf, verify_inclusion
 
-from .peers import PostgresServer, private_postgres
+from .peers import PostgresServer
 
 pytestmark = pytest.mark.slow
 
 LOG_ID = bytes.fromhex("0123456789abcdef0123456789abcdef")
 
 
-@pytest.fixture(scope="module")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    with private_postgres(tmp_path_factory.mktemp("pg")) as server:
-        with psycopg.connect(server.dsn, autocommit=True) as conn:
-            ensure_schema(conn)
-        yield server
-
-
-def connect(pg: PostgresServer, name: str = "test") -> psycopg.Connection[Any]:
-    return psycopg.connect(pg.dsn, autocommit=True, application_name=name)
+def connect(shared_postgres: PostgresServer, name: str = "test") -> psycopg.Connection[Any]:
+    return psycopg.connect(shared_postgres.dsn, autocommit=True, application_name=name)
 
 
 def fresh_log(conn: psycopg.Connection[Any], segment_bytes: int = 64 * 1024) -> RowLog:
@@ -80,10 +71,10 @@ def chain_of(records: list[LogRecord], log_id: bytes) -> None:
 
 
 def test_the_same_records_as_a_segment_log_byte_for_byte(
-    pg: PostgresServer, tmp_path: Path
+    shared_postgres: PostgresServer, tmp_path: Path
 ) -> None:
     batches = [items(n) for n in (5, 40, 1, 60)]
-    with connect(pg) as conn:
+    with connect(shared_postgres) as conn:
         rows = fresh_log(conn)
         local = SegmentLog.create(tmp_path / "log", rows.log_id, segment_bytes=64 * 1024)
         known = 0
@@ -101,15 +92,15 @@ def test_the_same_records_as_a_segment_log_byte_for_byte(
     assert len(on_disk) > 2 and files == on_disk  # the same segments, byte for byte
 
 
-def test_two_nodes_appending_at_once_make_one_chain(pg: PostgresServer) -> None:
-    with connect(pg) as setup:
+def test_two_nodes_appending_at_once_make_one_chain(shared_postgres: PostgresServer) -> None:
+    with connect(shared_postgres) as setup:
         log_id = fresh_log(setup).log_id
     seen: dict[str, list[int]] = {"a": [], "b": []}
     errors: list[BaseException] = []
 
     def node(name: str) -> None:
         try:
-            with connect(pg) as conn:
+            with connect(shared_postgres) as conn:
                 log, known = RowLog(conn, log_id), 0
                 for _ in range(30):
                     batch = items(3, size=200)
@@ -126,7 +117,7 @@ def test_two_nodes_appending_at_once_make_one_chain(pg: PostgresServer) -> None:
     for thread in threads:
         thread.join()
     assert not errors, errors
-    with connect(pg) as conn:
+    with connect(shared_postgres) as conn:
         records = list(RowLog(conn, log_id).records())
     assert len(records) == 180
     chain_of(records, log_id)
@@ -136,8 +127,8 @@ def test_two_nodes_appending_at_once_make_one_chain(pg: PostgresServer) -> None:
         assert seqs == list(range(len(seqs))), name
 
 
-def test_a_batch_that_fails_leaves_nothing(pg: PostgresServer) -> None:
-    with connect(pg) as conn:
+def test_a_batch_that_fails_leaves_nothing(shared_postgres: PostgresServer) -> None:
+    with connect(shared_postgres) as conn:
         log = fresh_log(conn)
         log.append(items(4), 0)
         before = log.end()
@@ -153,8 +144,10 @@ def test_a_batch_that_fails_leaves_nothing(pg: PostgresServer) -> None:
             log.append(items(1), 9)
 
 
-def test_the_schema_is_made_once_and_a_newer_one_is_refused(pg: PostgresServer) -> None:
-    with connect(pg) as conn:
+def test_the_schema_is_made_once_and_a_newer_one_is_refused(
+    shared_postgres: PostgresServer,
+) -> None:
+    with connect(shared_postgres) as conn:
         assert ensure_schema(conn) == 1  # already there: nothing to do
         conn.execute("INSERT INTO gateway_schema (version) VALUES (99)")
         try:
@@ -165,10 +158,10 @@ def test_the_schema_is_made_once_and_a_newer_one_is_refused(pg: PostgresServer) 
 
 
 def test_a_maildrop_lock_holds_across_nodes_and_dies_with_its_holder(
-    pg: PostgresServer,
+    shared_postgres: PostgresServer,
 ) -> None:
     box = "0f" * 16
-    with connect(pg, "holder") as a_conn, connect(pg) as b_conn:
+    with connect(shared_postgres, "holder") as a_conn, connect(shared_postgres) as b_conn:
         a, b = MaildropLocks(a_conn), MaildropLocks(b_conn)
         assert a.acquire(box)
         assert not b.acquire(box)  # [IN-USE] on the other node
@@ -178,8 +171,8 @@ def test_a_maildrop_lock_holds_across_nodes_and_dies_with_its_holder(
         b.release(box)
         assert a.acquire(box)
         # The holder's session ends (a node killed, its connection cut): the lock goes too.
-        assert pg.terminate_backends(application_name="holder") == 1
-        with connect(pg) as c_conn:
+        assert shared_postgres.terminate_backends(application_name="holder") == 1
+        with connect(shared_postgres) as c_conn:
             locks, deadline = MaildropLocks(c_conn), time.monotonic() + 10
             while not locks.acquire(box):  # the killed session's backend is on its way out
                 assert time.monotonic() < deadline, "the dead node's lock outlived it"
@@ -187,9 +180,9 @@ def test_a_maildrop_lock_holds_across_nodes_and_dies_with_its_holder(
 
 
 def test_every_node_is_woken_by_appends_and_never_by_a_rolled_back_batch(
-    pg: PostgresServer,
+    shared_postgres: PostgresServer,
 ) -> None:
-    with connect(pg) as writer_conn, connect(pg) as listener_conn:
+    with connect(shared_postgres) as writer_conn, connect(shared_postgres) as listener_conn:
         follower = LogFollower(listener_conn)
         log = fresh_log(writer_conn)
         assert follower.wait(0.2) == {}
@@ -206,14 +199,14 @@ def test_every_node_is_woken_by_appends_and_never_by_a_rolled_back_batch(
 
 
 def test_compaction_cuts_rows_as_a_segment_log_cuts_files(
-    pg: PostgresServer, tmp_path: Path
+    shared_postgres: PostgresServer, tmp_path: Path
 ) -> None:
     """The same records compacted the same way in both stores: the same cuts (what
     LogCompacted records), and the rows written back are the compacted files byte for byte;
     a cut made again (a crash before it was known to be made) changes nothing; a segment
     of which nothing is kept goes whole."""
     batch = items(90, size=2000)
-    with connect(pg) as conn:
+    with connect(shared_postgres) as conn:
         rows = fresh_log(conn, segment_bytes=64 * 1024)
         local = SegmentLog.create(tmp_path / "log", rows.log_id, segment_bytes=64 * 1024)
         rows.append(batch, 0)
@@ -251,10 +244,12 @@ def test_compaction_cuts_rows_as_a_segment_log_cuts_files(
         assert not list(rows.records(segments[1], segments[2]))
 
 
-def test_the_tree_grows_with_the_rows_and_outlives_a_compaction(pg: PostgresServer) -> None:
+def test_the_tree_grows_with_the_rows_and_outlives_a_compaction(
+    shared_postgres: PostgresServer,
+) -> None:
     """Each append extends the log's Merkle tree in its own transaction (two nodes at once
     included); heads and proofs read a few rows; a compaction leaves every leaf."""
-    with connect(pg) as a_conn, connect(pg) as b_conn:
+    with connect(shared_postgres) as a_conn, connect(shared_postgres) as b_conn:
         a = fresh_log(a_conn, segment_bytes=16 * 1024)
         b = RowLog(b_conn, a.log_id, segment_bytes=16 * 1024)
         known_a = known_b = 0
@@ -283,9 +278,11 @@ def test_the_tree_grows_with_the_rows_and_outlives_a_compaction(pg: PostgresServ
         assert a.tree(len(records)).leaf(0) == expected.leaf(0)  # a removed record's leaf
 
 
-def test_files_change_whole_in_two_halves_and_are_made_once(pg: PostgresServer) -> None:
+def test_files_change_whole_in_two_halves_and_are_made_once(
+    shared_postgres: PostgresServer,
+) -> None:
     box = "2a" * 16
-    with connect(pg) as a_conn, connect(pg) as b_conn:
+    with connect(shared_postgres) as a_conn, connect(shared_postgres) as b_conn:
         a, b = FleetFiles(a_conn), FleetFiles(b_conn)
         with pytest.raises(FileNotFoundError):
             a.read_key_file(box)

@@ -6,8 +6,6 @@ a restart serves the same mail, and the store copied out verifies as a data fold
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -21,16 +19,10 @@ from gateway.verify import verify_data_dir
 
 from .conftest import FAST_KDF
 from .gateway_helpers import strip_received
-from .peers import PostgresServer, private_postgres
-from .test_workers import CONFIG, retrieve, send, serve
+from .peers import PostgresServer
+from .test_workers import CONFIG, retrieve, send_all, serve
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def pg(tmp_path: Path) -> Iterator[PostgresServer]:
-    with private_postgres(tmp_path / "pg") as server:
-        yield server
 
 
 async def create_mailbox(node: Path, dsn: str) -> tuple[str, str]:
@@ -43,20 +35,13 @@ async def create_mailbox(node: Path, dsn: str) -> tuple[str, str]:
         await archive.aclose()
 
 
-def test_a_node_serves_from_the_fleet_store(pg: PostgresServer, tmp_path: Path) -> None:
-    store = f'[store]\nbackend = "postgresql"\ndsn = {json.dumps(pg.dsn)}\n'
+def test_a_node_serves_from_the_fleet_store(postgres: PostgresServer, tmp_path: Path) -> None:
+    store = f'[store]\nbackend = "postgresql"\ndsn = {json.dumps(postgres.dsn)}\n'
     config = CONFIG.replace("[store]\n", store)
-    mailbox_id, password = trio.run(create_mailbox, tmp_path / "data", pg.dsn)
+    mailbox_id, password = trio.run(create_mailbox, tmp_path / "data", postgres.dsn)
     sent = [b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n) for n in range(30)]
     with serve(tmp_path, workers=2, config_text=config) as served:
-        threads = [
-            threading.Thread(target=send, args=(served.ports["smtp"], mailbox_id, body))
-            for body in sent
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
+        send_all(served.ports["smtp"], mailbox_id, sent)
         stored = retrieve(served.ports["pop3"], mailbox_id, password)
         assert sorted(strip_received(b) for b in stored) == sorted(sent)
     assert served.process.returncode == 0
@@ -68,7 +53,7 @@ def test_a_node_serves_from_the_fleet_store(pg: PostgresServer, tmp_path: Path) 
         assert sorted(again) == sorted(stored)
     assert served.process.returncode == 0
 
-    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         copy_out(conn, DataDir(tmp_path / "copy"), lambda where, count: None)
     report = verify_data_dir(tmp_path / "copy")
     assert report.ok, [str(p) for p in report.problems]

@@ -182,6 +182,15 @@ def send(port: int, mailbox_id: str, body: bytes) -> None:
         smtp.sendmail("a@example.com", [f"mbx-{mailbox_id}@localhost"], body)
 
 
+def send_all(port: int, mailbox_id: str, bodies: list[bytes]) -> None:
+    """Each body in a session of its own, all at once."""
+    threads = [threading.Thread(target=send, args=(port, mailbox_id, body)) for body in bodies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+
 def retrieve(port: int, mailbox_id: str, password: str, *, delete: bool = False) -> list[bytes]:
     pop = poplib.POP3("127.0.0.1", port, timeout=20)
     try:
@@ -204,14 +213,7 @@ def test_two_workers_share_the_load_and_the_journal_keeps_it(tmp_path: Path) -> 
     mailbox_id, password = trio.run(create_mailbox, tmp_path / "data")
     sent = [b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n) for n in range(60)]
     with serve(tmp_path) as served:
-        threads = [
-            threading.Thread(target=send, args=(served.ports["smtp"], mailbox_id, body))
-            for body in sent
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
+        send_all(served.ports["smtp"], mailbox_id, sent)
         stored = retrieve(served.ports["pop3"], mailbox_id, password)
         assert sorted(strip_received(b) for b in stored) == sorted(sent)
         by_worker = {

@@ -112,10 +112,7 @@ class ArchiveCore:
     async def append_control(
         self, event: ControlEvent | Sequence[ControlEvent], *, durable: bool = True
     ) -> None:
-        """Append an event (or several, in one batch) to the control log and fold it into
-        the state. ``durable=False`` (audit records that acknowledge nothing) returns once
-        written; the next durable round of the group commit makes it durable with
-        everything else."""
+        """``Archive.append_control``: folded into the state by :meth:`_written`."""
         events = event if isinstance(event, Sequence) else [event]
         items: list[AppendItem] = [(RecordKind.EVENT, encode_event(e)) for e in events]
         if durable:

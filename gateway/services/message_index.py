@@ -68,16 +68,9 @@ class StoredMessage:
 
 
 # The typed arrays of an index, by attribute: what a recovery point carries of it verbatim.
-_ROW_ARRAYS = (
-    "_seq",
-    "_size",
-    "_commit_segment",
-    "_commit_offset",
-    "_commit_length",
-    "_key",
-    "_chunk_start",
-    "_chunk_count",
-)
+# Per message: what a repack copies as it is; the chunk range it renumbers.
+_MESSAGE_ARRAYS = ("_seq", "_size", "_commit_segment", "_commit_offset", "_commit_length", "_key")
+_ROW_ARRAYS = (*_MESSAGE_ARRAYS, "_chunk_start", "_chunk_count")
 _CHUNK_ARRAYS = ("_chunk_seq", "_chunk_segment", "_chunk_offset", "_chunk_length")
 _SNAPSHOT_VERSION = 1
 
@@ -516,14 +509,7 @@ class MessageIndex:
         # Kept chunks keep their order: a chunk's new index is the kept ones before it.
         new_index = array("q", accumulate(live_chunks, initial=0))
         counts = array("i", compress(self._chunk_count, live))
-        for name in (
-            "_seq",
-            "_size",
-            "_commit_segment",
-            "_commit_offset",
-            "_commit_length",
-            "_key",
-        ):
+        for name in _MESSAGE_ARRAYS:
             old = getattr(self, name)
             setattr(self, name, array(old.typecode, compress(old, live)))
         self._chunk_count = counts

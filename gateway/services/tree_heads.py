@@ -124,28 +124,29 @@ class CheckpointSigner:
         unknown = [box_id for box_id, _size, _root in heads if box_id not in self.mailboxes_signed]
         if unknown:
             self.mailboxes_signed |= await trio.to_thread.run_sync(self._signed_sizes, unknown)
-        signed = []
-        for box_id, size, root in heads:
-            if size > self.mailboxes_signed[box_id]:
+        moved = [head for head in heads if head[1] > self.mailboxes_signed[head[0]]]
+        if not moved:
+            return
+
+        def sign() -> list[CheckpointSigned]:
+            """Sign each (about 50 us of Ed25519 each: off the event loop)."""
+            signed = []
+            for box_id, size, root in moved:
                 origin = mailbox_origin(self.signer.name, box_id)
-                note = self.signer.sign(Checkpoint(origin, size, root).body())
+                note = self.signer.sign(Checkpoint(origin, size, root).body()).decode()
                 signed.append(
                     CheckpointSigned(
-                        at=now(),
-                        origin=origin,
-                        size=size,
-                        root=root,
-                        note=note.decode(),
-                        mailbox_id=box_id,
+                        at=now(), origin=origin, size=size, root=root, note=note, mailbox_id=box_id
                     )
                 )
+            return signed
+
+        signed = await trio.to_thread.run_sync(sign)
 
         def save() -> None:
             for event in signed:
                 self.archive.data.save_mailbox_checkpoint(event.mailbox_id, event.note.encode())
 
-        if not signed:
-            return
         # One batch, durable with the control log's own checkpoint, which is signed next;
         # then the files (a crash between: the next run signs the same heads again).
         await self.archive.append_control(signed, durable=False)
