@@ -148,7 +148,7 @@ async def _consider(client: AdminClient, memory: _Memory, log: str, note: str) -
             if not await _extends(client, log, old, new):
                 return  # the accepted one, or an earlier state of it
         memory.accepted[log] = note
-        memory.save()
+        await trio.to_thread.run_sync(memory.save)
         print(f"accepted {new.origin} size {new.size}", flush=True)
 
 

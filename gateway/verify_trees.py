@@ -16,11 +16,10 @@ rewritten since, even with the chain recomputed, no longer leads to the heads it
 from __future__ import annotations
 
 import mmap
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .log import TREE_FILE, LogRecord, RecordKind
+from .log import TREE_FILE, LogRecord, RecordKind, tree_hashes
 from .merkle import (
     HASH_SIZE,
     MerkleTree,
@@ -56,15 +55,12 @@ class TreeCheck:
     _missing: bool = False
 
     def __post_init__(self) -> None:
-        try:
-            with open(self.directory / TREE_FILE, "rb") as f:
-                length = os.fstat(f.fileno()).st_size
-                if length:
-                    self._hashes = mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ)
-        except FileNotFoundError:
+        hashes = tree_hashes(self.directory)
+        if hashes is None:
             self._missing = True
             return
-        self._held = leaves_in(len(self._hashes) // HASH_SIZE)
+        self._hashes = hashes
+        self._held = leaves_in(len(hashes) // HASH_SIZE)
 
     def see(self, record: LogRecord) -> None:
         """A record of the log, in order."""

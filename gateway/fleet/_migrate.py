@@ -34,6 +34,7 @@ from ..log import (
     choose_files,
     iter_log,
     read_segment_header,
+    tree_hashes,
 )
 from ..merkle import HASH_SIZE, frontier_of, leaves_in, tree_nodes
 from ..verify import Report, verify_data_dir
@@ -76,7 +77,7 @@ def migrate_in(data: DataDir, conn: psycopg.Connection[Any], progress: Progress)
         for where, cuts in report.cuts.items():
             log_dir, log_id = _log_of(data, where)
             done.records += _copy_log(RowLog(conn, log_id), log_dir, cuts, where, progress)
-            _copy_tree(conn, log_id, log_dir / TREE_FILE)
+            _copy_tree(conn, log_id, log_dir)
             done.logs += 1
         for name in data.carried_files():
             with conn.transaction():
@@ -178,13 +179,10 @@ def _flush(log: RowLog, batch: list[LogRecord], segment: int) -> int:
     return count
 
 
-def _copy_tree(conn: psycopg.Connection[Any], log_id: bytes, path: Path) -> None:
+def _copy_tree(conn: psycopg.Connection[Any], log_id: bytes, directory: Path) -> None:
     """Replace the log's tree in the store with its tree file's hashes, its size and
     frontier with them (a file behind its log leaves the copy without a tree)."""
-    try:
-        hashes = path.read_bytes()
-    except FileNotFoundError:
-        hashes = b""
+    hashes = bytes(tree_hashes(directory) or b"")
     size = leaves_in(len(hashes) // HASH_SIZE)
     hashes = hashes[: tree_nodes(size) * HASH_SIZE]
     with conn.transaction():

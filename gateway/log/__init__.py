@@ -59,7 +59,7 @@ from ._scan import RecordReader, iter_log
 from ._scan import scan_segment_header as read_segment_header
 from ._segment_log import SegmentLog
 from ._store_log import RecordSource, StoreLog
-from ._tree_file import TREE_FILE, read_tree
+from ._tree_file import TREE_FILE, read_tree, tree_hashes
 from ._writer import LINGER, CommitGroup, Dependent, LogWriter, StaleEpoch, Written
 
 __all__ = [
@@ -120,4 +120,5 @@ __all__ = [
     "remove_recovery_point",
     "replace_file",
     "segment_name",
+    "tree_hashes",
 ]

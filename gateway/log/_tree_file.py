@@ -111,6 +111,17 @@ class _Reader:
         return os.pread(self._fd, stop - start, start)
 
 
+def tree_hashes(directory: Path) -> mmap.mmap | bytes | None:
+    """Every hash a log's tree file holds, in post-order, mapped read-only (verify and
+    copies read them whole); None when the log has no tree file."""
+    try:
+        with open(directory / TREE_FILE, "rb") as f:
+            length = os.fstat(f.fileno()).st_size
+            return mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ) if length else b""
+    except FileNotFoundError:
+        return None
+
+
 def read_tree(directory: Path, size: int | None = None) -> MerkleTree:
     """The tree of a log's first ``size`` records (all the file holds by default), read from
     its file (read-only; safe while the log is written). Raises FileNotFoundError when the
