@@ -16,7 +16,9 @@ absent and read back, so two nodes starting at once agree on one.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
@@ -29,27 +31,34 @@ _STAGED = ".new"
 
 
 class FleetFiles:
-    """The files of one fleet store, through one connection (not shared between threads)."""
+    """The files of one fleet store, through one connection, each call under ``lock`` (a
+    re-entrant lock shared with whoever else uses the connection; by default its own)."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], lock: AbstractContextManager[Any] | None = None
+    ) -> None:
         self.conn = conn
+        self._lock = lock if lock is not None else threading.RLock()
 
     # -- one file
 
     def read(self, name: str) -> bytes | None:
-        row = self.conn.execute("SELECT data FROM gateway_files WHERE name = %s", (name,))
-        found = row.fetchone()
+        with self._lock:
+            row = self.conn.execute("SELECT data FROM gateway_files WHERE name = %s", (name,))
+            found = row.fetchone()
         return None if found is None else bytes(found[0])
 
     def write(self, name: str, data: bytes) -> None:
-        self.conn.execute(
-            "INSERT INTO gateway_files (name, data) VALUES (%s, %s) "
-            "ON CONFLICT (name) DO UPDATE SET data = excluded.data",
-            (name, data),
-        )
+        with self._lock:
+            self.conn.execute(
+                "INSERT INTO gateway_files (name, data) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+                (name, data),
+            )
 
     def remove(self, name: str) -> None:
-        self.conn.execute("DELETE FROM gateway_files WHERE name = %s", (name,))
+        with self._lock:
+            self.conn.execute("DELETE FROM gateway_files WHERE name = %s", (name,))
 
     def read_or_create(self, name: str, make: Callable[[], bytes]) -> tuple[bytes, bool]:
         """The file, made once with ``make`` if absent (whoever inserts first wins)."""
@@ -57,11 +66,12 @@ class FleetFiles:
         if found is not None:
             return found, False
         made = make()
-        inserted = self.conn.execute(
-            "INSERT INTO gateway_files (name, data) VALUES (%s, %s) "
-            "ON CONFLICT (name) DO NOTHING RETURNING name",
-            (name, made),
-        ).fetchone()
+        with self._lock:
+            inserted = self.conn.execute(
+                "INSERT INTO gateway_files (name, data) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO NOTHING RETURNING name",
+                (name, made),
+            ).fetchone()
         if inserted is not None:
             return made, True
         return self.read(name) or made, False  # another node made it meanwhile
@@ -74,7 +84,7 @@ class FleetFiles:
 
     def commit(self, name: str) -> None:
         """Make the staged value current (one transaction)."""
-        with self.conn.transaction():
+        with self._lock, self.conn.transaction():
             self.conn.execute("DELETE FROM gateway_files WHERE name = %s", (name,))
             self.conn.execute(
                 "UPDATE gateway_files SET name = %s WHERE name = %s", (name, name + _STAGED)
@@ -128,7 +138,7 @@ class FleetFiles:
         return self.read_or_create("custody/signing-key", make)
 
     def save_checkpoint(self, size: int, note: bytes) -> None:
-        with self.conn.transaction():
+        with self._lock, self.conn.transaction():
             self.conn.execute(
                 "INSERT INTO gateway_files (name, data) VALUES (%s, %s) "
                 "ON CONFLICT (name) DO NOTHING",
@@ -140,9 +150,10 @@ class FleetFiles:
         return self.read("custody/checkpoint" if size is None else f"custody/checkpoints/{size}")
 
     def checkpoint_sizes(self) -> list[int]:
-        rows = self.conn.execute(
-            "SELECT name FROM gateway_files WHERE name LIKE 'custody/checkpoints/%'"
-        ).fetchall()
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT name FROM gateway_files WHERE name LIKE 'custody/checkpoints/%'"
+            ).fetchall()
         return sorted(int(name.rsplit("/", 1)[1]) for (name,) in rows)
 
     def save_mailbox_checkpoint(self, mailbox_id: str, note: bytes) -> None:

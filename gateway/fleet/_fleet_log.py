@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,7 @@ class FleetLog:
         *,
         segment_bytes: int,
         on_foreign: Callable[[list[LogRecord]], None] | None = None,
-        lock: threading.Lock | None = None,
+        lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         """``reader``: the connection reads and compaction use, under ``lock`` (shared with
         whoever else uses that connection)."""
@@ -149,7 +150,7 @@ class FleetLog:
         self.on_foreign = on_foreign
         self.written = 0
         self._reader = RowLog(reader, log_id)
-        self._reader_lock = lock if lock is not None else threading.Lock()
+        self._reader_lock = lock if lock is not None else threading.RLock()
         self._before: tuple[int, bytes] | None = None  # the end when the round found it
         self._round = -1
         self._failed: LogWriteError | None = None  # its round rolled back, not told yet

@@ -19,7 +19,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
@@ -55,8 +54,8 @@ class FleetDataDir(DataDir):
         self.round = Round(lambda: psycopg.connect(dsn, application_name=application_name))
         self.conn = psycopg.connect(dsn, autocommit=True, application_name=application_name)
         ensure_schema(self.conn)
-        self.shared = threading.Lock()
-        self.files = FleetFiles(self.conn)
+        self.shared = threading.RLock()  # every use of self.conn, FleetFiles' included
+        self.files = FleetFiles(self.conn, self.shared)
 
     def unlock(self) -> None:
         super().unlock()
@@ -176,46 +175,38 @@ class FleetDataDir(DataDir):
 
     # -- what a data folder keeps in files, kept in gateway_files
 
-    def _call(self, method: Callable[..., Any], *args: Any) -> Any:
-        with self.shared:
-            return method(*args)
-
     def read_key_file(self, mailbox_id: str) -> bytes:
-        return bytes(self._call(self.files.read_key_file, mailbox_id))
+        return self.files.read_key_file(mailbox_id)
 
     def stage_key_file(self, mailbox_id: str, key_file: bytes) -> None:
-        self._call(self.files.stage_key_file, mailbox_id, key_file)
+        return self.files.stage_key_file(mailbox_id, key_file)
 
     def commit_key_file(self, mailbox_id: str) -> None:
-        self._call(self.files.commit_key_file, mailbox_id)
+        return self.files.commit_key_file(mailbox_id)
 
     def staged_key_file(self, mailbox_id: str) -> bytes | None:
-        found: bytes | None = self._call(self.files.staged_key_file, mailbox_id)
-        return found
+        return self.files.staged_key_file(mailbox_id)
 
     def discard_staged_key_file(self, mailbox_id: str) -> None:
-        self._call(self.files.discard_staged_key_file, mailbox_id)
+        return self.files.discard_staged_key_file(mailbox_id)
 
     def read_admin_password(self) -> bytes | None:
-        found: bytes | None = self._call(self.files.read_admin_password)
-        return found
+        return self.files.read_admin_password()
 
     def stage_admin_password(self, data: bytes) -> None:
-        self._call(self.files.stage_admin_password, data)
+        return self.files.stage_admin_password(data)
 
     def staged_admin_password(self) -> bytes | None:
-        found: bytes | None = self._call(self.files.staged_admin_password)
-        return found
+        return self.files.staged_admin_password()
 
     def commit_admin_password(self) -> None:
-        self._call(self.files.commit_admin_password)
+        return self.files.commit_admin_password()
 
     def discard_staged_admin_password(self) -> None:
-        self._call(self.files.discard_staged_admin_password)
+        return self.files.discard_staged_admin_password()
 
     def read_or_create_admin_token_key(self, make: Callable[[], bytes]) -> tuple[bytes, bool]:
-        made: tuple[bytes, bool] = self._call(self.files.read_or_create_admin_token_key, make)
-        return made
+        return self.files.read_or_create_admin_token_key(make)
 
     def read_admin_credentials(self) -> bytes | None:
         return None  # the file of versions before the fleet store: never in one
@@ -224,30 +215,25 @@ class FleetDataDir(DataDir):
         """Nothing to remove (see read_admin_credentials)."""
 
     def read_signing_key(self) -> bytes | None:
-        found: bytes | None = self._call(self.files.read_signing_key)
-        return found
+        return self.files.read_signing_key()
 
     def read_or_create_signing_key(self, make: Callable[[], bytes]) -> tuple[bytes, bool]:
-        made: tuple[bytes, bool] = self._call(self.files.read_or_create_signing_key, make)
-        return made
+        return self.files.read_or_create_signing_key(make)
 
     def save_checkpoint(self, size: int, note: bytes) -> None:
-        self._call(self.files.save_checkpoint, size, note)
+        return self.files.save_checkpoint(size, note)
 
     def read_checkpoint(self, size: int | None = None) -> bytes | None:
-        found: bytes | None = self._call(self.files.read_checkpoint, size)
-        return found
+        return self.files.read_checkpoint(size)
 
     def checkpoint_sizes(self) -> list[int]:
-        sizes: list[int] = self._call(self.files.checkpoint_sizes)
-        return sizes
+        return self.files.checkpoint_sizes()
 
     def save_mailbox_checkpoint(self, mailbox_id: str, note: bytes) -> None:
-        self._call(self.files.save_mailbox_checkpoint, mailbox_id, note)
+        return self.files.save_mailbox_checkpoint(mailbox_id, note)
 
     def read_mailbox_checkpoint(self, mailbox_id: str) -> bytes | None:
-        found: bytes | None = self._call(self.files.read_mailbox_checkpoint, mailbox_id)
-        return found
+        return self.files.read_mailbox_checkpoint(mailbox_id)
 
 
 class _RowSource:

@@ -4,21 +4,19 @@ this protocol, never the segment log, so the fleet store can answer the same cal
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from ._files import AppendItem, Compaction, Location, LogRecord
+from ._files import Compaction, Location, LogRecord
 from ._framing import RecordHeader
 from ._recovery_point import RecoveryPoint
+from ._writer import AppendLog
 
 __all__ = ["RecordSource", "StoreLog"]
 
 
-class StoreLog(Protocol):
-    @property
-    def next_seq(self) -> int: ...
-
+class StoreLog(AppendLog, Protocol):
     @property
     def chain(self) -> bytes: ...
 
@@ -34,17 +32,8 @@ class StoreLog(Protocol):
     def segments(self) -> list[int]: ...
 
     @property
-    def uncommitted(self) -> bool: ...
-
-    @property
     def tree_missing(self) -> str:
         """Why the log has no Merkle tree; empty when it has one."""
-
-    def append(
-        self, items: Sequence[AppendItem], *, sync: bool = True, chains: list[bytes] | None = None
-    ) -> list[Location]: ...
-
-    def sync(self) -> None: ...
 
     def read(self, location: Location) -> tuple[RecordHeader, bytes]: ...
 
