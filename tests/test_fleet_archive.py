@@ -42,6 +42,14 @@ async def store(archive: Archive, box: str, count: int) -> dict[str, bytes]:
     return bodies
 
 
+def copied_out(dsn: str, folder: Path) -> DataDir:
+    """The fleet store copied into a new data folder (blocking)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        data = DataDir(folder)
+        copy_out(conn, data, lambda where, count: None)
+        return data
+
+
 async def read_all(archive: Archive, box: str, password: str) -> dict[str, bytes]:
     key = await archive.unlock(box, password)
     return {
@@ -87,13 +95,7 @@ async def test_the_archive_runs_on_the_fleet_store(
     finally:
         await archive.aclose()
 
-    def copied() -> DataDir:
-        with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-            data = DataDir(tmp_path / "copy")
-            copy_out(conn, data, lambda where, count: None)
-            return data
-
-    data = await trio.to_thread.run_sync(copied)
+    data = await trio.to_thread.run_sync(copied_out, postgres.dsn, tmp_path / "copy")
     report = await trio.to_thread.run_sync(verify_data_dir, data.root)
     assert report.ok, [str(p) for p in report.problems]
     assert report.messages == len(bodies)

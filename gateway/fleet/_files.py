@@ -83,9 +83,14 @@ class FleetFiles:
         return self.read(name + _STAGED)
 
     def commit(self, name: str) -> None:
-        """Make the staged value current (one transaction)."""
+        """Make the staged value current (one transaction); nothing when none is staged
+        (another node made it current already)."""
         with self._lock, self.conn.transaction():
-            self.conn.execute("DELETE FROM gateway_files WHERE name = %s", (name,))
+            self.conn.execute(
+                "DELETE FROM gateway_files WHERE name = %s "
+                "AND EXISTS (SELECT 1 FROM gateway_files WHERE name = %s)",
+                (name, name + _STAGED),
+            )
             self.conn.execute(
                 "UPDATE gateway_files SET name = %s WHERE name = %s", (name, name + _STAGED)
             )

@@ -1,19 +1,22 @@
 """A row log with a segment log's calls (SPEC.md 17.6), so the group commit (``LogWriter``)
-drives either: one transaction per phase of a round, across every log in it.
+drives either: one transaction per round, across every log in it.
 
 Theory of operation
 -------------------
 A group-commit round writes every log's batch, then makes durable the ones that need it
 (``gateway.log._writer``). Here all the logs of a node share one :class:`Round`: a
 connection whose transaction the round's appends go into (each append a savepoint, so one
-that fails leaves the others), and which the first ``sync`` of the round commits, once for
-every log in it. Commit is durability (and, with a synchronous standby, replication), and
-nothing of a round is visible to another node before it. If the commit fails (the database
-gone, read-only after a failover, out of space), the round's records are rolled back
-together, every log in it goes back to where the round found it, and each of their
-``sync`` raises ``LogWriteError``: the appenders see a temporary failure, never a record
-half there. The next round reconnects. Appends always end in a commit, durable or not, so a
-round never leaves a log's row locked (other nodes wait for that lock).
+that fails leaves the others). The round first locks the rows of every log it will append
+to, in log-id order (``reserve``), so two nodes' rounds never wait for each other in a
+circle. The first ``sync`` commits, once for every log in it; a round with dependent records
+(a message's witness) syncs only after appending them, so a commit record is never visible to
+another node without its witness. Commit is durability (and, with a synchronous standby,
+replication). If the commit fails (the database gone, read-only after a failover, out of
+space), the round's records are rolled back together, every log in it goes back to where the
+round found it, and each of their ``sync`` raises ``LogWriteError``: the appenders see a
+temporary failure, never a record half there. The next round reconnects. Appends always end
+in a commit, durable or not, so a round never leaves a log's row locked (other nodes wait for
+that lock).
 
 Reads use a connection of their own, outside any round.
 """
@@ -60,16 +63,34 @@ class Round:
         self.number = 0  # the round appends go into now
         self._joined: list[FleetLog] = []
         self._outcomes: dict[int, LogWriteError | None] = {}
+        self._reserved: set[bytes] = set()  # logs the round will append to
+        self._locked: set[bytes] = set()  # and whose rows its transaction holds
+
+    def reserve(self, log_id: bytes) -> None:
+        """The round will append to this log: its row is locked with the others reserved,
+        in log-id order, before the round's first append (so rounds never deadlock)."""
+        self._reserved.add(log_id)
 
     def begin(self) -> psycopg.Connection[Any]:
         """The round's connection, its transaction open (so each append's own transaction
-        block is a savepoint inside it, not a commit of its own)."""
+        block is a savepoint inside it, not a commit of its own) and holding the rows of
+        every log reserved."""
         if self._conn is None or self._conn.closed:
             if self._joined:  # their records went with the old connection: this round fails
                 raise psycopg.OperationalError("the connection of the round was lost")
             self._conn = self._connect()
+            self._locked.clear()
         if self._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            self._conn.execute("SELECT 1")  # a non-autocommit connection's first statement
+            self._locked.clear()
+        if self._reserved - self._locked:
+            # A non-autocommit connection's first statement opens the transaction.
+            self._conn.execute(
+                "SELECT log_id FROM gateway_logs WHERE log_id = ANY(%s) ORDER BY log_id FOR UPDATE",
+                (sorted(self._reserved),),
+            )
+            self._locked |= self._reserved
+        elif self._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            self._conn.execute("SELECT 1")
         return self._conn
 
     def join(self, log: FleetLog) -> int:
@@ -81,6 +102,8 @@ class Round:
         """An append failed (its savepoint is rolled back): with nothing else in the round,
         end its transaction rather than leave it idle."""
         with self._lock:
+            if not self._joined:
+                self._reserved.clear()
             if not self._joined and self._conn is not None and not self._conn.closed:
                 try:
                     self._conn.rollback()
@@ -100,6 +123,7 @@ class Round:
 
     def _finish(self) -> LogWriteError | None:
         joined, self._joined = self._joined, []
+        self._reserved.clear()
         try:
             if self._conn is None or self._conn.closed:
                 raise psycopg.OperationalError("the connection of the round was lost")
@@ -108,7 +132,7 @@ class Round:
             self._drop()
             error = LogWriteError(f"the fleet store did not commit: {exc}")
             for log in joined:
-                log.rolled_back(error)
+                log.rolled_back()
             return error
         for log in joined:
             log.committed()
@@ -137,7 +161,6 @@ class FleetLog:
         end: tuple[int, bytes],
         *,
         segment_bytes: int,
-        on_foreign: Callable[[list[LogRecord]], None] | None = None,
         lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         """``reader``: the connection reads and compaction use, under ``lock`` (shared with
@@ -147,13 +170,11 @@ class FleetLog:
         self.segment_bytes = segment_bytes
         self.next_seq, self.chain = end
         self.synced_seq = self.next_seq
-        self.on_foreign = on_foreign
         self.written = 0
         self._reader = RowLog(reader, log_id)
         self._reader_lock = lock if lock is not None else threading.RLock()
         self._before: tuple[int, bytes] | None = None  # the end when the round found it
-        self._round = -1
-        self._failed: LogWriteError | None = None  # its round rolled back, not told yet
+        self._round = -1  # the round of its last append
 
     @property
     def uncommitted(self) -> bool:
@@ -166,12 +187,14 @@ class FleetLog:
         *,
         sync: bool = True,
         chains: list[bytes] | None = None,
+        foreign: list[LogRecord] | None = None,
     ) -> list[Location]:
         """Append a batch into the round's transaction (committed by :meth:`sync`, at
-        once when ``sync``). Raises LogWriteError, having added nothing."""
+        once when ``sync``); the records other nodes appended since this node last looked
+        go into ``foreign``. Raises LogWriteError, having added nothing."""
         try:
             rows = RowLog(self.round.begin(), self.log_id, segment_bytes=self.segment_bytes)
-            appended = rows.append(items, self.next_seq, self.on_foreign)
+            appended = rows.append(items, self.next_seq)
         except psycopg.Error as exc:
             self.round.abandon_if_empty()
             raise LogWriteError(f"the fleet store refused the batch: {exc}") from exc
@@ -181,6 +204,8 @@ class FleetLog:
         if appended.foreign:
             last = appended.foreign[-1]
             self.next_seq, self.chain = last.seq + 1, last.chain
+            if foreign is not None:
+                foreign.extend(appended.foreign)
         # A row's place is its seq (the offset carries it too); rows never move.
         locations = [
             Location(segment, seq, size, seq)
@@ -200,28 +225,39 @@ class FleetLog:
             self.sync()
         return locations
 
+    def reserve(self) -> None:
+        self.round.reserve(self.log_id)
+
     def sync(self) -> None:
-        """Commit the round this log's records are in (once for every log in it); raises
-        LogWriteError when that round was rolled back."""
-        if self._before is not None:
-            try:
-                self.round.commit(self._round)
-            except LogWriteError:
-                self._failed = None  # told now
-                raise
-        if self._failed is not None:  # rolled back in a commit another log's sync made
-            failed, self._failed = self._failed, None
-            raise failed
+        """Commit the round of this log's last append (once for every log in it), if no
+        other log's sync did; raises LogWriteError when that round was rolled back (as
+        often as asked)."""
+        if self._round >= 0:
+            self.round.commit(self._round)
 
     def committed(self) -> None:
         self._before = None
         self.synced_seq = self.next_seq
 
-    def rolled_back(self, error: LogWriteError) -> None:
+    def rolled_back(self) -> None:
         if self._before is not None:
             self.next_seq, self.chain = self._before
             self._before = None
-            self._failed = error
+
+    def catch_up(self) -> list[LogRecord]:
+        """The records other nodes committed since this node last looked; it follows them
+        from here on. Never while this node's own are uncommitted. Raises LogWriteError
+        when the store cannot be read."""
+        assert self._before is None, "a round of this log is not committed"
+        try:
+            with self._reader_lock:
+                records = list(self._reader.records(self.next_seq, chunk_bodies=False))
+        except psycopg.Error as exc:
+            raise LogWriteError(f"the fleet store could not be read: {exc}") from exc
+        if records:
+            self.next_seq, self.chain = records[-1].seq + 1, records[-1].chain
+            self.synced_seq = self.next_seq
+        return records
 
     def read(self, location: Location) -> tuple[RecordHeader, bytes]:
         """A committed record, by its seq."""

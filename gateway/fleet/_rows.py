@@ -108,13 +108,11 @@ class RowLog:
         self,
         items: Sequence[AppendItem],
         known: int,
-        on_foreign: Callable[[list[LogRecord]], None] | None = None,
     ) -> Appended:
         """Append a batch after the records the caller knows (``known``: its next seq), in
-        one transaction. Records other nodes appended meanwhile come back first (and to
-        ``on_foreign``, inside the transaction, so nothing else appends before the caller
-        has folded them). Raises LogCorrupt when the log ends before ``known`` (a store
-        that lost records the caller saw committed)."""
+        one transaction (a savepoint of the caller's, when it has one open). Records other
+        nodes appended meanwhile come back first. Raises LogCorrupt when the log ends before
+        ``known`` (a store that lost records the caller saw committed)."""
         conn = self.conn
         with conn.transaction():
             row = conn.execute(
@@ -132,9 +130,7 @@ class RowLog:
                     seq,
                     f"the fleet store's log ends at {seq}, before record {known} this node saw",
                 )
-            foreign = list(self.records(known, seq)) if seq > known else []
-            if foreign and on_foreign is not None:
-                on_foreign(foreign)
+            foreign = list(self.records(known, seq, chunk_bodies=False)) if seq > known else []
             segment = self._segment(seq, chain)
             first, chains, rows, leaves, sizes, in_segment = seq, [], [], [], [], []
             for kind, body_or_builder in items:

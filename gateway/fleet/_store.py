@@ -16,9 +16,12 @@ a standby that was not synchronous), which the archive reports as damage.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
 
 import psycopg
 
@@ -29,6 +32,7 @@ from ..log import (
     DataDir,
     LogCorrupt,
     LogRecord,
+    LogWriteError,
     Opened,
     RecordHeader,
     RecordSource,
@@ -38,6 +42,7 @@ from ..log import (
     decode_recovery_point,
 )
 from ..merkle import MerkleTree
+from ._coordination import LogFollower, MaildropLocks
 from ._files import FleetFiles
 from ._fleet_log import FleetLog, Round, recovery_name
 from ._rows import RowLog
@@ -46,21 +51,65 @@ from ._schema import ensure_schema
 __all__ = ["FleetDataDir"]
 
 
+class _OnConnection(Protocol):
+    @property
+    def conn(self) -> psycopg.Connection[Any]: ...
+
+
+T = TypeVar("T", bound=_OnConnection)
+
+
 class FleetDataDir(DataDir):
+    shared = True
+
     def __init__(self, root: Path, dsn: str, *, application_name: str = "gateway") -> None:
         super().__init__(root)
         self.dsn = dsn
         self._name = application_name
-        self.round = Round(lambda: psycopg.connect(dsn, application_name=application_name))
-        self.conn = psycopg.connect(dsn, autocommit=True, application_name=application_name)
+        self.round = Round(self._connect)
+        self.conn = self._connect(autocommit=True)
         ensure_schema(self.conn)
-        self.shared = threading.RLock()  # every use of self.conn, FleetFiles' included
-        self.files = FleetFiles(self.conn, self.shared)
+        self.using = threading.RLock()  # every use of self.conn, FleetFiles' included
+        self.files = FleetFiles(self.conn, self.using)
+        # Each on a connection of its own: the maildrop locks live as long as theirs.
+        self._maildrops = _Lazy(lambda: MaildropLocks(self._connect(autocommit=True)))
+        self._follower = _Lazy(lambda: LogFollower(self._connect(autocommit=True)))
+
+    def _connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.dsn, autocommit=autocommit, application_name=self._name)
 
     def unlock(self) -> None:
         super().unlock()
         self.round.close()
         self.conn.close()
+        self._maildrops.close()
+        self._follower.close()
+
+    # -- between the nodes (SPEC.md 17.5)
+
+    def lock_maildrop(self, mailbox_id: str) -> bool:
+        try:
+            with self._maildrops.use() as locks:
+                return locks.acquire(parse_mailbox_id(mailbox_id))
+        except psycopg.Error as exc:
+            raise LogWriteError(f"the fleet store could not lock the maildrop: {exc}") from exc
+
+    def unlock_maildrop(self, mailbox_id: str) -> None:
+        try:
+            with self._maildrops.use() as locks:
+                locks.release(parse_mailbox_id(mailbox_id))
+        except psycopg.Error as exc:
+            raise LogWriteError(f"the fleet store could not unlock the maildrop: {exc}") from exc
+
+    def wait_for_others(self, timeout: float) -> dict[bytes, int]:
+        """The logs nodes committed to. After the follower's connection was lost (notices
+        missed), the control log is reported as moved."""
+        try:
+            with self._follower.use() as follower:
+                return follower.wait(timeout)
+        except psycopg.Error:
+            time.sleep(min(timeout, 1.0))
+            return {CONTROL_LOG_ID: 1 << 62}
 
     # -- the logs
 
@@ -71,10 +120,10 @@ class FleetDataDir(DataDir):
         return RowLog(self.conn, log_id)
 
     def _fleet_log(self, rows: RowLog, segment_bytes: int) -> FleetLog:
-        with self.shared:
+        with self.using:
             end = rows.end()
         return FleetLog(
-            self.round, self.conn, rows.log_id, end, segment_bytes=segment_bytes, lock=self.shared
+            self.round, self.conn, rows.log_id, end, segment_bytes=segment_bytes, lock=self.using
         )
 
     def _open(
@@ -85,7 +134,7 @@ class FleetDataDir(DataDir):
         acknowledged: tuple[int, bytes] | None,
     ) -> Opened:
         rows = self._rows(mailbox_id)
-        with self.shared:
+        with self.using:
             rows.create()
             next_seq, _chain = rows.end()
             start = 0
@@ -120,7 +169,7 @@ class FleetDataDir(DataDir):
         self, mailbox_id: str, key_file: bytes, log_id: bytes, *, segment_bytes: int
     ) -> StoreLog:
         rows = RowLog(self.conn, log_id)
-        with self.shared:
+        with self.using:
             self.files.write(f"mailboxes/{parse_mailbox_id(mailbox_id)}/key", key_file)
             rows.create()
         return self._fleet_log(rows, segment_bytes)
@@ -128,7 +177,7 @@ class FleetDataDir(DataDir):
     def remove_mailbox(self, mailbox_id: str) -> None:
         """Delete a mailbox's rows and key file (after MailboxDeleted is durable)."""
         box = parse_mailbox_id(mailbox_id)
-        with self.shared, self.conn.transaction():
+        with self.using, self.conn.transaction():
             self.conn.execute("DELETE FROM gateway_logs WHERE log_id = %s", (bytes.fromhex(box),))
             self.conn.execute(
                 "DELETE FROM gateway_files WHERE name LIKE %s OR name = %s",
@@ -136,7 +185,7 @@ class FleetDataDir(DataDir):
             )
 
     def list_mailbox_ids(self) -> list[str]:
-        with self.shared:
+        with self.using:
             rows = self.conn.execute(
                 "SELECT log_id FROM gateway_logs WHERE log_id <> %s ORDER BY log_id",
                 (CONTROL_LOG_ID,),
@@ -149,14 +198,14 @@ class FleetDataDir(DataDir):
         if name != RECOVERY_FILE:
             return None  # the fleet store keeps the whole control log: it has no base
         rows = self._rows(mailbox_id)
-        with self.shared:
+        with self.using:
             data = self.files.read(recovery_name(rows.log_id))
         return None if data is None else decode_recovery_point(data, rows.log_id)
 
     def records(self, mailbox_id: str | None = None, *, from_seq: int = 0) -> Iterator[LogRecord]:
         rows = self._rows(mailbox_id)
         while True:
-            with self.shared:
+            with self.using:
                 page = list(rows.records(from_seq, from_seq + 2000))
             yield from page
             if len(page) < 2000:
@@ -165,7 +214,7 @@ class FleetDataDir(DataDir):
 
     def log_tree(self, mailbox_id: str | None, size: int) -> MerkleTree:
         rows = self._rows(mailbox_id)
-        with self.shared:
+        with self.using:
             tree = rows.tree(size)
             tree.root()  # read here, under the lock: the rows a proof needs come with it
         return tree
@@ -236,6 +285,36 @@ class FleetDataDir(DataDir):
         return self.files.read_mailbox_checkpoint(mailbox_id)
 
 
+class _Lazy(Generic[T]):
+    """A connection's user made when first needed, made again after its connection broke
+    (the error still goes to the caller), used by one thread at a time."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._made: T | None = None
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[T]:
+        with self._lock:
+            if self._made is None:
+                self._made = self._make()
+            try:
+                yield self._made
+            except psycopg.OperationalError:
+                self._close()
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        made, self._made = self._made, None
+        if made is not None:
+            made.conn.close()
+
+
 class _RowSource:
     """A mailbox log's records by seq (a worker's reader: the offset is the seq)."""
 
@@ -244,7 +323,7 @@ class _RowSource:
         self.directory = rows.where
 
     def read(self, file: str, offset: int, size: int) -> tuple[RecordHeader, bytes]:
-        with self._store.shared:
+        with self._store.using:
             kind, body = self._rows.read(offset)
         return RecordHeader(len(body), kind, offset), body
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -47,6 +48,10 @@ _CARRIED = {
 
 class DataDir:
     """Paths and whole-file operations under the data folder."""
+
+    # Whether other processes append to the same logs (a fleet store, SPEC.md 17.5); a data
+    # folder's lock keeps them to one.
+    shared = False
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -91,6 +96,21 @@ class DataDir:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    # -- between the nodes of a shared store (none here: the folder's lock makes one node)
+
+    def lock_maildrop(self, mailbox_id: str) -> bool:
+        """Lock a POP3 maildrop against other nodes (blocking); False when one holds it."""
+        return True
+
+    def unlock_maildrop(self, mailbox_id: str) -> None:
+        """Release a maildrop this node locked."""
+
+    def wait_for_others(self, timeout: float) -> dict[bytes, int]:
+        """The logs nodes committed to (by log id: its next seq now), waiting up to
+        ``timeout`` seconds for the first (blocking); empty when none did."""
+        time.sleep(timeout)
+        return {}
 
     def list_mailbox_ids(self) -> list[str]:
         if not self.mailboxes_dir.is_dir():

@@ -224,6 +224,13 @@ class SegmentLog:
         """Never: what is appended is in the file at once (``sync`` makes it durable)."""
         return False
 
+    def reserve(self) -> None:
+        """Nothing to take: this process is the log's only writer (the data folder's lock)."""
+
+    def catch_up(self) -> list[LogRecord]:
+        """None: nobody else appends to a data folder's logs."""
+        return []
+
     @property
     def segments(self) -> list[int]:
         return list(self._files)
@@ -276,9 +283,11 @@ class SegmentLog:
         *,
         sync: bool = True,
         chains: list[bytes] | None = None,
+        foreign: list[LogRecord] | None = None,
     ) -> list[Location]:
         """Frame, write and (if ``sync``) fdatasync a batch of records. If ``chains`` is
         given, each record's chain value is appended to it (the audit feed publishes them).
+        ``foreign`` is never added to: nobody else appends to this log.
 
         All or nothing: on any error the segment is cut back to where the batch began and
         LogWriteError is raised. If even that fails, the log refuses further appends until it

@@ -18,6 +18,16 @@ ordinary batch, fdatasynced; then the dependent records, built from the chain va
 written (so they can name them) and fdatasynced in turn. A dependent record is never written
 unless every record it depends on is durable, and costs no thread hand-off of its own.
 
+**A shared store** (the fleet store, SPEC.md 17.5) differs in three ways the writer handles
+without knowing which store it drives. A log's appends open a transaction that every log of
+the round shares (``uncommitted``): the round reserves its logs in log-id order first (two
+nodes lock them in one order, so their rounds never deadlock), and a round with dependents
+commits once, after the dependents are appended, so nothing of it (a message's commit records
+without their witness) is ever visible to another node alone. Other nodes append to the same
+logs: the records they committed come back with an append (``foreign``), and
+:meth:`LogWriter.catch_up` fetches them when this node is idle; :attr:`LogWriter.on_foreign`
+folds them, always before this node's own records of the round.
+
 A record that acknowledges nothing (an audit record) may be appended *lazily*: it does not
 start a round of its own but rides with the next one somebody else leads, and leads one itself
 only if none came within :data:`LINGER` seconds. Under load that takes most audit records out
@@ -62,7 +72,11 @@ __all__ = [
 
 
 class AppendLog(Protocol):
-    """What the group commit needs of a log: a segment log, or the fleet store's row log."""
+    """What the group commit needs of a log: a segment log, or the fleet store's row log
+    (which other nodes append to as well)."""
+
+    @property
+    def log_id(self) -> bytes: ...
 
     @property
     def next_seq(self) -> int: ...
@@ -70,13 +84,30 @@ class AppendLog(Protocol):
     @property
     def uncommitted(self) -> bool:
         """Records appended that only :meth:`sync` makes durable and visible (a row log's
-        open transaction); a segment log's are written already: False."""
+        open transaction, which every log of the round shares); a segment log's are written
+        already: False."""
+
+    def reserve(self) -> None:
+        """A round is about to append to this log: take what the appends will hold until
+        the round ends (a row log's lock). Called for every log of a round in log-id order
+        before any append, so two nodes' rounds take their locks in one order."""
 
     def append(
-        self, items: Sequence[AppendItem], *, sync: bool = True, chains: list[bytes] | None = None
-    ) -> list[Location]: ...
+        self,
+        items: Sequence[AppendItem],
+        *,
+        sync: bool = True,
+        chains: list[bytes] | None = None,
+        foreign: list[LogRecord] | None = None,
+    ) -> list[Location]:
+        """Append after every record committed so far; the records other writers committed
+        since this one last looked go into ``foreign`` (in order, to fold first)."""
 
     def sync(self) -> None: ...
+
+    def catch_up(self) -> list[LogRecord]:
+        """The records other writers committed since this one last looked (it follows them
+        from here on); never called while a round has appended and not synced."""
 
 
 L = TypeVar("L", bound=AppendLog)
@@ -225,6 +256,7 @@ class CommitGroup:
 class _RoundResult:
     locations: list[Location]
     chains: list[bytes]  # each record's chain value (witnesses and the audit feed need them)
+    foreign: list[LogRecord] = field(default_factory=list)  # other writers', before these
     synced: bool = False
     error: LogWriteError | None = None
 
@@ -240,9 +272,16 @@ def _write_round(
     is needed; then the records that depend on them, likewise. Also the seconds spent in
     fdatasync."""
     synced = [0.0]
+    for log in sorted({id(w.log): w.log for w, _ts in work}.values(), key=lambda log: log.log_id):
+        log.reserve()
+    work = sorted(work, key=lambda batch: batch[0].log.log_id)
     first = [(w, [t for t in ts if t.after is None]) for w, ts in work]
     first = [(w, ts) for w, ts in first if ts]
-    done = [(w, ts, r) for (w, ts), r in zip(first, _write_phase(first, synced), strict=True)]
+    # A shared store commits the round once, with its dependents (see the module's notes).
+    defer = any(t.after is not None for _w, ts in work for t in ts)
+    results = _write_phase(first, synced, defer=defer)
+    done = [(w, ts, r) for (w, ts), r in zip(first, results, strict=True)]
+    deferred = [i for i, (w, _ts, r) in enumerate(done) if r.error is None and w.log.uncommitted]
     written: dict[int, Written | LogWriteError] = {}
     for _writer, tickets, result in done:
         start = 0
@@ -272,43 +311,57 @@ def _write_round(
             ready.append(ticket)
         if ready:
             second.append((writer, ready))
-    done += [(w, ts, r) for (w, ts), r in zip(second, _write_phase(second, synced), strict=True)]
+    phase = _write_phase(second, synced, defer=False)
+    done += [(w, ts, r) for (w, ts), r in zip(second, phase, strict=True)]
+    # Committed with the dependents just now (or rolled back with them): each one hears how.
+    _sync_batches([(w, ts) for w, ts, _r in done], [r for _w, _ts, r in done], deferred, synced)
     return done, synced[0]
 
 
-def _write_phase(work: list[_Batch], synced: list[float]) -> list[_RoundResult]:
+def _write_phase(work: list[_Batch], synced: list[float], *, defer: bool) -> list[_RoundResult]:
     """Write every log's batch, then make the ones that need it durable (adding the seconds
-    that took to ``synced[0]``)."""
+    that took to ``synced[0]``); with ``defer``, not those in a shared store's transaction
+    (the caller commits them after the dependents)."""
     results: list[_RoundResult] = []
     for writer, tickets in work:
         items = [item for ticket in tickets for item in ticket.items]
-        chains: list[bytes] = []
+        result = _RoundResult([], [])
         try:
-            results.append(
-                _RoundResult(writer.log.append(items, sync=False, chains=chains), chains)
+            result.locations = writer.log.append(
+                items, sync=False, chains=result.chains, foreign=result.foreign
             )
         except LogWriteError as exc:
-            results.append(_RoundResult([], [], error=exc))
-    to_sync = [
+            result = _RoundResult([], [], error=exc)
+        results.append(result)
+    due = [
         i
         for i, (writer, tickets) in enumerate(work)
         if results[i].error is None
         and (writer.log.uncommitted or any(ticket.durable for ticket in tickets))
+        and not (defer and writer.log.uncommitted)
     ]
+    _sync_batches(work, results, due, synced)
+    return results
+
+
+def _sync_batches(
+    work: list[_Batch], results: list[_RoundResult], due: list[int], synced: list[float]
+) -> None:
+    """Sync the logs of batches ``due`` (in parallel); a batch whose sync fails gets its
+    error instead of its places."""
     started = time.perf_counter()
-    if len(to_sync) == 1:
-        errors = [_sync(work[to_sync[0]][0].log)]
+    if len(due) == 1:
+        errors = [_sync(work[due[0]][0].log)]
     else:
         # fdatasync releases the GIL and the disk overlaps them well: one per thread.
-        errors = list(_fsync_pool.map(lambda i: _sync(work[i][0].log), to_sync))
-    if to_sync:
+        errors = list(_fsync_pool.map(lambda i: _sync(work[i][0].log), due))
+    if due:
         synced[0] += time.perf_counter() - started
-    for i, error in zip(to_sync, errors, strict=True):
+    for i, error in zip(due, errors, strict=True):
         if error is None:
             results[i].synced = True
         else:
             results[i] = _RoundResult([], [], error=error)
-    return results
 
 
 def _sync(log: AppendLog) -> LogWriteError | None:
@@ -330,6 +383,10 @@ class LogWriter(Generic[L]):
         self.group = group if group is not None else CommitGroup()
         self.epoch = 0
         self.observer: Observer | None = None
+        # Told the records other writers committed to this log (a shared store), in order,
+        # always before the observer hears of this writer's next ones. Runs in the trio
+        # thread: it must not block.
+        self.on_foreign: Callable[[list[LogRecord]], None] | None = None
         self._queue: list[_Ticket] = []
         self._batches = 0
         self._records = 0
@@ -399,7 +456,20 @@ class LogWriter(Generic[L]):
                 live.append(ticket)
         return live
 
+    async def catch_up(self) -> int:
+        """Fold the records other writers committed to this log since it last looked (a
+        shared store), while no round runs; returns how many."""
+        async with self.group.held():
+            records = await trio.to_thread.run_sync(self.log.catch_up)
+            self._fold_foreign(records)
+        return len(records)
+
+    def _fold_foreign(self, records: list[LogRecord]) -> None:
+        if records and self.on_foreign is not None:
+            self.on_foreign(records)
+
     def finish_batch(self, batch: list[_Ticket], result: _RoundResult) -> None:
+        self._fold_foreign(result.foreign)
         if result.error is not None:
             self.epoch += 1
             for ticket in batch:

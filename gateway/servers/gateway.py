@@ -232,6 +232,8 @@ class Gateway:
                 if config.tls.acme.directory:
                     await self._start_acme(nursery, archive, journal)
                 nursery.start_soon(self._maintenance, archive)
+                if archive.shared:
+                    nursery.start_soon(archive.follow_others)
                 alarms = Alarms(archive, config.alarms, config.store.min_free_bytes)
                 nursery.start_soon(alarms.run)
                 nursery.start_soon(signer.run, config.custody.checkpoint_interval)

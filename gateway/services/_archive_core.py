@@ -17,16 +17,20 @@ import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 
+import trio
+
 from ..events import (
     SYSTEM,
     Actor,
     ControlEvent,
+    LogCompacted,
     LogDamaged,
     MailboxCreated,
     MailboxDeleted,
     MailboxKeyReset,
     MailboxKeyRewrapped,
     MailboxUpdated,
+    MessagesCommitted,
     MessagesExpunged,
     decode_control_event,
     encode_event,
@@ -49,6 +53,15 @@ _MAILBOX_CHANGES = (
     MailboxDeleted,
     LogDamaged,
 )
+# Control events of another node's that change more than the state (``_archive_shared``).
+_ELSEWHERE = (
+    MailboxCreated,
+    MailboxDeleted,
+    MailboxKeyRewrapped,
+    MailboxKeyReset,
+    MessagesCommitted,
+    LogCompacted,
+)
 
 
 class ArchiveCore:
@@ -60,6 +73,12 @@ class ArchiveCore:
         # log order, before any appender resumes: the state is always the projection of the
         # log up to its end (a recovery point takes both at once, SPEC.md 6.7).
         control.observer = self._written
+        # Other nodes' control records (a fleet store, SPEC.md 17.5): folded the same way,
+        # before this node's own of the same round; what they change beyond the state
+        # waits in ``others`` for ``_archive_shared`` (it needs I/O).
+        control.on_foreign = self._written_elsewhere
+        self.others: list[ControlEvent] = []
+        self.others_waiting = trio.Event()
         # Told every round of control records after that (the audit feed).
         self.control_observers: list[Callable[[list[LogRecord], bool], None]] = []
         # One group commit for every log of this archive (SPEC.md 6.1).
@@ -101,6 +120,13 @@ class ArchiveCore:
             await box.opened.wait()
         return box
 
+    def attach_log(self, box: MailboxState, log: StoreLog) -> LogWriter[StoreLog]:
+        """The mailbox's log, appended through the archive's group commit; records other
+        nodes commit to it are folded into its index (a fleet store)."""
+        writer = box.writer = LogWriter(log, self.commit_group)
+        writer.on_foreign = box.index.fold  # the index is in place before its log
+        return writer
+
     def close(self) -> None:
         """Close every log and release the data folder."""
         for box in self.boxes.values():
@@ -121,18 +147,31 @@ class ArchiveCore:
             await self.control.append_lazily(items)
 
     def _written(self, records: list[LogRecord], durable: bool) -> None:
+        self._fold(records, durable)
+
+    def _fold(self, records: list[LogRecord], durable: bool) -> list[ControlEvent]:
+        events = []
         for record in records:
             if record.kind == RecordKind.EVENT and (event := decode_control_event(record.body)):
+                events.append(event)
                 self.state.apply(event)
                 if isinstance(event, MessagesExpunged) and (
                     box := self.boxes.get(event.mailbox_id)
                 ):
                     box.index.expunge(event.message_ids)  # with the record, not after it
                     box.recovery_due = True
-                if isinstance(event, _MAILBOX_CHANGES):
-                    self.notify(event.mailbox_id)
+                if isinstance(event, _MAILBOX_CHANGES) and event.mailbox_id in self.boxes:
+                    self.notify(event.mailbox_id)  # a new one: once it is in place
         for observer in self.control_observers:
             observer(records, durable)
+        return events
+
+    def _written_elsewhere(self, records: list[LogRecord]) -> None:
+        """Records another node committed (durable, as everything it commits)."""
+        events = self._fold(records, True)
+        self.others += [e for e in events if isinstance(e, _ELSEWHERE)]
+        if self.others:
+            self.others_waiting.set()
 
     def notify(self, mailbox_id: str) -> None:
         for listener in self.mailbox_listeners:

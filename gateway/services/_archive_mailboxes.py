@@ -19,7 +19,6 @@ from .._text import first_unsafe
 from ..crypto import MailboxPublicKey, generate_password
 from ..events import Actor, MailboxCreated, MailboxDeleted, MailboxStatus, MailboxUpdated, now
 from ..ids import new_mailbox_id
-from ..log import LogWriter
 from ._archive_core import ArchiveCore
 from ._archive_keys import new_key
 from ._common import InvalidValue, MailboxState, MailboxStateConflict, wrap_id
@@ -63,11 +62,9 @@ async def create_mailbox(
     await core.append_control(event)
     info = core.state.mailboxes[mailbox_id]
     box = core.boxes[mailbox_id] = MailboxState(
-        info=info,
-        index=MessageIndex(),
-        writer=LogWriter(log, core.commit_group),
-        public_key=MailboxPublicKey.from_key_file(key),
+        info=info, index=MessageIndex(), public_key=MailboxPublicKey.from_key_file(key)
     )
+    core.attach_log(box, log)
     box.opened.set()
     core.state.forget_messages(mailbox_id)  # its index keeps its witnesses
     core.notify(mailbox_id)
@@ -134,6 +131,7 @@ async def delete_mailbox(core: ArchiveCore, mailbox_id: str, *, purge: bool, act
             )
         )
         del core.boxes[info.mailbox_id]
+        core.notify(info.mailbox_id)  # gone now
         if box.writer is not None:
             box.writer.log.close()
         await trio.to_thread.run_sync(core.data.remove_mailbox, info.mailbox_id)

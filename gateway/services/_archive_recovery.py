@@ -28,9 +28,7 @@ from ..events import (
     LogTailTruncated,
     MessageLogAnchored,
     MessagesCommitted,
-    MessageStored,
     decode_control_event,
-    decode_message_event,
     now,
 )
 from ..log import (
@@ -53,7 +51,7 @@ from ._common import ArchiveError, MailboxState, StoreConfig
 from .message_index import MessageIndex, StoredMessage
 from .projection import ControlState, MailboxInfo, decode_control_state
 
-__all__ = ["open_core", "open_mailboxes"]
+__all__ = ["mailbox_public_key", "open_core", "open_mailbox", "open_mailboxes"]
 
 _OPENING = 4  # mailboxes opened at once
 
@@ -118,7 +116,7 @@ async def open_mailboxes(core: ArchiveCore) -> None:
             taken.add(mailbox_id)
             with trio.CancelScope(shield=True):
                 try:
-                    await _open_mailbox(core, box)
+                    await open_mailbox(core, box)
                 finally:
                     box.opened.set()
 
@@ -133,16 +131,18 @@ async def open_mailboxes(core: ArchiveCore) -> None:
 def _public_keys(data: DataDir, infos: list[MailboxInfo]) -> list[MailboxPublicKey | str]:
     """Each mailbox's public key (a key change cut short settled first), or why its key file
     cannot be used: all a protocol worker needs to seal mail to it."""
-    found: list[MailboxPublicKey | str] = []
-    for info in infos:
-        try:
-            settle_staged_key(data, info)
-            found.append(checked_public_key(data, info))
-        except FileNotFoundError as exc:
-            found.append(f"missing file {Path(exc.filename or '').name!s}")
-        except (KeyFileCorrupt, ArchiveError) as exc:
-            found.append(str(exc))
-    return found
+    return [mailbox_public_key(data, info) for info in infos]
+
+
+def mailbox_public_key(data: DataDir, info: MailboxInfo) -> MailboxPublicKey | str:
+    """One mailbox's public key, or why its key file cannot be used (blocking)."""
+    try:
+        settle_staged_key(data, info)
+        return checked_public_key(data, info)
+    except FileNotFoundError as exc:
+        return f"missing file {Path(exc.filename or '').name!s}"
+    except (KeyFileCorrupt, ArchiveError) as exc:
+        return str(exc)
 
 
 def _control_starts(data: DataDir) -> Iterator[tuple[ControlState, RecoveryPoint | None]]:
@@ -209,7 +209,7 @@ def _open_files(core: ArchiveCore, mailbox_id: str) -> _MailboxFiles:
     return _MailboxFiles(index, point, *opened)
 
 
-async def _open_mailbox(core: ArchiveCore, box: MailboxState) -> None:
+async def open_mailbox(core: ArchiveCore, box: MailboxState) -> None:
     """Open one mailbox's log against the control log (6.3). Its index and writer are in
     place before anything it appends (a rollback's expunge folds into the index)."""
     mailbox_id = box.info.mailbox_id
@@ -231,15 +231,22 @@ async def _open_mailbox(core: ArchiveCore, box: MailboxState) -> None:
         files.recovery,
     )
     box.index = index
-    box.writer = LogWriter(log, core.commit_group)
+    writer = core.attach_log(box, log)
     _warn_without_tree(mailbox_id, log)
     if point is not None:
         box.recovery_seq, box.recovery_size = point.seq, len(point.state)
-    _fold_messages(index, records)
+    index.fold(records)
     if recovery is not None and recovery.damage:
         await _note_damage(core, box, recovery)
     elif recovery is not None:
         await _note_recovery(core, mailbox_id, recovery)
+    if core.data.shared:
+        # Other nodes may have committed to this log since the control log was read: the
+        # log is read to its end now, and then the control log, which holds the witness of
+        # every commit read (committed with it), before the tail is judged (SPEC.md 17.5).
+        await writer.catch_up()
+        await core.control.catch_up()
+        witnesses = state.witnessed.get(mailbox_id)
     if witnesses is None:
         await core.append_control(
             MessageLogAnchored(
@@ -347,16 +354,6 @@ async def _note_recovery(core: ArchiveCore, log: str, recovery: Recovery) -> Non
             dropped_bytes=recovery.dropped_bytes,
         )
     )
-
-
-def _fold_messages(index: MessageIndex, records: list[LogRecord]) -> None:
-    for record in records:
-        if record.kind == RecordKind.CHUNK:
-            index.add_chunk(record.seq, record.location)
-        elif record.kind == RecordKind.EVENT:
-            event = decode_message_event(record.body)
-            if isinstance(event, MessageStored):
-                index.add_commit(record.seq, record.location, event)
 
 
 def _every_witness(core: ArchiveCore, mailbox_id: str) -> dict[str, tuple[int, bytes]]:

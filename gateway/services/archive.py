@@ -45,6 +45,7 @@ from . import (
     _archive_keys,
     _archive_mailboxes,
     _archive_reads,
+    _archive_shared,
 )
 from ._archive_commits import CopyCommit
 from ._archive_core import ArchiveCore
@@ -192,6 +193,30 @@ class Archive:
         """Recovery points for the logs that are due (SPEC.md 6.7), or with ``everything``
         for every log that moved at all; how many were made."""
         return await _archive_checkpoint.checkpoint(self._core, everything=everything)
+
+    # -- other nodes of a fleet store (SPEC.md 17.5) -----------------------------------------------
+
+    @property
+    def shared(self) -> bool:
+        """Whether other nodes append to the same store (fleet mode)."""
+        return self._core.data.shared
+
+    async def follow_others(self) -> None:
+        """Fold what other nodes commit as they commit it; runs until cancelled."""
+        await _archive_shared.follow(self._core)
+
+    async def catch_up(self) -> None:
+        """Fold everything other nodes committed to the control log so far, and settle
+        what it changes. Raises LogWriteError."""
+        await _archive_shared.catch_up(self._core)
+
+    async def lock_maildrop(self, mailbox_id: str) -> bool:
+        """Lock a POP3 maildrop against other nodes, its mailbox caught up with what they
+        committed; False when one holds it. Raises LogWriteError."""
+        return await _archive_shared.lock_maildrop(self._core, mailbox_id)
+
+    async def unlock_maildrop(self, mailbox_id: str) -> None:
+        await _archive_shared.unlock_maildrop(self._core, mailbox_id)
 
     # -- the data folder ---------------------------------------------------------------------------
 

@@ -34,8 +34,8 @@ from itertools import accumulate, compress, repeat
 
 import msgspec
 
-from ..events import MessageStored
-from ..log import Location
+from ..events import MessageStored, decode_message_event
+from ..log import Location, LogRecord, RecordKind
 
 __all__ = ["MessageIndex", "StoredMessage"]
 
@@ -132,6 +132,17 @@ class MessageIndex:
         self._sources: set[bytes | str] = set()
 
     # -- folding the log -----------------------------------------------------------------
+
+    def fold(self, records: Iterable[LogRecord]) -> None:
+        """Records of the mailbox's log met in order (on open, or committed by another
+        node): chunks wait for their commit, a commit serves its message."""
+        for record in records:
+            if record.kind == RecordKind.CHUNK:
+                self.add_chunk(record.seq, record.location)
+            elif record.kind == RecordKind.EVENT:
+                event = decode_message_event(record.body)
+                if isinstance(event, MessageStored):
+                    self.add_commit(record.seq, record.location, event)
 
     def add_chunk(self, seq: int, location: Location) -> None:
         self.pending_chunks[seq] = location

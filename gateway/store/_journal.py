@@ -104,6 +104,7 @@ OUTBOX = 10_000
 LIST_PAGE_BYTES = 1 << 20
 _BRIEF_BYTES = 25
 MAX_LISTINGS = 64  # listings a connection may leave unfinished
+RELEASE_WAIT = 5.0  # seconds a maildrop lock of a worker gone may take to release
 WELCOME_PAGE = 500  # mailbox views per welcome frame (each about 1.4 KiB)
 _actor_decoder = msgspec.msgpack.Decoder(Actor)
 
@@ -237,19 +238,28 @@ class Journal:
             pass
         finally:
             self._connections.discard(connection)
-            self._release(connection)
+            with trio.CancelScope(shield=True):
+                await self._release(connection)
             self._changed.set()
             self._changed = trio.Event()
             logger.info("event=journal-worker-gone worker=%s", connection.name)
 
-    def _release(self, connection: _Connection) -> None:
+    async def _release(self, connection: _Connection) -> None:
         for pending in connection.pending.values():
             pending.discard()
         connection.pending.clear()
-        for mailbox_id in connection.locks:
-            if self._locks.get(mailbox_id) is connection:
-                del self._locks[mailbox_id]
-        connection.locks.clear()
+        for mailbox_id in list(connection.locks):
+            self._drop_lock(connection, mailbox_id)
+            with trio.move_on_after(RELEASE_WAIT):
+                try:
+                    await self.archive.unlock_maildrop(mailbox_id)
+                except LogWriteError as exc:  # gone with the store's session anyway
+                    logger.warning("event=maildrop-unlock-failed reason=%r", str(exc))
+
+    def _drop_lock(self, connection: _Connection, mailbox_id: str) -> None:
+        connection.locks.discard(mailbox_id)
+        if self._locks.get(mailbox_id) is connection:
+            del self._locks[mailbox_id]
 
     async def _answer(self, connection: _Connection, frame: ToJournal) -> None:
         try:
@@ -324,12 +334,18 @@ class Journal:
                 if holder is not connection or mailbox_id in connection.locks:
                     return Done(id=frame.id, value=0)
                 connection.locks.add(mailbox_id)
-                return Done(id=frame.id, value=1)
+                locked = False
+                try:  # and against other nodes (a fleet store)
+                    locked = await archive.lock_maildrop(mailbox_id)
+                finally:
+                    if not locked:
+                        self._drop_lock(connection, mailbox_id)
+                return Done(id=frame.id, value=int(locked))
             case Unlock():
                 mailbox_id = archive.mailbox(frame.mailbox_id).mailbox_id
                 if mailbox_id in connection.locks:
-                    connection.locks.discard(mailbox_id)
-                    self._locks.pop(mailbox_id, None)
+                    self._drop_lock(connection, mailbox_id)
+                    await archive.unlock_maildrop(mailbox_id)
                 return Done(id=frame.id)
             case Audit():
                 event = decode_control_event(frame.event)

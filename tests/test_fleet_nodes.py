@@ -1,0 +1,144 @@
+"""Several nodes on one fleet store (SPEC.md 17.5), in process, on a real PostgreSQL: a
+mailbox made on one is served by the other; both store into one mailbox at once and its chain
+stays one line; what one expunges the other stops serving; both fold the control log in its
+one order; a maildrop locked on one is refused on the other; a node opened while the others
+work rolls nothing of theirs back; and the store, copied out, verifies."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from gateway.events import MessagesExpunged, decode_control_event
+from gateway.fleet import FleetDataDir
+from gateway.log import LogRecord, RecordKind
+from gateway.services.archive import Archive
+from gateway.verify import verify_data_dir
+
+from .peers import PostgresServer
+from .test_fleet_archive import CONFIG, copied_out, read_all, store
+
+pytestmark = pytest.mark.slow
+
+
+@asynccontextmanager
+async def node(postgres: PostgresServer, folder: Path) -> AsyncIterator[Archive]:
+    """A node: its archive on the fleet store, following the other nodes."""
+    data = await trio.to_thread.run_sync(FleetDataDir, folder, postgres.dsn)
+    archive = await Archive.open(data, CONFIG)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(archive.follow_others)
+            yield archive
+            nursery.cancel_scope.cancel()
+    finally:
+        await archive.aclose()
+
+
+def seqs_seen(archive: Archive) -> list[int]:
+    """The control records the node folds from now on (its own and the others'), by seq."""
+    seen: list[int] = []
+
+    def observe(records: list[LogRecord], _durable: bool) -> None:
+        seen.extend(r.seq for r in records)
+
+    archive.observe_control(observe)
+    return seen
+
+
+class Told:
+    """The mailboxes a node told its listeners changed (adopted, for one another node made)."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.ids: set[str] = set()
+        self.changed = trio.Event()
+        archive.mailbox_listeners.append(self._told)
+
+    def _told(self, mailbox_id: str) -> None:
+        self.ids.add(mailbox_id)
+        self.changed.set()
+
+    async def wait(self, mailbox_id: str) -> None:
+        with trio.fail_after(10):
+            while mailbox_id not in self.ids:
+                self.changed = trio.Event()
+                await self.changed.wait()
+
+
+async def test_two_nodes_share_one_store(postgres: PostgresServer, tmp_path: Path) -> None:
+    async with (
+        node(postgres, tmp_path / "a") as a,
+        node(postgres, tmp_path / "b") as b,
+    ):
+        seen_a, seen_b = seqs_seen(a), seqs_seen(b)
+        told_b = Told(b)
+        info, password = await a.create_mailbox("shared")
+        box = info.mailbox_id
+        await told_b.wait(box)  # made on a, adopted by b once it folded the control log
+        await b.opened(box)
+
+        # Both store into the one mailbox at once.
+        async with trio.open_nursery() as nursery:
+            stored: list[dict[str, bytes]] = []
+
+            async def into(archive: Archive) -> None:
+                stored.append(await store(archive, box, 40))
+
+            nursery.start_soon(into, a)
+            nursery.start_soon(into, b)
+        bodies = stored[0] | stored[1]
+        assert len(bodies) == 80
+
+        # A maildrop: b locks it (and catches up), a is refused until b lets go.
+        assert await b.lock_maildrop(box)
+        assert not await a.lock_maildrop(box)
+        assert await read_all(b, box, password) == bodies
+        expunged = sorted(bodies)[:30]
+        assert await b.expunge(box, expunged) == 30
+        await b.unlock_maildrop(box)
+        assert await a.lock_maildrop(box)
+        remaining = {m: body for m, body in bodies.items() if m not in expunged}
+        assert await read_all(a, box, password) == remaining
+        await a.unlock_maildrop(box)
+
+        # A third node opened while the two work rolls back nothing of theirs.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store, a, box, 20)
+            async with node(postgres, tmp_path / "c") as c:
+                await c.opened(box)
+                assert await c.lock_maildrop(box)
+                served = await read_all(c, box, password)
+                assert set(remaining) <= set(served)
+                await c.unlock_maildrop(box)
+
+        # Both nodes folded every control record, in the log's one order.
+        await a.sync_control()
+        await b.catch_up()
+        assert a.next_control_seq == b.next_control_seq
+        end = a.next_control_seq
+        assert seen_a == sorted(seen_a) and seen_b == sorted(seen_b)
+        assert seen_a[-1] == end - 1 and seen_b[-1] == end - 1
+        assert set(seen_a) == set(range(seen_a[0], end))
+        assert set(seen_b) == set(range(seen_b[0], end))
+
+    # Nothing was rolled back: every expunge is the one b asked for.
+    data = await trio.to_thread.run_sync(FleetDataDir, tmp_path / "d", postgres.dsn)
+    try:
+        reasons = [
+            event.reason
+            for record in await trio.to_thread.run_sync(lambda: list(data.records(None)))
+            if record.kind == RecordKind.EVENT
+            and isinstance(event := decode_control_event(record.body), MessagesExpunged)
+        ]
+        assert reasons == [""]
+    finally:
+        data.unlock()
+
+    # One chain per log: the store, copied out, verifies as a data folder.
+    copy = await trio.to_thread.run_sync(copied_out, postgres.dsn, tmp_path / "copy")
+    report = await trio.to_thread.run_sync(verify_data_dir, copy.root)
+    assert report.ok, [str(p) for p in report.problems]
