@@ -6,6 +6,7 @@ work rolls nothing of theirs back; and the store, copied out, verifies."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.events import MessagesExpunged, decode_control_event
+from gateway.events import Envelope, MessagesExpunged, decode_control_event, now
 from gateway.fleet import FleetDataDir
 from gateway.log import LogRecord, RecordKind
 from gateway.services.archive import Archive
@@ -139,6 +140,42 @@ async def test_two_nodes_share_one_store(postgres: PostgresServer, tmp_path: Pat
         data.unlock()
 
     # One chain per log: the store, copied out, verifies as a data folder.
+    copy = await trio.to_thread.run_sync(copied_out, postgres.dsn, tmp_path / "copy")
+    report = await trio.to_thread.run_sync(verify_data_dir, copy.root)
+    assert report.ok, [str(p) for p in report.problems]
+
+
+async def test_compaction_spares_what_another_node_is_writing(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """A compacts while b has a message half written into the same mailbox: what the
+    expunged messages held goes, b's chunks stay, and b's commit serves the whole message."""
+    async with (
+        node(postgres, tmp_path / "a") as a,
+        node(postgres, tmp_path / "b") as b,
+    ):
+        told_b = Told(b)
+        info, password = await a.create_mailbox("compacted")
+        box = info.mailbox_id
+        await told_b.wait(box)
+        body = b"Subject: long\r\n\r\n" + os.urandom(300_000)
+        writer = b.begin_message([box])
+        await writer.write(body)
+        await writer.prepare()  # every chunk in the log, no commit yet
+
+        bodies = await store(a, box, 60)  # a's messages after b's chunks, several segments
+        await a.expunge(box, list(bodies))
+        reclaimed = await a.compact(box, min_gain=0.0)
+        assert reclaimed > 100_000
+
+        message_id = (await writer.commit(Envelope(received_at=now(), origin="journal")))[box]
+        assert await b.lock_maildrop(box)
+        assert await read_all(b, box, password) == {message_id: body}
+        await b.unlock_maildrop(box)
+        assert await a.lock_maildrop(box)
+        assert await read_all(a, box, password) == {message_id: body}
+        await a.unlock_maildrop(box)
+
     copy = await trio.to_thread.run_sync(copied_out, postgres.dsn, tmp_path / "copy")
     report = await trio.to_thread.run_sync(verify_data_dir, copy.root)
     assert report.ok, [str(p) for p in report.problems]

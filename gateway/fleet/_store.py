@@ -17,6 +17,7 @@ a standby that was not synchronous), which the archive reports as damage.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -49,6 +50,8 @@ from ._rows import RowLog
 from ._schema import ensure_schema
 
 __all__ = ["FleetDataDir"]
+
+_PAGE = 2000  # records read under the connection's lock at a time
 
 
 class _OnConnection(Protocol):
@@ -202,13 +205,18 @@ class FleetDataDir(DataDir):
             data = self.files.read(recovery_name(rows.log_id))
         return None if data is None else decode_recovery_point(data, rows.log_id)
 
-    def records(self, mailbox_id: str | None = None, *, from_seq: int = 0) -> Iterator[LogRecord]:
+    def records(
+        self, mailbox_id: str | None = None, *, from_seq: int = 0, chunk_bodies: bool = True
+    ) -> Iterator[LogRecord]:
+        """A log's records, read a page at a time (the connection is not held between)."""
         rows = self._rows(mailbox_id)
         while True:
             with self.using:
-                page = list(rows.records(from_seq, from_seq + 2000))
+                page = list(
+                    itertools.islice(rows.records(from_seq, chunk_bodies=chunk_bodies), _PAGE)
+                )
             yield from page
-            if len(page) < 2000:
+            if len(page) < _PAGE:
                 return
             from_seq = page[-1].seq + 1
 

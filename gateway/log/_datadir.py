@@ -178,9 +178,12 @@ class DataDir:
         directory, log_id = self._log(mailbox_id)
         return read_recovery_point(directory, log_id, name=name)
 
-    def records(self, mailbox_id: str | None = None, *, from_seq: int = 0) -> Iterator[LogRecord]:
+    def records(
+        self, mailbox_id: str | None = None, *, from_seq: int = 0, chunk_bodies: bool = True
+    ) -> Iterator[LogRecord]:
         """A log's records from ``from_seq`` (read-only, safe while it is written; a torn
-        tail ends it); see ``iter_log``."""
+        tail ends it); see ``iter_log``. Without ``chunk_bodies``, chunks may come with an
+        empty body (their place and size are all an index needs)."""
         directory, log_id = self._log(mailbox_id)
         return iter_log(directory, log_id, tail_ok=True, from_seq=from_seq)
 

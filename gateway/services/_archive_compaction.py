@@ -69,11 +69,21 @@ async def _compact_segment(
     inflight_from = min((first for first, _chunks in box.inflight.values()), default=None)
     expunged = box.index.expunged
     dropped_ids: set[str] = set()
+    named: set[int] | None = None
+    if core.data.shared:
+        # Other nodes' messages in flight are not known here: only the chunks an expunged
+        # message's commit record names can go (SPEC.md 17.5).
+        after = log.segments[log.segments.index(segment) + 2 :]
+        named = await trio.to_thread.run_sync(
+            _expunged_chunks, core, box, segment, after[0] if after else None
+        )
 
     def keep(record: LogRecord) -> bool:
         if record.seq in live:
             return True
         if record.kind == RecordKind.CHUNK:
+            if named is not None:
+                return record.seq not in named
             return inflight_from is not None and record.seq >= inflight_from
         event = decode_message_event(record.body)
         if isinstance(event, MessageStored) and event.message_id in expunged:
@@ -118,3 +128,18 @@ async def _compact_segment(
         for seq in range(gap.first_seq, gap.last_seq + 1):
             box.index.pending_chunks.pop(seq, None)
     return plan.bytes_before - plan.bytes_after
+
+
+def _expunged_chunks(core: ArchiveCore, box: MailboxState, start: int, end: int | None) -> set[int]:
+    """The chunks the commit records of expunged messages name, from seq ``start`` to
+    ``end`` (a segment and the next: where a message's commit follows its chunks)."""
+    expunged, named = box.index.expunged, set[int]()
+    records = core.data.records(box.info.mailbox_id, from_seq=start, chunk_bodies=False)
+    for record in records:
+        if end is not None and record.seq >= end:
+            break
+        if record.kind == RecordKind.EVENT:
+            event = decode_message_event(record.body)
+            if isinstance(event, MessageStored) and event.message_id in expunged:
+                named.update(event.chunk_seqs)
+    return named
