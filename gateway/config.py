@@ -226,6 +226,9 @@ class StoreSettings(_Section, frozen=True, kw_only=True):
     # whole string in $GATEWAY_STORE_DSN). The data folder then holds only the node's own.
     backend: Literal["local", "postgresql"] = "local"
     dsn: str = ""
+    # This node's name among the nodes of a fleet store, in its audit records (GatewayStarted,
+    # GatewayStopped); empty: the machine's host name.
+    node: str = ""
     kdf: KdfSettings = KdfSettings()
 
 

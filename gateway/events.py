@@ -258,10 +258,12 @@ class LogTailTruncated(Event, frozen=True, kw_only=True):
 
 class GatewayStarted(Event, frozen=True, kw_only=True):
     version: str
+    node: str = ""  # the node's name ([store] node); empty in records before it
 
 
 class GatewayStopped(Event, frozen=True, kw_only=True):
     reason: str = ""
+    node: str = ""
 
 
 class SmtpSessionEnded(Event, frozen=True, kw_only=True):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,17 +52,27 @@ AEAD_CIPHERS = (
 )
 
 
-def make_self_signed(hostname: str) -> tuple[bytes, bytes]:
-    """A self-signed ECDSA P-256 certificate for ``hostname`` (and localhost, 127.0.0.1):
-    (certificate PEM, key PEM). MTAs that journal with opportunistic TLS accept it; those that
-    verify can pin its fingerprint."""
+def make_self_signed(hostname: str, addresses: Iterable[str] = ()) -> tuple[bytes, bytes]:
+    """A self-signed ECDSA P-256 certificate for ``hostname`` (and localhost, 127.0.0.1, and
+    the specific ``addresses`` the gateway listens on): (certificate PEM, key PEM). MTAs that
+    journal with opportunistic TLS accept it; those that verify can pin its fingerprint."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.UTC)
     alt_names: list[x509.GeneralName] = [x509.DNSName(hostname)]
     if hostname != "localhost":
         alt_names.append(x509.DNSName("localhost"))
-    alt_names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    ips = [ipaddress.ip_address("127.0.0.1")]
+    for address in addresses:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:  # a listener on a host name
+            if x509.DNSName(address) not in alt_names:
+                alt_names.append(x509.DNSName(address))
+            continue
+        if not ip.is_unspecified and ip not in ips:
+            ips.append(ip)
+    alt_names += [x509.IPAddress(ip) for ip in ips]
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -47,7 +47,9 @@ class Certificates:
                 )
         if archive is not None:
             cert, key = archive.data.read_or_create_tls(
-                lambda: make_self_signed(self.config.hostname)
+                lambda: make_self_signed(
+                    self.config.hostname, [listener.address for listener in self.config.listeners]
+                )
             )
         else:
             cert, key = self.data.tls_certificate

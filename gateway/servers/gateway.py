@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -212,7 +213,8 @@ class Gateway:
             metrics = self.metrics = Metrics({c.name: str(c.protocol) for c in config.listeners})
             archive.observe_control(metrics.observe_control)
             archive.commit_group.on_round = metrics.observe_round
-            await archive.append_control(GatewayStarted(at=now(), version=__version__))
+            node = config.store.node or socket.gethostname()
+            await archive.append_control(GatewayStarted(at=now(), version=__version__, node=node))
             self.accounts = await self._load_accounts(archive)
             signer = await CheckpointSigner.open(archive, control_origin(config.hostname))
             self.checkpoints, self.checkpoint_vkey = signer, signer.signer.vkey()
@@ -249,7 +251,7 @@ class Gateway:
                 await signer.sign()  # what this run wrote, up to its stop
             except (LogWriteError, OSError) as exc:
                 logger.error("event=checkpoint-failed reason=%r", str(exc))
-            await archive.append_control(GatewayStopped(at=now(), reason="shutdown"))
+            await archive.append_control(GatewayStopped(at=now(), reason="shutdown", node=node))
         finally:
             await archive.aclose()
 
