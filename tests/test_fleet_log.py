@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import trio
 
-from gateway.fleet import FleetLog, Round, RowLog
+from gateway.fleet import FleetLog, Round, RowLog, Session
 from gateway.log import CommitGroup, LogWriteError, LogWriter, RecordKind
 
 from .peers import PostgresServer
@@ -40,7 +40,8 @@ def fleet_logs(
             log_id = os.urandom(16)
             rows = RowLog(reader, log_id)
             rows.create()
-            logs.append(FleetLog(round_, reader, log_id, rows.end(), segment_bytes=1 << 20))
+            session = Session(lambda: reader)
+            logs.append(FleetLog(round_, session, log_id, rows.end(), segment_bytes=1 << 20))
         try:
             yield logs
         finally:

@@ -16,11 +16,13 @@ import pytest
 
 from gateway.fleet import (
     FleetFiles,
-    LogFollower,
     MaildropLocks,
     RowLog,
     SchemaError,
+    Session,
     ensure_schema,
+    listen,
+    moved_logs,
     segment_files,
 )
 from gateway.log import (
@@ -183,19 +185,19 @@ def test_every_node_is_woken_by_appends_and_never_by_a_rolled_back_batch(
     shared_postgres: PostgresServer,
 ) -> None:
     with connect(shared_postgres) as writer_conn, connect(shared_postgres) as listener_conn:
-        follower = LogFollower(listener_conn)
+        listen(listener_conn)
         log = fresh_log(writer_conn)
-        assert follower.wait(0.2) == {}
+        assert moved_logs(listener_conn, 0.2) == {}
         log.append(items(3), 0)
         log.append(items(2), 3)
-        assert follower.wait(5.0) == {log.log_id: 5}
+        assert moved_logs(listener_conn, 5.0) == {log.log_id: 5}
 
         def refuse(seq: int) -> bytes:
             raise RuntimeError("no body")
 
         with pytest.raises(RuntimeError):
             log.append([(RecordKind.EVENT, refuse)], 5)
-        assert follower.wait(0.5) == {}
+        assert moved_logs(listener_conn, 0.5) == {}
 
 
 def test_compaction_cuts_rows_as_a_segment_log_cuts_files(
@@ -283,7 +285,7 @@ def test_files_change_whole_in_two_halves_and_are_made_once(
 ) -> None:
     box = "2a" * 16
     with connect(shared_postgres) as a_conn, connect(shared_postgres) as b_conn:
-        a, b = FleetFiles(a_conn), FleetFiles(b_conn)
+        a, b = FleetFiles(Session(lambda: a_conn)), FleetFiles(Session(lambda: b_conn))
         with pytest.raises(FileNotFoundError):
             a.read_key_file(box)
         a.write(f"mailboxes/{box}/key", b"old")

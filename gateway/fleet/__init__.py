@@ -8,12 +8,13 @@ and out), ``_store`` (a node's data folder in fleet mode)."""
 
 from __future__ import annotations
 
-from ._coordination import LogFollower, MaildropLocks
+from ._coordination import MaildropLocks, listen, moved_logs
 from ._files import FleetFiles
 from ._fleet_log import FleetLog, Round
 from ._migrate import Migrated, MigrateError, copy_out, migrate_in, migrate_out
 from ._rows import Appended, RowCompaction, RowLog, segment_files
 from ._schema import SCHEMA_VERSION, SchemaError, ensure_schema
+from ._session import Session
 from ._store import FleetDataDir
 
 __all__ = [
@@ -22,7 +23,6 @@ __all__ = [
     "FleetDataDir",
     "FleetFiles",
     "FleetLog",
-    "LogFollower",
     "MaildropLocks",
     "MigrateError",
     "Migrated",
@@ -30,9 +30,12 @@ __all__ = [
     "RowCompaction",
     "RowLog",
     "SchemaError",
+    "Session",
     "copy_out",
     "ensure_schema",
+    "listen",
     "migrate_in",
     "migrate_out",
+    "moved_logs",
     "segment_files",
 ]

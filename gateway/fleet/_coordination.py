@@ -1,4 +1,4 @@
-"""What nodes of one fleet store tell each other through PostgreSQL (SPEC.md 17.5): maildrop
+r"""What nodes of one fleet store tell each other through PostgreSQL (SPEC.md 17.5): maildrop
 locks that die with the node holding them, and a wake-up when any node appends to a log.
 
 Theory of operation
@@ -13,9 +13,9 @@ session, so the node keeps its own per-mailbox lock in front of them.
 
 **Wake-ups.** Every append notifies channel ``gateway_log`` with ``<log id hex> <next seq>``
 inside its transaction, so PostgreSQL delivers it at commit and never for a batch rolled
-back. :class:`LogFollower` listens on its own connection and reports which logs moved, so a
-node folds other nodes' control records in order (the audit feed on every node) and knows
-when a mailbox's index is behind.
+back. A node :func:`listen`\ s on a connection of its own and learns which logs moved
+(:func:`moved_logs`), so it folds other nodes' control records as they commit them (the audit
+feed on every node) and catches up the mailboxes they wrote to.
 
 Both are blocking (psycopg); callers run them in worker threads.
 """
@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-__all__ = ["CHANNEL", "LogFollower", "MaildropLocks"]
+__all__ = ["CHANNEL", "MaildropLocks", "listen", "moved_logs"]
 
 CHANNEL = "gateway_log"
 
@@ -55,25 +55,23 @@ class MaildropLocks:
         self.conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(mailbox_id),))
 
 
-class LogFollower:
-    """Which logs other nodes appended to, as PostgreSQL tells this node."""
+def listen(conn: psycopg.Connection[Any]) -> None:
+    """Have PostgreSQL tell this (autocommit) connection of every log's commits."""
+    conn.execute(f"LISTEN {CHANNEL}")
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn = conn
-        conn.execute(f"LISTEN {CHANNEL}")
 
-    def wait(self, timeout: float) -> dict[bytes, int]:
-        """The logs that moved (their new next seq), waiting up to ``timeout`` seconds
-        for the first; empty when none did."""
-        moved: dict[bytes, int] = {}
-        for wait in (timeout, 0.0):  # the first, then whatever came with it
-            for notice in self.conn.notifies(timeout=wait, stop_after=None if wait == 0 else 1):
-                log_hex, _, seq = notice.payload.partition(" ")
-                try:
-                    log_id, end = bytes.fromhex(log_hex), int(seq)
-                except ValueError:
-                    continue  # not ours
-                moved[log_id] = max(end, moved.get(log_id, 0))
-            if not moved:
-                return moved
-        return moved
+def moved_logs(conn: psycopg.Connection[Any], timeout: float) -> dict[bytes, int]:
+    """The logs committed to (their new next seq), as a listening connection is told,
+    waiting up to ``timeout`` seconds for the first; empty when none was."""
+    moved: dict[bytes, int] = {}
+    for wait in (timeout, 0.0):  # the first, then whatever came with it
+        for notice in conn.notifies(timeout=wait, stop_after=None if wait == 0 else 1):
+            log_hex, _, seq = notice.payload.partition(" ")
+            try:
+                log_id, end = bytes.fromhex(log_hex), int(seq)
+            except ValueError:
+                continue  # not ours
+            moved[log_id] = max(end, moved.get(log_id, 0))
+        if not moved:
+            return moved
+    return moved

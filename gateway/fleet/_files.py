@@ -16,14 +16,10 @@ absent and read back, so two nodes starting at once agree on one.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager
-from typing import Any
-
-import psycopg
 
 from ..ids import parse_mailbox_id
+from ._session import Session
 
 __all__ = ["FleetFiles"]
 
@@ -31,34 +27,30 @@ _STAGED = ".new"
 
 
 class FleetFiles:
-    """The files of one fleet store, through one connection, each call under ``lock`` (a
-    re-entrant lock shared with whoever else uses the connection; by default its own)."""
+    """The files of one fleet store, through a session (its calls raise StoreUnavailable)."""
 
-    def __init__(
-        self, conn: psycopg.Connection[Any], lock: AbstractContextManager[Any] | None = None
-    ) -> None:
-        self.conn = conn
-        self._lock = lock if lock is not None else threading.RLock()
+    def __init__(self, session: Session) -> None:
+        self.session = session
 
     # -- one file
 
     def read(self, name: str) -> bytes | None:
-        with self._lock:
-            row = self.conn.execute("SELECT data FROM gateway_files WHERE name = %s", (name,))
+        with self.session.use() as conn:
+            row = conn.execute("SELECT data FROM gateway_files WHERE name = %s", (name,))
             found = row.fetchone()
         return None if found is None else bytes(found[0])
 
     def write(self, name: str, data: bytes) -> None:
-        with self._lock:
-            self.conn.execute(
+        with self.session.use() as conn:
+            conn.execute(
                 "INSERT INTO gateway_files (name, data) VALUES (%s, %s) "
                 "ON CONFLICT (name) DO UPDATE SET data = excluded.data",
                 (name, data),
             )
 
     def remove(self, name: str) -> None:
-        with self._lock:
-            self.conn.execute("DELETE FROM gateway_files WHERE name = %s", (name,))
+        with self.session.use() as conn:
+            conn.execute("DELETE FROM gateway_files WHERE name = %s", (name,))
 
     def read_or_create(self, name: str, make: Callable[[], bytes]) -> tuple[bytes, bool]:
         """The file, made once with ``make`` if absent (whoever inserts first wins)."""
@@ -66,8 +58,8 @@ class FleetFiles:
         if found is not None:
             return found, False
         made = make()
-        with self._lock:
-            inserted = self.conn.execute(
+        with self.session.use() as conn:
+            inserted = conn.execute(
                 "INSERT INTO gateway_files (name, data) VALUES (%s, %s) "
                 "ON CONFLICT (name) DO NOTHING RETURNING name",
                 (name, made),
@@ -85,13 +77,13 @@ class FleetFiles:
     def commit(self, name: str) -> None:
         """Make the staged value current (one transaction); nothing when none is staged
         (another node made it current already)."""
-        with self._lock, self.conn.transaction():
-            self.conn.execute(
+        with self.session.use() as conn, conn.transaction():
+            conn.execute(
                 "DELETE FROM gateway_files WHERE name = %s "
                 "AND EXISTS (SELECT 1 FROM gateway_files WHERE name = %s)",
                 (name, name + _STAGED),
             )
-            self.conn.execute(
+            conn.execute(
                 "UPDATE gateway_files SET name = %s WHERE name = %s", (name, name + _STAGED)
             )
 
@@ -143,8 +135,8 @@ class FleetFiles:
         return self.read_or_create("custody/signing-key", make)
 
     def save_checkpoint(self, size: int, note: bytes) -> None:
-        with self._lock, self.conn.transaction():
-            self.conn.execute(
+        with self.session.use() as conn, conn.transaction():
+            conn.execute(
                 "INSERT INTO gateway_files (name, data) VALUES (%s, %s) "
                 "ON CONFLICT (name) DO NOTHING",
                 (f"custody/checkpoints/{size}", note),
@@ -155,8 +147,8 @@ class FleetFiles:
         return self.read("custody/checkpoint" if size is None else f"custody/checkpoints/{size}")
 
     def checkpoint_sizes(self) -> list[int]:
-        with self._lock:
-            rows = self.conn.execute(
+        with self.session.use() as conn:
+            rows = conn.execute(
                 "SELECT name FROM gateway_files WHERE name LIKE 'custody/checkpoints/%'"
             ).fetchall()
         return sorted(int(name.rsplit("/", 1)[1]) for (name,) in rows)

@@ -18,14 +18,22 @@ temporary failure, never a record half there. The next round reconnects. Appends
 in a commit, durable or not, so a round never leaves a log's row locked (other nodes wait for
 that lock).
 
+A connection that dies *during* COMMIT leaves the outcome unknown: the server (or, after a
+failover, the standby now primary) may have committed it. The round then learns which, from
+the store itself, before it answers: it reconnects (libpq finds the primary), waits until its
+old server process is gone (ending it if it lingers), and looks for the last record it
+appended. Found, the round committed, and its appenders hear so; a message acknowledged then
+is really there, and one refused is really not.
+
 Reads use a connection of their own, outside any round.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +49,21 @@ from ..log import (
     LogWriteError,
     RecordHeader,
     RecoveryPoint,
+    StoreUnavailable,
     encode_recovery_point,
     segment_name,
 )
 from ._files import FleetFiles
-from ._rows import RowLog
+from ._rows import RowLog, log_place
+from ._session import Session
 
 __all__ = ["FleetLog", "Round", "recovery_name"]
 
 Connect = Callable[[], psycopg.Connection[Any]]
 _OUTCOMES_KEPT = 64
+# Seconds a round whose connection died during COMMIT keeps trying to learn whether it
+# committed (a failover to a standby takes this long at most, SPEC.md 17.7).
+RESOLVE_SECONDS = 30.0
 
 
 class Round:
@@ -65,6 +78,7 @@ class Round:
         self._outcomes: dict[int, LogWriteError | None] = {}
         self._reserved: set[bytes] = set()  # logs the round will append to
         self._locked: set[bytes] = set()  # and whose rows its transaction holds
+        self._backend: tuple[int, object] | None = None  # the connection's server process
 
     def reserve(self, log_id: bytes) -> None:
         """The round will append to this log: its row is locked with the others reserved,
@@ -80,6 +94,10 @@ class Round:
                 raise psycopg.OperationalError("the connection of the round was lost")
             self._conn = self._connect()
             self._locked.clear()
+            row = self._conn.execute(
+                "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+            ).fetchone()
+            self._backend = (int(row[0]), row[1]) if row is not None else None
         if self._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             self._locked.clear()
         if self._reserved - self._locked:
@@ -124,19 +142,75 @@ class Round:
     def _finish(self) -> LogWriteError | None:
         joined, self._joined = self._joined, []
         self._reserved.clear()
+        conn = self._conn
+        if conn is None or conn.closed:  # lost before COMMIT was sent: rolled back
+            return self._failed(joined, "the connection of the round was lost")
         try:
-            if self._conn is None or self._conn.closed:
-                raise psycopg.OperationalError("the connection of the round was lost")
-            self._conn.commit()  # never on a new connection: that would commit nothing
+            conn.commit()  # never on a new connection: that would commit nothing
         except psycopg.Error as exc:
+            lost = conn.closed or conn.broken
             self._drop()
-            error = LogWriteError(f"the fleet store did not commit: {exc}")
-            for log in joined:
-                log.rolled_back()
-            return error
+            if not lost:  # the server answered: it rolled the transaction back
+                return self._failed(joined, str(exc))
+            # Lost during COMMIT: the transaction may have committed, on this server or
+            # (a failover) on the standby now primary. Learn which before answering.
+            outcome = self._committed_after_all(joined)
+            if outcome is None:
+                return self._failed(joined, f"{exc} (whether it committed is not known)")
+            if not outcome:
+                return self._failed(joined, str(exc))
         for log in joined:
             log.committed()
         return None
+
+    def _failed(self, joined: list[FleetLog], why: str) -> StoreUnavailable:
+        for log in joined:
+            log.rolled_back()
+        return StoreUnavailable(f"the fleet store did not commit: {why}")
+
+    def _committed_after_all(self, joined: list[FleetLog]) -> bool | None:
+        """Whether a round whose connection died during COMMIT committed: once its server
+        process is gone (ended here if it lingers), the last record it appended to any log
+        is there, or not. None when the store cannot be reached for :data:`RESOLVE_SECONDS`
+        (the appenders then hear of a failure that may not be one: their records, if
+        committed, come back to this node as another's)."""
+        probe = next((log.last_appended for log in joined if log.last_appended), None)
+        if probe is None:
+            return True  # nothing of it to lose either way
+        log_id, seq, chain = probe
+        deadline = time.monotonic() + RESOLVE_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                with self._connect() as check:
+                    check.autocommit = True
+                    self._end_backend(check, deadline)
+                    row = check.execute(
+                        "SELECT chain FROM gateway_records WHERE log_id = %s AND seq = %s",
+                        (log_id, seq),
+                    ).fetchone()
+                    return row is not None and bytes(row[0]) == chain
+            except psycopg.Error:
+                time.sleep(0.2)
+        return None
+
+    def _end_backend(self, check: psycopg.Connection[Any], deadline: float) -> None:
+        """Wait for the round's old server process to end (terminating it after a second):
+        until it has, its COMMIT may still be under way."""
+        if self._backend is None:
+            return
+        pid, started = self._backend
+        grace = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            alive = check.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND backend_start = %s",
+                (pid, started),
+            ).fetchone()
+            if alive is None:
+                return
+            if time.monotonic() > grace:
+                check.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            time.sleep(0.05)
+        raise psycopg.OperationalError("the round's old server process does not end")
 
     def close(self) -> None:
         """Close the round's connection (anything not committed is rolled back)."""
@@ -156,25 +230,25 @@ class FleetLog:
     def __init__(
         self,
         round_: Round,
-        reader: psycopg.Connection[Any],
+        session: Session,
         log_id: bytes,
         end: tuple[int, bytes],
         *,
         segment_bytes: int,
-        lock: AbstractContextManager[Any] | None = None,
     ) -> None:
-        """``reader``: the connection reads and compaction use, under ``lock`` (shared with
-        whoever else uses that connection)."""
+        """``session``: what reads and compaction use (outside any round)."""
         self.round = round_
         self.log_id = log_id
         self.segment_bytes = segment_bytes
         self.next_seq, self.chain = end
         self.synced_seq = self.next_seq
         self.written = 0
-        self._reader = RowLog(reader, log_id)
-        self._reader_lock = lock if lock is not None else threading.RLock()
+        self._session = session
+        self.directory = log_place(log_id)  # where the log is, as errors name it
         self._before: tuple[int, bytes] | None = None  # the end when the round found it
         self._round = -1  # the round of its last append
+        # Its last record in the round not committed yet: (log id, seq, chain).
+        self.last_appended: tuple[bytes, int, bytes] | None = None
 
     @property
     def uncommitted(self) -> bool:
@@ -191,13 +265,13 @@ class FleetLog:
     ) -> list[Location]:
         """Append a batch into the round's transaction (committed by :meth:`sync`, at
         once when ``sync``); the records other nodes appended since this node last looked
-        go into ``foreign``. Raises LogWriteError, having added nothing."""
+        go into ``foreign``. Raises StoreUnavailable, having added nothing."""
         try:
             rows = RowLog(self.round.begin(), self.log_id, segment_bytes=self.segment_bytes)
             appended = rows.append(items, self.next_seq)
         except psycopg.Error as exc:
             self.round.abandon_if_empty()
-            raise LogWriteError(f"the fleet store refused the batch: {exc}") from exc
+            raise StoreUnavailable(f"the fleet store refused the batch: {exc}") from exc
         if self._before is None:
             self._before = (self.next_seq, self.chain)
         self._round = self.round.join(self)
@@ -220,7 +294,9 @@ class FleetLog:
         if chains is not None:
             chains.extend(appended.chains)
         self.next_seq = appended.first_seq + len(items)
-        self.chain = appended.chains[-1] if appended.chains else self.chain
+        if appended.chains:
+            self.chain = appended.chains[-1]
+            self.last_appended = (self.log_id, self.next_seq - 1, self.chain)
         if sync:
             self.sync()
         return locations
@@ -236,48 +312,47 @@ class FleetLog:
             self.round.commit(self._round)
 
     def committed(self) -> None:
-        self._before = None
+        self._before = self.last_appended = None
         self.synced_seq = self.next_seq
 
     def rolled_back(self) -> None:
         if self._before is not None:
             self.next_seq, self.chain = self._before
-            self._before = None
+        self._before = self.last_appended = None
 
     def catch_up(self) -> list[LogRecord]:
         """The records other nodes committed since this node last looked; it follows them
-        from here on. Never while this node's own are uncommitted. Raises LogWriteError
+        from here on. Never while this node's own are uncommitted. Raises StoreUnavailable
         when the store cannot be read."""
         assert self._before is None, "a round of this log is not committed"
-        try:
-            with self._reader_lock:
-                records = list(self._reader.records(self.next_seq, chunk_bodies=False))
-        except psycopg.Error as exc:
-            raise LogWriteError(f"the fleet store could not be read: {exc}") from exc
+        with self._rows() as rows:
+            records = list(rows.records(self.next_seq, chunk_bodies=False))
         if records:
             self.next_seq, self.chain = records[-1].seq + 1, records[-1].chain
             self.synced_seq = self.next_seq
         return records
 
+    @contextmanager
+    def _rows(self) -> Iterator[RowLog]:
+        """The log's rows through the session (its calls raise StoreUnavailable)."""
+        with self._session.use() as conn:
+            yield RowLog(conn, self.log_id)
+
     def read(self, location: Location) -> tuple[RecordHeader, bytes]:
         """A committed record, by its seq."""
-        with self._reader_lock:
-            kind, body = self._reader.read(location.seq)
+        with self._rows() as rows:
+            kind, body = rows.read(location.seq)
         return RecordHeader(len(body), kind, location.seq), body
 
     def records(self, from_seq: int = 0) -> list[LogRecord]:
-        with self._reader_lock:
-            return list(self._reader.records(from_seq))
+        with self._rows() as rows:
+            return list(rows.records(from_seq))
 
     def tree_head(self) -> tuple[int, bytes] | None:
-        with self._reader_lock:
-            return self._reader.tree_head()
+        with self._rows() as rows:
+            return rows.tree_head()
 
     # -- the rest of what the services ask of a log (``gateway.log.StoreLog``)
-
-    @property
-    def directory(self) -> Path:
-        return self._reader.where
 
     @property
     def tree_missing(self) -> str:
@@ -287,19 +362,19 @@ class FleetLog:
 
     @property
     def segments(self) -> list[int]:
-        with self._reader_lock:
-            return [first for first, _generation in self._reader.segments()]
+        with self._rows() as rows:
+            return [first for first, _generation in rows.segments()]
 
     def file_name(self, segment: int) -> str:
         """The segment file a record would be in, copied into a data folder."""
-        with self._reader_lock:
-            generation = dict(self._reader.segments()).get(segment, 0)
+        with self._rows() as rows:
+            generation = dict(rows.segments()).get(segment, 0)
         return segment_name(segment, generation)
 
     def recovery_point(self, state: bytes) -> RecoveryPoint:
         """A recovery point at the log's end (every record committed), carrying ``state``."""
-        with self._reader_lock:
-            segments = tuple(self._reader.segments())
+        with self._rows() as rows:
+            segments = tuple(rows.segments())
         last, generation = segments[-1] if segments else (0, 0)
         return RecoveryPoint(
             self.log_id,
@@ -314,15 +389,14 @@ class FleetLog:
 
     def save_recovery_point(self, point: RecoveryPoint) -> int:
         data = encode_recovery_point(point)
-        with self._reader_lock:
-            FleetFiles(self._reader.conn).write(recovery_name(self.log_id), data)
+        FleetFiles(self._session).write(recovery_name(self.log_id), data)
         return len(data)
 
     def plan_compaction(self, segment: int, keep: Callable[[LogRecord], bool]) -> Compaction | None:
         """What compacting a sealed segment would do (changing nothing); see RowLog."""
-        with self._reader_lock:
-            planned = self._reader.plan_compaction(segment, keep)
-            generation = dict(self._reader.segments()).get(segment, 0)
+        with self._rows() as rows:
+            planned = rows.plan_compaction(segment, keep)
+            generation = dict(rows.segments()).get(segment, 0)
         if planned is None:
             return None
         removed = planned.generation == REMOVED
@@ -340,8 +414,8 @@ class FleetLog:
 
     def apply_compaction(self, compaction: Compaction) -> None:
         """Make the cut ``LogCompacted`` confirmed (one transaction)."""
-        with self._reader_lock:
-            self._reader.apply_cut(compaction.segment, compaction.generation, compaction.gaps)
+        with self._rows() as rows:
+            rows.apply_cut(compaction.segment, compaction.generation, compaction.gaps)
 
     def discard_compaction(self, compaction: Compaction) -> None:
         """Nothing to undo: planning wrote nothing."""

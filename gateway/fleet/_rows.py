@@ -52,7 +52,7 @@ from ..merkle import MerkleTree, frontier_root
 from ._coordination import CHANNEL
 from ._tree_rows import TreeRows, split_frontier
 
-__all__ = ["Appended", "RowCompaction", "RowLog", "segment_files"]
+__all__ = ["Appended", "RowCompaction", "RowLog", "log_place", "segment_files"]
 
 _FETCH = 2000  # records read per round trip
 
@@ -70,6 +70,11 @@ class Appended:
     segments: list[int]  # the segment each record is in (its first seq)
 
 
+def log_place(log_id: bytes) -> Path:
+    """How errors name a log (LogCorrupt takes a path: the log's place in the store)."""
+    return Path("fleet-store") / log_id.hex()
+
+
 class RowLog:
     """One log in the fleet store, through one connection (not shared between threads)."""
 
@@ -83,8 +88,7 @@ class RowLog:
         self.conn = conn
         self.log_id = log_id
         self.segment_bytes = segment_bytes
-        # How errors name the log (LogCorrupt takes a path: the log's place in the store).
-        self.where = Path("fleet-store") / log_id.hex()
+        self.where = log_place(log_id)
 
     def create(self) -> None:
         """Make the log, empty, if it is not there yet."""

@@ -16,13 +16,12 @@ a standby that was not synchronous), which the archive reports as damage.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any
 
 import psycopg
 
@@ -33,33 +32,26 @@ from ..log import (
     DataDir,
     LogCorrupt,
     LogRecord,
-    LogWriteError,
     Opened,
     RecordHeader,
     RecordSource,
     RecoveryPoint,
     StaleRecoveryPoint,
     StoreLog,
+    StoreUnavailable,
     decode_recovery_point,
 )
 from ..merkle import MerkleTree
-from ._coordination import LogFollower, MaildropLocks
+from ._coordination import MaildropLocks, listen, moved_logs
 from ._files import FleetFiles
 from ._fleet_log import FleetLog, Round, recovery_name
-from ._rows import RowLog
+from ._rows import RowLog, log_place
 from ._schema import ensure_schema
+from ._session import Session
 
 __all__ = ["FleetDataDir"]
 
 _PAGE = 2000  # records read under the connection's lock at a time
-
-
-class _OnConnection(Protocol):
-    @property
-    def conn(self) -> psycopg.Connection[Any]: ...
-
-
-T = TypeVar("T", bound=_OnConnection)
 
 
 class FleetDataDir(DataDir):
@@ -70,13 +62,18 @@ class FleetDataDir(DataDir):
         self.dsn = dsn
         self._name = application_name
         self.round = Round(self._connect)
-        self.conn = self._connect(autocommit=True)
-        ensure_schema(self.conn)
-        self.using = threading.RLock()  # every use of self.conn, FleetFiles' included
-        self.files = FleetFiles(self.conn, self.using)
-        # Each on a connection of its own: the maildrop locks live as long as theirs.
-        self._maildrops = _Lazy(lambda: MaildropLocks(self._connect(autocommit=True)))
-        self._follower = _Lazy(lambda: LogFollower(self._connect(autocommit=True)))
+        # Reads, files and compaction; maildrop locks (they live as long as its
+        # connection); the wake-ups. Each made again after a failover (_session).
+        self.session = Session(lambda: self._connect(autocommit=True))
+        self._maildrops = Session(lambda: self._connect(autocommit=True))
+        self._follower = Session(lambda: self._connect(autocommit=True), on_connect=listen)
+        try:
+            with self.session.use() as conn:
+                ensure_schema(conn)
+        except BaseException:
+            self.session.close()
+            raise
+        self.files = FleetFiles(self.session)
 
     def _connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
         return psycopg.connect(self.dsn, autocommit=autocommit, application_name=self._name)
@@ -84,49 +81,40 @@ class FleetDataDir(DataDir):
     def unlock(self) -> None:
         super().unlock()
         self.round.close()
-        self.conn.close()
-        self._maildrops.close()
-        self._follower.close()
+        for session in (self.session, self._maildrops, self._follower):
+            session.close()
 
     # -- between the nodes (SPEC.md 17.5)
 
     def lock_maildrop(self, mailbox_id: str) -> bool:
-        try:
-            with self._maildrops.use() as locks:
-                return locks.acquire(parse_mailbox_id(mailbox_id))
-        except psycopg.Error as exc:
-            raise LogWriteError(f"the fleet store could not lock the maildrop: {exc}") from exc
+        with self._maildrops.use() as conn:
+            return MaildropLocks(conn).acquire(parse_mailbox_id(mailbox_id))
 
     def unlock_maildrop(self, mailbox_id: str) -> None:
-        try:
-            with self._maildrops.use() as locks:
-                locks.release(parse_mailbox_id(mailbox_id))
-        except psycopg.Error as exc:
-            raise LogWriteError(f"the fleet store could not unlock the maildrop: {exc}") from exc
+        with self._maildrops.use() as conn:
+            MaildropLocks(conn).release(parse_mailbox_id(mailbox_id))
 
     def wait_for_others(self, timeout: float) -> dict[bytes, int]:
         """The logs nodes committed to. After the follower's connection was lost (notices
         missed), the control log is reported as moved."""
         try:
-            with self._follower.use() as follower:
-                return follower.wait(timeout)
-        except psycopg.Error:
+            with self._follower.use() as conn:
+                return moved_logs(conn, timeout)
+        except StoreUnavailable:
             time.sleep(min(timeout, 1.0))
             return {CONTROL_LOG_ID: 1 << 62}
 
     # -- the logs
 
-    def _rows(self, mailbox_id: str | None) -> RowLog:
-        log_id = (
-            CONTROL_LOG_ID if mailbox_id is None else bytes.fromhex(parse_mailbox_id(mailbox_id))
-        )
-        return RowLog(self.conn, log_id)
+    @contextmanager
+    def _rows(self, mailbox_id: str | None) -> Iterator[RowLog]:
+        """A log's rows through the session (its calls raise StoreUnavailable)."""
+        with self.session.use() as conn:
+            yield RowLog(conn, _log_id(mailbox_id))
 
     def _fleet_log(self, rows: RowLog, segment_bytes: int) -> FleetLog:
-        with self.using:
-            end = rows.end()
         return FleetLog(
-            self.round, self.conn, rows.log_id, end, segment_bytes=segment_bytes, lock=self.using
+            self.round, self.session, rows.log_id, rows.end(), segment_bytes=segment_bytes
         )
 
     def _open(
@@ -136,8 +124,7 @@ class FleetDataDir(DataDir):
         resume: RecoveryPoint | None,
         acknowledged: tuple[int, bytes] | None,
     ) -> Opened:
-        rows = self._rows(mailbox_id)
-        with self.using:
+        with self._rows(mailbox_id) as rows:
             rows.create()
             next_seq, _chain = rows.end()
             start = 0
@@ -152,7 +139,7 @@ class FleetDataDir(DataDir):
                     f"{acknowledged[0]} the control log says was acknowledged",
                 )
             records = list(rows.records(start, chunk_bodies=False))
-        return self._fleet_log(rows, segment_bytes), records, None
+            return self._fleet_log(rows, segment_bytes), records, None
 
     def open_control_log(self, *, segment_bytes: int, resume: RecoveryPoint | None) -> Opened:
         return self._open(None, segment_bytes, resume, None)
@@ -171,25 +158,24 @@ class FleetDataDir(DataDir):
     def create_mailbox(
         self, mailbox_id: str, key_file: bytes, log_id: bytes, *, segment_bytes: int
     ) -> StoreLog:
-        rows = RowLog(self.conn, log_id)
-        with self.using:
+        with self._rows(mailbox_id) as rows:
             self.files.write(f"mailboxes/{parse_mailbox_id(mailbox_id)}/key", key_file)
             rows.create()
-        return self._fleet_log(rows, segment_bytes)
+            return self._fleet_log(rows, segment_bytes)
 
     def remove_mailbox(self, mailbox_id: str) -> None:
         """Delete a mailbox's rows and key file (after MailboxDeleted is durable)."""
         box = parse_mailbox_id(mailbox_id)
-        with self.using, self.conn.transaction():
-            self.conn.execute("DELETE FROM gateway_logs WHERE log_id = %s", (bytes.fromhex(box),))
-            self.conn.execute(
+        with self.session.use() as conn, conn.transaction():
+            conn.execute("DELETE FROM gateway_logs WHERE log_id = %s", (bytes.fromhex(box),))
+            conn.execute(
                 "DELETE FROM gateway_files WHERE name LIKE %s OR name = %s",
                 (f"mailboxes/{box}/%", recovery_name(bytes.fromhex(box))),
             )
 
     def list_mailbox_ids(self) -> list[str]:
-        with self.using:
-            rows = self.conn.execute(
+        with self.session.use() as conn:
+            rows = conn.execute(
                 "SELECT log_id FROM gateway_logs WHERE log_id <> %s ORDER BY log_id",
                 (CONTROL_LOG_ID,),
             ).fetchall()
@@ -200,18 +186,16 @@ class FleetDataDir(DataDir):
     ) -> RecoveryPoint | None:
         if name != RECOVERY_FILE:
             return None  # the fleet store keeps the whole control log: it has no base
-        rows = self._rows(mailbox_id)
-        with self.using:
-            data = self.files.read(recovery_name(rows.log_id))
-        return None if data is None else decode_recovery_point(data, rows.log_id)
+        log_id = _log_id(mailbox_id)
+        data = self.files.read(recovery_name(log_id))
+        return None if data is None else decode_recovery_point(data, log_id)
 
     def records(
         self, mailbox_id: str | None = None, *, from_seq: int = 0, chunk_bodies: bool = True
     ) -> Iterator[LogRecord]:
         """A log's records, read a page at a time (the connection is not held between)."""
-        rows = self._rows(mailbox_id)
         while True:
-            with self.using:
+            with self._rows(mailbox_id) as rows:
                 page = list(
                     itertools.islice(rows.records(from_seq, chunk_bodies=chunk_bodies), _PAGE)
                 )
@@ -221,14 +205,13 @@ class FleetDataDir(DataDir):
             from_seq = page[-1].seq + 1
 
     def log_tree(self, mailbox_id: str | None, size: int) -> MerkleTree:
-        rows = self._rows(mailbox_id)
-        with self.using:
+        with self._rows(mailbox_id) as rows:
             tree = rows.tree(size)
             tree.root()  # read here, under the lock: the rows a proof needs come with it
         return tree
 
     def record_reader(self, mailbox_id: str) -> RecordSource:
-        return _RowSource(self, self._rows(mailbox_id))
+        return _RowSource(self.session, _log_id(mailbox_id))
 
     # -- what a data folder keeps in files, kept in gateway_files
 
@@ -293,50 +276,24 @@ class FleetDataDir(DataDir):
         return self.files.read_mailbox_checkpoint(mailbox_id)
 
 
-class _Lazy(Generic[T]):
-    """A connection's user made when first needed, made again after its connection broke
-    (the error still goes to the caller), used by one thread at a time."""
-
-    def __init__(self, make: Callable[[], T]) -> None:
-        self._make = make
-        self._made: T | None = None
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def use(self) -> Iterator[T]:
-        with self._lock:
-            if self._made is None:
-                self._made = self._make()
-            try:
-                yield self._made
-            except psycopg.OperationalError:
-                self._close()
-                raise
-
-    def close(self) -> None:
-        with self._lock:
-            self._close()
-
-    def _close(self) -> None:
-        made, self._made = self._made, None
-        if made is not None:
-            made.conn.close()
-
-
 class _RowSource:
     """A mailbox log's records by seq (a worker's reader: the offset is the seq)."""
 
-    def __init__(self, store: FleetDataDir, rows: RowLog) -> None:
-        self._store, self._rows = store, rows
-        self.directory = rows.where
+    def __init__(self, session: Session, log_id: bytes) -> None:
+        self._session, self._log_id = session, log_id
+        self.directory = log_place(log_id)
 
     def read(self, file: str, offset: int, size: int) -> tuple[RecordHeader, bytes]:
-        with self._store.using:
-            kind, body = self._rows.read(offset)
+        with self._session.use() as conn:
+            kind, body = RowLog(conn, self._log_id).read(offset)
         return RecordHeader(len(body), kind, offset), body
 
     def close(self) -> None:
-        """The store's connection is the store's to close."""
+        """The session is the store's to close."""
+
+
+def _log_id(mailbox_id: str | None) -> bytes:
+    return CONTROL_LOG_ID if mailbox_id is None else bytes.fromhex(parse_mailbox_id(mailbox_id))
 
 
 def _check_resume(rows: RowLog, point: RecoveryPoint, next_seq: int) -> None:

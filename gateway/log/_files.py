@@ -39,6 +39,11 @@ class LogWriteError(Exception):
     visible afterwards."""
 
 
+class StoreUnavailable(LogWriteError):
+    """The store could not be reached or refused the call (a fleet store's database down,
+    read-only after a failover, out of space): nothing was changed by it; try again later."""
+
+
 class DataDirLocked(Exception):
     """Another gateway process holds the data folder."""
 

@@ -1,0 +1,67 @@
+"""A connection to the fleet store that outlives a failover (SPEC.md 17.7).
+
+Theory of operation
+-------------------
+A :class:`Session` is one connection shared by whoever uses it (one at a time, under a
+re-entrant lock: a call's transaction must not take in another thread's statements). When the
+connection breaks (the server gone, a failover, the network cut), the call that met it fails
+with ``StoreUnavailable`` and the next use connects again; with a multi-host connection string
+and ``target_session_attrs=read-write``, libpq finds whichever server is the primary now. Every
+database error becomes ``StoreUnavailable`` at this boundary, so nothing above the fleet store
+sees a driver's exception. ``on_connect`` restores a fresh connection's session state (a
+``LISTEN``); session-level state that cannot be restored (an advisory lock) is lost with the
+connection, which is what such locks are for.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from ..log import StoreUnavailable
+
+__all__ = ["Session"]
+
+Connection = psycopg.Connection[Any]
+
+
+class Session:
+    def __init__(
+        self,
+        connect: Callable[[], Connection],
+        *,
+        on_connect: Callable[[Connection], object] | None = None,
+    ) -> None:
+        self._connect = connect
+        self._on_connect = on_connect
+        self._conn: Connection | None = None
+        self.lock = threading.RLock()
+
+    @contextmanager
+    def use(self) -> Iterator[Connection]:
+        """The connection (made, or made again), for one call; raises StoreUnavailable for
+        any database error in the block."""
+        with self.lock:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = self._connect()
+                    if self._on_connect is not None:
+                        self._on_connect(self._conn)
+                yield self._conn
+            except psycopg.Error as exc:
+                if self._conn is not None and (self._conn.closed or self._conn.broken):
+                    self._close()
+                raise StoreUnavailable(f"the fleet store: {exc}") from exc
+
+    def close(self) -> None:
+        with self.lock:
+            self._close()
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
