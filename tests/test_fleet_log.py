@@ -7,18 +7,21 @@ the next round reconnects and continues the same chain."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import trio
 
-from gateway.fleet import FleetLog, Round, RowLog, Session
+from gateway.fleet import FleetLog, Round, RowLog, Session, ensure_schema
 from gateway.log import CommitGroup, LogWriteError, LogWriter, RecordKind
 
-from .peers import PostgresServer
+from .peers import PostgresServer, with_standby
 from .test_fleet_rows import chain_of
 
 pytestmark = pytest.mark.slow
@@ -150,3 +153,44 @@ async def refused_writes(shared_postgres: PostgresServer, log: FleetLog, other: 
     records = await trio.to_thread.run_sync(log.records)
     assert [r.body for r in records] == [b"first", b"second", b"third"]
     chain_of(records, log.log_id)
+
+
+def test_a_commit_cut_short_is_learnt_from_the_store(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """The connection dies during COMMIT, which had committed (locally, waiting for a
+    synchronous standby that is down): the round learns from the store that it did, and
+    says so; the records are there, once."""
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        ensure_schema(conn)
+    with (
+        with_standby(postgres, tmp_path / "standby", synchronous=True) as standby,
+        fleet_logs(postgres, 1, "in-doubt") as (log,),
+    ):
+        log.append([(RecordKind.EVENT, b"first")])
+        standby.stop()  # from here a COMMIT waits for the standby that is not there
+        outcome: list[BaseException | None] = []
+
+        def commit() -> None:
+            try:
+                log.append([(RecordKind.EVENT, b"in doubt")])
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=commit)
+        thread.start()
+        with psycopg.connect(postgres.dsn, autocommit=True) as watcher:
+            deadline = time.monotonic() + 30
+            while not watcher.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'in-doubt' "
+                "AND wait_event = 'SyncRep'"
+            ).fetchone():
+                assert time.monotonic() < deadline, "the commit never waited"
+                time.sleep(0.02)
+        postgres.terminate_backends("in-doubt")
+        thread.join(timeout=60)
+        assert outcome == [None], outcome
+        assert [r.body for r in log.records()] == [b"first", b"in doubt"]
+        assert log.next_seq == 2 and not log.uncommitted
+        standby.start()

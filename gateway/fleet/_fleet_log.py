@@ -30,6 +30,7 @@ Reads use a connection of their own, outside any round.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -58,6 +59,8 @@ from ._rows import RowLog, log_place
 from ._session import Session
 
 __all__ = ["FleetLog", "Round", "recovery_name"]
+
+logger = logging.getLogger("gateway.fleet")
 
 Connect = Callable[[], psycopg.Connection[Any]]
 _OUTCOMES_KEPT = 64
@@ -155,6 +158,11 @@ class Round:
             # Lost during COMMIT: the transaction may have committed, on this server or
             # (a failover) on the standby now primary. Learn which before answering.
             outcome = self._committed_after_all(joined)
+            logger.warning(
+                "event=fleet-commit-in-doubt outcome=%s reason=%r",
+                {True: "committed", False: "rolled-back", None: "unknown"}[outcome],
+                str(exc),
+            )
             if outcome is None:
                 return self._failed(joined, f"{exc} (whether it committed is not known)")
             if not outcome:
@@ -340,8 +348,7 @@ class FleetLog:
 
     def read(self, location: Location) -> tuple[RecordHeader, bytes]:
         """A committed record, by its seq."""
-        with self._rows() as rows:
-            kind, body = rows.read(location.seq)
+        kind, body = self._session.read(lambda conn: RowLog(conn, self.log_id).read(location.seq))
         return RecordHeader(len(body), kind, location.seq), body
 
     def records(self, from_seq: int = 0) -> list[LogRecord]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -27,6 +27,7 @@ from ..log import StoreUnavailable
 __all__ = ["Session"]
 
 Connection = psycopg.Connection[Any]
+T = TypeVar("T")
 
 
 class Session:
@@ -56,6 +57,18 @@ class Session:
                 if self._conn is not None and (self._conn.closed or self._conn.broken):
                     self._close()
                 raise StoreUnavailable(f"the fleet store: {exc}") from exc
+
+    def read(self, call: Callable[[Connection], T]) -> T:
+        """A call that changes nothing, tried once more on a new connection when the one it
+        met had broken (a failover, or a server restart, since the session was last used)."""
+        try:
+            with self.use() as conn:
+                return call(conn)
+        except StoreUnavailable:
+            if self._conn is not None:
+                raise  # the connection lives: the server refused; asking again is no use
+        with self.use() as conn:
+            return call(conn)
 
     def close(self) -> None:
         with self.lock:

@@ -284,8 +284,7 @@ class _RowSource:
         self.directory = log_place(log_id)
 
     def read(self, file: str, offset: int, size: int) -> tuple[RecordHeader, bytes]:
-        with self._session.use() as conn:
-            kind, body = RowLog(conn, self._log_id).read(offset)
+        kind, body = self._session.read(lambda conn: RowLog(conn, self._log_id).read(offset))
         return RecordHeader(len(body), kind, offset), body
 
     def close(self) -> None:

@@ -32,7 +32,7 @@ from ..events import (
     Pop3SessionProgress,
     now,
 )
-from ..log import LogCorrupt, LogWriteError
+from ..log import LogCorrupt, LogWriteError, StoreUnavailable
 from ..protocols.pop3 import (
     ConnectionClosed,
     Dele,
@@ -61,6 +61,7 @@ logger = logging.getLogger("gateway.pop3")
 NO_SUCH_MESSAGE = Reply(False, "no such message")
 DELETED = Reply(False, "message already deleted")
 UNREADABLE = Reply(False, "message cannot be read; the gateway's log has the details", "SYS/PERM")
+STORE_UNAVAILABLE = Reply(False, "the store cannot be reached, try again later", "SYS/TEMP")
 NOT_COMMITTED = Reply(False, "deletions could not be made durable; nothing was deleted", "SYS/TEMP")
 LISTING_BATCH = 4096  # lines of a LIST or UIDL answer sent at a time
 # Message refs one session record holds (a record body is at most 1 MiB; a ref takes about
@@ -196,6 +197,14 @@ class Retrieval:
         async with aclosing(pieces):
             try:
                 first = await anext(pieces, b"")
+            except StoreUnavailable as exc:  # a fleet store between primaries (SPEC.md 17.7)
+                logger.warning(
+                    "event=pop3-store-unavailable session=%s reason=%r",
+                    session.session_id,
+                    str(exc),
+                )
+                await self._answer(STORE_UNAVAILABLE)
+                return
             except (CryptoError, LogCorrupt, ArchiveError, OSError) as exc:
                 logger.error(
                     "event=pop3-unreadable session=%s mailbox=%s message=%s reason=%r",
