@@ -56,7 +56,7 @@ from ..log import (
 )
 from ._files import FleetFiles
 from ._rows import RowLog, log_place
-from ._session import Session
+from ._session import Session, gone
 
 __all__ = ["FleetLog", "Round", "recovery_name"]
 
@@ -92,6 +92,8 @@ class Round:
         """The round's connection, its transaction open (so each append's own transaction
         block is a savepoint inside it, not a commit of its own) and holding the rows of
         every log reserved."""
+        if self._conn is not None and not self._joined and gone(self._conn):
+            self._drop()  # ended by the server while idle (a failover, a restart)
         if self._conn is None or self._conn.closed:
             if self._joined:  # their records went with the old connection: this round fails
                 raise psycopg.OperationalError("the connection of the round was lost")

@@ -10,11 +10,13 @@ and ``target_session_attrs=read-write``, libpq finds whichever server is the pri
 database error becomes ``StoreUnavailable`` at this boundary, so nothing above the fleet store
 sees a driver's exception. ``on_connect`` restores a fresh connection's session state (a
 ``LISTEN``); session-level state that cannot be restored (an advisory lock) is lost with the
-connection, which is what such locks are for.
+connection, which is what such locks are for. A connection the server ended while it was idle
+is noticed before it is used (:func:`gone`), so a failover costs no call an error.
 """
 
 from __future__ import annotations
 
+import select
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,10 +26,21 @@ import psycopg
 
 from ..log import StoreUnavailable
 
-__all__ = ["Session"]
+__all__ = ["Session", "gone"]
 
 Connection = psycopg.Connection[Any]
 T = TypeVar("T")
+
+
+def gone(conn: Connection) -> bool:
+    """Whether an idle connection (not listening) is closed, or was ended by its server: then
+    its socket is readable (an error, or the end of the stream) while nothing was asked."""
+    if conn.closed:
+        return True
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return False  # in a transaction: its statements meet the error themselves
+    readable, _w, _x = select.select([conn.fileno()], [], [], 0)
+    return bool(readable)
 
 
 class Session:
@@ -48,6 +61,8 @@ class Session:
         any database error in the block."""
         with self.lock:
             try:
+                if self._conn is not None and self._on_connect is None and gone(self._conn):
+                    self._close()  # ended by the server while idle (a failover, a restart)
                 if self._conn is None or self._conn.closed:
                     self._conn = self._connect()
                     if self._on_connect is not None:
