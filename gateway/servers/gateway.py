@@ -538,14 +538,22 @@ class Gateway:
         crash reads at most that much of each log again."""
         while True:
             await trio.sleep(CHECKPOINT_INTERVAL)
-            made = await archive.checkpoint()
+            try:
+                made = await archive.checkpoint()
+            except LogWriteError as exc:  # a fleet store away (SPEC.md 17.7): the next time
+                logger.warning("event=recovery-points-failed reason=%r", str(exc))
+                continue
             if made:
                 logger.debug("event=checkpoint recovery_points=%d", made)
 
     async def _maintenance(self, archive: Archive) -> None:
         while True:
             await trio.sleep(archive.config.maintenance_interval)
-            reclaimed, deleted = await archive.maintain()
+            try:
+                reclaimed, deleted = await archive.maintain()
+            except LogWriteError as exc:  # a fleet store away (SPEC.md 17.7): the next pass
+                logger.warning("event=maintenance-failed reason=%r", str(exc))
+                continue
             if reclaimed or deleted:
                 logger.info(
                     "event=compacted reclaimed_bytes=%d files_deleted=%d", reclaimed, deleted

@@ -33,7 +33,7 @@ from ..events import (
     decode_control_event,
     now,
 )
-from ..log import DataDir, RecordKind
+from ..log import DataDir, LogWriteError, RecordKind
 from ..merkle import MerkleTree, leaf_hash, record_leaf
 from ..tlog import Checkpoint, NoteSigner, Verifier, open_note
 from .archive import Archive
@@ -172,7 +172,10 @@ class CheckpointSigner:
             return
         while True:
             await trio.sleep(interval)
-            await self.sign()
+            try:
+                await self.sign()
+            except (LogWriteError, OSError) as exc:  # a full disk, a fleet store away: later
+                logger.error("event=checkpoint-failed reason=%r", str(exc))
 
 
 class ProofError(Exception):
