@@ -84,6 +84,12 @@ class FleetDataDir(DataDir):
         for session in (self.session, self._maildrops, self._follower):
             session.close()
 
+    def size(self) -> int:
+        """The bytes of the fleet store's database (PostgreSQL's own count)."""
+        with self.session.use() as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        return int(row[0]) if row is not None else 0
+
     # -- between the nodes (SPEC.md 17.5)
 
     def lock_maildrop(self, mailbox_id: str) -> bool:

@@ -97,6 +97,17 @@ class DataDir:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def size(self) -> int:
+        """The bytes of every file under the data folder (blocking)."""
+        total = 0
+        for directory, _dirs, files in os.walk(self.root):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(directory, name)).st_size
+                except OSError:
+                    continue
+        return total
+
     # -- between the nodes of a shared store (none here: the folder's lock makes one node)
 
     def lock_maildrop(self, mailbox_id: str) -> bool:

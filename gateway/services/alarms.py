@@ -88,6 +88,10 @@ class Alarms:
 
     async def check_space(self) -> None:
         archive = self.archive
+        if archive.shared:
+            # The fleet store's disk is the database server's to watch: a full one refuses
+            # writes (4xx, SPEC.md 17.7). This node's folder holds no mail to guard.
+            return
         try:
             free = (await trio.to_thread.run_sync(shutil.disk_usage, archive.data.root)).free
         except OSError as exc:

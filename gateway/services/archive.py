@@ -24,7 +24,6 @@ changes (``_archive_keys``), the commit point (``_archive_commits``), reading me
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -221,10 +220,11 @@ class Archive:
     # -- the data folder ---------------------------------------------------------------------------
 
     async def storage_usage(self) -> StorageUsage:
-        """The bytes under the data folder and the bytes free beside it (admin ``status``)."""
-        root = self._core.data.root
-        used = await trio.to_thread.run_sync(_tree_size, root)
-        free = (await trio.to_thread.run_sync(shutil.disk_usage, root)).free
+        """The bytes the store takes (under the data folder, or the fleet store's database)
+        and the bytes free beside the data folder (admin ``status``)."""
+        data = self._core.data
+        used = await trio.to_thread.run_sync(data.size)
+        free = (await trio.to_thread.run_sync(shutil.disk_usage, data.root)).free
         return StorageUsage(used, free)
 
     # -- the control log ---------------------------------------------------------------------------
@@ -578,14 +578,3 @@ class Archive:
         """Delete segment files superseded by compaction once their grace period is over
         (``StoreConfig.compaction_grace``). Returns how many went."""
         return await _archive_compaction.remove_retired(self._core, mailbox_id)
-
-
-def _tree_size(root: Path) -> int:
-    total = 0
-    for directory, _dirs, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(directory, name)).st_size
-            except OSError:
-                continue
-    return total
