@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..ids import parse_mailbox_id
 from ..log import (
@@ -59,7 +60,7 @@ class FleetDataDir(DataDir):
 
     def __init__(self, root: Path, dsn: str, *, application_name: str = "gateway") -> None:
         super().__init__(root)
-        self.dsn = dsn
+        self.dsn = with_defaults(dsn)
         self._name = application_name
         self.round = Round(self._connect)
         # Reads, files and compaction; maildrop locks (they live as long as its
@@ -295,6 +296,24 @@ class _RowSource:
 
     def close(self) -> None:
         """The session is the store's to close."""
+
+
+# What a connection string does not say otherwise: a server that does not answer (a host gone,
+# a network cut) costs a call seconds, not the minutes of TCP's own retries (SPEC.md 17.7).
+CONNECTION_DEFAULTS = {
+    "connect_timeout": "5",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "3",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "15000",
+}
+
+
+def with_defaults(dsn: str) -> str:
+    """``dsn`` with :data:`CONNECTION_DEFAULTS` for whatever it leaves out."""
+    given = conninfo_to_dict(dsn)
+    return make_conninfo(dsn, **{k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given})
 
 
 def _log_id(mailbox_id: str | None) -> bytes:
