@@ -1,7 +1,8 @@
-"""What the POP3, proxy and idle benchmarks share: the messages, the CPU and memory of a
-process tree read from /proc, which part each gateway process plays, pinning process trees to
-CPUs (``taskset``), a POP3 client over TLS, and a ``gateway serve`` process with mailboxes
-made through the admin API. See tools/bench/README.md for what each number means.
+"""What the SMTP, POP3, proxy, idle and fleet benchmarks share: the messages, the CPU and
+memory of a process tree read from /proc, which part each gateway process plays, pinning
+process trees to CPUs (``taskset``), a POP3 client over TLS, smtp-source runs, and a
+``gateway serve`` process with mailboxes made through the admin API. See
+tools/bench/README.md for what each number means.
 
 The benchmarks run as scripts (``python tools/bench/NAME.py``), so this folder is on
 ``sys.path`` and they ``import _common``; this module puts the repository root there too, for
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -37,12 +38,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.peers.tools import free_port, wait_for_port  # noqa: E402
+from tests.peers.tools import smtp_source as _smtp_source  # noqa: E402
 
 KIB = 1024
 MB = 1_000_000  # MB/s are decimal megabytes of message octets
 LINE = 76  # base64 characters per body line, as MIME writes them
 POOL_BYTES = 3 * 1024 * KIB  # random bytes behind the base64 pool (4 MiB of text)
 TIMEOUT = 120.0  # seconds any one socket operation may take
+SOURCE_TIMEOUT = 3600.0  # seconds one smtp-source run may take
 TICKS = os.sysconf("SC_CLK_TCK")
 DATE = formatdate(1_700_000_000, localtime=False)
 
@@ -445,17 +448,46 @@ class Session:
         self.sock.close()
 
 
+# -- smtp-source ---------------------------------------------------------------------------
+
+
+def smtp_source(
+    port: int, messages: int, sessions: int, size: int, recipient: str, *, host: str = "127.0.0.1"
+) -> float:
+    """Wall seconds smtp-source took to send ``messages`` messages of ``size`` payload octets
+    over ``sessions`` parallel sessions to ``host``, each message on a connection of its own."""
+    started = time.perf_counter()
+    _smtp_source(
+        host,
+        port,
+        sessions=sessions,
+        messages=messages,
+        size=size,
+        sender="bench@example.com",
+        to=recipient,
+        reuse_connection=False,
+        timeout=SOURCE_TIMEOUT,
+    )
+    return time.perf_counter() - started
+
+
 # -- the gateway ---------------------------------------------------------------------------
+
+# [store.kdf] for mailboxes whose logins cost nothing: the smallest legal Argon2id.
+FAST_KDF_SETTINGS = (
+    "[store.kdf]\nmemory_kib = 64\niterations = 1\nlanes = 1\ninsecure_fast_for_tests = true\n"
+)
 
 
 @dataclass(frozen=True)
 class GatewayProcess:
     process: subprocess.Popen[bytes]
     data: Path  # its data folder
-    ports: dict[str, int]  # listener name -> port, on 127.0.0.1
-    env: dict[str, str]  # for the admin commands: GATEWAY_ADMIN_PASSWORD
+    ports: dict[str, int]  # listener name -> port: admin on 127.0.0.1, the others on address
+    env: dict[str, str]  # for the admin commands: GATEWAY_ADMIN_PASSWORD (or GATEWAY_TOKEN)
     log: Path  # its standard output and error
     config: Path
+    address: str = "127.0.0.1"  # where its listeners other than admin listen
 
     @property
     def pid(self) -> int:
@@ -500,23 +532,29 @@ def gateway_process(
     *,
     profile: Path | None = None,
     cpus: Collection[int] | None = None,
+    address: str = "127.0.0.1",
+    ports: Mapping[str, int] | None = None,
 ) -> Iterator[GatewayProcess]:
     """``python -m gateway serve`` with data in ``folder / "data"``, until the block ends
     (SIGTERM, then SIGKILL after 60 s). ``listeners``: name -> (protocol, tls), each on a free
-    port of 127.0.0.1, plus ``admin``; ``settings``: more TOML after them. ``profile``: run it
-    under cProfile, the stats written there on exit (the trio thread only). ``cpus``: start it
-    under ``taskset -c`` with these CPUs (``[server] workers = "auto"`` counts them). The
-    block starts once every listener answers and, with protocol workers, once the supervisor
-    logged ``event=supervisor-ready`` (the journal and every worker serve)."""
+    port of ``address`` (or the one ``ports`` names for it), plus ``admin`` on a free port of
+    127.0.0.1 (where the admin commands reach it as ``localhost``); ``settings``: more TOML
+    after them. ``profile``: run it under cProfile, the stats written there on exit (the trio
+    thread only). ``cpus``: start it under ``taskset -c`` with these CPUs (``[server] workers
+    = "auto"`` counts them). The block starts once every listener answers and, with protocol
+    workers, once the supervisor logged ``event=supervisor-ready`` (the journal and every
+    worker serve)."""
     data = folder / "data"
-    ports = {name: free_port() for name in (*listeners, "admin")}
+    given = ports or {}
+    addresses = {**{name: address for name in listeners}, "admin": "127.0.0.1"}
+    ports = {name: given.get(name) or free_port(addresses[name]) for name in addresses}
     kinds = {**listeners, "admin": ("admin", "implicit")}
     config = folder / "gateway.toml"
     config.write_text(
         f'data_dir = "{data}"\nhostname = "localhost"\nmail_domain = "localhost"\n'
         + "".join(
             f'[[listeners]]\nname = "{name}"\nprotocol = "{protocol}"\nport = {ports[name]}\n'
-            f'tls = "{tls}"\n'
+            f'tls = "{tls}"\naddress = "{addresses[name]}"\n'
             for name, (protocol, tls) in kinds.items()
         )
         + settings
@@ -539,14 +577,14 @@ def gateway_process(
     try:
         for name, port in ports.items():
             try:
-                wait_for_port("127.0.0.1", port, 60)
+                wait_for_port(addresses[name], port, 60)
             except TimeoutError:
                 raise SystemExit(
                     f"the gateway's {name} listener did not come up:\n"
                     + log_path.read_text(errors="replace")[-3000:]
                 ) from None
         _wait_until_ready(process, log_path)
-        yield GatewayProcess(process, data, ports, env, log_path, config)
+        yield GatewayProcess(process, data, dict(ports), env, log_path, config, address)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -566,6 +604,22 @@ def _wait_until_ready(process: subprocess.Popen[bytes], log_path: Path) -> None:
         if process.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"the gateway's workers did not start:\n{text[-3000:]}")
         time.sleep(0.05)
+
+
+def gateway_check(corpus: Corpus) -> Callable[[int, bytes], None]:
+    """A check of what a POP3 client retrieved from the gateway: message ``n`` of ``corpus``
+    as SMTP delivered it, behind the gateway's ``Received:`` field (SPEC.md section 14);
+    ProtocolError if not."""
+
+    def check(n: int, message: bytes) -> None:
+        original = corpus.message(n)
+        extra = len(message) - len(original)
+        if not (
+            message.endswith(original) and message.startswith(b"Received: ") and 0 < extra < 2048
+        ):
+            raise ProtocolError(f"gateway: message {n} differs from what was sent")
+
+    return check
 
 
 def workers_setting(workers: int | None) -> str:

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    FAST_KDF_SETTINGS,
     KIB,
     MB,
     TIMEOUT,
@@ -65,6 +66,7 @@ from _common import (
     ServiceSampler,
     Session,
     create_mailbox,
+    gateway_check,
     gateway_process,
     own_cpu,
     settle,
@@ -247,11 +249,7 @@ def pop3_gateway(
 ) -> AbstractContextManager[GatewayProcess]:
     """The gateway under test: SMTP (to fill it), POP3S and the admin listener (a context
     manager, from :func:`_common.gateway_process`)."""
-    kdf = (
-        "[store.kdf]\nmemory_kib = 64\niterations = 1\nlanes = 1\ninsecure_fast_for_tests = true\n"
-        if args.fast_kdf
-        else ""
-    )
+    kdf = FAST_KDF_SETTINGS if args.fast_kdf else ""
     sessions = max(20, args.mailboxes + 1)
     return gateway_process(
         folder,
@@ -282,17 +280,6 @@ def run_gateway(
             for future in filled:
                 future.result()
 
-        def check(n: int, message: bytes) -> None:
-            # What SMTP delivered, behind the gateway's Received: field (SPEC.md section 14).
-            original = corpus.message(n)
-            extra = len(message) - len(original)
-            if not (
-                message.endswith(original)
-                and message.startswith(b"Received: ")
-                and 0 < extra < 2048
-            ):
-                raise ProtocolError(f"gateway: message {n} differs from what was sent")
-
         target = Target(
             name="gateway" if workers is None else f"gateway w={workers}",
             host="127.0.0.1",
@@ -300,7 +287,7 @@ def run_gateway(
             context=ssl.create_default_context(cafile=str(gateway.cert_file)),
             pid=gateway.pid,
             accounts=accounts,
-            check=check,
+            check=gateway_check(corpus),
         )
         result = measure(target, args, layout)
         result.notes["kdf"] = "fast (64 KiB, 1 pass)" if args.fast_kdf else "default"

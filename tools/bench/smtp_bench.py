@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import trio
+from _common import smtp_source
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -42,7 +43,6 @@ from gateway.services.archive import Archive, StoreConfig  # noqa: E402
 from tests import peers  # noqa: E402
 
 FAST_KDF = KdfParams(memory_kib=64, iterations=1, lanes=1)  # only mailbox creation uses it
-SOURCE_TIMEOUT = 3600.0  # seconds one smtp-source run may take
 SETTLE_TIMEOUT = 300.0  # seconds Postfix's queue manager may take to defer the last messages
 
 
@@ -111,24 +111,6 @@ class Sampler:
         self._stop.set()
         self._thread.join()
         self.sample()
-
-
-def smtp_source(port: int, messages: int, sessions: int, size: int, recipient: str) -> float:
-    """Wall seconds smtp-source took to send ``messages`` messages of ``size`` payload octets
-    over ``sessions`` parallel sessions, each message on a connection of its own."""
-    started = time.perf_counter()
-    peers.smtp_source(
-        "127.0.0.1",
-        port,
-        sessions=sessions,
-        messages=messages,
-        size=size,
-        sender="bench@example.com",
-        to=recipient,
-        reuse_connection=False,
-        timeout=SOURCE_TIMEOUT,
-    )
-    return time.perf_counter() - started
 
 
 # -- the gateway --------------------------------------------------------------------------
