@@ -79,6 +79,7 @@ class ArchiveCore:
         control.on_foreign = self._written_elsewhere
         self.others: list[ControlEvent] = []
         self.others_waiting = trio.Event()
+        self.settling = trio.Lock()  # one task settles them at a time
         # Told every round of control records after that (the audit feed).
         self.control_observers: list[Callable[[list[LogRecord], bool], None]] = []
         # One group commit for every log of this archive (SPEC.md 6.1).

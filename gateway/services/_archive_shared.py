@@ -98,16 +98,18 @@ async def unlock_maildrop(core: ArchiveCore, mailbox_id: str) -> None:
 
 async def settle(core: ArchiveCore) -> None:
     """Do what other nodes' control events folded so far change beyond the state, in
-    order; an event is done with once settled (one the store failed stays first)."""
-    while core.others:
-        event = core.others[0]
-        if isinstance(event, MessagesCommitted):
-            for mailbox_id in dict.fromkeys(commit.mailbox_id for commit in event.commits):
-                if (box := core.boxes.get(mailbox_id)) is not None:
-                    await _catch_up_box(box)
-        else:
-            await _settle_one(core, event)
-        core.others.pop(0)
+    order, one task at a time; an event is done with once settled (one the store failed
+    stays first)."""
+    async with core.settling:
+        while core.others:
+            event = core.others[0]
+            if isinstance(event, MessagesCommitted):
+                for mailbox_id in dict.fromkeys(commit.mailbox_id for commit in event.commits):
+                    if (box := core.boxes.get(mailbox_id)) is not None:
+                        await _catch_up_box(box)
+            else:
+                await _settle_one(core, event)
+            core.others.pop(0)
 
 
 async def _settle_forever(core: ArchiveCore) -> None:
