@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from gateway.fleet import (
+    SCHEMA_VERSION,
     FleetFiles,
     MaildropLocks,
     RowLog,
@@ -150,13 +151,46 @@ def test_the_schema_is_made_once_and_a_newer_one_is_refused(
     shared_postgres: PostgresServer,
 ) -> None:
     with connect(shared_postgres) as conn:
-        assert ensure_schema(conn) == 1  # already there: nothing to do
+        assert ensure_schema(conn) == SCHEMA_VERSION  # already there: nothing to do
         conn.execute("INSERT INTO gateway_schema (version) VALUES (99)")
         try:
             with pytest.raises(SchemaError, match="version 99"):
                 ensure_schema(conn)
         finally:
             conn.execute("DELETE FROM gateway_schema WHERE version = 99")
+
+
+def test_version_2_keys_tree_rows_by_their_first_hash(postgres: PostgresServer) -> None:
+    """A tree written in version 1's layout (1,024 hashes a row, keyed by the row's number)
+    reads the same after the migration to version 2, and appends go on from it."""
+    with connect(postgres) as conn:
+        ensure_schema(conn)
+        log = fresh_log(conn)
+        for _ in range(12):  # 12 appends of 100: 2,391 hashes, a dozen rows
+            log.append(items(100, size=20), log.end()[0])
+        head = log.tree_head()
+        hashes = b"".join(
+            bytes(h)
+            for (h,) in conn.execute(
+                "SELECT hashes FROM gateway_trees WHERE log_id = %s ORDER BY chunk",
+                (log.log_id,),
+            )
+        )
+        with conn.transaction():  # as version 1 kept it
+            conn.execute("DELETE FROM gateway_trees WHERE log_id = %s", (log.log_id,))
+            for n in range(0, len(hashes), 1024 * 32):
+                conn.execute(
+                    "INSERT INTO gateway_trees (log_id, chunk, hashes) VALUES (%s, %s, %s)",
+                    (log.log_id, n // (1024 * 32), hashes[n : n + 1024 * 32]),
+                )
+            conn.execute("DELETE FROM gateway_schema WHERE version = 2")
+        assert ensure_schema(conn) == 1
+        assert log.tree_head() == head
+        tree = log.tree(1200)
+        assert tree.root() == MerkleTree.view(hashes, 1200).root()
+        log.append(items(5, size=20), 1200)
+        grown = log.tree_head()
+        assert grown is not None and grown[0] == 1205
 
 
 def test_a_maildrop_lock_holds_across_nodes_and_dies_with_its_holder(

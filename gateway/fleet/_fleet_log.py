@@ -55,7 +55,7 @@ from ..log import (
     segment_name,
 )
 from ._files import FleetFiles
-from ._rows import RowLog, log_place
+from ._rows import LogEnd, RowLog, lock_ends, log_place
 from ._session import Session, gone
 
 __all__ = ["FleetLog", "Round", "recovery_name"]
@@ -80,8 +80,9 @@ class Round:
         self._joined: list[FleetLog] = []
         self._outcomes: dict[int, LogWriteError | None] = {}
         self._reserved: set[bytes] = set()  # logs the round will append to
-        self._locked: set[bytes] = set()  # and whose rows its transaction holds
+        self.ends: dict[bytes, LogEnd] = {}  # those whose rows its transaction holds
         self._backend: tuple[int, object] | None = None  # the connection's server process
+        self._poisoned = ""  # why an append of the round failed, when others are in it
 
     def reserve(self, log_id: bytes) -> None:
         """The round will append to this log: its row is locked with the others reserved,
@@ -92,26 +93,24 @@ class Round:
         """The round's connection, its transaction open (so each append's own transaction
         block is a savepoint inside it, not a commit of its own) and holding the rows of
         every log reserved."""
+        if self._poisoned:
+            raise psycopg.OperationalError(f"an append of the round failed: {self._poisoned}")
         if self._conn is not None and not self._joined and gone(self._conn):
             self._drop()  # ended by the server while idle (a failover, a restart)
         if self._conn is None or self._conn.closed:
             if self._joined:  # their records went with the old connection: this round fails
                 raise psycopg.OperationalError("the connection of the round was lost")
             self._conn = self._connect()
-            self._locked.clear()
+            self.ends.clear()
             row = self._conn.execute(
                 "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
             ).fetchone()
             self._backend = (int(row[0]), row[1]) if row is not None else None
         if self._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            self._locked.clear()
-        if self._reserved - self._locked:
+            self.ends.clear()
+        if self._reserved - self.ends.keys():
             # A non-autocommit connection's first statement opens the transaction.
-            self._conn.execute(
-                "SELECT log_id FROM gateway_logs WHERE log_id = ANY(%s) ORDER BY log_id FOR UPDATE",
-                (sorted(self._reserved),),
-            )
-            self._locked |= self._reserved
+            self.ends.update(lock_ends(self._conn, sorted(self._reserved - self.ends.keys())))
         elif self._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             self._conn.execute("SELECT 1")
         return self._conn
@@ -121,13 +120,17 @@ class Round:
             self._joined.append(log)
         return self.number
 
-    def abandon_if_empty(self) -> None:
-        """An append failed (its savepoint is rolled back): with nothing else in the round,
-        end its transaction rather than leave it idle."""
+    def append_failed(self, why: str) -> None:
+        """An append failed (its savepoint is rolled back). With nothing else in the round,
+        end its transaction rather than leave it idle; else the round fails whole (its
+        other records, and any appended after, are rolled back at its commit): a message's
+        commit records are never committed without their witness (SPEC.md 17.6)."""
         with self._lock:
-            if not self._joined:
-                self._reserved.clear()
-            if not self._joined and self._conn is not None and not self._conn.closed:
+            if self._joined:
+                self._poisoned = self._poisoned or why
+                return
+            self._reserved.clear()
+            if self._conn is not None and not self._conn.closed:
                 try:
                     self._conn.rollback()
                 except psycopg.Error:
@@ -147,9 +150,16 @@ class Round:
     def _finish(self) -> LogWriteError | None:
         joined, self._joined = self._joined, []
         self._reserved.clear()
+        poisoned, self._poisoned = self._poisoned, ""
         conn = self._conn
         if conn is None or conn.closed:  # lost before COMMIT was sent: rolled back
             return self._failed(joined, "the connection of the round was lost")
+        if poisoned:
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                self._drop()
+            return self._failed(joined, f"an append of the round failed: {poisoned}")
         try:
             conn.commit()  # never on a new connection: that would commit nothing
         except psycopg.Error as exc:
@@ -278,13 +288,14 @@ class FleetLog:
         go into ``foreign``. Raises StoreUnavailable, having added nothing."""
         try:
             rows = RowLog(self.round.begin(), self.log_id, segment_bytes=self.segment_bytes)
-            appended = rows.append(items, self.next_seq)
+            appended = rows.append(items, self.next_seq, self.round.ends.get(self.log_id))
         except psycopg.Error as exc:
-            self.round.abandon_if_empty()
+            self.round.append_failed(str(exc))
             raise StoreUnavailable(f"the fleet store refused the batch: {exc}") from exc
         if self._before is None:
             self._before = (self.next_seq, self.chain)
         self._round = self.round.join(self)
+        self.round.ends[self.log_id] = appended.end
         if appended.foreign:
             last = appended.foreign[-1]
             self.next_seq, self.chain = last.seq + 1, last.chain

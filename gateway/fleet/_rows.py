@@ -21,7 +21,7 @@ store is copied back into a data folder.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,15 @@ from ..merkle import MerkleTree, frontier_root
 from ._coordination import CHANNEL
 from ._tree_rows import TreeRows, split_frontier
 
-__all__ = ["Appended", "RowCompaction", "RowLog", "log_place", "segment_files"]
+__all__ = [
+    "Appended",
+    "LogEnd",
+    "RowCompaction",
+    "RowLog",
+    "lock_ends",
+    "log_place",
+    "segment_files",
+]
 
 _FETCH = 2000  # records read per round trip
 
@@ -68,6 +76,42 @@ class Appended:
     chains: list[bytes]
     sizes: list[int]  # each record's framed size
     segments: list[int]  # the segment each record is in (its first seq)
+    end: LogEnd  # the log's end after it (for the next append in the same transaction)
+
+
+@dataclass(slots=True)
+class LogEnd:
+    """A log's end as an append continues from it: the seq after its last record, the chain
+    value after it, its tree's size and frontier, its last segment (None: it has none)."""
+
+    next_seq: int
+    chain: bytes
+    tree_size: int
+    frontier: list[bytes]
+    segment: _Segment | None
+
+
+def lock_ends(conn: psycopg.Connection[Any], log_ids: Sequence[bytes]) -> dict[bytes, LogEnd]:
+    """Lock the rows of these logs in log-id order (one statement, in the caller's
+    transaction) and read their ends."""
+    rows = conn.execute(
+        "SELECT l.log_id, l.next_seq, l.chain, l.tree_size, l.frontier, "
+        "s.first_seq, s.generation, s.prev_chain, s.size FROM gateway_logs l "
+        "LEFT JOIN LATERAL (SELECT first_seq, generation, prev_chain, size "
+        "  FROM gateway_segments WHERE log_id = l.log_id ORDER BY first_seq DESC LIMIT 1) s "
+        "ON true WHERE l.log_id = ANY(%s) ORDER BY l.log_id FOR UPDATE OF l",
+        (sorted(log_ids),),
+    ).fetchall()
+    return {
+        bytes(r[0]): LogEnd(
+            int(r[1]),
+            bytes(r[2]),
+            int(r[3]),
+            split_frontier(bytes(r[4])),
+            None if r[5] is None else _Segment(int(r[5]), int(r[6]), bytes(r[7]), int(r[8])),
+        )
+        for r in rows
+    }
 
 
 def log_place(log_id: bytes) -> Path:
@@ -109,25 +153,22 @@ class RowLog:
         return int(row[0]), bytes(row[1])
 
     def append(
-        self,
-        items: Sequence[AppendItem],
-        known: int,
+        self, items: Sequence[AppendItem], known: int, end: LogEnd | None = None
     ) -> Appended:
         """Append a batch after the records the caller knows (``known``: its next seq), in
         one transaction (a savepoint of the caller's, when it has one open). Records other
-        nodes appended meanwhile come back first. Raises LogCorrupt when the log ends before
-        ``known`` (a store that lost records the caller saw committed)."""
+        nodes appended meanwhile come back first. ``end``: the log's end as :func:`lock_ends`
+        read it in the caller's transaction (else it is locked and read here). Raises
+        LogCorrupt when the log ends before ``known`` (a store that lost records the caller
+        saw committed). Its statements go out together (a pipeline): one round trip when
+        ``end`` is given and nothing came from other nodes."""
         conn = self.conn
-        with conn.transaction():
-            row = conn.execute(
-                "SELECT next_seq, chain, tree_size, frontier FROM gateway_logs "
-                "WHERE log_id = %s FOR UPDATE",
-                (self.log_id,),
-            ).fetchone()
-            if row is None:
-                raise LogCorrupt(self.where, 0, "no such log in the fleet store")
-            seq, chain = int(row[0]), bytes(row[1])
-            tree_size, frontier = int(row[2]), split_frontier(bytes(row[3]))
+        with conn.pipeline(), conn.transaction():
+            if end is None:
+                end = lock_ends(conn, [self.log_id]).get(self.log_id)
+                if end is None:
+                    raise LogCorrupt(self.where, 0, "no such log in the fleet store")
+            seq, chain = end.next_seq, end.chain
             if seq < known:
                 raise LogCorrupt(
                     self.where,
@@ -135,14 +176,17 @@ class RowLog:
                     f"the fleet store's log ends at {seq}, before record {known} this node saw",
                 )
             foreign = list(self.records(known, seq, chunk_bodies=False)) if seq > known else []
-            segment = self._segment(seq, chain)
+            # A copy: ``end`` stays as it was should this savepoint be rolled back.
+            segment = replace(end.segment or _Segment(seq, 0, chain, SEGMENT_HEADER_SIZE))
+            touched = [segment] if end.segment is not None else []
+            started = [] if end.segment is not None else [segment]
             first, chains, rows, leaves, sizes, in_segment = seq, [], [], [], [], []
             for kind, body_or_builder in items:
                 body = body_or_builder(seq) if callable(body_or_builder) else body_or_builder
                 size = len(body) + RECORD_OVERHEAD
                 if segment.size + size > self.segment_bytes and segment.size > SEGMENT_HEADER_SIZE:
                     segment = _Segment(seq, 0, chain, SEGMENT_HEADER_SIZE)
-                    self._start_segment(segment)
+                    started.append(segment)
                 _header, _trailer, chain = encode_record_parts(kind, seq, body, chain)
                 rows.append((self.log_id, seq, int(kind), body, chain))
                 leaves.append((seq, int(kind), body))
@@ -151,15 +195,19 @@ class RowLog:
                 in_segment.append(segment.first_seq)
                 segment.size += size
                 seq += 1
-            with conn.cursor().copy(
-                "COPY gateway_records (log_id, seq, kind, body, chain) FROM STDIN"
-            ) as copy:
-                for record in rows:
-                    copy.write_row(record)
-            conn.execute(
-                "UPDATE gateway_segments SET size = %s WHERE log_id = %s AND first_seq = %s",
-                (segment.size, self.log_id, segment.first_seq),
+            cursor = conn.cursor()
+            for new in started:
+                self._start_segment(new)
+            cursor.executemany(
+                "INSERT INTO gateway_records (log_id, seq, kind, body, chain) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                rows,
             )
+            cursor.executemany(
+                "UPDATE gateway_segments SET size = %s WHERE log_id = %s AND first_seq = %s",
+                [(t.size, self.log_id, t.first_seq) for t in touched],
+            )
+            tree_size, frontier = end.tree_size, list(end.frontier)
             if tree_size == first:  # else the log has no tree (_tree_rows)
                 TreeRows(conn, self.log_id).extend(tree_size, frontier, leaves)
                 tree_size = seq
@@ -170,7 +218,8 @@ class RowLog:
             )
             # Delivered at commit, never for a batch rolled back (_coordination).
             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{self.log_id.hex()} {seq}"))
-        return Appended(foreign, first, chains, sizes, in_segment)
+        after = LogEnd(seq, chain, tree_size, frontier, segment)
+        return Appended(foreign, first, chains, sizes, in_segment, after)
 
     def records(
         self, from_seq: int = 0, to_seq: int | None = None, *, chunk_bodies: bool = True
@@ -372,18 +421,6 @@ class RowLog:
             )
 
     # -- inside
-
-    def _segment(self, next_seq: int, chain: bytes) -> _Segment:
-        row = self.conn.execute(
-            "SELECT first_seq, generation, prev_chain, size FROM gateway_segments "
-            "WHERE log_id = %s ORDER BY first_seq DESC LIMIT 1",
-            (self.log_id,),
-        ).fetchone()
-        if row is None:
-            segment = _Segment(next_seq, 0, chain, SEGMENT_HEADER_SIZE)
-            self._start_segment(segment)
-            return segment
-        return _Segment(int(row[0]), int(row[1]), bytes(row[2]), int(row[3]))
 
     def _start_segment(self, segment: _Segment) -> None:
         self.conn.execute(

@@ -17,7 +17,7 @@ import psycopg
 
 __all__ = ["SCHEMA_VERSION", "SchemaError", "ensure_schema"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # pg_advisory_xact_lock key of schema changes: "gwschema" as a big-endian integer.
 _SCHEMA_LOCK = int.from_bytes(b"gwschema", "big") - (1 << 63)
 
@@ -69,6 +69,14 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             name text PRIMARY KEY,
             data bytea NOT NULL
         )""",
+    ),
+    2: (
+        # A tree row is keyed by the index of its first hash, and an append adds a row of its
+        # own instead of extending the last (which rewrote it whole, WAL and all): the rows
+        # of version 1 held 1,024 hashes each, so row n starts at hash 1,024 n.
+        # (Through negative keys: moved in one step, row 1 would meet row 1,024 still there.)
+        "UPDATE gateway_trees SET chunk = -1 - chunk * 1024",
+        "UPDATE gateway_trees SET chunk = -1 - chunk",
     ),
 }
 

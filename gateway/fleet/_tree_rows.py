@@ -1,12 +1,13 @@
 """A log's Merkle tree in the fleet store (SPEC.md 8.1, 17.2): the post-order hashes a tree
-file holds, 1,024 to a row of ``gateway_trees``, and the tree's size and frontier on the
-log's row of ``gateway_logs``.
+file holds, in rows of ``gateway_trees`` (each keyed by the index of its first hash, at most
+1,024 hashes), and the tree's size and frontier on the log's row of ``gateway_logs``.
 
 Theory of operation
 -------------------
 An append extends the tree inside its own transaction (under the log's row lock): the
-frontier on the log's row gives every hash the new leaves complete, the new hashes go to the
-end of the last chunk and into new ones, and the size and frontier move with the log's end.
+frontier on the log's row gives every hash the new leaves complete, the new hashes go into a
+row of their own (never onto an existing one: PostgreSQL would write that row again whole, and
+its WAL with it), and the size and frontier move with the log's end.
 A tree whose size is not the log's end (a log copied in without its tree) is left as it is:
 that log has no tree until it is copied again. Reading is lazy: :class:`TreeRows` fetches
 only the chunks a head or a proof touches (at most 2 log2(n) hashes), so proofs never read
@@ -36,7 +37,7 @@ class TreeRows:
     def __init__(self, conn: psycopg.Connection[Any], log_id: bytes) -> None:
         self.conn = conn
         self.log_id = log_id
-        self._chunks: dict[int, bytes] = {}
+        self._rows: dict[int, bytes] = {}  # read so far: first byte -> hashes
         self._length: int | None = None
 
     def extend(
@@ -51,23 +52,17 @@ class TreeRows:
         self.write(tree_nodes(size - len(leaves)) * HASH_SIZE, bytes(grown))
 
     def write(self, at: int, data: bytes) -> None:
-        """Put ``data`` at byte ``at`` of the post-order hashes, which end there."""
+        """Put ``data`` at byte ``at`` of the post-order hashes, which end there: new rows
+        of at most :data:`CHUNK_BYTES`."""
+        rows = []
         while data:
-            chunk, offset = divmod(at, CHUNK_BYTES)
-            piece = data[: CHUNK_BYTES - offset]
-            if offset:
-                self.conn.execute(
-                    "UPDATE gateway_trees SET hashes = hashes || %s "
-                    "WHERE log_id = %s AND chunk = %s",
-                    (piece, self.log_id, chunk),
-                )
-            else:
-                self.conn.execute(
-                    "INSERT INTO gateway_trees (log_id, chunk, hashes) VALUES (%s, %s, %s)",
-                    (self.log_id, chunk, piece),
-                )
-            at, data = at + len(piece), data[len(piece) :]
-        self._chunks.clear()
+            piece, data = data[:CHUNK_BYTES], data[CHUNK_BYTES:]
+            rows.append((self.log_id, at // HASH_SIZE, piece))
+            at += len(piece)
+        self.conn.cursor().executemany(
+            "INSERT INTO gateway_trees (log_id, chunk, hashes) VALUES (%s, %s, %s)", rows
+        )
+        self._rows.clear()
         self._length = None
 
     def view(self, size: int) -> MerkleTree:
@@ -83,28 +78,33 @@ class TreeRows:
                 "ORDER BY chunk DESC LIMIT 1",
                 (self.log_id,),
             ).fetchone()
-            self._length = 0 if row is None else int(row[0]) * CHUNK_BYTES + int(row[1])
+            self._length = 0 if row is None else int(row[0]) * HASH_SIZE + int(row[1])
         return self._length
 
     def __getitem__(self, index: slice, /) -> bytes:
         start, stop, _step = index.indices(len(self))
         out = bytearray()
         while start < stop:
-            chunk, offset = divmod(start, CHUNK_BYTES)
-            hashes = self._chunk(chunk)
-            piece = hashes[offset : offset + stop - start]
+            first, hashes = self._row_at(start)
+            piece = hashes[start - first : stop - first]
             if not piece:
                 break
             out += piece
             start += len(piece)
         return bytes(out)
 
-    def _chunk(self, chunk: int) -> bytes:
-        found = self._chunks.get(chunk)
-        if found is None:
-            row = self.conn.execute(
-                "SELECT hashes FROM gateway_trees WHERE log_id = %s AND chunk = %s",
-                (self.log_id, chunk),
-            ).fetchone()
-            found = self._chunks[chunk] = bytes(row[0]) if row else b""
-        return found
+    def _row_at(self, at: int) -> tuple[int, bytes]:
+        """The row holding byte ``at``: its first byte and its hashes."""
+        for first, hashes in self._rows.items():
+            if first <= at < first + len(hashes):
+                return first, hashes
+        row = self.conn.execute(
+            "SELECT chunk, hashes FROM gateway_trees WHERE log_id = %s AND chunk <= %s "
+            "ORDER BY chunk DESC LIMIT 1",
+            (self.log_id, at // HASH_SIZE),
+        ).fetchone()
+        if row is None:
+            return at, b""
+        first = int(row[0]) * HASH_SIZE
+        hashes = self._rows[first] = bytes(row[1])
+        return first, hashes

@@ -241,13 +241,13 @@ async def open_mailbox(core: ArchiveCore, box: MailboxState) -> None:
     elif recovery is not None:
         await _note_recovery(core, mailbox_id, recovery)
     if core.data.shared:
-        # Other nodes may have committed to this log since the control log was read: the
-        # log is read to its end now, and then the control log, which holds the witness of
-        # every commit read (committed with it), before the tail is judged (SPEC.md 17.5).
+        # A fleet store commits a message's records and its witness in one transaction
+        # (SPEC.md 17.6): no commit there lacks a witness, and none is judged. (This node's
+        # view of the witnesses may lack those of commits it had not folded when a recovery
+        # point was made.) The log is read to its end, and the control log after it.
         await writer.catch_up()
         await core.control.catch_up()
-        witnesses = state.witnessed.get(mailbox_id)
-    if witnesses is None:
+    elif witnesses is None:
         await core.append_control(
             MessageLogAnchored(
                 at=now(), mailbox_id=mailbox_id, seq=log.next_seq - 1, chain=log.chain
