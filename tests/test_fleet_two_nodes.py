@@ -92,7 +92,12 @@ def test_two_nodes_serve_one_store(postgres: PostgresServer, tmp_path: Path) -> 
         with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
             other.pass_(password)
         other.quit()
-        holder.quit()
+        holder.quit()  # the lock is gone before its +OK: b takes the maildrop at once
+        again = poplib.POP3(NODES[1], ports["pop3"], timeout=20)
+        again.stls(context=insecure())
+        again.user(mailbox_id)
+        again.pass_(password)
+        again.quit()
         from_a = retrieve(ports["pop3"], mailbox_id, password, delete=True, host=NODES[0])
         assert sorted(from_a) == sorted(from_b)
 

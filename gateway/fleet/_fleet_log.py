@@ -5,18 +5,18 @@ Theory of operation
 -------------------
 A group-commit round writes every log's batch, then makes durable the ones that need it
 (``gateway.log._writer``). Here all the logs of a node share one :class:`Round`: a
-connection whose transaction the round's appends go into (each append a savepoint, so one
-that fails leaves the others). The round first locks the rows of every log it will append
-to, in log-id order (``reserve``), so two nodes' rounds never wait for each other in a
-circle. The first ``sync`` commits, once for every log in it; a round with dependent records
-(a message's witness) syncs only after appending them, so a commit record is never visible to
-another node without its witness. Commit is durability (and, with a synchronous standby,
-replication). If the commit fails (the database gone, read-only after a failover, out of
-space), the round's records are rolled back together, every log in it goes back to where the
-round found it, and each of their ``sync`` raises ``LogWriteError``: the appenders see a
-temporary failure, never a record half there. The next round reconnects. Appends always end
-in a commit, durable or not, so a round never leaves a log's row locked (other nodes wait for
-that lock).
+connection whose transaction the round's appends go into (an append that fails fails the
+round: its other records are rolled back with it). The round first locks the rows of every
+log it will append to, in log-id order (``reserve``), so two nodes' rounds never wait for
+each other in a circle. The first ``sync`` commits, once for every log in it; a round with
+dependent records (a message's witness) syncs only after appending them, so a commit record
+is never visible to another node without its witness. Commit is durability (and, with a
+synchronous standby, replication). If the commit fails (the database gone, read-only after a
+failover, out of space), the round's records are rolled back together, every log in it goes
+back to where the round found it, and each of their ``sync`` raises ``LogWriteError``: the
+appenders see a temporary failure, never a record half there. The next round reconnects.
+Appends always end in a commit, durable or not, so a round never leaves a log's row locked
+(other nodes wait for that lock).
 
 A connection that dies *during* COMMIT leaves the outcome unknown: the server (or, after a
 failover, the standby now primary) may have committed it. The round then learns which, from
@@ -90,9 +90,8 @@ class Round:
         self._reserved.add(log_id)
 
     def begin(self) -> psycopg.Connection[Any]:
-        """The round's connection, its transaction open (so each append's own transaction
-        block is a savepoint inside it, not a commit of its own) and holding the rows of
-        every log reserved."""
+        """The round's connection, its transaction open (each append goes into it, not
+        into a transaction of its own) and holding the rows of every log reserved."""
         if self._poisoned:
             raise psycopg.OperationalError(f"an append of the round failed: {self._poisoned}")
         if self._conn is not None and not self._joined and gone(self._conn):
@@ -121,8 +120,8 @@ class Round:
         return self.number
 
     def append_failed(self, why: str) -> None:
-        """An append failed (its savepoint is rolled back). With nothing else in the round,
-        end its transaction rather than leave it idle; else the round fails whole (its
+        """An append failed (what it wrote is in the round's transaction). With nothing
+        else in the round, roll that back at once; else the round fails whole (its
         other records, and any appended after, are rolled back at its commit): a message's
         commit records are never committed without their witness (SPEC.md 17.6)."""
         with self._lock:
@@ -289,9 +288,11 @@ class FleetLog:
         try:
             rows = RowLog(self.round.begin(), self.log_id, segment_bytes=self.segment_bytes)
             appended = rows.append(items, self.next_seq, self.round.ends.get(self.log_id))
-        except psycopg.Error as exc:
+        except Exception as exc:  # its statements are in the round's transaction: it fails
             self.round.append_failed(str(exc))
-            raise StoreUnavailable(f"the fleet store refused the batch: {exc}") from exc
+            if isinstance(exc, psycopg.Error):
+                raise StoreUnavailable(f"the fleet store refused the batch: {exc}") from exc
+            raise
         if self._before is None:
             self._before = (self.next_seq, self.chain)
         self._round = self.round.join(self)

@@ -21,6 +21,7 @@ store is copied back into a data folder.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -156,14 +157,16 @@ class RowLog:
         self, items: Sequence[AppendItem], known: int, end: LogEnd | None = None
     ) -> Appended:
         """Append a batch after the records the caller knows (``known``: its next seq), in
-        one transaction (a savepoint of the caller's, when it has one open). Records other
+        one transaction (or in the caller's, when it has one open: should this raise, the
+        caller rolls that back, as a group-commit round does). Records other
         nodes appended meanwhile come back first. ``end``: the log's end as :func:`lock_ends`
         read it in the caller's transaction (else it is locked and read here). Raises
         LogCorrupt when the log ends before ``known`` (a store that lost records the caller
         saw committed). Its statements go out together (a pipeline): one round trip when
         ``end`` is given and nothing came from other nodes."""
         conn = self.conn
-        with conn.pipeline(), conn.transaction():
+        own = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with conn.pipeline(), conn.transaction() if own else nullcontext():
             if end is None:
                 end = lock_ends(conn, [self.log_id]).get(self.log_id)
                 if end is None:
@@ -176,11 +179,11 @@ class RowLog:
                     f"the fleet store's log ends at {seq}, before record {known} this node saw",
                 )
             foreign = list(self.records(known, seq, chunk_bodies=False)) if seq > known else []
-            # A copy: ``end`` stays as it was should this savepoint be rolled back.
+            # A copy: ``end`` stays as it was should this append be rolled back.
             segment = replace(end.segment or _Segment(seq, 0, chain, SEGMENT_HEADER_SIZE))
             touched = [segment] if end.segment is not None else []
             started = [] if end.segment is not None else [segment]
-            first, chains, rows, leaves, sizes, in_segment = seq, [], [], [], [], []
+            first, chains, bodies, kinds, leaves, sizes, in_segment = seq, [], [], [], [], [], []
             for kind, body_or_builder in items:
                 body = body_or_builder(seq) if callable(body_or_builder) else body_or_builder
                 size = len(body) + RECORD_OVERHEAD
@@ -188,22 +191,23 @@ class RowLog:
                     segment = _Segment(seq, 0, chain, SEGMENT_HEADER_SIZE)
                     started.append(segment)
                 _header, _trailer, chain = encode_record_parts(kind, seq, body, chain)
-                rows.append((self.log_id, seq, int(kind), body, chain))
+                kinds.append(int(kind))
+                bodies.append(body)
                 leaves.append((seq, int(kind), body))
                 chains.append(chain)
                 sizes.append(size)
                 in_segment.append(segment.first_seq)
                 segment.size += size
                 seq += 1
-            cursor = conn.cursor()
             for new in started:
                 self._start_segment(new)
-            cursor.executemany(
+            # One statement for the batch, however many records (arrays, sent binary).
+            conn.execute(
                 "INSERT INTO gateway_records (log_id, seq, kind, body, chain) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                rows,
+                "SELECT %s, * FROM unnest(%s::bigint[], %s::smallint[], %s::bytea[], %s::bytea[])",
+                (self.log_id, list(range(first, seq)), kinds, bodies, chains),
             )
-            cursor.executemany(
+            conn.cursor().executemany(
                 "UPDATE gateway_segments SET size = %s WHERE log_id = %s AND first_seq = %s",
                 [(t.size, self.log_id, t.first_seq) for t in touched],
             )
@@ -211,13 +215,14 @@ class RowLog:
             if tree_size == first:  # else the log has no tree (_tree_rows)
                 TreeRows(conn, self.log_id).extend(tree_size, frontier, leaves)
                 tree_size = seq
+            # The notice is delivered at commit, never for a batch rolled back (_coordination).
+            notice = f"{self.log_id.hex()} {seq}"
             conn.execute(
-                "UPDATE gateway_logs SET next_seq = %s, chain = %s, tree_size = %s, "
-                "frontier = %s WHERE log_id = %s",
-                (seq, chain, tree_size, b"".join(frontier), self.log_id),
+                "WITH moved AS (UPDATE gateway_logs SET next_seq = %s, chain = %s, "
+                "tree_size = %s, frontier = %s WHERE log_id = %s RETURNING next_seq) "
+                "SELECT pg_notify(%s, %s) FROM moved",
+                (seq, chain, tree_size, b"".join(frontier), self.log_id, CHANNEL, notice),
             )
-            # Delivered at commit, never for a batch rolled back (_coordination).
-            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{self.log_id.hex()} {seq}"))
         after = LogEnd(seq, chain, tree_size, frontier, segment)
         return Appended(foreign, first, chains, sizes, in_segment, after)
 
@@ -229,7 +234,7 @@ class RowLog:
         open hands them over: their place and size are what an index needs)."""
         body = "body" if chunk_bodies else "CASE WHEN kind = 2 THEN ''::bytea ELSE body END"
         while to_seq is None or from_seq < to_seq:
-            rows = self.conn.execute(
+            rows = self._binary.execute(
                 f"SELECT seq, kind, {body}, chain, octet_length(body) FROM gateway_records "  # noqa: S608 - two fixed texts
                 "WHERE log_id = %s AND seq >= %s AND seq < %s ORDER BY seq LIMIT %s",
                 (self.log_id, from_seq, to_seq if to_seq is not None else 1 << 62, _FETCH),
@@ -257,7 +262,7 @@ class RowLog:
 
     def read(self, seq: int) -> tuple[int, bytes]:
         """One record's kind and body."""
-        row = self.conn.execute(
+        row = self._binary.execute(
             "SELECT kind, body FROM gateway_records WHERE log_id = %s AND seq = %s",
             (self.log_id, seq),
         ).fetchone()
@@ -421,6 +426,12 @@ class RowLog:
             )
 
     # -- inside
+
+    @property
+    def _binary(self) -> psycopg.Cursor[Any]:
+        """A cursor whose results come in binary: bodies as they are stored, not as hex
+        text the server encodes and the driver decodes (twice their size on the wire)."""
+        return self.conn.cursor(binary=True)
 
     def _start_segment(self, segment: _Segment) -> None:
         self.conn.execute(

@@ -86,6 +86,7 @@ class Retrieval:
         self.deleted_bytes = 0
         self.retrieved: list[MessageRef] = []
         self.expunged: list[MessageRef] = []
+        self._unlocked = False
         self.hooks: dict[type, Hook] = {
             Stat: self._stat,
             List: self._list,
@@ -161,7 +162,11 @@ class Retrieval:
 
     async def _quit(self, event: Quit) -> bool:
         self.session.outcome = "quit"
-        await self._answer(await self._update())
+        reply = await self._update()
+        # Released before the answer: a client that logs in again at once, on this node or
+        # another, finds the maildrop free (RFC 1939 section 6 ends the lock with the session).
+        await self.close()
+        await self._answer(reply)
         return True
 
     async def _closed(self, event: ConnectionClosed) -> bool:
@@ -285,6 +290,9 @@ class Retrieval:
         )
 
     async def close(self) -> None:
+        if self._unlocked:
+            return
+        self._unlocked = True
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             await self.store.unlock_maildrop(self.mailbox_id)
 
