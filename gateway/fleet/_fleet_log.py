@@ -266,6 +266,8 @@ class FleetLog:
         self.directory = log_place(log_id)  # where the log is, as errors name it
         self._before: tuple[int, bytes] | None = None  # the end when the round found it
         self._round = -1  # the round of its last append
+        # Its segments' generations as last read (a cut, or another node's, forgets them).
+        self._generations: dict[int, int] | None = None
         # Its last record in the round not committed yet: (log id, seq, chain).
         self.last_appended: tuple[bytes, int, bytes] | None = None
 
@@ -347,6 +349,7 @@ class FleetLog:
         from here on. Never while this node's own are uncommitted. Raises StoreUnavailable
         when the store cannot be read."""
         assert self._before is None, "a round of this log is not committed"
+        self._generations = None  # it is called when another node compacted it, too
         with self._rows() as rows:
             records = list(rows.records(self.next_seq, chunk_bodies=False))
         if records:
@@ -387,10 +390,13 @@ class FleetLog:
             return [first for first, _generation in rows.segments()]
 
     def file_name(self, segment: int) -> str:
-        """The segment file a record would be in, copied into a data folder."""
-        with self._rows() as rows:
-            generation = dict(rows.segments()).get(segment, 0)
-        return segment_name(segment, generation)
+        """The segment file a record would be in, copied into a data folder (asked for
+        every record a worker reads: the segments are read again only when one is new)."""
+        generations = self._generations
+        if generations is None or segment not in generations:
+            with self._rows() as rows:
+                generations = self._generations = dict(rows.segments())
+        return segment_name(segment, generations.get(segment, 0))
 
     def recovery_point(self, state: bytes) -> RecoveryPoint:
         """A recovery point at the log's end (every record committed), carrying ``state``."""
@@ -435,6 +441,7 @@ class FleetLog:
 
     def apply_compaction(self, compaction: Compaction) -> None:
         """Make the cut ``LogCompacted`` confirmed (one transaction)."""
+        self._generations = None
         with self._rows() as rows:
             rows.apply_cut(compaction.segment, compaction.generation, compaction.gaps)
 
