@@ -201,10 +201,11 @@ class RowLog:
                 seq += 1
             for new in started:
                 self._start_segment(new)
-            # One statement for the batch, however many records (arrays, sent binary).
+            # One statement for the batch, however many records. The arrays go binary (%b):
+            # a text bytea[] would be escaped element by element, on both sides.
             conn.execute(
                 "INSERT INTO gateway_records (log_id, seq, kind, body, chain) "
-                "SELECT %s, * FROM unnest(%s::bigint[], %s::smallint[], %s::bytea[], %s::bytea[])",
+                "SELECT %s, * FROM unnest(%b::bigint[], %b::smallint[], %b::bytea[], %b::bytea[])",
                 (self.log_id, list(range(first, seq)), kinds, bodies, chains),
             )
             conn.cursor().executemany(
