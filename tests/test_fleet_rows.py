@@ -21,9 +21,11 @@ from gateway.fleet import (
     RowLog,
     SchemaError,
     Session,
+    apply_cut,
     ensure_schema,
     listen,
     moved_logs,
+    plan_compaction,
     segment_files,
 )
 from gateway.log import (
@@ -257,7 +259,7 @@ def test_compaction_cuts_rows_as_a_segment_log_cuts_files(
             return False
 
         for segment, keep in ((segments[0], drop_every_third), (segments[1], drop_all)):
-            planned = rows.plan_compaction(segment, keep)
+            planned = plan_compaction(rows, segment, keep)
             compaction = local.plan_compaction(segment, keep)
             assert planned is not None and compaction is not None
             assert planned.generation == compaction.generation
@@ -265,8 +267,8 @@ def test_compaction_cuts_rows_as_a_segment_log_cuts_files(
             assert planned.bytes_before == compaction.bytes_before
             assert planned.bytes_after == compaction.bytes_after
             local.apply_compaction(compaction)
-            rows.apply_cut(planned.segment, planned.generation, planned.gaps)
-            rows.apply_cut(planned.segment, planned.generation, planned.gaps)  # idempotent
+            apply_cut(rows, planned.segment, planned.generation, planned.gaps)
+            apply_cut(rows, planned.segment, planned.generation, planned.gaps)  # idempotent
         local.close()
         cuts = {segments[0]: 1, segments[1]: REMOVED}
         chosen = choose_files(tmp_path / "log", cuts).chosen
@@ -307,9 +309,9 @@ def test_the_tree_grows_with_the_rows_and_outlives_a_compaction(
                 expected.leaf(index), index, len(records), proof, expected.root()
             )
 
-        segment = a.plan_compaction(0, lambda record: record.seq % 2 == 1)
+        segment = plan_compaction(a, 0, lambda record: record.seq % 2 == 1)
         assert segment is not None
-        a.apply_cut(segment.segment, segment.generation, segment.gaps)
+        apply_cut(a, segment.segment, segment.generation, segment.gaps)
         assert a.tree_head() == (len(records), expected.root())
         assert a.tree(len(records)).leaf(0) == expected.leaf(0)  # a removed record's leaf
 

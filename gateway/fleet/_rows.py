@@ -4,12 +4,14 @@ values, as a segment log holds.
 Theory of operation
 -------------------
 Everything here is blocking (psycopg); callers run it in worker threads. A :class:`RowLog`
-appends a batch in one transaction: it locks the log's row in ``gateway_logs`` (``FOR
-UPDATE``), which serializes appenders on every node, so the chain stays one line; reads the
-records other nodes appended since the caller's last look (``Appended.foreign``, for the
-caller's projection, before its own); frames its records exactly as a segment log would
-(``encode_record_parts``: the same chain values) and rolls segments by the same rule; writes
-them with COPY; moves the log's end; commits. Durable means committed: with a synchronous
+appends a batch in one transaction (its own, or a group-commit round's): the log's row in
+``gateway_logs`` is locked (``FOR UPDATE``, by :func:`lock_ends` with the log's end), which
+serializes appenders on every node, so the chain stays one line; it reads the records other
+nodes appended since the caller's last look (``Appended.foreign``, for the caller's
+projection, before its own); frames its records exactly as a segment log would
+(``encode_record_parts``: the same chain values) and rolls segments by the same rule; inserts
+them in one statement with the tree rows they complete; moves the log's end. Its statements
+go out in one pipeline. Durable means committed: with a synchronous
 standby, on two machines. Nothing of a batch is visible before the commit, and a batch a
 failure cuts short is rolled back whole.
 
@@ -20,7 +22,7 @@ store is copied back into a data folder.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,10 +33,8 @@ import psycopg
 from ..log import (
     DEFAULT_SEGMENT_BYTES,
     RECORD_OVERHEAD,
-    REMOVED,
     SEGMENT_HEADER_SIZE,
     AppendItem,
-    Gap,
     Location,
     LogCorrupt,
     LogRecord,
@@ -42,7 +42,6 @@ from ..log import (
     SegmentHeader,
     decode_gap,
     encode_gap,
-    encode_gap_body,
     encode_record,
     encode_record_parts,
     encode_segment_header,
@@ -56,7 +55,6 @@ from ._tree_rows import TreeRows, split_frontier
 __all__ = [
     "Appended",
     "LogEnd",
-    "RowCompaction",
     "RowLog",
     "lock_ends",
     "log_place",
@@ -271,124 +269,8 @@ class RowLog:
             raise LogCorrupt(self.where, seq, f"record {seq} is not in the fleet store")
         return int(row[0]), bytes(row[1])
 
-    # -- compaction (SPEC.md 6.4, 17.3)
-
-    def plan_compaction(
-        self, segment: int, keep: Callable[[LogRecord], bool]
-    ) -> RowCompaction | None:
-        """What compacting a sealed segment would do, exactly as a segment log decides it
-        (the same runs, GAP records and generation), changing nothing: the caller records
-        the cut in the control log (``LogCompacted``), then calls :meth:`apply_cut`."""
-        segments = self._segments()
-        firsts = [first for first, _generation in segments]
-        if segment not in firsts or segment == firsts[-1]:
-            raise ValueError("only a sealed segment of the log is compacted")
-        following = firsts[firsts.index(segment) + 1]
-        generation = dict(segments)[segment]
-        gaps: list[tuple[Gap, bytes]] = []
-        run: list[LogRecord] = []
-        kept = dropped = before = 0
-        for record in self.records(segment, following):
-            before += record.location.size
-            if record.kind == RecordKind.GAP or keep(record):
-                if run:
-                    gaps.append((Gap(run[0].seq, run[-1].seq), run[-1].chain))
-                    run = []
-                kept += record.kind != RecordKind.GAP
-            else:
-                run.append(record)
-                dropped += record.location.size
-        if run:
-            gaps.append((Gap(run[0].seq, run[-1].seq), run[-1].chain))
-        if dropped == 0:
-            return None
-        removed = kept == 0
-        after = (
-            0
-            if removed
-            else SEGMENT_HEADER_SIZE
-            + before
-            - dropped
-            + sum(len(encode_gap_body(gap)) + RECORD_OVERHEAD for gap, _chain in gaps)
-        )
-        return RowCompaction(
-            segment,
-            REMOVED if removed else generation + 1,
-            gaps,
-            SEGMENT_HEADER_SIZE + before,
-            after,
-            dropped,
-        )
-
-    def apply_cut(self, segment: int, generation: int, gaps: Sequence[tuple[Gap, bytes]]) -> None:
-        """Make a cut the control log confirms (``LogCompacted``): the records of each gap
-        replaced by one GAP record carrying the chain after it, the segment's generation
-        moved on (or the segment gone). Idempotent: a cut already made is left alone, so
-        opening the store makes any cut a crash interrupted."""
-        conn = self.conn
-        with conn.transaction():
-            row = conn.execute(
-                "SELECT generation FROM gateway_segments WHERE log_id = %s AND first_seq = %s "
-                "FOR UPDATE",
-                (self.log_id, segment),
-            ).fetchone()
-            if row is None or (generation != REMOVED and int(row[0]) >= generation):
-                return  # made already
-            for gap, chain in gaps:
-                conn.execute(
-                    "DELETE FROM gateway_records WHERE log_id = %s AND seq BETWEEN %s AND %s",
-                    (self.log_id, gap.first_seq, gap.last_seq),
-                )
-                if generation != REMOVED:
-                    conn.execute(
-                        "INSERT INTO gateway_records (log_id, seq, kind, body, chain) "
-                        "VALUES (%s, %s, %s, %s, %s)",
-                        (
-                            self.log_id,
-                            gap.last_seq,
-                            int(RecordKind.GAP),
-                            encode_gap_body(gap),
-                            chain,
-                        ),
-                    )
-            if generation == REMOVED:  # every record of it goes, earlier GAP records too
-                conn.execute(
-                    "DELETE FROM gateway_records WHERE log_id = %s AND seq >= %s AND seq < ("
-                    "SELECT coalesce(min(first_seq), %s) FROM gateway_segments "
-                    "WHERE log_id = %s AND first_seq > %s)",
-                    (self.log_id, segment, 1 << 62, self.log_id, segment),
-                )
-                conn.execute(
-                    "DELETE FROM gateway_segments WHERE log_id = %s AND first_seq = %s",
-                    (self.log_id, segment),
-                )
-            else:
-                conn.execute(
-                    "UPDATE gateway_segments SET generation = %s, size = ("
-                    "  SELECT %s + coalesce(sum(octet_length(body) + %s), 0)"
-                    "  FROM gateway_records WHERE log_id = %s AND seq >= %s AND seq < ("
-                    "    SELECT coalesce(min(first_seq), %s) FROM gateway_segments"
-                    "    WHERE log_id = %s AND first_seq > %s))"
-                    " WHERE log_id = %s AND first_seq = %s",
-                    (
-                        generation,
-                        SEGMENT_HEADER_SIZE,
-                        RECORD_OVERHEAD,
-                        self.log_id,
-                        segment,
-                        1 << 62,
-                        self.log_id,
-                        segment,
-                        self.log_id,
-                        segment,
-                    ),
-                )
-
     def segments(self) -> list[tuple[int, int]]:
         """The log's segments: (first seq, generation), oldest first."""
-        return self._segments()
-
-    def _segments(self) -> list[tuple[int, int]]:
         rows = self.conn.execute(
             "SELECT first_seq, generation FROM gateway_segments WHERE log_id = %s "
             "ORDER BY first_seq",
@@ -440,18 +322,6 @@ class RowLog:
             "VALUES (%s, %s, %s, %s, %s)",
             (self.log_id, segment.first_seq, segment.generation, segment.prev_chain, segment.size),
         )
-
-
-@dataclass(frozen=True, slots=True)
-class RowCompaction:
-    """A compaction planned (SPEC.md 6.4): what ``LogCompacted`` records."""
-
-    segment: int
-    generation: int  # REMOVED when the whole segment goes
-    gaps: list[tuple[Gap, bytes]]  # each removed run, with the chain value after it
-    bytes_before: int
-    bytes_after: int
-    dropped_bytes: int
 
 
 @dataclass(slots=True)

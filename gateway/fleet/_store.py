@@ -45,7 +45,8 @@ from ..log import (
 from ..merkle import MerkleTree
 from ._coordination import MaildropLocks, listen, moved_logs
 from ._files import FleetFiles
-from ._fleet_log import FleetLog, Round, recovery_name
+from ._fleet_log import FleetLog, recovery_name
+from ._round import Round
 from ._rows import RowLog, log_place
 from ._schema import ensure_schema
 from ._session import Session
