@@ -14,7 +14,8 @@ What they change beyond the state needs I/O, and :func:`settle` does it, event b
 - one deleted elsewhere: dropped;
 - a key changed elsewhere: the public key read again (a change the other node has not finished
   is finished from its staged key file, as an open would);
-- messages committed elsewhere: the mailbox's log caught up, so its index serves them;
+- messages committed elsewhere: the mailbox's log caught up, so its index serves them (once
+  for a run of such events, however many name it);
 - a compaction made elsewhere: the log caught up first (so no commit record of a message it
   removed is folded as live), then the ids it removed forgotten.
 
@@ -44,6 +45,9 @@ from .message_index import MessageIndex
 __all__ = ["catch_up", "follow", "lock_maildrop", "unlock_maildrop"]
 
 FOLLOW_WAIT = 1.0  # seconds a wait for another node's commit lasts before it is asked again
+# Seconds the follower lets other nodes' commits gather before it reads them: under load one
+# read takes in many rounds, not one each (a maildrop's login catches up itself, at once).
+FOLLOW_GATHER = 0.05
 
 
 async def follow(core: ArchiveCore) -> None:
@@ -56,6 +60,7 @@ async def follow(core: ArchiveCore) -> None:
             moved = await trio.to_thread.run_sync(core.data.wait_for_others, FOLLOW_WAIT)
             seq = moved.get(control.log.log_id)
             if seq is not None and seq > control.log.next_seq:
+                await trio.sleep(FOLLOW_GATHER)
                 try:
                     await control.catch_up()
                 except LogWriteError as exc:
@@ -102,14 +107,21 @@ async def settle(core: ArchiveCore) -> None:
     stays first)."""
     async with core.settling:
         while core.others:
-            event = core.others[0]
-            if isinstance(event, MessagesCommitted):
-                for mailbox_id in dict.fromkeys(commit.mailbox_id for commit in event.commits):
+            # A run of commits: each mailbox they name is caught up once for all of them.
+            run = 0
+            while run < len(core.others) and isinstance(core.others[run], MessagesCommitted):
+                run += 1
+            if run:
+                committed = [e for e in core.others[:run] if isinstance(e, MessagesCommitted)]
+                for mailbox_id in dict.fromkeys(
+                    commit.mailbox_id for event in committed for commit in event.commits
+                ):
                     if (box := core.boxes.get(mailbox_id)) is not None:
                         await _catch_up_box(box)
+                del core.others[:run]
             else:
-                await _settle_one(core, event)
-            core.others.pop(0)
+                await _settle_one(core, core.others[0])
+                core.others.pop(0)
 
 
 async def _settle_forever(core: ArchiveCore) -> None:
