@@ -257,16 +257,25 @@ class Meter:
         self.pg_stats: dict[str, float] = {}
 
     def _pg_numbers(self) -> dict[str, float]:
-        """Transactions committed in the ``gateway`` database, the WAL position (bytes), and
-        the WAL's writes and syncs (their milliseconds with ``track_wal_io_timing``)."""
+        """Transactions committed in the ``gateway`` database, the WAL position (bytes), the
+        WAL's writes and syncs (their milliseconds with ``track_wal_io_timing``), and the
+        database's size on disk (bytes)."""
         if self.postgres is None:
             return {}
         out = self.postgres.psql(
             "SELECT xact_commit, pg_current_wal_lsn() - '0/0'::pg_lsn, wal_write, wal_sync,"
-            " wal_write_time, wal_sync_time FROM pg_stat_database, pg_stat_wal"
-            " WHERE datname = 'gateway'"
+            " wal_write_time, wal_sync_time, pg_database_size(datname)"
+            " FROM pg_stat_database, pg_stat_wal WHERE datname = 'gateway'"
         )
-        names = ("commits", "wal_bytes", "wal_writes", "wal_syncs", "wal_write_ms", "wal_sync_ms")
+        names = (
+            "commits",
+            "wal_bytes",
+            "wal_writes",
+            "wal_syncs",
+            "wal_write_ms",
+            "wal_sync_ms",
+            "db_bytes",
+        )
         return dict(zip(names, map(float, out.split("|")), strict=True))
 
     def _cpu(self) -> tuple[float, float]:
@@ -341,6 +350,8 @@ class Meter:
             "pg_commits_per_msg": round(stats["commits"] / messages, 2),
             "pg_wal_bytes_per_msg": round(stats["wal_bytes"] / messages),
             "pg_wal_syncs_per_msg": round(stats["wal_syncs"] / messages, 3),
+            # What the database grew by (a retrieval's expunge frees nothing until vacuum).
+            "pg_db_bytes_per_msg": round(stats["db_bytes"] / messages),
         }
         if stats["wal_syncs"] and stats["wal_sync_ms"]:  # track_wal_io_timing
             notes["pg_wal_sync_ms_mean"] = round(stats["wal_sync_ms"] / stats["wal_syncs"], 3)
