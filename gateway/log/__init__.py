@@ -4,10 +4,12 @@ This package is the only code that opens, writes, renames or fsyncs anything und
 folder: ``_framing`` (pure bytes), ``_files`` (names and types), ``_scan`` (reading back),
 ``_segment_log`` (appending, recovery, compaction), ``_tree_file`` (each log's Merkle tree),
 ``_datadir`` (layout, lock, key files, and the calls the services open and read logs
-through), ``_writer`` (group commit for trio)."""
+through), ``_writer`` (group commit for trio), ``_commit_round`` (what a round does in its
+thread)."""
 
 from __future__ import annotations
 
+from ._commit_round import Dependent, Written
 from ._datadir import CONTROL_LOG_ID, DataDir, Opened
 from ._files import (
     DEFAULT_SEGMENT_BYTES,
@@ -61,7 +63,7 @@ from ._scan import scan_segment_header as read_segment_header
 from ._segment_log import SegmentLog
 from ._store_log import RecordSource, StoreLog
 from ._tree_file import TREE_FILE, read_tree, tree_hashes
-from ._writer import LINGER, CommitGroup, Dependent, LogWriter, StaleEpoch, Written
+from ._writer import LINGER, CommitGroup, LogWriter, StaleEpoch
 
 __all__ = [
     "ARCHIVE_FOLDER",

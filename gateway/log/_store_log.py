@@ -8,10 +8,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
+from ._commit_round import AppendLog
 from ._files import Compaction, Location, LogRecord
 from ._framing import RecordHeader
 from ._recovery_point import RecoveryPoint
-from ._writer import AppendLog
 
 __all__ = ["RecordSource", "StoreLog"]
 

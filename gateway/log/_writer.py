@@ -9,7 +9,8 @@ queue, hands the round to a worker thread (each log's batch written with one ``w
 every log holding a durable record fdatasynced, in parallel), wakes every ticket of the round
 and steps down. While a round is on disk, new tickets pile up and become the next round, so
 under load the number of fsyncs per second stays flat while the records per fsync grow (the
-classic group commit of databases), across mailboxes as well as within one.
+classic group commit of databases), across mailboxes as well as within one. What a round does
+in its worker thread is ``_commit_round``.
 
 A record may depend on records of other logs (a message's witness in the control log on its
 commit records in the mailbox logs, SPEC.md 6.2): :meth:`CommitGroup.append_then` queues them
@@ -50,64 +51,15 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 
 from ..threads import ThreadPool
+from ._commit_round import AppendLog, Dependent, RoundResult, Ticket, Written, write_round
 from ._files import AppendItem, Location, LogRecord, LogWriteError
 
-__all__ = [
-    "LINGER",
-    "AppendLog",
-    "CommitGroup",
-    "Dependent",
-    "LogWriter",
-    "Observer",
-    "StaleEpoch",
-    "Written",
-]
-
-
-class AppendLog(Protocol):
-    """What the group commit needs of a log: a segment log, or the fleet store's row log
-    (which other nodes append to as well)."""
-
-    @property
-    def log_id(self) -> bytes: ...
-
-    @property
-    def next_seq(self) -> int: ...
-
-    @property
-    def uncommitted(self) -> bool:
-        """Records appended that only :meth:`sync` makes durable and visible (a row log's
-        open transaction, which every log of the round shares); a segment log's are written
-        already: False."""
-
-    def reserve(self) -> None:
-        """A round is about to append to this log: take what the appends will hold until
-        the round ends (a row log's lock). Called for every log of a round in log-id order
-        before any append, so two nodes' rounds take their locks in one order."""
-
-    def append(
-        self,
-        items: Sequence[AppendItem],
-        *,
-        sync: bool = True,
-        chains: list[bytes] | None = None,
-        foreign: list[LogRecord] | None = None,
-    ) -> list[Location]:
-        """Append after every record committed so far; the records other writers committed
-        since this one last looked go into ``foreign`` (in order, to fold first)."""
-
-    def sync(self) -> None: ...
-
-    def catch_up(self) -> list[LogRecord]:
-        """The records other writers committed since this one last looked (it follows them
-        from here on); never called while a round has appended and not synced."""
+__all__ = ["LINGER", "CommitGroup", "LogWriter", "Observer", "StaleEpoch"]
 
 
 L = TypeVar("L", bound=AppendLog)
@@ -122,28 +74,6 @@ Observer = Callable[[list[LogRecord], bool], None]
 
 class StaleEpoch(LogWriteError):
     """The records this commit depends on were lost in a failed batch."""
-
-
-# Where an append's records went and each one's chain value.
-Written = tuple[list[Location], list[bytes]]
-# Builds the records that depend on others from where those went; runs in the worker thread
-# that writes them, so it must be quick and touch nothing the trio thread changes.
-Dependent = Callable[[list[Written]], Sequence[AppendItem]]
-
-
-@dataclass(eq=False, slots=True)
-class _Ticket:
-    items: Sequence[AppendItem]
-    durable: bool
-    epoch: int | None
-    finished: bool = False
-    locations: list[Location] = field(default_factory=list)
-    chains: list[bytes] = field(default_factory=list)
-    error: LogWriteError | None = None
-    after: list[_Ticket] | None = None  # tickets that must be durable first (same round)
-    build: Dependent | None = None  # makes ``items`` from theirs, in the worker thread
-    # Told where the records went by the round itself, before any appender resumes.
-    on_written: Callable[[list[Location]], None] | None = None
 
 
 class CommitGroup:
@@ -168,9 +98,7 @@ class CommitGroup:
         # for every log in it (readiness, SPEC.md 13.7).
         self.last_error: str | None = None
 
-    async def wait_for(
-        self, writer: LogWriter[Any], ticket: _Ticket, *, lazy: bool = False
-    ) -> None:
+    async def wait_for(self, writer: LogWriter[Any], ticket: Ticket, *, lazy: bool = False) -> None:
         self._dirty[writer] = None
         if lazy:
             with trio.move_on_after(LINGER):
@@ -193,8 +121,8 @@ class CommitGroup:
         them are durable, the records ``build`` makes from where they went, durably to
         ``then``. Returns each one's outcome: where its records went, or why they were not
         written (the dependent's when any of ``first`` failed)."""
-        tickets = [_Ticket(items, True, epoch) for _writer, items, epoch in first]
-        final = _Ticket((), True, None, after=tickets, build=build)
+        tickets = [Ticket(items, True, epoch) for _writer, items, epoch in first]
+        final = Ticket((), True, None, after=tickets, build=build)
         queued = [*zip([w for w, _i, _e in first], tickets, strict=True), (then, final)]
         for writer, ticket in queued:
             writer.enqueue(ticket)
@@ -235,7 +163,7 @@ class CommitGroup:
             self._dirty.clear()
             if work:
                 started = time.perf_counter()
-                done, synced_s = await self._thread.run(_write_round, work)
+                done, synced_s = await self._thread.run(write_round, work)
                 failed = [r.error for _w, _t, r in done if r.error is not None]
                 self.last_error = str(failed[0]) if failed else None
                 for writer, tickets, result in done:
@@ -252,129 +180,6 @@ class CommitGroup:
             self._flushed = trio.Event()
 
 
-@dataclass(slots=True)
-class _RoundResult:
-    locations: list[Location]
-    chains: list[bytes]  # each record's chain value (witnesses and the audit feed need them)
-    foreign: list[LogRecord] = field(default_factory=list)  # other writers', before these
-    synced: bool = False
-    error: LogWriteError | None = None
-
-
-_Batch = tuple["LogWriter[Any]", list[_Ticket]]
-_NOT_WRITTEN = LogWriteError("a record it depends on was not written")
-
-
-def _write_round(
-    work: list[_Batch],
-) -> tuple[list[tuple[LogWriter[Any], list[_Ticket], _RoundResult]], float]:
-    """In a worker thread: every log's ordinary batch, written and made durable where that
-    is needed; then the records that depend on them, likewise. Also the seconds spent in
-    fdatasync."""
-    synced = [0.0]
-    for log in sorted({id(w.log): w.log for w, _ts in work}.values(), key=lambda log: log.log_id):
-        log.reserve()
-    work = sorted(work, key=lambda batch: batch[0].log.log_id)
-    first = [(w, [t for t in ts if t.after is None]) for w, ts in work]
-    first = [(w, ts) for w, ts in first if ts]
-    # A shared store commits the round once, with its dependents (see the module's notes).
-    defer = any(t.after is not None for _w, ts in work for t in ts)
-    results = _write_phase(first, synced, defer=defer)
-    done = [(w, ts, r) for (w, ts), r in zip(first, results, strict=True)]
-    deferred = [i for i, (w, _ts, r) in enumerate(done) if r.error is None and w.log.uncommitted]
-    written: dict[int, Written | LogWriteError] = {}
-    for _writer, tickets, result in done:
-        start = 0
-        for ticket in tickets:
-            end = start + len(ticket.items)
-            written[id(ticket)] = result.error or (
-                result.locations[start:end],
-                result.chains[start:end],
-            )
-            start = end
-    second: list[_Batch] = []
-    for writer, tickets in work:
-        ready = []
-        for ticket in tickets:
-            if ticket.after is None or ticket.build is None:
-                continue
-            deps = [written.get(id(t)) or t.error or _NOT_WRITTEN for t in ticket.after]
-            failed = [d for d in deps if isinstance(d, LogWriteError)]
-            if failed:
-                ticket.error = failed[0]
-                continue
-            try:
-                ticket.items = ticket.build([d for d in deps if not isinstance(d, LogWriteError)])
-            except Exception as exc:  # a record that cannot be built is not written
-                ticket.error = LogWriteError(f"a dependent record could not be built: {exc!r}")
-                continue
-            ready.append(ticket)
-        if ready:
-            second.append((writer, ready))
-    phase = _write_phase(second, synced, defer=False)
-    done += [(w, ts, r) for (w, ts), r in zip(second, phase, strict=True)]
-    # Committed with the dependents just now (or rolled back with them): each one hears how.
-    _sync_batches([(w, ts) for w, ts, _r in done], [r for _w, _ts, r in done], deferred, synced)
-    return done, synced[0]
-
-
-def _write_phase(work: list[_Batch], synced: list[float], *, defer: bool) -> list[_RoundResult]:
-    """Write every log's batch, then make the ones that need it durable (adding the seconds
-    that took to ``synced[0]``); with ``defer``, not those in a shared store's transaction
-    (the caller commits them after the dependents)."""
-    results: list[_RoundResult] = []
-    for writer, tickets in work:
-        items = [item for ticket in tickets for item in ticket.items]
-        result = _RoundResult([], [])
-        try:
-            result.locations = writer.log.append(
-                items, sync=False, chains=result.chains, foreign=result.foreign
-            )
-        except LogWriteError as exc:
-            result = _RoundResult([], [], error=exc)
-        results.append(result)
-    due = [
-        i
-        for i, (writer, tickets) in enumerate(work)
-        if results[i].error is None
-        and (writer.log.uncommitted or any(ticket.durable for ticket in tickets))
-        and not (defer and writer.log.uncommitted)
-    ]
-    _sync_batches(work, results, due, synced)
-    return results
-
-
-def _sync_batches(
-    work: list[_Batch], results: list[_RoundResult], due: list[int], synced: list[float]
-) -> None:
-    """Sync the logs of batches ``due`` (in parallel); a batch whose sync fails gets its
-    error instead of its places."""
-    started = time.perf_counter()
-    if len(due) == 1:
-        errors = [_sync(work[due[0]][0].log)]
-    else:
-        # fdatasync releases the GIL and the disk overlaps them well: one per thread.
-        errors = list(_fsync_pool.map(lambda i: _sync(work[i][0].log), due))
-    if due:
-        synced[0] += time.perf_counter() - started
-    for i, error in zip(due, errors, strict=True):
-        if error is None:
-            results[i].synced = True
-        else:
-            results[i] = _RoundResult([], [], error=error)
-
-
-def _sync(log: AppendLog) -> LogWriteError | None:
-    try:
-        log.sync()
-    except LogWriteError as exc:
-        return exc
-    return None
-
-
-_fsync_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="gateway-fsync")
-
-
 class LogWriter(Generic[L]):
     """The async face of one log: appends from many tasks, committed in groups."""
 
@@ -387,7 +192,7 @@ class LogWriter(Generic[L]):
         # always before the observer hears of this writer's next ones. Runs in the trio
         # thread: it must not block.
         self.on_foreign: Callable[[list[LogRecord]], None] | None = None
-        self._queue: list[_Ticket] = []
+        self._queue: list[Ticket] = []
         self._batches = 0
         self._records = 0
 
@@ -425,7 +230,7 @@ class LogWriter(Generic[L]):
         on_written: Callable[[list[Location]], None] | None = None,
     ) -> tuple[list[Location], list[bytes]]:
         """:meth:`append`, also returning each record's chain value."""
-        ticket = _Ticket(items, durable, epoch, on_written=on_written)
+        ticket = Ticket(items, durable, epoch, on_written=on_written)
         self.enqueue(ticket)
         try:
             await self.group.wait_for(self, ticket, lazy=lazy and not durable)
@@ -436,15 +241,15 @@ class LogWriter(Generic[L]):
             raise ticket.error
         return ticket.locations, ticket.chains
 
-    def enqueue(self, ticket: _Ticket) -> None:
+    def enqueue(self, ticket: Ticket) -> None:
         self._queue.append(ticket)
 
-    def withdraw(self, ticket: _Ticket) -> None:
+    def withdraw(self, ticket: Ticket) -> None:
         """Not yet taken into a batch: withdraw it, so "cancelled" means "not written"."""
         if ticket in self._queue:
             self._queue.remove(ticket)
 
-    def take_batch(self) -> list[_Ticket]:
+    def take_batch(self) -> list[Ticket]:
         """The queued tickets to write now; those whose epoch is stale fail at once."""
         batch, self._queue = self._queue, []
         live = []
@@ -468,7 +273,7 @@ class LogWriter(Generic[L]):
         if records and self.on_foreign is not None:
             self.on_foreign(records)
 
-    def finish_batch(self, batch: list[_Ticket], result: _RoundResult) -> None:
+    def finish_batch(self, batch: list[Ticket], result: RoundResult) -> None:
         self._fold_foreign(result.foreign)
         if result.error is not None:
             self.epoch += 1
