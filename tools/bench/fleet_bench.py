@@ -16,6 +16,9 @@ Each configuration gets fresh servers:
     two such nodes on the same cluster: node 1's SMTP and POP3S listeners on 127.0.0.1, node
     2's on 127.0.0.2 with the same ports (each node's admin listener on 127.0.0.1, a port of
     its own).
+``fleet-2-follow`` (only when asked for with ``--only``)
+    the same two nodes, the whole intake through node 1: node 2's journal only follows, so
+    its CPU is what following another node's commits costs (SPEC.md 17.8).
 
 The mailboxes (one for intake, ``--mailboxes`` for retrieval) and an API token are made
 through node 1's admin API before node 2 starts, with the smallest Argon2id (logins cost
@@ -98,7 +101,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.peers.postgres import PostgresServer, private_postgres
 from tests.peers.tools import free_port
 
-CONFIGS = {"local": 0, "fleet-1": 1, "fleet-2": 2}  # name -> fleet nodes (0: the data folder)
+# name -> fleet nodes (0: the data folder), and how many of them take the intake
+CONFIGS = {"local": (0, 1), "fleet-1": (1, 1), "fleet-2": (2, 2), "fleet-2-follow": (2, 1)}
+DEFAULT_CONFIGS = ("local", "fleet-1", "fleet-2")
 LISTENERS = {"smtp": ("smtp", "starttls"), "pop3s": ("pop3", "implicit")}
 NODE_ADDRESSES = ("127.0.0.1", "127.0.0.2")
 MIB = 1024 * KIB
@@ -440,7 +445,7 @@ def run_config(
 ) -> None:
     """Run one configuration into ``result`` (filled as it goes, so a failure keeps what was
     measured before it)."""
-    count = CONFIGS[name]
+    count, intake_nodes = CONFIGS[name]
     settings = (
         FAST_KDF_SETTINGS
         + f"[smtp]\nmax_sessions_per_client = {max(50, args.sessions)}\n"
@@ -497,7 +502,7 @@ def run_config(
         if args.pg_statements and postgres is not None:
             postgres.psql("SELECT pg_stat_statements_reset()")
         with Meter(nodes, token, postgres) as meter:
-            seconds = intake(nodes, f"mbx-{intake_id}@localhost", args)
+            seconds = intake(nodes[:intake_nodes], f"mbx-{intake_id}@localhost", args)
         result.intake = meter.phase(args.messages, seconds)
         result.notes |= {f"intake_{k}": v for k, v in meter.notes(args.messages).items()}
         if args.pg_statements and postgres is not None:
@@ -648,6 +653,13 @@ def render(results: list[Result], args: argparse.Namespace) -> str:
             "fleet-2 intake: "
             + ", ".join(f"{rates['fleet-2'] / rates[n]:.2f}x {n}" for n in rates if n != "fleet-2")
         )
+    for r in results:
+        by_process = r.notes.get("intake_gateway_ms_per_msg_by_process", {})
+        if r.config == "fleet-2-follow" and "node2 journal" in by_process:
+            lines.append(
+                f"following another node's intake: {by_process['node2 journal']:.3f} ms of "
+                "node 2's journal per message"
+            )
     return "\n".join(lines)
 
 
@@ -668,7 +680,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        help=f"configurations to run, comma-separated or repeated ({', '.join(CONFIGS)})",
+        help=f"configurations to run, comma-separated or repeated ({', '.join(CONFIGS)}; "
+        f"default: {', '.join(DEFAULT_CONFIGS)})",
     )
     parser.add_argument(
         "--workers", type=int, help="protocol workers per node (default: the gateway's own)"
@@ -690,7 +703,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", action="store_true", help="print JSON (the table to stderr)")
     args = parser.parse_args(argv)
-    args.only = [n for each in args.only or [] for n in each.split(",") if n] or list(CONFIGS)
+    asked = [n for each in args.only or [] for n in each.split(",") if n]
+    args.only = asked or list(DEFAULT_CONFIGS)
     unknown = set(args.only) - set(CONFIGS)
     if unknown:
         parser.error(f"--only: unknown configurations {sorted(unknown)}")
@@ -727,7 +741,7 @@ def run(args: argparse.Namespace) -> int:
             folder = Path(temp) / name
             folder.mkdir()
             print(f"running {name} ...", file=sys.stderr, flush=True)
-            count = CONFIGS[name]
+            count = CONFIGS[name][0]
             result = Result(name, max(1, count), "postgresql" if count else "local")
             try:
                 run_config(name, folder, args, corpus, result)
