@@ -261,13 +261,20 @@ class RowLog:
 
     def read(self, seq: int) -> tuple[int, bytes]:
         """One record's kind and body."""
-        row = self._binary.execute(
-            "SELECT kind, body FROM gateway_records WHERE log_id = %s AND seq = %s",
-            (self.log_id, seq),
-        ).fetchone()
-        if row is None:
-            raise LogCorrupt(self.where, seq, f"record {seq} is not in the fleet store")
-        return int(row[0]), bytes(row[1])
+        return self.read_many([seq])[0]
+
+    def read_many(self, seqs: Sequence[int]) -> list[tuple[int, bytes]]:
+        """Several records' kinds and bodies, in the order asked, in one query. Raises
+        LogCorrupt for one that is not there."""
+        rows = self._binary.execute(
+            "SELECT seq, kind, body FROM gateway_records WHERE log_id = %s AND seq = ANY(%s)",
+            (self.log_id, list(seqs)),
+        ).fetchall()
+        found = {int(seq): (int(kind), bytes(body)) for seq, kind, body in rows}
+        for seq in seqs:
+            if seq not in found:
+                raise LogCorrupt(self.where, seq, f"record {seq} is not in the fleet store")
+        return [found[seq] for seq in seqs]
 
     def segments(self) -> list[tuple[int, int]]:
         """The log's segments: (first seq, generation), oldest first."""

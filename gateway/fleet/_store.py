@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from ..log import (
     LogCorrupt,
     LogRecord,
     Opened,
+    Place,
     RecordHeader,
     RecordSource,
     RecoveryPoint,
@@ -294,6 +295,14 @@ class _RowSource:
     def read(self, file: str, offset: int, size: int) -> tuple[RecordHeader, bytes]:
         kind, body = self._session.read(lambda conn: RowLog(conn, self._log_id).read(offset))
         return RecordHeader(len(body), kind, offset), body
+
+    def read_many(self, places: Sequence[Place]) -> list[tuple[RecordHeader, bytes]]:
+        seqs = [offset for _file, offset, _size in places]
+        found = self._session.read(lambda conn: RowLog(conn, self._log_id).read_many(seqs))
+        return [
+            (RecordHeader(len(body), kind, seq), body)
+            for seq, (kind, body) in zip(seqs, found, strict=True)
+        ]
 
     def close(self) -> None:
         """The session is the store's to close."""

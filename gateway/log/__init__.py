@@ -61,7 +61,7 @@ from ._recovery_point import (
 from ._scan import RecordReader, iter_log
 from ._scan import scan_segment_header as read_segment_header
 from ._segment_log import SegmentLog
-from ._store_log import RecordSource, StoreLog
+from ._store_log import Place, RecordSource, StoreLog
 from ._tree_file import TREE_FILE, read_tree, tree_hashes
 from ._writer import LINGER, CommitGroup, LogWriter, StaleEpoch
 
@@ -90,6 +90,7 @@ __all__ = [
     "LogWriteError",
     "LogWriter",
     "Opened",
+    "Place",
     "RecordHeader",
     "RecordKind",
     "RecordReader",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -285,6 +285,9 @@ class RecordReader:
         except FramingError as exc:
             raise LogCorrupt(self.directory / file, offset, str(exc)) from None
         return header, bytes(body)
+
+    def read_many(self, places: Sequence[tuple[str, int, int]]) -> list[tuple[RecordHeader, bytes]]:
+        return [self.read(*place) for place in places]
 
     def close(self) -> None:
         for fd in self._fds.values():

@@ -4,7 +4,7 @@ this protocol, never the segment log, so the fleet store can answer the same cal
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -13,7 +13,10 @@ from ._files import Compaction, Location, LogRecord
 from ._framing import RecordHeader
 from ._recovery_point import RecoveryPoint
 
-__all__ = ["RecordSource", "StoreLog"]
+__all__ = ["Place", "RecordSource", "StoreLog"]
+
+# Where a record is, as an index says: its segment file, offset and framed size.
+Place = tuple[str, int, int]
 
 
 class StoreLog(AppendLog, Protocol):
@@ -69,5 +72,9 @@ class RecordSource(Protocol):
         """Where the log is, as errors name it."""
 
     def read(self, file: str, offset: int, size: int) -> tuple[RecordHeader, bytes]: ...
+
+    def read_many(self, places: Sequence[Place]) -> list[tuple[RecordHeader, bytes]]:
+        """Several records (file, offset, size each), in the order asked: a message's
+        commit record and chunks in one call (in the fleet store, one query)."""
 
     def close(self) -> None: ...

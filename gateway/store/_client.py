@@ -402,19 +402,25 @@ class StoreClient:
         entry, reader = await self._entry(mailbox_id, message_id)
         mid = bytes.fromhex(entry.message_id)
 
-        def open_one(opener: MessageOpener, index: int) -> bytes:
-            at = entry.chunks[index]
-            _header, body = reader.read(at.file, at.offset, at.size)
+        def open_one(opener: MessageOpener, index: int, body: bytes) -> bytes:
             chunk_mid, chunk_index, ciphertext = decode_chunk_body(body)
             if chunk_mid != mid or chunk_index != index:
+                at = entry.chunks[index]
                 raise LogCorrupt(reader.directory / at.file, at.offset, "chunk record mismatch")
             return opener.open_chunk(bytes(ciphertext))
 
+        def read_one(opener: MessageOpener, index: int) -> bytes:
+            at = entry.chunks[index]
+            return open_one(opener, index, reader.read(at.file, at.offset, at.size)[1])
+
         if entry.size <= READ_AT_ONCE:
-            # Most mail: one hand-off to a thread for the whole message, not one per piece.
+            # Most mail: one hand-off to a thread for the whole message, not one per piece,
+            # and its records read in one call.
             def open_all() -> list[bytes]:
-                opener = self._opener(reader, entry, mailbox_id, key)
-                pieces = [open_one(opener, index) for index in range(len(entry.chunks))]
+                places = [(at.file, at.offset, at.size) for at in (entry.commit, *entry.chunks)]
+                (_header, commit), *chunks = reader.read_many(places)
+                opener = self._opener_of(commit, reader, entry, mailbox_id, key)
+                pieces = [open_one(opener, i, body) for i, (_h, body) in enumerate(chunks)]
                 opener.finish()
                 return pieces
 
@@ -423,7 +429,7 @@ class StoreClient:
             return
         opener = await trio.to_thread.run_sync(self._opener, reader, entry, mailbox_id, key)
         for index in range(len(entry.chunks)):
-            yield await trio.to_thread.run_sync(open_one, opener, index)
+            yield await trio.to_thread.run_sync(read_one, opener, index)
         opener.finish()
 
     async def read_envelope(
@@ -445,14 +451,26 @@ class StoreClient:
             reader = self._readers[canonical] = self._data.record_reader(canonical)
         return entry, reader
 
-    @staticmethod
+    @classmethod
     def _opener(
-        reader: RecordSource, entry: MessageEntry, mailbox_id: str, key: MailboxPrivateKey
+        cls, reader: RecordSource, entry: MessageEntry, mailbox_id: str, key: MailboxPrivateKey
     ) -> MessageOpener:
         at = entry.commit
         _header, body = reader.read(at.file, at.offset, at.size)
-        event = decode_message_event(body)
+        return cls._opener_of(body, reader, entry, mailbox_id, key)
+
+    @staticmethod
+    def _opener_of(
+        commit: bytes,
+        reader: RecordSource,
+        entry: MessageEntry,
+        mailbox_id: str,
+        key: MailboxPrivateKey,
+    ) -> MessageOpener:
+        """The message's opener, from its commit record's body."""
+        event = decode_message_event(commit)
         if not isinstance(event, MessageStored) or event.message_id != entry.message_id:
+            at = entry.commit
             raise LogCorrupt(reader.directory / at.file, at.offset, "commit record mismatch")
         return MessageOpener(
             key,
