@@ -1,8 +1,9 @@
 """Several nodes on one fleet store (SPEC.md 17.5), in process, on a real PostgreSQL: a
 mailbox made on one is served by the other; both store into one mailbox at once and its chain
 stays one line; what one expunges the other stops serving; both fold the control log in its
-one order; a maildrop locked on one is refused on the other; a node opened while the others
-work rolls nothing of theirs back; and the store, copied out, verifies."""
+one order; a maildrop locked on one is refused on the other, and stays locked when the
+connection holding the lock is lost; a node opened while the others work rolls nothing of
+theirs back; and the store, copied out, verifies."""
 
 from __future__ import annotations
 
@@ -179,3 +180,27 @@ async def test_compaction_spares_what_another_node_is_writing(
     copy = await trio.to_thread.run_sync(copied_out, postgres.dsn, tmp_path / "copy")
     report = await trio.to_thread.run_sync(verify_data_dir, copy.root)
     assert report.ok, [str(p) for p in report.problems]
+
+
+def test_maildrop_locks_are_taken_again_after_their_connection_is_lost(
+    postgres: PostgresServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node whose connection of maildrop locks the server ended takes its locks again
+    (within its follower's next wait), so another node still finds them taken; one another
+    node took in between is lost, and logged."""
+    a = FleetDataDir(tmp_path / "a", postgres.dsn, application_name="node-a")
+    b = FleetDataDir(tmp_path / "b", postgres.dsn, application_name="node-b")
+    kept, taken = "11" * 16, "22" * 16
+    try:
+        assert a.lock_maildrop(kept) and a.lock_maildrop(taken)
+        assert not b.lock_maildrop(kept)
+        assert postgres.terminate_backends("node-a") >= 1
+        assert b.lock_maildrop(taken)  # a's lock went with its connection
+        a.wait_for_others(0.1)
+        assert not b.lock_maildrop(kept)  # taken again by a
+        assert "event=fleet-maildrop-lock-lost mailbox=" + taken in caplog.text
+        a.unlock_maildrop(kept)
+        assert b.lock_maildrop(kept)
+    finally:
+        a.unlock()
+        b.unlock()

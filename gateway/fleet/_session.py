@@ -2,16 +2,16 @@
 
 Theory of operation
 -------------------
-A :class:`Session` is one connection shared by whoever uses it (one at a time, under a
-re-entrant lock: a call's transaction must not take in another thread's statements). When the
+A :class:`Session` is one connection shared by whoever uses it (one at a time, under a re-
+entrant lock: a call's transaction must not take in another thread's statements). When the
 connection breaks (the server gone, a failover, the network cut), the call that met it fails
-with ``StoreUnavailable`` and the next use connects again; with a multi-host connection string
-and ``target_session_attrs=read-write``, libpq finds whichever server is the primary now. Every
-database error becomes ``StoreUnavailable`` at this boundary, so nothing above the fleet store
-sees a driver's exception. ``on_connect`` restores a fresh connection's session state (a
-``LISTEN``); session-level state that cannot be restored (an advisory lock) is lost with the
-connection, which is what such locks are for. A connection the server ended while it was idle
-is noticed before it is used (:func:`gone`), so a failover costs no call an error.
+with ``StoreUnavailable`` and the next use connects again; with a multi-host connection
+string and ``target_session_attrs=read-write``, libpq finds whichever server is the primary
+now. Every database error becomes ``StoreUnavailable`` at this boundary, so nothing above
+the fleet store sees a driver's exception. ``on_connect`` restores a fresh connection's
+session state (a ``LISTEN``, the maildrop locks a node held, when no other node took them
+meanwhile). A connection the server ended while it was idle is noticed before it is used
+(:func:`gone`), so a failover costs no call an error.
 """
 
 from __future__ import annotations
@@ -49,9 +49,14 @@ class Session:
         connect: Callable[[], Connection],
         *,
         on_connect: Callable[[Connection], object] | None = None,
+        listening: bool = False,
     ) -> None:
+        """``on_connect``: run on each new connection, under the session's lock.
+        ``listening``: the connection LISTENs (its socket is readable with notices, so
+        :func:`gone` cannot tell whether it was ended)."""
         self._connect = connect
         self._on_connect = on_connect
+        self._listening = listening
         self._conn: Connection | None = None
         self.lock = threading.RLock()
 
@@ -61,7 +66,7 @@ class Session:
         any database error in the block."""
         with self.lock:
             try:
-                if self._conn is not None and self._on_connect is None and gone(self._conn):
+                if self._conn is not None and not self._listening and gone(self._conn):
                     self._close()  # ended by the server while idle (a failover, a restart)
                 if self._conn is None or self._conn.closed:
                     self._conn = self._connect()

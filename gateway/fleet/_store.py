@@ -16,7 +16,9 @@ a standby that was not synchronous), which the archive reports as damage.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -54,6 +56,8 @@ from ._session import Session
 
 __all__ = ["FleetDataDir"]
 
+logger = logging.getLogger("gateway.fleet")
+
 _PAGE = 2000  # records read under the connection's lock at a time
 
 
@@ -68,8 +72,11 @@ class FleetDataDir(DataDir):
         # Reads, files and compaction; maildrop locks (they live as long as its
         # connection); the wake-ups. Each made again after a failover (_session).
         self.session = Session(lambda: self._connect(autocommit=True))
-        self._maildrops = Session(lambda: self._connect(autocommit=True))
-        self._follower = Session(lambda: self._connect(autocommit=True), on_connect=listen)
+        self._maildrops = Session(lambda: self._connect(autocommit=True), on_connect=self._relock)
+        self._held: set[str] = set()  # the maildrops this node holds (under its session's lock)
+        self._follower = Session(
+            lambda: self._connect(autocommit=True), on_connect=listen, listening=True
+        )
         try:
             with self.session.use() as conn:
                 ensure_schema(conn)
@@ -96,22 +103,44 @@ class FleetDataDir(DataDir):
     # -- between the nodes (SPEC.md 17.5)
 
     def lock_maildrop(self, mailbox_id: str) -> bool:
+        mailbox_id = parse_mailbox_id(mailbox_id)
         with self._maildrops.use() as conn:
-            return MaildropLocks(conn).acquire(parse_mailbox_id(mailbox_id))
+            taken = MaildropLocks(conn).acquire(mailbox_id)
+            if taken:
+                self._held.add(mailbox_id)
+            return taken
 
     def unlock_maildrop(self, mailbox_id: str) -> None:
+        mailbox_id = parse_mailbox_id(mailbox_id)
         with self._maildrops.use() as conn:
-            MaildropLocks(conn).release(parse_mailbox_id(mailbox_id))
+            self._held.discard(mailbox_id)
+            MaildropLocks(conn).release(mailbox_id)
+
+    def _relock(self, conn: psycopg.Connection[Any]) -> None:
+        """A new connection of the maildrop locks holds none of them: take the node's again.
+        One another node took meanwhile is lost (the session holding it here goes on)."""
+        locks = MaildropLocks(conn)
+        for mailbox_id in sorted(self._held):
+            if not locks.acquire(mailbox_id):
+                self._held.discard(mailbox_id)
+                logger.warning("event=fleet-maildrop-lock-lost mailbox=%s", mailbox_id)
 
     def wait_for_others(self, timeout: float) -> dict[bytes, int]:
         """The logs nodes committed to. After the follower's connection was lost (notices
-        missed), the control log is reported as moved."""
+        missed), the control log is reported as moved. Each call also sees that the
+        maildrop locks' connection lives (and, if it was lost, takes them again)."""
+        self._keep_maildrops()
         try:
             with self._follower.use() as conn:
                 return moved_logs(conn, timeout)
         except StoreUnavailable:
             time.sleep(min(timeout, 1.0))
             return {CONTROL_LOG_ID: 1 << 62}
+
+    def _keep_maildrops(self) -> None:
+        if self._held:
+            with contextlib.suppress(StoreUnavailable), self._maildrops.use():
+                pass  # made again, and the locks taken again, if it was lost
 
     # -- the logs
 
