@@ -59,6 +59,7 @@ __all__ = [
     "MailboxKeyRewrapped",
     "MailboxStatus",
     "MailboxUpdated",
+    "MessageAbandoned",
     "MessageAccepted",
     "MessageEvent",
     "MessageLogAnchored",
@@ -653,7 +654,17 @@ class MessageStored(Event, frozen=True, kw_only=True):
     source_key: str = ""
 
 
-MessageEvent = MessageStored
+class MessageAbandoned(Event, frozen=True, kw_only=True):
+    """A message given up before its commit record (its client went away, its worker
+    ended): the CHUNK records ``chunk_seqs`` earlier in the same log are its, and no commit
+    will name them. Written on a shared store only, where compaction cannot tell them from
+    another node's message in flight (SPEC.md 17.5)."""
+
+    message_id: str
+    chunk_seqs: tuple[int, ...]
+
+
+MessageEvent = MessageStored | MessageAbandoned
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -733,6 +744,7 @@ _KNOWN_TAGS = frozenset(
         AdminSessionStarted,
         AdminSessionEnded,
         MessageStored,
+        MessageAbandoned,
     )
 )
 

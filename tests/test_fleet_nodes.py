@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from gateway.events import Envelope, MessagesExpunged, decode_control_event, now
+from gateway.events import (
+    Envelope,
+    MessageAbandoned,
+    MessagesExpunged,
+    decode_control_event,
+    decode_message_event,
+    now,
+)
 from gateway.fleet import FleetDataDir
 from gateway.log import LogRecord, RecordKind
 from gateway.services.archive import Archive
@@ -176,6 +183,50 @@ async def test_compaction_spares_what_another_node_is_writing(
         assert await a.lock_maildrop(box)
         assert await read_all(a, box, password) == {message_id: body}
         await a.unlock_maildrop(box)
+
+    copy = await trio.to_thread.run_sync(copied_out, postgres.dsn, tmp_path / "copy")
+    report = await trio.to_thread.run_sync(verify_data_dir, copy.root)
+    assert report.ok, [str(p) for p in report.problems]
+
+
+async def test_compaction_drops_what_another_node_gave_up(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """B gives a half-written message up (its client went away): its log names the chunks
+    abandoned, and a's compaction drops them, which it could not tell from a message in
+    flight otherwise; a message b is still writing is spared, and served whole after."""
+    async with (
+        node(postgres, tmp_path / "a") as a,
+        node(postgres, tmp_path / "b") as b,
+    ):
+        told_b = Told(b)
+        info, password = await a.create_mailbox("abandoned")
+        box = info.mailbox_id
+        await told_b.wait(box)
+        given_up = b.begin_message([box])
+        await given_up.write(b"Subject: gone\r\n\r\n" + os.urandom(300_000))
+        await given_up.prepare()
+        await given_up.abort()
+        body = b"Subject: kept\r\n\r\n" + os.urandom(100_000)
+        writing = b.begin_message([box])
+        await writing.write(body)
+        await writing.prepare()
+        await store(a, box, 60)  # several segments after them
+
+        records = await trio.to_thread.run_sync(lambda: list(a.data.records(box)))
+        events = [decode_message_event(r.body) for r in records if r.kind == RecordKind.EVENT]
+        (abandoned,) = [e for e in events if isinstance(e, MessageAbandoned)]
+        assert len(abandoned.chunk_seqs) >= 2
+        reclaimed = await a.compact(box, min_gain=0.0)
+        assert reclaimed > 300_000
+        left = await trio.to_thread.run_sync(lambda: list(a.data.records(box)))
+        kept_seqs = {r.seq for r in left if r.kind != RecordKind.GAP}
+        assert not kept_seqs & set(abandoned.chunk_seqs)
+
+        message_id = (await writing.commit(Envelope(received_at=now(), origin="journal")))[box]
+        assert await b.lock_maildrop(box)
+        assert (await read_all(b, box, password))[message_id] == body
+        await b.unlock_maildrop(box)
 
     copy = await trio.to_thread.run_sync(copied_out, postgres.dsn, tmp_path / "copy")
     report = await trio.to_thread.run_sync(verify_data_dir, copy.root)

@@ -16,8 +16,23 @@ from __future__ import annotations
 
 import trio
 
-from ..events import CompactionGap, LogCompacted, MessageStored, decode_message_event, now
-from ..log import LogCorrupt, LogRecord, LogWriteError, RecordKind, StoreLog
+from ..events import (
+    CompactionGap,
+    LogCompacted,
+    MessageAbandoned,
+    MessageStored,
+    decode_message_event,
+    now,
+)
+from ..log import (
+    FramingError,
+    LogCorrupt,
+    LogRecord,
+    LogWriteError,
+    RecordKind,
+    StoreLog,
+    decode_chunk_body,
+)
 from ._archive_core import ArchiveCore
 from ._common import MailboxState, NoSuchMailbox
 
@@ -31,8 +46,14 @@ async def compact(core: ArchiveCore, mailbox_id: str, *, min_gain: float) -> int
     log = box.writer.log
     reclaimed = 0
     async with box.lock:
+        named: dict[int, bytes] | None = None
+        if core.data.shared and len(log.segments) > 1:
+            # Other nodes' messages in flight are not known here: only the chunks named by
+            # an expunged message's commit record or by a MessageAbandoned can go (SPEC.md
+            # 17.5), wherever after them that record is.
+            named = await trio.to_thread.run_sync(_named_chunks, core, box, log.segments[0])
         for segment in log.segments[:-1]:
-            reclaimed += await _compact_segment(core, box, log, segment, min_gain)
+            reclaimed += await _compact_segment(core, box, log, segment, min_gain, named)
     return reclaimed
 
 
@@ -61,34 +82,42 @@ async def maintain(core: ArchiveCore) -> tuple[int, int]:
 
 
 async def _compact_segment(
-    core: ArchiveCore, box: MailboxState, log: StoreLog, segment: int, min_gain: float
+    core: ArchiveCore,
+    box: MailboxState,
+    log: StoreLog,
+    segment: int,
+    min_gain: float,
+    named: dict[int, bytes] | None,
 ) -> int:
+    """Compact one sealed segment; ``named``: on a shared store, the chunks that may go
+    (with their messages' ids), else None."""
     live = box.index.live_seqs()
     # Chunks of messages still being written have no commit yet: keep everything from
     # the first sequence number any of them may have used.
     inflight_from = min((first for first, _chunks in box.inflight.values()), default=None)
     expunged = box.index.expunged
     dropped_ids: set[str] = set()
-    named: set[int] | None = None
-    if core.data.shared:
-        # Other nodes' messages in flight are not known here: only the chunks an expunged
-        # message's commit record names can go (SPEC.md 17.5).
-        after = log.segments[log.segments.index(segment) + 2 :]
-        named = await trio.to_thread.run_sync(
-            _expunged_chunks, core, box, segment, after[0] if after else None
-        )
+    following = log.segments[log.segments.index(segment) + 1 :]
 
     def keep(record: LogRecord) -> bool:
         if record.seq in live:
             return True
         if record.kind == RecordKind.CHUNK:
             if named is not None:
-                return record.seq not in named
+                # ... and only if the chunk is that message's (its body says whose it is).
+                try:
+                    return decode_chunk_body(record.body)[0] != named.get(record.seq)
+                except FramingError:
+                    return True  # not a chunk of anyone's: verify reports it
             return inflight_from is not None and record.seq >= inflight_from
         event = decode_message_event(record.body)
         if isinstance(event, MessageStored) and event.message_id in expunged:
             dropped_ids.add(event.message_id)
             return False
+        if isinstance(event, MessageAbandoned):
+            # It goes with its chunks: when they are all in this segment (they are before
+            # it), this cut takes them too.
+            return not all(segment <= seq < following[0] for seq in event.chunk_seqs)
         return True  # an event this version does not know: never drop it
 
     try:
@@ -130,16 +159,18 @@ async def _compact_segment(
     return plan.bytes_before - plan.bytes_after
 
 
-def _expunged_chunks(core: ArchiveCore, box: MailboxState, start: int, end: int | None) -> set[int]:
-    """The chunks the commit records of expunged messages name, from seq ``start`` to
-    ``end`` (a segment and the next: where a message's commit follows its chunks)."""
-    expunged, named = box.index.expunged, set[int]()
-    records = core.data.records(box.info.mailbox_id, from_seq=start, chunk_bodies=False)
-    for record in records:
-        if end is not None and record.seq >= end:
-            break
+def _named_chunks(core: ArchiveCore, box: MailboxState, start: int) -> dict[int, bytes]:
+    """The chunks that can go on a shared store, each with its message's id: those the
+    commit records of expunged messages name and those a ``MessageAbandoned`` names, read
+    from seq ``start`` to the log's end (chunks come without their bodies: one pass over
+    the events, cheaper than the segments' own reading)."""
+    expunged, named = box.index.expunged, dict[int, bytes]()
+    for record in core.data.records(box.info.mailbox_id, from_seq=start, chunk_bodies=False):
         if record.kind == RecordKind.EVENT:
             event = decode_message_event(record.body)
-            if isinstance(event, MessageStored) and event.message_id in expunged:
-                named.update(event.chunk_seqs)
+            if isinstance(event, MessageAbandoned) or (
+                isinstance(event, MessageStored) and event.message_id in expunged
+            ):
+                mid = bytes.fromhex(event.message_id)
+                named.update(dict.fromkeys(event.chunk_seqs, mid))
     return named

@@ -4,12 +4,21 @@ then committed durably in all of its mailboxes or in none (SPEC.md 6.2). The sea
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..events import MessageAccepted, MessageStored, encode_event, now
-from ..log import AppendItem, Location, LogWriter, RecordKind, StoreLog, encode_chunk_body
+from ..events import MessageAbandoned, MessageAccepted, MessageStored, encode_event, now
+from ..log import (
+    AppendItem,
+    Location,
+    LogWriteError,
+    LogWriter,
+    RecordKind,
+    StoreLog,
+    encode_chunk_body,
+)
 from ._archive_commits import CopyCommit
 from ._common import ArchiveError, MailboxState
 from .message_index import StoredMessage
@@ -19,6 +28,8 @@ if TYPE_CHECKING:
     from .archive import Archive
 
 __all__ = ["PendingMessage", "Target"]
+
+logger = logging.getLogger("gateway.services.archive")
 
 
 @dataclass(slots=True)
@@ -46,6 +57,8 @@ class PendingMessage:
         self._archive = archive
         self.source_key = source_key
         self._done = False
+        self._committing = False
+        self._abandoned = False
         self._targets: dict[str, Target] = {}
         for box, message_id in zip(boxes, message_ids, strict=True):
             assert box.writer is not None
@@ -76,11 +89,34 @@ class PendingMessage:
             raise
 
     async def abort(self) -> None:
+        """Give the message up (its sealing side asked, or is gone): its chunks become
+        orphans. A shared store's compaction cannot tell them from another node's message in
+        flight, so there each mailbox's log is told which they are (``MessageAbandoned``,
+        appended lazily; a store that refuses it leaves them orphans, logged)."""
         self._finish()
-
-    def discard(self) -> None:
-        """:meth:`abort`, for a sealing side that is gone (its connection ended)."""
-        self._finish()
+        if self._committing or self._abandoned or not self._archive.shared:
+            # A commit that failed may yet be there (a COMMIT in doubt, SPEC.md 17.7): its
+            # chunks are never named abandoned. A data folder's compaction knows this node's
+            # messages in flight (SPEC.md 6.4).
+            return
+        self._abandoned = True
+        for target in self._targets.values():
+            if not target.chunks:
+                continue
+            event = MessageAbandoned(
+                at=now(),
+                message_id=target.message_id,
+                chunk_seqs=tuple(location.seq for location in target.chunks),
+            )
+            try:
+                await target.writer.append_lazily([(RecordKind.EVENT, encode_event(event))])
+            except LogWriteError as exc:
+                logger.warning(
+                    "event=abandoned-message-not-recorded mailbox=%s chunks=%d reason=%r",
+                    target.box.info.mailbox_id,
+                    len(target.chunks),
+                    str(exc),
+                )
 
     def _target(self, mailbox_id: str) -> Target:
         if self._done:
@@ -105,6 +141,7 @@ class PendingMessage:
 
         If any mailbox fails, the copies that did become durable are rolled back and
         LogWriteError is raised: the sender gets a temporary error and nothing is visible."""
+        self._committing = True
         by_box = {copy.mailbox_id: copy for copy in copies}
         if set(by_box) != set(self._targets) or any(
             copy.message_id != self._target(copy.mailbox_id).message_id for copy in copies

@@ -245,9 +245,10 @@ class Journal:
             logger.info("event=journal-worker-gone worker=%s", connection.name)
 
     async def _release(self, connection: _Connection) -> None:
-        for pending in connection.pending.values():
-            pending.discard()
-        connection.pending.clear()
+        pending, connection.pending = list(connection.pending.values()), {}
+        for message in pending:
+            with trio.move_on_after(RELEASE_WAIT):
+                await message.abort()
         for mailbox_id in list(connection.locks):
             self._drop_lock(connection, mailbox_id)
             with trio.move_on_after(RELEASE_WAIT):
