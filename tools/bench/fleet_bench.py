@@ -19,6 +19,10 @@ Each configuration gets fresh servers:
 ``fleet-2-follow`` (only when asked for with ``--only``)
     the same two nodes, the whole intake through node 1: node 2's journal only follows, so
     its CPU is what following another node's commits costs (SPEC.md 17.8).
+``fleet-1-sync`` (only when asked for with ``--only``)
+    one node, its cluster with a synchronous streaming standby on the same machine
+    (``tests/peers/postgres.py``'s ``with_standby``): every COMMIT waits for the standby's
+    flush, as in production; PostgreSQL's CPU then counts both clusters.
 
 The mailboxes (one for intake, ``--mailboxes`` for retrieval) and an API token are made
 through node 1's admin API before node 2 starts, with the smallest Argon2id (logins cost
@@ -98,11 +102,18 @@ from _common import (
 from pop3_bench import count_left, fill, retrieve_all
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.peers.postgres import PostgresServer, private_postgres
+from tests.peers.postgres import PostgresServer, private_postgres, with_standby
 from tests.peers.tools import free_port
 
-# name -> fleet nodes (0: the data folder), and how many of them take the intake
-CONFIGS = {"local": (0, 1), "fleet-1": (1, 1), "fleet-2": (2, 2), "fleet-2-follow": (2, 1)}
+# name -> fleet nodes (0: the data folder), how many of them take the intake, and whether
+# the cluster has a synchronous standby
+CONFIGS = {
+    "local": (0, 1, False),
+    "fleet-1": (1, 1, False),
+    "fleet-2": (2, 2, False),
+    "fleet-2-follow": (2, 1, False),
+    "fleet-1-sync": (1, 1, True),
+}
 DEFAULT_CONFIGS = ("local", "fleet-1", "fleet-2")
 LISTENERS = {"smtp": ("smtp", "starttls"), "pop3s": ("pop3", "implicit")}
 NODE_ADDRESSES = ("127.0.0.1", "127.0.0.2")
@@ -253,12 +264,18 @@ class RoleSampler(ServiceSampler):
 
 
 class Meter:
-    """CPU of the nodes and of the cluster, and the nodes' commit rounds, over a window."""
+    """CPU of the nodes and of the clusters (the primary and any standby), the primary's
+    counters, and the nodes' commit rounds, over a window."""
 
     def __init__(
-        self, nodes: Sequence[GatewayProcess], token: str, postgres: PostgresServer | None
+        self,
+        nodes: Sequence[GatewayProcess],
+        token: str,
+        postgres: PostgresServer | None,
+        standbys: Sequence[PostgresServer] = (),
     ) -> None:
         self.nodes, self.token, self.postgres = nodes, token, postgres
+        self.clusters = [*([postgres] if postgres is not None else []), *standbys]
         self.pg_stats: dict[str, float] = {}
 
     def _pg_numbers(self) -> dict[str, float]:
@@ -285,8 +302,8 @@ class Meter:
 
     def _cpu(self) -> tuple[float, float]:
         gateway = sum(tree_cpu(node.pid) for node in self.nodes)
-        master = self.postgres.pid() if self.postgres is not None else None
-        return gateway, tree_cpu(master) if master is not None else 0.0
+        masters = [pid for cluster in self.clusters if (pid := cluster.pid()) is not None]
+        return gateway, sum(tree_cpu(pid) for pid in masters)
 
     def _rounds(self) -> dict[str, Histogram]:
         total = {ROUND_HISTOGRAM: Histogram(), SYNC_HISTOGRAM: Histogram()}
@@ -445,7 +462,7 @@ def run_config(
 ) -> None:
     """Run one configuration into ``result`` (filled as it goes, so a failure keeps what was
     measured before it)."""
-    count, intake_nodes = CONFIGS[name]
+    count, intake_nodes, standby = CONFIGS[name]
     settings = (
         FAST_KDF_SETTINGS
         + f"[smtp]\nmax_sessions_per_client = {max(50, args.sessions)}\n"
@@ -454,12 +471,15 @@ def run_config(
     )
     with ExitStack() as stack:
         postgres = None
+        standbys: list[PostgresServer] = []
         if count:
             pg_settings = dict(PG_SETTINGS)
             if args.pg_statements:
                 pg_settings["shared_preload_libraries"] = "pg_stat_statements"
                 pg_settings["track_wal_io_timing"] = "on"
             postgres = stack.enter_context(private_postgres(folder, settings=pg_settings))
+            if standby:
+                standbys.append(stack.enter_context(with_standby(postgres, folder)))
             if args.pg_statements:
                 postgres.psql("CREATE EXTENSION pg_stat_statements")
             store = f'[store]\nbackend = "postgresql"\ndsn = {json.dumps(postgres.dsn)}\n'
@@ -501,7 +521,7 @@ def run_config(
         print(f"  intake: {args.messages} x {args.size} octets ...", file=sys.stderr, flush=True)
         if args.pg_statements and postgres is not None:
             postgres.psql("SELECT pg_stat_statements_reset()")
-        with Meter(nodes, token, postgres) as meter:
+        with Meter(nodes, token, postgres, standbys) as meter:
             seconds = intake(nodes[:intake_nodes], f"mbx-{intake_id}@localhost", args)
         result.intake = meter.phase(args.messages, seconds)
         result.notes |= {f"intake_{k}": v for k, v in meter.notes(args.messages).items()}
@@ -530,7 +550,7 @@ def run_config(
         print("  POP3S: retrieving ...", file=sys.stderr, flush=True)
         if args.pg_statements and postgres is not None:
             postgres.psql("SELECT pg_stat_statements_reset()")
-        with Meter(nodes, token, postgres) as meter:
+        with Meter(nodes, token, postgres, standbys) as meter:
             seconds = retrieve(nodes, accounts, layout, corpus, meter)
         result.pop3 = meter.phase(args.pop3_messages, seconds)
         result.notes |= {f"pop3_{k}": v for k, v in meter.notes(args.pop3_messages).items()}
@@ -652,6 +672,11 @@ def render(results: list[Result], args: argparse.Namespace) -> str:
         lines.append(
             "fleet-2 intake: "
             + ", ".join(f"{rates['fleet-2'] / rates[n]:.2f}x {n}" for n in rates if n != "fleet-2")
+        )
+    if "fleet-1" in rates and "fleet-1-sync" in rates:
+        lines.append(
+            f"fleet-1-sync / fleet-1 intake: {rates['fleet-1-sync'] / rates['fleet-1']:.2f}x "
+            "(a synchronous standby on the same machine)"
         )
     for r in results:
         by_process = r.notes.get("intake_gateway_ms_per_msg_by_process", {})
