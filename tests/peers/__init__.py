@@ -3,7 +3,8 @@ benchmark), a private Dovecot, a private Postfix submission server with SASL thr
 swaks, smtp-source and fetchmail; and private PostgreSQL clusters with standbys for the fleet
 store (README.md here).
 
-Installed by tests/peers/install.sh; a test that needs a missing peer fails, never skips.
+Installed by `make test` (tools/system-packages.sh); a test that needs a missing peer fails,
+never skips.
 """
 
 from .dovecot import (

@@ -279,7 +279,8 @@ def private_dovecot(
             pwd.getpwnam(user)
         except KeyError:
             raise DovecotError(
-                f"user {user!r} does not exist: run tests/peers/install.sh (dovecot-core)"
+                f"user {user!r} does not exist: run `make test` (it installs the test peers, "
+                "dovecot-core among them)"
             ) from None
     tmp_dir = Path(tmp_dir).resolve()
     tmp_dir.mkdir(parents=True, exist_ok=True)

@@ -141,7 +141,8 @@ def _account() -> _Account:
         entry = pwd.getpwnam(SERVER_USER)
     except KeyError:
         raise PostgresError(
-            f"user {SERVER_USER!r} does not exist: run tests/peers/install.sh (postgresql)"
+            f"user {SERVER_USER!r} does not exist: run `make test` (it installs the test "
+            "peers, postgresql among them)"
         ) from None
     return _Account(SERVER_USER, entry.pw_uid, entry.pw_gid)
 

@@ -13,7 +13,7 @@ swaks and smtp-source return the finished ``subprocess.CompletedProcess`` with t
 from trio, call them with ``trio.to_thread.run_sync``.
 
 A tool that is missing FAILS the test (``pytest.fail``), it never skips: the suite is only
-green when the peers really ran. tests/peers/install.sh installs them all.
+green when the peers really ran. `make test` installs them all (tools/system-packages.sh).
 """
 
 from __future__ import annotations
@@ -56,7 +56,10 @@ def require(tool: str) -> str:
     """The full path of ``tool``, or fail the test: never skip for a missing peer."""
     path = shutil.which(tool) or shutil.which(tool, path=SBIN)
     if path is None:
-        pytest.fail(f"{tool} is not installed: run tests/peers/install.sh (as root)")
+        pytest.fail(
+            f"{tool} is not installed: run `make test` (it installs the test peers, "
+            "tools/system-packages.sh, as root or with sudo)"
+        )
     return path
 
 

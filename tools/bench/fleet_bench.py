@@ -55,7 +55,8 @@ transactions committed, WAL bytes and WAL syncs.
     .venv/bin/python tools/bench/fleet_bench.py --messages 4000 --pop3-messages 500
     .venv/bin/python tools/bench/fleet_bench.py --only local,fleet-1 --json > fleet.json
 
-Needs Debian's postgresql-15 and postfix (smtp-source): tests/peers/install.sh. See
+Needs Debian's postgresql-15 and postfix (smtp-source), which `make test` installs
+(tools/system-packages.sh). See
 tools/bench/README.md for what each number means.
 """
 

@@ -363,7 +363,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if shutil.which("dovecot") is None and shutil.which("dovecot", path="/usr/sbin") is None:
-        raise SystemExit("dovecot is missing: run tests/peers/install.sh (as root)")
+        raise SystemExit("dovecot is missing: run `make test` (tools/system-packages.sh test)")
     corpus = Corpus(args.size)
     runners: dict[str, Callable[[Path, argparse.Namespace, Corpus], Result]] = {
         "dovecot": run_dovecot

@@ -834,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for tool in ("dovecot", "postfix", "taskset"):
         if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin") is None:
-            raise SystemExit(f"{tool} is missing: run tests/peers/install.sh (as root)")
+            raise SystemExit(f"{tool} is missing: run `make test` (tools/system-packages.sh test)")
     pinning = decide_pinning(args.pin)
     print(pinning.describe(), file=sys.stderr, flush=True)
     protocols = args.only or ["smtp", "pop3"]

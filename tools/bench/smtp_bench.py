@@ -267,9 +267,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if shutil.which("smtp-source") is None:
-        raise SystemExit(
-            "smtp-source is missing: install Debian's postfix (tests/peers/install.sh)"
-        )
+        raise SystemExit("smtp-source is missing: install Debian's postfix (`make test` does)")
     runners: dict[str, Callable[[Path, argparse.Namespace], Result]] = {}
     for workers in args.workers or [None]:
         label = "gateway" if workers is None else f"gateway w={workers}"
