@@ -100,7 +100,7 @@ from _common import (
     tree_cpu,
     workers_setting,
 )
-from pop3_bench import count_left, fill, retrieve_all
+from pop3_bench import count_left, fill_all, retrieve_all
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.peers.postgres import PostgresServer, private_postgres, with_standby
@@ -541,13 +541,7 @@ def run_config(
             file=sys.stderr,
             flush=True,
         )
-        with ThreadPoolExecutor(args.mailboxes) as pool:
-            filled = [
-                pool.submit(fill, first.ports["smtp"], mailbox_id, numbers, corpus)
-                for (mailbox_id, _), numbers in zip(accounts, layout, strict=True)
-            ]
-            for future in filled:
-                future.result()
+        fill_all(first.ports["smtp"], accounts, layout, corpus)
         print("  POP3S: retrieving ...", file=sys.stderr, flush=True)
         if args.pg_statements and postgres is not None:
             postgres.psql("SELECT pg_stat_statements_reset()")

@@ -48,7 +48,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
@@ -266,19 +266,27 @@ def fill(port: int, mailbox_id: str, numbers: list[int], corpus: Corpus) -> None
             client.sendmail("bench@example.com", [f"mbx-{mailbox_id}@localhost"], corpus.message(n))
 
 
+def fill_all(
+    port: int, accounts: Sequence[tuple[str, str]], layout: list[list[int]], corpus: Corpus
+) -> None:
+    """Each account's messages of ``layout`` sent over SMTP, one connection per account, all
+    at once."""
+    with ThreadPoolExecutor(max(1, len(accounts))) as pool:
+        filled = [
+            pool.submit(fill, port, mailbox_id, numbers, corpus)
+            for (mailbox_id, _), numbers in zip(accounts, layout, strict=True)
+        ]
+        for future in filled:
+            future.result()
+
+
 def run_gateway(
     folder: Path, args: argparse.Namespace, corpus: Corpus, workers: int | None = None
 ) -> Result:
     layout = spread(args.messages, args.mailboxes)
     with pop3_gateway(folder, args, workers) as gateway:
         accounts = [create_mailbox(gateway, f"bench{m}") for m in range(args.mailboxes)]
-        with ThreadPoolExecutor(args.mailboxes) as pool:
-            filled = [
-                pool.submit(fill, gateway.ports["smtp"], mailbox_id, numbers, corpus)
-                for (mailbox_id, _), numbers in zip(accounts, layout, strict=True)
-            ]
-            for future in filled:
-                future.result()
+        fill_all(gateway.ports["smtp"], accounts, layout, corpus)
 
         target = Target(
             name="gateway" if workers is None else f"gateway w={workers}",
