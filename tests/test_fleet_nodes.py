@@ -78,16 +78,28 @@ class Told:
                 await self.changed.wait()
 
 
+async def mailbox_on_both(a: Archive, b: Archive, name: str) -> tuple[str, str]:
+    """A mailbox made on a, once b has adopted it: its id and password."""
+    told_b = Told(b)
+    info, password = await a.create_mailbox(name)
+    await told_b.wait(info.mailbox_id)  # b folded the control log and opened it
+    return info.mailbox_id, password
+
+
+async def assert_copy_verifies(postgres: PostgresServer, folder: Path) -> None:
+    """One chain per log: the store, copied out, verifies as a data folder."""
+    copy = await trio.to_thread.run_sync(copied_out, postgres.dsn, folder)
+    report = await trio.to_thread.run_sync(verify_data_dir, copy.root)
+    assert report.ok, [str(p) for p in report.problems]
+
+
 async def test_two_nodes_share_one_store(postgres: PostgresServer, tmp_path: Path) -> None:
     async with (
         node(postgres, tmp_path / "a") as a,
         node(postgres, tmp_path / "b") as b,
     ):
         seen_a, seen_b = seqs_seen(a), seqs_seen(b)
-        told_b = Told(b)
-        info, password = await a.create_mailbox("shared")
-        box = info.mailbox_id
-        await told_b.wait(box)  # made on a, adopted by b once it folded the control log
+        box, password = await mailbox_on_both(a, b, "shared")
         await b.opened(box)
 
         # Both store into the one mailbox at once.
@@ -147,10 +159,7 @@ async def test_two_nodes_share_one_store(postgres: PostgresServer, tmp_path: Pat
     finally:
         data.unlock()
 
-    # One chain per log: the store, copied out, verifies as a data folder.
-    copy = await trio.to_thread.run_sync(copied_out, postgres.dsn, tmp_path / "copy")
-    report = await trio.to_thread.run_sync(verify_data_dir, copy.root)
-    assert report.ok, [str(p) for p in report.problems]
+    await assert_copy_verifies(postgres, tmp_path / "copy")
 
 
 async def test_compaction_spares_what_another_node_is_writing(
@@ -162,10 +171,7 @@ async def test_compaction_spares_what_another_node_is_writing(
         node(postgres, tmp_path / "a") as a,
         node(postgres, tmp_path / "b") as b,
     ):
-        told_b = Told(b)
-        info, password = await a.create_mailbox("compacted")
-        box = info.mailbox_id
-        await told_b.wait(box)
+        box, password = await mailbox_on_both(a, b, "compacted")
         body = b"Subject: long\r\n\r\n" + os.urandom(300_000)
         writer = b.begin_message([box])
         await writer.write(body)
@@ -184,9 +190,7 @@ async def test_compaction_spares_what_another_node_is_writing(
         assert await read_all(a, box, password) == {message_id: body}
         await a.unlock_maildrop(box)
 
-    copy = await trio.to_thread.run_sync(copied_out, postgres.dsn, tmp_path / "copy")
-    report = await trio.to_thread.run_sync(verify_data_dir, copy.root)
-    assert report.ok, [str(p) for p in report.problems]
+    await assert_copy_verifies(postgres, tmp_path / "copy")
 
 
 async def test_compaction_drops_what_another_node_gave_up(
@@ -199,10 +203,7 @@ async def test_compaction_drops_what_another_node_gave_up(
         node(postgres, tmp_path / "a") as a,
         node(postgres, tmp_path / "b") as b,
     ):
-        told_b = Told(b)
-        info, password = await a.create_mailbox("abandoned")
-        box = info.mailbox_id
-        await told_b.wait(box)
+        box, password = await mailbox_on_both(a, b, "abandoned")
         given_up = b.begin_message([box])
         await given_up.write(b"Subject: gone\r\n\r\n" + os.urandom(300_000))
         await given_up.prepare()
@@ -228,9 +229,7 @@ async def test_compaction_drops_what_another_node_gave_up(
         assert (await read_all(b, box, password))[message_id] == body
         await b.unlock_maildrop(box)
 
-    copy = await trio.to_thread.run_sync(copied_out, postgres.dsn, tmp_path / "copy")
-    report = await trio.to_thread.run_sync(verify_data_dir, copy.root)
-    assert report.ok, [str(p) for p in report.problems]
+    await assert_copy_verifies(postgres, tmp_path / "copy")
 
 
 def test_maildrop_locks_are_taken_again_after_their_connection_is_lost(
