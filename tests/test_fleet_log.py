@@ -44,7 +44,17 @@ def fleet_logs(
             rows = RowLog(reader, log_id)
             rows.create()
             session = Session(lambda: reader)
-            logs.append(FleetLog(round_, session, log_id, rows.end(), segment_bytes=1 << 20))
+            logs.append(
+                FleetLog(
+                    round_,
+                    session,
+                    log_id,
+                    rows.end(),
+                    segment_bytes=1 << 20,
+                    segments=rows.segments(),
+                    has_tree=True,
+                )
+            )
         try:
             yield logs
         finally:

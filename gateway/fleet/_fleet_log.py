@@ -60,8 +60,13 @@ class FleetLog:
         end: tuple[int, bytes],
         *,
         segment_bytes: int,
+        segments: Sequence[tuple[int, int]],
+        has_tree: bool,
     ) -> None:
-        """``session``: what reads and compaction use (outside any round)."""
+        """``session``: what reads and compaction use (outside any round). ``segments``
+        (first seq, generation) and ``has_tree``: as the store held them when it was read
+        (in a worker thread): what the services ask of the log from the event loop is
+        answered from memory, never by a query there."""
         self.round = round_
         self.log_id = log_id
         self.segment_bytes = segment_bytes
@@ -70,10 +75,13 @@ class FleetLog:
         self.written = 0
         self._session = session
         self.directory = log_place(log_id)  # where the log is, as errors name it
-        self._before: tuple[int, bytes] | None = None  # the end when the round found it
+        # The end and segments when the round found them (to go back to if it rolls back).
+        self._before: tuple[int, bytes, dict[int, int]] | None = None
         self._round = -1  # the round of its last append
-        # Its segments' generations as last read (a cut, or another node's, forgets them).
-        self._generations: dict[int, int] | None = None
+        # Its segments' generations: read with the log, moved on by its appends, read again
+        # by a catch-up and a cut (another node's cuts show at the next catch-up).
+        self._generations = dict(segments)
+        self._has_tree = has_tree
         # Its last record in the round not committed yet: (log id, seq, chain).
         self.last_appended: tuple[bytes, int, bytes] | None = None
 
@@ -102,9 +110,13 @@ class FleetLog:
                 raise StoreUnavailable(f"the fleet store refused the batch: {exc}") from exc
             raise
         if self._before is None:
-            self._before = (self.next_seq, self.chain)
+            self._before = (self.next_seq, self.chain, dict(self._generations))
         self._round = self.round.join(self)
         self.round.ends[self.log_id] = appended.end
+        if appended.end.segment is not None:  # the last, maybe started by another node
+            self._generations.setdefault(appended.end.segment.first_seq, 0)
+        for first in appended.segments:
+            self._generations.setdefault(first, 0)  # started by this append
         if appended.foreign:
             last = appended.foreign[-1]
             self.next_seq, self.chain = last.seq + 1, last.chain
@@ -147,7 +159,7 @@ class FleetLog:
 
     def rolled_back(self) -> None:
         if self._before is not None:
-            self.next_seq, self.chain = self._before
+            self.next_seq, self.chain, self._generations = self._before
         self._before = self.last_appended = None
 
     def catch_up(self) -> list[LogRecord]:
@@ -155,9 +167,9 @@ class FleetLog:
         from here on. Never while this node's own are uncommitted. Raises StoreUnavailable
         when the store cannot be read."""
         assert self._before is None, "a round of this log is not committed"
-        self._generations = None  # it is called when another node compacted it, too
         with self._rows() as rows:
             records = list(rows.records(self.next_seq, chunk_bodies=False))
+            self._generations = dict(rows.segments())  # another node's cuts included
         if records:
             self.next_seq, self.chain = records[-1].seq + 1, records[-1].chain
             self.synced_seq = self.next_seq
@@ -186,23 +198,17 @@ class FleetLog:
 
     @property
     def tree_missing(self) -> str:
-        if self.tree_head() is None:
-            return "the log's tree in the fleet store does not reach its end"
-        return ""
+        # Appends keep a tree whole; only a log copied in without one lacks it.
+        return "" if self._has_tree else "the log's tree in the fleet store does not reach its end"
 
     @property
     def segments(self) -> list[int]:
-        with self._rows() as rows:
-            return [first for first, _generation in rows.segments()]
+        return sorted(self._generations)
 
     def file_name(self, segment: int) -> str:
         """The segment file a record would be in, copied into a data folder (asked for
-        every record a worker reads: the segments are read again only when one is new)."""
-        generations = self._generations
-        if generations is None or segment not in generations:
-            with self._rows() as rows:
-                generations = self._generations = dict(rows.segments())
-        return segment_name(segment, generations.get(segment, 0))
+        every record a worker reads; on the fleet store a reader goes by seq alone)."""
+        return segment_name(segment, self._generations.get(segment, 0))
 
     def recovery_point(self, state: bytes) -> RecoveryPoint:
         """A recovery point at the log's end (every record committed), carrying ``state``."""
@@ -226,10 +232,15 @@ class FleetLog:
         return len(data)
 
     def plan_compaction(self, segment: int, keep: Callable[[LogRecord], bool]) -> Compaction | None:
-        """What compacting a sealed segment would do (changing nothing); see RowLog."""
+        """What compacting a sealed segment would do (changing nothing); see RowLog. None
+        also when the segment is no longer a sealed one (another node's cut removed it
+        since this node last read the segments)."""
         with self._rows() as rows:
+            self._generations = dict(rows.segments())
+            if segment not in self._generations or segment == max(self._generations):
+                return None
             planned = plan_compaction(rows, segment, keep)
-            generation = dict(rows.segments()).get(segment, 0)
+        generation = self._generations[segment]
         if planned is None:
             return None
         removed = planned.generation == REMOVED
@@ -247,9 +258,9 @@ class FleetLog:
 
     def apply_compaction(self, compaction: Compaction) -> None:
         """Make the cut ``LogCompacted`` confirmed (one transaction)."""
-        self._generations = None
         with self._rows() as rows:
             apply_cut(rows, compaction.segment, compaction.generation, compaction.gaps)
+            self._generations = dict(rows.segments())
 
     def discard_compaction(self, compaction: Compaction) -> None:
         """Nothing to undo: planning wrote nothing."""

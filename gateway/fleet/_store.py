@@ -152,7 +152,13 @@ class FleetDataDir(DataDir):
 
     def _fleet_log(self, rows: RowLog, segment_bytes: int) -> FleetLog:
         return FleetLog(
-            self.round, self.session, rows.log_id, rows.end(), segment_bytes=segment_bytes
+            self.round,
+            self.session,
+            rows.log_id,
+            rows.end(),
+            segment_bytes=segment_bytes,
+            segments=rows.segments(),
+            has_tree=rows.tree_head() is not None,
         )
 
     def _open(

@@ -47,6 +47,10 @@ async def compact(core: ArchiveCore, mailbox_id: str, *, min_gain: float) -> int
     reclaimed = 0
     async with box.lock:
         named: dict[int, bytes] | None = None
+        if core.data.shared:
+            # What other nodes appended (their segments too) is folded first: the log's
+            # segments are what this node has read of them.
+            await box.writer.catch_up()
         if core.data.shared and len(log.segments) > 1:
             # Other nodes' messages in flight are not known here: only the chunks named by
             # an expunged message's commit record or by a MessageAbandoned can go (SPEC.md
