@@ -57,8 +57,8 @@ def require(tool: str) -> str:
     path = shutil.which(tool) or shutil.which(tool, path=SBIN)
     if path is None:
         pytest.fail(
-            f"{tool} is not installed: run `make test` (it installs the test peers, "
-            "tools/system-packages.sh, as root or with sudo)"
+            f"{tool} is not installed: run `make test`, which installs every test peer "
+            "(or tests/peers/install.sh alone, as root or with sudo)"
         )
     return path
 
