@@ -327,8 +327,14 @@ async def test_two_instances_defer_then_deliver(sink: Sink, ca_file: Path, tmp_p
     def scenario() -> tuple[list[int], str]:
         with private_postfix(tmp_path, name="front", relay_port=back_port, tls="may") as front:
             front.sendmail("local@example.com", ["far@example.net"], message)
+            # Wait for the deferral in the log, not in the deferred queue: with a 1 s queue
+            # run, qmgr may scan the deferred queue while the smtp client still holds the
+            # file's lock, and then parks it in the incoming queue for 60 s.
+            refused = (
+                f"status=deferred (connect to 127.0.0.1[127.0.0.1]:{back_port}: Connection refused)"
+            )
             deadline = time.monotonic() + 30
-            while not front.queue_ids_deferred():
+            while refused not in front.log_text():
                 assert time.monotonic() < deadline, front.log_text()
                 time.sleep(0.05)
             with pytest.raises(PostfixError, match="Connection refused"):
