@@ -7,6 +7,7 @@ theirs back; and the store, copied out, verifies."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,12 +25,13 @@ from gateway.events import (
     now,
 )
 from gateway.fleet import FleetDataDir
-from gateway.log import LogRecord, RecordKind
+from gateway.log import LogRecord, LogWriteError, RecordKind
 from gateway.services.archive import Archive
 from gateway.verify import verify_data_dir
 
 from .peers import PostgresServer
 from .test_fleet_archive import CONFIG, copied_out, read_all, store
+from .test_journal_protocol import worker
 
 pytestmark = pytest.mark.slow
 
@@ -249,8 +251,44 @@ def test_maildrop_locks_are_taken_again_after_their_connection_is_lost(
         a.wait_for_others(0.1)
         assert not b.lock_maildrop(kept)  # taken again by a
         assert "event=fleet-maildrop-lock-lost mailbox=" + taken in caplog.text
+        assert a.holds_maildrop(kept) and not a.holds_maildrop(taken)
+        assert postgres.terminate_backends("node-a") >= 1
+        assert a.holds_maildrop(kept)  # asking finds the connection lost, and takes it again
+        assert not b.lock_maildrop(kept)
         a.unlock_maildrop(kept)
         assert b.lock_maildrop(kept)
     finally:
         a.unlock()
         b.unlock()
+
+
+async def test_a_session_whose_maildrop_lock_was_lost_expunges_nothing(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """A worker's expunge (a POP3 QUIT) under a maildrop lock that another node took while the
+    node's connection holding it was lost is refused, so two sessions never both delete."""
+    data = await trio.to_thread.run_sync(
+        functools.partial(FleetDataDir, tmp_path / "a", postgres.dsn, application_name="node-a")
+    )
+    archive = await Archive.open(data, CONFIG)
+    other = await trio.to_thread.run_sync(
+        functools.partial(FleetDataDir, tmp_path / "b", postgres.dsn, application_name="node-b")
+    )
+    try:
+        info, _ = await archive.create_mailbox("lost lock")
+        box = info.mailbox_id
+        stored = await store(archive, box, 3)
+        async with worker(archive, tmp_path / "worker") as client:
+            assert await client.lock_maildrop(box)
+            assert postgres.terminate_backends("node-a") >= 1
+            assert other.lock_maildrop(box)  # a's lock went with its connection
+            with pytest.raises(LogWriteError, match="no longer holds its maildrop lock"):
+                await client.expunge(box, list(stored))
+            assert len(archive.messages(box)) == 3
+            other.unlock_maildrop(box)
+            await client.unlock_maildrop(box)
+            assert await client.lock_maildrop(box)
+            assert await client.expunge(box, list(stored)) == 3
+    finally:
+        await archive.aclose()
+        other.unlock()

@@ -21,6 +21,7 @@ from gateway.events import (
     decode_control_event,
     now,
 )
+from gateway.log import LogWriteError
 from gateway.services.archive import Archive, ArchiveError
 from gateway.store import StoreClient
 from gateway.store import _client as client_module
@@ -104,8 +105,36 @@ async def test_expunging_many_messages_goes_in_batches(
         key_id = client.mailbox(info.mailbox_id).key_id
         listed = await client.maildrop(info.mailbox_id, key_id)
         ids = [listed.message_id(n) for n in range(1, len(listed) + 1)]
+        assert await client.lock_maildrop(info.mailbox_id)
         assert await client.expunge(info.mailbox_id, ids) == 5
         assert len(await client.maildrop(info.mailbox_id, key_id)) == 0
+
+
+async def test_a_worker_expunges_only_from_a_maildrop_it_holds(
+    archive: Archive, tmp_path: Path
+) -> None:
+    """An expunge is a POP3 session's UPDATE: refused (LogWriteError, so the session answers
+    QUIT with -ERR and deletes nothing) unless that worker holds the maildrop lock."""
+    info, _ = await archive.create_mailbox("held")
+    async with worker(archive, tmp_path / "a") as holder, worker(archive, tmp_path / "b") as other:
+        writer = holder.begin_message([info.mailbox_id])
+        await writer.write(b"Subject: kept\r\n\r\nbody\r\n")
+        await writer.commit(Envelope(received_at=now(), origin="journal"))
+        key_id = holder.mailbox(info.mailbox_id).key_id
+        listed = await holder.maildrop(info.mailbox_id, key_id)
+        ids = [listed.message_id(1)]
+        with pytest.raises(LogWriteError, match="no longer holds its maildrop lock"):
+            await holder.expunge(info.mailbox_id, ids)  # never locked
+        assert await holder.lock_maildrop(info.mailbox_id)
+        with pytest.raises(LogWriteError, match="no longer holds its maildrop lock"):
+            await other.expunge(info.mailbox_id, ids)  # another worker's lock
+        await holder.unlock_maildrop(info.mailbox_id)
+        with pytest.raises(LogWriteError, match="no longer holds its maildrop lock"):
+            await holder.expunge(info.mailbox_id, ids)  # let go
+        assert [m.message_id for m in archive.messages(info.mailbox_id)] == ids
+        assert await other.lock_maildrop(info.mailbox_id)
+        assert await other.expunge(info.mailbox_id, ids) == 1
+        assert archive.messages(info.mailbox_id) == []
 
 
 def accepted_for(message_ids: dict[str, str], size: int) -> MessageAccepted:

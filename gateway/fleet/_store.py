@@ -116,6 +116,17 @@ class FleetDataDir(DataDir):
             self._held.discard(mailbox_id)
             MaildropLocks(conn).release(mailbox_id)
 
+    def holds_maildrop(self, mailbox_id: str) -> bool:
+        """Whether this node still holds a maildrop it locked: asked on the locks' connection,
+        so one lost since its last use is found (and, on a new one, the locks taken again)."""
+        mailbox_id = parse_mailbox_id(mailbox_id)
+
+        def held(conn: psycopg.Connection[Any]) -> bool:
+            conn.execute("SELECT 1")
+            return mailbox_id in self._held
+
+        return self._maildrops.read(held)
+
     def _relock(self, conn: psycopg.Connection[Any]) -> None:
         """A new connection of the maildrop locks holds none of them: take the node's again.
         One another node took meanwhile is lost (the session holding it here goes on)."""

@@ -117,6 +117,10 @@ class DataDir:
     def unlock_maildrop(self, mailbox_id: str) -> None:
         """Release a maildrop this node locked."""
 
+    def holds_maildrop(self, mailbox_id: str) -> bool:
+        """Whether this node still holds a maildrop it locked (blocking)."""
+        return True
+
     def wait_for_others(self, timeout: float) -> dict[bytes, int]:
         """The logs nodes committed to (by log id: its next seq now), waiting up to
         ``timeout`` seconds for the first (blocking); empty when none did."""

@@ -42,7 +42,7 @@ from ._archive_recovery import mailbox_public_key, open_mailbox
 from ._common import MailboxState
 from .message_index import MessageIndex
 
-__all__ = ["catch_up", "follow", "lock_maildrop", "unlock_maildrop"]
+__all__ = ["catch_up", "follow", "holds_maildrop", "lock_maildrop", "unlock_maildrop"]
 
 FOLLOW_WAIT = 1.0  # seconds a wait for another node's commit lasts before it is asked again
 # Seconds the follower lets other nodes' commits gather before it reads them: under load one
@@ -99,6 +99,14 @@ async def lock_maildrop(core: ArchiveCore, mailbox_id: str) -> bool:
 async def unlock_maildrop(core: ArchiveCore, mailbox_id: str) -> None:
     if core.data.shared:
         await trio.to_thread.run_sync(core.data.unlock_maildrop, mailbox_id)
+
+
+async def holds_maildrop(core: ArchiveCore, mailbox_id: str) -> bool:
+    """Whether this node still holds a maildrop it locked: False once another node took it
+    while this node's connection holding it was lost. Raises LogWriteError."""
+    if not core.data.shared:
+        return True
+    return await trio.to_thread.run_sync(core.data.holds_maildrop, mailbox_id)
 
 
 async def settle(core: ArchiveCore) -> None:

@@ -217,6 +217,11 @@ class Archive:
     async def unlock_maildrop(self, mailbox_id: str) -> None:
         await _archive_shared.unlock_maildrop(self._core, mailbox_id)
 
+    async def holds_maildrop(self, mailbox_id: str) -> bool:
+        """Whether this node still holds a maildrop it locked (another node may have taken
+        it while the store's connection holding it was lost). Raises LogWriteError."""
+        return await _archive_shared.holds_maildrop(self._core, mailbox_id)
+
     # -- the data folder ---------------------------------------------------------------------------
 
     async def storage_usage(self) -> StorageUsage:

@@ -326,8 +326,16 @@ class Journal:
             case GetKeyFile():
                 return KeyFileBytes(id=frame.id, data=await archive.key_file(frame.mailbox_id))
             case Expunge():
+                # A worker's expunge is a POP3 session's UPDATE: only under its maildrop lock.
+                mailbox_id = archive.mailbox(frame.mailbox_id).mailbox_id
+                if mailbox_id not in connection.locks or not await archive.holds_maildrop(
+                    mailbox_id
+                ):
+                    raise LogWriteError(
+                        f"mailbox {mailbox_id}: this session no longer holds its maildrop lock"
+                    )
                 actor = _actor_decoder.decode(frame.actor)
-                count = await archive.expunge(frame.mailbox_id, frame.message_ids, actor=actor)
+                count = await archive.expunge(mailbox_id, frame.message_ids, actor=actor)
                 return Done(id=frame.id, value=count)
             case Lock():
                 mailbox_id = archive.mailbox(frame.mailbox_id).mailbox_id
