@@ -227,7 +227,8 @@ class StoreSettings(_Section, frozen=True, kw_only=True):
     backend: Literal["local", "postgresql"] = "local"
     dsn: str = ""
     # This node's name among the nodes of a fleet store, in its audit records (GatewayStarted,
-    # GatewayStopped); empty: the machine's host name.
+    # GatewayStopped) and as the store's writer (SPEC.md 17.5: each node needs its own);
+    # empty: the machine's host name.
     node: str = ""
     kdf: KdfSettings = KdfSettings()
 

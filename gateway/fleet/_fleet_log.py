@@ -102,7 +102,12 @@ class FleetLog:
         once when ``sync``); the records other nodes appended since this node last looked
         go into ``foreign``. Raises StoreUnavailable, having added nothing."""
         try:
-            rows = RowLog(self.round.begin(), self.log_id, segment_bytes=self.segment_bytes)
+            rows = RowLog(
+                self.round.begin(),
+                self.log_id,
+                segment_bytes=self.segment_bytes,
+                writer=self.round.writer,
+            )
             appended = rows.append(items, self.next_seq, self.round.ends.get(self.log_id))
         except Exception as exc:  # its statements are in the round's transaction: it fails
             self.round.append_failed(str(exc))

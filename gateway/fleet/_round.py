@@ -33,6 +33,7 @@ import psycopg
 from ..log import LogWriteError, StoreUnavailable
 from ._rows import LogEnd, lock_ends
 from ._session import gone
+from ._writers import WriterEnded, end_writer, hold_writer, register_writer
 
 __all__ = ["RESOLVE_SECONDS", "Round", "RoundMember"]
 
@@ -70,6 +71,17 @@ class Round:
         self.ends: dict[bytes, LogEnd] = {}  # those whose rows its transaction holds
         self._backend: tuple[int, object] | None = None  # the connection's server process
         self._poisoned = ""  # why an append of the round failed, when others are in it
+        self.writer: int | None = None  # this process as a writer (_writers), once it is one
+        self._ended: WriterEnded | None = None
+
+    def open_writer(self, node: str) -> None:
+        """Make this process a writer of ``node`` (_writers): registered, and held by the
+        connection of its rounds from now on."""
+        with self._lock:
+            self._drop()
+            with self._connect() as conn:
+                self.writer = register_writer(conn, node)
+            self._reconnect()
 
     def reserve(self, log_id: bytes) -> None:
         """The round will append to this log: its row is locked with the others reserved,
@@ -81,17 +93,15 @@ class Round:
         into a transaction of its own) and holding the rows of every log reserved."""
         if self._poisoned:
             raise psycopg.OperationalError(f"an append of the round failed: {self._poisoned}")
+        if self._ended is not None:
+            raise self._ended
         if self._conn is not None and not self._joined and gone(self._conn):
             self._drop()  # ended by the server while idle (a failover, a restart)
         if self._conn is None or self._conn.closed:
             if self._joined:  # their records went with the old connection: this round fails
                 raise psycopg.OperationalError("the connection of the round was lost")
-            self._conn = self._connect()
-            self.ends.clear()
-            row = self._conn.execute(
-                "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
-            ).fetchone()
-            self._backend = (int(row[0]), row[1]) if row is not None else None
+            self._reconnect()
+        assert self._conn is not None
         if self._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             self.ends.clear()
         if self._reserved - self.ends.keys():
@@ -100,6 +110,36 @@ class Round:
         elif self._conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             self._conn.execute("SELECT 1")
         return self._conn
+
+    def _reconnect(self) -> None:
+        """A new connection for the rounds, holding the writer's lock (the old connection's
+        server process, should it linger, is ended first: it would hold the lock)."""
+        conn = self._connect()
+        try:
+            if self.writer is not None:
+                if self._backend is not None:
+                    with conn.transaction():
+                        conn.execute(
+                            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                            "WHERE pid = %s AND backend_start = %s",
+                            self._backend,
+                        )
+                try:
+                    hold_writer(conn, self.writer)
+                except WriterEnded as exc:
+                    self._ended = exc
+                    logger.error("event=fleet-writer-ended reason=%r", str(exc))
+                    raise
+            row = conn.execute(
+                "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+            ).fetchone()
+            conn.commit()  # not idle in a transaction until the first round
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self.ends.clear()
+        self._backend = (int(row[0]), row[1]) if row is not None else None
 
     def join(self, log: RoundMember) -> int:
         if log not in self._joined:
@@ -219,8 +259,17 @@ class Round:
         raise psycopg.OperationalError("the round's old server process does not end")
 
     def close(self) -> None:
-        """Close the round's connection (anything not committed is rolled back)."""
+        """Close the round's connection (anything not committed is rolled back). A writer
+        ends here: nothing of it is in flight any more."""
         with self._lock:
+            if self.writer is not None and self._ended is None:
+                try:
+                    self._drop()
+                    with self._connect() as conn:
+                        end_writer(conn, self.writer)
+                except psycopg.Error as exc:  # ended when its node starts again
+                    logger.warning("event=fleet-writer-end-failed reason=%r", str(exc))
+                self.writer = None
             self._drop()
 
     def _drop(self) -> None:

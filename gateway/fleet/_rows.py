@@ -127,10 +127,13 @@ class RowLog:
         log_id: bytes,
         *,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        writer: int | None = None,
     ) -> None:
+        """``writer``: the journal process whose appends these are (_writers), if any."""
         self.conn = conn
         self.log_id = log_id
         self.segment_bytes = segment_bytes
+        self.writer = writer
         self.where = log_place(log_id)
 
     def create(self) -> None:
@@ -202,9 +205,10 @@ class RowLog:
             # One statement for the batch, however many records. The arrays go binary (%b):
             # a text bytea[] would be escaped element by element, on both sides.
             conn.execute(
-                "INSERT INTO gateway_records (log_id, seq, kind, body, chain) "
-                "SELECT %s, * FROM unnest(%b::bigint[], %b::smallint[], %b::bytea[], %b::bytea[])",
-                (self.log_id, list(range(first, seq)), kinds, bodies, chains),
+                "INSERT INTO gateway_records (log_id, seq, kind, body, chain, writer) "
+                "SELECT %s, *, %s::integer FROM unnest("
+                "%b::bigint[], %b::smallint[], %b::bytea[], %b::bytea[])",
+                (self.log_id, self.writer, list(range(first, seq)), kinds, bodies, chains),
             )
             conn.cursor().executemany(
                 "UPDATE gateway_segments SET size = %s WHERE log_id = %s AND first_seq = %s",

@@ -17,7 +17,7 @@ import psycopg
 
 __all__ = ["SCHEMA_VERSION", "SchemaError", "ensure_schema"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # pg_advisory_xact_lock key of schema changes: "gwschema" as a big-endian integer.
 _SCHEMA_LOCK = int.from_bytes(b"gwschema", "big") - (1 << 63)
 
@@ -77,6 +77,20 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         # (Through negative keys: moved in one step, row 1 would meet row 1,024 still there.)
         "UPDATE gateway_trees SET chunk = -1 - chunk * 1024",
         "UPDATE gateway_trees SET chunk = -1 - chunk",
+    ),
+    3: (
+        # Each journal process that appends (gateway/fleet/_writers.py): ended once a later
+        # one of its node started and none of its server processes is left, so compaction
+        # can drop the chunks it left that no commit names (a node killed mid-message).
+        """CREATE TABLE gateway_writers (
+            writer integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            node text NOT NULL,
+            started_at timestamptz NOT NULL DEFAULT now(),
+            ended_at timestamptz
+        )""",
+        # The writer of each record appended since (NULL: before version 3, or copied in by
+        # gateway store migrate). No foreign key: it would cost every insert a lookup.
+        "ALTER TABLE gateway_records ADD COLUMN writer integer",
     ),
 }
 

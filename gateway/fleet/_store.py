@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -53,6 +54,7 @@ from ._round import Round
 from ._rows import RowLog, log_place
 from ._schema import ensure_schema
 from ._session import Session
+from ._writers import chunks_by, ended_writers
 
 __all__ = ["FleetDataDir"]
 
@@ -64,10 +66,14 @@ _PAGE = 2000  # records read under the connection's lock at a time
 class FleetDataDir(DataDir):
     shared = True
 
-    def __init__(self, root: Path, dsn: str, *, application_name: str = "gateway") -> None:
+    def __init__(
+        self, root: Path, dsn: str, *, application_name: str = "gateway", node: str = ""
+    ) -> None:
+        """``node``: this node's name among the fleet's (default: the host name)."""
         super().__init__(root)
         self.dsn = with_defaults(dsn)
         self._name = application_name
+        self.node = node or socket.gethostname()
         self.round = Round(self._connect)
         # Reads, files and compaction; maildrop locks (they live as long as its
         # connection); the wake-ups. Each made again after a failover (_session).
@@ -87,6 +93,19 @@ class FleetDataDir(DataDir):
 
     def _connect(self, *, autocommit: bool = False) -> psycopg.Connection[Any]:
         return psycopg.connect(self.dsn, autocommit=autocommit, application_name=self._name)
+
+    def lock(self) -> None:
+        """Lock the node's folder, and become its writer: the process whose appends go into
+        the store (_writers; a later one ends this one's, once this one is gone)."""
+        super().lock()
+        try:
+            self.round.open_writer(self.node)
+        except psycopg.Error as exc:
+            super().unlock()
+            raise StoreUnavailable(f"the fleet store: {exc}") from exc
+        except BaseException:
+            super().unlock()
+            raise
 
     def unlock(self) -> None:
         super().unlock()
@@ -126,6 +145,16 @@ class FleetDataDir(DataDir):
             return mailbox_id in self._held
 
         return self._maildrops.read(held)
+
+    def ended_writers(self) -> frozenset[int]:
+        with self.session.use() as conn:
+            return ended_writers(conn)
+
+    def chunks_written_by(
+        self, mailbox_id: str, from_seq: int, writers: frozenset[int]
+    ) -> dict[int, bytes]:
+        with self._rows(mailbox_id) as rows:
+            return chunks_by(rows.conn, rows.log_id, from_seq, writers)
 
     def _relock(self, conn: psycopg.Connection[Any]) -> None:
         """A new connection of the maildrop locks holds none of them: take the node's again.

@@ -121,6 +121,18 @@ class DataDir:
         """Whether this node still holds a maildrop it locked (blocking)."""
         return True
 
+    def ended_writers(self) -> frozenset[int]:
+        """The node processes of a shared store that have ended, whose chunks no commit
+        names can never be committed (blocking; none here: this process knows its own)."""
+        return frozenset()
+
+    def chunks_written_by(
+        self, mailbox_id: str, from_seq: int, writers: frozenset[int]
+    ) -> dict[int, bytes]:
+        """A mailbox log's chunks from ``from_seq`` on that these writers wrote, each with
+        the message id it names (blocking)."""
+        return {}
+
     def wait_for_others(self, timeout: float) -> dict[bytes, int]:
         """The logs nodes committed to (by log id: its next seq now), waiting up to
         ``timeout`` seconds for the first (blocking); empty when none did."""

@@ -213,8 +213,9 @@ class Gateway:
             metrics = self.metrics = Metrics({c.name: str(c.protocol) for c in config.listeners})
             archive.observe_control(metrics.observe_control)
             archive.commit_group.on_round = metrics.observe_round
-            node = config.store.node or socket.gethostname()
-            await archive.append_control(GatewayStarted(at=now(), version=__version__, node=node))
+            await archive.append_control(
+                GatewayStarted(at=now(), version=__version__, node=self._node())
+            )
             self.accounts = await self._load_accounts(archive)
             signer = await CheckpointSigner.open(archive, control_origin(config.hostname))
             self.checkpoints, self.checkpoint_vkey = signer, signer.signer.vkey()
@@ -251,9 +252,15 @@ class Gateway:
                 await signer.sign()  # what this run wrote, up to its stop
             except (LogWriteError, OSError) as exc:
                 logger.error("event=checkpoint-failed reason=%r", str(exc))
-            await archive.append_control(GatewayStopped(at=now(), reason="shutdown", node=node))
+            await archive.append_control(
+                GatewayStopped(at=now(), reason="shutdown", node=self._node())
+            )
         finally:
             await archive.aclose()
+
+    def _node(self) -> str:
+        """This node's name among a fleet's (SPEC.md 17.5)."""
+        return self.config.store.node or socket.gethostname()
 
     async def _open_archive(self) -> Archive:
         """Open the data folder. A journal its supervisor restarts may find the one before
@@ -285,7 +292,12 @@ class Gateway:
         if not dsn:
             raise StartupError("store.backend is postgresql: set store.dsn or $GATEWAY_STORE_DSN")
         try:
-            return FleetDataDir(root, dsn, application_name=f"gateway-{self.name}")
+            return FleetDataDir(
+                root,
+                dsn,
+                application_name=f"gateway-{self.name}",
+                node=self._node(),
+            )
         except (psycopg.Error, SchemaError) as exc:  # libpq's messages name no password
             raise StartupError(f"the fleet store cannot be opened: {exc}") from None
 

@@ -47,15 +47,18 @@ async def compact(core: ArchiveCore, mailbox_id: str, *, min_gain: float) -> int
     reclaimed = 0
     async with box.lock:
         named: dict[int, bytes] | None = None
+        ended: frozenset[int] = frozenset()
         if core.data.shared:
-            # What other nodes appended (their segments too) is folded first: the log's
-            # segments are what this node has read of them.
+            # The node processes that had ended before the catch-up: every commit of theirs
+            # is in it. Then what other nodes appended (their segments too) is folded: the
+            # log's segments are what this node has read of them.
+            ended = await trio.to_thread.run_sync(core.data.ended_writers)
             await box.writer.catch_up()
         if core.data.shared and len(log.segments) > 1:
             # Other nodes' messages in flight are not known here: only the chunks named by
-            # an expunged message's commit record or by a MessageAbandoned can go (SPEC.md
-            # 17.5), wherever after them that record is.
-            named = await trio.to_thread.run_sync(_named_chunks, core, box, log.segments[0])
+            # an expunged message's commit record or by a MessageAbandoned, and those of
+            # ended node processes, can go (SPEC.md 17.5), wherever after them that record is.
+            named = await trio.to_thread.run_sync(_named_chunks, core, box, log.segments[0], ended)
         for segment in log.segments[:-1]:
             reclaimed += await _compact_segment(core, box, log, segment, min_gain, named)
     return reclaimed
@@ -163,12 +166,16 @@ async def _compact_segment(
     return plan.bytes_before - plan.bytes_after
 
 
-def _named_chunks(core: ArchiveCore, box: MailboxState, start: int) -> dict[int, bytes]:
+def _named_chunks(
+    core: ArchiveCore, box: MailboxState, start: int, ended: frozenset[int]
+) -> dict[int, bytes]:
     """The chunks that can go on a shared store, each with its message's id: those the
     commit records of expunged messages name and those a ``MessageAbandoned`` names, read
     from seq ``start`` to the log's end (chunks come without their bodies: one pass over
-    the events, cheaper than the segments' own reading)."""
-    expunged, named = box.index.expunged, dict[int, bytes]()
+    the events, cheaper than the segments' own reading), and those the ``ended`` writers
+    wrote (a served message's chunks among them stay: they are live)."""
+    expunged = box.index.expunged
+    named = core.data.chunks_written_by(box.info.mailbox_id, start, ended)
     for record in core.data.records(box.info.mailbox_id, from_seq=start, chunk_bodies=False):
         if record.kind == RecordKind.EVENT:
             event = decode_message_event(record.body)
