@@ -39,7 +39,11 @@ from ._common import MailboxState, NoSuchMailbox
 __all__ = ["compact", "maintain", "remove_retired"]
 
 
-async def compact(core: ArchiveCore, mailbox_id: str, *, min_gain: float) -> int:
+async def compact(
+    core: ArchiveCore, mailbox_id: str, *, min_gain: float, ended: frozenset[int] | None = None
+) -> int:
+    """``ended``: on a shared store, the node processes that had ended before this call
+    (read here when not given)."""
     box = await core.opened(mailbox_id)
     if box.writer is None:
         return 0
@@ -47,18 +51,20 @@ async def compact(core: ArchiveCore, mailbox_id: str, *, min_gain: float) -> int
     reclaimed = 0
     async with box.lock:
         named: dict[int, bytes] | None = None
-        ended: frozenset[int] = frozenset()
         if core.data.shared:
             # The node processes that had ended before the catch-up: every commit of theirs
             # is in it. Then what other nodes appended (their segments too) is folded: the
             # log's segments are what this node has read of them.
-            ended = await trio.to_thread.run_sync(core.data.ended_writers)
+            if ended is None:
+                ended = await trio.to_thread.run_sync(core.data.ended_writers)
             await box.writer.catch_up()
         if core.data.shared and len(log.segments) > 1:
             # Other nodes' messages in flight are not known here: only the chunks named by
             # an expunged message's commit record or by a MessageAbandoned, and those of
             # ended node processes, can go (SPEC.md 17.5), wherever after them that record is.
-            named = await trio.to_thread.run_sync(_named_chunks, core, box, log.segments[0], ended)
+            named = await trio.to_thread.run_sync(
+                _named_chunks, core, box, log.segments[0], ended or frozenset()
+            )
         for segment in log.segments[:-1]:
             reclaimed += await _compact_segment(core, box, log, segment, min_gain, named)
     return reclaimed
@@ -76,12 +82,14 @@ async def remove_retired(core: ArchiveCore, mailbox_id: str) -> int:
 
 async def maintain(core: ArchiveCore) -> tuple[int, int]:
     reclaimed = deleted = 0
+    # Once for the pass: read before any of its catch-ups, it holds for every mailbox.
+    ended = await trio.to_thread.run_sync(core.data.ended_writers) if core.data.shared else None
     for info in list(core.state.mailboxes.values()):
         box = core.boxes.get(info.mailbox_id)
         if box is None or not box.opened.is_set():
             continue  # not open yet: the next pass
         try:
-            reclaimed += await compact(core, info.mailbox_id, min_gain=0.5)
+            reclaimed += await compact(core, info.mailbox_id, min_gain=0.5, ended=ended)
             deleted += await remove_retired(core, info.mailbox_id)
         except (NoSuchMailbox, LogCorrupt, LogWriteError, OSError):
             continue
