@@ -3,8 +3,9 @@ PostgreSQL database that several gateway nodes share. ``_schema`` (the tables an
 versions), ``_rows`` (a log as rows: appends serialized across nodes, the same records and
 chain values as a segment log), ``_row_compaction`` (compaction over rows), ``_tree_rows``
 (each log's Merkle tree), ``_round`` (the transaction of a group-commit round), ``_fleet_log``
-(a row log under the group commit), ``_coordination`` (maildrop locks and wake-ups across
-nodes), ``_files`` (what a data folder keeps in files), ``_migrate`` (a data folder copied in
+(a row log under the group commit), ``_coordination`` (maildrop and housekeeping locks, and
+wake-ups, across nodes), ``_writers`` (which node process wrote a chunk, and whether it is
+gone), ``_files`` (what a data folder keeps in files), ``_migrate`` (a data folder copied in
 and out), ``_store`` (a node's data folder in fleet mode)."""
 
 from __future__ import annotations

@@ -16,9 +16,7 @@ a standby that was not synchronous), which the archive reports as damage.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import logging
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -47,7 +45,7 @@ from ..log import (
     decode_recovery_point,
 )
 from ..merkle import MerkleTree
-from ._coordination import MaildropLocks, listen, moved_logs
+from ._coordination import NodeLocks, listen, moved_logs
 from ._files import FleetFiles
 from ._fleet_log import FleetLog, recovery_name
 from ._round import Round
@@ -57,8 +55,6 @@ from ._session import Session
 from ._writers import chunks_by, ended_writers
 
 __all__ = ["FleetDataDir"]
-
-logger = logging.getLogger("gateway.fleet")
 
 _PAGE = 2000  # records read under the connection's lock at a time
 
@@ -75,11 +71,10 @@ class FleetDataDir(DataDir):
         self._name = application_name
         self.node = node or socket.gethostname()
         self.round = Round(self._connect)
-        # Reads, files and compaction; maildrop locks (they live as long as its
-        # connection); the wake-ups. Each made again after a failover (_session).
+        # Reads, files and compaction; the node's locks (maildrops, housekeeping: they live
+        # as long as its connection); the wake-ups. Each made again after a failover.
         self.session = Session(lambda: self._connect(autocommit=True))
-        self._maildrops = Session(lambda: self._connect(autocommit=True), on_connect=self._relock)
-        self._held: set[str] = set()  # the maildrops this node holds (under its session's lock)
+        self._locks = NodeLocks(lambda: self._connect(autocommit=True))
         self._follower = Session(
             lambda: self._connect(autocommit=True), on_connect=listen, listening=True
         )
@@ -110,7 +105,7 @@ class FleetDataDir(DataDir):
     def unlock(self) -> None:
         super().unlock()
         self.round.close()
-        for session in (self.session, self._maildrops, self._follower):
+        for session in (self.session, self._locks, self._follower):
             session.close()
 
     def size(self) -> int:
@@ -122,29 +117,16 @@ class FleetDataDir(DataDir):
     # -- between the nodes (SPEC.md 17.5)
 
     def lock_maildrop(self, mailbox_id: str) -> bool:
-        mailbox_id = parse_mailbox_id(mailbox_id)
-        with self._maildrops.use() as conn:
-            taken = MaildropLocks(conn).acquire(mailbox_id)
-            if taken:
-                self._held.add(mailbox_id)
-            return taken
+        return self._locks.lock_maildrop(parse_mailbox_id(mailbox_id))
 
     def unlock_maildrop(self, mailbox_id: str) -> None:
-        mailbox_id = parse_mailbox_id(mailbox_id)
-        with self._maildrops.use() as conn:
-            self._held.discard(mailbox_id)
-            MaildropLocks(conn).release(mailbox_id)
+        self._locks.unlock_maildrop(parse_mailbox_id(mailbox_id))
 
     def holds_maildrop(self, mailbox_id: str) -> bool:
-        """Whether this node still holds a maildrop it locked: asked on the locks' connection,
-        so one lost since its last use is found (and, on a new one, the locks taken again)."""
-        mailbox_id = parse_mailbox_id(mailbox_id)
+        return self._locks.holds_maildrop(parse_mailbox_id(mailbox_id))
 
-        def held(conn: psycopg.Connection[Any]) -> bool:
-            conn.execute("SELECT 1")
-            return mailbox_id in self._held
-
-        return self._maildrops.read(held)
+    def housekeeping(self) -> bool:
+        return self._locks.housekeeping()
 
     def ended_writers(self) -> frozenset[int]:
         with self.session.use() as conn:
@@ -156,31 +138,17 @@ class FleetDataDir(DataDir):
         with self._rows(mailbox_id) as rows:
             return chunks_by(rows.conn, rows.log_id, from_seq, writers)
 
-    def _relock(self, conn: psycopg.Connection[Any]) -> None:
-        """A new connection of the maildrop locks holds none of them: take the node's again.
-        One another node took meanwhile is lost (the session holding it here goes on)."""
-        locks = MaildropLocks(conn)
-        for mailbox_id in sorted(self._held):
-            if not locks.acquire(mailbox_id):
-                self._held.discard(mailbox_id)
-                logger.warning("event=fleet-maildrop-lock-lost mailbox=%s", mailbox_id)
-
     def wait_for_others(self, timeout: float) -> dict[bytes, int]:
         """The logs nodes committed to. After the follower's connection was lost (notices
         missed), the control log is reported as moved. Each call also sees that the
-        maildrop locks' connection lives (and, if it was lost, takes them again)."""
-        self._keep_maildrops()
+        node's locks' connection lives (and, if it was lost, takes them again)."""
+        self._locks.keep()
         try:
             with self._follower.use() as conn:
                 return moved_logs(conn, timeout)
         except StoreUnavailable:
             time.sleep(min(timeout, 1.0))
             return {CONTROL_LOG_ID: 1 << 62}
-
-    def _keep_maildrops(self) -> None:
-        if self._held:
-            with contextlib.suppress(StoreUnavailable), self._maildrops.use():
-                pass  # made again, and the locks taken again, if it was lost
 
     # -- the logs
 

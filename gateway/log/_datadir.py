@@ -121,6 +121,11 @@ class DataDir:
         """Whether this node still holds a maildrop it locked (blocking)."""
         return True
 
+    def housekeeping(self) -> bool:
+        """Whether this node runs the store's periodic passes (compaction, alarms, signed
+        checkpoints) now: on a shared store one node does (blocking)."""
+        return True
+
     def ended_writers(self) -> frozenset[int]:
         """The node processes of a shared store that have ended, whose chunks no commit
         names can never be committed (blocking; none here: this process knows its own)."""

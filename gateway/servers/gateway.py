@@ -562,6 +562,8 @@ class Gateway:
         while True:
             await trio.sleep(archive.config.maintenance_interval)
             try:
+                if not await archive.housekeeping():  # another node of the fleet does it
+                    continue
                 reclaimed, deleted = await archive.maintain()
             except LogWriteError as exc:  # a fleet store away (SPEC.md 17.7): the next pass
                 logger.warning("event=maintenance-failed reason=%r", str(exc))

@@ -42,7 +42,14 @@ from ._archive_recovery import mailbox_public_key, open_mailbox
 from ._common import MailboxState
 from .message_index import MessageIndex
 
-__all__ = ["catch_up", "follow", "holds_maildrop", "lock_maildrop", "unlock_maildrop"]
+__all__ = [
+    "catch_up",
+    "follow",
+    "holds_maildrop",
+    "housekeeping",
+    "lock_maildrop",
+    "unlock_maildrop",
+]
 
 FOLLOW_WAIT = 1.0  # seconds a wait for another node's commit lasts before it is asked again
 # Seconds the follower lets other nodes' commits gather before it reads them: under load one
@@ -99,6 +106,14 @@ async def lock_maildrop(core: ArchiveCore, mailbox_id: str) -> bool:
 async def unlock_maildrop(core: ArchiveCore, mailbox_id: str) -> None:
     if core.data.shared:
         await trio.to_thread.run_sync(core.data.unlock_maildrop, mailbox_id)
+
+
+async def housekeeping(core: ArchiveCore) -> bool:
+    """Whether this node runs the periodic passes (compaction, alarms, signed checkpoints)
+    now: always on a data folder, one node at a time on a fleet store. Raises LogWriteError."""
+    if not core.data.shared:
+        return True
+    return await trio.to_thread.run_sync(core.data.housekeeping)
 
 
 async def holds_maildrop(core: ArchiveCore, mailbox_id: str) -> bool:

@@ -80,7 +80,8 @@ class Alarms:
             try:
                 await self.check_space()
                 if trio.current_time() >= next_mailboxes:
-                    await self.check_mailboxes()
+                    if await self.archive.housekeeping():  # one node of a fleet looks
+                        await self.check_mailboxes()
                     next_mailboxes = trio.current_time() + self.settings.check_interval
             except LogWriteError as exc:  # the control log cannot take the record: next time
                 logger.warning("event=alarm-check-failed reason=%r", str(exc))

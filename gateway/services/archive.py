@@ -217,6 +217,11 @@ class Archive:
     async def unlock_maildrop(self, mailbox_id: str) -> None:
         await _archive_shared.unlock_maildrop(self._core, mailbox_id)
 
+    async def housekeeping(self) -> bool:
+        """Whether this node runs the store's periodic passes (compaction, backlog alarms,
+        signed checkpoints) now: one node of a fleet does. Raises LogWriteError."""
+        return await _archive_shared.housekeeping(self._core)
+
     async def holds_maildrop(self, mailbox_id: str) -> bool:
         """Whether this node still holds a maildrop it locked (another node may have taken
         it while the store's connection holding it was lost). Raises LogWriteError."""

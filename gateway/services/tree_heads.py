@@ -92,14 +92,20 @@ class CheckpointSigner:
             "event=checkpoint-key vkey=%s created=%s", signer.vkey(), "true" if made else "false"
         )
         self = cls(archive, signer)
-        latest = await trio.to_thread.run_sync(archive.data.read_checkpoint)
+        await self.refresh()
+        return self
+
+    async def refresh(self) -> None:
+        """Start again from the checkpoints kept (another node of a fleet may have signed
+        since this one last did)."""
+        self.signed_size, self.mailboxes_signed = 0, {}
+        latest = await trio.to_thread.run_sync(self.archive.data.read_checkpoint)
         if latest is not None:
             try:
-                body = open_note(latest, Verifier.parse(signer.vkey()))
+                body = open_note(latest, Verifier.parse(self.signer.vkey()))
                 self.signed_size = Checkpoint.parse(body).size
             except ValueError as exc:  # NoteError: not ours, or damaged; the next one replaces it
                 logger.warning("event=checkpoint-unreadable reason=%r", str(exc))
-        return self
 
     async def sign(self) -> bytes | None:
         """Sign each mailbox log's tree head that moved since its last checkpoint, then the
@@ -167,12 +173,20 @@ class CheckpointSigner:
         return sizes
 
     async def run(self, interval: float) -> None:
-        """Sign every ``interval`` seconds (0: never here; the clean stop signs)."""
+        """Sign every ``interval`` seconds (0: never here; the clean stop signs); on a fleet
+        store, only while this node does the housekeeping (SPEC.md 17.5)."""
         if interval <= 0:
             return
+        signing = True  # as of open(): what is kept is what this node starts from
         while True:
             await trio.sleep(interval)
             try:
+                if not await self.archive.housekeeping():
+                    signing = False
+                    continue
+                if not signing:  # another node signed meanwhile
+                    await self.refresh()
+                    signing = True
                 await self.sign()
             except (LogWriteError, OSError) as exc:  # a full disk, a fleet store away: later
                 logger.error("event=checkpoint-failed reason=%r", str(exc))
