@@ -27,7 +27,7 @@ from gateway.events import (
     now,
 )
 from gateway.fleet import FleetDataDir
-from gateway.log import LogRecord, LogWriteError, RecordKind
+from gateway.log import CONTROL_LOG_ID, LogRecord, LogWriteError, RecordKind
 from gateway.services.archive import Archive
 from gateway.verify import verify_data_dir
 
@@ -265,6 +265,25 @@ def test_maildrop_locks_are_taken_again_after_their_connection_is_lost(
     finally:
         a.unlock()
         b.unlock()
+
+
+def test_a_follower_reads_the_control_log_anew_whenever_it_listens_anew(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """What was committed before the follower's LISTEN sent it no notice: its first wait, and
+    the first on a new connection after one was lost, report the control log as moved, so
+    the node reads it (a node starting while another made a mailbox missed the mailbox)."""
+    data = FleetDataDir(tmp_path / "b", postgres.dsn, application_name="node-b")
+    moved = {CONTROL_LOG_ID: 1 << 62}
+    try:
+        assert data.wait_for_others(0.1) == moved
+        assert data.wait_for_others(0.1) == {}
+        assert postgres.terminate_backends("node-b") >= 1
+        assert data.wait_for_others(0.1) == moved  # lost
+        assert data.wait_for_others(0.1) == moved  # listening anew
+        assert data.wait_for_others(0.1) == {}
+    finally:
+        data.unlock()
 
 
 async def test_a_session_whose_maildrop_lock_was_lost_expunges_nothing(

@@ -76,8 +76,9 @@ class FleetDataDir(DataDir):
         self.session = Session(lambda: self._connect(autocommit=True))
         self._locks = NodeLocks(lambda: self._connect(autocommit=True))
         self._follower = Session(
-            lambda: self._connect(autocommit=True), on_connect=listen, listening=True
+            lambda: self._connect(autocommit=True), on_connect=self._listen, listening=True
         )
+        self._listening_anew = False  # the follower's connection is new: notices were missed
         try:
             with self.session.use() as conn:
                 ensure_schema(conn)
@@ -139,16 +140,24 @@ class FleetDataDir(DataDir):
             return chunks_by(rows.conn, rows.log_id, from_seq, writers)
 
     def wait_for_others(self, timeout: float) -> dict[bytes, int]:
-        """The logs nodes committed to. After the follower's connection was lost (notices
-        missed), the control log is reported as moved. Each call also sees that the
-        node's locks' connection lives (and, if it was lost, takes them again)."""
+        """The logs nodes committed to. When the follower's connection was lost, and once
+        a new one listens (what was committed before its LISTEN sent it no notice), the
+        control log is reported as moved. Each call also sees that the node's locks'
+        connection lives (and, if it was lost, takes them again)."""
         self._locks.keep()
         try:
             with self._follower.use() as conn:
+                if self._listening_anew:
+                    self._listening_anew = False
+                    return {CONTROL_LOG_ID: 1 << 62}
                 return moved_logs(conn, timeout)
         except StoreUnavailable:
             time.sleep(min(timeout, 1.0))
             return {CONTROL_LOG_ID: 1 << 62}
+
+    def _listen(self, conn: psycopg.Connection[Any]) -> None:
+        listen(conn)
+        self._listening_anew = True
 
     # -- the logs
 
