@@ -1,5 +1,6 @@
-"""``gateway store migrate``: a data folder copied into a fleet store (PostgreSQL), or a fleet
-store copied into a new data folder, every chain checked on the way (SPEC.md 17.4)."""
+"""``gateway store``: ``migrate``, a data folder copied into a fleet store (PostgreSQL), or a
+fleet store copied into a new data folder, every chain checked on the way (SPEC.md 17.4);
+``writers`` and ``retire``, the node processes that write into a fleet store (17.5)."""
 
 from __future__ import annotations
 
@@ -26,25 +27,69 @@ def add_store_command(
     )
     migrate.add_argument("--data-dir", type=Path, default=default_data_dir)
     migrate.add_argument(
-        "--dsn",
-        help="the fleet store's libpq connection string (default: $GATEWAY_STORE_DSN)",
-    )
-    migrate.add_argument(
         "--out", action="store_true", help="from the fleet store into --data-dir (a new folder)"
     )
+    listing = verbs.add_parser(
+        "writers", help="list the node processes that write into the fleet store"
+    )
+    retire = verbs.add_parser(
+        "retire",
+        help="end the writers of a node taken out of the fleet for good, so compaction drops "
+        "what it left half written",
+    )
+    retire.add_argument("node", help="the node's name ([store] node)")
+    for verb in (migrate, listing, retire):
+        verb.add_argument(
+            "--dsn",
+            help="the fleet store's libpq connection string (default: $GATEWAY_STORE_DSN)",
+        )
 
 
 def run_store(args: argparse.Namespace) -> int:
+    dsn = args.dsn or os.environ.get("GATEWAY_STORE_DSN")
+    if not dsn:
+        print(f"gateway store {args.verb}: give --dsn (or set GATEWAY_STORE_DSN)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.verb == "migrate":
+        return _migrate(args, dsn)
+    return _writers(args, dsn)
+
+
+def _writers(args: argparse.Namespace, dsn: str) -> int:
+    """``writers``: one line a writer; ``retire``: exit 0 once every writer of the node has
+    ended, 1 when one still runs (left as it is)."""
+    import psycopg  # noqa: PLC0415 (lazily: only this command needs it)
+
+    from .fleet import SchemaError, ensure_schema, retire_node, writers  # noqa: PLC0415
+
+    try:
+        with psycopg.connect(dsn, autocommit=True, application_name="gateway-store") as conn:
+            ensure_schema(conn)
+            if args.verb == "retire":
+                running = retire_node(conn, args.node)
+                for writer in running:
+                    print(f"writer {writer} of {args.node} is running: stop that node first")
+                return EXIT_PROBLEMS if running else EXIT_OK
+            for w in writers(conn):
+                ended = w.ended_at.isoformat(timespec="seconds") if w.ended_at else "-"
+                state = "running" if w.running else ("ended" if w.ended_at else "gone")
+                started = w.started_at.isoformat(timespec="seconds")
+                print(f"{w.writer} {w.node} {state} started {started} ended {ended}")
+    except SchemaError as exc:
+        print(f"gateway store {args.verb}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except psycopg.Error as exc:
+        print(f"gateway store {args.verb}: the fleet store: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+def _migrate(args: argparse.Namespace, dsn: str) -> int:
     import psycopg  # noqa: PLC0415 (lazily: only this command needs it)
 
     from .fleet import MigrateError, migrate_in, migrate_out  # noqa: PLC0415
     from .log import DataDir, DataDirLocked, LogCorrupt  # noqa: PLC0415
     from .verify import print_report  # noqa: PLC0415
-
-    dsn = args.dsn or os.environ.get("GATEWAY_STORE_DSN")
-    if not dsn:
-        print("gateway store migrate: give --dsn (or set GATEWAY_STORE_DSN)", file=sys.stderr)
-        return EXIT_USAGE
 
     def progress(where: str, count: int) -> None:
         print(f"{where}: {count}", file=sys.stderr, flush=True)

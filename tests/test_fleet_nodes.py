@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import psycopg
 import pytest
 import trio
 
@@ -21,7 +20,6 @@ from gateway.events import (
     Envelope,
     MessageAbandoned,
     MessagesExpunged,
-    MessageStored,
     decode_control_event,
     decode_message_event,
     now,
@@ -316,89 +314,3 @@ async def test_a_session_whose_maildrop_lock_was_lost_expunges_nothing(
     finally:
         await archive.aclose()
         other.unlock()
-
-
-async def test_compaction_drops_what_a_killed_node_left_half_written(
-    postgres: PostgresServer, tmp_path: Path
-) -> None:
-    """B is killed with a message half written: its connections end, and nothing says it
-    gave the message up. Its chunks stay while b may only be cut off from the store (it
-    could still commit the message); once b has started again (a later writer of its node,
-    the old one's lock free), a's compaction drops them, and a's own messages stay whole."""
-    async with node(postgres, tmp_path / "a") as a:
-        b_data = await trio.to_thread.run_sync(
-            functools.partial(
-                FleetDataDir, tmp_path / "b", postgres.dsn, application_name="node-b", node="b"
-            )
-        )
-        b = await Archive.open(b_data, CONFIG)
-        try:
-            box, password = await mailbox_on_both(b, a, "killed")
-            dead = b.begin_message([box])
-            await dead.write(b"Subject: cut\r\n\r\n" + os.urandom(300_000))
-            await dead.prepare()
-            assert postgres.terminate_backends("node-b") >= 1  # b is gone: killed
-            bodies = await store(a, box, 60)  # several segments after its chunks
-            orphans = await trio.to_thread.run_sync(unnamed_chunks, a, box)
-            assert len(orphans) >= 2
-
-            assert await a.compact(box, min_gain=0.0) == 0  # b may be alive, cut off
-            assert await trio.to_thread.run_sync(unnamed_chunks, a, box) == orphans
-
-            async with node(postgres, tmp_path / "b-again", name="b"):  # b starts again
-                assert await a.compact(box, min_gain=0.0) > 300_000
-            assert await trio.to_thread.run_sync(unnamed_chunks, a, box) == set()
-            assert await a.lock_maildrop(box)
-            assert await read_all(a, box, password) == bodies
-            await a.unlock_maildrop(box)
-        finally:
-            await trio.to_thread.run_sync(b_data.unlock)
-    await assert_copy_verifies(postgres, tmp_path / "copy")
-
-
-def unnamed_chunks(archive: Archive, box: str) -> set[int]:
-    """The seqs of a mailbox log's chunks that no commit record names."""
-    chunks: set[int] = set()
-    named: set[int] = set()
-    for record in archive.data.records(box):
-        if record.kind == RecordKind.CHUNK:
-            chunks.add(record.seq)
-        elif record.kind == RecordKind.EVENT:
-            event = decode_message_event(record.body)
-            if isinstance(event, MessageStored):
-                named.update(event.chunk_seqs)
-    return chunks - named
-
-
-def test_a_writer_ends_once_a_later_one_of_its_node_started_and_it_is_gone(
-    postgres: PostgresServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A node process's writer is ended only when both hold: a later writer of the same node
-    started, and the old one's lock is free. Two live processes under one node name (a
-    misconfiguration): the first, reconnecting after it was ended, refuses to append rather
-    than commit messages whose chunks may be gone. A clean stop ends a writer at once."""
-    folders = {name: tmp_path / name for name in ("x", "y", "z")}
-    nodes = {"x": "same", "y": "same", "z": "other"}
-    x, y, z = (
-        FleetDataDir(folders[n], postgres.dsn, application_name=f"node-{n}", node=nodes[n])
-        for n in ("x", "y", "z")
-    )
-    try:
-        x.lock()
-        z.lock()
-        writers = [x.round.writer, z.round.writer]
-        assert None not in writers and len(set(writers)) == 2
-        assert z.ended_writers() == frozenset()
-        y.lock()  # a later writer of x's node, while x runs
-        assert y.ended_writers() == frozenset()  # x holds its lock
-        assert postgres.terminate_backends("node-x") >= 1
-        assert y.ended_writers() == {x.round.writer}  # z's and y's live on
-        with pytest.raises(psycopg.OperationalError, match="restart this node"):
-            x.round.begin()
-        assert "event=fleet-writer-ended" in caplog.text
-        ended_y = y.round.writer
-        y.unlock()
-        assert z.ended_writers() == {writers[0], ended_y}
-    finally:
-        for data in (x, y, z):
-            data.unlock()

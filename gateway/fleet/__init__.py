@@ -20,6 +20,7 @@ from ._rows import Appended, RowLog, segment_files
 from ._schema import SCHEMA_VERSION, SchemaError, ensure_schema
 from ._session import Session
 from ._store import FleetDataDir
+from ._writers import Writer, retire_node, writers
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -35,6 +36,7 @@ __all__ = [
     "RowLog",
     "SchemaError",
     "Session",
+    "Writer",
     "apply_cut",
     "copy_out",
     "ensure_schema",
@@ -43,5 +45,7 @@ __all__ = [
     "migrate_out",
     "moved_logs",
     "plan_compaction",
+    "retire_node",
     "segment_files",
+    "writers",
 ]

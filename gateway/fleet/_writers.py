@@ -25,7 +25,9 @@ of an ended writer that no commit record names can never be named: compaction dr
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -33,12 +35,15 @@ import psycopg
 from ..log import RecordKind
 
 __all__ = [
+    "Writer",
     "WriterEnded",
     "chunks_by",
     "end_writer",
     "ended_writers",
     "hold_writer",
     "register_writer",
+    "retire_node",
+    "writers",
 ]
 
 # The class of writers' advisory locks (pg_advisory_lock(class, writer): a key space of its
@@ -96,16 +101,57 @@ def ended_writers(conn: psycopg.Connection[Any]) -> frozenset[int]:
         "  SELECT 1 FROM gateway_writers l WHERE l.node = w.node AND l.writer > w.writer)"
     ).fetchall()
     for (writer,) in superseded:
-        with conn.transaction():
-            free = conn.execute(
-                "SELECT pg_try_advisory_xact_lock(%s, %s)", (WRITER_LOCKS, writer)
-            ).fetchone()
-            if free is not None and free[0]:
-                conn.execute(
-                    "UPDATE gateway_writers SET ended_at = now() WHERE writer = %s", (writer,)
-                )
+        _end_if_gone(conn, int(writer))
     rows = conn.execute("SELECT writer FROM gateway_writers WHERE ended_at IS NOT NULL")
     return frozenset(int(r[0]) for r in rows)
+
+
+def retire_node(conn: psycopg.Connection[Any], node: str) -> list[int]:
+    """End every writer of a node taken out of the fleet for good (``gateway store retire``):
+    those whose lock is free. Returns the writers of the node still running (left as
+    they are). (On an autocommit connection.)"""
+    running = conn.execute(
+        "SELECT writer FROM gateway_writers WHERE node = %s AND ended_at IS NULL ORDER BY writer",
+        (node,),
+    ).fetchall()
+    return [int(w) for (w,) in running if not _end_if_gone(conn, int(w))]
+
+
+def _end_if_gone(conn: psycopg.Connection[Any], writer: int) -> bool:
+    """End a writer if its lock is free (none of its server processes is left), in the
+    transaction that holds the lock meanwhile; whether it did."""
+    with conn.transaction():
+        free = conn.execute(
+            "SELECT pg_try_advisory_xact_lock(%s, %s)", (WRITER_LOCKS, writer)
+        ).fetchone()
+        if free is None or not free[0]:
+            return False
+        conn.execute("UPDATE gateway_writers SET ended_at = now() WHERE writer = %s", (writer,))
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Writer:
+    """A writer as ``gateway store writers`` lists it."""
+
+    writer: int
+    node: str
+    started_at: datetime.datetime
+    ended_at: datetime.datetime | None
+    running: bool  # its lock is held: a process of it is connected
+
+
+def writers(conn: psycopg.Connection[Any]) -> list[Writer]:
+    """Every writer, oldest first."""
+    rows = conn.execute(
+        "SELECT w.writer, w.node, w.started_at, w.ended_at, EXISTS ("
+        "  SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
+        "  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        "  AND l.classid = %s::oid AND l.objid = w.writer::oid AND l.objsubid = 2)"
+        " FROM gateway_writers w ORDER BY w.writer",
+        (WRITER_LOCKS,),
+    ).fetchall()
+    return [Writer(int(r[0]), str(r[1]), r[2], r[3], bool(r[4])) for r in rows]
 
 
 def chunks_by(
