@@ -13,11 +13,12 @@ name), registered when it locks its node folder (:func:`register_writer`). Its r
 holds the writer's advisory lock (:func:`hold_writer`: taken again on every new connection,
 and checked then that nobody ended the writer meanwhile).
 
-A writer has *ended* when a later writer of the same node has started (the node's folder
-lock let that one start only once this one was gone) and its advisory lock is free (no
-server process of it is left, so none of its transactions can still commit).
-:func:`ended_writers` records that, under the lock, so a writer reconnecting in between
-waits and then finds itself ended, and refuses to append rather than commit a message
+A writer *ends* at a clean stop (:func:`end_writer`), or once its advisory lock is free (no
+server process of it is left, so none of its transactions can still commit) and either a
+later writer of the same node has started (the node's folder lock let that one start only
+once this one was gone: :func:`ended_writers`) or an administrator retired the node
+(:func:`retire_node`). Those two record it under the lock, so a writer reconnecting in
+between waits and then finds itself ended, and refuses to append rather than commit a message
 whose chunks may be gone (two live nodes under one name, a misconfiguration). The chunks
 of an ended writer that no commit record names can never be named: compaction drops them
 (:func:`chunks_by`).
