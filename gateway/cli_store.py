@@ -5,9 +5,12 @@ fleet store copied into a new data folder, every chain checked on the way (SPEC.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["add_store_command", "run_store"]
@@ -118,11 +121,13 @@ def _migrate(args: argparse.Namespace, dsn: str) -> int:
 
 
 def verify_fleet(dsn: str, scratch: Path | None, mailbox: str | None) -> int:
-    """``gateway verify --dsn``: the fleet store copied into a temporary folder (every chain
-    checked as its records are framed), verified as a data folder, then removed."""
+    """``gateway verify --dsn``: the fleet store verified as a data folder in a temporary
+    folder, which holds the control log and the carried files, and each mailbox log only
+    while it is verified (every chain checked as its records are framed); then removed."""
     import psycopg  # noqa: PLC0415 (lazily: only this command needs it)
 
-    from .fleet import MigrateError, copy_out  # noqa: PLC0415
+    from .fleet import MigrateError, copy_log_out, copy_out  # noqa: PLC0415
+    from .ids import InvalidId, parse_mailbox_id  # noqa: PLC0415
     from .log import DataDir, LogCorrupt  # noqa: PLC0415
     from .verify import print_report, progress_printer, verify_data_dir  # noqa: PLC0415
 
@@ -132,7 +137,28 @@ def verify_fleet(dsn: str, scratch: Path | None, mailbox: str | None) -> int:
         data = DataDir(Path(folder) / "data")
         try:
             with psycopg.connect(dsn, autocommit=True, application_name="gateway-verify") as conn:
-                copy_out(conn, data, lambda where, count: None)
+                copy_out(conn, data, lambda where, count: None, mailbox_logs=False)
+
+                @contextlib.contextmanager
+                def fetched(box_id: str) -> Iterator[None]:
+                    try:
+                        log_id = bytes.fromhex(parse_mailbox_id(box_id))
+                    except InvalidId:
+                        yield  # verify reports the mailbox it does not know
+                        return
+                    copy_log_out(conn, data, log_id)
+                    try:
+                        yield
+                    finally:
+                        shutil.rmtree(data.mailbox_log_dir(log_id.hex()), ignore_errors=True)
+
+                report = verify_data_dir(
+                    data.root,
+                    mailbox_id=mailbox,
+                    password=password,
+                    progress=progress_printer(interactive),
+                    fetch=fetched,
+                )
         except MigrateError as exc:
             print(f"gateway verify: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -143,9 +169,6 @@ def verify_fleet(dsn: str, scratch: Path | None, mailbox: str | None) -> int:
         except psycopg.Error as exc:
             print(f"gateway verify: the fleet store: {exc}", file=sys.stderr)
             return EXIT_UNAVAILABLE
-        report = verify_data_dir(
-            data.root, mailbox_id=mailbox, password=password, progress=progress_printer(interactive)
-        )
     if interactive:
         print(file=sys.stderr)
     print_report(report)

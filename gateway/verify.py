@@ -23,7 +23,8 @@ the replay (the control log, then each mailbox log against it); each log is read
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +67,11 @@ def verify_data_dir(
     mailbox_id: str | None = None,
     password: str | None = None,
     progress: Progress | None = None,
+    fetch: Callable[[str], AbstractContextManager[object]] | None = None,
 ) -> Report:
+    """``fetch``: puts a mailbox's log into the folder for as long as it is verified (a fleet
+    store's, copied out one mailbox at a time, so the copy never holds more than one)."""
+    fetched = fetch or (lambda _box_id: nullcontext())
     report = Report()
     data = DataDir(root)
     if not data.control_dir.is_dir():
@@ -135,21 +140,26 @@ def verify_data_dir(
         if box_id not in on_disk:
             report.problems.append(Problem(box_id, "mailbox folder is missing"))
             continue
-        _verify_mailbox(
-            report,
-            data,
-            state,
-            points.state,
-            box_id,
-            state.key_ids.get(box_id, set()),
-            archived.get(box_id, set()),
-            signed.get(box_id, []),
-            progress,
-        )
+        with fetched(box_id):
+            if not data.mailbox_log_dir(box_id).is_dir():
+                report.problems.append(Problem(box_id, "mailbox log is missing"))
+                continue
+            _verify_mailbox(
+                report,
+                data,
+                state,
+                points.state,
+                box_id,
+                state.key_ids.get(box_id, set()),
+                archived.get(box_id, set()),
+                signed.get(box_id, []),
+                progress,
+            )
 
     _verify_admin(report, data, state.admin)
     if mailbox_id is not None:
-        open_every_message(report, data, state, mailbox_id, password or "", progress)
+        with fetched(mailbox_id):
+            open_every_message(report, data, state, mailbox_id, password or "", progress)
     return report
 
 

@@ -87,3 +87,5 @@ def open_every_message(
                 progress(f"{box_id} opened", report.opened_messages)
     except LogCorrupt as exc:
         report.problems.append(Problem(box_id, exc.reason, str(exc.path), exc.offset))
+    except OSError as exc:  # no log folder (the mailbox check reports it), or unreadable
+        report.problems.append(Problem(box_id, f"the log cannot be read: {exc}"))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,46 @@ def test_a_clean_folder_verifies_and_opens_every_message(tmp_path: Path) -> None
     report = verify_data_dir(tmp_path / "data", mailbox_id=box, password=password)
     assert report.ok, [str(p) for p in report.problems]
     assert report.messages == len(kept) == report.opened_messages
+
+
+def test_each_mailbox_log_is_fetched_only_while_it_is_verified(tmp_path: Path) -> None:
+    """``fetch`` (how ``verify --dsn`` copies a fleet store out one mailbox at a time): every
+    mailbox's log is verified, and opened, inside its fetch, so the folder never holds more
+    than one; without it the logs are missing and verify says so."""
+    data = tmp_path / "data"
+    boxes = [trio.run(build, data)[:2]]
+    archive = trio.run(Archive.open, data, CONFIG)
+    try:
+        made = [trio.run(archive.create_mailbox, f"also {n}") for n in range(2)]
+    finally:
+        trio.run(archive.aclose)
+    boxes += [(info.mailbox_id, password) for info, password in made]
+    stash = tmp_path / "stash"
+    for box, _password in boxes:
+        shutil.move(data / "mailboxes" / box / "log", stash / box)
+    missing = verify_data_dir(data)  # the logs are not there
+    assert sorted(p.where for p in missing.problems) == sorted(b for b, _p in boxes)
+    assert {p.reason for p in missing.problems} == {"mailbox log is missing"}
+
+    fetched: list[str] = []
+    present: list[int] = []
+
+    @contextlib.contextmanager
+    def fetch(box: str) -> Iterator[None]:
+        fetched.append(box)
+        shutil.copytree(stash / box, data / "mailboxes" / box / "log")
+        present.append(len(list(data.glob("mailboxes/*/log"))))
+        try:
+            yield
+        finally:
+            shutil.rmtree(data / "mailboxes" / box / "log")
+
+    box, password = boxes[0]
+    report = verify_data_dir(data, mailbox_id=box, password=password, fetch=fetch)
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.opened_messages == 4  # the first mailbox's messages, all opened
+    assert sorted(fetched) == sorted([b for b, _p in boxes] + [box])
+    assert present == [1] * len(fetched)
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from __future__ import annotations
 from ._coordination import MaildropLocks, listen, moved_logs
 from ._files import FleetFiles
 from ._fleet_log import FleetLog
-from ._migrate import Migrated, MigrateError, copy_out, migrate_in, migrate_out
+from ._migrate import Migrated, MigrateError, copy_log_out, copy_out, migrate_in, migrate_out
 from ._round import Round
 from ._row_compaction import RowCompaction, apply_cut, plan_compaction
 from ._rows import Appended, RowLog, segment_files
@@ -38,6 +38,7 @@ __all__ = [
     "Session",
     "Writer",
     "apply_cut",
+    "copy_log_out",
     "copy_out",
     "ensure_schema",
     "listen",

@@ -42,7 +42,15 @@ from ._rows import RowLog, segment_files
 from ._schema import ensure_schema
 from ._tree_rows import TreeRows
 
-__all__ = ["CONTROL_LOG_ID", "MigrateError", "Migrated", "copy_out", "migrate_in", "migrate_out"]
+__all__ = [
+    "CONTROL_LOG_ID",
+    "MigrateError",
+    "Migrated",
+    "copy_log_out",
+    "copy_out",
+    "migrate_in",
+    "migrate_out",
+]
 
 _BATCH = 1000  # records a transaction
 
@@ -99,8 +107,16 @@ def migrate_out(conn: psycopg.Connection[Any], data: DataDir, progress: Progress
     return done
 
 
-def copy_out(conn: psycopg.Connection[Any], data: DataDir, progress: Progress) -> Migrated:
-    """Copy the fleet store into a new data folder (every chain checked as it is framed)."""
+def copy_out(
+    conn: psycopg.Connection[Any],
+    data: DataDir,
+    progress: Progress,
+    *,
+    mailbox_logs: bool = True,
+) -> Migrated:
+    """Copy the fleet store into a new data folder (every chain checked as it is framed);
+    without ``mailbox_logs``, the control log and the carried files only (each mailbox log
+    is then copied on its own, :func:`copy_log_out`)."""
     if data.root.exists() and any(data.root.iterdir()):
         raise MigrateError(f"{data.root} is not empty: the store is copied into a new folder")
     data.lock()
@@ -109,18 +125,9 @@ def copy_out(conn: psycopg.Connection[Any], data: DataDir, progress: Progress) -
         logs = conn.execute("SELECT log_id FROM gateway_logs ORDER BY log_id").fetchall()
         for (raw_id,) in logs:
             log_id = bytes(raw_id)
-            where = "control" if log_id == CONTROL_LOG_ID else log_id.hex()
-            log_dir, _id = _log_of(data, where)
-            files = list(segment_files(RowLog(conn, log_id)))
-            tree = b"".join(
-                bytes(h)
-                for (h,) in conn.execute(
-                    "SELECT hashes FROM gateway_trees WHERE log_id = %s ORDER BY chunk",
-                    (log_id,),
-                ).fetchall()
-            )
-            data.write_log_files(log_dir, [*files, (TREE_FILE, tree)])
-            progress(where, len(files))
+            if log_id != CONTROL_LOG_ID and not mailbox_logs:
+                continue
+            progress(_where(log_id), copy_log_out(conn, data, log_id))
             done.logs += 1
         for name, blob in conn.execute("SELECT name, data FROM gateway_files ORDER BY name"):
             if data.carries(name):  # not a node's recovery points: a folder makes its own
@@ -129,6 +136,31 @@ def copy_out(conn: psycopg.Connection[Any], data: DataDir, progress: Progress) -
     finally:
         data.unlock()
     return done
+
+
+def copy_log_out(conn: psycopg.Connection[Any], data: DataDir, log_id: bytes) -> int:
+    """Write one log's rows into the folder as its segment files and tree file (a new log
+    folder); how many segment files. A log the store does not hold gets no folder."""
+    log_dir, _id = _log_of(data, _where(log_id))
+    files = list(segment_files(RowLog(conn, log_id)))
+    if (
+        not files
+        and conn.execute("SELECT 1 FROM gateway_logs WHERE log_id = %s", (log_id,)).fetchone()
+        is None
+    ):
+        return 0
+    tree = b"".join(
+        bytes(h)
+        for (h,) in conn.execute(
+            "SELECT hashes FROM gateway_trees WHERE log_id = %s ORDER BY chunk", (log_id,)
+        ).fetchall()
+    )
+    data.write_log_files(log_dir, [*files, (TREE_FILE, tree)])
+    return len(files)
+
+
+def _where(log_id: bytes) -> str:
+    return "control" if log_id == CONTROL_LOG_ID else log_id.hex()
 
 
 def _log_of(data: DataDir, where: str) -> tuple[Path, bytes]:
