@@ -90,7 +90,7 @@ def _writers(args: argparse.Namespace, dsn: str) -> int:
 def _migrate(args: argparse.Namespace, dsn: str) -> int:
     import psycopg  # noqa: PLC0415 (lazily: only this command needs it)
 
-    from .fleet import MigrateError, migrate_in, migrate_out  # noqa: PLC0415
+    from .fleet import MigrateError, migrate_in, migrate_out, snapshot  # noqa: PLC0415
     from .log import DataDir, DataDirLocked, LogCorrupt  # noqa: PLC0415
     from .verify import print_report  # noqa: PLC0415
 
@@ -101,7 +101,8 @@ def _migrate(args: argparse.Namespace, dsn: str) -> int:
     try:
         with psycopg.connect(dsn, autocommit=True, application_name="gateway-migrate") as conn:
             if args.out:
-                done = migrate_out(conn, data, progress)
+                with snapshot(conn):  # nodes may be running
+                    done = migrate_out(conn, data, progress)
             else:
                 done = migrate_in(data, conn, progress)
     except (MigrateError, DataDirLocked) as exc:
@@ -126,7 +127,7 @@ def verify_fleet(dsn: str, scratch: Path | None, mailbox: str | None) -> int:
     while it is verified (every chain checked as its records are framed); then removed."""
     import psycopg  # noqa: PLC0415 (lazily: only this command needs it)
 
-    from .fleet import MigrateError, copy_log_out, copy_out  # noqa: PLC0415
+    from .fleet import MigrateError, copy_log_out, copy_out, snapshot  # noqa: PLC0415
     from .ids import InvalidId, parse_mailbox_id  # noqa: PLC0415
     from .log import DataDir, LogCorrupt  # noqa: PLC0415
     from .verify import print_report, progress_printer, verify_data_dir  # noqa: PLC0415
@@ -136,7 +137,10 @@ def verify_fleet(dsn: str, scratch: Path | None, mailbox: str | None) -> int:
     with tempfile.TemporaryDirectory(prefix="gateway-verify-", dir=scratch) as folder:
         data = DataDir(Path(folder) / "data")
         try:
-            with psycopg.connect(dsn, autocommit=True, application_name="gateway-verify") as conn:
+            with (
+                psycopg.connect(dsn, autocommit=True, application_name="gateway-verify") as conn,
+                snapshot(conn),  # every log as it was when verify began, nodes running or not
+            ):
                 copy_out(conn, data, lambda where, count: None, mailbox_logs=False)
 
                 @contextlib.contextmanager

@@ -22,20 +22,24 @@ from gateway.fleet import (
     SchemaError,
     Session,
     apply_cut,
+    copy_log_out,
     ensure_schema,
     listen,
     moved_logs,
     plan_compaction,
     segment_files,
+    snapshot,
 )
 from gateway.log import (
     REMOVED,
+    DataDir,
     LogRecord,
     RecordKind,
     SegmentLog,
     choose_files,
     encode_record_parts,
     genesis_chain,
+    iter_log,
 )
 from gateway.merkle import MerkleTree, leaf_hash, record_leaf, verify_inclusion
 
@@ -346,3 +350,26 @@ def test_files_change_whole_in_two_halves_and_are_made_once(
         assert b.read_checkpoint(5) == b"five"
         with pytest.raises(ValueError, match="mailbox id"):
             a.save_mailbox_checkpoint("../../etc", b"x")
+
+
+def test_a_snapshot_copies_every_log_as_it_was_when_it_began(
+    shared_postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """What `verify --dsn` and `store migrate --out` read through: records another node
+    commits meanwhile are not in the copy, however late each log is copied."""
+    with connect(shared_postgres) as writer, connect(shared_postgres) as reader:
+        log = fresh_log(writer)
+        log.append(items(3), 0)
+
+        def copied(folder: Path) -> list[int]:
+            data = DataDir(folder)
+            copy_log_out(reader, data, log.log_id)
+            records = iter_log(data.mailbox_log_dir(log.log_id.hex()), log.log_id)
+            return [r.seq for r in records]
+
+        with snapshot(reader):
+            reader.execute("SELECT 1")  # the snapshot is taken at the first statement
+            log.append(items(2), 3)  # committed while the copy runs
+            assert copied(tmp_path / "during") == [0, 1, 2]
+        assert reader.isolation_level is None and reader.read_only is None
+        assert copied(tmp_path / "after") == [0, 1, 2, 3, 4]

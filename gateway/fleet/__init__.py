@@ -13,7 +13,15 @@ from __future__ import annotations
 from ._coordination import MaildropLocks, listen, moved_logs
 from ._files import FleetFiles
 from ._fleet_log import FleetLog
-from ._migrate import Migrated, MigrateError, copy_log_out, copy_out, migrate_in, migrate_out
+from ._migrate import (
+    Migrated,
+    MigrateError,
+    copy_log_out,
+    copy_out,
+    migrate_in,
+    migrate_out,
+    snapshot,
+)
 from ._round import Round
 from ._row_compaction import RowCompaction, apply_cut, plan_compaction
 from ._rows import Appended, RowLog, segment_files
@@ -48,5 +56,6 @@ __all__ = [
     "plan_compaction",
     "retire_node",
     "segment_files",
+    "snapshot",
     "writers",
 ]

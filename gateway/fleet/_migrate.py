@@ -19,7 +19,8 @@ Both are blocking and run in this process (a command, not the gateway).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ __all__ = [
     "copy_out",
     "migrate_in",
     "migrate_out",
+    "snapshot",
 ]
 
 _BATCH = 1000  # records a transaction
@@ -105,6 +107,20 @@ def migrate_out(conn: psycopg.Connection[Any], data: DataDir, progress: Progress
     done = copy_out(conn, data, progress)
     done.report = verify_data_dir(data.root)
     return done
+
+
+@contextmanager
+def snapshot(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Read the store as it was at one moment (a read-only REPEATABLE READ transaction on an
+    autocommit connection): a copy taken while nodes run then holds no mailbox record its
+    control log does not account for, and no cut the control log does not confirm yet."""
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    try:
+        with conn.transaction():
+            yield
+    finally:
+        conn.isolation_level = conn.read_only = None
 
 
 def copy_out(
