@@ -21,8 +21,8 @@ Reads use a connection of their own, outside any round.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import psycopg
@@ -43,7 +43,7 @@ from ..log import (
 from ._files import FleetFiles
 from ._round import Round
 from ._row_compaction import apply_cut, plan_compaction
-from ._rows import RowLog, log_place
+from ._rows import RowLog, log_place, read_record, session_rows
 from ._session import Session
 
 __all__ = ["FleetLog", "recovery_name"]
@@ -180,16 +180,12 @@ class FleetLog:
             self.synced_seq = self.next_seq
         return records
 
-    @contextmanager
-    def _rows(self) -> Iterator[RowLog]:
-        """The log's rows through the session (its calls raise StoreUnavailable)."""
-        with self._session.use() as conn:
-            yield RowLog(conn, self.log_id)
+    def _rows(self) -> AbstractContextManager[RowLog]:
+        return session_rows(self._session, self.log_id)
 
     def read(self, location: Location) -> tuple[RecordHeader, bytes]:
         """A committed record, by its seq."""
-        kind, body = self._session.read(lambda conn: RowLog(conn, self.log_id).read(location.seq))
-        return RecordHeader(len(body), kind, location.seq), body
+        return read_record(self._session, self.log_id, location.seq)
 
     def records(self, from_seq: int = 0) -> list[LogRecord]:
         with self._rows() as rows:

@@ -23,7 +23,7 @@ store is copied back into a data folder.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from ..log import (
     Location,
     LogCorrupt,
     LogRecord,
+    RecordHeader,
     RecordKind,
     SegmentHeader,
     decode_gap,
@@ -50,6 +51,7 @@ from ..log import (
 )
 from ..merkle import MerkleTree, frontier_root
 from ._coordination import CHANNEL
+from ._session import Session
 from ._tree_rows import TreeRows, split_frontier
 
 __all__ = [
@@ -58,7 +60,9 @@ __all__ = [
     "RowLog",
     "lock_ends",
     "log_place",
+    "read_record",
     "segment_files",
+    "session_rows",
 ]
 
 _FETCH = 2000  # records read per round trip
@@ -116,6 +120,19 @@ def lock_ends(conn: psycopg.Connection[Any], log_ids: Sequence[bytes]) -> dict[b
 def log_place(log_id: bytes) -> Path:
     """How errors name a log (LogCorrupt takes a path: the log's place in the store)."""
     return Path("fleet-store") / log_id.hex()
+
+
+@contextmanager
+def session_rows(session: Session, log_id: bytes) -> Iterator[RowLog]:
+    """A log's rows through a session, for one call (its errors raise StoreUnavailable)."""
+    with session.use() as conn:
+        yield RowLog(conn, log_id)
+
+
+def read_record(session: Session, log_id: bytes, seq: int) -> tuple[RecordHeader, bytes]:
+    """One committed record by its seq (asked again on a new connection after a failover)."""
+    kind, body = session.read(lambda conn: RowLog(conn, log_id).read(seq))
+    return RecordHeader(len(body), kind, seq), body
 
 
 class RowLog:

@@ -20,7 +20,7 @@ import itertools
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from ._coordination import NodeLocks, listen, moved_logs
 from ._files import FleetFiles
 from ._fleet_log import FleetLog, recovery_name
 from ._round import Round
-from ._rows import RowLog, log_place
+from ._rows import RowLog, log_place, read_record, session_rows
 from ._schema import ensure_schema
 from ._session import Session
 from ._writers import chunks_by, ended_writers
@@ -161,11 +161,9 @@ class FleetDataDir(DataDir):
 
     # -- the logs
 
-    @contextmanager
-    def _rows(self, mailbox_id: str | None) -> Iterator[RowLog]:
+    def _rows(self, mailbox_id: str | None) -> AbstractContextManager[RowLog]:
         """A log's rows through the session (its calls raise StoreUnavailable)."""
-        with self.session.use() as conn:
-            yield RowLog(conn, _log_id(mailbox_id))
+        return session_rows(self.session, _log_id(mailbox_id))
 
     def _fleet_log(self, rows: RowLog, segment_bytes: int) -> FleetLog:
         return FleetLog(
@@ -345,8 +343,7 @@ class _RowSource:
         self.directory = log_place(log_id)
 
     def read(self, file: str, offset: int, size: int) -> tuple[RecordHeader, bytes]:
-        kind, body = self._session.read(lambda conn: RowLog(conn, self._log_id).read(offset))
-        return RecordHeader(len(body), kind, offset), body
+        return read_record(self._session, self._log_id, offset)
 
     def read_many(self, places: Sequence[Place]) -> list[tuple[RecordHeader, bytes]]:
         seqs = [offset for _file, offset, _size in places]

@@ -58,13 +58,13 @@ async def compact(
             if ended is None:
                 ended = await trio.to_thread.run_sync(core.data.ended_writers)
             await box.writer.catch_up()
-        if core.data.shared and len(log.segments) > 1:
-            # Other nodes' messages in flight are not known here: only the chunks named by
-            # an expunged message's commit record or by a MessageAbandoned, and those of
-            # ended node processes, can go (SPEC.md 17.5), wherever after them that record is.
-            named = await trio.to_thread.run_sync(
-                _named_chunks, core, box, log.segments[0], ended or frozenset()
-            )
+            if len(log.segments) > 1:
+                # Other nodes' messages in flight are not known here: only the chunks named
+                # by an expunged message's commit record or by a MessageAbandoned, and those
+                # of ended node processes, can go (SPEC.md 17.5), wherever that record is.
+                named = await trio.to_thread.run_sync(
+                    _named_chunks, core, box, log.segments[0], ended
+                )
         for segment in log.segments[:-1]:
             reclaimed += await _compact_segment(core, box, log, segment, min_gain, named)
     return reclaimed
