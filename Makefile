@@ -41,6 +41,9 @@ lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff format --check gateway tests tools
 	$(VENV)/bin/mypy
 
+# The test peers first (system-packages: tools/system-packages.sh test installs Postfix with
+# smtp-source, Dovecot, fetchmail, swaks, PostgreSQL 15, Prometheus, pebble and Chromium, and
+# checks every tool the tests call), then the venv with the test extras (lint), then the suite.
 test: system-packages lint
 	$(PY) -m pytest
 
